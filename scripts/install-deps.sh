@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs everything the local stack and the tests need, from Debian and PyPI only.
+# Idempotent: each step is skipped when its result is already there.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+venv=${BLOG_AGENT_VENV:-$here/.stack/venv}
+
+need_apt=()
+command -v dockerd >/dev/null 2>&1 || need_apt+=(docker.io)
+command -v docker-registry >/dev/null 2>&1 || need_apt+=(docker-registry)
+command -v htpasswd >/dev/null 2>&1 || need_apt+=(apache2-utils)
+[ -x /bin/busybox ] && /bin/busybox --list 2>/dev/null | grep -qx httpd || need_apt+=(busybox-static)
+command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+python3 -m venv --help >/dev/null 2>&1 || need_apt+=(python3-venv)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "install-deps: apt-get install ${need_apt[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+if [ ! -x "$venv/bin/moto_server" ]; then
+  echo "install-deps: moto[server] into $venv" >&2
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q 'moto[server]'
+fi

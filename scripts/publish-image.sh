@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# publish-image.sh SHA [KIND] [REGISTRY]: builds a tiny blog image FROM scratch with Debian's
+# static busybox and pushes it as REGISTRY/blog:SHA. The local tag is removed again, so the
+# agent under test must pull it through the registry like a real host would.
+#   KIND good     httpd on :80 serving a page that names SHA (default)
+#        crash    exits at once
+#        http500  httpd whose every page answers 500
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+source "$here/stack-env.sh"
+sha=${1:?usage: publish-image.sh SHA [good|crash|http500] [REGISTRY]}
+kind=${2:-good}
+registry=${3:-$BLOG_AGENT_TEST_REGISTRY}
+ref="$registry/blog:$sha"
+ctx=$(mktemp -d "${TMPDIR:-/tmp}/blog-image.XXXXXX")
+trap 'rm -rf "$ctx"' EXIT
+mkdir -p "$ctx/www"
+cp /bin/busybox "$ctx/busybox"
+printf '<html><body><h1>blog</h1><p>version %s</p></body></html>\n' "$sha" >"$ctx/www/index.html"
+case "$kind" in
+  good)
+    printf 'FROM scratch\nCOPY busybox /bin/busybox\nCOPY www /var/www\nEXPOSE 80\nENTRYPOINT ["/bin/busybox","httpd","-f","-p","80","-h","/var/www"]\n' >"$ctx/Dockerfile" ;;
+  crash)
+    printf 'FROM scratch\nCOPY busybox /bin/busybox\nENTRYPOINT ["/bin/busybox","false"]\n' >"$ctx/Dockerfile" ;;
+  http500)
+    # busybox httpd runs cgi-bin/index.cgi for "/" when there is no index.html.
+    rm "$ctx/www/index.html"; mkdir -p "$ctx/www/cgi-bin"
+    printf '#!/bin/sh\nprintf "Status: 500 Internal Server Error\\r\\nContent-Type: text/plain\\r\\n\\r\\nbroken %s\\n"\n' "$sha" >"$ctx/www/cgi-bin/index.cgi"
+    chmod +x "$ctx/www/cgi-bin/index.cgi"
+    printf 'FROM scratch\nCOPY busybox /bin/busybox\nCOPY busybox /bin/sh\nCOPY www /var/www\nEXPOSE 80\nENTRYPOINT ["/bin/busybox","httpd","-f","-p","80","-h","/var/www"]\n' >"$ctx/Dockerfile" ;;
+  *) echo "publish-image: unknown kind '$kind' (good, crash, http500)" >&2; exit 2 ;;
+esac
+docker build -q -t "$ref" "$ctx" >/dev/null 2>"$ctx/build.err" || { cat "$ctx/build.err" >&2; exit 1; }
+docker push -q "$ref" >/dev/null
+docker rmi "$ref" >/dev/null
+echo "$ref"
