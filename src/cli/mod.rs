@@ -1,0 +1,105 @@
+//! Command line: global options, subcommands, and the mapping from errors to exit codes.
+
+mod sync;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{ConfigError, Settings, DEFAULT_PATH};
+use crate::logging::{LogFormat, LogTarget};
+
+/// Exit codes, as systemd and scripts see them.
+pub mod exit {
+    /// Converged and healthy.
+    pub const OK: u8 = 0;
+    /// Could not converge; the cause is on stderr. Retrying may help.
+    pub const FAILED: u8 = 1;
+    /// Bad command line.
+    pub const USAGE: u8 = 2;
+    /// Configuration error (`EX_CONFIG`): retrying cannot help, so systemd must not restart.
+    pub const CONFIG: u8 = 78;
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "blog-agent",
+    version,
+    about = "Keeps this host serving the right version of the blog container."
+)]
+pub struct Cli {
+    /// Configuration file.
+    #[arg(long, global = true, env = "BLOG_AGENT_CONFIG", default_value = DEFAULT_PATH)]
+    pub config: PathBuf,
+    /// Environment to serve; overrides [environment] name and the instance tag.
+    #[arg(long = "env", global = true, value_name = "NAME")]
+    pub environment: Option<String>,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// Where logs go: auto picks journald when run by systemd.
+    #[arg(long, global = true, value_enum, default_value = "auto")]
+    pub log_target: LogTarget,
+    /// Verbose logs from blog-agent itself (secrets stay hidden).
+    #[arg(long, global = true)]
+    pub debug: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Converge once: read the desired SHA, pull, verify, cut over; then exit.
+    ///
+    /// Example: blog-agent sync --env staging
+    Sync(sync::SyncArgs),
+}
+
+/// A failure on its way to the exit code: printed once, on one line.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: u8,
+    pub message: String,
+}
+
+impl From<ConfigError> for Failure {
+    fn from(e: ConfigError) -> Failure {
+        Failure {
+            code: exit::CONFIG,
+            message: e.to_string(),
+        }
+    }
+}
+
+/// Loads settings, mapping problems to exit 78.
+pub fn load_settings(cli: &Cli) -> Result<Settings, Failure> {
+    Ok(Settings::load(&cli.config)?)
+}
+
+/// Runs the parsed command and returns the process exit code.
+pub fn run(cli: Cli) -> ExitCode {
+    crate::logging::init(cli.log_format, cli.log_target, cli.debug);
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("blog-agent: error: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::FAILED);
+        }
+    };
+    let result = runtime.block_on(async {
+        match &cli.command {
+            Command::Sync(args) => sync::run(&cli, args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::from(exit::OK),
+        Err(failure) => {
+            eprintln!("blog-agent: error: {}", failure.message);
+            ExitCode::from(failure.code)
+        }
+    }
+}

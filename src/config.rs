@@ -1,0 +1,802 @@
+//! Configuration: one TOML file, parsed, defaulted and validated once into typed [`Settings`].
+//!
+//! Reads the file named by `--config`, `BLOG_AGENT_CONFIG` or [`DEFAULT_PATH`]. Unknown keys
+//! are errors, because a typo that is silently ignored is a setting that silently does not
+//! apply. Every error names the file, the key, the value and what would be accepted; the
+//! caller exits 78 (`EX_CONFIG`) so systemd does not restart-loop on it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::sha::safe_quote;
+
+/// Where the config lives on a host when neither `--config` nor `BLOG_AGENT_CONFIG` says.
+pub const DEFAULT_PATH: &str = "/etc/blog-agent/config.toml";
+
+/// A configuration problem. Each variant renders as one line naming the file and the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {} not found: create it (see packaging/config.example.toml) or pass --config PATH", path.display())]
+    Missing { path: PathBuf },
+    #[error("config file {}: cannot read it: {source}", path.display())]
+    Unreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {}, line {line}: {message}", path.display())]
+    Syntax {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+    #[error("config file {}: {key} = {value}: {problem}", path.display())]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        value: String,
+        problem: String,
+    },
+    #[error("config file {}: {key} is required: {hint}", path.display())]
+    Required {
+        path: PathBuf,
+        key: String,
+        hint: &'static str,
+    },
+}
+
+/// Validated settings. Nothing downstream parses strings from the config again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// The file these settings came from, for messages.
+    pub source: PathBuf,
+    pub environment: EnvironmentSettings,
+    pub release: ReleaseSettings,
+    pub image: ImageSettings,
+    pub container: ContainerSettings,
+    pub health: HealthSettings,
+    pub agent: AgentSettings,
+    pub reconcile: ReconcileSettings,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct EnvironmentSettings {
+    /// Fixed environment; when unset the EC2 instance tag decides.
+    pub name: Option<String>,
+    /// Instance tag read over IMDS when no name is given.
+    pub tag: String,
+    /// Environments this host may serve; anything else is refused.
+    pub allowed: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReleaseSettings {
+    pub bucket: String,
+    /// Environment name -> S3 key of the object holding the desired SHA.
+    pub keys: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageSettings {
+    pub repository: Repository,
+    /// Upper bound on one pull, so a stalled registry cannot hold the lock forever.
+    pub pull_timeout: Duration,
+}
+
+/// An image repository split into the registry host (where credentials apply) and the path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Repository {
+    pub registry: String,
+    pub path: String,
+}
+
+impl Repository {
+    /// `registry/path:tag`, the reference Docker pulls and containers record.
+    pub fn reference(&self, tag: &str) -> String {
+        format!("{self}:{tag}")
+    }
+}
+
+impl fmt::Display for Repository {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.registry, self.path)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContainerSettings {
+    pub name: String,
+    pub ports: Vec<PortMapping>,
+    pub env: BTreeMap<String, String>,
+    /// Extra labels for the operator's own tooling (and the tests' cleanup by label).
+    pub labels: BTreeMap<String, String>,
+    /// Grace period between SIGTERM and SIGKILL when the old version is stopped at cut-over.
+    /// It is part of the swap gap, so it is short: a static site has no long requests.
+    pub stop_timeout: Duration,
+}
+
+/// One published port: `[host_ip:]host_port:container_port`, TCP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PortMapping {
+    pub host_ip: Option<IpAddr>,
+    pub host_port: u16,
+    pub container_port: u16,
+}
+
+impl fmt::Display for PortMapping {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.host_ip {
+            Some(ip) => write!(f, "{ip}:{}:{}", self.host_port, self.container_port),
+            None => write!(f, "{}:{}", self.host_port, self.container_port),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthSettings {
+    pub url: HealthUrl,
+    pub timeout: Duration,
+}
+
+/// The page that proves the blog serves. Plain HTTP: it is probed on this host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthUrl {
+    pub host: String,
+    pub port: u16,
+    /// Path and query, always starting with `/`.
+    pub path: String,
+}
+
+impl fmt::Display for HealthUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "http://{}:{}{}", self.host, self.port, self.path)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentSettings {
+    pub state_dir: PathBuf,
+    /// How long a second `sync` waits for the first to finish before giving up.
+    pub lock_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReconcileSettings {
+    pub interval: Duration,
+    pub jitter: Duration,
+    pub keep_images: usize,
+}
+
+// ---- raw file shape -------------------------------------------------------------------------
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawConfig {
+    environment: RawEnvironment,
+    release: RawRelease,
+    image: RawImage,
+    container: RawContainer,
+    health: RawHealth,
+    agent: RawAgent,
+    reconcile: RawReconcile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawEnvironment {
+    name: Option<String>,
+    tag: Option<String>,
+    allowed: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawRelease {
+    bucket: Option<String>,
+    keys: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawImage {
+    repository: Option<String>,
+    pull_timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawContainer {
+    name: Option<String>,
+    ports: Option<Vec<String>>,
+    env: Option<BTreeMap<String, String>>,
+    labels: Option<BTreeMap<String, String>>,
+    stop_timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawHealth {
+    url: Option<String>,
+    timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawAgent {
+    state_dir: Option<String>,
+    lock_timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawReconcile {
+    interval: Option<String>,
+    jitter: Option<String>,
+    keep_images: Option<usize>,
+}
+
+/// Label prefix the agent owns on its containers; users may not set keys under it.
+pub const LABEL_PREFIX: &str = "io.blog-agent.";
+
+impl Settings {
+    /// Reads and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Settings, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| {
+            if source.kind() == std::io::ErrorKind::NotFound {
+                ConfigError::Missing {
+                    path: path.to_owned(),
+                }
+            } else {
+                ConfigError::Unreadable {
+                    path: path.to_owned(),
+                    source,
+                }
+            }
+        })?;
+        Settings::parse(&text, path)
+    }
+
+    /// Validates TOML text; `path` is only used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Settings, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: path.to_owned(),
+            line: e
+                .span()
+                .map(|s| text[..s.start].matches('\n').count() + 1)
+                .unwrap_or(1),
+            message: e.message().trim().replace('\n', " "),
+        })?;
+        Validator { path }.settings(raw)
+    }
+
+    /// The S3 key holding the desired SHA for `env`.
+    pub fn release_key(&self, env: &str) -> Option<&str> {
+        self.release.keys.get(env).map(String::as_str)
+    }
+}
+
+struct Validator<'a> {
+    path: &'a Path,
+}
+
+impl Validator<'_> {
+    fn invalid(&self, key: &str, value: &str, problem: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.to_owned(),
+            key: key.to_owned(),
+            value: safe_quote(value),
+            problem: problem.into(),
+        }
+    }
+
+    fn required(&self, key: &str, hint: &'static str) -> ConfigError {
+        ConfigError::Required {
+            path: self.path.to_owned(),
+            key: key.to_owned(),
+            hint,
+        }
+    }
+
+    fn duration(
+        &self,
+        key: &str,
+        raw: Option<String>,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        let Some(raw) = raw else { return Ok(default) };
+        humantime::parse_duration(raw.trim()).map_err(|_| {
+            self.invalid(
+                key,
+                &raw,
+                "expected a duration such as \"500ms\", \"30s\", \"2m\" or \"1h 30m\"",
+            )
+        })
+    }
+
+    fn settings(&self, raw: RawConfig) -> Result<Settings, ConfigError> {
+        let environment = self.environment(raw.environment)?;
+        let release = self.release(raw.release, &environment)?;
+        let image = ImageSettings {
+            repository: self.repository(raw.image.repository)?,
+            pull_timeout: self.duration(
+                "[image] pull_timeout",
+                raw.image.pull_timeout,
+                Duration::from_secs(600),
+            )?,
+        };
+        let container = self.container(raw.container)?;
+        let health = self.health(raw.health)?;
+        let agent = AgentSettings {
+            state_dir: PathBuf::from(
+                raw.agent
+                    .state_dir
+                    .unwrap_or_else(|| "/var/lib/blog-agent".into()),
+            ),
+            lock_timeout: self.duration(
+                "[agent] lock_timeout",
+                raw.agent.lock_timeout,
+                Duration::from_secs(300),
+            )?,
+        };
+        if !agent.state_dir.is_absolute() {
+            return Err(self.invalid(
+                "[agent] state_dir",
+                &agent.state_dir.display().to_string(),
+                "expected an absolute path such as \"/var/lib/blog-agent\"",
+            ));
+        }
+        let reconcile = self.reconcile(raw.reconcile)?;
+        Ok(Settings {
+            source: self.path.to_owned(),
+            environment,
+            release,
+            image,
+            container,
+            health,
+            agent,
+            reconcile,
+        })
+    }
+
+    fn environment(&self, raw: RawEnvironment) -> Result<EnvironmentSettings, ConfigError> {
+        let allowed = raw
+            .allowed
+            .unwrap_or_else(|| vec!["staging".into(), "production".into()]);
+        if allowed.is_empty() {
+            return Err(self.invalid(
+                "[environment] allowed",
+                "[]",
+                "list at least one environment, e.g. [\"staging\", \"production\"]",
+            ));
+        }
+        for name in &allowed {
+            if !valid_env_name(name) {
+                return Err(self.invalid(
+                    "[environment] allowed",
+                    name,
+                    "environment names are lowercase letters, digits, '-' and '_'",
+                ));
+            }
+        }
+        let tag = raw.tag.unwrap_or_else(|| "Environment".into());
+        if tag.trim().is_empty() || tag.contains('/') {
+            return Err(self.invalid(
+                "[environment] tag",
+                &tag,
+                "expected an EC2 tag key such as \"Environment\"",
+            ));
+        }
+        if let Some(name) = &raw.name {
+            if !allowed.contains(name) {
+                return Err(self.invalid(
+                    "[environment] name",
+                    name,
+                    format!("not in [environment] allowed ({})", allowed.join(", ")),
+                ));
+            }
+        }
+        Ok(EnvironmentSettings {
+            name: raw.name,
+            tag,
+            allowed,
+        })
+    }
+
+    fn release(
+        &self,
+        raw: RawRelease,
+        env: &EnvironmentSettings,
+    ) -> Result<ReleaseSettings, ConfigError> {
+        let bucket = raw.bucket.ok_or_else(|| {
+            self.required(
+                "[release] bucket",
+                "the S3 bucket CI writes the release SHA to",
+            )
+        })?;
+        if bucket.trim().is_empty() || bucket.contains('/') || bucket.starts_with("s3:") {
+            return Err(self.invalid(
+                "[release] bucket",
+                &bucket,
+                "expected a bare bucket name such as \"blog-artifacts\"",
+            ));
+        }
+        let mut keys: BTreeMap<String, String> = [
+            ("staging".to_owned(), "staging/stagebuild.txt".to_owned()),
+            (
+                "production".to_owned(),
+                "production/prodbuild.txt".to_owned(),
+            ),
+        ]
+        .into();
+        keys.extend(raw.keys.unwrap_or_default());
+        for (name, key) in &keys {
+            if key.trim().is_empty() || key.starts_with('/') {
+                return Err(self.invalid(
+                    &format!("[release.keys] {name}"),
+                    key,
+                    "expected an S3 key such as \"staging/stagebuild.txt\"",
+                ));
+            }
+        }
+        if let Some(missing) = env.allowed.iter().find(|e| !keys.contains_key(*e)) {
+            return Err(self.required(
+                &format!("[release.keys] {missing}"),
+                "every allowed environment needs the S3 key of its release file",
+            ));
+        }
+        Ok(ReleaseSettings { bucket, keys })
+    }
+
+    fn repository(&self, raw: Option<String>) -> Result<Repository, ConfigError> {
+        const KEY: &str = "[image] repository";
+        const SHAPE: &str = "expected REGISTRY/NAME without a tag, e.g. \"123456789012.dkr.ecr.us-east-1.amazonaws.com/blog\"";
+        let raw =
+            raw.ok_or_else(|| self.required(KEY, "the ECR repository holding the blog images"))?;
+        let Some((registry, path)) = raw.split_once('/') else {
+            return Err(self.invalid(KEY, &raw, SHAPE));
+        };
+        let registry_ok =
+            (registry.contains('.') || registry.contains(':') || registry == "localhost")
+                && registry
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c));
+        let path_ok = !path.is_empty()
+            && path.split('/').all(|part| {
+                !part.is_empty()
+                    && part
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
+            });
+        if !registry_ok || !path_ok {
+            return Err(self.invalid(KEY, &raw, SHAPE));
+        }
+        Ok(Repository {
+            registry: registry.to_owned(),
+            path: path.to_owned(),
+        })
+    }
+
+    fn container(&self, raw: RawContainer) -> Result<ContainerSettings, ConfigError> {
+        let name = raw.name.unwrap_or_else(|| "blog".into());
+        let mut chars = name.chars();
+        let name_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+            && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+            && name.len() <= 100;
+        if !name_ok {
+            return Err(self.invalid(
+                "[container] name",
+                &name,
+                "expected a Docker container name: letters, digits, '_', '.', '-'",
+            ));
+        }
+        let raw_ports = raw.ports.unwrap_or_else(|| vec!["80:80".into()]);
+        if raw_ports.is_empty() {
+            return Err(self.invalid(
+                "[container] ports",
+                "[]",
+                "publish at least one port, e.g. [\"80:80\"]",
+            ));
+        }
+        let mut ports = Vec::new();
+        for (i, p) in raw_ports.iter().enumerate() {
+            let port = parse_port_mapping(p).ok_or_else(|| {
+                self.invalid(&format!("[container] ports[{i}]"), p, "expected \"HOST_PORT:CONTAINER_PORT\" or \"IP:HOST_PORT:CONTAINER_PORT\", e.g. \"80:80\" or \"127.0.0.1:8080:80\"")
+            })?;
+            ports.push(port);
+        }
+        let env = raw.env.unwrap_or_default();
+        for k in env.keys() {
+            if k.is_empty() || k.contains('=') || k.contains('\0') {
+                return Err(self.invalid(
+                    "[container] env",
+                    k,
+                    "variable names cannot be empty or contain '='",
+                ));
+            }
+        }
+        let labels = raw.labels.unwrap_or_default();
+        for k in labels.keys() {
+            if k.is_empty() || k.starts_with(LABEL_PREFIX) {
+                return Err(self.invalid("[container] labels", k, format!("label keys cannot be empty or start with \"{LABEL_PREFIX}\" (the agent's own)")));
+            }
+        }
+        let stop_timeout = self.duration(
+            "[container] stop_timeout",
+            raw.stop_timeout,
+            Duration::from_secs(3),
+        )?;
+        Ok(ContainerSettings {
+            name,
+            ports,
+            env,
+            labels,
+            stop_timeout,
+        })
+    }
+
+    fn health(&self, raw: RawHealth) -> Result<HealthSettings, ConfigError> {
+        let url_raw = raw.url.unwrap_or_else(|| "http://127.0.0.1:80/".into());
+        let url = parse_health_url(&url_raw).ok_or_else(|| {
+            self.invalid(
+                "[health] url",
+                &url_raw,
+                "expected an http:// URL on this host, e.g. \"http://127.0.0.1:80/\"",
+            )
+        })?;
+        let timeout = self.duration("[health] timeout", raw.timeout, Duration::from_secs(30))?;
+        if timeout.is_zero() {
+            return Err(self.invalid(
+                "[health] timeout",
+                "0s",
+                "must be longer than zero, e.g. \"30s\"",
+            ));
+        }
+        Ok(HealthSettings { url, timeout })
+    }
+
+    fn reconcile(&self, raw: RawReconcile) -> Result<ReconcileSettings, ConfigError> {
+        let interval = self.duration(
+            "[reconcile] interval",
+            raw.interval,
+            Duration::from_secs(30),
+        )?;
+        if interval < Duration::from_secs(1) {
+            return Err(self.invalid(
+                "[reconcile] interval",
+                &humantime::format_duration(interval).to_string(),
+                "must be at least 1s",
+            ));
+        }
+        let jitter = self.duration("[reconcile] jitter", raw.jitter, interval / 10)?;
+        Ok(ReconcileSettings {
+            interval,
+            jitter,
+            keep_images: raw.keep_images.unwrap_or(2),
+        })
+    }
+}
+
+/// Environment names end up in S3 keys, labels and log fields: keep them plain.
+pub fn valid_env_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+}
+
+fn parse_port_mapping(raw: &str) -> Option<PortMapping> {
+    let raw = raw.trim().strip_suffix("/tcp").unwrap_or(raw.trim());
+    let (host_ip, rest) = match raw.rsplitn(3, ':').collect::<Vec<_>>().as_slice() {
+        [container, host] => (None, (*host, *container)),
+        [container, host, ip] => {
+            let ip = ip.trim_start_matches('[').trim_end_matches(']');
+            (Some(ip.parse::<IpAddr>().ok()?), (*host, *container))
+        }
+        _ => return None,
+    };
+    let host_port: u16 = rest.0.parse().ok().filter(|p| *p > 0)?;
+    let container_port: u16 = rest.1.parse().ok().filter(|p| *p > 0)?;
+    Some(PortMapping {
+        host_ip,
+        host_port,
+        container_port,
+    })
+}
+
+fn parse_health_url(raw: &str) -> Option<HealthUrl> {
+    let rest = raw.trim().strip_prefix("http://")?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (h, p.parse::<u16>().ok()?),
+        _ => (authority, 80),
+    };
+    if host.is_empty() || path.contains(char::is_whitespace) {
+        return None;
+    }
+    Some(HealthUrl {
+        host: host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned(),
+        port,
+        path: path.to_owned(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "[release]\nbucket = \"b\"\n[image]\nrepository = \"123456789012.dkr.ecr.us-east-1.amazonaws.com/blog\"\n";
+
+    fn parse(text: &str) -> Result<Settings, ConfigError> {
+        Settings::parse(text, Path::new("/etc/blog-agent/config.toml"))
+    }
+
+    #[test]
+    fn minimal_config_gets_the_documented_defaults() {
+        let s = parse(MINIMAL).unwrap();
+        assert_eq!(s.environment.tag, "Environment");
+        assert_eq!(s.environment.allowed, ["staging", "production"]);
+        assert_eq!(s.release_key("staging"), Some("staging/stagebuild.txt"));
+        assert_eq!(
+            s.release_key("production"),
+            Some("production/prodbuild.txt")
+        );
+        assert_eq!(
+            s.image.repository.registry,
+            "123456789012.dkr.ecr.us-east-1.amazonaws.com"
+        );
+        assert_eq!(
+            s.image.repository.reference("abc1234"),
+            "123456789012.dkr.ecr.us-east-1.amazonaws.com/blog:abc1234"
+        );
+        assert_eq!(s.container.name, "blog");
+        assert_eq!(
+            s.container.ports,
+            [PortMapping {
+                host_ip: None,
+                host_port: 80,
+                container_port: 80
+            }]
+        );
+        assert_eq!(s.health.url.to_string(), "http://127.0.0.1:80/");
+        assert_eq!(s.health.timeout, Duration::from_secs(30));
+        assert_eq!(s.agent.state_dir, PathBuf::from("/var/lib/blog-agent"));
+        assert_eq!(s.reconcile.interval, Duration::from_secs(30));
+        assert_eq!(s.reconcile.jitter, Duration::from_secs(3));
+        assert_eq!(s.reconcile.keep_images, 2);
+    }
+
+    #[test]
+    fn the_shipped_example_is_valid() {
+        let text = include_str!("../packaging/config.example.toml");
+        parse(text).unwrap();
+    }
+
+    #[test]
+    fn port_forms() {
+        let cases: &[(&str, Option<&str>)] = &[
+            ("80:80", Some("80:80")),
+            ("127.0.0.1:8080:80", Some("127.0.0.1:8080:80")),
+            ("8080:80/tcp", Some("8080:80")),
+            ("80", None),
+            ("0:80", None),
+            ("a:80", None),
+            ("1.2.3:80:80", None),
+            ("70000:80", None),
+        ];
+        for (input, want) in cases {
+            assert_eq!(
+                parse_port_mapping(input).map(|p| p.to_string()).as_deref(),
+                *want,
+                "{input}"
+            );
+        }
+    }
+
+    #[test]
+    fn health_url_forms() {
+        let u = parse_health_url("http://127.0.0.1:8080/healthz?x=1").unwrap();
+        assert_eq!(
+            (u.host.as_str(), u.port, u.path.as_str()),
+            ("127.0.0.1", 8080, "/healthz?x=1")
+        );
+        let u = parse_health_url("http://localhost").unwrap();
+        assert_eq!(
+            (u.host.as_str(), u.port, u.path.as_str()),
+            ("localhost", 80, "/")
+        );
+        assert!(parse_health_url("https://127.0.0.1/").is_none());
+        assert!(parse_health_url("127.0.0.1/").is_none());
+    }
+
+    /// Each bad input is refused with a message naming the key and what is accepted.
+    #[test]
+    fn invalid_configs_name_the_key() {
+        let cases: &[(&str, &str)] = &[
+            (
+                "[release]\nbucket = \"b\"\nbuckett = \"c\"\n",
+                "unknown field `buckett`",
+            ),
+            ("[nope]\n", "unknown field `nope`"),
+            (
+                "[image]\nrepository = \"r.example/blog\"\n",
+                "[release] bucket is required",
+            ),
+            (
+                "[release]\nbucket = \"b\"\n",
+                "[image] repository is required",
+            ),
+            (
+                "[release]\nbucket = \"b\"\n[image]\nrepository = \"blog\"\n",
+                "[image] repository = \"blog\"",
+            ),
+            (
+                "[release]\nbucket = \"b\"\n[image]\nrepository = \"r.example/blog:latest\"\n",
+                "expected REGISTRY/NAME",
+            ),
+            (
+                &format!("{MINIMAL}[health]\ntimeout = \"30 parsecs\"\n"),
+                "[health] timeout = \"30 parsecs\": expected a duration",
+            ),
+            (
+                &format!("{MINIMAL}[health]\nurl = \"https://x/\"\n"),
+                "[health] url",
+            ),
+            (
+                &format!("{MINIMAL}[container]\nports = [\"80\"]\n"),
+                "[container] ports[0] = \"80\"",
+            ),
+            (
+                &format!("{MINIMAL}[container]\nname = \"-bad\"\n"),
+                "[container] name",
+            ),
+            (
+                &format!("{MINIMAL}[container]\nlabels = {{ \"io.blog-agent.sha\" = \"x\" }}\n"),
+                "[container] labels",
+            ),
+            (
+                &format!("{MINIMAL}[environment]\nname = \"qa\"\n"),
+                "[environment] name = \"qa\": not in [environment] allowed",
+            ),
+            (
+                &format!("{MINIMAL}[environment]\nallowed = [\"qa\"]\n"),
+                "[release.keys] qa is required",
+            ),
+            (
+                &format!("{MINIMAL}[agent]\nstate_dir = \"relative\"\n"),
+                "[agent] state_dir",
+            ),
+            ("[release\n", "line 1"),
+        ];
+        for (text, want) in cases {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(
+                err.contains(want),
+                "for {text:?}\n got: {err}\nwant: {want}"
+            );
+            assert!(
+                err.starts_with("config file /etc/blog-agent/config.toml"),
+                "{err}"
+            );
+            assert!(!err.contains('\n'), "one line: {err:?}");
+        }
+    }
+
+    #[test]
+    fn syntax_errors_report_the_line() {
+        let err = parse(&format!("{MINIMAL}\n[container]\nnme = \"x\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 7"), "{err}");
+    }
+}

@@ -1,0 +1,301 @@
+//! Carries out a [`Plan`](crate::reconcile::Plan) on Docker without ever leaving the host
+//! with less than it had.
+//!
+//! A deploy goes: image on disk (pull if missing) -> candidate container with no published
+//! ports, probed over the Docker bridge -> only then cut-over: stop the old container, move it
+//! aside as `<name>-previous`, start the new one under `<name>` with the real ports, probe the
+//! health URL. Any failure before cut-over changes nothing the site depends on; a failure after
+//! it removes the new container and puts the previous one back, running.
+
+use std::time::Duration;
+
+use crate::config::Settings;
+use crate::engine::{ContainerInfo, Engine, EngineError, ImageInfo};
+use crate::health::{self, ProbeFailed};
+use crate::registry::{CredentialSource, RegistryError};
+use crate::spec::{DesiredContainer, LABEL_MANAGED};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error("new version {image} failed its health probe before cut-over; the running version was not touched: {probe}")]
+    CandidateUnhealthy { image: String, probe: ProbeFailed },
+    #[error("new version {image} failed its health probe after cut-over: {probe}; {restored}")]
+    CutoverUnhealthy {
+        image: String,
+        probe: ProbeFailed,
+        restored: String,
+    },
+    #[error("container {container} did not come back healthy after a start: {probe}")]
+    RestartUnhealthy {
+        container: String,
+        probe: ProbeFailed,
+    },
+}
+
+/// Suffixes of the transient containers a deploy uses next to `<name>`.
+const CANDIDATE: &str = "candidate";
+const NEXT: &str = "next";
+const PREVIOUS: &str = "previous";
+
+fn aside(name: &str, suffix: &str) -> String {
+    format!("{name}-{suffix}")
+}
+
+fn is_ours(c: &ContainerInfo) -> bool {
+    c.labels.get(LABEL_MANAGED).is_some_and(|v| v == "true")
+}
+
+/// Repairs what an interrupted deploy left behind, before anything is observed:
+/// stray candidates and un-started new containers are removed; a `-previous` with no
+/// `<name>` is the last serving version caught mid-cut-over, and is put back.
+/// Only containers carrying our label are touched.
+pub async fn recover_interrupted(engine: &Engine, name: &str) -> Result<(), EngineError> {
+    for suffix in [CANDIDATE, NEXT] {
+        if let Some(c) = engine
+            .container(&aside(name, suffix))
+            .await?
+            .filter(is_ours)
+        {
+            tracing::info!(container = %c.name, "removing leftover from an interrupted deploy");
+            engine.remove(&c.id).await?;
+        }
+    }
+    if let Some(prev) = engine.container(&aside(name, PREVIOUS)).await? {
+        if engine.container(name).await?.is_none() {
+            tracing::warn!(container = %name, "restoring the previous version left aside by an interrupted deploy");
+            engine.rename(&prev.id, name).await?;
+            if !prev.running {
+                engine.start(&prev.id).await?;
+            }
+        } else if is_ours(&prev) {
+            engine.remove(&prev.id).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Makes sure the image is on disk, pulling it with fresh registry credentials if not.
+/// Returns the image and whether it was pulled.
+pub async fn ensure_image(
+    engine: &Engine,
+    settings: &Settings,
+    desired: &DesiredContainer,
+    creds: &impl CredentialSource,
+) -> Result<(ImageInfo, bool), DeployError> {
+    let repo = settings.image.repository.to_string();
+    if let Some(image) = engine.image(&desired.image, &repo).await? {
+        return Ok((image, false));
+    }
+    tracing::info!(image = %desired.image, "pulling");
+    let creds = creds.credentials().await?;
+    let image = engine
+        .pull(
+            &repo,
+            desired.sha.as_str(),
+            &settings.image.repository.registry,
+            &creds,
+            settings.image.pull_timeout,
+        )
+        .await?;
+    tracing::info!(image = %desired.image, digest = image.digest.as_deref().unwrap_or("unknown"), "pulled");
+    Ok((image, true))
+}
+
+/// Runs the new version as a throwaway container with no published ports and probes it over
+/// the bridge network. The serving container is not touched.
+pub async fn verify_candidate(
+    engine: &Engine,
+    settings: &Settings,
+    desired: &DesiredContainer,
+    digest: &str,
+) -> Result<(), DeployError> {
+    let name = aside(&desired.name, CANDIDATE);
+    if let Some(stale) = engine.container(&name).await?.filter(is_ours) {
+        engine.remove(&stale.id).await?;
+    }
+    let id = engine
+        .create(&name, desired, digest, "candidate", false)
+        .await?;
+    let result = probe_candidate(engine, settings, desired, &id).await;
+    if let Err(e) = engine.remove(&id).await {
+        tracing::warn!(container = %name, error = %e, "could not remove candidate container");
+    }
+    result
+}
+
+async fn probe_candidate(
+    engine: &Engine,
+    settings: &Settings,
+    desired: &DesiredContainer,
+    id: &str,
+) -> Result<(), DeployError> {
+    engine.start(id).await?;
+    let info = engine.container(id).await?;
+    let ip = info
+        .and_then(|c| c.ip)
+        .unwrap_or_else(|| "127.0.0.1".into());
+    let path = &settings.health.url.path;
+    health::wait_healthy(
+        &ip,
+        desired.probe_port(),
+        path,
+        settings.health.timeout,
+        || still_running(engine, id),
+    )
+    .await
+    .map(|code| tracing::info!(image = %desired.image, status = code, "candidate answered"))
+    .map_err(|probe| DeployError::CandidateUnhealthy {
+        image: desired.image.clone(),
+        probe,
+    })
+}
+
+/// `Err` with the exit status when the container is no longer running.
+async fn still_running(engine: &Engine, id: &str) -> Result<(), String> {
+    match engine.container(id).await {
+        Ok(Some(c)) if c.running => Ok(()),
+        Ok(Some(c)) => Err(format!(
+            "container {} exited (status {})",
+            c.status,
+            c.exit_code.unwrap_or(-1)
+        )),
+        Ok(None) => Err("container disappeared".into()),
+        Err(_) => Ok(()), // cannot tell: keep probing until the deadline
+    }
+}
+
+/// Replaces `old` (if any) with a new container of `desired`. On failure after the old one was
+/// stopped, the new one is removed and the old one is put back and started.
+pub async fn cut_over(
+    engine: &Engine,
+    settings: &Settings,
+    desired: &DesiredContainer,
+    digest: &str,
+    old: Option<&ContainerInfo>,
+) -> Result<String, DeployError> {
+    let name = &desired.name;
+    let next_name = aside(name, NEXT);
+    if let Some(stale) = engine.container(&next_name).await?.filter(is_ours) {
+        engine.remove(&stale.id).await?;
+    }
+    // Created before the old one stops, so the gap is only stop + rename + start.
+    let new_id = engine
+        .create(&next_name, desired, digest, "serving", true)
+        .await?;
+    let previous_name = aside(name, PREVIOUS);
+    if let Some(old) = old {
+        if let Some(stale) = engine
+            .container(&previous_name)
+            .await?
+            .filter(|c| c.id != old.id)
+        {
+            engine.remove(&stale.id).await?;
+        }
+        engine
+            .stop(&old.id, settings.container.stop_timeout)
+            .await?;
+        engine.rename(&old.id, &previous_name).await?;
+    }
+    let started = async {
+        engine.rename(&new_id, name).await?;
+        engine.start(&new_id).await?;
+        Ok::<(), EngineError>(())
+    }
+    .await;
+    let probe = match started {
+        Ok(()) => {
+            let url = &settings.health.url;
+            health::wait_healthy(
+                &url.host,
+                url.port,
+                &url.path,
+                settings.health.timeout,
+                || still_running(engine, &new_id),
+            )
+            .await
+        }
+        Err(e) => Err(ProbeFailed {
+            url: settings.health.url.to_string(),
+            secs: 0,
+            last: e.to_string(),
+        }),
+    };
+    match probe {
+        Ok(_) => {
+            if let Some(old) = old {
+                if let Err(e) = engine.remove(&old.id).await {
+                    tracing::warn!(container = %previous_name, error = %e, "could not remove the previous container");
+                }
+            }
+            Ok(new_id)
+        }
+        Err(probe) => {
+            let restored = roll_back(engine, name, &new_id, old).await;
+            Err(DeployError::CutoverUnhealthy {
+                image: desired.image.clone(),
+                probe,
+                restored,
+            })
+        }
+    }
+}
+
+/// Puts `old` back under `name`, running. Returns a sentence for the error message.
+async fn roll_back(
+    engine: &Engine,
+    name: &str,
+    new_id: &str,
+    old: Option<&ContainerInfo>,
+) -> String {
+    if let Err(e) = engine.remove(new_id).await {
+        tracing::error!(container = %name, error = %e, "could not remove the failed new container");
+    }
+    let Some(old) = old else {
+        return "there was no previous container to restore".into();
+    };
+    let restore = async {
+        engine.rename(&old.id, name).await?;
+        engine.start(&old.id).await?;
+        Ok::<(), EngineError>(())
+    };
+    match restore.await {
+        Ok(()) => {
+            tracing::warn!(container = %name, sha = old.labels.get(crate::spec::LABEL_SHA).map(String::as_str).unwrap_or("unknown"), "previous version restored");
+            "the previous version was restored and is running".into()
+        }
+        Err(e) => format!("restoring the previous version failed too: {e}"),
+    }
+}
+
+/// Starts a stopped container of the right spec and waits until it serves.
+pub async fn restart(
+    engine: &Engine,
+    settings: &Settings,
+    container: &ContainerInfo,
+) -> Result<(), DeployError> {
+    engine.start(&container.id).await?;
+    let url = &settings.health.url;
+    health::wait_healthy(
+        &url.host,
+        url.port,
+        &url.path,
+        settings.health.timeout,
+        || still_running(engine, &container.id),
+    )
+    .await
+    .map(drop)
+    .map_err(|probe| DeployError::RestartUnhealthy {
+        container: container.name.clone(),
+        probe,
+    })
+}
+
+/// Probes the serving container once more (a converged host must also be a healthy one).
+pub async fn check_serving(settings: &Settings, timeout: Duration) -> Result<u16, ProbeFailed> {
+    let url = &settings.health.url;
+    health::wait_healthy(&url.host, url.port, &url.path, timeout, || async { Ok(()) }).await
+}

@@ -1,0 +1,407 @@
+//! Docker Engine API through bollard: inspect, pull, create, start, stop, rename, remove.
+//!
+//! The API version is negotiated, so Debian's Docker 20.10 (API 1.41) works. A 404 is an
+//! answer (`None`), not an error. Every call has a timeout; a pull has its own, longer one.
+//! Errors name the container or image involved.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bollard::auth::DockerCredentials;
+use bollard::errors::Error as BollardError;
+use bollard::models::{
+    ContainerCreateBody, HostConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum,
+};
+use bollard::query_parameters::{
+    CreateContainerOptions, CreateImageOptions, RemoveContainerOptions, RenameContainerOptions,
+    StopContainerOptions,
+};
+use bollard::Docker;
+use futures_util::StreamExt;
+
+use crate::registry::RegistryCredentials;
+use crate::spec::{DesiredContainer, LABEL_MANAGED, LABEL_SHA, LABEL_SPEC_HASH};
+
+/// Bound on a single non-pull API call. Docker answers these in milliseconds; a stop waits for
+/// the container's grace period, which is below this.
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("Docker Engine unreachable ({detail}): is dockerd running and is the socket (DOCKER_HOST or /var/run/docker.sock) accessible?")]
+    Unreachable { detail: String },
+    #[error("Docker {op} {target}: {detail}")]
+    Api {
+        op: &'static str,
+        target: String,
+        detail: String,
+    },
+    #[error("Docker {op} {target}: no answer within {secs} s")]
+    Timeout {
+        op: &'static str,
+        target: String,
+        secs: u64,
+    },
+    #[error("pulling {image}: {detail}")]
+    Pull { image: String, detail: String },
+}
+
+/// A container as Docker reports it.
+#[derive(Debug, Clone)]
+pub struct ContainerInfo {
+    pub id: String,
+    pub name: String,
+    pub running: bool,
+    pub status: String,
+    pub exit_code: Option<i64>,
+    pub labels: HashMap<String, String>,
+    /// Address on the default bridge network, for probing a container with no published port.
+    pub ip: Option<String>,
+    pub started_at: Option<String>,
+}
+
+impl ContainerInfo {
+    /// The reconcile view of this container.
+    pub fn observed(&self) -> crate::reconcile::Observed {
+        crate::reconcile::Observed {
+            id: self.id.clone(),
+            managed: self.labels.get(LABEL_MANAGED).is_some_and(|v| v == "true"),
+            sha: self.labels.get(LABEL_SHA).cloned(),
+            spec_hash: self.labels.get(LABEL_SPEC_HASH).cloned(),
+            running: self.running,
+        }
+    }
+}
+
+/// An image present on the host.
+#[derive(Debug, Clone)]
+pub struct ImageInfo {
+    pub id: String,
+    /// `sha256:...` manifest digest from the registry, when Docker knows it.
+    pub digest: Option<String>,
+}
+
+/// A connected Docker Engine.
+#[derive(Clone)]
+pub struct Engine {
+    docker: Docker,
+}
+
+fn is_not_found(e: &BollardError) -> bool {
+    matches!(
+        e,
+        BollardError::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }
+    )
+}
+
+fn detail(e: &BollardError) -> String {
+    match e {
+        BollardError::DockerResponseServerError {
+            status_code,
+            message,
+        } => format!("HTTP {status_code}: {}", message.trim()),
+        other => other.to_string(),
+    }
+}
+
+async fn bounded<T>(
+    op: &'static str,
+    target: &str,
+    fut: impl std::future::Future<Output = Result<T, BollardError>>,
+) -> Result<Result<T, BollardError>, EngineError> {
+    tokio::time::timeout(CALL_TIMEOUT, fut)
+        .await
+        .map_err(|_| EngineError::Timeout {
+            op,
+            target: target.to_owned(),
+            secs: CALL_TIMEOUT.as_secs(),
+        })
+}
+
+fn api<'a>(op: &'static str, target: &'a str) -> impl FnOnce(BollardError) -> EngineError + 'a {
+    move |e| EngineError::Api {
+        op,
+        target: target.to_owned(),
+        detail: detail(&e),
+    }
+}
+
+impl Engine {
+    /// Connects to `DOCKER_HOST` (unix) or the default socket and negotiates the API version.
+    pub async fn connect() -> Result<Engine, EngineError> {
+        let unreachable = |e: BollardError| EngineError::Unreachable {
+            detail: e.to_string(),
+        };
+        let docker = Docker::connect_with_local_defaults().map_err(unreachable)?;
+        let docker = tokio::time::timeout(Duration::from_secs(10), docker.negotiate_version())
+            .await
+            .map_err(|_| EngineError::Unreachable {
+                detail: "no answer within 10 s".into(),
+            })?
+            .map_err(unreachable)?;
+        Ok(Engine { docker })
+    }
+
+    /// The negotiated API version, for diagnostics.
+    pub fn api_version(&self) -> String {
+        self.docker.client_version().to_string()
+    }
+
+    pub async fn container(&self, name: &str) -> Result<Option<ContainerInfo>, EngineError> {
+        match bounded(
+            "inspect container",
+            name,
+            self.docker.inspect_container(name, None),
+        )
+        .await?
+        {
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(api("inspect container", name)(e)),
+            Ok(c) => {
+                let state = c.state.unwrap_or_default();
+                let ip = c
+                    .network_settings
+                    .and_then(|n| n.networks)
+                    .and_then(|nets| {
+                        nets.values()
+                            .find_map(|n| n.ip_address.clone().filter(|ip| !ip.is_empty()))
+                    });
+                Ok(Some(ContainerInfo {
+                    id: c.id.unwrap_or_default(),
+                    name: c
+                        .name
+                        .unwrap_or_default()
+                        .trim_start_matches('/')
+                        .to_owned(),
+                    running: state.running.unwrap_or(false),
+                    status: state.status.map(|s| s.to_string()).unwrap_or_default(),
+                    exit_code: state.exit_code,
+                    labels: c.config.and_then(|c| c.labels).unwrap_or_default(),
+                    ip,
+                    started_at: state.started_at,
+                }))
+            }
+        }
+    }
+
+    /// The local image for `reference`, with its digest from the repository `repository`.
+    pub async fn image(
+        &self,
+        reference: &str,
+        repository: &str,
+    ) -> Result<Option<ImageInfo>, EngineError> {
+        match bounded(
+            "inspect image",
+            reference,
+            self.docker.inspect_image(reference),
+        )
+        .await?
+        {
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(api("inspect image", reference)(e)),
+            Ok(img) => {
+                let prefix = format!("{repository}@");
+                let digest = img
+                    .repo_digests
+                    .unwrap_or_default()
+                    .into_iter()
+                    .find_map(|d| d.strip_prefix(&prefix).map(str::to_owned));
+                Ok(Some(ImageInfo {
+                    id: img.id.unwrap_or_default(),
+                    digest,
+                }))
+            }
+        }
+    }
+
+    /// Pulls `repository:tag` with registry credentials. Each stream item can carry an error
+    /// (bad credentials, unknown tag, registry gone mid-pull); the first one ends the pull.
+    pub async fn pull(
+        &self,
+        repository: &str,
+        tag: &str,
+        registry: &str,
+        creds: &RegistryCredentials,
+        timeout: Duration,
+    ) -> Result<ImageInfo, EngineError> {
+        let reference = format!("{repository}:{tag}");
+        let auth = DockerCredentials {
+            username: Some(creds.username.clone()),
+            password: Some(creds.password.expose().to_owned()),
+            serveraddress: Some(registry.to_owned()),
+            ..Default::default()
+        };
+        let options = CreateImageOptions {
+            from_image: Some(repository.to_owned()),
+            tag: Some(tag.to_owned()),
+            ..Default::default()
+        };
+        let pull = async {
+            let mut stream = self.docker.create_image(Some(options), None, Some(auth));
+            while let Some(item) = stream.next().await {
+                match item {
+                    Ok(info) => {
+                        if let Some(err) = info.error_detail.and_then(|d| d.message) {
+                            return Err(EngineError::Pull {
+                                image: reference.clone(),
+                                detail: err,
+                            });
+                        }
+                        if let Some(status) = info.status {
+                            tracing::trace!(image = %reference, %status, "pull progress");
+                        }
+                    }
+                    Err(e) => {
+                        return Err(EngineError::Pull {
+                            image: reference.clone(),
+                            detail: detail(&e),
+                        })
+                    }
+                }
+            }
+            Ok(())
+        };
+        tokio::time::timeout(timeout, pull)
+            .await
+            .map_err(|_| EngineError::Pull {
+                image: reference.clone(),
+                detail: format!(
+                    "not finished within {} s ([image] pull_timeout)",
+                    timeout.as_secs()
+                ),
+            })??;
+        self.image(&reference, repository)
+            .await?
+            .ok_or_else(|| EngineError::Pull {
+                image: reference.clone(),
+                detail: "pull reported success but the image is not present".into(),
+            })
+    }
+
+    /// Creates a container of `spec` named `name`. `publish` binds the host ports; a candidate
+    /// is created without them (it would collide with the serving container) and without a
+    /// restart policy (it is thrown away).
+    pub async fn create(
+        &self,
+        name: &str,
+        spec: &DesiredContainer,
+        digest: &str,
+        role: &str,
+        publish: bool,
+    ) -> Result<String, EngineError> {
+        let mut port_bindings: HashMap<String, Option<Vec<PortBinding>>> = HashMap::new();
+        if publish {
+            for p in &spec.ports {
+                port_bindings
+                    .entry(format!("{}/tcp", p.container_port))
+                    .or_default()
+                    .get_or_insert_with(Vec::new)
+                    .push(PortBinding {
+                        host_ip: p.host_ip.map(|ip| ip.to_string()),
+                        host_port: Some(p.host_port.to_string()),
+                    });
+            }
+        }
+        let mut exposed: Vec<String> = spec
+            .ports
+            .iter()
+            .map(|p| format!("{}/tcp", p.container_port))
+            .collect();
+        exposed.dedup();
+        let body = ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            env: Some(spec.env_list()),
+            labels: Some(spec.container_labels(digest, role)),
+            // The Engine ignores a port binding unless the port is also exposed.
+            exposed_ports: Some(exposed),
+            host_config: Some(HostConfig {
+                port_bindings: publish.then_some(port_bindings),
+                restart_policy: Some(RestartPolicy {
+                    name: Some(if publish {
+                        RestartPolicyNameEnum::UNLESS_STOPPED
+                    } else {
+                        RestartPolicyNameEnum::NO
+                    }),
+                    maximum_retry_count: None,
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let options = CreateContainerOptions {
+            name: Some(name.to_owned()),
+            ..Default::default()
+        };
+        let created = bounded(
+            "create container",
+            name,
+            self.docker.create_container(Some(options), body),
+        )
+        .await?
+        .map_err(api("create container", name))?;
+        Ok(created.id)
+    }
+
+    pub async fn start(&self, id: &str) -> Result<(), EngineError> {
+        bounded("start container", id, self.docker.start_container(id, None))
+            .await?
+            .map_err(api("start container", id))
+    }
+
+    /// Stops with a grace period. Stopping a stopped or missing container is not an error.
+    pub async fn stop(&self, id: &str, grace: Duration) -> Result<(), EngineError> {
+        let options = StopContainerOptions {
+            t: Some(grace.as_secs() as i32),
+            signal: None,
+        };
+        match bounded(
+            "stop container",
+            id,
+            self.docker.stop_container(id, Some(options)),
+        )
+        .await?
+        {
+            Ok(()) => Ok(()),
+            Err(BollardError::DockerResponseServerError {
+                status_code: 304 | 404,
+                ..
+            }) => Ok(()),
+            Err(e) => Err(api("stop container", id)(e)),
+        }
+    }
+
+    /// Force-removes; a container already gone is not an error.
+    pub async fn remove(&self, id: &str) -> Result<(), EngineError> {
+        let options = RemoveContainerOptions {
+            force: true,
+            ..Default::default()
+        };
+        match bounded(
+            "remove container",
+            id,
+            self.docker.remove_container(id, Some(options)),
+        )
+        .await?
+        {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(api("remove container", id)(e)),
+        }
+    }
+
+    pub async fn rename(&self, id: &str, new_name: &str) -> Result<(), EngineError> {
+        let options = RenameContainerOptions {
+            name: new_name.to_owned(),
+        };
+        bounded(
+            "rename container",
+            id,
+            self.docker.rename_container(id, options),
+        )
+        .await?
+        .map_err(api("rename container", id))
+    }
+}

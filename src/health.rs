@@ -1,0 +1,99 @@
+//! Proves a container serves: HTTP GET until a 2xx or a deadline.
+//!
+//! A hand-written HTTP/1.0 GET over a TCP socket: the probe only needs the status line, and
+//! pulling in an HTTP client stack for that would cost more binary than the rest of the agent.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+/// Bound on one probe attempt (connect + request + status line).
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Pause between attempts: short, because a container is usually up in well under a second
+/// and every millisecond of probing is a millisecond of swap gap.
+const RETRY_EVERY: Duration = Duration::from_millis(50);
+
+/// The last thing a probe saw, for the error message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{url} did not answer 2xx within {secs} s (last: {last})")]
+pub struct ProbeFailed {
+    pub url: String,
+    pub secs: u64,
+    pub last: String,
+}
+
+/// One GET; returns the status code.
+pub async fn get_status(host: &str, port: u16, path: &str) -> Result<u16, String> {
+    let attempt = async {
+        let mut stream = TcpStream::connect((host, port))
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let request = format!("GET {path} HTTP/1.0\r\nHost: {host}:{port}\r\nUser-Agent: blog-agent\r\nConnection: close\r\n\r\n");
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .map_err(|e| format!("send: {e}"))?;
+        let mut buf = Vec::with_capacity(64);
+        let mut chunk = [0u8; 64];
+        while !buf.contains(&b'\n') && buf.len() < 1024 {
+            let n = stream
+                .read(&mut chunk)
+                .await
+                .map_err(|e| format!("read: {e}"))?;
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        let line = String::from_utf8_lossy(&buf);
+        line.split_whitespace()
+            .nth(1)
+            .and_then(|code| code.parse::<u16>().ok())
+            .filter(|_| line.starts_with("HTTP/"))
+            .ok_or_else(|| "no HTTP status line in the answer".to_owned())
+    };
+    tokio::time::timeout(ATTEMPT_TIMEOUT, attempt)
+        .await
+        .unwrap_or_else(|_| Err("timed out".into()))
+}
+
+/// Probes until a 2xx or `timeout`. `still_alive` is asked between attempts so a container
+/// that has exited fails the probe at once instead of at the deadline.
+pub async fn wait_healthy<F, Fut>(
+    host: &str,
+    port: u16,
+    path: &str,
+    timeout: Duration,
+    mut still_alive: F,
+) -> Result<u16, ProbeFailed>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let deadline = Instant::now() + timeout;
+    let url = format!("http://{host}:{port}{path}");
+    loop {
+        let last = match get_status(host, port, path).await {
+            Ok(code) if (200..300).contains(&code) => return Ok(code),
+            Ok(code) => format!("HTTP {code}"),
+            Err(e) => e,
+        };
+        if let Err(gone) = still_alive().await {
+            return Err(ProbeFailed {
+                url,
+                secs: timeout.as_secs(),
+                last: format!("{last}; {gone}"),
+            });
+        }
+        if Instant::now() + RETRY_EVERY >= deadline {
+            return Err(ProbeFailed {
+                url,
+                secs: timeout.as_secs(),
+                last,
+            });
+        }
+        tokio::time::sleep(RETRY_EVERY).await;
+    }
+}

@@ -1,0 +1,87 @@
+//! EC2 instance metadata (IMDSv2): reads one instance tag, the host's environment.
+//!
+//! Uses aws-config's IMDS client, which does the token PUT, retries, and honours
+//! `AWS_EC2_METADATA_SERVICE_ENDPOINT` (tests point it at a local stand-in). A 404 on the tag
+//! path has two usual causes, the tag is absent or instance metadata tags are not enabled, and
+//! the error names both with their fix.
+
+use std::time::Duration;
+
+use aws_config::imds::client::error::ImdsError as SdkImdsError;
+
+/// Total time allowed for one tag read, retries included. IMDS answers in milliseconds on a
+/// healthy instance; a slow boot gets a few retries inside this bound.
+const TAG_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImdsError {
+    #[error(
+        "EC2 instance tag {tag:?} not found in instance metadata: tag the instance (launch template tag \
+         specifications) and enable instance metadata tags (InstanceMetadataTags=enabled), \
+         or set [environment] name / pass --env"
+    )]
+    TagMissing { tag: String },
+    #[error("instance metadata answered HTTP {status} for tag {tag:?}: check the instance metadata options (HttpTokens, hop limit)")]
+    Refused { tag: String, status: u16 },
+    #[error("instance metadata unreachable while reading tag {tag:?}: {detail}: is this an EC2 instance with IMDS enabled? Otherwise set [environment] name or pass --env")]
+    Unreachable { tag: String, detail: String },
+}
+
+/// Where the environment tag comes from; a trait so environment resolution is unit-tested.
+pub trait TagSource {
+    fn instance_tag(
+        &self,
+        tag: &str,
+    ) -> impl std::future::Future<Output = Result<String, ImdsError>> + Send;
+}
+
+/// The real IMDS client.
+pub struct Imds {
+    client: aws_config::imds::Client,
+}
+
+impl Default for Imds {
+    fn default() -> Self {
+        Imds::new()
+    }
+}
+
+impl Imds {
+    pub fn new() -> Imds {
+        let client = aws_config::imds::Client::builder()
+            .connect_timeout(Duration::from_secs(1))
+            .read_timeout(Duration::from_secs(2))
+            .max_attempts(4)
+            .build();
+        Imds { client }
+    }
+}
+
+impl TagSource for Imds {
+    async fn instance_tag(&self, tag: &str) -> Result<String, ImdsError> {
+        let path = format!("/latest/meta-data/tags/instance/{tag}");
+        let result = tokio::time::timeout(TAG_READ_TIMEOUT, self.client.get(path)).await;
+        let unreachable = |detail: String| ImdsError::Unreachable {
+            tag: tag.to_owned(),
+            detail,
+        };
+        match result {
+            Err(_) => Err(unreachable(format!(
+                "no answer within {TAG_READ_TIMEOUT:?}"
+            ))),
+            Ok(Ok(value)) => Ok(value.as_ref().trim().to_owned()),
+            Ok(Err(SdkImdsError::ErrorResponse(resp))) => match resp.response().status().as_u16() {
+                404 => Err(ImdsError::TagMissing {
+                    tag: tag.to_owned(),
+                }),
+                status => Err(ImdsError::Refused {
+                    tag: tag.to_owned(),
+                    status,
+                }),
+            },
+            Ok(Err(other)) => Err(unreachable(
+                aws_smithy_types::error::display::DisplayErrorContext(&other).to_string(),
+            )),
+        }
+    }
+}

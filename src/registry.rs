@@ -1,0 +1,195 @@
+//! Registry credentials from ECR: `GetAuthorizationToken`, base64 `user:password`.
+//!
+//! The password is wrapped in [`Secret`], whose `Debug` and `Display` print `***`, so it cannot
+//! reach a log line, an error or `--debug` output by accident. Tokens are cached until shortly
+//! before `expiresAt`; a token that arrives already expired (moto's is dated 2015) is used for
+//! the pull at hand and cached for a short floor, so it cannot cause a request storm.
+
+use std::fmt;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use base64::Engine as _;
+
+use crate::aws::describe;
+
+/// Renew this long before the token's stated expiry, so a pull never starts on a dying token.
+const RENEW_BEFORE_EXPIRY: Duration = Duration::from_secs(5 * 60);
+/// Shortest time a token is reused, even if its stated expiry is nearer or already past.
+const MIN_CACHE: Duration = Duration::from_secs(60);
+
+/// A string that never prints.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: String) -> Secret {
+        Secret(value)
+    }
+    /// The only way to the value: call sites that hand it to Docker say so explicitly.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// Credentials for one registry.
+#[derive(Debug, Clone)]
+pub struct RegistryCredentials {
+    pub username: String,
+    pub password: Secret,
+    pub expires_at: Option<SystemTime>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("ECR GetAuthorizationToken was denied: the instance role needs ecr:GetAuthorizationToken ({detail})")]
+    AccessDenied { detail: String },
+    #[error("ECR GetAuthorizationToken failed: {detail}")]
+    Unavailable { detail: String },
+    #[error("ECR returned an authorization token that is not base64 \"user:password\"")]
+    Malformed,
+}
+
+/// Where registry credentials come from.
+pub trait CredentialSource {
+    fn credentials(
+        &self,
+    ) -> impl std::future::Future<Output = Result<RegistryCredentials, RegistryError>> + Send;
+}
+
+/// ECR token source with a cache.
+pub struct Ecr {
+    client: aws_sdk_ecr::Client,
+    cache: Mutex<Option<(RegistryCredentials, SystemTime)>>,
+}
+
+impl Ecr {
+    pub fn new(sdk: &aws_config::SdkConfig) -> Ecr {
+        Ecr {
+            client: aws_sdk_ecr::Client::new(sdk),
+            cache: Mutex::new(None),
+        }
+    }
+
+    async fn fetch(&self) -> Result<RegistryCredentials, RegistryError> {
+        let output = self
+            .client
+            .get_authorization_token()
+            .send()
+            .await
+            .map_err(|err| {
+                use aws_sdk_ecr::error::ProvideErrorMetadata;
+                let detail = describe(&err);
+                match err.code() {
+                    Some("AccessDeniedException") => RegistryError::AccessDenied { detail },
+                    _ => RegistryError::Unavailable { detail },
+                }
+            })?;
+        let data = output
+            .authorization_data()
+            .first()
+            .ok_or(RegistryError::Malformed)?;
+        let token = data.authorization_token().ok_or(RegistryError::Malformed)?;
+        let mut creds = decode_token(token)?;
+        creds.expires_at = data
+            .expires_at()
+            .and_then(|t| SystemTime::try_from(*t).ok());
+        Ok(creds)
+    }
+}
+
+impl CredentialSource for Ecr {
+    async fn credentials(&self) -> Result<RegistryCredentials, RegistryError> {
+        let now = SystemTime::now();
+        if let Some((creds, valid_until)) = self.cache.lock().unwrap().as_ref() {
+            if now < *valid_until {
+                return Ok(creds.clone());
+            }
+        }
+        let creds = self.fetch().await?;
+        let valid_until = cache_until(now, creds.expires_at);
+        tracing::debug!(username = %creds.username, ?valid_until, "got ECR authorization token");
+        *self.cache.lock().unwrap() = Some((creds.clone(), valid_until));
+        Ok(creds)
+    }
+}
+
+/// How long a token fetched at `now` is reused.
+pub fn cache_until(now: SystemTime, expires_at: Option<SystemTime>) -> SystemTime {
+    let by_expiry = expires_at
+        .and_then(|e| e.checked_sub(RENEW_BEFORE_EXPIRY))
+        .unwrap_or(now);
+    by_expiry.max(now + MIN_CACHE)
+}
+
+/// Decodes ECR's base64 `user:password` token.
+pub fn decode_token(token: &str) -> Result<RegistryCredentials, RegistryError> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(token.trim())
+        .map_err(|_| RegistryError::Malformed)?;
+    let text = String::from_utf8(bytes).map_err(|_| RegistryError::Malformed)?;
+    let (user, password) = text.split_once(':').ok_or(RegistryError::Malformed)?;
+    if user.is_empty() || password.is_empty() {
+        return Err(RegistryError::Malformed);
+    }
+    Ok(RegistryCredentials {
+        username: user.to_owned(),
+        password: Secret::new(password.to_owned()),
+        expires_at: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_and_hides_the_password() {
+        let token = base64::engine::general_purpose::STANDARD.encode("AWS:s3cr3t-pass");
+        let creds = decode_token(&token).unwrap();
+        assert_eq!(creds.username, "AWS");
+        assert_eq!(creds.password.expose(), "s3cr3t-pass");
+        let shown = format!("{creds:?} {}", creds.password);
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+    }
+
+    #[test]
+    fn rejects_malformed_tokens() {
+        for bad in [
+            "",
+            "!!!",
+            &base64::engine::general_purpose::STANDARD.encode("nocolon"),
+        ] {
+            assert!(
+                matches!(decode_token(bad), Err(RegistryError::Malformed)),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn cache_lifetime() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let hours = |h: u64| Duration::from_secs(h * 3600);
+        // 12 h token: renewed 5 minutes early.
+        assert_eq!(
+            cache_until(now, Some(now + hours(12))),
+            now + hours(12) - RENEW_BEFORE_EXPIRY
+        );
+        // Already expired (moto) or unknown: a short floor, never zero.
+        assert_eq!(cache_until(now, Some(now - hours(1))), now + MIN_CACHE);
+        assert_eq!(cache_until(now, None), now + MIN_CACHE);
+    }
+}

@@ -1,0 +1,197 @@
+//! The desired release: the git SHA CI wrote to `s3://<bucket>/<key>` for this environment.
+//!
+//! Reads at most [`MAX_OBJECT_BYTES`] of the object and validates it as a [`Sha`]; anything else
+//! is an error naming the S3 URI and quoting a safe form of the content. SSE-KMS objects are
+//! decrypted by S3 transparently, but a role without `kms:Decrypt` sees `AccessDenied`, and the
+//! error says so. Supports conditional GET (`If-None-Match`), so an idle poll costs one small
+//! request.
+
+use std::fmt;
+
+use aws_sdk_s3::error::ProvideErrorMetadata;
+use aws_sdk_s3::operation::get_object::GetObjectError;
+
+use crate::aws::describe;
+use crate::sha::{safe_quote, InvalidSha, Sha};
+
+/// A SHA file holds 7-40 hex digits and a newline; anything much larger is not one, and is not
+/// read into memory.
+const MAX_OBJECT_BYTES: usize = 1024;
+
+/// Where a release file lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectLocation {
+    pub bucket: String,
+    pub key: String,
+}
+
+impl fmt::Display for ObjectLocation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "s3://{}/{}", self.bucket, self.key)
+    }
+}
+
+/// The desired SHA as read from S3.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Release {
+    pub sha: Sha,
+    pub etag: Option<String>,
+}
+
+/// Outcome of a (possibly conditional) read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fetched {
+    Changed(Release),
+    /// The object still has the ETag we sent (HTTP 304).
+    Unchanged,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReleaseError {
+    #[error("{location} does not exist: has CI published a release for this environment? (check [release] bucket and [release.keys])")]
+    NotFound { location: ObjectLocation },
+    #[error("bucket {bucket:?} does not exist (reading {location}): check [release] bucket")]
+    NoBucket {
+        bucket: String,
+        location: ObjectLocation,
+    },
+    #[error("access denied reading {location}: the instance role needs s3:GetObject on it and kms:Decrypt on the bucket's KMS key ({detail})")]
+    AccessDenied {
+        location: ObjectLocation,
+        detail: String,
+    },
+    #[error("{location} holds {quoted}, which is not a git SHA: {reason}; fix the object (CI writes it); nothing was changed")]
+    Invalid {
+        location: ObjectLocation,
+        quoted: String,
+        reason: String,
+    },
+    #[error("cannot read {location}: {detail}")]
+    Unavailable {
+        location: ObjectLocation,
+        detail: String,
+    },
+}
+
+impl ReleaseError {
+    fn invalid(location: &ObjectLocation, err: InvalidSha) -> ReleaseError {
+        ReleaseError::Invalid {
+            location: location.clone(),
+            quoted: err.value,
+            reason: err.reason.to_owned(),
+        }
+    }
+
+    /// Worth retrying: the service or the network, not the content or the permissions.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, ReleaseError::Unavailable { .. })
+    }
+}
+
+/// Where the desired SHA comes from; a trait so the loop can be unit-tested with a fake.
+pub trait ReleaseSource {
+    fn fetch(
+        &self,
+        location: &ObjectLocation,
+        if_none_match: Option<&str>,
+    ) -> impl std::future::Future<Output = Result<Fetched, ReleaseError>> + Send;
+}
+
+/// The real S3 reader.
+#[derive(Clone)]
+pub struct S3Releases {
+    client: aws_sdk_s3::Client,
+}
+
+impl S3Releases {
+    pub fn new(sdk: &aws_config::SdkConfig) -> S3Releases {
+        let config = aws_sdk_s3::config::Builder::from(sdk)
+            .force_path_style(crate::aws::custom_s3_endpoint())
+            .build();
+        S3Releases {
+            client: aws_sdk_s3::Client::from_conf(config),
+        }
+    }
+}
+
+impl ReleaseSource for S3Releases {
+    async fn fetch(
+        &self,
+        location: &ObjectLocation,
+        if_none_match: Option<&str>,
+    ) -> Result<Fetched, ReleaseError> {
+        let mut request = self
+            .client
+            .get_object()
+            .bucket(&location.bucket)
+            .key(&location.key);
+        if let Some(etag) = if_none_match {
+            request = request.if_none_match(etag);
+        }
+        let output = match request.send().await {
+            Ok(output) => output,
+            Err(err) => {
+                let status = err.raw_response().map(|r| r.status().as_u16());
+                let detail = describe(&err);
+                let service = err.into_service_error();
+                let code = service.code().unwrap_or_default().to_owned();
+                return match (&service, code.as_str(), status) {
+                    (_, _, Some(304)) | (_, "NotModified", _) => Ok(Fetched::Unchanged),
+                    (GetObjectError::NoSuchKey(_), _, _) | (_, "NoSuchKey", _) => {
+                        Err(ReleaseError::NotFound {
+                            location: location.clone(),
+                        })
+                    }
+                    (_, "NoSuchBucket", _) => Err(ReleaseError::NoBucket {
+                        bucket: location.bucket.clone(),
+                        location: location.clone(),
+                    }),
+                    (_, code, status)
+                        if code == "AccessDenied"
+                            || code.starts_with("KMS")
+                            || status == Some(403) =>
+                    {
+                        Err(ReleaseError::AccessDenied {
+                            location: location.clone(),
+                            detail,
+                        })
+                    }
+                    _ => Err(ReleaseError::Unavailable {
+                        location: location.clone(),
+                        detail,
+                    }),
+                };
+            }
+        };
+        let etag = output.e_tag().map(str::to_owned);
+        let declared = output.content_length().unwrap_or(0).max(0) as usize;
+        let mut body = output.body;
+        let mut bytes = Vec::new();
+        while bytes.len() <= MAX_OBJECT_BYTES {
+            match body.try_next().await {
+                Ok(Some(chunk)) => bytes.extend_from_slice(&chunk),
+                Ok(None) => break,
+                Err(err) => {
+                    return Err(ReleaseError::Unavailable {
+                        location: location.clone(),
+                        detail: describe(&err),
+                    })
+                }
+            }
+        }
+        let text =
+            String::from_utf8_lossy(&bytes[..bytes.len().min(MAX_OBJECT_BYTES)]).into_owned();
+        let size = declared.max(bytes.len());
+        if size > MAX_OBJECT_BYTES {
+            return Err(ReleaseError::Invalid {
+                location: location.clone(),
+                quoted: safe_quote(text.trim()),
+                reason: format!(
+                    "the object is {size} bytes; a SHA file is under {MAX_OBJECT_BYTES}"
+                ),
+            });
+        }
+        let sha = Sha::parse(&text).map_err(|e| ReleaseError::invalid(location, e))?;
+        Ok(Fetched::Changed(Release { sha, etag }))
+    }
+}
