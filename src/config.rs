@@ -24,29 +24,13 @@ pub enum ConfigError {
     #[error("config file {} not found: create it (see packaging/config.example.toml) or pass --config PATH", path.display())]
     Missing { path: PathBuf },
     #[error("config file {}: cannot read it: {source}", path.display())]
-    Unreadable {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Unreadable { path: PathBuf, source: std::io::Error },
     #[error("config file {}, line {line}: {message}", path.display())]
-    Syntax {
-        path: PathBuf,
-        line: usize,
-        message: String,
-    },
+    Syntax { path: PathBuf, line: usize, message: String },
     #[error("config file {}: {key} = {value}: {problem}", path.display())]
-    Invalid {
-        path: PathBuf,
-        key: String,
-        value: String,
-        problem: String,
-    },
+    Invalid { path: PathBuf, key: String, value: String, problem: String },
     #[error("config file {}: {key} is required: {hint}", path.display())]
-    Required {
-        path: PathBuf,
-        key: String,
-        hint: &'static str,
-    },
+    Required { path: PathBuf, key: String, hint: &'static str },
 }
 
 /// Validated settings. Nothing downstream parses strings from the config again.
@@ -247,14 +231,9 @@ impl Settings {
     pub fn load(path: &Path) -> Result<Settings, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| {
             if source.kind() == std::io::ErrorKind::NotFound {
-                ConfigError::Missing {
-                    path: path.to_owned(),
-                }
+                ConfigError::Missing { path: path.to_owned() }
             } else {
-                ConfigError::Unreadable {
-                    path: path.to_owned(),
-                    source,
-                }
+                ConfigError::Unreadable { path: path.to_owned(), source }
             }
         })?;
         Settings::parse(&text, path)
@@ -264,10 +243,7 @@ impl Settings {
     pub fn parse(text: &str, path: &Path) -> Result<Settings, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
             path: path.to_owned(),
-            line: e
-                .span()
-                .map(|s| text[..s.start].matches('\n').count() + 1)
-                .unwrap_or(1),
+            line: e.span().map(|s| text[..s.start].matches('\n').count() + 1).unwrap_or(1),
             message: e.message().trim().replace('\n', " "),
         })?;
         Validator { path }.settings(raw)
@@ -294,26 +270,13 @@ impl Validator<'_> {
     }
 
     fn required(&self, key: &str, hint: &'static str) -> ConfigError {
-        ConfigError::Required {
-            path: self.path.to_owned(),
-            key: key.to_owned(),
-            hint,
-        }
+        ConfigError::Required { path: self.path.to_owned(), key: key.to_owned(), hint }
     }
 
-    fn duration(
-        &self,
-        key: &str,
-        raw: Option<String>,
-        default: Duration,
-    ) -> Result<Duration, ConfigError> {
+    fn duration(&self, key: &str, raw: Option<String>, default: Duration) -> Result<Duration, ConfigError> {
         let Some(raw) = raw else { return Ok(default) };
         humantime::parse_duration(raw.trim()).map_err(|_| {
-            self.invalid(
-                key,
-                &raw,
-                "expected a duration such as \"500ms\", \"30s\", \"2m\" or \"1h 30m\"",
-            )
+            self.invalid(key, &raw, "expected a duration such as \"500ms\", \"30s\", \"2m\" or \"1h 30m\"")
         })
     }
 
@@ -322,25 +285,13 @@ impl Validator<'_> {
         let release = self.release(raw.release, &environment)?;
         let image = ImageSettings {
             repository: self.repository(raw.image.repository)?,
-            pull_timeout: self.duration(
-                "[image] pull_timeout",
-                raw.image.pull_timeout,
-                Duration::from_secs(600),
-            )?,
+            pull_timeout: self.duration("[image] pull_timeout", raw.image.pull_timeout, Duration::from_secs(600))?,
         };
         let container = self.container(raw.container)?;
         let health = self.health(raw.health)?;
         let agent = AgentSettings {
-            state_dir: PathBuf::from(
-                raw.agent
-                    .state_dir
-                    .unwrap_or_else(|| "/var/lib/blog-agent".into()),
-            ),
-            lock_timeout: self.duration(
-                "[agent] lock_timeout",
-                raw.agent.lock_timeout,
-                Duration::from_secs(300),
-            )?,
+            state_dir: PathBuf::from(raw.agent.state_dir.unwrap_or_else(|| "/var/lib/blog-agent".into())),
+            lock_timeout: self.duration("[agent] lock_timeout", raw.agent.lock_timeout, Duration::from_secs(300))?,
         };
         if !agent.state_dir.is_absolute() {
             return Err(self.invalid(
@@ -350,22 +301,11 @@ impl Validator<'_> {
             ));
         }
         let reconcile = self.reconcile(raw.reconcile)?;
-        Ok(Settings {
-            source: self.path.to_owned(),
-            environment,
-            release,
-            image,
-            container,
-            health,
-            agent,
-            reconcile,
-        })
+        Ok(Settings { source: self.path.to_owned(), environment, release, image, container, health, agent, reconcile })
     }
 
     fn environment(&self, raw: RawEnvironment) -> Result<EnvironmentSettings, ConfigError> {
-        let allowed = raw
-            .allowed
-            .unwrap_or_else(|| vec!["staging".into(), "production".into()]);
+        let allowed = raw.allowed.unwrap_or_else(|| vec!["staging".into(), "production".into()]);
         if allowed.is_empty() {
             return Err(self.invalid(
                 "[environment] allowed",
@@ -384,11 +324,7 @@ impl Validator<'_> {
         }
         let tag = raw.tag.unwrap_or_else(|| "Environment".into());
         if tag.trim().is_empty() || tag.contains('/') {
-            return Err(self.invalid(
-                "[environment] tag",
-                &tag,
-                "expected an EC2 tag key such as \"Environment\"",
-            ));
+            return Err(self.invalid("[environment] tag", &tag, "expected an EC2 tag key such as \"Environment\""));
         }
         if let Some(name) = &raw.name {
             if !allowed.contains(name) {
@@ -399,24 +335,13 @@ impl Validator<'_> {
                 ));
             }
         }
-        Ok(EnvironmentSettings {
-            name: raw.name,
-            tag,
-            allowed,
-        })
+        Ok(EnvironmentSettings { name: raw.name, tag, allowed })
     }
 
-    fn release(
-        &self,
-        raw: RawRelease,
-        env: &EnvironmentSettings,
-    ) -> Result<ReleaseSettings, ConfigError> {
-        let bucket = raw.bucket.ok_or_else(|| {
-            self.required(
-                "[release] bucket",
-                "the S3 bucket CI writes the release SHA to",
-            )
-        })?;
+    fn release(&self, raw: RawRelease, env: &EnvironmentSettings) -> Result<ReleaseSettings, ConfigError> {
+        let bucket = raw
+            .bucket
+            .ok_or_else(|| self.required("[release] bucket", "the S3 bucket CI writes the release SHA to"))?;
         if bucket.trim().is_empty() || bucket.contains('/') || bucket.starts_with("s3:") {
             return Err(self.invalid(
                 "[release] bucket",
@@ -426,10 +351,7 @@ impl Validator<'_> {
         }
         let mut keys: BTreeMap<String, String> = [
             ("staging".to_owned(), "staging/stagebuild.txt".to_owned()),
-            (
-                "production".to_owned(),
-                "production/prodbuild.txt".to_owned(),
-            ),
+            ("production".to_owned(), "production/prodbuild.txt".to_owned()),
         ]
         .into();
         keys.extend(raw.keys.unwrap_or_default());
@@ -453,31 +375,23 @@ impl Validator<'_> {
 
     fn repository(&self, raw: Option<String>) -> Result<Repository, ConfigError> {
         const KEY: &str = "[image] repository";
-        const SHAPE: &str = "expected REGISTRY/NAME without a tag, e.g. \"123456789012.dkr.ecr.us-east-1.amazonaws.com/blog\"";
-        let raw =
-            raw.ok_or_else(|| self.required(KEY, "the ECR repository holding the blog images"))?;
+        const SHAPE: &str =
+            "expected REGISTRY/NAME without a tag, e.g. \"123456789012.dkr.ecr.us-east-1.amazonaws.com/blog\"";
+        let raw = raw.ok_or_else(|| self.required(KEY, "the ECR repository holding the blog images"))?;
         let Some((registry, path)) = raw.split_once('/') else {
             return Err(self.invalid(KEY, &raw, SHAPE));
         };
-        let registry_ok =
-            (registry.contains('.') || registry.contains(':') || registry == "localhost")
-                && registry
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c));
+        let registry_ok = (registry.contains('.') || registry.contains(':') || registry == "localhost")
+            && registry.chars().all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c));
         let path_ok = !path.is_empty()
             && path.split('/').all(|part| {
                 !part.is_empty()
-                    && part
-                        .chars()
-                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
+                    && part.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
             });
         if !registry_ok || !path_ok {
             return Err(self.invalid(KEY, &raw, SHAPE));
         }
-        Ok(Repository {
-            registry: registry.to_owned(),
-            path: path.to_owned(),
-        })
+        Ok(Repository { registry: registry.to_owned(), path: path.to_owned() })
     }
 
     fn container(&self, raw: RawContainer) -> Result<ContainerSettings, ConfigError> {
@@ -495,11 +409,7 @@ impl Validator<'_> {
         }
         let raw_ports = raw.ports.unwrap_or_else(|| vec!["80:80".into()]);
         if raw_ports.is_empty() {
-            return Err(self.invalid(
-                "[container] ports",
-                "[]",
-                "publish at least one port, e.g. [\"80:80\"]",
-            ));
+            return Err(self.invalid("[container] ports", "[]", "publish at least one port, e.g. [\"80:80\"]"));
         }
         let mut ports = Vec::new();
         for (i, p) in raw_ports.iter().enumerate() {
@@ -511,31 +421,21 @@ impl Validator<'_> {
         let env = raw.env.unwrap_or_default();
         for k in env.keys() {
             if k.is_empty() || k.contains('=') || k.contains('\0') {
-                return Err(self.invalid(
-                    "[container] env",
-                    k,
-                    "variable names cannot be empty or contain '='",
-                ));
+                return Err(self.invalid("[container] env", k, "variable names cannot be empty or contain '='"));
             }
         }
         let labels = raw.labels.unwrap_or_default();
         for k in labels.keys() {
             if k.is_empty() || k.starts_with(LABEL_PREFIX) {
-                return Err(self.invalid("[container] labels", k, format!("label keys cannot be empty or start with \"{LABEL_PREFIX}\" (the agent's own)")));
+                return Err(self.invalid(
+                    "[container] labels",
+                    k,
+                    format!("label keys cannot be empty or start with \"{LABEL_PREFIX}\" (the agent's own)"),
+                ));
             }
         }
-        let stop_timeout = self.duration(
-            "[container] stop_timeout",
-            raw.stop_timeout,
-            Duration::from_secs(3),
-        )?;
-        Ok(ContainerSettings {
-            name,
-            ports,
-            env,
-            labels,
-            stop_timeout,
-        })
+        let stop_timeout = self.duration("[container] stop_timeout", raw.stop_timeout, Duration::from_secs(3))?;
+        Ok(ContainerSettings { name, ports, env, labels, stop_timeout })
     }
 
     fn health(&self, raw: RawHealth) -> Result<HealthSettings, ConfigError> {
@@ -549,21 +449,13 @@ impl Validator<'_> {
         })?;
         let timeout = self.duration("[health] timeout", raw.timeout, Duration::from_secs(30))?;
         if timeout.is_zero() {
-            return Err(self.invalid(
-                "[health] timeout",
-                "0s",
-                "must be longer than zero, e.g. \"30s\"",
-            ));
+            return Err(self.invalid("[health] timeout", "0s", "must be longer than zero, e.g. \"30s\""));
         }
         Ok(HealthSettings { url, timeout })
     }
 
     fn reconcile(&self, raw: RawReconcile) -> Result<ReconcileSettings, ConfigError> {
-        let interval = self.duration(
-            "[reconcile] interval",
-            raw.interval,
-            Duration::from_secs(30),
-        )?;
+        let interval = self.duration("[reconcile] interval", raw.interval, Duration::from_secs(30))?;
         if interval < Duration::from_secs(1) {
             return Err(self.invalid(
                 "[reconcile] interval",
@@ -572,11 +464,7 @@ impl Validator<'_> {
             ));
         }
         let jitter = self.duration("[reconcile] jitter", raw.jitter, interval / 10)?;
-        Ok(ReconcileSettings {
-            interval,
-            jitter,
-            keep_images: raw.keep_images.unwrap_or(2),
-        })
+        Ok(ReconcileSettings { interval, jitter, keep_images: raw.keep_images.unwrap_or(2) })
     }
 }
 
@@ -584,9 +472,7 @@ impl Validator<'_> {
 pub fn valid_env_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
 }
 
 fn parse_port_mapping(raw: &str) -> Option<PortMapping> {
@@ -601,11 +487,7 @@ fn parse_port_mapping(raw: &str) -> Option<PortMapping> {
     };
     let host_port: u16 = rest.0.parse().ok().filter(|p| *p > 0)?;
     let container_port: u16 = rest.1.parse().ok().filter(|p| *p > 0)?;
-    Some(PortMapping {
-        host_ip,
-        host_port,
-        container_port,
-    })
+    Some(PortMapping { host_ip, host_port, container_port })
 }
 
 fn parse_health_url(raw: &str) -> Option<HealthUrl> {
@@ -621,21 +503,15 @@ fn parse_health_url(raw: &str) -> Option<HealthUrl> {
     if host.is_empty() || path.contains(char::is_whitespace) {
         return None;
     }
-    Some(HealthUrl {
-        host: host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_owned(),
-        port,
-        path: path.to_owned(),
-    })
+    Some(HealthUrl { host: host.trim_start_matches('[').trim_end_matches(']').to_owned(), port, path: path.to_owned() })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const MINIMAL: &str = "[release]\nbucket = \"b\"\n[image]\nrepository = \"123456789012.dkr.ecr.us-east-1.amazonaws.com/blog\"\n";
+    const MINIMAL: &str =
+        "[release]\nbucket = \"b\"\n[image]\nrepository = \"123456789012.dkr.ecr.us-east-1.amazonaws.com/blog\"\n";
 
     fn parse(text: &str) -> Result<Settings, ConfigError> {
         Settings::parse(text, Path::new("/etc/blog-agent/config.toml"))
@@ -647,27 +523,14 @@ mod tests {
         assert_eq!(s.environment.tag, "Environment");
         assert_eq!(s.environment.allowed, ["staging", "production"]);
         assert_eq!(s.release_key("staging"), Some("staging/stagebuild.txt"));
-        assert_eq!(
-            s.release_key("production"),
-            Some("production/prodbuild.txt")
-        );
-        assert_eq!(
-            s.image.repository.registry,
-            "123456789012.dkr.ecr.us-east-1.amazonaws.com"
-        );
+        assert_eq!(s.release_key("production"), Some("production/prodbuild.txt"));
+        assert_eq!(s.image.repository.registry, "123456789012.dkr.ecr.us-east-1.amazonaws.com");
         assert_eq!(
             s.image.repository.reference("abc1234"),
             "123456789012.dkr.ecr.us-east-1.amazonaws.com/blog:abc1234"
         );
         assert_eq!(s.container.name, "blog");
-        assert_eq!(
-            s.container.ports,
-            [PortMapping {
-                host_ip: None,
-                host_port: 80,
-                container_port: 80
-            }]
-        );
+        assert_eq!(s.container.ports, [PortMapping { host_ip: None, host_port: 80, container_port: 80 }]);
         assert_eq!(s.health.url.to_string(), "http://127.0.0.1:80/");
         assert_eq!(s.health.timeout, Duration::from_secs(30));
         assert_eq!(s.agent.state_dir, PathBuf::from("/var/lib/blog-agent"));
@@ -695,26 +558,16 @@ mod tests {
             ("70000:80", None),
         ];
         for (input, want) in cases {
-            assert_eq!(
-                parse_port_mapping(input).map(|p| p.to_string()).as_deref(),
-                *want,
-                "{input}"
-            );
+            assert_eq!(parse_port_mapping(input).map(|p| p.to_string()).as_deref(), *want, "{input}");
         }
     }
 
     #[test]
     fn health_url_forms() {
         let u = parse_health_url("http://127.0.0.1:8080/healthz?x=1").unwrap();
-        assert_eq!(
-            (u.host.as_str(), u.port, u.path.as_str()),
-            ("127.0.0.1", 8080, "/healthz?x=1")
-        );
+        assert_eq!((u.host.as_str(), u.port, u.path.as_str()), ("127.0.0.1", 8080, "/healthz?x=1"));
         let u = parse_health_url("http://localhost").unwrap();
-        assert_eq!(
-            (u.host.as_str(), u.port, u.path.as_str()),
-            ("localhost", 80, "/")
-        );
+        assert_eq!((u.host.as_str(), u.port, u.path.as_str()), ("localhost", 80, "/"));
         assert!(parse_health_url("https://127.0.0.1/").is_none());
         assert!(parse_health_url("127.0.0.1/").is_none());
     }
@@ -723,80 +576,39 @@ mod tests {
     #[test]
     fn invalid_configs_name_the_key() {
         let cases: &[(&str, &str)] = &[
-            (
-                "[release]\nbucket = \"b\"\nbuckett = \"c\"\n",
-                "unknown field `buckett`",
-            ),
+            ("[release]\nbucket = \"b\"\nbuckett = \"c\"\n", "unknown field `buckett`"),
             ("[nope]\n", "unknown field `nope`"),
-            (
-                "[image]\nrepository = \"r.example/blog\"\n",
-                "[release] bucket is required",
-            ),
-            (
-                "[release]\nbucket = \"b\"\n",
-                "[image] repository is required",
-            ),
-            (
-                "[release]\nbucket = \"b\"\n[image]\nrepository = \"blog\"\n",
-                "[image] repository = \"blog\"",
-            ),
-            (
-                "[release]\nbucket = \"b\"\n[image]\nrepository = \"r.example/blog:latest\"\n",
-                "expected REGISTRY/NAME",
-            ),
+            ("[image]\nrepository = \"r.example/blog\"\n", "[release] bucket is required"),
+            ("[release]\nbucket = \"b\"\n", "[image] repository is required"),
+            ("[release]\nbucket = \"b\"\n[image]\nrepository = \"blog\"\n", "[image] repository = \"blog\""),
+            ("[release]\nbucket = \"b\"\n[image]\nrepository = \"r.example/blog:latest\"\n", "expected REGISTRY/NAME"),
             (
                 &format!("{MINIMAL}[health]\ntimeout = \"30 parsecs\"\n"),
                 "[health] timeout = \"30 parsecs\": expected a duration",
             ),
-            (
-                &format!("{MINIMAL}[health]\nurl = \"https://x/\"\n"),
-                "[health] url",
-            ),
-            (
-                &format!("{MINIMAL}[container]\nports = [\"80\"]\n"),
-                "[container] ports[0] = \"80\"",
-            ),
-            (
-                &format!("{MINIMAL}[container]\nname = \"-bad\"\n"),
-                "[container] name",
-            ),
-            (
-                &format!("{MINIMAL}[container]\nlabels = {{ \"io.blog-agent.sha\" = \"x\" }}\n"),
-                "[container] labels",
-            ),
+            (&format!("{MINIMAL}[health]\nurl = \"https://x/\"\n"), "[health] url"),
+            (&format!("{MINIMAL}[container]\nports = [\"80\"]\n"), "[container] ports[0] = \"80\""),
+            (&format!("{MINIMAL}[container]\nname = \"-bad\"\n"), "[container] name"),
+            (&format!("{MINIMAL}[container]\nlabels = {{ \"io.blog-agent.sha\" = \"x\" }}\n"), "[container] labels"),
             (
                 &format!("{MINIMAL}[environment]\nname = \"qa\"\n"),
                 "[environment] name = \"qa\": not in [environment] allowed",
             ),
-            (
-                &format!("{MINIMAL}[environment]\nallowed = [\"qa\"]\n"),
-                "[release.keys] qa is required",
-            ),
-            (
-                &format!("{MINIMAL}[agent]\nstate_dir = \"relative\"\n"),
-                "[agent] state_dir",
-            ),
+            (&format!("{MINIMAL}[environment]\nallowed = [\"qa\"]\n"), "[release.keys] qa is required"),
+            (&format!("{MINIMAL}[agent]\nstate_dir = \"relative\"\n"), "[agent] state_dir"),
             ("[release\n", "line 1"),
         ];
         for (text, want) in cases {
             let err = parse(text).unwrap_err().to_string();
-            assert!(
-                err.contains(want),
-                "for {text:?}\n got: {err}\nwant: {want}"
-            );
-            assert!(
-                err.starts_with("config file /etc/blog-agent/config.toml"),
-                "{err}"
-            );
+            assert!(err.contains(want), "for {text:?}\n got: {err}\nwant: {want}");
+            assert!(err.starts_with("config file /etc/blog-agent/config.toml"), "{err}");
             assert!(!err.contains('\n'), "one line: {err:?}");
         }
     }
 
     #[test]
     fn syntax_errors_report_the_line() {
-        let err = parse(&format!("{MINIMAL}\n[container]\nnme = \"x\"\n"))
-            .unwrap_err()
-            .to_string();
+        let err = parse(&format!("{MINIMAL}\n[container]\nnme = \"x\"\n")).unwrap_err().to_string();
         assert!(err.contains("line 7"), "{err}");
     }
 }

@@ -21,19 +21,14 @@ pub enum DeployError {
     Engine(#[from] EngineError),
     #[error(transparent)]
     Registry(#[from] RegistryError),
-    #[error("new version {image} failed its health probe before cut-over; the running version was not touched: {probe}")]
+    #[error(
+        "new version {image} failed its health probe before cut-over; the running version was not touched: {probe}"
+    )]
     CandidateUnhealthy { image: String, probe: ProbeFailed },
     #[error("new version {image} failed its health probe after cut-over: {probe}; {restored}")]
-    CutoverUnhealthy {
-        image: String,
-        probe: ProbeFailed,
-        restored: String,
-    },
+    CutoverUnhealthy { image: String, probe: ProbeFailed, restored: String },
     #[error("container {container} did not come back healthy after a start: {probe}")]
-    RestartUnhealthy {
-        container: String,
-        probe: ProbeFailed,
-    },
+    RestartUnhealthy { container: String, probe: ProbeFailed },
 }
 
 /// Suffixes of the transient containers a deploy uses next to `<name>`.
@@ -55,11 +50,7 @@ fn is_ours(c: &ContainerInfo) -> bool {
 /// Only containers carrying our label are touched.
 pub async fn recover_interrupted(engine: &Engine, name: &str) -> Result<(), EngineError> {
     for suffix in [CANDIDATE, NEXT] {
-        if let Some(c) = engine
-            .container(&aside(name, suffix))
-            .await?
-            .filter(is_ours)
-        {
+        if let Some(c) = engine.container(&aside(name, suffix)).await?.filter(is_ours) {
             tracing::info!(container = %c.name, "removing leftover from an interrupted deploy");
             engine.remove(&c.id).await?;
         }
@@ -93,13 +84,7 @@ pub async fn ensure_image(
     tracing::info!(image = %desired.image, "pulling");
     let creds = creds.credentials().await?;
     let image = engine
-        .pull(
-            &repo,
-            desired.sha.as_str(),
-            &settings.image.repository.registry,
-            &creds,
-            settings.image.pull_timeout,
-        )
+        .pull(&repo, desired.sha.as_str(), &settings.image.repository.registry, &creds, settings.image.pull_timeout)
         .await?;
     tracing::info!(image = %desired.image, digest = image.digest.as_deref().unwrap_or("unknown"), "pulled");
     Ok((image, true))
@@ -117,9 +102,7 @@ pub async fn verify_candidate(
     if let Some(stale) = engine.container(&name).await?.filter(is_ours) {
         engine.remove(&stale.id).await?;
     }
-    let id = engine
-        .create(&name, desired, digest, "candidate", false)
-        .await?;
+    let id = engine.create(&name, desired, digest, "candidate", false).await?;
     let result = probe_candidate(engine, settings, desired, &id).await;
     if let Err(e) = engine.remove(&id).await {
         tracing::warn!(container = %name, error = %e, "could not remove candidate container");
@@ -135,34 +118,26 @@ async fn probe_candidate(
 ) -> Result<(), DeployError> {
     engine.start(id).await?;
     let info = engine.container(id).await?;
-    let ip = info
-        .and_then(|c| c.ip)
-        .unwrap_or_else(|| "127.0.0.1".into());
     let path = &settings.health.url.path;
-    health::wait_healthy(
-        &ip,
-        desired.probe_port(),
-        path,
-        settings.health.timeout,
-        || still_running(engine, id),
-    )
-    .await
-    .map(|code| tracing::info!(image = %desired.image, status = code, "candidate answered"))
-    .map_err(|probe| DeployError::CandidateUnhealthy {
-        image: desired.image.clone(),
-        probe,
-    })
+    let Some(ip) = info.as_ref().and_then(|c| c.ip.clone()) else {
+        let status = info.map(|c| format!("{} (exit code {})", c.status, c.exit_code.unwrap_or(-1)));
+        let probe = ProbeFailed {
+            url: format!("candidate port {}{path}", desired.probe_port()),
+            last: format!("the container has no bridge address; it is {}", status.as_deref().unwrap_or("gone")),
+        };
+        return Err(DeployError::CandidateUnhealthy { image: desired.image.clone(), probe });
+    };
+    health::wait_healthy(&ip, desired.probe_port(), path, settings.health.timeout, || still_running(engine, id))
+        .await
+        .map(|code| tracing::info!(image = %desired.image, status = code, "candidate answered"))
+        .map_err(|probe| DeployError::CandidateUnhealthy { image: desired.image.clone(), probe })
 }
 
 /// `Err` with the exit status when the container is no longer running.
 async fn still_running(engine: &Engine, id: &str) -> Result<(), String> {
     match engine.container(id).await {
         Ok(Some(c)) if c.running => Ok(()),
-        Ok(Some(c)) => Err(format!(
-            "container {} exited (status {})",
-            c.status,
-            c.exit_code.unwrap_or(-1)
-        )),
+        Ok(Some(c)) => Err(format!("the container is {} (exit code {})", c.status, c.exit_code.unwrap_or(-1))),
         Ok(None) => Err("container disappeared".into()),
         Err(_) => Ok(()), // cannot tell: keep probing until the deadline
     }
@@ -183,21 +158,13 @@ pub async fn cut_over(
         engine.remove(&stale.id).await?;
     }
     // Created before the old one stops, so the gap is only stop + rename + start.
-    let new_id = engine
-        .create(&next_name, desired, digest, "serving", true)
-        .await?;
+    let new_id = engine.create(&next_name, desired, digest, "serving", true).await?;
     let previous_name = aside(name, PREVIOUS);
     if let Some(old) = old {
-        if let Some(stale) = engine
-            .container(&previous_name)
-            .await?
-            .filter(|c| c.id != old.id)
-        {
+        if let Some(stale) = engine.container(&previous_name).await?.filter(|c| c.id != old.id) {
             engine.remove(&stale.id).await?;
         }
-        engine
-            .stop(&old.id, settings.container.stop_timeout)
-            .await?;
+        engine.stop(&old.id, settings.container.stop_timeout).await?;
         engine.rename(&old.id, &previous_name).await?;
     }
     let started = async {
@@ -209,20 +176,12 @@ pub async fn cut_over(
     let probe = match started {
         Ok(()) => {
             let url = &settings.health.url;
-            health::wait_healthy(
-                &url.host,
-                url.port,
-                &url.path,
-                settings.health.timeout,
-                || still_running(engine, &new_id),
-            )
+            health::wait_healthy(&url.host, url.port, &url.path, settings.health.timeout, || {
+                still_running(engine, &new_id)
+            })
             .await
         }
-        Err(e) => Err(ProbeFailed {
-            url: settings.health.url.to_string(),
-            secs: 0,
-            last: e.to_string(),
-        }),
+        Err(e) => Err(ProbeFailed { url: settings.health.url.to_string(), last: e.to_string() }),
     };
     match probe {
         Ok(_) => {
@@ -235,22 +194,13 @@ pub async fn cut_over(
         }
         Err(probe) => {
             let restored = roll_back(engine, name, &new_id, old).await;
-            Err(DeployError::CutoverUnhealthy {
-                image: desired.image.clone(),
-                probe,
-                restored,
-            })
+            Err(DeployError::CutoverUnhealthy { image: desired.image.clone(), probe, restored })
         }
     }
 }
 
 /// Puts `old` back under `name`, running. Returns a sentence for the error message.
-async fn roll_back(
-    engine: &Engine,
-    name: &str,
-    new_id: &str,
-    old: Option<&ContainerInfo>,
-) -> String {
+async fn roll_back(engine: &Engine, name: &str, new_id: &str, old: Option<&ContainerInfo>) -> String {
     if let Err(e) = engine.remove(new_id).await {
         tracing::error!(container = %name, error = %e, "could not remove the failed new container");
     }
@@ -272,26 +222,15 @@ async fn roll_back(
 }
 
 /// Starts a stopped container of the right spec and waits until it serves.
-pub async fn restart(
-    engine: &Engine,
-    settings: &Settings,
-    container: &ContainerInfo,
-) -> Result<(), DeployError> {
+pub async fn restart(engine: &Engine, settings: &Settings, container: &ContainerInfo) -> Result<(), DeployError> {
     engine.start(&container.id).await?;
     let url = &settings.health.url;
-    health::wait_healthy(
-        &url.host,
-        url.port,
-        &url.path,
-        settings.health.timeout,
-        || still_running(engine, &container.id),
-    )
+    health::wait_healthy(&url.host, url.port, &url.path, settings.health.timeout, || {
+        still_running(engine, &container.id)
+    })
     .await
     .map(drop)
-    .map_err(|probe| DeployError::RestartUnhealthy {
-        container: container.name.clone(),
-        probe,
-    })
+    .map_err(|probe| DeployError::RestartUnhealthy { container: container.name.clone(), probe })
 }
 
 /// Probes the serving container once more (a converged host must also be a healthy one).

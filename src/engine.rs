@@ -9,12 +9,9 @@ use std::time::Duration;
 
 use bollard::auth::DockerCredentials;
 use bollard::errors::Error as BollardError;
-use bollard::models::{
-    ContainerCreateBody, HostConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum,
-};
+use bollard::models::{ContainerCreateBody, HostConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum};
 use bollard::query_parameters::{
-    CreateContainerOptions, CreateImageOptions, RemoveContainerOptions, RenameContainerOptions,
-    StopContainerOptions,
+    CreateContainerOptions, CreateImageOptions, RemoveContainerOptions, RenameContainerOptions, StopContainerOptions,
 };
 use bollard::Docker;
 use futures_util::StreamExt;
@@ -31,17 +28,9 @@ pub enum EngineError {
     #[error("Docker Engine unreachable ({detail}): is dockerd running and is the socket (DOCKER_HOST or /var/run/docker.sock) accessible?")]
     Unreachable { detail: String },
     #[error("Docker {op} {target}: {detail}")]
-    Api {
-        op: &'static str,
-        target: String,
-        detail: String,
-    },
+    Api { op: &'static str, target: String, detail: String },
     #[error("Docker {op} {target}: no answer within {secs} s")]
-    Timeout {
-        op: &'static str,
-        target: String,
-        secs: u64,
-    },
+    Timeout { op: &'static str, target: String, secs: u64 },
     #[error("pulling {image}: {detail}")]
     Pull { image: String, detail: String },
 }
@@ -88,21 +77,14 @@ pub struct Engine {
 }
 
 fn is_not_found(e: &BollardError) -> bool {
-    matches!(
-        e,
-        BollardError::DockerResponseServerError {
-            status_code: 404,
-            ..
-        }
-    )
+    matches!(e, BollardError::DockerResponseServerError { status_code: 404, .. })
 }
 
 fn detail(e: &BollardError) -> String {
     match e {
-        BollardError::DockerResponseServerError {
-            status_code,
-            message,
-        } => format!("HTTP {status_code}: {}", message.trim()),
+        BollardError::DockerResponseServerError { status_code, message } => {
+            format!("HTTP {status_code}: {}", message.trim())
+        }
         other => other.to_string(),
     }
 }
@@ -112,35 +94,25 @@ async fn bounded<T>(
     target: &str,
     fut: impl std::future::Future<Output = Result<T, BollardError>>,
 ) -> Result<Result<T, BollardError>, EngineError> {
-    tokio::time::timeout(CALL_TIMEOUT, fut)
-        .await
-        .map_err(|_| EngineError::Timeout {
-            op,
-            target: target.to_owned(),
-            secs: CALL_TIMEOUT.as_secs(),
-        })
+    tokio::time::timeout(CALL_TIMEOUT, fut).await.map_err(|_| EngineError::Timeout {
+        op,
+        target: target.to_owned(),
+        secs: CALL_TIMEOUT.as_secs(),
+    })
 }
 
 fn api<'a>(op: &'static str, target: &'a str) -> impl FnOnce(BollardError) -> EngineError + 'a {
-    move |e| EngineError::Api {
-        op,
-        target: target.to_owned(),
-        detail: detail(&e),
-    }
+    move |e| EngineError::Api { op, target: target.to_owned(), detail: detail(&e) }
 }
 
 impl Engine {
     /// Connects to `DOCKER_HOST` (unix) or the default socket and negotiates the API version.
     pub async fn connect() -> Result<Engine, EngineError> {
-        let unreachable = |e: BollardError| EngineError::Unreachable {
-            detail: e.to_string(),
-        };
+        let unreachable = |e: BollardError| EngineError::Unreachable { detail: e.to_string() };
         let docker = Docker::connect_with_local_defaults().map_err(unreachable)?;
         let docker = tokio::time::timeout(Duration::from_secs(10), docker.negotiate_version())
             .await
-            .map_err(|_| EngineError::Unreachable {
-                detail: "no answer within 10 s".into(),
-            })?
+            .map_err(|_| EngineError::Unreachable { detail: "no answer within 10 s".into() })?
             .map_err(unreachable)?;
         Ok(Engine { docker })
     }
@@ -151,13 +123,7 @@ impl Engine {
     }
 
     pub async fn container(&self, name: &str) -> Result<Option<ContainerInfo>, EngineError> {
-        match bounded(
-            "inspect container",
-            name,
-            self.docker.inspect_container(name, None),
-        )
-        .await?
-        {
+        match bounded("inspect container", name, self.docker.inspect_container(name, None)).await? {
             Err(e) if is_not_found(&e) => Ok(None),
             Err(e) => Err(api("inspect container", name)(e)),
             Ok(c) => {
@@ -165,17 +131,10 @@ impl Engine {
                 let ip = c
                     .network_settings
                     .and_then(|n| n.networks)
-                    .and_then(|nets| {
-                        nets.values()
-                            .find_map(|n| n.ip_address.clone().filter(|ip| !ip.is_empty()))
-                    });
+                    .and_then(|nets| nets.values().find_map(|n| n.ip_address.clone().filter(|ip| !ip.is_empty())));
                 Ok(Some(ContainerInfo {
                     id: c.id.unwrap_or_default(),
-                    name: c
-                        .name
-                        .unwrap_or_default()
-                        .trim_start_matches('/')
-                        .to_owned(),
+                    name: c.name.unwrap_or_default().trim_start_matches('/').to_owned(),
                     running: state.running.unwrap_or(false),
                     status: state.status.map(|s| s.to_string()).unwrap_or_default(),
                     exit_code: state.exit_code,
@@ -188,18 +147,8 @@ impl Engine {
     }
 
     /// The local image for `reference`, with its digest from the repository `repository`.
-    pub async fn image(
-        &self,
-        reference: &str,
-        repository: &str,
-    ) -> Result<Option<ImageInfo>, EngineError> {
-        match bounded(
-            "inspect image",
-            reference,
-            self.docker.inspect_image(reference),
-        )
-        .await?
-        {
+    pub async fn image(&self, reference: &str, repository: &str) -> Result<Option<ImageInfo>, EngineError> {
+        match bounded("inspect image", reference, self.docker.inspect_image(reference)).await? {
             Err(e) if is_not_found(&e) => Ok(None),
             Err(e) => Err(api("inspect image", reference)(e)),
             Ok(img) => {
@@ -209,10 +158,7 @@ impl Engine {
                     .unwrap_or_default()
                     .into_iter()
                     .find_map(|d| d.strip_prefix(&prefix).map(str::to_owned));
-                Ok(Some(ImageInfo {
-                    id: img.id.unwrap_or_default(),
-                    digest,
-                }))
+                Ok(Some(ImageInfo { id: img.id.unwrap_or_default(), digest }))
             }
         }
     }
@@ -245,40 +191,25 @@ impl Engine {
                 match item {
                     Ok(info) => {
                         if let Some(err) = info.error_detail.and_then(|d| d.message) {
-                            return Err(EngineError::Pull {
-                                image: reference.clone(),
-                                detail: err,
-                            });
+                            return Err(EngineError::Pull { image: reference.clone(), detail: err });
                         }
                         if let Some(status) = info.status {
                             tracing::trace!(image = %reference, %status, "pull progress");
                         }
                     }
-                    Err(e) => {
-                        return Err(EngineError::Pull {
-                            image: reference.clone(),
-                            detail: detail(&e),
-                        })
-                    }
+                    Err(e) => return Err(EngineError::Pull { image: reference.clone(), detail: detail(&e) }),
                 }
             }
             Ok(())
         };
-        tokio::time::timeout(timeout, pull)
-            .await
-            .map_err(|_| EngineError::Pull {
-                image: reference.clone(),
-                detail: format!(
-                    "not finished within {} s ([image] pull_timeout)",
-                    timeout.as_secs()
-                ),
-            })??;
-        self.image(&reference, repository)
-            .await?
-            .ok_or_else(|| EngineError::Pull {
-                image: reference.clone(),
-                detail: "pull reported success but the image is not present".into(),
-            })
+        tokio::time::timeout(timeout, pull).await.map_err(|_| EngineError::Pull {
+            image: reference.clone(),
+            detail: format!("not finished within {} s ([image] pull_timeout)", timeout.as_secs()),
+        })??;
+        self.image(&reference, repository).await?.ok_or_else(|| EngineError::Pull {
+            image: reference.clone(),
+            detail: "pull reported success but the image is not present".into(),
+        })
     }
 
     /// Creates a container of `spec` named `name`. `publish` binds the host ports; a candidate
@@ -305,11 +236,7 @@ impl Engine {
                     });
             }
         }
-        let mut exposed: Vec<String> = spec
-            .ports
-            .iter()
-            .map(|p| format!("{}/tcp", p.container_port))
-            .collect();
+        let mut exposed: Vec<String> = spec.ports.iter().map(|p| format!("{}/tcp", p.container_port)).collect();
         exposed.dedup();
         let body = ContainerCreateBody {
             image: Some(spec.image.clone()),
@@ -320,72 +247,38 @@ impl Engine {
             host_config: Some(HostConfig {
                 port_bindings: publish.then_some(port_bindings),
                 restart_policy: Some(RestartPolicy {
-                    name: Some(if publish {
-                        RestartPolicyNameEnum::UNLESS_STOPPED
-                    } else {
-                        RestartPolicyNameEnum::NO
-                    }),
+                    name: Some(if publish { RestartPolicyNameEnum::UNLESS_STOPPED } else { RestartPolicyNameEnum::NO }),
                     maximum_retry_count: None,
                 }),
                 ..Default::default()
             }),
             ..Default::default()
         };
-        let options = CreateContainerOptions {
-            name: Some(name.to_owned()),
-            ..Default::default()
-        };
-        let created = bounded(
-            "create container",
-            name,
-            self.docker.create_container(Some(options), body),
-        )
-        .await?
-        .map_err(api("create container", name))?;
+        let options = CreateContainerOptions { name: Some(name.to_owned()), ..Default::default() };
+        let created = bounded("create container", name, self.docker.create_container(Some(options), body))
+            .await?
+            .map_err(api("create container", name))?;
         Ok(created.id)
     }
 
     pub async fn start(&self, id: &str) -> Result<(), EngineError> {
-        bounded("start container", id, self.docker.start_container(id, None))
-            .await?
-            .map_err(api("start container", id))
+        bounded("start container", id, self.docker.start_container(id, None)).await?.map_err(api("start container", id))
     }
 
     /// Stops with a grace period. Stopping a stopped or missing container is not an error.
     pub async fn stop(&self, id: &str, grace: Duration) -> Result<(), EngineError> {
-        let options = StopContainerOptions {
-            t: Some(grace.as_secs() as i32),
-            signal: None,
-        };
-        match bounded(
-            "stop container",
-            id,
-            self.docker.stop_container(id, Some(options)),
-        )
-        .await?
-        {
+        let options = StopContainerOptions { t: Some(grace.as_secs() as i32), signal: None };
+        match bounded("stop container", id, self.docker.stop_container(id, Some(options))).await? {
             Ok(()) => Ok(()),
-            Err(BollardError::DockerResponseServerError {
-                status_code: 304 | 404,
-                ..
-            }) => Ok(()),
+            Err(BollardError::DockerResponseServerError { status_code: 304 | 404, .. }) => Ok(()),
             Err(e) => Err(api("stop container", id)(e)),
         }
     }
 
     /// Force-removes; a container already gone is not an error.
     pub async fn remove(&self, id: &str) -> Result<(), EngineError> {
-        let options = RemoveContainerOptions {
-            force: true,
-            ..Default::default()
-        };
-        match bounded(
-            "remove container",
-            id,
-            self.docker.remove_container(id, Some(options)),
-        )
-        .await?
-        {
+        let options = RemoveContainerOptions { force: true, ..Default::default() };
+        match bounded("remove container", id, self.docker.remove_container(id, Some(options))).await? {
             Ok(()) => Ok(()),
             Err(e) if is_not_found(&e) => Ok(()),
             Err(e) => Err(api("remove container", id)(e)),
@@ -393,15 +286,9 @@ impl Engine {
     }
 
     pub async fn rename(&self, id: &str, new_name: &str) -> Result<(), EngineError> {
-        let options = RenameContainerOptions {
-            name: new_name.to_owned(),
-        };
-        bounded(
-            "rename container",
-            id,
-            self.docker.rename_container(id, options),
-        )
-        .await?
-        .map_err(api("rename container", id))
+        let options = RenameContainerOptions { name: new_name.to_owned() };
+        bounded("rename container", id, self.docker.rename_container(id, options))
+            .await?
+            .map_err(api("rename container", id))
     }
 }

@@ -37,24 +37,13 @@ pub enum EnvironmentError {
     #[error(transparent)]
     Imds(#[from] ImdsError),
     #[error("environment {value} (from {from}) is not allowed: expected one of {allowed}; fix the {fix}")]
-    NotAllowed {
-        value: String,
-        from: EnvSource,
-        allowed: String,
-        fix: &'static str,
-    },
+    NotAllowed { value: String, from: EnvSource, allowed: String, fix: &'static str },
 }
 
 impl EnvironmentError {
     /// A bad `--env` is a usage error; everything else is about the host.
     pub fn is_usage(&self) -> bool {
-        matches!(
-            self,
-            EnvironmentError::NotAllowed {
-                from: EnvSource::Flag,
-                ..
-            }
-        )
+        matches!(self, EnvironmentError::NotAllowed { from: EnvSource::Flag, .. })
     }
 }
 
@@ -69,10 +58,7 @@ pub async fn resolve(
     } else if let Some(name) = &settings.environment.name {
         (name.clone(), EnvSource::Config)
     } else {
-        (
-            tags.instance_tag(&settings.environment.tag).await?,
-            EnvSource::Tag,
-        )
+        (tags.instance_tag(&settings.environment.tag).await?, EnvSource::Tag)
     };
     if !settings.environment.allowed.contains(&name) {
         return Err(EnvironmentError::NotAllowed {
@@ -98,15 +84,12 @@ mod tests {
 
     impl TagSource for FixedTag {
         async fn instance_tag(&self, tag: &str) -> Result<String, ImdsError> {
-            self.0.map(str::to_owned).ok_or(ImdsError::TagMissing {
-                tag: tag.to_owned(),
-            })
+            self.0.map(str::to_owned).ok_or(ImdsError::TagMissing { tag: tag.to_owned() })
         }
     }
 
     fn settings(name: Option<&str>) -> Settings {
-        let mut text =
-            String::from("[release]\nbucket = \"b\"\n[image]\nrepository = \"r.example/blog\"\n");
+        let mut text = String::from("[release]\nbucket = \"b\"\n[image]\nrepository = \"r.example/blog\"\n");
         if let Some(n) = name {
             text.push_str(&format!("[environment]\nname = \"{n}\"\n"));
         }
@@ -115,43 +98,13 @@ mod tests {
 
     #[tokio::test]
     async fn precedence_flag_then_config_then_tag() {
-        let cases: &[(
-            Option<&str>,
-            Option<&str>,
-            Option<&'static str>,
-            Result<(&str, EnvSource), &str>,
-        )] = &[
-            (
-                Some("production"),
-                Some("staging"),
-                Some("staging"),
-                Ok(("production", EnvSource::Flag)),
-            ),
-            (
-                None,
-                Some("staging"),
-                Some("production"),
-                Ok(("staging", EnvSource::Config)),
-            ),
-            (
-                None,
-                None,
-                Some("production"),
-                Ok(("production", EnvSource::Tag)),
-            ),
+        let cases: &[(Option<&str>, Option<&str>, Option<&'static str>, Result<(&str, EnvSource), &str>)] = &[
+            (Some("production"), Some("staging"), Some("staging"), Ok(("production", EnvSource::Flag))),
+            (None, Some("staging"), Some("production"), Ok(("staging", EnvSource::Config))),
+            (None, None, Some("production"), Ok(("production", EnvSource::Tag))),
             (None, None, None, Err("not found in instance metadata")),
-            (
-                None,
-                None,
-                Some("prod"),
-                Err("environment \"prod\" (from tag) is not allowed"),
-            ),
-            (
-                Some("qa"),
-                None,
-                Some("staging"),
-                Err("fix the --env value"),
-            ),
+            (None, None, Some("prod"), Err("environment \"prod\" (from tag) is not allowed")),
+            (Some("qa"), None, Some("staging"), Err("fix the --env value")),
         ];
         for (flag, config, tag, want) in cases {
             let got = resolve(*flag, &settings(*config), &FixedTag(*tag)).await;

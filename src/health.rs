@@ -17,31 +17,25 @@ const RETRY_EVERY: Duration = Duration::from_millis(50);
 
 /// The last thing a probe saw, for the error message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{url} did not answer 2xx within {secs} s (last: {last})")]
+#[error("{url} did not answer 2xx ({last})")]
 pub struct ProbeFailed {
     pub url: String,
-    pub secs: u64,
+    /// What the last attempt saw, and why probing stopped.
     pub last: String,
 }
 
 /// One GET; returns the status code.
 pub async fn get_status(host: &str, port: u16, path: &str) -> Result<u16, String> {
     let attempt = async {
-        let mut stream = TcpStream::connect((host, port))
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
-        let request = format!("GET {path} HTTP/1.0\r\nHost: {host}:{port}\r\nUser-Agent: blog-agent\r\nConnection: close\r\n\r\n");
-        stream
-            .write_all(request.as_bytes())
-            .await
-            .map_err(|e| format!("send: {e}"))?;
+        let mut stream = TcpStream::connect((host, port)).await.map_err(|e| format!("connect: {e}"))?;
+        let request = format!(
+            "GET {path} HTTP/1.0\r\nHost: {host}:{port}\r\nUser-Agent: blog-agent\r\nConnection: close\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await.map_err(|e| format!("send: {e}"))?;
         let mut buf = Vec::with_capacity(64);
         let mut chunk = [0u8; 64];
         while !buf.contains(&b'\n') && buf.len() < 1024 {
-            let n = stream
-                .read(&mut chunk)
-                .await
-                .map_err(|e| format!("read: {e}"))?;
+            let n = stream.read(&mut chunk).await.map_err(|e| format!("read: {e}"))?;
             if n == 0 {
                 break;
             }
@@ -54,9 +48,7 @@ pub async fn get_status(host: &str, port: u16, path: &str) -> Result<u16, String
             .filter(|_| line.starts_with("HTTP/"))
             .ok_or_else(|| "no HTTP status line in the answer".to_owned())
     };
-    tokio::time::timeout(ATTEMPT_TIMEOUT, attempt)
-        .await
-        .unwrap_or_else(|_| Err("timed out".into()))
+    tokio::time::timeout(ATTEMPT_TIMEOUT, attempt).await.unwrap_or_else(|_| Err("timed out".into()))
 }
 
 /// Probes until a 2xx or `timeout`. `still_alive` is asked between attempts so a container
@@ -81,18 +73,12 @@ where
             Err(e) => e,
         };
         if let Err(gone) = still_alive().await {
-            return Err(ProbeFailed {
-                url,
-                secs: timeout.as_secs(),
-                last: format!("{last}; {gone}"),
-            });
+            return Err(ProbeFailed { url, last: format!("{last}; {gone}") });
         }
         if Instant::now() + RETRY_EVERY >= deadline {
-            return Err(ProbeFailed {
-                url,
-                secs: timeout.as_secs(),
-                last,
-            });
+            let last =
+                format!("last: {last}; gave up after {} ([health] timeout)", humantime::format_duration(timeout));
+            return Err(ProbeFailed { url, last });
         }
         tokio::time::sleep(RETRY_EVERY).await;
     }

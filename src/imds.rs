@@ -29,10 +29,7 @@ pub enum ImdsError {
 
 /// Where the environment tag comes from; a trait so environment resolution is unit-tested.
 pub trait TagSource {
-    fn instance_tag(
-        &self,
-        tag: &str,
-    ) -> impl std::future::Future<Output = Result<String, ImdsError>> + Send;
+    fn instance_tag(&self, tag: &str) -> impl std::future::Future<Output = Result<String, ImdsError>> + Send;
 }
 
 /// The real IMDS client.
@@ -61,27 +58,17 @@ impl TagSource for Imds {
     async fn instance_tag(&self, tag: &str) -> Result<String, ImdsError> {
         let path = format!("/latest/meta-data/tags/instance/{tag}");
         let result = tokio::time::timeout(TAG_READ_TIMEOUT, self.client.get(path)).await;
-        let unreachable = |detail: String| ImdsError::Unreachable {
-            tag: tag.to_owned(),
-            detail,
-        };
+        let unreachable = |detail: String| ImdsError::Unreachable { tag: tag.to_owned(), detail };
         match result {
-            Err(_) => Err(unreachable(format!(
-                "no answer within {TAG_READ_TIMEOUT:?}"
-            ))),
+            Err(_) => Err(unreachable(format!("no answer within {TAG_READ_TIMEOUT:?}"))),
             Ok(Ok(value)) => Ok(value.as_ref().trim().to_owned()),
             Ok(Err(SdkImdsError::ErrorResponse(resp))) => match resp.response().status().as_u16() {
-                404 => Err(ImdsError::TagMissing {
-                    tag: tag.to_owned(),
-                }),
-                status => Err(ImdsError::Refused {
-                    tag: tag.to_owned(),
-                    status,
-                }),
+                404 => Err(ImdsError::TagMissing { tag: tag.to_owned() }),
+                status => Err(ImdsError::Refused { tag: tag.to_owned(), status }),
             },
-            Ok(Err(other)) => Err(unreachable(
-                aws_smithy_types::error::display::DisplayErrorContext(&other).to_string(),
-            )),
+            Ok(Err(other)) => {
+                Err(unreachable(aws_smithy_types::error::display::DisplayErrorContext(&other).to_string()))
+            }
         }
     }
 }

@@ -10,10 +10,7 @@ use std::time::{Duration, Instant};
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
     #[error("cannot open lock file {}: {source}: check [agent] state_dir and that blog-agent runs as root", path.display())]
-    Open {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Open { path: PathBuf, source: std::io::Error },
     #[error("another blog-agent holds {} and did not finish within {secs} s: wait for it, or check `ps` for a stuck one", path.display())]
     Busy { path: PathBuf, secs: u64 },
 }
@@ -30,17 +27,9 @@ const POLL: Duration = Duration::from_millis(100);
 /// Takes the lock in `state_dir`, waiting up to `wait`. Creates the directory if needed.
 pub async fn acquire(state_dir: &Path, wait: Duration) -> Result<ReconcileLock, LockError> {
     let path = state_dir.join("reconcile.lock");
-    let open_err = |source| LockError::Open {
-        path: path.clone(),
-        source,
-    };
+    let open_err = |source| LockError::Open { path: path.clone(), source };
     std::fs::create_dir_all(state_dir).map_err(open_err)?;
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(open_err)?;
+    let file = OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(open_err)?;
     let deadline = Instant::now() + wait;
     let mut announced = false;
     loop {
@@ -48,10 +37,7 @@ pub async fn acquire(state_dir: &Path, wait: Duration) -> Result<ReconcileLock, 
             Ok(()) => return Ok(ReconcileLock { _file: file }),
             Err(TryLockError::WouldBlock) => {
                 if Instant::now() >= deadline {
-                    return Err(LockError::Busy {
-                        path,
-                        secs: wait.as_secs(),
-                    });
+                    return Err(LockError::Busy { path, secs: wait.as_secs() });
                 }
                 if !announced {
                     tracing::info!(lock = %path.display(), "another blog-agent is reconciling; waiting for it");

@@ -53,11 +53,7 @@ impl AsFdOwned for std::io::Stderr {
 /// Installs the global subscriber. `RUST_LOG` overrides the level; `debug` raises only the
 /// agent's own level, so third-party crates never print request headers (registry auth).
 pub fn init(format: LogFormat, target: LogTarget, debug: bool) {
-    let default = if debug {
-        "warn,blog_agent=debug"
-    } else {
-        "warn,blog_agent=info"
-    };
+    let default = if debug { "warn,blog_agent=debug" } else { "warn,blog_agent=info" };
     let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     let journald = match target {
         LogTarget::Journald => true,
@@ -76,17 +72,11 @@ pub fn init(format: LogFormat, target: LogTarget, debug: bool) {
             Err(e) => eprintln!("blog-agent: journald unavailable ({e}); logging to stderr"),
         }
     }
-    let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_target(false);
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false);
     match format {
-        LogFormat::Json => tracing_subscriber::registry()
-            .with(filter)
-            .with(fmt.json().flatten_event(true))
-            .init(),
-        LogFormat::Text => tracing_subscriber::registry()
-            .with(filter)
-            .with(fmt.with_ansi(std::io::stderr().is_terminal()))
-            .init(),
+        LogFormat::Json => tracing_subscriber::registry().with(filter).with(fmt.json().flatten_event(true)).init(),
+        LogFormat::Text => {
+            tracing_subscriber::registry().with(filter).with(fmt.with_ansi(std::io::stderr().is_terminal())).init()
+        }
     }
 }

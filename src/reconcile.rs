@@ -48,39 +48,24 @@ pub enum Plan {
     /// The desired container exists but is stopped: start it again.
     Restart { id: String },
     /// Pull (if missing), verify a candidate, then replace `replace` (if any).
-    Deploy {
-        reason: Reason,
-        replace: Option<String>,
-    },
+    Deploy { reason: Reason, replace: Option<String> },
 }
 
 /// Decides what must change to run `desired_sha` with `desired_spec_hash`.
 pub fn plan(desired_sha: &str, desired_spec_hash: &str, observed: Option<&Observed>) -> Plan {
     let Some(c) = observed else {
-        return Plan::Deploy {
-            reason: Reason::NoContainer,
-            replace: None,
-        };
+        return Plan::Deploy { reason: Reason::NoContainer, replace: None };
     };
     let replace = Some(c.id.clone());
     if !c.managed {
-        return Plan::Deploy {
-            reason: Reason::Foreign,
-            replace,
-        };
+        return Plan::Deploy { reason: Reason::Foreign, replace };
     }
     if c.sha.as_deref() != Some(desired_sha) {
         let from = c.sha.clone().unwrap_or_else(|| "unknown".into());
-        return Plan::Deploy {
-            reason: Reason::NewRelease { from },
-            replace,
-        };
+        return Plan::Deploy { reason: Reason::NewRelease { from }, replace };
     }
     if c.spec_hash.as_deref() != Some(desired_spec_hash) {
-        return Plan::Deploy {
-            reason: Reason::SpecChanged,
-            replace,
-        };
+        return Plan::Deploy { reason: Reason::SpecChanged, replace };
     }
     if c.running {
         Plan::Converged
@@ -94,71 +79,25 @@ mod tests {
     use super::*;
 
     fn ours(sha: &str, spec: &str, running: bool) -> Observed {
-        Observed {
-            id: "c1".into(),
-            managed: true,
-            sha: Some(sha.into()),
-            spec_hash: Some(spec.into()),
-            running,
-        }
+        Observed { id: "c1".into(), managed: true, sha: Some(sha.into()), spec_hash: Some(spec.into()), running }
     }
 
     #[test]
     fn table() {
-        let foreign = Observed {
-            id: "c1".into(),
-            managed: false,
-            sha: None,
-            spec_hash: None,
-            running: true,
-        };
-        let deploy = |reason| Plan::Deploy {
-            reason,
-            replace: Some("c1".into()),
-        };
+        let foreign = Observed { id: "c1".into(), managed: false, sha: None, spec_hash: None, running: true };
+        let deploy = |reason| Plan::Deploy { reason, replace: Some("c1".into()) };
         let cases: Vec<(&str, Option<Observed>, Plan)> = vec![
-            (
-                "nothing runs",
-                None,
-                Plan::Deploy {
-                    reason: Reason::NoContainer,
-                    replace: None,
-                },
-            ),
-            (
-                "converged",
-                Some(ours("aaaaaaa", "h1", true)),
-                Plan::Converged,
-            ),
-            (
-                "stopped, same spec",
-                Some(ours("aaaaaaa", "h1", false)),
-                Plan::Restart { id: "c1".into() },
-            ),
-            (
-                "new sha",
-                Some(ours("bbbbbbb", "h1", true)),
-                deploy(Reason::NewRelease {
-                    from: "bbbbbbb".into(),
-                }),
-            ),
+            ("nothing runs", None, Plan::Deploy { reason: Reason::NoContainer, replace: None }),
+            ("converged", Some(ours("aaaaaaa", "h1", true)), Plan::Converged),
+            ("stopped, same spec", Some(ours("aaaaaaa", "h1", false)), Plan::Restart { id: "c1".into() }),
+            ("new sha", Some(ours("bbbbbbb", "h1", true)), deploy(Reason::NewRelease { from: "bbbbbbb".into() })),
             (
                 "new sha, stopped",
                 Some(ours("bbbbbbb", "h1", false)),
-                deploy(Reason::NewRelease {
-                    from: "bbbbbbb".into(),
-                }),
+                deploy(Reason::NewRelease { from: "bbbbbbb".into() }),
             ),
-            (
-                "spec changed",
-                Some(ours("aaaaaaa", "h2", true)),
-                deploy(Reason::SpecChanged),
-            ),
-            (
-                "foreign under the name",
-                Some(foreign),
-                deploy(Reason::Foreign),
-            ),
+            ("spec changed", Some(ours("aaaaaaa", "h2", true)), deploy(Reason::SpecChanged)),
+            ("foreign under the name", Some(foreign), deploy(Reason::Foreign)),
         ];
         for (name, observed, want) in cases {
             assert_eq!(plan("aaaaaaa", "h1", observed.as_ref()), want, "{name}");

@@ -64,9 +64,7 @@ pub enum RegistryError {
 
 /// Where registry credentials come from.
 pub trait CredentialSource {
-    fn credentials(
-        &self,
-    ) -> impl std::future::Future<Output = Result<RegistryCredentials, RegistryError>> + Send;
+    fn credentials(&self) -> impl std::future::Future<Output = Result<RegistryCredentials, RegistryError>> + Send;
 }
 
 /// ECR token source with a cache.
@@ -77,35 +75,22 @@ pub struct Ecr {
 
 impl Ecr {
     pub fn new(sdk: &aws_config::SdkConfig) -> Ecr {
-        Ecr {
-            client: aws_sdk_ecr::Client::new(sdk),
-            cache: Mutex::new(None),
-        }
+        Ecr { client: aws_sdk_ecr::Client::new(sdk), cache: Mutex::new(None) }
     }
 
     async fn fetch(&self) -> Result<RegistryCredentials, RegistryError> {
-        let output = self
-            .client
-            .get_authorization_token()
-            .send()
-            .await
-            .map_err(|err| {
-                use aws_sdk_ecr::error::ProvideErrorMetadata;
-                let detail = describe(&err);
-                match err.code() {
-                    Some("AccessDeniedException") => RegistryError::AccessDenied { detail },
-                    _ => RegistryError::Unavailable { detail },
-                }
-            })?;
-        let data = output
-            .authorization_data()
-            .first()
-            .ok_or(RegistryError::Malformed)?;
+        let output = self.client.get_authorization_token().send().await.map_err(|err| {
+            use aws_sdk_ecr::error::ProvideErrorMetadata;
+            let detail = describe(&err);
+            match err.code() {
+                Some("AccessDeniedException") => RegistryError::AccessDenied { detail },
+                _ => RegistryError::Unavailable { detail },
+            }
+        })?;
+        let data = output.authorization_data().first().ok_or(RegistryError::Malformed)?;
         let token = data.authorization_token().ok_or(RegistryError::Malformed)?;
         let mut creds = decode_token(token)?;
-        creds.expires_at = data
-            .expires_at()
-            .and_then(|t| SystemTime::try_from(*t).ok());
+        creds.expires_at = data.expires_at().and_then(|t| SystemTime::try_from(*t).ok());
         Ok(creds)
     }
 }
@@ -128,27 +113,19 @@ impl CredentialSource for Ecr {
 
 /// How long a token fetched at `now` is reused.
 pub fn cache_until(now: SystemTime, expires_at: Option<SystemTime>) -> SystemTime {
-    let by_expiry = expires_at
-        .and_then(|e| e.checked_sub(RENEW_BEFORE_EXPIRY))
-        .unwrap_or(now);
+    let by_expiry = expires_at.and_then(|e| e.checked_sub(RENEW_BEFORE_EXPIRY)).unwrap_or(now);
     by_expiry.max(now + MIN_CACHE)
 }
 
 /// Decodes ECR's base64 `user:password` token.
 pub fn decode_token(token: &str) -> Result<RegistryCredentials, RegistryError> {
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(token.trim())
-        .map_err(|_| RegistryError::Malformed)?;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(token.trim()).map_err(|_| RegistryError::Malformed)?;
     let text = String::from_utf8(bytes).map_err(|_| RegistryError::Malformed)?;
     let (user, password) = text.split_once(':').ok_or(RegistryError::Malformed)?;
     if user.is_empty() || password.is_empty() {
         return Err(RegistryError::Malformed);
     }
-    Ok(RegistryCredentials {
-        username: user.to_owned(),
-        password: Secret::new(password.to_owned()),
-        expires_at: None,
-    })
+    Ok(RegistryCredentials { username: user.to_owned(), password: Secret::new(password.to_owned()), expires_at: None })
 }
 
 #[cfg(test)]
@@ -167,15 +144,8 @@ mod tests {
 
     #[test]
     fn rejects_malformed_tokens() {
-        for bad in [
-            "",
-            "!!!",
-            &base64::engine::general_purpose::STANDARD.encode("nocolon"),
-        ] {
-            assert!(
-                matches!(decode_token(bad), Err(RegistryError::Malformed)),
-                "{bad}"
-            );
+        for bad in ["", "!!!", &base64::engine::general_purpose::STANDARD.encode("nocolon")] {
+            assert!(matches!(decode_token(bad), Err(RegistryError::Malformed)), "{bad}");
         }
     }
 
@@ -184,10 +154,7 @@ mod tests {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
         let hours = |h: u64| Duration::from_secs(h * 3600);
         // 12 h token: renewed 5 minutes early.
-        assert_eq!(
-            cache_until(now, Some(now + hours(12))),
-            now + hours(12) - RENEW_BEFORE_EXPIRY
-        );
+        assert_eq!(cache_until(now, Some(now + hours(12))), now + hours(12) - RENEW_BEFORE_EXPIRY);
         // Already expired (moto) or unknown: a short floor, never zero.
         assert_eq!(cache_until(now, Some(now - hours(1))), now + MIN_CACHE);
         assert_eq!(cache_until(now, None), now + MIN_CACHE);

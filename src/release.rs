@@ -51,35 +51,18 @@ pub enum ReleaseError {
     #[error("{location} does not exist: has CI published a release for this environment? (check [release] bucket and [release.keys])")]
     NotFound { location: ObjectLocation },
     #[error("bucket {bucket:?} does not exist (reading {location}): check [release] bucket")]
-    NoBucket {
-        bucket: String,
-        location: ObjectLocation,
-    },
+    NoBucket { bucket: String, location: ObjectLocation },
     #[error("access denied reading {location}: the instance role needs s3:GetObject on it and kms:Decrypt on the bucket's KMS key ({detail})")]
-    AccessDenied {
-        location: ObjectLocation,
-        detail: String,
-    },
+    AccessDenied { location: ObjectLocation, detail: String },
     #[error("{location} holds {quoted}, which is not a git SHA: {reason}; fix the object (CI writes it); nothing was changed")]
-    Invalid {
-        location: ObjectLocation,
-        quoted: String,
-        reason: String,
-    },
+    Invalid { location: ObjectLocation, quoted: String, reason: String },
     #[error("cannot read {location}: {detail}")]
-    Unavailable {
-        location: ObjectLocation,
-        detail: String,
-    },
+    Unavailable { location: ObjectLocation, detail: String },
 }
 
 impl ReleaseError {
     fn invalid(location: &ObjectLocation, err: InvalidSha) -> ReleaseError {
-        ReleaseError::Invalid {
-            location: location.clone(),
-            quoted: err.value,
-            reason: err.reason.to_owned(),
-        }
+        ReleaseError::Invalid { location: location.clone(), quoted: err.value, reason: err.reason.to_owned() }
     }
 
     /// Worth retrying: the service or the network, not the content or the permissions.
@@ -105,26 +88,14 @@ pub struct S3Releases {
 
 impl S3Releases {
     pub fn new(sdk: &aws_config::SdkConfig) -> S3Releases {
-        let config = aws_sdk_s3::config::Builder::from(sdk)
-            .force_path_style(crate::aws::custom_s3_endpoint())
-            .build();
-        S3Releases {
-            client: aws_sdk_s3::Client::from_conf(config),
-        }
+        let config = aws_sdk_s3::config::Builder::from(sdk).force_path_style(crate::aws::custom_s3_endpoint()).build();
+        S3Releases { client: aws_sdk_s3::Client::from_conf(config) }
     }
 }
 
 impl ReleaseSource for S3Releases {
-    async fn fetch(
-        &self,
-        location: &ObjectLocation,
-        if_none_match: Option<&str>,
-    ) -> Result<Fetched, ReleaseError> {
-        let mut request = self
-            .client
-            .get_object()
-            .bucket(&location.bucket)
-            .key(&location.key);
+    async fn fetch(&self, location: &ObjectLocation, if_none_match: Option<&str>) -> Result<Fetched, ReleaseError> {
+        let mut request = self.client.get_object().bucket(&location.bucket).key(&location.key);
         if let Some(etag) = if_none_match {
             request = request.if_none_match(etag);
         }
@@ -138,28 +109,15 @@ impl ReleaseSource for S3Releases {
                 return match (&service, code.as_str(), status) {
                     (_, _, Some(304)) | (_, "NotModified", _) => Ok(Fetched::Unchanged),
                     (GetObjectError::NoSuchKey(_), _, _) | (_, "NoSuchKey", _) => {
-                        Err(ReleaseError::NotFound {
-                            location: location.clone(),
-                        })
+                        Err(ReleaseError::NotFound { location: location.clone() })
                     }
-                    (_, "NoSuchBucket", _) => Err(ReleaseError::NoBucket {
-                        bucket: location.bucket.clone(),
-                        location: location.clone(),
-                    }),
-                    (_, code, status)
-                        if code == "AccessDenied"
-                            || code.starts_with("KMS")
-                            || status == Some(403) =>
-                    {
-                        Err(ReleaseError::AccessDenied {
-                            location: location.clone(),
-                            detail,
-                        })
+                    (_, "NoSuchBucket", _) => {
+                        Err(ReleaseError::NoBucket { bucket: location.bucket.clone(), location: location.clone() })
                     }
-                    _ => Err(ReleaseError::Unavailable {
-                        location: location.clone(),
-                        detail,
-                    }),
+                    (_, code, status) if code == "AccessDenied" || code.starts_with("KMS") || status == Some(403) => {
+                        Err(ReleaseError::AccessDenied { location: location.clone(), detail })
+                    }
+                    _ => Err(ReleaseError::Unavailable { location: location.clone(), detail }),
                 };
             }
         };
@@ -172,23 +130,17 @@ impl ReleaseSource for S3Releases {
                 Ok(Some(chunk)) => bytes.extend_from_slice(&chunk),
                 Ok(None) => break,
                 Err(err) => {
-                    return Err(ReleaseError::Unavailable {
-                        location: location.clone(),
-                        detail: describe(&err),
-                    })
+                    return Err(ReleaseError::Unavailable { location: location.clone(), detail: describe(&err) })
                 }
             }
         }
-        let text =
-            String::from_utf8_lossy(&bytes[..bytes.len().min(MAX_OBJECT_BYTES)]).into_owned();
+        let text = String::from_utf8_lossy(&bytes[..bytes.len().min(MAX_OBJECT_BYTES)]).into_owned();
         let size = declared.max(bytes.len());
         if size > MAX_OBJECT_BYTES {
             return Err(ReleaseError::Invalid {
                 location: location.clone(),
                 quoted: safe_quote(text.trim()),
-                reason: format!(
-                    "the object is {size} bytes; a SHA file is under {MAX_OBJECT_BYTES}"
-                ),
+                reason: format!("the object is {size} bytes; a SHA file is under {MAX_OBJECT_BYTES}"),
             });
         }
         let sha = Sha::parse(&text).map_err(|e| ReleaseError::invalid(location, e))?;

@@ -32,23 +32,15 @@ impl Sha {
             Some("it is too short")
         } else if value.len() > 40 {
             Some("it is too long")
-        } else if value.bytes().any(|b| b.is_ascii_uppercase())
-            && value.bytes().all(|b| b.is_ascii_hexdigit())
-        {
+        } else if value.bytes().any(|b| b.is_ascii_uppercase()) && value.bytes().all(|b| b.is_ascii_hexdigit()) {
             Some("it has uppercase letters")
-        } else if !value
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        {
+        } else if !value.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
             Some("it has characters other than 0-9 and a-f")
         } else {
             None
         };
         match reason {
-            Some(reason) => Err(InvalidSha {
-                value: safe_quote(value),
-                reason,
-            }),
+            Some(reason) => Err(InvalidSha { value: safe_quote(value), reason }),
             None => Ok(Sha(value.to_owned())),
         }
     }
@@ -96,11 +88,7 @@ mod tests {
 
     #[test]
     fn accepts_git_shas() {
-        for ok in [
-            "abcdef1",
-            "0123456789abcdef0123456789abcdef01234567",
-            "  deadbeef\n",
-        ] {
+        for ok in ["abcdef1", "0123456789abcdef0123456789abcdef01234567", "  deadbeef\n"] {
             assert!(Sha::parse(ok).is_ok(), "{ok:?}");
         }
         assert_eq!(Sha::parse("deadbeef\n").unwrap().as_str(), "deadbeef");

@@ -69,20 +69,12 @@ impl DesiredContainer {
         for (k, v) in &self.labels {
             field("label", &format!("{k}={v}"));
         }
-        h.finalize()
-            .iter()
-            .take(8)
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        h.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect()
     }
 
     /// Labels for a container of this spec. `role` is `serving` or `candidate`.
     pub fn container_labels(&self, digest: &str, role: &str) -> HashMap<String, String> {
-        let mut labels: HashMap<String, String> = self
-            .labels
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        let mut labels: HashMap<String, String> = self.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         labels.insert(LABEL_MANAGED.into(), "true".into());
         labels.insert(LABEL_SHA.into(), self.sha.to_string());
         labels.insert(LABEL_DIGEST.into(), digest.into());
@@ -109,8 +101,7 @@ mod tests {
     use std::path::Path;
 
     fn desired(extra: &str) -> DesiredContainer {
-        let text =
-            format!("[release]\nbucket = \"b\"\n[image]\nrepository = \"r.example/blog\"\n{extra}");
+        let text = format!("[release]\nbucket = \"b\"\n[image]\nrepository = \"r.example/blog\"\n{extra}");
         let settings = Settings::parse(&text, Path::new("c.toml")).unwrap();
         DesiredContainer::new(&settings, "staging", &Sha::parse("abcdef1").unwrap())
     }

@@ -68,14 +68,8 @@ impl fmt::Display for Action {
         match self {
             Action::Unchanged => f.write_str("already running; nothing changed"),
             Action::Restarted => f.write_str("restarted the stopped container"),
-            Action::Deployed {
-                reason,
-                pulled: true,
-            } => write!(f, "pulled and deployed ({reason})"),
-            Action::Deployed {
-                reason,
-                pulled: false,
-            } => write!(f, "deployed ({reason})"),
+            Action::Deployed { reason, pulled: true } => write!(f, "pulled and deployed ({reason})"),
+            Action::Deployed { reason, pulled: false } => write!(f, "deployed ({reason})"),
         }
     }
 }
@@ -107,8 +101,7 @@ pub async fn sync_once<T: TagSource, R: ReleaseSource, C: CredentialSource>(
     request: &SyncRequest,
     services: &Services<T, R, C>,
 ) -> Result<SyncReport, SyncError> {
-    let env: Environment =
-        environment::resolve(request.environment.as_deref(), settings, &services.tags).await?;
+    let env: Environment = environment::resolve(request.environment.as_deref(), settings, &services.tags).await?;
     let sha = match &request.sha {
         Some(sha) => sha.clone(),
         None => {
@@ -126,17 +119,15 @@ pub async fn sync_once<T: TagSource, R: ReleaseSource, C: CredentialSource>(
     let desired = DesiredContainer::new(settings, &env.name, &sha);
 
     let _lock = lock::acquire(&settings.agent.state_dir, settings.agent.lock_timeout).await?;
-    apply(settings, &desired, services)
-        .await
-        .map(|(action, container_id)| SyncReport {
-            environment: env.name.clone(),
-            environment_source: env.source.to_string(),
-            sha: sha.to_string(),
-            image: desired.image.clone(),
-            container: desired.name.clone(),
-            container_id,
-            action,
-        })
+    apply(settings, &desired, services).await.map(|(action, container_id)| SyncReport {
+        environment: env.name.clone(),
+        environment_source: env.source.to_string(),
+        sha: sha.to_string(),
+        image: desired.image.clone(),
+        container: desired.name.clone(),
+        container_id,
+        action,
+    })
 }
 
 /// Observes Docker, plans, and carries the plan out. Call with the lock held.
@@ -148,21 +139,15 @@ pub async fn apply<T, R, C: CredentialSource>(
     let engine = &services.engine;
     deploy::recover_interrupted(engine, &desired.name).await?;
     let current = engine.container(&desired.name).await?;
-    let plan = reconcile::plan(
-        desired.sha.as_str(),
-        &desired.spec_hash(),
-        current.as_ref().map(|c| c.observed()).as_ref(),
-    );
+    let plan =
+        reconcile::plan(desired.sha.as_str(), &desired.spec_hash(), current.as_ref().map(|c| c.observed()).as_ref());
     tracing::debug!(?plan, "plan");
     match plan {
         Plan::Converged => {
             let current = current.expect("converged implies a container");
             deploy::check_serving(settings, settings.health.timeout)
                 .await
-                .map_err(|p| SyncError::Unhealthy {
-                    container: desired.name.clone(),
-                    detail: p.to_string(),
-                })?;
+                .map_err(|p| SyncError::Unhealthy { container: desired.name.clone(), detail: p.to_string() })?;
             tracing::info!(container = %desired.name, "already running the desired version");
             Ok((Action::Unchanged, current.id))
         }
@@ -174,19 +159,12 @@ pub async fn apply<T, R, C: CredentialSource>(
         }
         Plan::Deploy { reason, .. } => {
             tracing::info!(container = %desired.name, %reason, "deploying");
-            let (image, pulled) =
-                deploy::ensure_image(engine, settings, desired, &services.credentials).await?;
+            let (image, pulled) = deploy::ensure_image(engine, settings, desired, &services.credentials).await?;
             let digest = image.digest.clone().unwrap_or_else(|| image.id.clone());
             deploy::verify_candidate(engine, settings, desired, &digest).await?;
             let id = deploy::cut_over(engine, settings, desired, &digest, current.as_ref()).await?;
             tracing::info!(container = %desired.name, digest = %digest, "deployed and serving");
-            Ok((
-                Action::Deployed {
-                    reason: reason.to_string(),
-                    pulled,
-                },
-                id,
-            ))
+            Ok((Action::Deployed { reason: reason.to_string(), pulled }, id))
         }
     }
 }

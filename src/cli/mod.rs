@@ -23,11 +23,7 @@ pub mod exit {
 }
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "blog-agent",
-    version,
-    about = "Keeps this host serving the right version of the blog container."
-)]
+#[command(name = "blog-agent", version, about = "Keeps this host serving the right version of the blog container.")]
 pub struct Cli {
     /// Configuration file.
     #[arg(long, global = true, env = "BLOG_AGENT_CONFIG", default_value = DEFAULT_PATH)]
@@ -65,10 +61,7 @@ pub struct Failure {
 
 impl From<ConfigError> for Failure {
     fn from(e: ConfigError) -> Failure {
-        Failure {
-            code: exit::CONFIG,
-            message: e.to_string(),
-        }
+        Failure { code: exit::CONFIG, message: e.to_string() }
     }
 }
 
@@ -80,10 +73,7 @@ pub fn load_settings(cli: &Cli) -> Result<Settings, Failure> {
 /// Runs the parsed command and returns the process exit code.
 pub fn run(cli: Cli) -> ExitCode {
     crate::logging::init(cli.log_format, cli.log_target, cli.debug);
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("blog-agent: error: cannot start the async runtime: {e}");

@@ -23,10 +23,7 @@ pub struct SyncArgs {
 pub async fn run(cli: &Cli, args: &SyncArgs) -> Result<(), Failure> {
     let settings = super::load_settings(cli)?;
     let sha = match &args.sha {
-        Some(raw) => Some(Sha::parse(raw).map_err(|e| Failure {
-            code: exit::USAGE,
-            message: format!("--sha {e}"),
-        })?),
+        Some(raw) => Some(Sha::parse(raw).map_err(|e| Failure { code: exit::USAGE, message: format!("--sha {e}") })?),
         None => None,
     };
     if let Some(env) = &cli.environment {
@@ -37,47 +34,25 @@ pub async fn run(cli: &Cli, args: &SyncArgs) -> Result<(), Failure> {
                 "--env {}: not an allowed environment (expected one of {allowed})",
                 crate::sha::safe_quote(env)
             );
-            return Err(Failure {
-                code: exit::USAGE,
-                message,
-            });
+            return Err(Failure { code: exit::USAGE, message });
         }
     }
-    let request = SyncRequest {
-        environment: cli.environment.clone(),
-        sha,
-    };
+    let request = SyncRequest { environment: cli.environment.clone(), sha };
     let failed = |e: SyncError| {
         let code = match &e {
             SyncError::Environment(env) if env.is_usage() => exit::USAGE,
             _ => exit::FAILED,
         };
-        Failure {
-            code,
-            message: e.to_string(),
-        }
+        Failure { code, message: e.to_string() }
     };
     let engine = Engine::connect().await.map_err(|e| failed(e.into()))?;
     let sdk = crate::aws::load().await;
-    let services = Services {
-        tags: Imds::new(),
-        releases: S3Releases::new(&sdk),
-        credentials: Ecr::new(&sdk),
-        engine,
-    };
-    let report = sync_once(&settings, &request, &services)
-        .await
-        .map_err(failed)?;
+    let services = Services { tags: Imds::new(), releases: S3Releases::new(&sdk), credentials: Ecr::new(&sdk), engine };
+    let report = sync_once(&settings, &request, &services).await.map_err(failed)?;
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string(&report).expect("report serializes")
-        );
+        println!("{}", serde_json::to_string(&report).expect("report serializes"));
     } else {
-        eprintln!(
-            "blog-agent: {} {} in {}: {}",
-            report.container, report.sha, report.environment, report.action
-        );
+        eprintln!("blog-agent: {} {} in {}: {}", report.container, report.sha, report.environment, report.action);
     }
     Ok(())
 }
