@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
-# publish-image.sh SHA [KIND] [REGISTRY]: builds a tiny blog image FROM scratch with Debian's
-# static busybox and pushes it as REGISTRY/blog:SHA. The local tag is removed again, so the
+# publish-image.sh SHA [KIND] [REGISTRY] [REPO]: builds a tiny blog image FROM scratch with
+# Debian's static busybox and pushes it as REGISTRY/REPO:SHA (REPO defaults to "blog"). The local tag is removed again, so the
 # agent under test must pull it through the registry like a real host would.
 #   KIND good     httpd on :80 serving a page that names SHA (default)
 #        crash    exits at once
 #        http500  httpd whose every page answers 500
+#        flaky    serves for 3 seconds, then exits non-zero (a crash loop under a restart policy)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/stack-env.sh"
-sha=${1:?usage: publish-image.sh SHA [good|crash|http500] [REGISTRY]}
+sha=${1:?usage: publish-image.sh SHA [good|crash|http500|flaky] [REGISTRY] [REPO]}
 kind=${2:-good}
 registry=${3:-$BLOG_AGENT_TEST_REGISTRY}
-ref="$registry/blog:$sha"
+repo=${4:-blog}
+ref="$registry/$repo:$sha"
 ctx=$(mktemp -d "${TMPDIR:-/tmp}/blog-image.XXXXXX")
 trap 'rm -rf "$ctx"' EXIT
 mkdir -p "$ctx/www"
@@ -28,8 +30,13 @@ case "$kind" in
     printf '#!/bin/sh\nprintf "Status: 500 Internal Server Error\\r\\nContent-Type: text/plain\\r\\n\\r\\nbroken %s\\n"\n' "$sha" >"$ctx/www/cgi-bin/index.cgi"
     chmod +x "$ctx/www/cgi-bin/index.cgi"
     printf 'FROM scratch\nCOPY busybox /bin/busybox\nCOPY busybox /bin/sh\nCOPY www /var/www\nEXPOSE 80\nENTRYPOINT ["/bin/busybox","httpd","-f","-p","80","-h","/var/www"]\n' >"$ctx/Dockerfile" ;;
+  flaky)
+    # httpd without -f daemonizes; the shell (PID 1) then exits non-zero after 3 s.
+    printf 'FROM scratch\nCOPY busybox /bin/busybox\nCOPY busybox /bin/sh\nCOPY www /var/www\nEXPOSE 80\nENTRYPOINT ["/bin/sh","-c","/bin/busybox httpd -p 80 -h /var/www && /bin/busybox sleep 3; exit 1"]\n' >"$ctx/Dockerfile" ;;
   *) echo "publish-image: unknown kind '$kind' (good, crash, http500)" >&2; exit 2 ;;
 esac
+# Logging in is idempotent and cheap; registries started by tests need it too.
+echo "$ECR_TOKEN_PASSWORD" | docker login -u "$ECR_TOKEN_USER" --password-stdin "$registry" >/dev/null 2>&1 || true
 docker build -q -t "$ref" "$ctx" >/dev/null 2>"$ctx/build.err" || { cat "$ctx/build.err" >&2; exit 1; }
 docker push -q "$ref" >/dev/null
 docker rmi "$ref" >/dev/null

@@ -13,6 +13,7 @@ use crate::config::Settings;
 use crate::engine::{ContainerInfo, Engine, EngineError, ImageInfo};
 use crate::health::{self, ProbeFailed};
 use crate::registry::{CredentialSource, RegistryError};
+use crate::shutdown::{Cancelled, Shutdown};
 use crate::spec::{DesiredContainer, LABEL_MANAGED};
 
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +30,17 @@ pub enum DeployError {
     CutoverUnhealthy { image: String, probe: ProbeFailed, restored: String },
     #[error("container {container} did not come back healthy after a start: {probe}")]
     RestartUnhealthy { container: String, probe: ProbeFailed },
+    #[error(transparent)]
+    Cancelled(#[from] Cancelled),
+}
+
+/// Runs `step` unless shutdown is requested first.
+async fn unless_shutdown<T>(shutdown: &Shutdown, step: impl std::future::Future<Output = T>) -> Result<T, Cancelled> {
+    tokio::select! {
+        biased;
+        _ = shutdown.requested() => Err(Cancelled),
+        out = step => Ok(out),
+    }
 }
 
 /// Suffixes of the transient containers a deploy uses next to `<name>`.
@@ -76,16 +88,22 @@ pub async fn ensure_image(
     settings: &Settings,
     desired: &DesiredContainer,
     creds: &impl CredentialSource,
+    shutdown: &Shutdown,
 ) -> Result<(ImageInfo, bool), DeployError> {
     let repo = settings.image.repository.to_string();
     if let Some(image) = engine.image(&desired.image, &repo).await? {
         return Ok((image, false));
     }
     tracing::info!(image = %desired.image, "pulling");
-    let creds = creds.credentials().await?;
-    let image = engine
-        .pull(&repo, desired.sha.as_str(), &settings.image.repository.registry, &creds, settings.image.pull_timeout)
-        .await?;
+    let creds = unless_shutdown(shutdown, creds.credentials()).await??;
+    let pull = engine.pull(
+        &repo,
+        desired.sha.as_str(),
+        &settings.image.repository.registry,
+        &creds,
+        settings.image.pull_timeout,
+    );
+    let image = unless_shutdown(shutdown, pull).await??;
     tracing::info!(image = %desired.image, digest = image.digest.as_deref().unwrap_or("unknown"), "pulled");
     Ok((image, true))
 }
@@ -97,13 +115,16 @@ pub async fn verify_candidate(
     settings: &Settings,
     desired: &DesiredContainer,
     digest: &str,
+    shutdown: &Shutdown,
 ) -> Result<(), DeployError> {
     let name = aside(&desired.name, CANDIDATE);
     if let Some(stale) = engine.container(&name).await?.filter(is_ours) {
         engine.remove(&stale.id).await?;
     }
     let id = engine.create(&name, desired, digest, "candidate", false).await?;
-    let result = probe_candidate(engine, settings, desired, &id).await;
+    let result = unless_shutdown(shutdown, probe_candidate(engine, settings, desired, &id))
+        .await
+        .unwrap_or_else(|c| Err(c.into()));
     if let Err(e) = engine.remove(&id).await {
         tracing::warn!(container = %name, error = %e, "could not remove candidate container");
     }
@@ -151,6 +172,7 @@ pub async fn cut_over(
     desired: &DesiredContainer,
     digest: &str,
     old: Option<&ContainerInfo>,
+    shutdown: &Shutdown,
 ) -> Result<String, DeployError> {
     let name = &desired.name;
     let next_name = aside(name, NEXT);
@@ -176,10 +198,13 @@ pub async fn cut_over(
     let probe = match started {
         Ok(()) => {
             let url = &settings.health.url;
-            health::wait_healthy(&url.host, url.port, &url.path, settings.health.timeout, || {
+            let probe = health::wait_healthy(&url.host, url.port, &url.path, settings.health.timeout, || {
                 still_running(engine, &new_id)
-            })
-            .await
+            });
+            // On shutdown mid-probe the new version is unproven: put the old one back.
+            unless_shutdown(shutdown, probe)
+                .await
+                .unwrap_or_else(|_| Err(ProbeFailed { url: url.to_string(), last: "interrupted by shutdown".into() }))
         }
         Err(e) => Err(ProbeFailed { url: settings.health.url.to_string(), last: e.to_string() }),
     };
@@ -194,6 +219,10 @@ pub async fn cut_over(
         }
         Err(probe) => {
             let restored = roll_back(engine, name, &new_id, old).await;
+            if shutdown.is_requested() {
+                tracing::warn!(container = %name, "shutdown during cut-over: {restored}");
+                return Err(Cancelled.into());
+            }
             Err(DeployError::CutoverUnhealthy { image: desired.image.clone(), probe, restored })
         }
     }
@@ -237,4 +266,34 @@ pub async fn restart(engine: &Engine, settings: &Settings, container: &Container
 pub async fn check_serving(settings: &Settings, timeout: Duration) -> Result<u16, ProbeFailed> {
     let url = &settings.health.url;
     health::wait_healthy(&url.host, url.port, &url.path, timeout, || async { Ok(()) }).await
+}
+
+/// After a deploy: keeps the images containers use plus the `keep` newest others of the
+/// repository, and `protect` (the previous good version, for rollback) whatever its age;
+/// removes the rest. Failures are logged, never fatal: disk hygiene must not fail a deploy.
+pub async fn prune_images(engine: &Engine, settings: &Settings, protect: Option<&str>) {
+    let repo = settings.image.repository.to_string();
+    let result = async {
+        let in_use = engine.images_in_use().await?;
+        let protected_tag = protect.map(|sha| settings.image.repository.reference(sha));
+        let mut kept = 0;
+        for image in engine.repo_images(&repo).await? {
+            let is_protected = protected_tag.as_ref().is_some_and(|t| image.tags.contains(t));
+            if in_use.contains(&image.id) || is_protected {
+                continue;
+            }
+            if kept < settings.reconcile.keep_images {
+                kept += 1;
+                continue;
+            }
+            tracing::info!(image = %image.tags.join(","), "removing old image");
+            if let Err(e) = engine.remove_image(&image.id).await {
+                tracing::info!(image = %image.id, error = %e, "could not remove old image");
+            }
+        }
+        Ok::<(), EngineError>(())
+    };
+    if let Err(e) = result.await {
+        tracing::warn!(error = %e, "image cleanup failed");
+    }
 }

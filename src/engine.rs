@@ -11,10 +11,11 @@ use bollard::auth::DockerCredentials;
 use bollard::errors::Error as BollardError;
 use bollard::models::{ContainerCreateBody, HostConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum};
 use bollard::query_parameters::{
-    CreateContainerOptions, CreateImageOptions, RemoveContainerOptions, RenameContainerOptions, StopContainerOptions,
+    CreateContainerOptions, CreateImageOptions, EventsOptions, ListContainersOptions, ListImagesOptions,
+    RemoveContainerOptions, RemoveImageOptions, RenameContainerOptions, StopContainerOptions,
 };
 use bollard::Docker;
-use futures_util::StreamExt;
+use futures_util::{Stream, StreamExt};
 
 use crate::registry::RegistryCredentials;
 use crate::spec::{DesiredContainer, LABEL_MANAGED, LABEL_SHA, LABEL_SPEC_HASH};
@@ -47,6 +48,10 @@ pub struct ContainerInfo {
     /// Address on the default bridge network, for probing a container with no published port.
     pub ip: Option<String>,
     pub started_at: Option<String>,
+    /// Restarts done by Docker's restart policy; a climbing count is a crash loop.
+    pub restart_count: i64,
+    /// The image ID the container runs.
+    pub image_id: String,
 }
 
 impl ContainerInfo {
@@ -117,6 +122,14 @@ impl Engine {
         Ok(Engine { docker })
     }
 
+    /// Cheap liveness check (`GET /_ping`).
+    pub async fn ping(&self) -> Result<(), EngineError> {
+        bounded("ping", "daemon", self.docker.ping())
+            .await?
+            .map(drop)
+            .map_err(|e| EngineError::Unreachable { detail: detail(&e) })
+    }
+
     /// The negotiated API version, for diagnostics.
     pub fn api_version(&self) -> String {
         self.docker.client_version().to_string()
@@ -141,6 +154,8 @@ impl Engine {
                     labels: c.config.and_then(|c| c.labels).unwrap_or_default(),
                     ip,
                     started_at: state.started_at,
+                    restart_count: c.restart_count.unwrap_or(0),
+                    image_id: c.image.unwrap_or_default(),
                 }))
             }
         }
@@ -290,5 +305,65 @@ impl Engine {
         bounded("rename container", id, self.docker.rename_container(id, options))
             .await?
             .map_err(api("rename container", id))
+    }
+}
+
+/// An image of the managed repository on disk.
+#[derive(Debug, Clone)]
+pub struct RepoImage {
+    pub id: String,
+    pub tags: Vec<String>,
+    pub created: i64,
+}
+
+impl Engine {
+    /// Lifecycle events (create, start, die, stop, destroy, rename) of containers named `name`.
+    /// The stream ends or errors when dockerd goes away; the caller re-subscribes.
+    pub fn container_events(&self, name: &str) -> impl Stream<Item = Result<String, EngineError>> + use<> {
+        let filters = HashMap::from([
+            ("type".to_owned(), vec!["container".to_owned()]),
+            ("container".to_owned(), vec![name.to_owned()]),
+            (
+                "event".to_owned(),
+                ["create", "start", "die", "stop", "destroy", "rename"].iter().map(|s| s.to_string()).collect(),
+            ),
+        ]);
+        self.docker.events(Some(EventsOptions { filters: Some(filters), ..Default::default() })).map(|item| {
+            item.map(|event| event.action.unwrap_or_default())
+                .map_err(|e| EngineError::Unreachable { detail: format!("event stream: {}", detail(&e)) })
+        })
+    }
+
+    /// Images tagged in `repository`, newest first.
+    pub async fn repo_images(&self, repository: &str) -> Result<Vec<RepoImage>, EngineError> {
+        let filters = HashMap::from([("reference".to_owned(), vec![format!("{repository}:*")])]);
+        let options = ListImagesOptions { filters: Some(filters), ..Default::default() };
+        let mut images: Vec<RepoImage> = bounded("list images", repository, self.docker.list_images(Some(options)))
+            .await?
+            .map_err(api("list images", repository))?
+            .into_iter()
+            .map(|i| RepoImage { id: i.id, tags: i.repo_tags, created: i.created })
+            .collect();
+        images.sort_by_key(|i| std::cmp::Reverse(i.created));
+        Ok(images)
+    }
+
+    /// Image IDs used by any container, running or not.
+    pub async fn images_in_use(&self) -> Result<Vec<String>, EngineError> {
+        let options = ListContainersOptions { all: true, ..Default::default() };
+        let containers = bounded("list containers", "all", self.docker.list_containers(Some(options)))
+            .await?
+            .map_err(api("list containers", "all"))?;
+        Ok(containers.into_iter().filter_map(|c| c.image_id).collect())
+    }
+
+    /// Removes an image by ID without force: Docker refuses if a container uses it.
+    pub async fn remove_image(&self, id: &str) -> Result<(), EngineError> {
+        let options = RemoveImageOptions { force: false, noprune: false, ..Default::default() };
+        match bounded("remove image", id, self.docker.remove_image(id, Some(options), None)).await? {
+            Ok(_) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(api("remove image", id)(e)),
+        }
     }
 }

@@ -4,7 +4,9 @@
 //! Docker); `reconcile` is the pure decision; `deploy` carries a plan out safely; `sync` is one
 //! pass; `cli` maps it all to commands and exit codes.
 
+pub mod agent;
 pub mod aws;
+pub mod backoff;
 pub mod cli;
 pub mod config;
 pub mod deploy;
@@ -18,5 +20,9 @@ pub mod reconcile;
 pub mod registry;
 pub mod release;
 pub mod sha;
+pub mod shutdown;
+pub mod signals;
 pub mod spec;
+pub mod state;
 pub mod sync;
+pub mod systemd;

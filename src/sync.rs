@@ -16,7 +16,9 @@ use crate::reconcile::{self, Plan};
 use crate::registry::CredentialSource;
 use crate::release::{Fetched, ObjectLocation, ReleaseError, ReleaseSource};
 use crate::sha::Sha;
-use crate::spec::DesiredContainer;
+use crate::shutdown::{Cancelled, Shutdown};
+use crate::spec::{DesiredContainer, LABEL_DIGEST};
+use crate::state::{GoodRelease, State};
 
 /// What the operator asked for on the command line.
 #[derive(Debug, Clone, Default)]
@@ -49,6 +51,22 @@ pub enum SyncError {
     Deploy(#[from] DeployError),
     #[error("container {container} runs the desired version but is not healthy: {detail}")]
     Unhealthy { container: String, detail: String },
+    #[error(transparent)]
+    Cancelled(#[from] Cancelled),
+}
+
+impl SyncError {
+    pub fn is_cancelled(&self) -> bool {
+        matches!(self, SyncError::Cancelled(_) | SyncError::Deploy(DeployError::Cancelled(_)))
+    }
+}
+
+/// Result of [`apply`].
+#[derive(Debug, Clone)]
+pub struct Applied {
+    pub action: Action,
+    pub container_id: String,
+    pub digest: String,
 }
 
 /// What a pass did.
@@ -95,76 +113,142 @@ pub fn release_location(settings: &Settings, env: &str) -> ObjectLocation {
     }
 }
 
+/// Runs `step` unless shutdown comes first. Only for steps that change nothing on the host.
+pub async fn unless_shutdown<T, E: From<Cancelled>>(
+    shutdown: &Shutdown,
+    step: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, E> {
+    tokio::select! {
+        biased;
+        _ = shutdown.requested() => Err(Cancelled.into()),
+        out = step => out,
+    }
+}
+
 /// Runs one pass.
 pub async fn sync_once<T: TagSource, R: ReleaseSource, C: CredentialSource>(
     settings: &Settings,
     request: &SyncRequest,
     services: &Services<T, R, C>,
+    shutdown: &Shutdown,
 ) -> Result<SyncReport, SyncError> {
-    let env: Environment = environment::resolve(request.environment.as_deref(), settings, &services.tags).await?;
-    let sha = match &request.sha {
-        Some(sha) => sha.clone(),
-        None => {
-            let location = release_location(settings, &env.name);
-            match services.releases.fetch(&location, None).await? {
-                Fetched::Changed(release) => release.sha,
-                // Only possible with an ETag, which an unconditional GET does not send.
-                Fetched::Unchanged => unreachable!("unconditional GET answered 304"),
+    let decide = async {
+        let env: Environment = environment::resolve(request.environment.as_deref(), settings, &services.tags).await?;
+        let sha = match &request.sha {
+            Some(sha) => sha.clone(),
+            None => {
+                let location = release_location(settings, &env.name);
+                match services.releases.fetch(&location, None).await? {
+                    Fetched::Changed(release) => release.sha,
+                    // Only possible with an ETag, which an unconditional GET does not send.
+                    Fetched::Unchanged => unreachable!("unconditional GET answered 304"),
+                }
             }
-        }
+        };
+        Ok::<_, SyncError>((env, sha))
     };
+    let (env, sha) = unless_shutdown(shutdown, decide).await?;
     let span = tracing::info_span!("sync", env = %env.name, sha = %sha);
     let _entered = span.enter();
     tracing::info!(env_source = %env.source, "desired release");
     let desired = DesiredContainer::new(settings, &env.name, &sha);
 
-    let _lock = lock::acquire(&settings.agent.state_dir, settings.agent.lock_timeout).await?;
-    apply(settings, &desired, services).await.map(|(action, container_id)| SyncReport {
+    let _lock = unless_shutdown(shutdown, async {
+        Ok::<_, SyncError>(lock::acquire(&settings.agent.state_dir, settings.agent.lock_timeout).await?)
+    })
+    .await?;
+    let applied = apply(settings, &desired, services, shutdown, true).await?;
+    Ok(SyncReport {
         environment: env.name.clone(),
         environment_source: env.source.to_string(),
         sha: sha.to_string(),
         image: desired.image.clone(),
         container: desired.name.clone(),
-        container_id,
-        action,
+        container_id: applied.container_id,
+        action: applied.action,
     })
 }
 
-/// Observes Docker, plans, and carries the plan out. Call with the lock held.
+/// Observes Docker, plans, and carries the plan out; on success records the version as
+/// last-known-good and prunes old images. Call with the lock held. `probe_converged` also
+/// probes the health URL when nothing had to change (a one-off `sync` reports health; the
+/// loop relies on Docker events instead).
 pub async fn apply<T, R, C: CredentialSource>(
     settings: &Settings,
     desired: &DesiredContainer,
     services: &Services<T, R, C>,
-) -> Result<(Action, String), SyncError> {
+    shutdown: &Shutdown,
+    probe_converged: bool,
+) -> Result<Applied, SyncError> {
+    let applied = carry_out(settings, desired, services, shutdown, probe_converged).await?;
+    let mut state = State::load(&settings.agent.state_dir);
+    let good = GoodRelease {
+        sha: desired.sha.to_string(),
+        digest: applied.digest.clone(),
+        environment: desired.environment.clone(),
+        at: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+    };
+    if state.record_good(good) {
+        if let Err(e) = state.save(&settings.agent.state_dir) {
+            tracing::warn!(error = %e, "could not record the last-known-good version");
+        }
+    }
+    if matches!(applied.action, Action::Deployed { .. }) {
+        let protect = state.previous_good.as_ref().map(|g| g.sha.as_str());
+        deploy::prune_images(&services.engine, settings, protect).await;
+    }
+    Ok(applied)
+}
+
+async fn carry_out<T, R, C: CredentialSource>(
+    settings: &Settings,
+    desired: &DesiredContainer,
+    services: &Services<T, R, C>,
+    shutdown: &Shutdown,
+    probe_converged: bool,
+) -> Result<Applied, SyncError> {
     let engine = &services.engine;
     deploy::recover_interrupted(engine, &desired.name).await?;
-    let current = engine.container(&desired.name).await?;
+    let mut current = engine.container(&desired.name).await?;
+    // Caught mid `docker rm -f`: wait for the removal to finish rather than act on a ghost.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while current.as_ref().is_some_and(|c| c.status == "removing") && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        current = engine.container(&desired.name).await?;
+    }
     let plan =
         reconcile::plan(desired.sha.as_str(), &desired.spec_hash(), current.as_ref().map(|c| c.observed()).as_ref());
     tracing::debug!(?plan, "plan");
     match plan {
         Plan::Converged => {
             let current = current.expect("converged implies a container");
-            deploy::check_serving(settings, settings.health.timeout)
-                .await
-                .map_err(|p| SyncError::Unhealthy { container: desired.name.clone(), detail: p.to_string() })?;
-            tracing::info!(container = %desired.name, "already running the desired version");
-            Ok((Action::Unchanged, current.id))
+            if probe_converged {
+                deploy::check_serving(settings, settings.health.timeout)
+                    .await
+                    .map_err(|p| SyncError::Unhealthy { container: desired.name.clone(), detail: p.to_string() })?;
+                tracing::info!(container = %desired.name, "already running the desired version");
+            } else {
+                tracing::debug!(container = %desired.name, "already running the desired version");
+            }
+            let digest = current.labels.get(LABEL_DIGEST).cloned().unwrap_or_default();
+            Ok(Applied { action: Action::Unchanged, container_id: current.id, digest })
         }
         Plan::Restart { .. } => {
             let current = current.expect("restart implies a container");
             tracing::info!(container = %desired.name, status = %current.status, "container is not running; starting it");
             deploy::restart(engine, settings, &current).await?;
-            Ok((Action::Restarted, current.id))
+            let digest = current.labels.get(LABEL_DIGEST).cloned().unwrap_or_default();
+            Ok(Applied { action: Action::Restarted, container_id: current.id, digest })
         }
         Plan::Deploy { reason, .. } => {
             tracing::info!(container = %desired.name, %reason, "deploying");
-            let (image, pulled) = deploy::ensure_image(engine, settings, desired, &services.credentials).await?;
+            let (image, pulled) =
+                deploy::ensure_image(engine, settings, desired, &services.credentials, shutdown).await?;
             let digest = image.digest.clone().unwrap_or_else(|| image.id.clone());
-            deploy::verify_candidate(engine, settings, desired, &digest).await?;
-            let id = deploy::cut_over(engine, settings, desired, &digest, current.as_ref()).await?;
+            deploy::verify_candidate(engine, settings, desired, &digest, shutdown).await?;
+            let id = deploy::cut_over(engine, settings, desired, &digest, current.as_ref(), shutdown).await?;
             tracing::info!(container = %desired.name, digest = %digest, "deployed and serving");
-            Ok((Action::Deployed { reason: reason.to_string(), pulled }, id))
+            Ok(Applied { action: Action::Deployed { reason: reason.to_string(), pulled }, container_id: id, digest })
         }
     }
 }

@@ -119,7 +119,7 @@ fn image_tag_absent_from_registry_keeps_the_old_version() {
     host.put_release("staging", &missing);
     let run = host.sync();
     assert_code(&run, 1);
-    assert!(run.stderr.contains(&format!("pulling {}/blog:{missing}", host.registry)), "{}", run.stderr);
+    assert!(run.stderr.contains(&format!("pulling {}", host.image(&missing))), "{}", run.stderr);
     assert_eq!(host.container_state().unwrap(), before);
     host.assert_serves(&good);
 }
@@ -134,7 +134,7 @@ fn wrong_registry_password_fails_without_leaking_it() {
     // --debug too: the password must not show up even in verbose output.
     let run = host.agent(&["--debug", "--env", "staging", "sync"]);
     assert_code(&run, 1);
-    assert!(run.stderr.contains(&format!("pulling {}/blog:{sha}", host.registry)), "{}", run.stderr);
+    assert!(run.stderr.contains(&format!("pulling {}", host.image(&sha))), "{}", run.stderr);
     assert!(run.stderr.to_lowercase().contains("unauthorized") || run.stderr.contains("401"), "{}", run.stderr);
     assert!(host.containers().is_empty());
 }
@@ -207,8 +207,7 @@ fn environment_from_the_instance_tag() {
     let mut host = Host::new("env_from_tag");
     let imds = FakeImds::start(&[("Environment", "production")]);
     host.imds_endpoint = Some(imds.endpoint.clone());
-    let sha = unique_sha("prod");
-    publish_image(&sha, "good", &host.registry);
+    let sha = host.publish("good");
     host.put_release("production", &sha);
     host.put_release("staging", &unique_sha("not-this-one"));
     let run = host.agent(&["sync", "--json"]);
@@ -300,8 +299,7 @@ fn bad_sha_flag_is_a_usage_error() {
 #[test]
 fn sha_flag_skips_s3() {
     let host = Host::new("sha_flag");
-    let sha = unique_sha("pinned");
-    publish_image(&sha, "good", &host.registry);
+    let sha = host.publish("good");
     // Nothing in S3 at all: the flag is enough.
     let run = host.agent(&["--env", "staging", "sync", "--sha", &sha]);
     assert_code(&run, 0);

@@ -1,5 +1,6 @@
 //! Command line: global options, subcommands, and the mapping from errors to exit codes.
 
+mod run;
 mod sync;
 
 use std::path::PathBuf;
@@ -50,6 +51,11 @@ pub enum Command {
     ///
     /// Example: blog-agent sync --env staging
     Sync(sync::SyncArgs),
+    /// Run as a service: converge now, then keep converging (S3 polls, Docker events) until
+    /// SIGTERM. SIGHUP reloads the configuration. Stopping the agent never stops the blog.
+    ///
+    /// Example: blog-agent run   (normally started by systemd: blog-agent.service)
+    Run(run::RunArgs),
 }
 
 /// A failure on its way to the exit code: printed once, on one line.
@@ -70,6 +76,21 @@ pub fn load_settings(cli: &Cli) -> Result<Settings, Failure> {
     Ok(Settings::load(&cli.config)?)
 }
 
+/// Refuses a `--env` that is not in `[environment] allowed` before anything is contacted.
+pub fn check_env_flag(cli: &Cli, settings: &Settings) -> Result<(), Failure> {
+    match &cli.environment {
+        Some(env) if !settings.environment.allowed.contains(env) => {
+            let allowed = settings.environment.allowed.join(", ");
+            let message = format!(
+                "--env {}: not an allowed environment (expected one of {allowed})",
+                crate::sha::safe_quote(env)
+            );
+            Err(Failure { code: exit::USAGE, message })
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Runs the parsed command and returns the process exit code.
 pub fn run(cli: Cli) -> ExitCode {
     crate::logging::init(cli.log_format, cli.log_target, cli.debug);
@@ -83,6 +104,7 @@ pub fn run(cli: Cli) -> ExitCode {
     let result = runtime.block_on(async {
         match &cli.command {
             Command::Sync(args) => sync::run(&cli, args).await,
+            Command::Run(args) => run::run(&cli, args).await,
         }
     });
     match result {

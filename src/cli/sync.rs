@@ -26,29 +26,26 @@ pub async fn run(cli: &Cli, args: &SyncArgs) -> Result<(), Failure> {
         Some(raw) => Some(Sha::parse(raw).map_err(|e| Failure { code: exit::USAGE, message: format!("--sha {e}") })?),
         None => None,
     };
-    if let Some(env) = &cli.environment {
-        if !settings.environment.allowed.contains(env) {
-            // Checked again in resolve(); here it fails before any client is built.
-            let allowed = settings.environment.allowed.join(", ");
-            let message = format!(
-                "--env {}: not an allowed environment (expected one of {allowed})",
-                crate::sha::safe_quote(env)
-            );
-            return Err(Failure { code: exit::USAGE, message });
-        }
-    }
+    super::check_env_flag(cli, &settings)?;
     let request = SyncRequest { environment: cli.environment.clone(), sha };
     let failed = |e: SyncError| {
         let code = match &e {
             SyncError::Environment(env) if env.is_usage() => exit::USAGE,
             _ => exit::FAILED,
         };
-        Failure { code, message: e.to_string() }
+        let message = if e.is_cancelled() {
+            "interrupted; whatever was serving before is still serving".to_owned()
+        } else {
+            e.to_string()
+        };
+        Failure { code, message }
     };
     let engine = Engine::connect().await.map_err(|e| failed(e.into()))?;
     let sdk = crate::aws::load().await;
     let services = Services { tags: Imds::new(), releases: S3Releases::new(&sdk), credentials: Ecr::new(&sdk), engine };
-    let report = sync_once(&settings, &request, &services).await.map_err(failed)?;
+    let signals = crate::signals::install()
+        .map_err(|e| Failure { code: exit::FAILED, message: format!("cannot install signal handlers: {e}") })?;
+    let report = sync_once(&settings, &request, &services, &signals.shutdown).await.map_err(failed)?;
     if args.json {
         println!("{}", serde_json::to_string(&report).expect("report serializes"));
     } else {

@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod imds;
+pub mod services;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -54,10 +55,10 @@ pub fn unique_sha(hint: &str) -> String {
 
 /// Builds and pushes a test image (see scripts/publish-image.sh); the local tag is removed so
 /// the agent has to pull it.
-pub fn publish_image(sha: &str, kind: &str, registry: &str) {
+pub fn publish_image(sha: &str, kind: &str, registry: &str, repo: &str) {
     let out = Command::new("bash")
         .arg(repo_root().join("scripts/publish-image.sh"))
-        .args([sha, kind, registry])
+        .args([sha, kind, registry, repo])
         .output()
         .expect("run publish-image.sh");
     assert!(out.status.success(), "publish-image.sh failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -142,6 +143,11 @@ pub struct Host {
     pub config: PathBuf,
     pub imds_endpoint: Option<String>,
     pub registry: String,
+    /// Repository path inside the registry; per host, so one host's image pruning never
+    /// touches another test's images.
+    pub repo: String,
+    /// S3 endpoint (moto, a private moto, or a counting proxy in front of one).
+    pub s3_endpoint: String,
     pub extra_env: Vec<(String, String)>,
 }
 
@@ -163,6 +169,8 @@ impl Host {
             dir,
             imds_endpoint: None,
             registry: registry(),
+            repo: format!("t/{id}"),
+            s3_endpoint: moto(),
             extra_env: Vec::new(),
             id,
         };
@@ -172,17 +180,29 @@ impl Host {
         host
     }
 
+    /// Switches S3 to `endpoint` (a private moto or a proxy) and creates the bucket there.
+    pub fn use_s3(&mut self, endpoint: String) {
+        self.s3_endpoint = endpoint;
+        self.create_bucket();
+    }
+
+    pub fn create_bucket(&self) {
+        self.s3(|c, b| async move { c.create_bucket().bucket(b).send().await.map(drop).map_err(|e| format!("{e:?}")) })
+            .expect("create bucket");
+    }
+
     /// Writes the config; `extra` is appended (TOML tables it names must not repeat the base).
     pub fn write_config(&self, extra: &str) {
         let base = format!(
             "[environment]\nallowed = [\"staging\", \"production\"]\n\
              [release]\nbucket = \"{bucket}\"\n\
-             [image]\nrepository = \"{registry}/blog\"\n\
+             [image]\nrepository = \"{registry}/{repo}\"\n\
              [container]\nname = \"{name}\"\nports = [\"127.0.0.1:{port}:80\"]\nlabels = {{ \"{TEST_LABEL}\" = \"{id}\" }}\nstop_timeout = \"1s\"\n\
              [health]\nurl = \"http://127.0.0.1:{port}/\"\ntimeout = \"10s\"\n\
              [agent]\nstate_dir = \"{state}\"\n",
             bucket = self.bucket,
             registry = self.registry,
+            repo = self.repo,
             name = self.container,
             port = self.port,
             id = self.id,
@@ -203,7 +223,7 @@ impl Host {
             let config = aws_sdk_s3::config::Builder::new()
                 .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
                 .region(aws_sdk_s3::config::Region::new("us-east-1"))
-                .endpoint_url(moto())
+                .endpoint_url(self.s3_endpoint.clone())
                 .credentials_provider(creds)
                 .force_path_style(true)
                 .build();
@@ -233,18 +253,29 @@ impl Host {
         self.put_object(&default_key(env), format!("{sha}\n").into_bytes());
     }
 
+    /// Publishes an image of `kind` to this host's repository; returns its SHA.
+    pub fn publish(&self, kind: &str) -> String {
+        let sha = unique_sha(&self.id);
+        publish_image(&sha, kind, &self.registry, &self.repo);
+        sha
+    }
+
     /// Publishes an image and writes its SHA to staging's release key; returns the SHA.
     pub fn release(&self, kind: &str) -> String {
-        let sha = unique_sha(&self.id);
-        publish_image(&sha, kind, &self.registry);
+        let sha = self.publish(kind);
         self.put_release("staging", &sha);
         sha
+    }
+
+    /// The image reference of `sha` in this host's repository.
+    pub fn image(&self, sha: &str) -> String {
+        format!("{}/{}:{sha}", self.registry, self.repo)
     }
 
     pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_blog-agent"));
         cmd.arg("--config").arg(&self.config).args(args);
-        cmd.env("AWS_ENDPOINT_URL", moto())
+        cmd.env("AWS_ENDPOINT_URL", &self.s3_endpoint)
             .env("AWS_REGION", "us-east-1")
             .env("AWS_ACCESS_KEY_ID", "testing")
             .env("AWS_SECRET_ACCESS_KEY", "testing")
@@ -334,6 +365,84 @@ pub fn default_key(env: &str) -> String {
         "staging" => "staging/stagebuild.txt".into(),
         "production" => "production/prodbuild.txt".into(),
         other => format!("{other}/build.txt"),
+    }
+}
+
+/// A `blog-agent run` child process whose stderr goes to a file the test can read.
+pub struct AgentProcess {
+    pub child: std::process::Child,
+    pub log: PathBuf,
+}
+
+impl Host {
+    /// Starts `blog-agent --env staging run` (plus `args` before `run`).
+    pub fn start_agent(&self, args: &[&str]) -> AgentProcess {
+        self.start_agent_with(args, |_| {})
+    }
+
+    pub fn start_agent_with(&self, args: &[&str], configure: impl FnOnce(&mut Command)) -> AgentProcess {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let log = self.dir.join(format!("agent-{}.log", N.fetch_add(1, Ordering::SeqCst)));
+        let mut full = vec!["--env", "staging", "--debug"];
+        full.extend_from_slice(args);
+        full.push("run");
+        let mut cmd = self.command(&full);
+        cmd.stdout(Stdio::null()).stderr(std::fs::File::create(&log).unwrap());
+        configure(&mut cmd);
+        AgentProcess { child: cmd.spawn().expect("start blog-agent run"), log }
+    }
+}
+
+impl AgentProcess {
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill").args([&format!("-{signal}"), &self.pid().to_string()]).status().unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit; returns its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> i32 {
+        let status = wait_for("agent exit", timeout, || self.child.try_wait().unwrap());
+        status.code().unwrap_or(-1)
+    }
+
+    /// Waits until the log contains `text`.
+    pub fn wait_log(&self, text: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self.logs().contains(text) {
+            assert!(Instant::now() < deadline, "no {text:?} in the agent log within {timeout:?}:\n{}", self.logs());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn assert_alive(&mut self) {
+        assert!(self.child.try_wait().unwrap().is_none(), "agent exited:\n{}", self.logs());
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("---- agent log {} ----\n{}", self.log.display(), self.logs());
+        }
+    }
+}
+
+impl Host {
+    /// Waits until the host port serves the page of `sha`.
+    pub fn wait_serves(&self, sha: &str, timeout: Duration) {
+        wait_for(&format!("port {} to serve {sha}", self.port), timeout, || {
+            self.page().filter(|(status, body)| *status == 200 && body.contains(sha)).map(drop)
+        });
     }
 }
 

@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# Checks the deployment files that are not Rust: the systemd unit (verify + security exposure
+# threshold), the cloud-init user-data (schema, size, config keys) and the JSON policies.
+# Prints one line per check, `ok ...` or `FAIL ...` (details indented below), and exits 1 if
+# any check failed. Installs systemd-analyze and cloud-init from Debian when missing.
+set -uo pipefail
+cd "$(dirname "$0")/.." || exit 1
+
+unit=systemd/blog-agent.service
+cloud_inits=(cloud-init/ubuntu.yaml cloud-init/al2023.yaml)
+jsons=(packaging/iam-policy.json packaging/iam-policy-staging.json
+  packaging/iam-policy-production.json packaging/launch-template.json)
+# `systemd-analyze security --offline=yes` scores the unit 1.6 (systemd 252, Debian 12).
+# Removing any one of CapabilityBoundingSet=, RestrictNamespaces=, SystemCallFilter=,
+# RestrictAddressFamilies=, PrivateDevices=, ProtectSystem=, ProtectHome=, PrivateTmp=,
+# NoNewPrivileges=, ProtectKernel*=, ProtectControlGroups=, ProtectProc=, PrivateMounts=,
+# RestrictSUIDSGID= or SystemCallArchitectures= raises it to 1.8 or more, so 1.7 (measured
+# + 0.1) catches each of those regressions. Re-measure if CI moves to another systemd.
+max_exposure=1.7
+# EC2 rejects user-data over 16 KiB.
+max_user_data=16384
+
+failures=0
+ok() { echo "ok   $*"; }
+fail() {
+  echo "FAIL $1"
+  # shellcheck disable=SC2001 # indents every line of the detail
+  [ -n "${2:-}" ] && sed 's/^/     /' <<<"$2"
+  failures=$((failures + 1))
+}
+
+# ---- tools ---------------------------------------------------------------------------------
+need=()
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+command -v cloud-init >/dev/null 2>&1 || need+=(cloud-init)
+/usr/bin/python3 -c 'import yaml, tomllib' >/dev/null 2>&1 || need+=(python3 python3-yaml)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "check-deploy-files: apt-get install ${need[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  # Refresh the package lists only if they are missing or the install fails with them.
+  compgen -G '/var/lib/apt/lists/*_Packages*' >/dev/null || apt-get update -qq >&2
+  if ! apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null 2>&1; then
+    apt-get update -qq >&2
+    apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null ||
+      { echo "FAIL cannot install ${need[*]}"; exit 1; }
+  fi
+fi
+
+# ---- systemd unit ----------------------------------------------------------------------------
+# `verify` checks that ExecStart's binary exists. Rather than touch /usr/bin on this machine,
+# verify inside a throwaway root: the distribution's units, stubs for the unit's two
+# commands (/usr/bin/blog-agent, /bin/kill) and our unit. verify exits 0 on parse warnings ("..., ignoring"), so
+# any output at all is a failure. --man=no: the man page comes with the package.
+root=$(mktemp -d)
+trap 'rm -rf "$root"' EXIT
+mkdir -p "$root/usr/bin" "$root/usr/lib/systemd" "$root/etc/systemd/system"
+ln -s usr/bin "$root/bin"
+ln -s usr/lib "$root/lib"
+cp -a "$(readlink -f /lib/systemd/system)" "$root/usr/lib/systemd/system"
+for cmd in blog-agent kill; do
+  printf '#!/bin/sh\nexit 0\n' >"$root/usr/bin/$cmd"
+  chmod 0755 "$root/usr/bin/$cmd"
+done
+cp "$unit" "$root/etc/systemd/system/blog-agent.service"
+out=$(systemd-analyze verify --man=no --root="$root" blog-agent.service 2>&1)
+rc=$?
+if [ $rc -eq 0 ] && [ -z "$out" ]; then ok "systemd-analyze verify $unit"; else fail "systemd-analyze verify $unit (exit $rc)" "$out"; fi
+
+out=$(systemd-analyze security --offline=yes "$unit" 2>&1)
+score=$(sed -n 's/.*Overall exposure level for [^:]*: \([0-9.]*\).*/\1/p' <<<"$out")
+if [ -z "$score" ]; then
+  fail "systemd-analyze security $unit: no score" "$out"
+elif awk -v s="$score" -v m="$max_exposure" 'BEGIN { exit !(s <= m) }'; then
+  ok "systemd-analyze security $unit: exposure $score <= $max_exposure"
+else
+  fail "systemd-analyze security $unit: exposure $score > $max_exposure" "$(grep '✗' <<<"$out")"
+fi
+
+# ---- cloud-init ------------------------------------------------------------------------------
+for f in "${cloud_inits[@]}"; do
+  if out=$(cloud-init schema -c "$f" 2>&1); then ok "cloud-init schema $f"; else fail "cloud-init schema $f" "$out"; fi
+  size=$(wc -c <"$f")
+  if [ "$size" -lt "$max_user_data" ]; then ok "$f is $size bytes (< $max_user_data)"; else fail "$f is $size bytes (>= $max_user_data)"; fi
+  # The agent rejects unknown keys (exit 78): every key of the config.toml written by
+  # write_files must exist in packaging/config.example.toml (commented-out keys included)
+  # with the same TOML type.
+  if out=$(/usr/bin/python3 - "$f" packaging/config.example.toml <<'EOF' 2>&1
+import re, sys, tomllib, yaml
+user_data, example = sys.argv[1], sys.argv[2]
+text = open(example).read()
+# `# name = "staging"` documents an optional key: uncomment such lines before parsing.
+allowed = tomllib.loads(re.sub(r'(?m)^#\s*([a-z_]+ = )', r'\1', text))
+files = [w for w in yaml.safe_load(open(user_data)).get("write_files", [])
+         if w.get("path") == "/etc/blog-agent/config.toml"]
+if len(files) != 1:
+    sys.exit("write_files has no /etc/blog-agent/config.toml")
+config = tomllib.loads(files[0]["content"])
+def walk(have, want, where):
+    for key, value in have.items():
+        name = f"{where}.{key}" if where else key
+        if key not in want:
+            if where == "release.keys":
+                continue  # one key per environment: names are free
+            sys.exit(f"unknown key {name}")
+        if isinstance(value, dict) and want[key] != {}:
+            walk(value, want[key], name)
+        elif type(value) is not type(want[key]):
+            sys.exit(f"{name}: {type(value).__name__}, example has {type(want[key]).__name__}")
+walk(config, allowed, "")
+EOF
+  ); then
+    ok "$f config.toml keys match packaging/config.example.toml"
+  else
+    fail "$f config.toml keys match packaging/config.example.toml" "$out"
+  fi
+done
+
+# ---- JSON --------------------------------------------------------------------------------
+for f in "${jsons[@]}"; do
+  if out=$(python3 -m json.tool "$f" 2>&1 >/dev/null); then ok "json $f"; else fail "json $f" "$out"; fi
+done
+# One role per environment: each policy names only its own release key.
+for env in staging production; do
+  f=packaging/iam-policy-$env.json
+  other=$([ $env = staging ] && echo production/prodbuild.txt || echo staging/stagebuild.txt)
+  own=$([ $env = staging ] && echo staging/stagebuild.txt || echo production/prodbuild.txt)
+  if grep -q "$own" "$f" && ! grep -q "$other" "$f"; then ok "$f grants only $own"; else fail "$f grants only $own"; fi
+done
+
+if [ $failures -gt 0 ]; then
+  echo "check-deploy-files: $failures check(s) failed"
+  exit 1
+fi
+echo "check-deploy-files: all checks passed"

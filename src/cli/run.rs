@@ -1,0 +1,60 @@
+//! `blog-agent run`: the service. Reconciles now, then keeps the host converged until SIGTERM.
+
+use std::time::Duration;
+
+use clap::Args;
+
+use super::{exit, Cli, Failure};
+use crate::agent::Agent;
+use crate::backoff::Backoff;
+use crate::engine::Engine;
+use crate::imds::Imds;
+use crate::registry::Ecr;
+use crate::release::S3Releases;
+use crate::shutdown::Shutdown;
+use crate::sync::Services;
+use crate::systemd::Notifier;
+
+#[derive(Debug, Args)]
+pub struct RunArgs {}
+
+pub async fn run(cli: &Cli, _args: &RunArgs) -> Result<(), Failure> {
+    let settings = super::load_settings(cli)?;
+    super::check_env_flag(cli, &settings)?;
+    let signals = crate::signals::install()
+        .map_err(|e| Failure { code: exit::FAILED, message: format!("cannot install signal handlers: {e}") })?;
+    let notifier = Notifier::from_env();
+    let Some(engine) = wait_for_docker(&signals.shutdown, &notifier).await else {
+        notifier.stopping();
+        return Ok(());
+    };
+    let sdk = crate::aws::load().await;
+    let services = Services { tags: Imds::new(), releases: S3Releases::new(&sdk), credentials: Ecr::new(&sdk), engine };
+    tracing::info!(config = %cli.config.display(), interval = ?settings.reconcile.interval, "blog-agent running");
+    Agent::new(settings, cli.config.clone(), cli.environment.clone(), services).run(notifier, signals).await;
+    Ok(())
+}
+
+/// At boot dockerd may start after us: retry with backoff (pinging the watchdog meanwhile).
+/// `None` when shutdown came first.
+async fn wait_for_docker(shutdown: &Shutdown, notifier: &Notifier) -> Option<Engine> {
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
+    loop {
+        match Engine::connect().await {
+            Ok(engine) => return Some(engine),
+            Err(e) => {
+                if backoff.attempts() == 0 {
+                    tracing::warn!("{e}; waiting for it");
+                    notifier.status(&format!("waiting for Docker: {e}"));
+                    // Not converged, but boot must not wait on us.
+                    notifier.ready();
+                }
+                notifier.watchdog();
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff.next_delay()) => {}
+            _ = shutdown.requested() => return None,
+        }
+    }
+}

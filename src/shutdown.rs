@@ -1,0 +1,80 @@
+//! A shutdown request shared by everything that must stop promptly on SIGTERM/SIGINT.
+//!
+//! Long steps (a pull, a health probe) race against [`Shutdown::requested`] so the agent stops
+//! within seconds, mid-pull included. Steps that must not be interrupted half-way (the few API
+//! calls of a cut-over) simply do not look at it.
+
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+/// Cheap to clone; every clone sees the same request.
+#[derive(Clone, Debug)]
+pub struct Shutdown {
+    rx: watch::Receiver<bool>,
+    // Keeps the channel open for `Shutdown::never`.
+    _keep: Option<Arc<watch::Sender<bool>>>,
+}
+
+/// The sending side, held by the signal handler.
+#[derive(Debug)]
+pub struct ShutdownTrigger(watch::Sender<bool>);
+
+impl ShutdownTrigger {
+    pub fn trigger(&self) {
+        let _ = self.0.send(true);
+    }
+}
+
+impl Shutdown {
+    pub fn new() -> (ShutdownTrigger, Shutdown) {
+        let (tx, rx) = watch::channel(false);
+        (ShutdownTrigger(tx), Shutdown { rx, _keep: None })
+    }
+
+    /// A shutdown that never comes (tests, one-off calls).
+    pub fn never() -> Shutdown {
+        let (tx, rx) = watch::channel(false);
+        Shutdown { rx, _keep: Some(Arc::new(tx)) }
+    }
+
+    pub fn is_requested(&self) -> bool {
+        *self.rx.borrow()
+    }
+
+    /// Resolves once shutdown is requested; never, if the trigger is dropped unused.
+    pub async fn requested(&self) {
+        let mut rx = self.rx.clone();
+        if rx.wait_for(|v| *v).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Returned by a step that stopped because shutdown was requested.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("stopped: shutdown requested")]
+pub struct Cancelled;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn trigger_wakes_every_clone() {
+        let (trigger, shutdown) = Shutdown::new();
+        let other = shutdown.clone();
+        assert!(!other.is_requested());
+        trigger.trigger();
+        shutdown.requested().await;
+        other.requested().await;
+        assert!(other.is_requested());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn never_stays_pending() {
+        let never = Shutdown::never();
+        let r = tokio::time::timeout(std::time::Duration::from_secs(3600), never.requested()).await;
+        assert!(r.is_err());
+    }
+}

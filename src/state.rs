@@ -1,0 +1,115 @@
+//! What the agent remembers across restarts that Docker cannot tell it: the last version that
+//! was serving healthily and the one before it. Used when S3 or ECR is unreachable at boot
+//! (start the last-known-good image if it is on disk) and to roll back from a crash loop.
+//!
+//! One JSON file in the state dir, written atomically (temp file, fsync, rename, fsync dir) so
+//! a power cut leaves either the old file or the new one.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+const FILE: &str = "state.json";
+
+/// A version that was serving and healthy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GoodRelease {
+    pub sha: String,
+    pub digest: String,
+    pub environment: String,
+    /// Unix seconds when it was last seen healthy.
+    pub at: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    pub last_good: Option<GoodRelease>,
+    pub previous_good: Option<GoodRelease>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot write state file {}: {source}", path.display())]
+pub struct StateError {
+    pub path: PathBuf,
+    pub source: std::io::Error,
+}
+
+impl State {
+    /// Loads the state; a missing or unreadable file is an empty state (logged), never a
+    /// reason to stop serving.
+    pub fn load(dir: &Path) -> State {
+        let path = dir.join(FILE);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                tracing::warn!(path = %path.display(), error = %e, "ignoring unreadable state file");
+                State::default()
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => State::default(),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "ignoring unreadable state file");
+                State::default()
+            }
+        }
+    }
+
+    pub fn save(&self, dir: &Path) -> Result<(), StateError> {
+        let path = dir.join(FILE);
+        let err = |source| StateError { path: path.clone(), source };
+        std::fs::create_dir_all(dir).map_err(err)?;
+        let tmp = dir.join(format!(".{FILE}.tmp"));
+        let mut file = std::fs::File::create(&tmp).map_err(err)?;
+        file.write_all(&serde_json::to_vec_pretty(self).expect("state serializes")).map_err(err)?;
+        file.sync_all().map_err(err)?;
+        std::fs::rename(&tmp, &path).map_err(err)?;
+        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
+        Ok(())
+    }
+
+    /// Records `release` as serving healthily. Returns whether anything changed.
+    pub fn record_good(&mut self, release: GoodRelease) -> bool {
+        match &mut self.last_good {
+            Some(last) if last.sha == release.sha && last.environment == release.environment => {
+                let changed = last.digest != release.digest;
+                *last = release;
+                changed
+            }
+            _ => {
+                self.previous_good = self.last_good.take();
+                self.last_good = Some(release);
+                true
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn good(sha: &str) -> GoodRelease {
+        GoodRelease { sha: sha.into(), digest: format!("sha256:{sha}"), environment: "staging".into(), at: 1 }
+    }
+
+    #[test]
+    fn remembers_the_last_two_good_versions() {
+        let mut s = State::default();
+        assert!(s.record_good(good("aaaaaaa")));
+        assert!(!s.record_good(good("aaaaaaa")), "same version again is no change");
+        assert!(s.record_good(good("bbbbbbb")));
+        assert_eq!(s.last_good.as_ref().unwrap().sha, "bbbbbbb");
+        assert_eq!(s.previous_good.as_ref().unwrap().sha, "aaaaaaa");
+    }
+
+    #[test]
+    fn round_trips_atomically() {
+        let dir = std::env::temp_dir().join(format!("blog-agent-state-{}", std::process::id()));
+        let mut s = State::default();
+        s.record_good(good("aaaaaaa"));
+        s.save(&dir).unwrap();
+        assert_eq!(State::load(&dir), s);
+        std::fs::write(dir.join(FILE), b"{not json").unwrap();
+        assert_eq!(State::load(&dir), State::default());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,247 @@
+//! Services a single test owns, so it can stop and start them without disturbing the tests
+//! running beside it: a private moto_server, a private registry, a counting proxy in front of
+//! S3, and a registry that accepts connections and never answers (a hung pull).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::{free_port, repo_root, wait_for, ECR_PASSWORD};
+
+fn stack_dir() -> PathBuf {
+    std::env::var_os("BLOG_AGENT_STACK_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join(".stack"))
+}
+
+fn answers(port: u16) -> bool {
+    TcpStream::connect(("127.0.0.1", port)).is_ok()
+}
+
+/// A moto_server of the test's own. Its state is in memory: a restart loses every bucket.
+pub struct PrivateMoto {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl PrivateMoto {
+    pub fn start() -> PrivateMoto {
+        let mut moto = PrivateMoto { port: free_port(), child: None };
+        moto.restart();
+        moto
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        wait_for("moto to stop", Duration::from_secs(10), || (!answers(self.port)).then_some(()));
+    }
+
+    /// Starts (again) on the same port.
+    pub fn restart(&mut self) {
+        self.stop();
+        let child = Command::new(stack_dir().join("venv/bin/moto_server"))
+            .args(["-H", "127.0.0.1", "-p", &self.port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start moto_server (run scripts/stack-up.sh first)");
+        self.child = Some(child);
+        wait_for("private moto", Duration::from_secs(30), || answers(self.port).then_some(()));
+    }
+}
+
+impl Drop for PrivateMoto {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A docker-registry of the test's own, with the htpasswd pair moto's ECR token decodes to.
+/// Its storage survives a restart.
+pub struct PrivateRegistry {
+    pub port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl PrivateRegistry {
+    pub fn start(dir: &Path) -> PrivateRegistry {
+        let port = free_port();
+        let dir = dir.join(format!("registry-{port}"));
+        std::fs::create_dir_all(dir.join("data")).unwrap();
+        let htpasswd = Command::new("htpasswd").args(["-Bbn", "AWS", ECR_PASSWORD]).output().expect("htpasswd");
+        std::fs::write(dir.join("htpasswd"), htpasswd.stdout).unwrap();
+        std::fs::write(
+            dir.join("config.yml"),
+            format!(
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {data}\nhttp:\n  addr: 127.0.0.1:{port}\nauth:\n  htpasswd:\n    realm: test\n    path: {htpasswd}\n",
+                data = dir.join("data").display(),
+                htpasswd = dir.join("htpasswd").display()
+            ),
+        )
+        .unwrap();
+        let mut registry = PrivateRegistry { port, dir, child: None };
+        registry.restart();
+        registry
+    }
+
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        wait_for("registry to stop", Duration::from_secs(10), || (!answers(self.port)).then_some(()));
+    }
+
+    pub fn restart(&mut self) {
+        self.stop();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(self.dir.join("config.yml"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start docker-registry");
+        self.child = Some(child);
+        wait_for("private registry", Duration::from_secs(30), || answers(self.port).then_some(()));
+    }
+}
+
+impl Drop for PrivateRegistry {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// One request seen by the [`CountingProxy`].
+#[derive(Debug, Clone)]
+pub struct SeenRequest {
+    pub method: String,
+    pub path: String,
+    /// Lower-cased header names and their values.
+    pub headers: Vec<(String, String)>,
+}
+
+impl SeenRequest {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// An HTTP/1.1 proxy that records every request line and its headers, then forwards the bytes
+/// unchanged. Pointing `AWS_ENDPOINT_URL` at it shows exactly which S3 and ECR calls an agent
+/// makes.
+pub struct CountingProxy {
+    pub port: u16,
+    pub seen: Arc<Mutex<Vec<SeenRequest>>>,
+}
+
+impl CountingProxy {
+    pub fn start(upstream: u16) -> CountingProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let log = log.clone();
+                std::thread::spawn(move || proxy(client, upstream, &log));
+            }
+        });
+        CountingProxy { port, seen }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn requests(&self) -> Vec<SeenRequest> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+fn proxy(client: TcpStream, upstream: u16, log: &Mutex<Vec<SeenRequest>>) {
+    let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else { return };
+    let (mut server_read, client_write) = (server.try_clone().unwrap(), client.try_clone().unwrap());
+    std::thread::spawn(move || {
+        let mut client_write = client_write;
+        let _ = std::io::copy(&mut server_read, &mut client_write);
+        let _ = client_write.shutdown(std::net::Shutdown::Both);
+    });
+    let mut reader = BufReader::new(client);
+    let mut server = server;
+    loop {
+        let mut head = Vec::new();
+        let mut request_line = String::new();
+        if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+            let _ = server.shutdown(std::net::Shutdown::Write);
+            return;
+        }
+        head.extend_from_slice(request_line.as_bytes());
+        let mut headers = Vec::new();
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            head.extend_from_slice(line.as_bytes());
+            if line.trim_end().is_empty() {
+                break;
+            }
+            if let Some((k, v)) = line.split_once(':') {
+                headers.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
+            }
+        }
+        let length = headers.iter().find(|(k, _)| k == "content-length").and_then(|(_, v)| v.parse().ok()).unwrap_or(0);
+        let mut body = vec![0; length];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        let mut parts = request_line.split_whitespace();
+        log.lock().unwrap().push(SeenRequest {
+            method: parts.next().unwrap_or("").to_owned(),
+            path: parts.next().unwrap_or("").to_owned(),
+            headers,
+        });
+        if server.write_all(&head).and_then(|_| server.write_all(&body)).is_err() {
+            return;
+        }
+    }
+}
+
+/// A "registry" that accepts connections and never answers: a pull from it hangs.
+pub struct HangingRegistry {
+    pub port: u16,
+}
+
+impl HangingRegistry {
+    pub fn start() -> HangingRegistry {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for conn in listener.incoming().flatten() {
+                held.push(conn);
+            }
+        });
+        HangingRegistry { port }
+    }
+}

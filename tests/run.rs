@@ -1,0 +1,293 @@
+//! `blog-agent run` as a child process against the real local stack: drift repair, outages,
+//! crash loops, signals and the systemd notify protocol. Deadlines and polling, no fixed
+//! sleeps. Run `scripts/stack-up.sh` first (`make test` does).
+
+mod common;
+
+use std::os::unix::net::UnixDatagram;
+use std::time::{Duration, Instant};
+
+use common::services::{CountingProxy, HangingRegistry, PrivateMoto, PrivateRegistry};
+use common::*;
+
+const FAST: &str = "[reconcile]\ninterval = \"1s\"\njitter = \"0s\"\n";
+/// An interval no test waits for: anything that happens sooner was driven by Docker events.
+const SLOW: &str = "[reconcile]\ninterval = \"5m\"\njitter = \"0s\"\n";
+const SERVE: Duration = Duration::from_secs(30);
+
+/// Asserts the page of `sha` is served on every probe for `window`.
+fn assert_keeps_serving(host: &Host, sha: &str, window: Duration) {
+    let end = Instant::now() + window;
+    while Instant::now() < end {
+        host.assert_serves(sha);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn new_sha_in_s3_is_served_within_an_interval() {
+    let host = Host::new("run_new_sha");
+    host.write_config(FAST);
+    let v1 = host.release("good");
+    let mut agent = host.start_agent(&[]);
+    host.wait_serves(&v1, SERVE);
+    let v2 = host.release("good");
+    host.wait_serves(&v2, SERVE);
+    agent.assert_alive();
+    host.assert_only_the_serving_container();
+}
+
+#[test]
+fn removed_container_is_back_within_seconds() {
+    let host = Host::new("run_rm_f");
+    host.write_config(SLOW);
+    let v1 = host.release("good");
+    let mut agent = host.start_agent(&[]);
+    host.wait_serves(&v1, SERVE);
+    docker_ok(&["rm", "-f", &host.container]);
+    host.wait_serves(&v1, Duration::from_secs(10));
+    agent.wait_log("container event", Duration::from_secs(5));
+    agent.assert_alive();
+}
+
+#[test]
+fn stopped_container_is_started_again() {
+    let host = Host::new("run_stop");
+    host.write_config(SLOW);
+    let v1 = host.release("good");
+    let _agent = host.start_agent(&[]);
+    host.wait_serves(&v1, SERVE);
+    let (id, ..) = host.container_state().unwrap();
+    docker_ok(&["stop", "-t", "1", &host.container]);
+    wait_for("container running again", Duration::from_secs(15), || {
+        host.container_state().filter(|(i, running, _)| *i == id && *running).map(drop)
+    });
+    host.wait_serves(&v1, Duration::from_secs(5));
+}
+
+#[test]
+fn sigterm_leaves_the_site_up_and_a_foreign_container_is_replaced() {
+    let host = Host::new("run_foreign");
+    host.write_config(SLOW);
+    let v1 = host.release("good");
+    let mut agent = host.start_agent(&[]);
+    host.wait_serves(&v1, SERVE);
+    agent.signal("TERM");
+    assert_eq!(agent.wait_exit(Duration::from_secs(5)), 0, "{}", agent.logs());
+    host.assert_serves(&v1);
+
+    // Someone runs the blog by hand under the agent's name: same image, none of our labels.
+    docker_ok(&["rm", "-f", &host.container]);
+    let port = format!("127.0.0.1:{}:80", host.port);
+    let label = format!("{TEST_LABEL}={}", host.id);
+    docker_ok(&["pull", "-q", &host.image(&v1)]);
+    docker_ok(&["run", "-d", "--name", &host.container, "-p", &port, "--label", &label, &host.image(&v1)]);
+    assert_eq!(host.label("io.blog-agent.managed"), "");
+    let _agent = host.start_agent(&[]);
+    wait_for("foreign container replaced", SERVE, || (host.label("io.blog-agent.managed") == "true").then_some(()));
+    host.wait_serves(&v1, SERVE);
+}
+
+#[test]
+fn sighup_applies_a_port_change_and_ignores_a_broken_config() {
+    let mut host = Host::new("run_sighup");
+    host.write_config(SLOW);
+    let v1 = host.release("good");
+    let mut agent = host.start_agent(&[]);
+    host.wait_serves(&v1, SERVE);
+
+    std::fs::write(&host.config, "[container]\nnmae = \"typo\"\n").unwrap();
+    agent.signal("HUP");
+    agent.wait_log("keeping the previous one", Duration::from_secs(10));
+    agent.assert_alive();
+    host.assert_serves(&v1);
+
+    let old_port = host.port;
+    host.port = free_port();
+    host.write_config(SLOW);
+    agent.signal("HUP");
+    host.wait_serves(&v1, SERVE);
+    assert!(http_get(old_port, "/").is_none(), "old port released");
+    host.assert_only_the_serving_container();
+}
+
+#[test]
+fn s3_outage_keeps_the_site_up_and_the_agent_recovers() {
+    let mut host = Host::new("run_s3_outage");
+    let mut moto = PrivateMoto::start();
+    host.use_s3(moto.endpoint());
+    host.write_config(FAST);
+    let v1 = host.release("good");
+    let mut agent = host.start_agent(&[]);
+    host.wait_serves(&v1, SERVE);
+
+    moto.stop();
+    agent.wait_log("cannot read s3://", Duration::from_secs(15));
+    assert_keeps_serving(&host, &v1, Duration::from_secs(4));
+    agent.assert_alive();
+    let warnings = agent.logs().lines().filter(|l| l.contains("WARN") && l.contains("cannot read s3://")).count();
+    assert_eq!(warnings, 1, "logged once per state change, not per retry:\n{}", agent.logs());
+
+    moto.restart(); // empty: CI publishes again
+    host.create_bucket();
+    let v2 = host.release("good");
+    host.wait_serves(&v2, SERVE);
+    agent.wait_log("recovered", Duration::from_secs(5));
+}
+
+#[test]
+fn registry_outage_during_a_rollout_keeps_the_old_version_until_it_returns() {
+    let mut host = Host::new("run_registry_outage");
+    let mut registry = PrivateRegistry::start(host.path());
+    host.registry = registry.address();
+    host.write_config(FAST);
+    let v1 = host.release("good");
+    let v2 = host.publish("good");
+    let _agent = host.start_agent(&[]);
+    host.wait_serves(&v1, SERVE);
+
+    registry.stop();
+    host.put_release("staging", &v2);
+    assert_keeps_serving(&host, &v1, Duration::from_secs(4));
+    registry.restart();
+    host.wait_serves(&v2, SERVE);
+}
+
+#[test]
+fn crash_looping_release_is_rolled_back_with_backoff() {
+    let host = Host::new("run_crash_loop");
+    host.write_config(FAST);
+    let v1 = host.release("good");
+    let agent = host.start_agent(&[]);
+    host.wait_serves(&v1, SERVE);
+    // Serves long enough to pass both probes, then exits: Docker restarts it again and again.
+    let bad = host.release("flaky");
+    host.wait_serves(&bad, SERVE);
+    agent.wait_log("crash loop", Duration::from_secs(60));
+    host.wait_serves(&v1, SERVE);
+    let logs = agent.logs();
+    assert!(logs.contains("next try in"), "{logs}");
+    // Quarantined: the bad release is not redeployed on the next polls.
+    assert_keeps_serving(&host, &v1, Duration::from_secs(3));
+}
+
+#[test]
+fn sigterm_during_a_pull_exits_promptly_and_leaves_the_site_up() {
+    let mut host = Host::new("run_term_pull");
+    host.write_config(FAST);
+    let v1 = host.release("good");
+    let mut agent = host.start_agent(&[]);
+    host.wait_serves(&v1, SERVE);
+
+    let hanging = HangingRegistry::start();
+    host.registry = format!("127.0.0.1:{}", hanging.port);
+    host.write_config(FAST);
+    agent.signal("HUP");
+    agent.wait_log("pulling", SERVE);
+    let sent = Instant::now();
+    agent.signal("TERM");
+    assert_eq!(agent.wait_exit(Duration::from_secs(5)), 0, "{}", agent.logs());
+    assert!(sent.elapsed() < Duration::from_secs(5));
+    host.assert_serves(&v1);
+}
+
+#[test]
+fn notify_socket_gets_ready_status_watchdog_and_stopping() {
+    let host = Host::new("run_notify");
+    host.write_config(FAST);
+    let v1 = host.release("good");
+    let path = host.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&path).unwrap();
+    socket.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let mut agent = host.start_agent_with(&[], |cmd| {
+        cmd.env("NOTIFY_SOCKET", &path).env("WATCHDOG_USEC", "400000");
+    });
+    let mut seen: Vec<String> = Vec::new();
+    let receive_until = |want: &dyn Fn(&[String]) -> bool, seen: &mut Vec<String>| {
+        let deadline = Instant::now() + SERVE;
+        let mut buf = [0u8; 4096];
+        while !want(seen) {
+            assert!(Instant::now() < deadline, "notify messages so far: {seen:?}");
+            if let Ok(n) = socket.recv(&mut buf) {
+                seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        }
+    };
+    receive_until(
+        &|s: &[String]| {
+            s.iter().any(|m| m == "READY=1")
+                && s.iter().any(|m| m.starts_with("STATUS=staging: serving") && m.contains("converged"))
+                && s.iter().filter(|m| *m == "WATCHDOG=1").count() >= 2
+        },
+        &mut seen,
+    );
+    let status = seen.iter().find(|m| m.starts_with("STATUS=staging: serving")).unwrap();
+    assert!(status.contains(&v1[..12]), "{status}");
+    agent.signal("TERM");
+    receive_until(&|s: &[String]| s.iter().any(|m| m == "STOPPING=1"), &mut seen);
+    assert_eq!(agent.wait_exit(Duration::from_secs(5)), 0);
+}
+
+#[test]
+fn idle_agent_makes_only_conditional_s3_gets_and_no_ecr_calls() {
+    let mut host = Host::new("run_idle");
+    let moto = PrivateMoto::start();
+    host.use_s3(moto.endpoint());
+    let v1 = host.release("good");
+    let proxy = CountingProxy::start(moto.port);
+    host.s3_endpoint = proxy.endpoint();
+    host.write_config(FAST);
+    let _agent = host.start_agent(&[]);
+    host.wait_serves(&v1, SERVE);
+    let is_ecr = |r: &common::services::SeenRequest| {
+        r.header("x-amz-target").is_some_and(|t| t.contains("GetAuthorizationToken"))
+    };
+    let converged_at = proxy.requests().len();
+    let ecr_before = proxy.requests().iter().filter(|r| is_ecr(r)).count();
+    assert_eq!(ecr_before, 1, "one token for the first pull");
+    // Several idle polls.
+    wait_for("5 idle polls", SERVE, || (proxy.requests().len() >= converged_at + 5).then_some(()));
+    let idle: Vec<_> = proxy.requests().into_iter().skip(converged_at).collect();
+    for r in &idle {
+        assert!(!is_ecr(r), "ECR call while idle: {r:?}");
+        assert_eq!(r.method, "GET", "{r:?}");
+        assert!(r.path.contains("staging/stagebuild.txt"), "{r:?}");
+        assert!(r.header("if-none-match").is_some(), "unconditional GET while idle: {r:?}");
+    }
+}
+
+#[test]
+fn restart_with_s3_down_starts_the_last_known_good_version() {
+    let mut host = Host::new("run_last_good");
+    let mut moto = PrivateMoto::start();
+    host.use_s3(moto.endpoint());
+    host.write_config(FAST);
+    let v1 = host.release("good");
+    let mut agent = host.start_agent(&[]);
+    host.wait_serves(&v1, SERVE);
+    agent.signal("TERM");
+    assert_eq!(agent.wait_exit(Duration::from_secs(5)), 0);
+
+    docker_ok(&["rm", "-f", &host.container]);
+    moto.stop();
+    let agent = host.start_agent(&[]);
+    host.wait_serves(&v1, SERVE);
+    assert!(agent.logs().contains("last-known-good"), "{}", agent.logs());
+}
+
+#[test]
+fn sync_by_hand_while_run_is_active() {
+    let host = Host::new("run_and_sync");
+    host.write_config(FAST);
+    let v1 = host.release("good");
+    let mut agent = host.start_agent(&[]);
+    host.wait_serves(&v1, SERVE);
+    let v2 = host.release("good");
+    for _ in 0..3 {
+        let run = host.sync();
+        assert_eq!(run.code, 0, "{}", run.output());
+    }
+    host.wait_serves(&v2, SERVE);
+    agent.assert_alive();
+    host.assert_only_the_serving_container();
+}
