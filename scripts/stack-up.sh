@@ -20,8 +20,10 @@ wait_for() { # wait_for WHAT SECONDS CMD...
 
 # Docker Engine
 if ! docker info >/dev/null 2>&1; then
+  # A daemon still shutting down holds its pid file: a new one would exit at once.
+  wait_for "the previous dockerd to exit" 60 bash -c '! pgrep -x dockerd'
   echo "stack-up: starting dockerd (log: $dir/dockerd.log)" >&2
-  setsid nohup dockerd >"$dir/dockerd.log" 2>&1 </dev/null &
+  setsid nohup dockerd >>"$dir/dockerd.log" 2>&1 </dev/null &
   wait_for dockerd 60 docker info
 fi
 

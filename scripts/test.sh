@@ -10,13 +10,19 @@ source scripts/stack-env.sh
 stale=$(docker ps -aq --filter label=blog-agent-test)
 [ -z "$stale" ] || docker rm -f $stale >/dev/null
 
+echo "== deployment files (systemd unit, cloud-init, IAM JSON)" >&2
+bash scripts/check-deploy-files.sh
 echo "== cargo fmt --check" >&2
 cargo fmt --all -- --check
 echo "== cargo clippy" >&2
 cargo clippy --all-targets --quiet -- -D warnings
 echo "== tests" >&2
+# dockerd_restart restarts the Docker daemon: it runs alone, after everything else.
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --no-fail-fast "$@"
+  cargo nextest run --no-fail-fast -E 'not binary(dockerd_restart)' "$@"
+  echo "== dockerd restart test (alone)" >&2
+  cargo nextest run --no-fail-fast -E 'binary(dockerd_restart)' "$@"
 else
-  cargo test --no-fail-fast "$@"
+  cargo test --no-fail-fast --lib --test sync --test run "$@"
+  cargo test --no-fail-fast --test dockerd_restart "$@"
 fi

@@ -52,7 +52,10 @@ pub enum ReleaseError {
     NotFound { location: ObjectLocation },
     #[error("bucket {bucket:?} does not exist (reading {location}): check [release] bucket")]
     NoBucket { bucket: String, location: ObjectLocation },
-    #[error("access denied reading {location}: the instance role needs s3:GetObject on it and kms:Decrypt on the bucket's KMS key ({detail})")]
+    #[error(
+        "access denied reading {location}: either the object is missing (without s3:ListBucket S3 answers 403, not 404) \
+         or the instance role lacks s3:GetObject on it or kms:Decrypt on its KMS key ({detail})"
+    )]
     AccessDenied { location: ObjectLocation, detail: String },
     #[error("{location} holds {quoted}, which is not a git SHA: {reason}; fix the object (CI writes it); nothing was changed")]
     Invalid { location: ObjectLocation, quoted: String, reason: String },
