@@ -37,7 +37,9 @@ case "$kind" in
 esac
 # Logging in is idempotent and cheap; registries started by tests need it too.
 echo "$ECR_TOKEN_PASSWORD" | docker login -u "$ECR_TOKEN_USER" --password-stdin "$registry" >/dev/null 2>&1 || true
-docker build -q -t "$ref" "$ctx" >/dev/null 2>"$ctx/build.err" || { cat "$ctx/build.err" >&2; exit 1; }
+# --no-cache: no shared intermediate images, which an agent pruning old images at the same
+# time could delete from under a concurrent build.
+docker build --no-cache -q -t "$ref" "$ctx" >/dev/null 2>"$ctx/build.err" || { cat "$ctx/build.err" >&2; exit 1; }
 docker push -q "$ref" >/dev/null
 docker rmi "$ref" >/dev/null
 echo "$ref"

@@ -279,10 +279,11 @@ pub async fn prune_images(engine: &Engine, settings: &Settings, protect: Option<
         let mut kept = 0;
         for image in engine.repo_images(&repo).await? {
             let is_protected = protected_tag.as_ref().is_some_and(|t| image.tags.contains(t));
-            if in_use.contains(&image.id) || is_protected {
+            if in_use.contains(&image.id) {
                 continue;
             }
-            if kept < settings.reconcile.keep_images {
+            // The previous good version counts as one of the kept, but is kept in any case.
+            if is_protected || kept < settings.reconcile.keep_images {
                 kept += 1;
                 continue;
             }

@@ -7,6 +7,7 @@ mod common;
 use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, Instant};
 
+use common::imds::FakeImds;
 use common::services::{CountingProxy, HangingRegistry, PrivateMoto, PrivateRegistry};
 use common::*;
 
@@ -290,4 +291,41 @@ fn sync_by_hand_while_run_is_active() {
     host.wait_serves(&v2, SERVE);
     agent.assert_alive();
     host.assert_only_the_serving_container();
+}
+
+#[test]
+fn environment_tag_added_after_boot_is_picked_up() {
+    let mut host = Host::new("run_late_tag");
+    let imds = FakeImds::start(&[]);
+    host.imds_endpoint = Some(imds.endpoint.clone());
+    host.write_config(FAST);
+    let v1 = host.release("good");
+    let mut agent = host.start_agent_raw(&[], |_| {});
+    agent.wait_log("not found in instance metadata", SERVE);
+    agent.assert_alive();
+    imds.set_tag("Environment", "staging");
+    host.wait_serves(&v1, SERVE);
+}
+
+#[test]
+fn old_images_are_pruned_keeping_the_previous_ones() {
+    let host = Host::new("run_prune");
+    host.write_config("[reconcile]\ninterval = \"1s\"\njitter = \"0s\"\nkeep_images = 1\n");
+    let _agent = host.start_agent(&[]);
+    let mut shas = Vec::new();
+    for _ in 0..4 {
+        let sha = host.release("good");
+        host.wait_serves(&sha, SERVE);
+        shas.push(sha);
+    }
+    let filter = format!("reference={}/{}:*", host.registry, host.repo);
+    let expected: Vec<String> = shas[2..].iter().rev().map(|s| host.image(s)).collect();
+    wait_for("old images removed", SERVE, || {
+        let listed = docker_ok(&["images", "--filter", &filter, "--format", "{{.Repository}}:{{.Tag}}"]);
+        let mut listed: Vec<String> = listed.lines().map(str::to_owned).collect();
+        listed.sort();
+        let mut want = expected.clone();
+        want.sort();
+        (listed == want).then_some(())
+    });
 }

@@ -320,3 +320,22 @@ fn concurrent_syncs_do_not_race() {
     host.assert_serves(&sha);
     host.assert_only_the_serving_container();
 }
+
+#[test]
+fn json_logs_carry_structured_fields() {
+    let host = Host::new("json_logs");
+    let sha = host.release("good");
+    let run = host.agent(&["--log-format", "json", "--env", "staging", "sync"]);
+    assert_code(&run, 0);
+    let lines: Vec<serde_json::Value> = run
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(!lines.is_empty(), "{}", run.stderr);
+    let deployed = lines.iter().find(|l| l["message"] == "deployed and serving").expect("deploy line");
+    assert_eq!(deployed["container"], host.container.as_str());
+    assert_eq!(deployed["span"]["sha"], sha.as_str());
+    assert_eq!(deployed["span"]["env"], "staging");
+}

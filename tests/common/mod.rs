@@ -381,9 +381,16 @@ impl Host {
     }
 
     pub fn start_agent_with(&self, args: &[&str], configure: impl FnOnce(&mut Command)) -> AgentProcess {
+        let mut full = vec!["--env", "staging"];
+        full.extend_from_slice(args);
+        self.start_agent_raw(&full, configure)
+    }
+
+    /// Starts `blog-agent --debug ARGS run` with nothing else added.
+    pub fn start_agent_raw(&self, args: &[&str], configure: impl FnOnce(&mut Command)) -> AgentProcess {
         static N: AtomicUsize = AtomicUsize::new(0);
         let log = self.dir.join(format!("agent-{}.log", N.fetch_add(1, Ordering::SeqCst)));
-        let mut full = vec!["--env", "staging", "--debug"];
+        let mut full = vec!["--debug"];
         full.extend_from_slice(args);
         full.push("run");
         let mut cmd = self.command(&full);
@@ -449,6 +456,11 @@ impl Host {
 impl Drop for Host {
     fn drop(&mut self) {
         remove_labelled(&self.id);
+        let filter = format!("reference={}/{}:*", self.registry, self.repo);
+        let images = docker(&["images", "-q", "--filter", &filter]);
+        for id in String::from_utf8_lossy(&images.stdout).split_whitespace() {
+            let _ = docker(&["rmi", "-f", id]);
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
