@@ -1,5 +1,6 @@
 //! Command line: global options, subcommands, and the mapping from errors to exit codes.
 
+mod assets;
 mod run;
 mod sync;
 
@@ -24,7 +25,11 @@ pub mod exit {
 }
 
 #[derive(Debug, Parser)]
-#[command(name = "blog-agent", version, about = "Keeps this host serving the right version of the blog container.")]
+#[command(
+    name = "blog-agent",
+    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("BLOG_AGENT_GIT_COMMIT"), ")"),
+    about = "Keeps this host serving the right version of the blog container."
+)]
 pub struct Cli {
     /// Configuration file.
     #[arg(long, global = true, env = "BLOG_AGENT_CONFIG", default_value = DEFAULT_PATH)]
@@ -56,6 +61,9 @@ pub enum Command {
     ///
     /// Example: blog-agent run   (normally started by systemd: blog-agent.service)
     Run(run::RunArgs),
+    /// Write the man page and shell completions into a directory (used by packaging).
+    #[command(hide = true)]
+    GenerateAssets(assets::AssetsArgs),
 }
 
 /// A failure on its way to the exit code: printed once, on one line.
@@ -105,6 +113,7 @@ pub fn run(cli: Cli) -> ExitCode {
         match &cli.command {
             Command::Sync(args) => sync::run(&cli, args).await,
             Command::Run(args) => run::run(&cli, args).await,
+            Command::GenerateAssets(args) => assets::run(args),
         }
     });
     match result {

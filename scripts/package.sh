@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Builds the static x86_64 musl release binary, the man page and completions, the .deb and the
+# .rpm, checks what is inside them, and installs the .deb on this machine as a smoke test.
+# Installs its own tools (musl target, musl-tools, rpm, cargo-deb, cargo-generate-rpm).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+target=x86_64-unknown-linux-musl
+out=target/packages
+ok() { printf 'ok   %s\n' "$*"; }
+fail() { printf 'FAIL %s\n' "$*"; exit 1; }
+
+rustup target list --installed | grep -qx "$target" || rustup target add "$target"
+need_apt=()
+command -v musl-gcc >/dev/null || need_apt+=(musl-tools)
+command -v rpm >/dev/null || need_apt+=(rpm)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq && apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+command -v cargo-deb >/dev/null || cargo install --locked --quiet cargo-deb
+command -v cargo-generate-rpm >/dev/null || cargo install --locked --quiet cargo-generate-rpm
+
+echo "== static release build ($target)" >&2
+cargo build --release --locked --target "$target"
+bin=target/$target/release/blog-agent
+ldd "$bin" 2>&1 | grep -q "not a dynamic executable" && ok "ldd: not a dynamic executable" || fail "ldd: $(ldd "$bin" 2>&1)"
+size=$(stat -c %s "$bin")
+[ "$size" -lt $((10 * 1024 * 1024)) ] && ok "binary size $((size / 1024)) KiB (< 10 MiB)" || fail "binary is $size bytes"
+"$bin" --version | grep -q "(commit " && ok "$("$bin" --version)" || fail "--version lacks the commit"
+
+rm -rf target/assets "$out"
+mkdir -p "$out"
+"$bin" generate-assets target/assets
+cargo deb --no-build --no-strip --target "$target" --output "$out/" >/dev/null
+cargo generate-rpm --target "$target" --output "$out/" >/dev/null
+deb=$(ls "$out"/*.deb)
+rpmfile=$(ls "$out"/*.rpm)
+ok "built $(basename "$deb") and $(basename "$rpmfile")"
+
+# Contents: the same files in both, at each distribution's paths.
+deb_list=$(dpkg-deb -c "$deb" | awk '{print $6}' | sed 's#^\./#/#')
+rpm_list=$(rpm -qlp "$rpmfile" 2>/dev/null)
+for f in /usr/bin/blog-agent /usr/share/doc/blog-agent/config.example.toml /usr/share/man/man1/blog-agent.1 \
+         /usr/share/bash-completion/completions/blog-agent /usr/share/fish/vendor_completions.d/blog-agent.fish; do
+  grep -qx "$f" <<<"$deb_list" && grep -qx "$f" <<<"$rpm_list" && ok "both packages ship $f" || fail "$f missing from a package"
+done
+grep -qE '^/(usr/)?lib/systemd/system/blog-agent.service$' <<<"$deb_list" && ok ".deb ships the systemd unit" || fail ".deb lacks the unit"
+grep -qx /usr/lib/systemd/system/blog-agent.service <<<"$rpm_list" && ok ".rpm ships the systemd unit" || fail ".rpm lacks the unit"
+
+# Scriptlets: enabled but not started on install; stopped and disabled on removal.
+scripts=$(mktemp -d); trap 'rm -rf "$scripts"' EXIT
+dpkg-deb -e "$deb" "$scripts"
+grep -q "deb-systemd-helper.*enable" "$scripts/postinst" && ok ".deb postinst enables the unit" || fail ".deb postinst does not enable"
+! grep -qE "deb-systemd-invoke.*start" "$scripts/postinst" && ok ".deb postinst does not start it" || fail ".deb postinst starts the unit"
+grep -qE "deb-systemd-invoke.*stop" "$scripts/prerm" && ok ".deb prerm stops the unit" || fail ".deb prerm does not stop"
+grep -q "disable" "$scripts/postrm" && ok ".deb postrm disables the unit" || fail ".deb postrm does not disable"
+rpm_scripts=$(rpm -qp --scripts "$rpmfile" 2>/dev/null)
+grep -q "systemctl enable blog-agent.service" <<<"$rpm_scripts" && ok ".rpm %post enables the unit" || fail ".rpm %post"
+grep -q "disable --now blog-agent.service" <<<"$rpm_scripts" && ok ".rpm %preun stops and disables it" || fail ".rpm %preun"
+grep -q "try-restart blog-agent.service" <<<"$rpm_scripts" && ok ".rpm %postun restarts it on upgrade" || fail ".rpm %postun"
+
+# Install the .deb here and run it from the installed path.
+dpkg -i "$deb" >/dev/null
+/usr/bin/blog-agent --version >/dev/null && ok "installed: $(/usr/bin/blog-agent --version)" || fail "installed --version"
+for sub in sync run; do
+  /usr/bin/blog-agent "$sub" --help | grep -q "Example:" && ok "installed: blog-agent $sub --help" || fail "$sub --help"
+done
+if /usr/bin/blog-agent check --help >/dev/null 2>&1; then ok "installed: blog-agent check --help"; fi
+echo "package: all checks passed ($out)" >&2
