@@ -30,13 +30,15 @@ use crate::sha::Sha;
 use crate::shutdown::Shutdown;
 use crate::signals::Signals;
 use crate::spec::{DesiredContainer, LABEL_SHA};
-use crate::state::State;
+use crate::state::{Pause, State};
 use crate::sync::{self, unless_shutdown, Action, Services, SyncError};
 use crate::systemd::Notifier;
 
 /// Docker restarts (by its restart policy) of one container before the release is declared
 /// crash-looping and rolled back. Three rules out a one-off crash without waiting long.
 pub const CRASH_LOOP_RESTARTS: i64 = 3;
+/// Restarts must happen within this window of each other to count as a crash loop.
+const CRASH_LOOP_WINDOW: Duration = Duration::from_secs(10 * 60);
 /// First wait before a crash-looping release is tried again; doubles up to the cap.
 const QUARANTINE_FIRST: Duration = Duration::from_secs(60);
 const QUARANTINE_CAP: Duration = Duration::from_secs(30 * 60);
@@ -76,6 +78,10 @@ pub struct Agent<T, R, C> {
     problem: Option<String>,
     /// What is serving, for the status line.
     serving: Option<String>,
+    /// Who paused automatic updates, if they are paused.
+    paused: Option<String>,
+    /// Container id -> (Docker restart count, when first seen at that count).
+    restarts: HashMap<String, (i64, Instant)>,
 }
 
 /// How a pass ended.
@@ -106,6 +112,8 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
             retry,
             problem: None,
             serving: None,
+            paused: None,
+            restarts: HashMap::new(),
         }
     }
 
@@ -119,19 +127,29 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
         let mut ready = false;
         let mut last_status = String::new();
         'outer: loop {
+            // A pass is bounded by its own timeouts; past this deadline it is hung, the watchdog
+            // pings stop, and systemd restarts the agent.
+            let hung_after = Instant::now() + self.pass_deadline();
             let outcome = {
                 let pass = self.pass(&shutdown);
                 tokio::pin!(pass);
                 loop {
                     tokio::select! {
                         out = &mut pass => break out,
-                        _ = tick(&mut watchdog) => notifier.watchdog(),
+                        _ = tick(&mut watchdog) => if Instant::now() < hung_after {
+                            notifier.watchdog();
+                        } else {
+                            tracing::error!("reconcile pass hung; withholding the watchdog ping so systemd restarts the agent");
+                        },
                     }
                 }
             };
             if outcome == Outcome::Stopped || shutdown.is_requested() {
                 break;
             }
+            // Events caused by the pass itself (our own create/stop/rename) are not drift.
+            while trigger_rx.try_recv().is_ok() {}
+            let events_wake = outcome == Outcome::Converged;
             let status = self.status_line(&outcome);
             if status != last_status {
                 notifier.status(&status);
@@ -148,7 +166,8 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
             loop {
                 tokio::select! {
                     _ = &mut sleep => break,
-                    Some(why) = trigger_rx.recv() => {
+                    // After a failure the backoff decides when to retry, not the events.
+                    Some(why) = trigger_rx.recv(), if events_wake => {
                         tokio::time::sleep(EVENT_DEBOUNCE).await;
                         while trigger_rx.try_recv().is_ok() {}
                         tracing::debug!(why, "reconciling now");
@@ -171,6 +190,16 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
         notifier.stopping();
         events.abort();
         tracing::info!("stopped; the blog container keeps running");
+    }
+
+    /// Longest a healthy pass can take: every step's own bound, plus slack.
+    fn pass_deadline(&self) -> Duration {
+        let s = &self.settings;
+        s.agent.lock_timeout
+            + s.image.pull_timeout
+            + s.health.timeout * 3
+            + s.container.stop_timeout
+            + Duration::from_secs(180)
     }
 
     /// Re-reads the config file. An invalid file keeps the current settings.
@@ -201,6 +230,10 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
     fn status_line(&self, outcome: &Outcome) -> String {
         let env = self.env.as_ref().map(|e| e.name.as_str()).unwrap_or("unknown");
         let serving = self.serving.as_deref().map(|s| &s[..s.len().min(12)]).unwrap_or("nothing");
+        let serving = match &self.paused {
+            Some(by) => format!("{serving} (updates paused by {by})"),
+            None => serving.to_owned(),
+        };
         match outcome {
             Outcome::Converged => format!("{env}: serving {serving}; converged"),
             Outcome::Problem(p) if self.serving.is_some() => format!("{env}: serving {serving}; degraded: {p}"),
@@ -210,11 +243,13 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
     }
 
     /// Logs `problem` if it differs from the last one; logs recovery when it clears.
+    /// Problems are compared by [`problem_key`], so request IDs in AWS errors do not make
+    /// every retry look new.
     fn note(&mut self, problem: Option<String>) {
         match (&self.problem, &problem) {
             (None, None) => {}
             (Some(old), None) => tracing::info!(resolved = %old, "recovered"),
-            (old, Some(new)) if old.as_ref() != Some(new) => {
+            (old, Some(new)) if old.as_deref().map(problem_key) != Some(problem_key(new)) => {
                 tracing::warn!(
                     env = self.env.as_ref().map(|e| e.name.as_str()).unwrap_or(""),
                     "{new} (retrying with backoff)"
@@ -278,6 +313,12 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
             Err(e) => problem = Some(e.to_string()),
         }
 
+        // Everything from here on decides what runs: under the lock, so a `sync --sha` or a
+        // `pause` that happened meanwhile is seen.
+        let _lock = unless_shutdown(shutdown, async {
+            Ok::<_, SyncError>(lock::acquire(&self.settings.agent.state_dir, self.settings.agent.lock_timeout).await?)
+        })
+        .await?;
         let state = State::load(&self.settings.agent.state_dir);
         let target = match &self.desired {
             Some(d) => d.sha.clone(),
@@ -294,16 +335,17 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
                 None => return Err(SyncError::Release(self.release_error(problem))),
             },
         };
+        let (target, paused) = sync::hold_if_paused(&self.settings, &self.services.engine, &env.name, target).await?;
+        if let Some(note) = &paused {
+            tracing::debug!("{note}");
+        }
         let (target, quarantine_note) = self.avoid_crash_loops(&env, target, &state).await?;
         let Some(target) = target else {
             return Ok(Some(quarantine_note.unwrap_or_default()));
         };
+        self.paused = Pause::load(&self.settings.agent.state_dir).map(|p| p.by);
 
         let desired = DesiredContainer::new(&self.settings, &env.name, &target);
-        let _lock = unless_shutdown(shutdown, async {
-            Ok::<_, SyncError>(lock::acquire(&self.settings.agent.state_dir, self.settings.agent.lock_timeout).await?)
-        })
-        .await?;
         let applied = sync::apply(&self.settings, &desired, &self.services, shutdown, false).await?;
         if applied.action != Action::Unchanged {
             tracing::info!(env = %env.name, sha = %target, container = %desired.name, "{}", applied.action);
@@ -336,7 +378,16 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
         if let Some(c) = &current {
             let runs_target = c.labels.get(LABEL_SHA).map(String::as_str) == Some(target.as_str());
             let watching = self.quarantine.get(&target).is_none_or(|q| q.on_trial);
-            if runs_target && c.restart_count >= CRASH_LOOP_RESTARTS && watching {
+            // Docker's RestartCount is lifetime: count only restarts within CRASH_LOOP_WINDOW
+            // of a baseline, so three crashes spread over weeks are not a crash loop.
+            let baseline = self.restarts.entry(c.id.clone()).or_insert((c.restart_count, now));
+            if now.duration_since(baseline.1) > CRASH_LOOP_WINDOW {
+                *baseline = (c.restart_count, now);
+            }
+            let recent_restarts = c.restart_count - baseline.0;
+            let current_id = c.id.clone();
+            self.restarts.retain(|id, _| *id == current_id);
+            if runs_target && recent_restarts >= CRASH_LOOP_RESTARTS && watching {
                 let mut backoff = self
                     .quarantine
                     .remove(&target)
@@ -369,6 +420,12 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
             .and_then(|g| Sha::parse(&g.sha).ok());
         Ok((fallback, Some(note)))
     }
+}
+
+/// The stable part of a problem's text: what comes before any parenthesis or brace, where
+/// SDK errors put request IDs and other per-request detail.
+pub fn problem_key(text: &str) -> &str {
+    text.split(['(', '{']).next().unwrap_or(text).trim_end()
 }
 
 /// Awaits the next watchdog tick, or forever when systemd did not ask for one.
@@ -412,4 +469,17 @@ fn watch_events(engine: Engine, name: String, triggers: mpsc::Sender<&'static st
             tokio::time::sleep(backoff.next_delay()).await;
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::problem_key;
+
+    #[test]
+    fn problem_key_ignores_per_request_detail() {
+        let a = "cannot read s3://b/k: service error: unhandled error (InternalError): Error { aws_request_id: \"1\" }";
+        let b = "cannot read s3://b/k: service error: unhandled error (InternalError): Error { aws_request_id: \"2\" }";
+        assert_eq!(problem_key(a), problem_key(b));
+        assert_ne!(problem_key(a), problem_key("s3://b/k does not exist: has CI published..."));
+    }
 }

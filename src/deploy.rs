@@ -60,22 +60,37 @@ fn is_ours(c: &ContainerInfo) -> bool {
 /// stray candidates and un-started new containers are removed; a `-previous` with no
 /// `<name>` is the last serving version caught mid-cut-over, and is put back.
 /// Only containers carrying our label are touched.
-pub async fn recover_interrupted(engine: &Engine, name: &str) -> Result<(), EngineError> {
+pub async fn recover_interrupted(engine: &Engine, settings: &Settings, name: &str) -> Result<(), EngineError> {
     for suffix in [CANDIDATE, NEXT] {
         if let Some(c) = engine.container(&aside(name, suffix)).await?.filter(is_ours) {
             tracing::info!(container = %c.name, "removing leftover from an interrupted deploy");
             engine.remove(&c.id).await?;
         }
     }
-    if let Some(prev) = engine.container(&aside(name, PREVIOUS)).await? {
-        if engine.container(name).await?.is_none() {
+    let Some(prev) = engine.container(&aside(name, PREVIOUS)).await?.filter(is_ours) else { return Ok(()) };
+    match engine.container(name).await? {
+        None => {
             tracing::warn!(container = %name, "restoring the previous version left aside by an interrupted deploy");
             engine.rename(&prev.id, name).await?;
             if !prev.running {
                 engine.start(&prev.id).await?;
             }
-        } else if is_ours(&prev) {
-            engine.remove(&prev.id).await?;
+        }
+        Some(new) => {
+            // Interrupted between starting the new version and proving it: prove it now.
+            let url = &settings.health.url;
+            let healthy = health::wait_healthy(&url.host, url.port, &url.path, settings.health.timeout, || {
+                still_running(engine, &new.id)
+            })
+            .await;
+            match healthy {
+                Ok(_) => engine.remove(&prev.id).await?,
+                Err(probe) => {
+                    tracing::warn!(container = %name, %probe, "the new version left by an interrupted deploy is unhealthy; restoring the previous one");
+                    let restored = roll_back(engine, name, &new.id, Some(&prev)).await;
+                    tracing::warn!(container = %name, "{restored}");
+                }
+            }
         }
     }
     Ok(())
@@ -95,7 +110,8 @@ pub async fn ensure_image(
         return Ok((image, false));
     }
     tracing::info!(image = %desired.image, "pulling");
-    let creds = unless_shutdown(shutdown, creds.credentials()).await??;
+    let creds_source = creds;
+    let creds = unless_shutdown(shutdown, creds_source.credentials()).await??;
     let pull = engine.pull(
         &repo,
         desired.sha.as_str(),
@@ -103,7 +119,17 @@ pub async fn ensure_image(
         &creds,
         settings.image.pull_timeout,
     );
-    let image = unless_shutdown(shutdown, pull).await??;
+    let image = match unless_shutdown(shutdown, pull).await? {
+        Ok(image) => image,
+        Err(e) => {
+            let text = e.to_string().to_lowercase();
+            if text.contains("unauthorized") || text.contains("authentication required") || text.contains("denied") {
+                // A refused token is not reused for hours: the next attempt asks ECR again.
+                creds_source.invalidate();
+            }
+            return Err(e.into());
+        }
+    };
     tracing::info!(image = %desired.image, digest = image.digest.as_deref().unwrap_or("unknown"), "pulled");
     Ok((image, true))
 }
@@ -186,10 +212,12 @@ pub async fn cut_over(
         if let Some(stale) = engine.container(&previous_name).await?.filter(|c| c.id != old.id) {
             engine.remove(&stale.id).await?;
         }
-        engine.stop(&old.id, settings.container.stop_timeout).await?;
-        engine.rename(&old.id, &previous_name).await?;
     }
     let started = async {
+        if let Some(old) = old {
+            engine.stop(&old.id, settings.container.stop_timeout).await?;
+            engine.rename(&old.id, &previous_name).await?;
+        }
         engine.rename(&new_id, name).await?;
         engine.start(&new_id).await?;
         Ok::<(), EngineError>(())
@@ -230,19 +258,34 @@ pub async fn cut_over(
 
 /// Puts `old` back under `name`, running. Returns a sentence for the error message.
 async fn roll_back(engine: &Engine, name: &str, new_id: &str, old: Option<&ContainerInfo>) -> String {
+    // Free the name first (a rename is quicker and surer than a removal), restore, then clean up.
+    let failed_name = aside(name, "failed");
+    let _ = engine.stop(new_id, Duration::from_secs(1)).await;
+    if let Err(e) = engine.rename(new_id, &failed_name).await {
+        tracing::warn!(container = %name, error = %e, "could not move the failed new container aside");
+    }
+    let restore = async {
+        let Some(old) = old else { return Ok(false) };
+        if old.name != name {
+            // Renamed to -previous only if the cut-over got that far.
+            if let Some(current) = engine.container(&old.id).await? {
+                if current.name != name {
+                    engine.rename(&old.id, name).await?;
+                }
+            }
+        }
+        engine.start(&old.id).await?;
+        Ok::<bool, EngineError>(true)
+    };
+    let restored = restore.await;
     if let Err(e) = engine.remove(new_id).await {
-        tracing::error!(container = %name, error = %e, "could not remove the failed new container");
+        tracing::error!(container = %failed_name, error = %e, "could not remove the failed new container");
     }
     let Some(old) = old else {
         return "there was no previous container to restore".into();
     };
-    let restore = async {
-        engine.rename(&old.id, name).await?;
-        engine.start(&old.id).await?;
-        Ok::<(), EngineError>(())
-    };
-    match restore.await {
-        Ok(()) => {
+    match restored {
+        Ok(_) => {
             tracing::warn!(container = %name, sha = old.labels.get(crate::spec::LABEL_SHA).map(String::as_str).unwrap_or("unknown"), "previous version restored");
             "the previous version was restored and is running".into()
         }
@@ -251,15 +294,21 @@ async fn roll_back(engine: &Engine, name: &str, new_id: &str, old: Option<&Conta
 }
 
 /// Starts a stopped container of the right spec and waits until it serves.
-pub async fn restart(engine: &Engine, settings: &Settings, container: &ContainerInfo) -> Result<(), DeployError> {
+pub async fn restart(
+    engine: &Engine,
+    settings: &Settings,
+    container: &ContainerInfo,
+    shutdown: &Shutdown,
+) -> Result<(), DeployError> {
     engine.start(&container.id).await?;
     let url = &settings.health.url;
-    health::wait_healthy(&url.host, url.port, &url.path, settings.health.timeout, || {
+    let probe = health::wait_healthy(&url.host, url.port, &url.path, settings.health.timeout, || {
         still_running(engine, &container.id)
-    })
-    .await
-    .map(drop)
-    .map_err(|probe| DeployError::RestartUnhealthy { container: container.name.clone(), probe })
+    });
+    unless_shutdown(shutdown, probe)
+        .await?
+        .map(drop)
+        .map_err(|probe| DeployError::RestartUnhealthy { container: container.name.clone(), probe })
 }
 
 /// Probes the serving container once more (a converged host must also be a healthy one).

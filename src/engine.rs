@@ -283,7 +283,14 @@ impl Engine {
     /// Stops with a grace period. Stopping a stopped or missing container is not an error.
     pub async fn stop(&self, id: &str, grace: Duration) -> Result<(), EngineError> {
         let options = StopContainerOptions { t: Some(grace.as_secs() as i32), signal: None };
-        match bounded("stop container", id, self.docker.stop_container(id, Some(options))).await? {
+        // Docker itself waits out the grace period before it answers.
+        let stop = tokio::time::timeout(grace + CALL_TIMEOUT, self.docker.stop_container(id, Some(options)));
+        let result = stop.await.map_err(|_| EngineError::Timeout {
+            op: "stop container",
+            target: id.to_owned(),
+            secs: (grace + CALL_TIMEOUT).as_secs(),
+        })?;
+        match result {
             Ok(()) => Ok(()),
             Err(BollardError::DockerResponseServerError { status_code: 304 | 404, .. }) => Ok(()),
             Err(e) => Err(api("stop container", id)(e)),
@@ -317,9 +324,12 @@ pub struct RepoImage {
 }
 
 impl Engine {
-    /// Lifecycle events (create, start, die, stop, destroy, rename) of containers named `name`.
-    /// The stream ends or errors when dockerd goes away; the caller re-subscribes.
+    /// Lifecycle events (create, start, die, stop, destroy, rename) of the container named
+    /// exactly `name` (Docker's own name filter matches prefixes, so `blog` would also match
+    /// `blog-candidate`: those are dropped here). Yields the action. The stream ends or errors
+    /// when dockerd goes away; the caller re-subscribes.
     pub fn container_events(&self, name: &str) -> impl Stream<Item = Result<String, EngineError>> + use<> {
+        let exact = name.to_owned();
         let filters = HashMap::from([
             ("type".to_owned(), vec!["container".to_owned()]),
             ("container".to_owned(), vec![name.to_owned()]),
@@ -328,10 +338,23 @@ impl Engine {
                 ["create", "start", "die", "stop", "destroy", "rename"].iter().map(|s| s.to_string()).collect(),
             ),
         ]);
-        self.docker.events(Some(EventsOptions { filters: Some(filters), ..Default::default() })).map(|item| {
-            item.map(|event| event.action.unwrap_or_default())
-                .map_err(|e| EngineError::Unreachable { detail: format!("event stream: {}", detail(&e)) })
-        })
+        self.docker.events(Some(EventsOptions { filters: Some(filters), ..Default::default() })).filter_map(
+            move |item| {
+                let keep = match &item {
+                    Ok(event) => {
+                        let attrs = event.actor.as_ref().and_then(|a| a.attributes.as_ref());
+                        let named =
+                            |key: &str| attrs.and_then(|a| a.get(key)).map(|n| n.trim_start_matches('/') == exact);
+                        named("name").unwrap_or(false) || named("oldName").unwrap_or(false)
+                    }
+                    Err(_) => true,
+                };
+                let item = item
+                    .map(|event| event.action.unwrap_or_default())
+                    .map_err(|e| EngineError::Unreachable { detail: format!("event stream: {}", detail(&e)) });
+                std::future::ready(keep.then_some(item))
+            },
+        )
     }
 
     /// Images tagged in `repository`, newest first.

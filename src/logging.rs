@@ -54,7 +54,14 @@ impl AsFdOwned for std::io::Stderr {
 /// agent's own level, so third-party crates never print request headers (registry auth).
 pub fn init(format: LogFormat, target: LogTarget, debug: bool) {
     let default = if debug { "warn,blog_agent=debug" } else { "warn,blog_agent=info" };
-    let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let mut filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    // Whatever RUST_LOG says: at trace level these crates print HTTP bodies and headers, and
+    // those carry the ECR token (GetAuthorizationToken) and the registry auth header.
+    for cap in
+        ["aws_smithy_runtime=info", "aws_smithy_http_client=info", "hyper=info", "hyper_util=info", "bollard=info"]
+    {
+        filter = filter.add_directive(cap.parse().expect("static directive"));
+    }
     let journald = match target {
         LogTarget::Journald => true,
         LogTarget::Stderr => false,

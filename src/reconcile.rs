@@ -74,9 +74,33 @@ pub fn plan(desired_sha: &str, desired_spec_hash: &str, observed: Option<&Observ
     }
 }
 
+/// The version to run while automatic updates are paused: the one the container already
+/// carries (a dead or stopped container is repaired with the same SHA), else the version
+/// `sync --sha` pinned, else the last known good one. `None`: nothing to go on, change nothing.
+pub fn paused_target<'a>(
+    running: Option<&'a str>,
+    pinned: Option<&'a str>,
+    last_good: Option<&'a str>,
+) -> Option<&'a str> {
+    running.or(pinned).or(last_good)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn paused_target_freezes_what_runs() {
+        let cases = [
+            ((Some("aaaaaaa"), Some("bbbbbbb"), Some("ccccccc")), Some("aaaaaaa")),
+            ((None, Some("bbbbbbb"), Some("ccccccc")), Some("bbbbbbb")),
+            ((None, None, Some("ccccccc")), Some("ccccccc")),
+            ((None, None, None), None),
+        ];
+        for ((running, pinned, good), want) in cases {
+            assert_eq!(paused_target(running, pinned, good), want, "{running:?} {pinned:?} {good:?}");
+        }
+    }
 
     fn ours(sha: &str, spec: &str, running: bool) -> Observed {
         Observed { id: "c1".into(), managed: true, sha: Some(sha.into()), spec_hash: Some(spec.into()), running }

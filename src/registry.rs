@@ -65,6 +65,8 @@ pub enum RegistryError {
 /// Where registry credentials come from.
 pub trait CredentialSource {
     fn credentials(&self) -> impl std::future::Future<Output = Result<RegistryCredentials, RegistryError>> + Send;
+    /// Forgets cached credentials (the registry refused them).
+    fn invalidate(&self);
 }
 
 /// ECR token source with a cache.
@@ -108,6 +110,10 @@ impl CredentialSource for Ecr {
         tracing::debug!(username = %creds.username, ?valid_until, "got ECR authorization token");
         *self.cache.lock().unwrap() = Some((creds.clone(), valid_until));
         Ok(creds)
+    }
+
+    fn invalidate(&self) {
+        *self.cache.lock().unwrap() = None;
     }
 }
 

@@ -54,16 +54,7 @@ impl State {
     }
 
     pub fn save(&self, dir: &Path) -> Result<(), StateError> {
-        let path = dir.join(FILE);
-        let err = |source| StateError { path: path.clone(), source };
-        std::fs::create_dir_all(dir).map_err(err)?;
-        let tmp = dir.join(format!(".{FILE}.tmp"));
-        let mut file = std::fs::File::create(&tmp).map_err(err)?;
-        file.write_all(&serde_json::to_vec_pretty(self).expect("state serializes")).map_err(err)?;
-        file.sync_all().map_err(err)?;
-        std::fs::rename(&tmp, &path).map_err(err)?;
-        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
-        Ok(())
+        write_atomically(dir, FILE, &serde_json::to_vec_pretty(self).expect("state serializes"))
     }
 
     /// Records `release` as serving healthily. Returns whether anything changed.
@@ -112,4 +103,71 @@ mod tests {
         assert_eq!(State::load(&dir), State::default());
         std::fs::remove_dir_all(&dir).unwrap();
     }
+}
+
+/// Automatic updates frozen by an operator (`blog-agent pause`, `sync --sha`). Kept in its own
+/// file so the operator's command and the running loop never overwrite each other's writes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pause {
+    /// Who paused: the login user (`SUDO_USER`/`USER`) or "blog-agent sync --sha".
+    pub by: String,
+    pub reason: Option<String>,
+    /// Unix seconds.
+    pub at: u64,
+    /// The version pinned by `sync --sha`, if that is what paused.
+    pub pinned_sha: Option<String>,
+}
+
+const PAUSE_FILE: &str = "pause.json";
+
+impl Pause {
+    pub fn load(dir: &Path) -> Option<Pause> {
+        let bytes = std::fs::read(dir.join(PAUSE_FILE)).ok()?;
+        match serde_json::from_slice(&bytes) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                // Unreadable but present: stay paused, the safe reading of an operator's intent.
+                tracing::warn!(error = %e, "pause file unreadable; treating updates as paused");
+                Some(Pause {
+                    by: "unknown".into(),
+                    reason: Some("unreadable pause file".into()),
+                    at: 0,
+                    pinned_sha: None,
+                })
+            }
+        }
+    }
+
+    pub fn save(&self, dir: &Path) -> Result<(), StateError> {
+        write_atomically(dir, PAUSE_FILE, &serde_json::to_vec_pretty(self).expect("pause serializes"))
+    }
+
+    /// Removes the pause; returns whether there was one.
+    pub fn clear(dir: &Path) -> Result<bool, StateError> {
+        let path = dir.join(PAUSE_FILE);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(source) => Err(StateError { path, source }),
+        }
+    }
+}
+
+/// Writes `dir/name` atomically: temp file, fsync, rename, fsync the directory.
+pub fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), StateError> {
+    let path = dir.join(name);
+    let err = |source| StateError { path: path.clone(), source };
+    std::fs::create_dir_all(dir).map_err(err)?;
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let mut file = std::fs::File::create(&tmp).map_err(err)?;
+    file.write_all(bytes).map_err(err)?;
+    file.sync_all().map_err(err)?;
+    std::fs::rename(&tmp, &path).map_err(err)?;
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
+    Ok(())
+}
+
+/// Unix seconds now.
+pub fn now_unix() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }

@@ -18,15 +18,19 @@ use crate::release::{Fetched, ObjectLocation, ReleaseError, ReleaseSource};
 use crate::sha::Sha;
 use crate::shutdown::{Cancelled, Shutdown};
 use crate::spec::{DesiredContainer, LABEL_DIGEST};
-use crate::state::{GoodRelease, State};
+use crate::state::{now_unix, GoodRelease, Pause, State};
 
 /// What the operator asked for on the command line.
 #[derive(Debug, Clone, Default)]
 pub struct SyncRequest {
     /// `--env`: overrides config and tag.
     pub environment: Option<String>,
-    /// `--sha`: skips S3.
+    /// `--sha`: skips S3, and pauses automatic updates so `run` does not undo it.
     pub sha: Option<Sha>,
+    /// `--dry-run`: plan only; take no lock, change nothing.
+    pub dry_run: bool,
+    /// Who is asking, recorded in the pause `--sha` creates.
+    pub operator: String,
 }
 
 /// The services a pass talks to. Generic so each can be replaced in tests.
@@ -53,6 +57,8 @@ pub enum SyncError {
     Unhealthy { container: String, detail: String },
     #[error(transparent)]
     Cancelled(#[from] Cancelled),
+    #[error("{0}")]
+    State(String),
 }
 
 impl SyncError {
@@ -102,6 +108,12 @@ pub struct SyncReport {
     pub container: String,
     pub container_id: String,
     pub action: Action,
+    /// Set when automatic updates are paused: what that changed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub paused: Option<String>,
+    /// `--dry-run`: the steps a real run would take.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plan: Option<Vec<String>>,
 }
 
 /// Where the release file for `env` lives.
@@ -132,41 +144,172 @@ pub async fn sync_once<T: TagSource, R: ReleaseSource, C: CredentialSource>(
     services: &Services<T, R, C>,
     shutdown: &Shutdown,
 ) -> Result<SyncReport, SyncError> {
-    let decide = async {
-        let env: Environment = environment::resolve(request.environment.as_deref(), settings, &services.tags).await?;
-        let sha = match &request.sha {
-            Some(sha) => sha.clone(),
-            None => {
-                let location = release_location(settings, &env.name);
-                match services.releases.fetch(&location, None).await? {
-                    Fetched::Changed(release) => release.sha,
-                    // Only possible with an ETag, which an unconditional GET does not send.
-                    Fetched::Unchanged => unreachable!("unconditional GET answered 304"),
-                }
-            }
-        };
-        Ok::<_, SyncError>((env, sha))
+    let resolve = async {
+        Ok::<_, SyncError>(environment::resolve(request.environment.as_deref(), settings, &services.tags).await?)
     };
-    let (env, sha) = unless_shutdown(shutdown, decide).await?;
+    let env: Environment = unless_shutdown(shutdown, resolve).await?;
+    if let (Some(pinned), false) = (&request.sha, request.dry_run) {
+        // Before the lock: a `run` waiting for it must already see the pause when it gets it.
+        let pause = Pause {
+            by: request.operator.clone(),
+            reason: Some(format!("pinned to {} by blog-agent sync --sha", pinned.short())),
+            at: now_unix(),
+            pinned_sha: Some(pinned.to_string()),
+        };
+        pause.save(&settings.agent.state_dir).map_err(|e| SyncError::State(e.to_string()))?;
+        tracing::warn!(sha = %pinned, "automatic updates paused; `blog-agent resume` follows S3 again");
+    }
+    let _lock = if request.dry_run {
+        None
+    } else {
+        Some(
+            unless_shutdown(shutdown, async {
+                Ok::<_, SyncError>(lock::acquire(&settings.agent.state_dir, settings.agent.lock_timeout).await?)
+            })
+            .await?,
+        )
+    };
+    // Read S3 only now: after waiting for the lock, the object may have moved on.
+    let sha = match &request.sha {
+        Some(sha) => sha.clone(),
+        None => {
+            let location = release_location(settings, &env.name);
+            let fetch = async { Ok::<_, SyncError>(services.releases.fetch(&location, None).await?) };
+            match unless_shutdown(shutdown, fetch).await? {
+                Fetched::Changed(release) => release.sha,
+                // Only possible with an ETag, which an unconditional GET does not send.
+                Fetched::Unchanged => unreachable!("unconditional GET answered 304"),
+            }
+        }
+    };
+    let (sha, paused) = if request.sha.is_some() {
+        (sha, None)
+    } else {
+        hold_if_paused(settings, &services.engine, &env.name, sha).await?
+    };
     let span = tracing::info_span!("sync", env = %env.name, sha = %sha);
     let _entered = span.enter();
     tracing::info!(env_source = %env.source, "desired release");
     let desired = DesiredContainer::new(settings, &env.name, &sha);
-
-    let _lock = unless_shutdown(shutdown, async {
-        Ok::<_, SyncError>(lock::acquire(&settings.agent.state_dir, settings.agent.lock_timeout).await?)
-    })
-    .await?;
-    let applied = apply(settings, &desired, services, shutdown, true).await?;
-    Ok(SyncReport {
+    let report = |action, container_id, plan| SyncReport {
         environment: env.name.clone(),
         environment_source: env.source.to_string(),
         sha: sha.to_string(),
         image: desired.image.clone(),
         container: desired.name.clone(),
-        container_id: applied.container_id,
-        action: applied.action,
-    })
+        container_id,
+        action,
+        paused: paused.clone(),
+        plan,
+    };
+    if request.dry_run {
+        let (action, id, steps) = dry_run(settings, &desired, &services.engine).await?;
+        return Ok(report(action, id, Some(steps)));
+    }
+    let applied = apply(settings, &desired, services, shutdown, true).await?;
+    Ok(report(applied.action, applied.container_id, None))
+}
+
+/// While automatic updates are paused, stays on the version the container carries (or the
+/// pinned or last good one) instead of `wanted`. Returns the SHA to use and, when it differs
+/// from `wanted`, a note saying so.
+pub async fn hold_if_paused(
+    settings: &Settings,
+    engine: &Engine,
+    env: &str,
+    wanted: Sha,
+) -> Result<(Sha, Option<String>), SyncError> {
+    let Some(pause) = Pause::load(&settings.agent.state_dir) else { return Ok((wanted, None)) };
+    let running = engine
+        .container(&settings.container.name)
+        .await?
+        .filter(|c| c.observed().managed)
+        .and_then(|c| c.labels.get(crate::spec::LABEL_SHA).cloned());
+    let last_good = State::load(&settings.agent.state_dir).last_good.filter(|g| g.environment == env).map(|g| g.sha);
+    let held = reconcile::paused_target(running.as_deref(), pause.pinned_sha.as_deref(), last_good.as_deref())
+        .and_then(|s| Sha::parse(s).ok());
+    match held {
+        Some(held) if held != wanted => {
+            let note = format!(
+                "automatic updates paused by {}{}: staying on {} (S3 has {}); `blog-agent resume` to follow S3",
+                pause.by,
+                pause.reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default(),
+                held.short(),
+                wanted.short()
+            );
+            Ok((held, Some(note)))
+        }
+        _ => Ok((wanted, None)),
+    }
+}
+
+/// `--dry-run`: observes and plans, and describes the steps without taking any.
+async fn dry_run(
+    settings: &Settings,
+    desired: &DesiredContainer,
+    engine: &Engine,
+) -> Result<(Action, String, Vec<String>), SyncError> {
+    let current = engine.container(&desired.name).await?;
+    let plan =
+        reconcile::plan(desired.sha.as_str(), &desired.spec_hash(), current.as_ref().map(|c| c.observed()).as_ref());
+    let id = current.as_ref().map(|c| c.id.clone()).unwrap_or_default();
+    let mut steps = Vec::new();
+    let action = match plan {
+        Plan::Converged => {
+            steps.push(format!("nothing to do: {} already runs {}", desired.name, desired.sha));
+            Action::Unchanged
+        }
+        Plan::Restart { .. } => {
+            steps.push(format!(
+                "start the stopped container {} ({}) and probe {}",
+                desired.name, desired.sha, settings.health.url
+            ));
+            Action::Restarted
+        }
+        Plan::Deploy { reason, .. } => {
+            let repo = settings.image.repository.to_string();
+            let present = engine.image(&desired.image, &repo).await?.is_some();
+            steps.push(format!("why: {reason}"));
+            steps.push(if present {
+                format!("image {} is already on this host: no pull", desired.image)
+            } else {
+                format!("get an ECR token and pull {}", desired.image)
+            });
+            steps.push(format!(
+                "run {}-candidate (no published ports) and probe port {} path {} over the Docker bridge",
+                desired.name,
+                desired.probe_port(),
+                settings.health.url.path
+            ));
+            let ports: Vec<String> = desired.ports.iter().map(|p| p.to_string()).collect();
+            if let Some(old) = &current {
+                let old_sha = old.labels.get(crate::spec::LABEL_SHA).map(String::as_str).unwrap_or("unknown");
+                steps.push(format!(
+                    "stop {} (running {old_sha}) and keep it aside as {}-previous",
+                    old.name, desired.name
+                ));
+            }
+            steps.push(format!(
+                "start {} from {} on ports {} and probe {}",
+                desired.name,
+                desired.image,
+                ports.join(", "),
+                settings.health.url
+            ));
+            if current.is_some() {
+                steps.push(format!(
+                    "remove {}-previous once the new version is healthy (put it back if not)",
+                    desired.name
+                ));
+            }
+            steps.push(format!(
+                "remove images of {repo} beyond the newest {} not in use",
+                settings.reconcile.keep_images
+            ));
+            Action::Deployed { reason: reason.to_string(), pulled: !present }
+        }
+    };
+    Ok((action, id, steps))
 }
 
 /// Observes Docker, plans, and carries the plan out; on success records the version as
@@ -208,7 +351,7 @@ async fn carry_out<T, R, C: CredentialSource>(
     probe_converged: bool,
 ) -> Result<Applied, SyncError> {
     let engine = &services.engine;
-    deploy::recover_interrupted(engine, &desired.name).await?;
+    deploy::recover_interrupted(engine, settings, &desired.name).await?;
     let mut current = engine.container(&desired.name).await?;
     // Caught mid `docker rm -f`: wait for the removal to finish rather than act on a ghost.
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -236,16 +379,34 @@ async fn carry_out<T, R, C: CredentialSource>(
         Plan::Restart { .. } => {
             let current = current.expect("restart implies a container");
             tracing::info!(container = %desired.name, status = %current.status, "container is not running; starting it");
-            deploy::restart(engine, settings, &current).await?;
+            deploy::restart(engine, settings, &current, shutdown).await?;
             let digest = current.labels.get(LABEL_DIGEST).cloned().unwrap_or_default();
             Ok(Applied { action: Action::Restarted, container_id: current.id, digest })
         }
         Plan::Deploy { reason, .. } => {
             tracing::info!(container = %desired.name, %reason, "deploying");
-            let (image, pulled) =
-                deploy::ensure_image(engine, settings, desired, &services.credentials, shutdown).await?;
-            let digest = image.digest.clone().unwrap_or_else(|| image.id.clone());
-            deploy::verify_candidate(engine, settings, desired, &digest, shutdown).await?;
+            let prepared = async {
+                let (image, pulled) =
+                    deploy::ensure_image(engine, settings, desired, &services.credentials, shutdown).await?;
+                let digest = image.digest.clone().unwrap_or_else(|| image.id.clone());
+                deploy::verify_candidate(engine, settings, desired, &digest, shutdown).await?;
+                Ok::<_, DeployError>((digest, pulled))
+            }
+            .await;
+            let (digest, pulled) = match prepared {
+                Ok(ok) => ok,
+                Err(e) => {
+                    // The new version cannot be had; a stopped old one of ours is still better
+                    // than nothing.
+                    if let Some(old) = current.as_ref().filter(|c| !c.running && c.observed().managed) {
+                        tracing::warn!(container = %old.name, "new version unavailable; starting the stopped previous one");
+                        if let Err(start) = engine.start(&old.id).await {
+                            tracing::warn!(container = %old.name, error = %start, "could not start it");
+                        }
+                    }
+                    return Err(e.into());
+                }
+            };
             let id = deploy::cut_over(engine, settings, desired, &digest, current.as_ref(), shutdown).await?;
             tracing::info!(container = %desired.name, digest = %digest, "deployed and serving");
             Ok(Applied { action: Action::Deployed { reason: reason.to_string(), pulled }, container_id: id, digest })

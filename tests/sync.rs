@@ -339,3 +339,53 @@ fn json_logs_carry_structured_fields() {
     assert_eq!(deployed["span"]["sha"], sha.as_str());
     assert_eq!(deployed["span"]["env"], "staging");
 }
+
+#[test]
+fn second_sync_gives_up_clearly_when_the_lock_stays_held() {
+    let host = Host::new("lock_busy");
+    let text = std::fs::read_to_string(&host.config).unwrap();
+    std::fs::write(&host.config, text.replace("[agent]\n", "[agent]\nlock_timeout = \"1s\"\n")).unwrap();
+    host.release("good");
+    std::fs::create_dir_all(host.state_dir()).unwrap();
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(host.state_dir().join("reconcile.lock"))
+        .unwrap();
+    lock.lock().unwrap();
+    let run = host.sync();
+    assert_code(&run, 1);
+    assert!(run.stderr.contains("another blog-agent holds") && run.stderr.contains("reconcile.lock"), "{}", run.stderr);
+    assert!(host.containers().is_empty(), "nothing changed while locked out");
+    lock.unlock().unwrap();
+    assert_code(&host.sync(), 0);
+}
+
+#[test]
+fn an_interrupted_cut_over_is_repaired_by_the_next_sync() {
+    let host = Host::new("interrupted");
+    let sha = host.release("good");
+    assert_code(&host.sync(), 0);
+    let (id, ..) = host.container_state().unwrap();
+    // As if the agent died right after moving the old container aside.
+    docker_ok(&["stop", "-t", "1", &host.container]);
+    docker_ok(&["rename", &host.container, &format!("{}-previous", host.container)]);
+    let run = host.sync();
+    assert_code(&run, 0);
+    assert_eq!(host.container_state().unwrap().0, id, "the previous container itself is back");
+    host.assert_serves(&sha);
+    host.assert_only_the_serving_container();
+}
+
+#[test]
+fn image_already_on_the_host_is_not_pulled_again() {
+    let host = Host::new("no_repull");
+    host.release("good");
+    assert_code(&host.sync(), 0);
+    docker_ok(&["rm", "-f", &host.container]);
+    let run = host.agent(&["--env", "staging", "sync", "--json"]);
+    assert_code(&run, 0);
+    let report: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    assert_eq!(report["action"]["deployed"]["pulled"], false, "{report}");
+}

@@ -1,6 +1,7 @@
 //! Command line: global options, subcommands, and the mapping from errors to exit codes.
 
 mod assets;
+mod pause;
 mod run;
 mod sync;
 
@@ -55,7 +56,18 @@ pub enum Command {
     /// Converge once: read the desired SHA, pull, verify, cut over; then exit.
     ///
     /// Example: blog-agent sync --env staging
+    ///          blog-agent sync --sha 3f2a9c1      (roll back/forward now, and pause updates)
+    ///          blog-agent sync --dry-run
     Sync(sync::SyncArgs),
+    /// Freeze automatic updates: the service keeps repairing the running version but does not
+    /// move to a new SHA from S3 until `resume`. Survives reboots.
+    ///
+    /// Example: blog-agent pause --reason "INC-123: bad release, investigating"
+    Pause(pause::PauseArgs),
+    /// Unfreeze automatic updates: follow the SHA in S3 again.
+    ///
+    /// Example: blog-agent resume
+    Resume,
     /// Run as a service: converge now, then keep converging (S3 polls, Docker events) until
     /// SIGTERM. SIGHUP reloads the configuration. Stopping the agent never stops the blog.
     ///
@@ -99,6 +111,14 @@ pub fn check_env_flag(cli: &Cli, settings: &Settings) -> Result<(), Failure> {
     }
 }
 
+/// Who is running this command, for the pause record.
+pub fn operator() -> String {
+    ["SUDO_USER", "USER", "LOGNAME"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()))
+        .unwrap_or_else(|| format!("uid {}", std::process::id()))
+}
+
 /// Runs the parsed command and returns the process exit code.
 pub fn run(cli: Cli) -> ExitCode {
     crate::logging::init(cli.log_format, cli.log_target, cli.debug);
@@ -113,6 +133,8 @@ pub fn run(cli: Cli) -> ExitCode {
         match &cli.command {
             Command::Sync(args) => sync::run(&cli, args).await,
             Command::Run(args) => run::run(&cli, args).await,
+            Command::Pause(args) => pause::pause(&cli, args),
+            Command::Resume => pause::resume(&cli),
             Command::GenerateAssets(args) => assets::run(args),
         }
     });

@@ -12,12 +12,16 @@ use crate::sync::{sync_once, Services, SyncError, SyncRequest};
 
 #[derive(Debug, Args)]
 pub struct SyncArgs {
-    /// Deploy this SHA instead of the one in S3 (validated the same way).
+    /// Deploy this SHA now instead of the one in S3 (validated the same way), and pause
+    /// automatic updates so the service does not undo it.
     #[arg(long, value_name = "SHA")]
     pub sha: Option<String>,
     /// Print the result as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Print what would be pulled, created, stopped and removed, and why; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 pub async fn run(cli: &Cli, args: &SyncArgs) -> Result<(), Failure> {
@@ -27,7 +31,8 @@ pub async fn run(cli: &Cli, args: &SyncArgs) -> Result<(), Failure> {
         None => None,
     };
     super::check_env_flag(cli, &settings)?;
-    let request = SyncRequest { environment: cli.environment.clone(), sha };
+    let request =
+        SyncRequest { environment: cli.environment.clone(), sha, dry_run: args.dry_run, operator: super::operator() };
     let failed = |e: SyncError| {
         let code = match &e {
             SyncError::Environment(env) if env.is_usage() => exit::USAGE,
@@ -48,8 +53,21 @@ pub async fn run(cli: &Cli, args: &SyncArgs) -> Result<(), Failure> {
     let report = sync_once(&settings, &request, &services, &signals.shutdown).await.map_err(failed)?;
     if args.json {
         println!("{}", serde_json::to_string(&report).expect("report serializes"));
+        return Ok(());
+    }
+    if let Some(plan) = &report.plan {
+        println!("dry run: {} {} in {} (nothing was changed)", report.container, report.sha, report.environment);
+        for step in plan {
+            println!("  - {step}");
+        }
     } else {
         eprintln!("blog-agent: {} {} in {}: {}", report.container, report.sha, report.environment, report.action);
+    }
+    if let Some(note) = &report.paused {
+        eprintln!("blog-agent: {note}");
+    }
+    if args.sha.is_some() && !args.dry_run {
+        eprintln!("blog-agent: automatic updates are now paused; run `blog-agent resume` to follow S3 again");
     }
     Ok(())
 }
