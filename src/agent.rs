@@ -30,7 +30,7 @@ use crate::sha::Sha;
 use crate::shutdown::Shutdown;
 use crate::signals::Signals;
 use crate::spec::{DesiredContainer, LABEL_SHA};
-use crate::state::{Pause, State};
+use crate::state::{LastPass, Pause, State};
 use crate::sync::{self, unless_shutdown, Action, Services, SyncError};
 use crate::systemd::Notifier;
 
@@ -261,6 +261,16 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
     }
 
     async fn pass(&mut self, shutdown: &Shutdown) -> Outcome {
+        let outcome = self.pass_inner(shutdown).await;
+        match &outcome {
+            Outcome::Converged => LastPass::record(&self.settings.agent.state_dir, None),
+            Outcome::Problem(p) => LastPass::record(&self.settings.agent.state_dir, Some(p)),
+            Outcome::Stopped => {}
+        }
+        outcome
+    }
+
+    async fn pass_inner(&mut self, shutdown: &Shutdown) -> Outcome {
         match self.try_pass(shutdown).await {
             Ok(problem) => {
                 let outcome = match &problem {

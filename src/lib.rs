@@ -24,5 +24,6 @@ pub mod shutdown;
 pub mod signals;
 pub mod spec;
 pub mod state;
+pub mod status;
 pub mod sync;
 pub mod systemd;

@@ -171,3 +171,35 @@ pub fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), Stat
 pub fn now_unix() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
+
+/// The outcome of the latest reconcile passes, for `status`. Its own file: written after
+/// every pass by `run` and `sync`, read by `status`; last writer wins, which is what a
+/// "last" field means.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastPass {
+    /// Unix seconds of the last pass that converged.
+    pub last_success: Option<u64>,
+    /// Unix seconds and message of the last failure (kept after a later success).
+    pub last_error: Option<(u64, String)>,
+}
+
+const LAST_PASS_FILE: &str = "last-pass.json";
+
+impl LastPass {
+    pub fn load(dir: &Path) -> Option<LastPass> {
+        serde_json::from_slice(&std::fs::read(dir.join(LAST_PASS_FILE)).ok()?).ok()
+    }
+
+    /// Records one pass outcome; failures to write are logged, never fatal.
+    pub fn record(dir: &Path, error: Option<&str>) {
+        let mut last = LastPass::load(dir).unwrap_or_default();
+        match error {
+            None => last.last_success = Some(now_unix()),
+            Some(e) => last.last_error = Some((now_unix(), e.to_owned())),
+        }
+        let bytes = serde_json::to_vec_pretty(&last).expect("last pass serializes");
+        if let Err(e) = write_atomically(dir, LAST_PASS_FILE, &bytes) {
+            tracing::debug!(error = %e, "could not record the pass outcome");
+        }
+    }
+}

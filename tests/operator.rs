@@ -82,3 +82,74 @@ fn dry_run_prints_the_plan_and_changes_nothing() {
     host.assert_serves(&v1);
     assert!(!host.state_dir().join("pause.json").exists());
 }
+
+fn status_json(host: &Host) -> (i32, serde_json::Value) {
+    let run = host.agent(&["--env", "staging", "status", "--json"]);
+    let value = serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("{e}: {}", run.output()));
+    (run.code, value)
+}
+
+#[test]
+fn status_json_on_a_converged_host() {
+    let host = Host::new("status_converged");
+    let sha = host.release("good");
+    assert_eq!(host.sync().code, 0);
+    let (code, s) = status_json(&host);
+    assert_eq!(code, 0, "{s}");
+    assert_eq!(s["schema_version"], 1);
+    assert_eq!(s["environment"]["name"], "staging");
+    assert_eq!(s["environment"]["source"], "flag");
+    assert_eq!(s["desired"]["sha"], sha.as_str());
+    assert_eq!(s["desired"]["uri"], format!("s3://{}/staging/stagebuild.txt", host.bucket));
+    assert!(s["desired"]["etag"].is_string());
+    assert_eq!(s["container"]["name"], host.container.as_str());
+    assert_eq!(s["container"]["sha"], sha.as_str());
+    assert_eq!(s["container"]["managed"], true);
+    assert_eq!(s["container"]["state"], "running");
+    assert!(s["container"]["digest"].as_str().unwrap().starts_with("sha256:"));
+    assert_eq!(s["container"]["health"]["ok"], true);
+    assert!(s["paused"].is_null());
+    assert_eq!(s["last_good_sha"], sha.as_str());
+    assert!(s["last_pass"]["last_success"].is_u64());
+    assert_eq!(s["converged"], true);
+    // The table names the same facts for a person.
+    let run = host.agent(&["--env", "staging", "status"]);
+    assert!(run.stdout.contains("converged      yes") && run.stdout.contains(&sha), "{}", run.stdout);
+}
+
+#[test]
+fn status_json_on_a_paused_host() {
+    let host = Host::new("status_paused");
+    host.release("good");
+    assert_eq!(host.sync().code, 0);
+    assert_eq!(host.agent(&["pause", "--reason", "INC-7"]).code, 0);
+    let (_, s) = status_json(&host);
+    assert_eq!(s["paused"]["reason"], "INC-7");
+    assert!(s["paused"]["by"].is_string() && s["paused"]["at"].is_u64(), "{s}");
+}
+
+#[test]
+fn status_json_when_the_s3_object_is_bad() {
+    let host = Host::new("status_bad_s3");
+    let sha = host.release("good");
+    assert_eq!(host.sync().code, 0);
+    host.put_object("staging/stagebuild.txt", b"latest".to_vec());
+    let (code, s) = status_json(&host);
+    assert_eq!(code, 1);
+    assert!(s["desired"].is_null());
+    assert!(s["desired_error"].as_str().unwrap().contains("\"latest\""), "{s}");
+    assert_eq!(s["container"]["sha"], sha.as_str());
+    assert_eq!(s["converged"], false);
+}
+
+#[test]
+fn status_json_with_no_container() {
+    let host = Host::new("status_empty");
+    let sha = host.release("good");
+    let (code, s) = status_json(&host);
+    assert_eq!(code, 1);
+    assert_eq!(s["desired"]["sha"], sha.as_str());
+    assert!(s["container"].is_null() && s["container_error"].is_null(), "{s}");
+    assert!(s["last_good_sha"].is_null() && s["last_pass"].is_null());
+    assert_eq!(s["converged"], false);
+}

@@ -3,6 +3,7 @@
 mod assets;
 mod pause;
 mod run;
+mod status;
 mod sync;
 
 use std::path::PathBuf;
@@ -59,6 +60,11 @@ pub enum Command {
     ///          blog-agent sync --sha 3f2a9c1      (roll back/forward now, and pause updates)
     ///          blog-agent sync --dry-run
     Sync(sync::SyncArgs),
+    /// Show the environment, the desired and the running version, health, pause and the
+    /// last reconcile. Read-only; safe while the service runs.
+    ///
+    /// Example: blog-agent status        blog-agent status --json | jq .converged
+    Status(status::StatusArgs),
     /// Freeze automatic updates: the service keeps repairing the running version but does not
     /// move to a new SHA from S3 until `resume`. Survives reboots.
     ///
@@ -134,6 +140,7 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Sync(args) => sync::run(&cli, args).await,
             Command::Run(args) => run::run(&cli, args).await,
             Command::Pause(args) => pause::pause(&cli, args),
+            Command::Status(args) => status::run(&cli, args).await,
             Command::Resume => pause::resume(&cli),
             Command::GenerateAssets(args) => assets::run(args),
         }

@@ -50,7 +50,12 @@ pub async fn run(cli: &Cli, args: &SyncArgs) -> Result<(), Failure> {
     let services = Services { tags: Imds::new(), releases: S3Releases::new(&sdk), credentials: Ecr::new(&sdk), engine };
     let signals = crate::signals::install()
         .map_err(|e| Failure { code: exit::FAILED, message: format!("cannot install signal handlers: {e}") })?;
-    let report = sync_once(&settings, &request, &services, &signals.shutdown).await.map_err(failed)?;
+    let result = sync_once(&settings, &request, &services, &signals.shutdown).await;
+    if !args.dry_run {
+        let error = result.as_ref().err().map(|e| e.to_string());
+        crate::state::LastPass::record(&settings.agent.state_dir, error.as_deref());
+    }
+    let report = result.map_err(failed)?;
     if args.json {
         println!("{}", serde_json::to_string(&report).expect("report serializes"));
         return Ok(());

@@ -1,0 +1,46 @@
+//! `blog-agent status`: read-only report, a table on a terminal or JSON on stdout.
+
+use clap::Args;
+
+use super::{exit, Cli, Failure};
+use crate::engine::Engine;
+use crate::imds::Imds;
+use crate::release::S3Releases;
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print the stable JSON object (docs/status.md) instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Exit 0 when converged, 1 otherwise, so scripts can use it as a check too.
+pub async fn run(cli: &Cli, args: &StatusArgs) -> Result<(), Failure> {
+    let settings = super::load_settings(cli)?;
+    super::check_env_flag(cli, &settings)?;
+    let (engine, engine_error) = match Engine::connect().await {
+        Ok(e) => (Some(e), None),
+        Err(e) => (None, Some(e.to_string())),
+    };
+    let sdk = crate::aws::load().await;
+    let releases = S3Releases::new(&sdk);
+    let status = crate::status::gather(
+        &settings,
+        cli.environment.as_deref(),
+        &Imds::new(),
+        &releases,
+        engine.as_ref(),
+        engine_error,
+    )
+    .await;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&status).expect("status serializes"));
+    } else {
+        print!("{}", crate::status::render_text(&status));
+    }
+    if status.converged {
+        Ok(())
+    } else {
+        Err(Failure { code: exit::FAILED, message: "not converged (see above)".into() })
+    }
+}
