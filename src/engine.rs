@@ -122,6 +122,26 @@ impl Engine {
         Ok(Engine { docker })
     }
 
+    /// Asks the daemon to look `reference` up in its registry with `creds` (a manifest request,
+    /// no pull). Returns the manifest digest.
+    pub async fn registry_has(
+        &self,
+        reference: &str,
+        registry: &str,
+        creds: &RegistryCredentials,
+    ) -> Result<String, EngineError> {
+        let auth = DockerCredentials {
+            username: Some(creds.username.clone()),
+            password: Some(creds.password.expose().to_owned()),
+            serveraddress: Some(registry.to_owned()),
+            ..Default::default()
+        };
+        bounded("inspect registry image", reference, self.docker.inspect_registry_image(reference, Some(auth)))
+            .await?
+            .map(|d| d.descriptor.digest.unwrap_or_default())
+            .map_err(api("inspect registry image", reference))
+    }
+
     /// Cheap liveness check (`GET /_ping`).
     pub async fn ping(&self) -> Result<(), EngineError> {
         bounded("ping", "daemon", self.docker.ping())

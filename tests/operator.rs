@@ -153,3 +153,70 @@ fn status_json_with_no_container() {
     assert!(s["last_good_sha"].is_null() && s["last_pass"].is_null());
     assert_eq!(s["converged"], false);
 }
+
+fn check(host: &Host, args: &[&str]) -> Run {
+    let mut full: Vec<&str> = args.to_vec();
+    full.push("check");
+    host.agent(&full)
+}
+
+fn assert_check_line(run: &Run, prefix: &str, contains: &str) {
+    let line = run
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no {prefix:?} line:\n{}", run.stdout));
+    assert!(line.contains(contains), "{line}");
+}
+
+#[test]
+fn check_passes_on_a_healthy_host() {
+    let host = Host::new("check_healthy");
+    host.release("good");
+    assert_eq!(host.sync().code, 0);
+    let run = check(&host, &["--env", "staging"]);
+    assert_eq!(run.code, 0, "{}", run.output());
+    assert!(!run.stdout.contains("FAIL"), "{}", run.stdout);
+    for line in ["ok   config", "ok   s3 object", "ok   release sha", "ok   ecr token", "ok   registry", "ok   docker"]
+    {
+        assert!(run.stdout.contains(line), "{line}:\n{}", run.stdout);
+    }
+    assert_check_line(&run, "ok   host port", "held by our container");
+}
+
+#[test]
+fn check_names_each_failure() {
+    let mut host = Host::new("check_failures");
+    // IMDS down (nothing listens at the default test endpoint).
+    let run = check(&host, &[]);
+    assert_eq!(run.code, 1);
+    assert_check_line(&run, "FAIL imds", "instance metadata unreachable");
+    // Tag missing.
+    let imds = common::imds::FakeImds::start(&[]);
+    host.imds_endpoint = Some(imds.endpoint.clone());
+    let run = check(&host, &[]);
+    assert_check_line(&run, "FAIL environment tag", "InstanceMetadataTags=enabled");
+    // S3 key missing.
+    imds.set_tag("Environment", "staging");
+    let run = check(&host, &[]);
+    assert_check_line(&run, "ok   environment tag", "Environment = staging");
+    assert_check_line(&run, "FAIL s3 object", "does not exist");
+    // Bad SHA.
+    host.put_object("staging/stagebuild.txt", b"latest".to_vec());
+    let run = check(&host, &[]);
+    assert_check_line(&run, "FAIL release sha", "\"latest\"");
+    // Registry tag missing.
+    host.put_release("staging", &unique_sha("never-pushed"));
+    let run = check(&host, &[]);
+    assert_check_line(&run, "FAIL registry", "has CI pushed this tag");
+    // Port taken by another process.
+    let _squatter = std::net::TcpListener::bind(("127.0.0.1", host.port)).unwrap();
+    let run = check(&host, &[]);
+    assert_check_line(&run, "FAIL host port", "another process holds it");
+    // Docker socket absent.
+    host.extra_env.push(("DOCKER_HOST".into(), "unix:///nonexistent/docker.sock".into()));
+    let run = check(&host, &[]);
+    assert_check_line(&run, "FAIL docker", "Docker Engine unreachable");
+    assert_eq!(run.code, 1);
+    assert!(host.containers().is_empty(), "check changed nothing");
+}

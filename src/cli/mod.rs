@@ -1,6 +1,7 @@
 //! Command line: global options, subcommands, and the mapping from errors to exit codes.
 
 mod assets;
+mod check;
 mod pause;
 mod run;
 mod status;
@@ -65,6 +66,11 @@ pub enum Command {
     ///
     /// Example: blog-agent status        blog-agent status --json | jq .converged
     Status(status::StatusArgs),
+    /// Preflight doctor: config, IMDS and tag, AWS region and credentials, S3 object and SHA,
+    /// ECR token, registry tag (no pull), Docker, host ports. One line each; changes nothing.
+    ///
+    /// Example: blog-agent check && systemctl start blog-agent
+    Check(check::CheckArgs),
     /// Freeze automatic updates: the service keeps repairing the running version but does not
     /// move to a new SHA from S3 until `resume`. Survives reboots.
     ///
@@ -141,6 +147,7 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Run(args) => run::run(&cli, args).await,
             Command::Pause(args) => pause::pause(&cli, args),
             Command::Status(args) => status::run(&cli, args).await,
+            Command::Check(args) => check::run(&cli, args).await,
             Command::Resume => pause::resume(&cli),
             Command::GenerateAssets(args) => assets::run(args),
         }
