@@ -79,6 +79,8 @@ pub struct ImageInfo {
 #[derive(Clone)]
 pub struct Engine {
     docker: Docker,
+    /// Draw pull progress on stderr (a person at a terminal ran `sync`).
+    show_progress: bool,
 }
 
 fn is_not_found(e: &BollardError) -> bool {
@@ -119,7 +121,7 @@ impl Engine {
             .await
             .map_err(|_| EngineError::Unreachable { detail: "no answer within 10 s".into() })?
             .map_err(unreachable)?;
-        Ok(Engine { docker })
+        Ok(Engine { docker, show_progress: false })
     }
 
     /// Asks the daemon to look `reference` up in its registry with `creds` (a manifest request,
@@ -140,6 +142,12 @@ impl Engine {
             .await?
             .map(|d| d.descriptor.digest.unwrap_or_default())
             .map_err(api("inspect registry image", reference))
+    }
+
+    /// Shows pull progress on stderr from now on.
+    pub fn with_progress(mut self, show: bool) -> Engine {
+        self.show_progress = show;
+        self
     }
 
     /// Cheap liveness check (`GET /_ping`).
@@ -222,18 +230,24 @@ impl Engine {
         };
         let pull = async {
             let mut stream = self.docker.create_image(Some(options), None, Some(auth));
+            let mut progress = self.show_progress.then(crate::progress::PullProgress::default);
             while let Some(item) = stream.next().await {
                 match item {
                     Ok(info) => {
                         if let Some(err) = info.error_detail.and_then(|d| d.message) {
                             return Err(EngineError::Pull { image: reference.clone(), detail: err });
                         }
-                        if let Some(status) = info.status {
-                            tracing::trace!(image = %reference, %status, "pull progress");
+                        if let (Some(p), Some(status)) = (progress.as_mut(), info.status.as_deref()) {
+                            let (cur, tot) = info.progress_detail.map(|d| (d.current, d.total)).unwrap_or_default();
+                            p.update(info.id.as_deref(), status, cur, tot);
+                            p.draw(&reference);
                         }
                     }
                     Err(e) => return Err(EngineError::Pull { image: reference.clone(), detail: detail(&e) }),
                 }
+            }
+            if let Some(p) = progress.as_mut() {
+                p.finish(&reference);
             }
             Ok(())
         };

@@ -16,6 +16,7 @@ pub mod health;
 pub mod imds;
 pub mod lock;
 pub mod logging;
+pub mod progress;
 pub mod reconcile;
 pub mod registry;
 pub mod release;

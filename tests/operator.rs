@@ -220,3 +220,32 @@ fn check_names_each_failure() {
     assert_eq!(run.code, 1);
     assert!(host.containers().is_empty(), "check changed nothing");
 }
+
+#[test]
+fn every_subcommand_help_has_a_purpose_and_an_example() {
+    let host = Host::new("help");
+    for sub in ["sync", "run", "status", "check", "pause", "resume"] {
+        let run = host.agent(&[sub, "--help"]);
+        assert_eq!(run.code, 0, "{sub}: {}", run.output());
+        let first = run.stdout.lines().next().unwrap_or_default();
+        assert!(!first.is_empty() && first.len() < 200, "{sub}: one-line purpose first: {first:?}");
+        assert!(run.stdout.contains("Example: blog-agent"), "{sub} --help lacks an example:\n{}", run.stdout);
+        for global in ["--config", "--env"] {
+            assert!(run.stdout.contains(global), "{sub} --help lacks {global}");
+        }
+    }
+}
+
+#[test]
+fn man_pages_and_completions_are_generated() {
+    let host = Host::new("assets");
+    let dir = host.path().join("assets");
+    let run = host.agent(&["generate-assets", dir.to_str().unwrap()]);
+    assert_eq!(run.code, 0, "{}", run.output());
+    for f in
+        ["blog-agent.1", "blog-agent-sync.1", "blog-agent-check.1", "blog-agent.bash", "_blog-agent", "blog-agent.fish"]
+    {
+        let text = std::fs::read_to_string(dir.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
+        assert!(text.contains("blog-agent"), "{f}");
+    }
+}

@@ -45,7 +45,9 @@ pub async fn run(cli: &Cli, args: &SyncArgs) -> Result<(), Failure> {
         };
         Failure { code, message }
     };
-    let engine = Engine::connect().await.map_err(|e| failed(e.into()))?;
+    use std::io::IsTerminal;
+    let show_progress = std::io::stderr().is_terminal() && !args.json;
+    let engine = Engine::connect().await.map_err(|e| failed(e.into()))?.with_progress(show_progress);
     let sdk = crate::aws::load().await;
     let services = Services { tags: Imds::new(), releases: S3Releases::new(&sdk), credentials: Ecr::new(&sdk), engine };
     let signals = crate::signals::install()

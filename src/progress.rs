@@ -1,0 +1,84 @@
+//! Pull progress for a person at a terminal: one line, redrawn in place, with layers and
+//! bytes. Never used when stderr is not a terminal (systemd, pipes): log lines only there.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+/// Redraw at most this often: a pull emits hundreds of progress messages a second.
+const REDRAW_EVERY: Duration = Duration::from_millis(100);
+
+#[derive(Debug, Default)]
+pub struct PullProgress {
+    /// Layer id -> (bytes done, bytes total, finished).
+    layers: BTreeMap<String, (i64, i64, bool)>,
+    last_draw: Option<Instant>,
+}
+
+impl PullProgress {
+    /// Takes one item of Docker's pull stream.
+    pub fn update(&mut self, layer: Option<&str>, status: &str, current: Option<i64>, total: Option<i64>) {
+        let Some(layer) = layer.filter(|l| l.len() == 12) else { return };
+        let entry = self.layers.entry(layer.to_owned()).or_default();
+        if let (Some(c), Some(t)) = (current, total) {
+            entry.0 = c;
+            entry.1 = t.max(entry.1);
+        }
+        if matches!(status, "Pull complete" | "Already exists" | "Download complete") {
+            entry.0 = entry.1;
+            entry.2 = status != "Download complete" || entry.2;
+        }
+    }
+
+    /// The progress line.
+    pub fn line(&self, image: &str) -> String {
+        let done = self.layers.values().filter(|l| l.2).count();
+        let (cur, tot) = self.layers.values().fold((0, 0), |(c, t), l| (c + l.0, t + l.1));
+        let mib = |b: i64| b as f64 / (1024.0 * 1024.0);
+        let width = 24usize;
+        let filled = if tot > 0 { ((cur as f64 / tot as f64) * width as f64) as usize } else { 0 };
+        format!(
+            "pulling {image} [{}{}] {done}/{} layers, {:.1}/{:.1} MiB",
+            "#".repeat(filled.min(width)),
+            " ".repeat(width - filled.min(width)),
+            self.layers.len(),
+            mib(cur),
+            mib(tot)
+        )
+    }
+
+    /// Redraws on stderr, throttled.
+    pub fn draw(&mut self, image: &str) {
+        if self.last_draw.is_some_and(|t| t.elapsed() < REDRAW_EVERY) {
+            return;
+        }
+        self.last_draw = Some(Instant::now());
+        let mut err = std::io::stderr().lock();
+        let _ = write!(err, "\r\x1b[2K{}", self.line(image));
+        let _ = err.flush();
+    }
+
+    /// Final state and a newline.
+    pub fn finish(&mut self, image: &str) {
+        self.last_draw = None;
+        self.draw(image);
+        eprintln!();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_layers_and_bytes() {
+        let mut p = PullProgress::default();
+        p.update(Some("aaaaaaaaaaaa"), "Downloading", Some(512 * 1024), Some(1024 * 1024));
+        p.update(Some("bbbbbbbbbbbb"), "Already exists", None, None);
+        p.update(Some("latest"), "Pulling from blog", None, None);
+        let line = p.line("r/blog:abc");
+        assert!(line.contains("1/2 layers") && line.contains("0.5/1.0 MiB"), "{line}");
+        p.update(Some("aaaaaaaaaaaa"), "Pull complete", None, None);
+        assert!(p.line("r/blog:abc").contains("2/2 layers, 1.0/1.0 MiB"));
+    }
+}
