@@ -47,9 +47,14 @@ ok "built $(basename "$deb") and $(basename "$rpmfile")"
 # Contents: the same files in both, at each distribution's paths.
 deb_list=$(dpkg-deb -c "$deb" | awk '{print $6}' | sed 's#^\./#/#')
 rpm_list=$(rpm -qlp "$rpmfile" 2>/dev/null)
-for f in /usr/bin/blog-agent /usr/share/doc/blog-agent/config.example.toml /usr/share/man/man1/blog-agent.1 \
+for f in /usr/bin/blog-agent /usr/share/doc/blog-agent/config.example.toml \
          /usr/share/bash-completion/completions/blog-agent /usr/share/fish/vendor_completions.d/blog-agent.fish; do
   grep -qx "$f" <<<"$deb_list" && grep -qx "$f" <<<"$rpm_list" && ok "both packages ship $f" || fail "$f missing from a package"
+done
+# cargo-deb compresses man pages, as Debian policy asks.
+for page in blog-agent blog-agent-sync blog-agent-run blog-agent-status blog-agent-check blog-agent-pause blog-agent-resume; do
+  grep -qE "^/usr/share/man/man1/$page\.1(\.gz)?$" <<<"$deb_list" && grep -qx "/usr/share/man/man1/$page.1" <<<"$rpm_list" \
+    && ok "both packages ship man page $page(1)" || fail "man page $page(1) missing from a package"
 done
 grep -qE '^/(usr/)?lib/systemd/system/blog-agent.service$' <<<"$deb_list" && ok ".deb ships the systemd unit" || fail ".deb lacks the unit"
 grep -qx /usr/lib/systemd/system/blog-agent.service <<<"$rpm_list" && ok ".rpm ships the systemd unit" || fail ".rpm lacks the unit"
@@ -58,9 +63,10 @@ grep -qx /usr/lib/systemd/system/blog-agent.service <<<"$rpm_list" && ok ".rpm s
 scripts=$(mktemp -d); trap 'rm -rf "$scripts"' EXIT
 dpkg-deb -e "$deb" "$scripts"
 grep -q "deb-systemd-helper.*enable" "$scripts/postinst" && ok ".deb postinst enables the unit" || fail ".deb postinst does not enable"
-! grep -qE "deb-systemd-invoke.*start" "$scripts/postinst" && ok ".deb postinst does not start it" || fail ".deb postinst starts the unit"
-grep -qE "deb-systemd-invoke.*stop" "$scripts/prerm" && ok ".deb prerm stops the unit" || fail ".deb prerm does not stop"
-grep -q "disable" "$scripts/postrm" && ok ".deb postrm disables the unit" || fail ".deb postrm does not disable"
+! grep -qE "deb-systemd-invoke (start|restart) " "$scripts/postinst" && ok ".deb postinst does not start it" || fail ".deb postinst starts the unit"
+grep -qE "deb-systemd-invoke try-restart" "$scripts/postinst" && ok ".deb postinst restarts it on upgrade only if running" || fail ".deb postinst lacks try-restart"
+grep -qE "deb-systemd-invoke stop" "$scripts/prerm" && ok ".deb prerm stops the unit" || fail ".deb prerm does not stop"
+grep -q "deb-systemd-helper disable" "$scripts/postrm" && ok ".deb postrm disables the unit" || fail ".deb postrm does not disable"
 rpm_scripts=$(rpm -qp --scripts "$rpmfile" 2>/dev/null)
 grep -q "systemctl enable blog-agent.service" <<<"$rpm_scripts" && ok ".rpm %post enables the unit" || fail ".rpm %post"
 grep -q "disable --now blog-agent.service" <<<"$rpm_scripts" && ok ".rpm %preun stops and disables it" || fail ".rpm %preun"
@@ -69,8 +75,7 @@ grep -q "try-restart blog-agent.service" <<<"$rpm_scripts" && ok ".rpm %postun r
 # Install the .deb here and run it from the installed path.
 dpkg -i "$deb" >/dev/null
 /usr/bin/blog-agent --version >/dev/null && ok "installed: $(/usr/bin/blog-agent --version)" || fail "installed --version"
-for sub in sync run; do
+for sub in sync run status check pause resume; do
   /usr/bin/blog-agent "$sub" --help | grep -q "Example:" && ok "installed: blog-agent $sub --help" || fail "$sub --help"
 done
-if /usr/bin/blog-agent check --help >/dev/null 2>&1; then ok "installed: blog-agent check --help"; fi
 echo "package: all checks passed ($out)" >&2
