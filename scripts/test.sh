@@ -26,3 +26,7 @@ else
   cargo test --no-fail-fast --lib --test sync --test run "$@"
   cargo test --no-fail-fast --test dockerd_restart "$@"
 fi
+
+# The slow stage: static release binary, .deb and .rpm, contents, install smoke test.
+echo "== packaging" >&2
+bash scripts/package.sh

@@ -1,0 +1,466 @@
+#!/usr/bin/env bash
+# boot-e2e.sh: boots a Debian bookworm root with systemd as PID 1 in a container on this
+# host's dockerd, hands cloud-init a NoCloud seed that installs the built .deb and starts the
+# agent exactly as the EC2 user-data does, and checks the host ends up serving the blog
+# version named in S3 (issue 7; what it proves and what it cannot: docs/boot-e2e.md).
+#
+#   bash scripts/boot-e2e.sh            # uses target/packages/blog-agent_*_amd64.deb
+#   BOOT_E2E_DEB=path.deb bash scripts/boot-e2e.sh
+#   BOOT_E2E_REBUILD=1 ...              # rebuild the cached root image
+#   BOOT_E2E_KEEP=1 ...                 # leave the containers running (debugging)
+#
+# Prints one `ok ...` / `FAIL ...` line per assertion, then `N passed, M failed`; exits 1 on
+# any failure. Everything it starts carries the label blog-agent-e2e=<run id> and is removed
+# by that label on exit, whatever happens.
+set -uo pipefail
+cd "$(dirname "$0")/.." || exit 1
+
+# ---- fixed parameters --------------------------------------------------------------------------
+LABEL="blog-agent-e2e"
+ROOT_IMAGE_REPO="blog-agent-e2e-root"
+ROOT_SUITE=bookworm
+ROOT_VARIANT=minbase
+ROOT_PACKAGES=systemd,systemd-sysv,dbus,cloud-init,ca-certificates,curl,locales
+ROOT_CLOUD_CFG=tests/boot/90-blog-agent-e2e.cfg
+# Bump when the way the root is built changes (the package list and the cloud.cfg file are
+# hashed anyway).
+ROOT_RECIPE=2
+ENVIRONMENT=staging
+RELEASE_KEY=staging/stagebuild.txt
+POLL_INTERVAL=2     # [reconcile] interval in the user-data, seconds
+POLL_JITTER=1       # [reconcile] jitter (500ms), rounded up
+DEB_IN_BOX=/opt/blog-agent-e2e/blog-agent.deb
+
+t_start=$SECONDS
+passed=0
+failed=0
+ok() { echo "ok $*"; passed=$((passed + 1)); }
+fail() { # fail WHAT [DETAIL]
+  echo "FAIL $1"
+  # shellcheck disable=SC2001 # indent every detail line
+  [ -n "${2:-}" ] && sed 's/^/    /' <<<"$2"
+  failed=$((failed + 1))
+}
+note() { echo "boot-e2e: $*" >&2; }
+die() { # a precondition failed: no point asserting anything else
+  fail "$1" "${2:-}"
+  exit 1
+}
+
+# poll SECONDS CMD...: runs CMD until it succeeds or SECONDS pass; fails at the deadline.
+poll() {
+  local deadline=$((SECONDS + $1))
+  shift
+  until "$@" >/dev/null 2>&1; do
+    [ $SECONDS -ge $deadline ] && return 1
+    sleep 0.25
+  done
+}
+
+# shellcheck source=scripts/stack-env.sh
+source scripts/stack-env.sh
+py="$BLOG_AGENT_STACK_DIR/venv/bin/python"
+
+# ---- the run's identity and its cleanup ----------------------------------------------------------
+# The run id carries this shell's pid so a later run can tell an abandoned run (pid gone)
+# from one still in progress.
+run_id="e2e-$$-$(od -An -N4 -tx1 /dev/urandom | tr -d ' \n')"
+box="blog-agent-e2e-$run_id"           # the systemd "host"
+blog="blog-e2e-$run_id"                # [container] name inside it
+bucket="blog-agent-$run_id"
+repo="e2e/$run_id/blog"
+work=$(mktemp -d "${TMPDIR:-/tmp}/blog-agent-e2e.XXXXXX")
+rootfs=""
+imds_pid=""
+probe_pid=""
+
+diagnostics() {
+  docker inspect "$box" >/dev/null 2>&1 || return 0
+  echo "---- diagnostics ($box) ----" >&2
+  docker exec "$box" systemctl --no-pager status blog-agent 2>&1 | tail -n 20 >&2
+  docker exec "$box" journalctl --no-pager -u blog-agent -n 40 2>&1 >&2
+  docker exec "$box" sh -c 'tail -n 30 /var/log/cloud-init-output.log; cloud-init status --long' 2>&1 >&2
+  docker exec "$box" systemctl --no-pager --failed 2>&1 >&2
+  echo "---- end of diagnostics ----" >&2
+}
+
+cleanup() {
+  local rc=$?
+  set +e
+  trap - EXIT INT TERM
+  [ "$failed" -gt 0 ] && diagnostics
+  [ -n "$probe_pid" ] && kill "$probe_pid" 2>/dev/null && wait "$probe_pid" 2>/dev/null
+  [ -n "$imds_pid" ] && kill "$imds_pid" 2>/dev/null && wait "$imds_pid" 2>/dev/null
+  if [ "${BOOT_E2E_KEEP:-}" = 1 ]; then
+    note "BOOT_E2E_KEEP=1: left running: docker ps --filter label=$LABEL=$run_id; work dir $work"
+  else
+    local ids
+    ids=$(docker ps -aq --filter "label=$LABEL=$run_id")
+    # shellcheck disable=SC2086 # one id per word
+    [ -z "$ids" ] || docker rm -f $ids >/dev/null
+    ids=$(docker image ls -q "$BLOG_AGENT_TEST_REGISTRY/$repo" 2>/dev/null | sort -u)
+    # shellcheck disable=SC2086
+    [ -z "$ids" ] || docker rmi -f $ids >/dev/null 2>&1
+    "$BLOG_AGENT_STACK_DIR/venv/bin/python" - "$bucket" >/dev/null 2>&1 <<'PY'
+import sys, boto3
+b = boto3.resource("s3").Bucket(sys.argv[1])
+b.objects.all().delete()
+b.delete()
+PY
+    rm -rf "$work"
+  fi
+  [ -n "$rootfs" ] && rm -rf "$rootfs"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ---- preconditions -------------------------------------------------------------------------------
+out=$(bash scripts/stack-up.sh 2>&1) || die "local stack is up (bash scripts/stack-up.sh)" "$out"
+
+# shellcheck disable=SC2012 # newest first; the names are ours
+deb=${BOOT_E2E_DEB:-$(ls -t target/packages/blog-agent_*_amd64.deb 2>/dev/null | head -n 1)}
+{ [ -n "$deb" ] && [ -f "$deb" ]; } || die "a built .deb exists (run: bash scripts/package.sh)"
+# A private copy: a package build running meanwhile may replace the file under the mount.
+cp "$deb" "$work/blog-agent.deb"
+deb_version=$(dpkg-deb -f "$work/blog-agent.deb" Version)
+note "run $run_id, package $(basename "$deb") ($deb_version)"
+
+# Containers of earlier runs that died without cleaning up (their shell is gone).
+for id in $(docker ps -aq --filter "label=$LABEL"); do
+  old=$(docker inspect -f "{{index .Config.Labels \"$LABEL\"}}" "$id" 2>/dev/null)
+  old_pid=$(cut -d- -f2 <<<"$old")
+  if [[ "$old_pid" =~ ^[0-9]+$ ]] && ! kill -0 "$old_pid" 2>/dev/null; then
+    docker rm -f "$id" >/dev/null 2>&1 && note "removed container $id left by run $old"
+  fi
+done
+
+# ---- 1. the root image (cached) ------------------------------------------------------------------
+key=$(printf '%s\n' "recipe=$ROOT_RECIPE" "suite=$ROOT_SUITE" "variant=$ROOT_VARIANT" \
+  "packages=$ROOT_PACKAGES" "$(cat "$ROOT_CLOUD_CFG")" | sha256sum | cut -c1-16)
+root_image="$ROOT_IMAGE_REPO:$key"
+if [ "${BOOT_E2E_REBUILD:-}" != 1 ] && docker image inspect "$root_image" >/dev/null 2>&1; then
+  ok "root image $root_image (cached)"
+else
+  if ! command -v debootstrap >/dev/null 2>&1; then
+    note "apt-get install debootstrap"
+    { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null 2>&1 ||
+      { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null; }; } ||
+      die "debootstrap is installed (apt-get install debootstrap failed)"
+  fi
+  rootfs=$(mktemp -d /var/tmp/blog-agent-e2e-root.XXXXXX)
+  note "debootstrap $ROOT_SUITE ($ROOT_VARIANT + $ROOT_PACKAGES) into $rootfs; log $work/debootstrap.log"
+  t0=$SECONDS
+  if ! debootstrap --variant="$ROOT_VARIANT" --include="$ROOT_PACKAGES" "$ROOT_SUITE" "$rootfs" \
+    >"$work/debootstrap.log" 2>&1; then
+    die "debootstrap $ROOT_SUITE" "$(tail -n 20 "$work/debootstrap.log")"
+  fi
+  install -m 0644 "$ROOT_CLOUD_CFG" "$rootfs/etc/cloud/cloud.cfg.d/$(basename "$ROOT_CLOUD_CFG")"
+  # Smaller image; nothing in the test installs from the archive.
+  rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
+  if ! tar -C "$rootfs" --numeric-owner -c . | docker import \
+    -c 'ENV container=docker' -c 'CMD ["/lib/systemd/systemd"]' \
+    -c "LABEL $ROOT_IMAGE_REPO=$key" - "$root_image" >/dev/null; then
+    die "docker import of the root"
+  fi
+  rm -rf "$rootfs"
+  rootfs=""
+  # Older roots (another package list) are dead weight.
+  for img in $(docker image ls --format '{{.Repository}}:{{.Tag}}' "$ROOT_IMAGE_REPO"); do
+    [ "$img" = "$root_image" ] || docker rmi "$img" >/dev/null 2>&1 || true
+  done
+  ok "root image $root_image built ($((SECONDS - t0))s: debootstrap + import)"
+fi
+
+# ---- 2. the world outside the host: IMDS, S3, ECR ------------------------------------------------
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+port=$(free_port)
+python3 tests/boot/imds.py "$work/imds.port" "$work/imds.log" "Environment=$ENVIRONMENT" \
+  >"$work/imds.out" 2>&1 &
+imds_pid=$!
+poll 10 test -s "$work/imds.port" || die "IMDS stand-in listening" "$(cat "$work/imds.out")"
+imds="http://127.0.0.1:$(cat "$work/imds.port")"
+
+new_sha() { od -An -N20 -tx1 /dev/urandom | tr -d ' \n'; }
+sha1=$(new_sha)
+sha2=$(new_sha)
+bash scripts/publish-image.sh "$sha1" good "$BLOG_AGENT_TEST_REGISTRY" "$repo" >/dev/null ||
+  die "publish image $sha1"
+"$py" scripts/put-release.py "$bucket" "$RELEASE_KEY" "$sha1" >/dev/null ||
+  die "write s3://$bucket/$RELEASE_KEY"
+
+# ---- 3. the NoCloud seed ---------------------------------------------------------------------------
+mkdir -p "$work/seed"
+printf 'instance-id: %s\n' "$run_id" >"$work/seed/meta-data"
+sed -e "s|@RUN_ID@|$run_id|g" -e "s|@BUCKET@|$bucket|g" \
+  -e "s|@REPOSITORY@|$BLOG_AGENT_TEST_REGISTRY/$repo|g" -e "s|@CONTAINER@|$blog|g" \
+  -e "s|@PORT@|$port|g" -e "s|@LABEL@|$LABEL|g" -e "s|@DEB@|$DEB_IN_BOX|g" \
+  -e "s|@AWS_ENDPOINT_URL@|$AWS_ENDPOINT_URL|g" -e "s|@AWS_REGION@|$AWS_REGION|g" \
+  -e "s|@AWS_ACCESS_KEY_ID@|$AWS_ACCESS_KEY_ID|g" -e "s|@AWS_SECRET_ACCESS_KEY@|$AWS_SECRET_ACCESS_KEY|g" \
+  -e "s|@IMDS_ENDPOINT@|$imds|g" tests/boot/user-data.yaml.in >"$work/seed/user-data"
+if grep -q '@[A-Z_]*@' "$work/seed/user-data"; then
+  fail "user-data rendered" "$(grep -n '@[A-Z_]*@' "$work/seed/user-data")"
+elif command -v cloud-init >/dev/null 2>&1; then
+  if out=$(cloud-init schema -c "$work/seed/user-data" 2>&1); then
+    ok "user-data passes cloud-init schema ($(wc -c <"$work/seed/user-data") bytes)"
+  else
+    fail "user-data passes cloud-init schema" "$out"
+  fi
+fi
+
+# ---- 4. boot ----------------------------------------------------------------------------------------
+# What boots systemd here without --privileged (refused on these machines): see
+# /work/shared/MACHINE-NOTES.md and docs/boot-e2e.md. SIGRTMIN+3 is systemd's "halt": `docker
+# stop` then shuts the host down cleanly, like a reboot does.
+if ! out=$(docker run -d --name "$box" --label "$LABEL=$run_id" \
+  --cap-add SYS_ADMIN --security-opt seccomp=unconfined --cgroupns=host \
+  --tmpfs /run --tmpfs /run/lock -v /sys/fs/cgroup:/sys/fs/cgroup:rw \
+  --network host --stop-signal SIGRTMIN+3 --stop-timeout 60 \
+  -v /var/run/docker.sock:/run/docker.sock \
+  -v "$work/blog-agent.deb:$DEB_IN_BOX:ro" \
+  -v "$work/seed:/var/lib/cloud/seed/nocloud:ro" \
+  "$root_image" /lib/systemd/systemd 2>&1); then
+  die "systemd container starts" "$out"
+fi
+t_boot=$SECONDS
+in_box() { docker exec "$box" "$@"; }
+# $(show PROP): one property of the unit, e.g. show ActiveState.
+show() { in_box systemctl show -p "$1" --value blog-agent 2>/dev/null; }
+is_active() { [ "$(show ActiveState)" = active ]; }
+
+booted() { # the boot job queue is empty: running, or degraded (some unit failed)
+  state=$(in_box systemctl is-system-running 2>/dev/null)
+  [ "$state" = running ] || [ "$state" = degraded ]
+}
+state=""
+if poll 180 booted && booted; then
+  pid1=$(in_box readlink /proc/1/exe)
+  failed_units=$(in_box systemctl list-units --failed --plain --no-legend 2>/dev/null | awk '{print $1}' | tr '\n' ' ')
+  ok "systemd booted as PID 1 ($pid1) in $((SECONDS - t_boot))s: $state${failed_units:+ (failed: ${failed_units% })}"
+else
+  fail "systemd booted as PID 1 (state: ${state:-unknown})" "$(docker logs "$box" 2>&1 | tail -n 20)"
+fi
+
+# cloud-init 22.4 exits 0 when done (1 on error); newer releases exit 2 for recoverable errors.
+ci_out=$(in_box timeout 300 cloud-init status --wait --long 2>&1)
+ci_rc=$?
+ci_status=$(awk '/^status:/ {print $2}' <<<"$ci_out")
+if [ $ci_rc = 0 ] || [ $ci_rc = 2 ]; then
+  ok "cloud-init finished (status: $ci_status, exit $ci_rc) in $((SECONDS - t_boot))s since boot"
+else
+  fail "cloud-init finished (exit $ci_rc)" "$ci_out"
+fi
+
+# shellcheck disable=SC2016 # a dpkg-query format, not a shell expansion
+if v=$(in_box dpkg-query -W -f '${Version}' blog-agent 2>/dev/null) && [ "$v" = "$deb_version" ]; then
+  ok "user-data installed the built package (blog-agent $v: $(in_box blog-agent --version 2>&1))"
+else
+  fail "user-data installed the built package" "dpkg-query: ${v:-not installed}"
+fi
+
+if poll 120 is_active; then
+  ok "blog-agent is active (READY=1 arrived) $((SECONDS - t_boot))s after boot"
+else
+  fail "blog-agent is active" "ActiveState=$(show ActiveState) SubState=$(show SubState) Result=$(show Result)"
+fi
+
+status_names() { # status_names SHA: StatusText names the environment and the SHA (12 chars)
+  local s
+  s=$(show StatusText)
+  [[ "$s" == *"$ENVIRONMENT"* && "$s" == *"${1:0:12}"* ]]
+}
+if poll 60 status_names "$sha1"; then
+  ok "StatusText names the environment and the SHA: \"$(show StatusText)\""
+else
+  fail "StatusText names $ENVIRONMENT and ${sha1:0:12}" "StatusText=$(show StatusText)"
+fi
+
+serves() { # serves SHA: the host port answers 2xx with a page naming SHA
+  local body
+  body=$(curl -fsS --max-time 2 "http://127.0.0.1:$port/" 2>/dev/null) && [[ "$body" == *"$1"* ]]
+}
+if poll 60 serves "$sha1"; then
+  ok "the blog serves $sha1 (from S3) on 127.0.0.1:$port"
+else
+  fail "the blog serves $sha1 on 127.0.0.1:$port" "$(curl -sS --max-time 2 "http://127.0.0.1:$port/" 2>&1)"
+fi
+
+running=$(docker ps --filter "label=$LABEL=$run_id" --filter "name=^$blog\$" \
+  --format '{{.Names}} {{.Label "io.blog-agent.sha"}}')
+if [ "$running" = "$blog $sha1" ]; then
+  ok "the host's dockerd runs $blog with $LABEL=$run_id and io.blog-agent.sha=$sha1"
+else
+  fail "the host's dockerd runs $blog with the run label and the SHA" "docker ps: ${running:-nothing}"
+fi
+
+# tracing-journald upper-cases field names and may prefix them (F_ by default); accept both.
+journal_fields() { # journal_fields SHA: one entry carries env, sha and container
+  in_box journalctl -u blog-agent -o json --no-pager 2>/dev/null | python3 -c '
+import json, sys
+env, sha, name = sys.argv[1:4]
+def field(e, f):
+    for k in (f, "F_" + f):
+        if k in e:
+            return k, e[k]
+    return None, None
+for line in sys.stdin:
+    e = json.loads(line)
+    got = [field(e, f) for f in ("ENV", "SHA", "CONTAINER")]
+    if [v for _, v in got] == [env, sha, name]:
+        print(" ".join("%s=%s" % kv for kv in got), "MESSAGE=%s" % e.get("MESSAGE"))
+        sys.exit(0)
+sys.exit(1)' "$ENVIRONMENT" "$1" "$blog"
+}
+if poll 30 journal_fields "$sha1"; then
+  ok "journal has the agent's structured fields: $(journal_fields "$sha1")"
+else
+  fail "journal has structured fields env/sha/container for $sha1" \
+    "$(in_box journalctl -u blog-agent -o json --no-pager 2>&1 | tail -n 3)"
+fi
+
+tag_reads=$(grep -c "GET /latest/meta-data/tags/instance/Environment HTTP/1.1\" 200 - token" "$work/imds.log")
+if [ "$tag_reads" -ge 1 ] && grep -q '"PUT /latest/api/token' "$work/imds.log"; then
+  ok "environment came from the instance tag over IMDSv2 (token PUT, $tag_reads tag read(s))"
+else
+  fail "environment came from the instance tag over IMDSv2" "$(cat "$work/imds.log")"
+fi
+
+# ---- 5. a new SHA in S3 ----------------------------------------------------------------------------
+bash scripts/publish-image.sh "$sha2" good "$BLOG_AGENT_TEST_REGISTRY" "$repo" >/dev/null ||
+  die "publish image $sha2"
+"$py" scripts/put-release.py "$bucket" "$RELEASE_KEY" "$sha2" >/dev/null || die "write $sha2 to S3"
+t0=$SECONDS
+# The poll interval plus jitter, then pull + candidate probe + cut-over (about a second here).
+budget=$((POLL_INTERVAL + POLL_JITTER + 15))
+if poll "$budget" serves "$sha2"; then
+  ok "a new SHA in S3 is served within $((SECONDS - t0))s (budget ${budget}s: ${POLL_INTERVAL}s poll + jitter + pull)"
+else
+  fail "a new SHA in S3 is served within ${budget}s" "$(curl -sS --max-time 2 "http://127.0.0.1:$port/" 2>&1)"
+fi
+poll 30 status_names "$sha2" || fail "StatusText follows the new SHA" "StatusText=$(show StatusText)"
+
+# ---- 6. stop, restart ------------------------------------------------------------------------------
+blog_id=$(docker ps -q --no-trunc --filter "name=^$blog\$")
+serves_steadily() { # serves_steadily SHA SECONDS: every probe over SECONDS answers SHA
+  local end=$((SECONDS + $2)) n=0
+  while [ $SECONDS -lt $end ]; do
+    serves "$1" || return 1
+    n=$((n + 1))
+    sleep 0.2
+  done
+  [ $n -gt 0 ]
+}
+if out=$(in_box systemctl stop blog-agent 2>&1) && [ "$(show ActiveState)" = inactive ] &&
+  serves_steadily "$sha2" 3 &&
+  [ "$(docker ps -q --no-trunc --filter "name=^$blog\$")" = "$blog_id" ]; then
+  ok "systemctl stop blog-agent: agent inactive, the same blog container keeps serving $sha2"
+else
+  fail "systemctl stop blog-agent leaves the blog serving" \
+    "$out ActiveState=$(show ActiveState) $(docker ps --filter "label=$LABEL=$run_id" --format '{{.Names}} {{.Status}}')"
+fi
+
+if out=$(in_box timeout 120 systemctl start blog-agent 2>&1) && [ "$(show ActiveState)" = active ]; then
+  ok "systemctl start blog-agent: active again"
+else
+  fail "systemctl start blog-agent comes back active" "$out ActiveState=$(show ActiveState)"
+fi
+pid_before=$(show MainPID)
+if out=$(in_box timeout 120 systemctl restart blog-agent 2>&1) && [ "$(show ActiveState)" = active ] &&
+  [ "$(show MainPID)" != "$pid_before" ] && [ "$(show NRestarts)" = 0 ] && poll 30 status_names "$sha2"; then
+  ok "systemctl restart blog-agent: active with a new main PID ($pid_before -> $(show MainPID)), NRestarts=0"
+else
+  fail "systemctl restart blog-agent comes back active" \
+    "$out ActiveState=$(show ActiveState) MainPID=$pid_before->$(show MainPID) NRestarts=$(show NRestarts)"
+fi
+
+# ---- 7. a configuration error: exit 78, no restart loop ---------------------------------------------
+in_box cp -p /etc/blog-agent/config.toml /etc/blog-agent/config.toml.e2e-good
+in_box sed -i '/^\[container\]/a bogus_key = "boot-e2e"' /etc/blog-agent/config.toml
+since=$(in_box date '+%Y-%m-%d %H:%M:%S')
+in_box timeout 120 systemctl restart blog-agent >/dev/null 2>&1   # fails, as it should
+failed_78() { [ "$(show ActiveState)" = failed ] && [ "$(show ExecMainStatus)" = 78 ]; }
+if poll 30 failed_78; then
+  # RestartSec=5s: a restart loop would show within 5 s. Watch for 8.
+  end=$((SECONDS + 8))
+  steady=yes
+  while [ $SECONDS -lt $end ]; do
+    st="$(show ActiveState)/$(show NRestarts)"
+    [ "$st" = failed/0 ] || { steady="became $st"; break; }
+    sleep 0.5
+  done
+  if [ "$steady" = yes ]; then
+    ok "config error: unit failed with status 78 (Result=$(show Result)) and stayed failed, NRestarts=0, for 8s"
+  else
+    fail "config error does not restart-loop" "ActiveState/NRestarts $steady"
+  fi
+else
+  fail "config error makes the unit fail with status 78" \
+    "ActiveState=$(show ActiveState) ExecMainStatus=$(show ExecMainStatus) Result=$(show Result)"
+fi
+if in_box journalctl -u blog-agent --since "$since" --no-pager 2>/dev/null | grep -q bogus_key; then
+  ok "the journal names the bad key: $(in_box journalctl -u blog-agent --since "$since" --no-pager -o cat 2>/dev/null | grep -m1 bogus_key | cut -c1-160)"
+else
+  fail "the journal names the bad key" "$(in_box journalctl -u blog-agent --since "$since" --no-pager 2>&1 | tail -n 5)"
+fi
+if serves "$sha2"; then
+  ok "the blog kept serving $sha2 while the agent was failed"
+else
+  fail "the blog kept serving while the agent was failed"
+fi
+in_box mv /etc/blog-agent/config.toml.e2e-good /etc/blog-agent/config.toml
+if out=$(in_box timeout 120 systemctl restart blog-agent 2>&1) && [ "$(show ActiveState)" = active ]; then
+  ok "config fixed: systemctl restart brings the agent back active"
+else
+  fail "config fixed: systemctl restart brings the agent back active" "$out ActiveState=$(show ActiveState)"
+fi
+
+# ---- 8. reboot: stop and start the host container while probing the site ---------------------------
+(
+  while :; do
+    if serves "$sha2"; then echo "ok $(date +%T.%N)"; else echo "FAIL $(date +%T.%N)"; fi
+    sleep 0.2
+  done
+) >"$work/probe.log" 2>&1 &
+probe_pid=$!
+poll 10 grep -q . "$work/probe.log"
+t0=$SECONDS
+if out=$(docker stop "$box" 2>&1) && [ "$(docker inspect -f '{{.State.Running}}' "$box")" = false ]; then
+  down=$((SECONDS - t0))
+  # The host is down: the blog (a child of the host's dockerd) is still there.
+  if serves "$sha2"; then
+    ok "host halted in ${down}s (docker stop, SIGRTMIN+3); the blog still serves"
+  else
+    fail "the blog serves while the host is down"
+  fi
+else
+  fail "host halts on docker stop" "$out"
+fi
+docker start "$box" >/dev/null 2>&1 || fail "host starts again (docker start)"
+t0=$SECONDS
+if poll 120 is_active && poll 30 status_names "$sha2"; then
+  ok "after reboot blog-agent is active again in $((SECONDS - t0))s: \"$(show StatusText)\""
+else
+  fail "after reboot blog-agent is active again" "ActiveState=$(show ActiveState) Result=$(show Result)"
+fi
+serves_steadily "$sha2" 2 >/dev/null
+kill "$probe_pid" 2>/dev/null
+wait "$probe_pid" 2>/dev/null
+probe_pid=""
+probes=$(grep -c . "$work/probe.log")
+misses=$(grep -c '^FAIL' "$work/probe.log")
+if [ "$misses" = 0 ] && [ "$probes" -gt 0 ]; then
+  ok "the site served $sha2 throughout the reboot ($probes probes, 0 failed)"
+else
+  fail "the site served throughout the reboot ($misses of $probes probes failed)" "$(grep '^FAIL' "$work/probe.log" | head -n 5)"
+fi
+if [ "$(docker ps -q --no-trunc --filter "name=^$blog\$")" = "$blog_id" ]; then
+  ok "the agent kept the running container across the reboot (nothing redeployed)"
+else
+  fail "the agent kept the running container across the reboot" \
+    "$(docker ps -a --filter "label=$LABEL=$run_id" --format '{{.ID}} {{.Names}} {{.Status}}')"
+fi
+
+echo "boot-e2e: wall time $((SECONDS - t_start))s" >&2
+echo "$passed passed, $failed failed"
+[ "$failed" = 0 ]
