@@ -18,10 +18,11 @@ echo "== cargo clippy" >&2
 cargo clippy --all-targets --quiet -- -D warnings
 echo "== tests" >&2
 # dockerd_restart restarts the Docker daemon: it runs alone, after everything else.
+summary=$(mktemp)
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --no-fail-fast -E 'not binary(dockerd_restart)' "$@"
+  cargo nextest run --no-fail-fast -E 'not binary(dockerd_restart)' "$@" 2>&1 | tee -a "$summary"
   echo "== dockerd restart test (alone)" >&2
-  cargo nextest run --no-fail-fast -E 'binary(dockerd_restart)' "$@"
+  cargo nextest run --no-fail-fast -E 'binary(dockerd_restart)' "$@" 2>&1 | tee -a "$summary"
 else
   cargo test --no-fail-fast --lib --test sync --test run "$@"
   cargo test --no-fail-fast --test dockerd_restart "$@"
@@ -30,3 +31,10 @@ fi
 # The slow stage: static release binary, .deb and .rpm, contents, install smoke test.
 echo "== packaging" >&2
 bash scripts/package.sh
+
+# One closing line with the totals of both nextest runs.
+if [ -s "$summary" ]; then
+  passed=$(grep -oE 'Summary .* ([0-9]+) passed' "$summary" | grep -oE '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
+  failed=$(grep -oE '[0-9]+ failed' "$summary" | awk '{s+=$1} END {print s+0}')
+  echo "tests: $passed passed, $failed failed"
+fi
