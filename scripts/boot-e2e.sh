@@ -20,7 +20,10 @@ LABEL="blog-agent-e2e"
 ROOT_IMAGE_REPO="blog-agent-e2e-root"
 ROOT_SUITE=bookworm
 ROOT_VARIANT=minbase
-ROOT_PACKAGES=systemd,systemd-sysv,dbus,cloud-init,ca-certificates,curl,locales
+# The issue's list, plus python3-cffi-backend: python3-cryptography (cloud-init -> oauthlib)
+# depends on the virtual python3-cffi-backend-api-min/max, and debootstrap does not resolve
+# virtual packages, so without it configuring the base fails.
+ROOT_PACKAGES=systemd,systemd-sysv,dbus,cloud-init,ca-certificates,curl,locales,python3-cffi-backend
 ROOT_CLOUD_CFG=tests/boot/90-blog-agent-e2e.cfg
 # Bump when the way the root is built changes (the package list and the cloud.cfg file are
 # hashed anyway).
@@ -154,7 +157,8 @@ else
   t0=$SECONDS
   if ! debootstrap --variant="$ROOT_VARIANT" --include="$ROOT_PACKAGES" "$ROOT_SUITE" "$rootfs" \
     >"$work/debootstrap.log" 2>&1; then
-    die "debootstrap $ROOT_SUITE" "$(tail -n 20 "$work/debootstrap.log")"
+    die "debootstrap $ROOT_SUITE" "$(tail -n 5 "$work/debootstrap.log"
+      grep -B2 -A4 -m3 'dependency problems\|error processing' "$rootfs/debootstrap/debootstrap.log" 2>/dev/null)"
   fi
   install -m 0644 "$ROOT_CLOUD_CFG" "$rootfs/etc/cloud/cloud.cfg.d/$(basename "$ROOT_CLOUD_CFG")"
   # Smaller image; nothing in the test installs from the archive.

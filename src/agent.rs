@@ -356,12 +356,45 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
         self.paused = Pause::load(&self.settings.agent.state_dir).map(|p| p.by);
 
         let desired = DesiredContainer::new(&self.settings, &env.name, &target);
-        let applied = sync::apply(&self.settings, &desired, &self.services, shutdown, false).await?;
+        let applied = match sync::apply(&self.settings, &desired, &self.services, shutdown, false).await {
+            Ok(applied) => applied,
+            Err(e) if e.is_cancelled() => return Err(e),
+            Err(e) => return self.serve_last_good_if_dark(&env, &target, &state, shutdown, e).await,
+        };
         if applied.action != Action::Unchanged {
             tracing::info!(env = %env.name, sha = %target, container = %desired.name, "{}", applied.action);
         }
         self.serving = Some(target.to_string());
         Ok(problem.or(quarantine_note))
+    }
+
+    /// The desired version could not be deployed (ECR or the registry down, a bad release).
+    /// If that leaves the host with nothing serving (a boot, a removed container), the
+    /// last-known-good version is started instead, from the local image if it is there.
+    /// Returns the original failure as the pass's problem either way, so it is retried.
+    async fn serve_last_good_if_dark(
+        &mut self,
+        env: &Environment,
+        target: &Sha,
+        state: &State,
+        shutdown: &Shutdown,
+        failure: SyncError,
+    ) -> Result<Option<String>, SyncError> {
+        let dark = match self.services.engine.container(&self.settings.container.name).await {
+            Ok(current) => current.is_none_or(|c| !c.running),
+            Err(_) => false,
+        };
+        let fallback = state
+            .last_good
+            .as_ref()
+            .filter(|g| g.environment == env.name && g.sha != target.as_str())
+            .and_then(|g| Sha::parse(&g.sha).ok());
+        let (true, Some(fallback)) = (dark, fallback) else { return Err(failure) };
+        tracing::warn!(env = %env.name, sha = %fallback, "cannot deploy {target} and nothing serves: starting the last-known-good version ({failure})");
+        let desired = DesiredContainer::new(&self.settings, &env.name, &fallback);
+        sync::apply(&self.settings, &desired, &self.services, shutdown, false).await?;
+        self.serving = Some(fallback.to_string());
+        Ok(Some(failure.to_string()))
     }
 
     /// Turns a remembered S3 problem back into the error to report when nothing can be served.

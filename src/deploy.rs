@@ -266,12 +266,10 @@ async fn roll_back(engine: &Engine, name: &str, new_id: &str, old: Option<&Conta
     }
     let restore = async {
         let Some(old) = old else { return Ok(false) };
-        if old.name != name {
-            // Renamed to -previous only if the cut-over got that far.
-            if let Some(current) = engine.container(&old.id).await? {
-                if current.name != name {
-                    engine.rename(&old.id, name).await?;
-                }
+        // It was moved aside to -previous only if the cut-over got that far: ask Docker.
+        if let Some(current) = engine.container(&old.id).await? {
+            if current.name != name {
+                engine.rename(&old.id, name).await?;
             }
         }
         engine.start(&old.id).await?;

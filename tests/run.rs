@@ -329,3 +329,24 @@ fn old_images_are_pruned_keeping_the_previous_ones() {
         (listed == want).then_some(())
     });
 }
+
+#[test]
+fn ecr_down_with_nothing_serving_starts_the_last_known_good_version() {
+    let host = Host::new("run_ecr_down");
+    host.write_config(FAST);
+    let v1 = host.release("good");
+    let mut agent = host.start_agent(&[]);
+    host.wait_serves(&v1, SERVE);
+    agent.signal("TERM");
+    assert_eq!(agent.wait_exit(Duration::from_secs(5)), 0);
+
+    // A reboot-like start: no container, S3 names a version not on disk, ECR unreachable.
+    docker_ok(&["rm", "-f", &host.container]);
+    let v2 = host.release("good");
+    let agent = host.start_agent_with(&[], |cmd| {
+        cmd.env("AWS_ENDPOINT_URL_ECR", "http://127.0.0.1:9");
+    });
+    host.wait_serves(&v1, SERVE);
+    agent.wait_log("starting the last-known-good version", Duration::from_secs(5));
+    assert!(!agent.logs().contains(&format!("deployed and serving container={} digest", v2)));
+}

@@ -107,6 +107,13 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Opt
     }
 }
 
+/// Fails if `text` holds the ECR password, plain or as the base64 token it arrives in.
+pub fn assert_no_secret(text: &str) {
+    use base64::Engine as _;
+    let token = base64::engine::general_purpose::STANDARD.encode(format!("AWS:{ECR_PASSWORD}"));
+    assert!(!text.contains(ECR_PASSWORD) && !text.contains(&token), "ECR password leaked into output:\n{text}");
+}
+
 /// Result of one agent run.
 #[derive(Debug)]
 pub struct Run {
@@ -301,7 +308,7 @@ impl Host {
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         };
-        assert!(!run.output().contains(ECR_PASSWORD), "ECR password leaked into output:\n{}", run.output());
+        assert_no_secret(&run.output());
         run
     }
 
@@ -438,6 +445,9 @@ impl Drop for AgentProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if !std::thread::panicking() {
+            assert_no_secret(&self.logs());
+        }
         if std::thread::panicking() {
             eprintln!("---- agent log {} ----\n{}", self.log.display(), self.logs());
         }
