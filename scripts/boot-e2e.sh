@@ -27,7 +27,7 @@ ROOT_PACKAGES=systemd,systemd-sysv,dbus,cloud-init,ca-certificates,curl,locales,
 ROOT_CLOUD_CFG=tests/boot/90-blog-agent-e2e.cfg
 # Bump when the way the root is built changes (the package list and the cloud.cfg file are
 # hashed anyway).
-ROOT_RECIPE=2
+ROOT_RECIPE=3
 ENVIRONMENT=staging
 RELEASE_KEY=staging/stagebuild.txt
 POLL_INTERVAL=2     # [reconcile] interval in the user-data, seconds
@@ -113,11 +113,14 @@ PY
     rm -rf "$work"
   fi
   [ -n "$rootfs" ] && rm -rf "$rootfs"
+  echo "boot-e2e: wall time $((SECONDS - t_start))s" >&2
+  echo "$passed passed, $failed failed"
+  [ "$failed" = 0 ] || [ "$rc" != 0 ] || rc=1
   exit "$rc"
 }
 trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+trap 'fail "interrupted (SIGINT)"; exit 130' INT
+trap 'fail "interrupted (SIGTERM)"; exit 143' TERM
 
 # ---- preconditions -------------------------------------------------------------------------------
 out=$(bash scripts/stack-up.sh 2>&1) || die "local stack is up (bash scripts/stack-up.sh)" "$out"
@@ -161,6 +164,13 @@ else
       grep -B2 -A4 -m3 'dependency problems\|error processing' "$rootfs/debootstrap/debootstrap.log" 2>/dev/null)"
   fi
   install -m 0644 "$ROOT_CLOUD_CFG" "$rootfs/etc/cloud/cloud.cfg.d/$(basename "$ROOT_CLOUD_CFG")"
+  # cloud-init's locale module runs `locale-gen en_US.UTF-8` then `update-locale`. Ubuntu's
+  # locale-gen generates the locale it is given; Debian's ignores its arguments and builds
+  # only what /etc/locale.gen enables (nothing, after debootstrap), so update-locale exits
+  # 255 and cloud-init reports `error`. Enable the locale cloud-init asks for, as a Debian
+  # cloud image does.
+  sed -i 's/^# *\(en_US.UTF-8 UTF-8\)/\1/' "$rootfs/etc/locale.gen"
+  grep -q '^en_US.UTF-8 UTF-8' "$rootfs/etc/locale.gen" || die "en_US.UTF-8 enabled in the root's /etc/locale.gen"
   # Smaller image; nothing in the test installs from the archive.
   rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
   if ! tar -C "$rootfs" --numeric-owner -c . | docker import \
@@ -323,6 +333,24 @@ else
     "$(in_box journalctl -u blog-agent -o json --no-pager 2>&1 | tail -n 3)"
 fi
 
+# The hardening is in force in this container (and the agent reached docker.sock anyway: it
+# deployed above): empty capability bounding set, no_new_privs, seccomp filter, / read-only.
+sandboxed() {
+  local pid st mounts
+  pid=$(show MainPID)
+  st=$(in_box cat "/proc/$pid/status") && mounts=$(in_box cat "/proc/$pid/mountinfo") || return 1
+  grep -q '^CapBnd:[[:space:]]*0000000000000000$' <<<"$st" && grep -q '^NoNewPrivs:[[:space:]]*1$' <<<"$st" &&
+    grep -q '^Seccomp:[[:space:]]*2$' <<<"$st" &&
+    awk '$5 == "/" && $6 ~ /^ro,/ {r++} $5 == "/etc/blog-agent" && $6 ~ /^ro,/ {c++}
+         $5 == "/var/lib/blog-agent" && $6 ~ /^rw,/ {w++} END {exit !(r && c && w)}' <<<"$mounts"
+}
+if sandboxed; then
+  ok "the agent runs sandboxed: CapBnd=0, NoNewPrivs, seccomp, / and /etc/blog-agent read-only, state dir writable"
+else
+  fail "the agent runs sandboxed (ProtectSystem=strict and friends)" \
+    "$(in_box sh -c "grep -E 'CapBnd|NoNewPrivs|Seccomp:' /proc/$(show MainPID)/status" 2>&1)"
+fi
+
 tag_reads=$(grep -c "GET /latest/meta-data/tags/instance/Environment HTTP/1.1\" 200 - token" "$work/imds.log")
 if [ "$tag_reads" -ge 1 ] && grep -q '"PUT /latest/api/token' "$work/imds.log"; then
   ok "environment came from the instance tag over IMDSv2 (token PUT, $tag_reads tag read(s))"
@@ -378,6 +406,38 @@ else
     "$out ActiveState=$(show ActiveState) MainPID=$pid_before->$(show MainPID) NRestarts=$(show NRestarts)"
 fi
 
+# ---- 6b. the watchdog: a drop-in shortens WatchdogSec (60s in the unit) so the test sees pings ----
+dropin=/etc/systemd/system/blog-agent.service.d/90-boot-e2e-watchdog.conf
+in_box sh -c "mkdir -p ${dropin%/*} && printf '[Service]\nWatchdogSec=4s\n' >$dropin && systemctl daemon-reload"
+if in_box timeout 120 systemctl restart blog-agent >/dev/null 2>&1 && is_active; then
+  wd_pid=$(show MainPID)
+  pings=""
+  steady=yes
+  end=$((SECONDS + 10))   # 2.5 x WatchdogSec: a missed ping would get the agent killed
+  while [ $SECONDS -lt $end ]; do
+    [ "$(show ActiveState)/$(show MainPID)/$(show NRestarts)" = "active/$wd_pid/0" ] || { steady=no; break; }
+    ts=$(show WatchdogTimestampMonotonic)
+    [[ " $pings " == *" $ts "* ]] || pings="$pings $ts"
+    sleep 0.5
+  done
+  n_pings=$(wc -w <<<"$pings")
+  if [ "$steady" = yes ] && [ "$n_pings" -ge 3 ]; then
+    ok "watchdog: with WatchdogSec=4s the agent pinged $n_pings times in 10s and was never killed"
+  else
+    fail "watchdog pings keep the agent alive" \
+      "steady=$steady pings=$n_pings ActiveState=$(show ActiveState) MainPID=$wd_pid->$(show MainPID) NRestarts=$(show NRestarts)"
+  fi
+else
+  fail "restart with WatchdogSec=4s" "ActiveState=$(show ActiveState)"
+fi
+in_box sh -c "rm -f $dropin && systemctl daemon-reload"
+if in_box timeout 120 systemctl restart blog-agent >/dev/null 2>&1 && is_active &&
+  [ "$(show WatchdogUSec)" = 1min ]; then
+  :
+else
+  fail "back to the shipped unit (WatchdogSec=60s)" "WatchdogUSec=$(show WatchdogUSec) ActiveState=$(show ActiveState)"
+fi
+
 # ---- 7. a configuration error: exit 78, no restart loop ---------------------------------------------
 in_box cp -p /etc/blog-agent/config.toml /etc/blog-agent/config.toml.e2e-good
 in_box sed -i '/^\[container\]/a bogus_key = "boot-e2e"' /etc/blog-agent/config.toml
@@ -428,6 +488,7 @@ fi
 ) >"$work/probe.log" 2>&1 &
 probe_pid=$!
 poll 10 grep -q . "$work/probe.log"
+halt_since=$(in_box date '+%Y-%m-%d %H:%M:%S')
 t0=$SECONDS
 if out=$(docker stop "$box" 2>&1) && [ "$(docker inspect -f '{{.State.Running}}' "$box")" = false ]; then
   down=$((SECONDS - t0))
@@ -447,6 +508,15 @@ if poll 120 is_active && poll 30 status_names "$sha2"; then
 else
   fail "after reboot blog-agent is active again" "ActiveState=$(show ActiveState) Result=$(show Result)"
 fi
+# The halt went through systemd: the agent got SIGTERM and exited cleanly (the journal is
+# persistent; the kernel's boot id is the host's, so select by time, not by -b).
+halt_log=$(in_box journalctl -u blog-agent --since "$halt_since" --no-pager -o cat 2>/dev/null)
+if grep -q 'SIGTERM' <<<"$halt_log" && grep -q 'blog container keeps running' <<<"$halt_log" &&
+  ! grep -qi 'failed\|status=' <<<"$halt_log"; then
+  ok "the halt stopped the agent cleanly: $(grep -m1 'blog container keeps running' <<<"$halt_log")"
+else
+  fail "the halt stopped the agent cleanly" "$halt_log"
+fi
 serves_steadily "$sha2" 2 >/dev/null
 kill "$probe_pid" 2>/dev/null
 wait "$probe_pid" 2>/dev/null
@@ -465,6 +535,4 @@ else
     "$(docker ps -a --filter "label=$LABEL=$run_id" --format '{{.ID}} {{.Names}} {{.Status}}')"
 fi
 
-echo "boot-e2e: wall time $((SECONDS - t_start))s" >&2
-echo "$passed passed, $failed failed"
-[ "$failed" = 0 ]
+[ "$failed" = 0 ]   # the summary line is printed by cleanup, on every path

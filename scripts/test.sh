@@ -34,7 +34,8 @@ bash scripts/package.sh
 
 # One closing line with the totals of both nextest runs.
 if [ -s "$summary" ]; then
-  passed=$(grep -oE 'Summary .* ([0-9]+) passed' "$summary" | grep -oE '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
-  failed=$(grep -oE '[0-9]+ failed' "$summary" | awk '{s+=$1} END {print s+0}')
+  # nextest: "Summary [ 12.3s] 75 tests run: 75 passed, 0 skipped" (", N failed" when some fail)
+  read -r passed failed < <(awk '/Summary/ { for (i = 2; i <= NF; i++) {
+      if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } } END { print p+0, f+0 }' "$summary")
   echo "tests: $passed passed, $failed failed"
 fi

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# bench/run.sh: benchmarks blog-agent against the user-data script hosts use today
+# (bench/baseline.sh) on the local stack, and writes docs/BENCHMARKS.md and
+# docs/benchmarks-swap-gap.png.
+#
+#   bash bench/run.sh                 # the full run (about 12 minutes, 5 minutes of it idle)
+#   bash bench/run.sh --report-only   # re-render the docs from the last results
+#
+# Environment: BENCH_RUNS (runs per figure, default 5, at least 5 for the docs),
+# BENCH_IDLE_SECONDS (idle footprint window, default 300), BENCH_AGENT (binary to measure,
+# default the static release binary scripts/package.sh builds).
+#
+# Needs root and the local stack (started here: scripts/stack-up.sh is idempotent). Installs
+# awscli, boto3 and matplotlib from PyPI into .stack/bench-venv. Touches only containers
+# labelled blog-agent-bench=1 and images of 127.0.0.1:5000/blog-bench (removed at the start and
+# the end), the S3 bucket blog-bench, and its own counting proxy. Everything is on 127.0.0.1.
+# Not part of `make test`: there are no timing assertions in the test suite.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+source scripts/stack-env.sh
+venv=$BLOG_AGENT_STACK_DIR/bench-venv
+work=$BLOG_AGENT_STACK_DIR/bench
+results=$work/results.json
+doc=docs/BENCHMARKS.md
+plot=docs/benchmarks-swap-gap.png
+
+ensure_venv() {
+  if ! "$venv/bin/python" -c 'import awscli, boto3, matplotlib' 2>/dev/null; then
+    echo "bench: installing awscli, boto3, matplotlib into $venv" >&2
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q awscli boto3 matplotlib
+  fi
+}
+
+if [ "${1:-}" = "--report-only" ]; then
+  ensure_venv
+  "$venv/bin/python" bench/report.py "$results" "$doc" "$plot"
+  exit 0
+fi
+
+started=$SECONDS
+agent=${BENCH_AGENT:-$root/target/x86_64-unknown-linux-musl/release/blog-agent}
+if [ ! -x "$agent" ]; then
+  echo "bench: no binary at $agent; build it with scripts/package.sh (or set BENCH_AGENT)" >&2
+  exit 1
+fi
+if [ "${BENCH_RUNS:-5}" -lt 5 ]; then
+  echo "bench: note: BENCH_RUNS=${BENCH_RUNS} (< 5): fine for a try, not for docs/BENCHMARKS.md" >&2
+fi
+bash scripts/stack-up.sh
+ensure_venv
+rm -rf "$work"
+mkdir -p "$work"
+
+# The counting proxy in front of moto: both tools reach S3 and ECR through it.
+: >"$work/proxy.log"
+setsid "$venv/bin/python" bench/proxy.py "$MOTO_PORT" "$work/proxy.log" "$work/proxy.port" \
+  >"$work/proxy.err" 2>&1 </dev/null &
+proxy_pid=$!
+cleanup() {
+  kill "$proxy_pid" 2>/dev/null || true
+  ids=$(docker ps -aq --filter label=blog-agent-bench=1)
+  [ -z "$ids" ] || docker rm -f $ids >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+for _ in $(seq 100); do [ -s "$work/proxy.port" ] && break; sleep 0.1; done
+[ -s "$work/proxy.port" ] || { echo "bench: the counting proxy did not start" >&2; cat "$work/proxy.err" >&2; exit 1; }
+
+PATH=$venv/bin:$PATH \
+BENCH_AGENT=$agent BENCH_WORK=$work BENCH_PROXY_PORT=$(cat "$work/proxy.port") BENCH_PROXY_LOG=$work/proxy.log \
+  "$venv/bin/python" bench/bench.py "$results"
+"$venv/bin/python" bench/report.py "$results" "$doc" "$plot"
+echo "bench: done in $((SECONDS - started)) s: $doc, $plot (raw results and logs: $work)" >&2
