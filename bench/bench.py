@@ -42,7 +42,7 @@ LABEL = "blog-agent-bench"
 RUN_ID = f"{int(time.time()) % 100000:05d}"
 BUCKET = "blog-bench"
 PROBE_EVERY = 0.010  # the HTTP prober's cadence
-PROBE_TIMEOUT = 1.0
+PROBE_TIMEOUT = 3.0  # longer than one TCP SYN retransmit (1 s): such a request is slow, not failed
 DOCKER_SOCK = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock").removeprefix("unix://")
 
 
@@ -191,74 +191,110 @@ def probe_once(port):
 
 
 class Prober(threading.Thread):
+    """Starts one GET every PROBE_EVERY, each in its own thread, whether or not earlier ones have
+    answered: a request stuck in a TCP SYN retransmit (1 s) must not hide the requests after it.
+    Samples: (start, ok, version, end), in start order."""
+
     def __init__(self, port):
         super().__init__(daemon=True)
         self.port = port
-        self.samples = []  # (monotonic start, ok, version)
+        self.samples = []
+        self.lock = threading.Lock()
         self.halt = threading.Event()
         self.seen_ok = threading.Event()
+        self.inflight = []
+
+    def _one(self, idx, t):
+        ok, version = probe_once(self.port)
+        end = time.monotonic()
+        with self.lock:
+            self.samples[idx] = (t, ok, version, end)
+        if ok:
+            self.seen_ok.set()
 
     def run(self):
         nxt = time.monotonic()
         deadline = nxt + 600  # bounded, whatever happens
         while not self.halt.is_set() and time.monotonic() < deadline:
             t = time.monotonic()
-            ok, version = probe_once(self.port)
-            self.samples.append((t, ok, version))
-            if ok:
-                self.seen_ok.set()
-            nxt = max(nxt + PROBE_EVERY, time.monotonic())
+            with self.lock:
+                idx = len(self.samples)
+                self.samples.append(None)
+            th = threading.Thread(target=self._one, args=(idx, t), daemon=True)
+            th.start()
+            self.inflight.append(th)
+            if len(self.inflight) > 64:
+                self.inflight = [x for x in self.inflight if x.is_alive()]
+            nxt += PROBE_EVERY
             self.halt.wait(max(0.0, nxt - time.monotonic()))
 
     def stop(self):
         self.halt.set()
         self.join(5)
-        return list(self.samples)
+        for th in self.inflight:
+            th.join(PROBE_TIMEOUT + 1)
+        with self.lock:
+            return [s for s in self.samples if s is not None]
+
+    def done_ok(self, t0, version=None):
+        with self.lock:
+            return first_ok_after([s for s in self.samples if s is not None], t0, version)
 
 
 def first_ok_after(samples, t0, version=None):
-    for t, ok, v in samples:
-        if t >= t0 and ok and (version is None or v == version):
-            return t
-    return None
+    """When the first HTTP 200 (of `version`, if given) arrived, among requests started at or after t0."""
+    ends = [end for t, ok, v, end in samples if t >= t0 and ok and (version is None or v == version)]
+    return min(ends) if ends else None
 
 
-def failure_runs(samples, t_from=None):
-    """Runs of consecutive failed requests: [(t_first_fail, t_first_ok_after or None, count)]."""
+SLOW = 0.2  # a 200 that took longer than this was not a prompt answer (here: a ~1 s SYN retransmit)
+
+
+def failure_runs(samples, bad):
+    """Runs of consecutive requests (in start order) for which bad(sample) holds:
+    [(first bad start, start of the next good request or None, count)]."""
     runs, start, count = [], None, 0
-    for t, ok, _ in samples:
-        if t_from is not None and t < t_from:
-            continue
-        if not ok:
+    for sample in samples:
+        if bad(sample):
             if start is None:
-                start, count = t, 0
+                start, count = sample[0], 0
             count += 1
         elif start is not None:
-            runs.append((start, t, count))
+            runs.append((start, sample[0], count))
             start = None
     if start is not None:
         runs.append((start, None, count))
     return runs
 
 
-def gap_summary(samples, t_end):
-    runs = failure_runs(samples)
-    failed = sum(c for _, _, c in runs)
-    longest, longest_count, recovered = 0.0, 0, True
+def longest(runs, t_end):
+    best = (0.0, 0, True)
     for start, end, count in runs:
         length = (end if end is not None else t_end) - start
-        if length >= longest:
-            longest, longest_count, recovered = length, count, end is not None
-    return {"failed_requests": failed, "requests": len(samples), "longest_gap_s": longest,
-            "longest_gap_requests": longest_count, "recovered": recovered}
+        if length >= best[0]:
+            best = (length, count, end is not None)
+    return best
+
+
+def gap_summary(samples, t_end):
+    """The gap: the longest run of requests that got no prompt 200 (failed, or answered after more
+    than SLOW). Also the longest run of outright failures, for comparison."""
+    gap, gap_count, recovered = longest(failure_runs(samples, lambda s: not s[1] or s[3] - s[0] > SLOW), t_end)
+    fail_run, _, _ = longest(failure_runs(samples, lambda s: not s[1]), t_end)
+    latencies = [end - t for t, ok, _, end in samples if ok]
+    return {"failed_requests": sum(1 for s in samples if not s[1]), "requests": len(samples),
+            "longest_gap_s": gap, "longest_gap_requests": gap_count, "recovered": recovered,
+            "longest_failure_run_s": fail_run,
+            "slow_requests": sum(1 for x in latencies if x > SLOW),
+            "max_latency_s": max(latencies, default=None)}
 
 
 def timeline(samples, t0, old, new):
-    """Compact per-request series for the plot: (seconds since t0, state)."""
+    """Compact per-request series for the plot: (start since t0, state, latency)."""
     out = []
-    for t, ok, v in samples:
+    for t, ok, v, end in samples:
         state = "fail" if not ok else ("new" if v == new else ("old" if v == old else "other"))
-        out.append((round(t - t0, 4), state))
+        out.append((round(t - t0, 4), state, round(end - t, 4)))
     return out
 
 
@@ -484,7 +520,7 @@ def stage_cold(results):
                 rec.update(exit_s=p.t_exit - t0, cpu_s=p.cpu, maxrss_kb=p.rusage.ru_maxrss)
             samples = prober.stop()
             t_ok = first_ok_after(samples, t0)
-            version = next(v for t, ok, v in samples if ok)
+            version = next(v for t, ok, v, _ in samples if ok)
             assert version == sha, (tool, version, sha)
             rec["tts_s"] = t_ok - t0
             if tool != "raw":
@@ -545,7 +581,7 @@ def swap_run(kind, start, port, key, old, new, settle_after_exit, expect_code):
     if p.code != expect_code:
         raise RuntimeError(f"swap {kind} exited {p.code}, expected {expect_code}; see {p.log.name}")
     if expect_code == 0 and settle_after_exit is None:
-        t_new = wait_until("new version served", 30, lambda: first_ok_after(prober.samples, t0, new))
+        t_new = wait_until("new version served", 30, lambda: prober.done_ok(t0, new))
         time.sleep(max(0.0, t_new + 0.5 - time.monotonic()))
     else:
         time.sleep(settle_after_exit)
@@ -555,7 +591,7 @@ def swap_run(kind, start, port, key, old, new, settle_after_exit, expect_code):
     rec.update(gap_summary([s for s in samples if s[0] >= t0], t_end))
     t_new = first_ok_after(samples, t0, new)
     rec["new_served_s"] = None if t_new is None else t_new - t0
-    rec["old_served_after_exit"] = any(ok and v == old for t, ok, v in samples if t > p.t_exit)
+    rec["old_served_after_exit"] = any(ok and v == old for t, ok, v, _ in samples if t > p.t_exit)
     rec["timeline"] = timeline(samples, t0, old, new)
     return rec
 
@@ -648,7 +684,7 @@ def stage_drift(results, sha):
             t0 = time.monotonic()
             remove_container(cfg["name"])  # docker rm -f, through the API
             t_rm = time.monotonic()
-            wait_until("repaired", 30, lambda: first_ok_after(prober.samples, t_rm))
+            wait_until("repaired", 30, lambda: prober.done_ok(t_rm))
             time.sleep(1.0)
             samples = prober.stop()
             rec = {"rm_s": t_rm - t0, "repair_s": first_ok_after(samples, t_rm) - t_rm,

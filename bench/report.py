@@ -167,13 +167,14 @@ def render(res, plot_name):
     w("\"Longest gap\" is the time from the first failed request of the longest run of failures to the next")
     w("successful one (resolution 10 ms). \"B served\" is when the first response from B arrived.")
     w("")
-    w("| configuration | longest gap, ms | failed requests | B served after, s | command exits after, s |")
-    w("|---|---|---|---|---|")
+    w("| configuration | longest gap, ms | failed requests | slow 200s (> 100 ms) | slowest 200, ms | B served after, s | command exits after, s |")
+    w("|---|---|---|---|---|---|---|")
     names = {"baseline": "baseline script (`docker rm -f` + `docker run`)",
              "agent_stop3s": "blog-agent, `stop_timeout = \"3s\"` (default)",
              "agent_stop0s": "blog-agent, `stop_timeout = \"0s\"`"}
     for k, runs in swap.items():
         w(f"| {names[k]} | {fmt(col(runs, 'longest_gap_s'), 1000, 0)} | {fmt(col(runs, 'failed_requests'), digits=0)} | "
+          f"{fmt(col(runs, 'slow_requests'), digits=0)} | {fmt(col(runs, 'max_latency_s'), 1000, 0)} | "
           f"{fmt(col(runs, 'new_served_s'), digits=2)} | {fmt(col(runs, 'exit_s'), digits=2)} |")
     w("")
     w("**Release that fails its health probe** (`publish-image.sh SHA crash`: the process exits at once):")
@@ -260,16 +261,19 @@ def plot(res, path):
         ("baseline: release that crashes", res["crash"]["baseline"]),
         ("blog-agent: release that crashes", res["crash"]["agent_stop3s"]),
     ]
-    colors = {"old": "#4c9be8", "new": "#2ca02c", "fail": "#d62728", "other": "#999999"}
+    colors = {"old": "#4c9be8", "new": "#2ca02c", "slow": "#ff9f1c", "fail": "#d62728", "other": "#999999"}
+    legend = {"old": "old version answers 200", "new": "new version answers 200",
+              "slow": "answers 200, slowly (> 100 ms: SYN retransmit)", "fail": "request failed", "other": "other"}
     fig, (ax, ax2) = plt.subplots(2, 1, figsize=(11, 7.5), gridspec_kw={"height_ratios": [3, 2]})
     for y, (label, runs) in enumerate(reversed(rows)):
         run = representative(runs)
+        def state_of(s, lat):
+            return "slow" if s in ("old", "new", "other") and lat > 0.1 else s
+
         for state, color in colors.items():
-            xs = [t for t, s in run["timeline"] if s == state]
+            xs = [t for t, s, lat in run["timeline"] if state_of(s, lat) == state]
             if xs:
-                ax.scatter(xs, [y] * len(xs), marker="|", s=260, c=color, linewidths=1.2,
-                           label={"old": "old version answers 200", "new": "new version answers 200",
-                                  "fail": "request failed", "other": "other"}[state] if y == 0 or state == "new" else None)
+                ax.scatter(xs, [y] * len(xs), marker="|", s=260, c=color, linewidths=1.2, label=legend[state])
         ax.plot([run["exit_s"]], [y + 0.32], marker="v", color="black", markersize=7,
                 label="command exits" if y == 0 else None)
         note = f"gap {run['longest_gap_s'] * 1000:.0f} ms, {run['failed_requests']} failed"

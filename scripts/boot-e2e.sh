@@ -76,6 +76,17 @@ work=$(mktemp -d "${TMPDIR:-/tmp}/blog-agent-e2e.XXXXXX")
 rootfs=""
 imds_pid=""
 probe_pid=""
+debootstrap_pid=""
+
+# debootstrap mounts proc, sys and devpts inside the root while it configures packages; an
+# interrupted run can leave them. Unmount first, and never cross into another file system.
+remove_rootfs() {
+  [ -n "$rootfs" ] && [ -d "$rootfs" ] || return 0
+  awk -v r="$rootfs/" 'index($5, r) == 1 {print $5}' /proc/self/mountinfo | sort -r |
+    while read -r m; do umount -l "$m"; done
+  rm -rf --one-file-system "$rootfs"
+  rootfs=""
+}
 
 diagnostics() {
   docker inspect "$box" >/dev/null 2>&1 || return 0
@@ -94,6 +105,8 @@ cleanup() {
   [ "$failed" -gt 0 ] && diagnostics
   [ -n "$probe_pid" ] && kill "$probe_pid" 2>/dev/null && wait "$probe_pid" 2>/dev/null
   [ -n "$imds_pid" ] && kill "$imds_pid" 2>/dev/null && wait "$imds_pid" 2>/dev/null
+  # debootstrap runs in its own process group (setsid): stop it and its dpkg/chroot children.
+  [ -n "$debootstrap_pid" ] && kill -TERM -- "-$debootstrap_pid" 2>/dev/null && wait "$debootstrap_pid" 2>/dev/null
   if [ "${BOOT_E2E_KEEP:-}" = 1 ]; then
     note "BOOT_E2E_KEEP=1: left running: docker ps --filter label=$LABEL=$run_id; work dir $work"
   else
@@ -112,7 +125,7 @@ b.delete()
 PY
     rm -rf "$work"
   fi
-  [ -n "$rootfs" ] && rm -rf "$rootfs"
+  remove_rootfs
   echo "boot-e2e: wall time $((SECONDS - t_start))s" >&2
   echo "$passed passed, $failed failed"
   [ "$failed" = 0 ] || [ "$rc" != 0 ] || rc=1
@@ -158,8 +171,15 @@ else
   rootfs=$(mktemp -d /var/tmp/blog-agent-e2e-root.XXXXXX)
   note "debootstrap $ROOT_SUITE ($ROOT_VARIANT + $ROOT_PACKAGES) into $rootfs; log $work/debootstrap.log"
   t0=$SECONDS
-  if ! debootstrap --variant="$ROOT_VARIANT" --include="$ROOT_PACKAGES" "$ROOT_SUITE" "$rootfs" \
-    >"$work/debootstrap.log" 2>&1; then
+  # In the background and waited for, so an interrupt is handled at once (bash runs traps only
+  # between foreground commands); setsid gives cleanup one process group to stop.
+  setsid debootstrap --variant="$ROOT_VARIANT" --include="$ROOT_PACKAGES" "$ROOT_SUITE" "$rootfs" \
+    >"$work/debootstrap.log" 2>&1 </dev/null &
+  debootstrap_pid=$!
+  wait "$debootstrap_pid"
+  debootstrap_rc=$?
+  debootstrap_pid=""
+  if [ "$debootstrap_rc" != 0 ]; then
     die "debootstrap $ROOT_SUITE" "$(tail -n 5 "$work/debootstrap.log"
       grep -B2 -A4 -m3 'dependency problems\|error processing' "$rootfs/debootstrap/debootstrap.log" 2>/dev/null)"
   fi
@@ -178,8 +198,7 @@ else
     -c "LABEL $ROOT_IMAGE_REPO=$key" - "$root_image" >/dev/null; then
     die "docker import of the root"
   fi
-  rm -rf "$rootfs"
-  rootfs=""
+  remove_rootfs
   # Older roots (another package list) are dead weight.
   for img in $(docker image ls --format '{{.Repository}}:{{.Tag}}' "$ROOT_IMAGE_REPO"); do
     [ "$img" = "$root_image" ] || docker rmi "$img" >/dev/null 2>&1 || true
@@ -257,8 +276,11 @@ else
 fi
 
 # cloud-init 22.4 exits 0 when done (1 on error); newer releases exit 2 for recoverable errors.
-ci_out=$(in_box timeout 300 cloud-init status --wait --long 2>&1)
+# Backgrounded and waited for, so an interrupt does not wait for it.
+in_box timeout 300 cloud-init status --wait --long >"$work/cloud-init-status" 2>&1 &
+wait $!
 ci_rc=$?
+ci_out=$(cat "$work/cloud-init-status")
 ci_status=$(awk '/^status:/ {print $2}' <<<"$ci_out")
 if [ $ci_rc = 0 ] || [ $ci_rc = 2 ]; then
   ok "cloud-init finished (status: $ci_status, exit $ci_rc) in $((SECONDS - t_boot))s since boot"

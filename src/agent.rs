@@ -31,7 +31,7 @@ use crate::shutdown::Shutdown;
 use crate::signals::Signals;
 use crate::spec::{DesiredContainer, LABEL_SHA};
 use crate::state::{LastPass, Pause, State};
-use crate::sync::{self, unless_shutdown, Action, Services, SyncError};
+use crate::sync::{self, Action, Services, SyncError};
 use crate::systemd::Notifier;
 
 /// Docker restarts (by its restart policy) of one container before the release is declared
@@ -300,7 +300,7 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
             Some(env) => env.clone(),
             None => {
                 let resolve = environment::resolve(self.env_flag.as_deref(), &self.settings, &self.services.tags);
-                let env = unless_shutdown(shutdown, async { Ok::<_, SyncError>(resolve.await?) }).await?;
+                let env = shutdown.race(resolve).await??;
                 tracing::info!(env = %env.name, source = %env.source, "environment");
                 self.env = Some(env.clone());
                 env
@@ -311,7 +311,7 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
         let location = sync::release_location(&self.settings, &env.name);
         let etag = self.desired.as_ref().filter(|d| d.location == location).and_then(|d| d.etag.clone());
         let fetch = self.services.releases.fetch(&location, etag.as_deref());
-        match unless_shutdown(shutdown, async { Ok::<_, SyncError>(fetch.await?) }).await {
+        match shutdown.race(fetch).await?.map_err(SyncError::from) {
             Ok(Fetched::Changed(release)) => {
                 if self.desired.as_ref().map(|d| &d.sha) != Some(&release.sha) {
                     tracing::info!(env = %env.name, sha = %release.sha, "desired release");
@@ -319,16 +319,13 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
                 self.desired = Some(Desired { location, sha: release.sha, etag: release.etag });
             }
             Ok(Fetched::Unchanged) => tracing::debug!("release unchanged (304)"),
-            Err(e) if e.is_cancelled() => return Err(e),
             Err(e) => problem = Some(e.to_string()),
         }
 
         // Everything from here on decides what runs: under the lock, so a `sync --sha` or a
         // `pause` that happened meanwhile is seen.
-        let _lock = unless_shutdown(shutdown, async {
-            Ok::<_, SyncError>(lock::acquire(&self.settings.agent.state_dir, self.settings.agent.lock_timeout).await?)
-        })
-        .await?;
+        let _lock =
+            shutdown.race(lock::acquire(&self.settings.agent.state_dir, self.settings.agent.lock_timeout)).await??;
         let state = State::load(&self.settings.agent.state_dir);
         let target = match &self.desired {
             Some(d) => d.sha.clone(),

@@ -34,15 +34,6 @@ pub enum DeployError {
     Cancelled(#[from] Cancelled),
 }
 
-/// Runs `step` unless shutdown is requested first.
-async fn unless_shutdown<T>(shutdown: &Shutdown, step: impl std::future::Future<Output = T>) -> Result<T, Cancelled> {
-    tokio::select! {
-        biased;
-        _ = shutdown.requested() => Err(Cancelled),
-        out = step => Ok(out),
-    }
-}
-
 /// Suffixes of the transient containers a deploy uses next to `<name>`.
 const CANDIDATE: &str = "candidate";
 const NEXT: &str = "next";
@@ -111,7 +102,7 @@ pub async fn ensure_image(
     }
     tracing::info!(image = %desired.image, "pulling");
     let creds_source = creds;
-    let creds = unless_shutdown(shutdown, creds_source.credentials()).await??;
+    let creds = shutdown.race(creds_source.credentials()).await??;
     let pull = engine.pull(
         &repo,
         desired.sha.as_str(),
@@ -119,7 +110,7 @@ pub async fn ensure_image(
         &creds,
         settings.image.pull_timeout,
     );
-    let image = match unless_shutdown(shutdown, pull).await? {
+    let image = match shutdown.race(pull).await? {
         Ok(image) => image,
         Err(e) => {
             let text = e.to_string().to_lowercase();
@@ -148,9 +139,7 @@ pub async fn verify_candidate(
         engine.remove(&stale.id).await?;
     }
     let id = engine.create(&name, desired, digest, "candidate", false).await?;
-    let result = unless_shutdown(shutdown, probe_candidate(engine, settings, desired, &id))
-        .await
-        .unwrap_or_else(|c| Err(c.into()));
+    let result = shutdown.race(probe_candidate(engine, settings, desired, &id)).await.unwrap_or_else(|c| Err(c.into()));
     if let Err(e) = engine.remove(&id).await {
         tracing::warn!(container = %name, error = %e, "could not remove candidate container");
     }
@@ -230,7 +219,8 @@ pub async fn cut_over(
                 still_running(engine, &new_id)
             });
             // On shutdown mid-probe the new version is unproven: put the old one back.
-            unless_shutdown(shutdown, probe)
+            shutdown
+                .race(probe)
                 .await
                 .unwrap_or_else(|_| Err(ProbeFailed { url: url.to_string(), last: "interrupted by shutdown".into() }))
         }
@@ -303,7 +293,8 @@ pub async fn restart(
     let probe = health::wait_healthy(&url.host, url.port, &url.path, settings.health.timeout, || {
         still_running(engine, &container.id)
     });
-    unless_shutdown(shutdown, probe)
+    shutdown
+        .race(probe)
         .await?
         .map(drop)
         .map_err(|probe| DeployError::RestartUnhealthy { container: container.name.clone(), probe })

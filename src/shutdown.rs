@@ -42,6 +42,16 @@ impl Shutdown {
         *self.rx.borrow()
     }
 
+    /// Runs `step` unless shutdown is requested first; then `step` is dropped. Only for steps
+    /// that may stop half-way: reads, waits, a pull, a probe.
+    pub async fn race<T>(&self, step: impl std::future::Future<Output = T>) -> Result<T, Cancelled> {
+        tokio::select! {
+            biased;
+            _ = self.requested() => Err(Cancelled),
+            out = step => Ok(out),
+        }
+    }
+
     /// Resolves once shutdown is requested; never, if the trigger is dropped unused.
     pub async fn requested(&self) {
         let mut rx = self.rx.clone();

@@ -125,18 +125,6 @@ pub fn release_location(settings: &Settings, env: &str) -> ObjectLocation {
     }
 }
 
-/// Runs `step` unless shutdown comes first. Only for steps that change nothing on the host.
-pub async fn unless_shutdown<T, E: From<Cancelled>>(
-    shutdown: &Shutdown,
-    step: impl std::future::Future<Output = Result<T, E>>,
-) -> Result<T, E> {
-    tokio::select! {
-        biased;
-        _ = shutdown.requested() => Err(Cancelled.into()),
-        out = step => out,
-    }
-}
-
 /// Runs one pass.
 pub async fn sync_once<T: TagSource, R: ReleaseSource, C: CredentialSource>(
     settings: &Settings,
@@ -144,10 +132,8 @@ pub async fn sync_once<T: TagSource, R: ReleaseSource, C: CredentialSource>(
     services: &Services<T, R, C>,
     shutdown: &Shutdown,
 ) -> Result<SyncReport, SyncError> {
-    let resolve = async {
-        Ok::<_, SyncError>(environment::resolve(request.environment.as_deref(), settings, &services.tags).await?)
-    };
-    let env: Environment = unless_shutdown(shutdown, resolve).await?;
+    let env: Environment =
+        shutdown.race(environment::resolve(request.environment.as_deref(), settings, &services.tags)).await??;
     if let (Some(pinned), false) = (&request.sha, request.dry_run) {
         // Before the lock: a `run` waiting for it must already see the pause when it gets it.
         let pause = Pause {
@@ -162,20 +148,14 @@ pub async fn sync_once<T: TagSource, R: ReleaseSource, C: CredentialSource>(
     let _lock = if request.dry_run {
         None
     } else {
-        Some(
-            unless_shutdown(shutdown, async {
-                Ok::<_, SyncError>(lock::acquire(&settings.agent.state_dir, settings.agent.lock_timeout).await?)
-            })
-            .await?,
-        )
+        Some(shutdown.race(lock::acquire(&settings.agent.state_dir, settings.agent.lock_timeout)).await??)
     };
     // Read S3 only now: after waiting for the lock, the object may have moved on.
     let sha = match &request.sha {
         Some(sha) => sha.clone(),
         None => {
             let location = release_location(settings, &env.name);
-            let fetch = async { Ok::<_, SyncError>(services.releases.fetch(&location, None).await?) };
-            match unless_shutdown(shutdown, fetch).await? {
+            match shutdown.race(services.releases.fetch(&location, None)).await?? {
                 Fetched::Changed(release) => release.sha,
                 // Only possible with an ETag, which an unconditional GET does not send.
                 Fetched::Unchanged => unreachable!("unconditional GET answered 304"),
@@ -329,7 +309,7 @@ pub async fn apply<T, R, C: CredentialSource>(
         sha: desired.sha.to_string(),
         digest: applied.digest.clone(),
         environment: desired.environment.clone(),
-        at: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        at: now_unix(),
     };
     if state.record_good(good) {
         if let Err(e) = state.save(&settings.agent.state_dir) {
