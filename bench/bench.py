@@ -309,6 +309,7 @@ def proxy_endpoint():
 def tool_env(extra=None):
     env = dict(os.environ)
     env["AWS_ENDPOINT_URL"] = proxy_endpoint()  # both tools go through the counting proxy
+    env["AWS_EC2_METADATA_DISABLED"] = "true"  # loopback only: never fall back to IMDS
     env["DOCKER_CONFIG"] = os.path.join(WORK, "docker-config")  # the baseline's own login
     env.pop("BLOG_AGENT_CONFIG", None)
     env.update(extra or {})
@@ -318,7 +319,7 @@ def tool_env(extra=None):
 class Proc:
     """A child process whose exit time and rusage are recorded exactly (wait4 in a thread)."""
 
-    def __init__(self, argv, log_path, env):
+    def __init__(self, argv, log_path, env, track_mem=False):
         self.t_start = time.monotonic()
         self.log = open(log_path, "ab")
         self.log.write(f"\n=== {time.strftime('%H:%M:%S')} {' '.join(argv)}\n".encode())
@@ -327,7 +328,23 @@ class Proc:
         self.pid = self.popen.pid
         self.t_exit = self.code = self.rusage = None
         self.done = threading.Event()
+        self.hwm_kb = None
         threading.Thread(target=self._wait, daemon=True).start()
+        if track_mem:
+            threading.Thread(target=self._track_mem, args=(os.path.basename(argv[0]),), daemon=True).start()
+
+    def _track_mem(self, name):
+        """Peak RSS (VmHWM) of the program itself. rusage's ru_maxrss would also count the
+        forked Python before exec, so the high-water mark is read from /proc until exit."""
+        while not self.done.is_set():
+            try:
+                with open(f"/proc/{self.pid}/status") as f:
+                    st = dict(line.split(":", 1) for line in f if ":" in line)
+                if st["Name"].strip() == name[:15] and "VmHWM" in st:
+                    self.hwm_kb = max(self.hwm_kb or 0, int(st["VmHWM"].split()[0]))
+            except (OSError, KeyError, ValueError):
+                pass
+            time.sleep(0.002)
 
     def _wait(self):
         _, status, rusage = os.wait4(self.pid, 0)
@@ -381,7 +398,7 @@ def baseline_env(name, port, key):
 
 
 def start_agent_sync(cfg, logname):
-    return Proc([AGENT, "--config", cfg["path"], "sync"], os.path.join(WORK, logname), tool_env())
+    return Proc([AGENT, "--config", cfg["path"], "sync"], os.path.join(WORK, logname), tool_env(), track_mem=True)
 
 
 def start_baseline(benv, logname):
@@ -517,7 +534,7 @@ def stage_cold(results):
                 p.wait(120)
                 if p.code != 0:
                     raise RuntimeError(f"cold {tool} exited {p.code}; see {p.log.name}")
-                rec.update(exit_s=p.t_exit - t0, cpu_s=p.cpu, maxrss_kb=p.rusage.ru_maxrss)
+                rec.update(exit_s=p.t_exit - t0, cpu_s=p.cpu, peak_rss_kb=p.hwm_kb)
             samples = prober.stop()
             t_ok = first_ok_after(samples, t0)
             version = next(v for t, ok, v, _ in samples if ok)
@@ -560,7 +577,7 @@ def stage_warm(results, sha, cfg, benv):
             wait_until("serving after warm run", 30, lambda: prober.seen_ok.is_set() and serving(port) == sha)
             time.sleep(0.3)
             samples = prober.stop()
-            rec = {"wall_s": p.wall, "cpu_s": p.cpu, "maxrss_kb": p.rusage.ru_maxrss}
+            rec = {"wall_s": p.wall, "cpu_s": p.cpu, "peak_rss_kb": p.hwm_kb}
             rec.update(gap_summary(samples, time.monotonic()))
             rec["requests"] = classify(proxy_requests(wall0, time.time(), "aws-sdk-rust" if tool == "agent" else "aws-cli"))
             runs[tool].append(rec)
@@ -797,6 +814,8 @@ def meta():
         "loadavg_start": open("/proc/loadavg").read().split()[:3],
         "runs": RUNS,
         "probe_every_ms": PROBE_EVERY * 1000,
+        "probe_timeout_s": PROBE_TIMEOUT,
+        "slow_s": SLOW,
     }
 
 

@@ -19,6 +19,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 source scripts/stack-env.sh
+export AWS_EC2_METADATA_DISABLED=true  # loopback only: no SDK ever falls back to IMDS
 venv=$BLOG_AGENT_STACK_DIR/bench-venv
 work=$BLOG_AGENT_STACK_DIR/bench
 results=$work/results.json

@@ -32,6 +32,10 @@ fi
 echo "== packaging" >&2
 bash scripts/package.sh
 
+# The packaged agent booted by cloud-init under a real systemd, end to end.
+echo "== boot e2e" >&2
+bash scripts/boot-e2e.sh
+
 # One closing line with the totals of both nextest runs.
 if [ -s "$summary" ]; then
   # nextest: "Summary [ 12.3s] 75 tests run: 75 passed, 0 skipped" (", N failed" when some fail)

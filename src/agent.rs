@@ -301,7 +301,7 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
             None => {
                 let resolve = environment::resolve(self.env_flag.as_deref(), &self.settings, &self.services.tags);
                 let env = shutdown.race(resolve).await??;
-                tracing::info!(env = %env.name, source = %env.source, "environment");
+                tracing::info!(env = %env.name, source = %env.source, "environment {} (from {})", env.name, env.source);
                 self.env = Some(env.clone());
                 env
             }
@@ -314,7 +314,7 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
         match shutdown.race(fetch).await?.map_err(SyncError::from) {
             Ok(Fetched::Changed(release)) => {
                 if self.desired.as_ref().map(|d| &d.sha) != Some(&release.sha) {
-                    tracing::info!(env = %env.name, sha = %release.sha, "desired release");
+                    tracing::info!(env = %env.name, sha = %release.sha, "desired release {} for {}", release.sha, env.name);
                 }
                 self.desired = Some(Desired { location, sha: release.sha, etag: release.etag });
             }

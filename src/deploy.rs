@@ -100,7 +100,7 @@ pub async fn ensure_image(
     if let Some(image) = engine.image(&desired.image, &repo).await? {
         return Ok((image, false));
     }
-    tracing::info!(image = %desired.image, "pulling");
+    tracing::info!(image = %desired.image, "pulling {}", desired.image);
     let creds_source = creds;
     let creds = shutdown.race(creds_source.credentials()).await??;
     let pull = engine.pull(
@@ -121,7 +121,7 @@ pub async fn ensure_image(
             return Err(e.into());
         }
     };
-    tracing::info!(image = %desired.image, digest = image.digest.as_deref().unwrap_or("unknown"), "pulled");
+    tracing::info!(image = %desired.image, digest = image.digest.as_deref().unwrap_or("unknown"), "pulled {}", desired.image);
     Ok((image, true))
 }
 

@@ -169,7 +169,7 @@ pub async fn sync_once<T: TagSource, R: ReleaseSource, C: CredentialSource>(
     };
     let span = tracing::info_span!("sync", env = %env.name, sha = %sha);
     let _entered = span.enter();
-    tracing::info!(env_source = %env.source, "desired release");
+    tracing::info!(env_source = %env.source, "desired release {sha} for {} (environment from {})", env.name, env.source);
     let desired = DesiredContainer::new(settings, &env.name, &sha);
     let report = |action, container_id, plan| SyncReport {
         environment: env.name.clone(),
@@ -364,7 +364,7 @@ async fn carry_out<T, R, C: CredentialSource>(
             Ok(Applied { action: Action::Restarted, container_id: current.id, digest })
         }
         Plan::Deploy { reason, .. } => {
-            tracing::info!(container = %desired.name, %reason, "deploying");
+            tracing::info!(container = %desired.name, %reason, "deploying {} as {}: {reason}", desired.sha, desired.name);
             let prepared = async {
                 let (image, pulled) =
                     deploy::ensure_image(engine, settings, desired, &services.credentials, shutdown).await?;
@@ -388,7 +388,7 @@ async fn carry_out<T, R, C: CredentialSource>(
                 }
             };
             let id = deploy::cut_over(engine, settings, desired, &digest, current.as_ref(), shutdown).await?;
-            tracing::info!(container = %desired.name, digest = %digest, "deployed and serving");
+            tracing::info!(container = %desired.name, digest = %digest, "deployed and serving: {} {}", desired.name, desired.sha);
             Ok(Applied { action: Action::Deployed { reason: reason.to_string(), pulled }, container_id: id, digest })
         }
     }

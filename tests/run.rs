@@ -348,5 +348,5 @@ fn ecr_down_with_nothing_serving_starts_the_last_known_good_version() {
     });
     host.wait_serves(&v1, SERVE);
     agent.wait_log("starting the last-known-good version", Duration::from_secs(5));
-    assert!(!agent.logs().contains(&format!("deployed and serving container={} digest", v2)));
+    assert!(!agent.logs().contains(&format!("deployed and serving: {} {v2}", host.container)));
 }
