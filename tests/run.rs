@@ -350,3 +350,35 @@ fn ecr_down_with_nothing_serving_starts_the_last_known_good_version() {
     agent.wait_log("starting the last-known-good version", Duration::from_secs(5));
     assert!(!agent.logs().contains(&format!("deployed and serving: {} {v2}", host.container)));
 }
+
+#[test]
+fn s3_errors_and_kms_denial_keep_the_site_up_and_are_logged_once() {
+    let mut host = Host::new("run_s3_errors");
+    let moto = PrivateMoto::start();
+    host.use_s3(moto.endpoint());
+    let v1 = host.release("good");
+    let proxy = CountingProxy::start(moto.port);
+    host.s3_endpoint = proxy.endpoint();
+    host.write_config(FAST);
+    let mut agent = host.start_agent(&[]);
+    host.wait_serves(&v1, SERVE);
+
+    // Throttling / 5xx: every retry has a new request id, still one warning.
+    proxy.fail(503, "SlowDown");
+    let failing_from = proxy.requests().len();
+    wait_for("several failed polls", SERVE, || (proxy.requests().len() >= failing_from + 4).then_some(()));
+    host.assert_serves(&v1);
+    let warnings = |text: &str| agent.logs().lines().filter(|l| l.contains("WARN") && l.contains(text)).count();
+    assert_eq!(warnings("cannot read s3://"), 1, "{}", agent.logs());
+
+    // KMS access denied (S3 reports it as AccessDenied): named, with the permission to add.
+    proxy.fail(403, "AccessDenied");
+    agent.wait_log("kms:Decrypt", SERVE);
+    host.assert_serves(&v1);
+    agent.assert_alive();
+
+    proxy.heal();
+    agent.wait_log("recovered", SERVE);
+    let v2 = host.release("good");
+    host.wait_serves(&v2, SERVE);
+}

@@ -152,6 +152,9 @@ impl SeenRequest {
 pub struct CountingProxy {
     pub port: u16,
     pub seen: Arc<Mutex<Vec<SeenRequest>>>,
+    /// When set, every request is answered with this (status, S3 error code) instead of
+    /// being forwarded: S3 throttling, 5xx, or KMS access denied, on demand.
+    pub fail_with: Arc<Mutex<Option<(u16, String)>>>,
 }
 
 impl CountingProxy {
@@ -159,14 +162,24 @@ impl CountingProxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let log = seen.clone();
+        let fail_with = Arc::new(Mutex::new(None));
+        let (log, fail) = (seen.clone(), fail_with.clone());
         std::thread::spawn(move || {
             for client in listener.incoming().flatten() {
-                let log = log.clone();
-                std::thread::spawn(move || proxy(client, upstream, &log));
+                let (log, fail) = (log.clone(), fail.clone());
+                std::thread::spawn(move || proxy(client, upstream, &log, &fail));
             }
         });
-        CountingProxy { port, seen }
+        CountingProxy { port, seen, fail_with }
+    }
+
+    /// Answers every request with `status` and S3 error `code` until [`Self::heal`].
+    pub fn fail(&self, status: u16, code: &str) {
+        *self.fail_with.lock().unwrap() = Some((status, code.to_owned()));
+    }
+
+    pub fn heal(&self) {
+        *self.fail_with.lock().unwrap() = None;
     }
 
     pub fn endpoint(&self) -> String {
@@ -178,9 +191,10 @@ impl CountingProxy {
     }
 }
 
-fn proxy(client: TcpStream, upstream: u16, log: &Mutex<Vec<SeenRequest>>) {
+fn proxy(client: TcpStream, upstream: u16, log: &Mutex<Vec<SeenRequest>>, fail: &Mutex<Option<(u16, String)>>) {
     let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else { return };
     let (mut server_read, client_write) = (server.try_clone().unwrap(), client.try_clone().unwrap());
+    let mut direct = client.try_clone().unwrap();
     std::thread::spawn(move || {
         let mut client_write = client_write;
         let _ = std::io::copy(&mut server_read, &mut client_write);
@@ -221,6 +235,18 @@ fn proxy(client: TcpStream, upstream: u16, log: &Mutex<Vec<SeenRequest>>) {
             path: parts.next().unwrap_or("").to_owned(),
             headers,
         });
+        if let Some((status, code)) = fail.lock().unwrap().clone() {
+            let xml = format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{code}</Code><Message>injected by the test</Message><RequestId>{}</RequestId></Error>", log.lock().unwrap().len());
+            let response = format!(
+                "HTTP/1.1 {status} Injected\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nx-amz-request-id: {}\r\n\r\n{xml}",
+                xml.len(),
+                log.lock().unwrap().len()
+            );
+            if direct.write_all(response.as_bytes()).is_err() {
+                return;
+            }
+            continue;
+        }
         if server.write_all(&head).and_then(|_| server.write_all(&body)).is_err() {
             return;
         }
