@@ -255,12 +255,14 @@ async fn dry_run(
             } else {
                 format!("get an ECR token and pull {}", desired.image)
             });
-            steps.push(format!(
-                "run {}-candidate (no published ports) and probe port {} path {} over the Docker bridge",
-                desired.name,
-                desired.probe_port(),
-                settings.health.url.path
-            ));
+            if current.is_some() {
+                steps.push(format!(
+                    "run {}-candidate (no published ports) and probe port {} path {} over the Docker bridge",
+                    desired.name,
+                    desired.probe_port(),
+                    settings.health.url.path
+                ));
+            }
             let ports: Vec<String> = desired.ports.iter().map(|p| p.to_string()).collect();
             if let Some(old) = &current {
                 let old_sha = old.labels.get(crate::spec::LABEL_SHA).map(String::as_str).unwrap_or("unknown");
@@ -369,7 +371,13 @@ async fn carry_out<T, R, C: CredentialSource>(
                 let (image, pulled) =
                     deploy::ensure_image(engine, settings, desired, &services.credentials, shutdown).await?;
                 let digest = image.digest.clone().unwrap_or_else(|| image.id.clone());
-                deploy::verify_candidate(engine, settings, desired, &digest, shutdown).await?;
+                // The candidate protects a serving version from a bad release. With nothing
+                // under the name there is nothing to protect: the real container is probed
+                // after it starts instead, and removed if it fails, which saves a whole
+                // container start on a cold host.
+                if current.is_some() {
+                    deploy::verify_candidate(engine, settings, desired, &digest, shutdown).await?;
+                }
                 Ok::<_, DeployError>((digest, pulled))
             }
             .await;

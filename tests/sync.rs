@@ -392,3 +392,15 @@ fn image_already_on_the_host_is_not_pulled_again() {
     let report: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
     assert_eq!(report["action"]["deployed"]["pulled"], false, "{report}");
 }
+
+#[test]
+fn bad_release_on_an_empty_host_leaves_no_container() {
+    let host = Host::new("cold_bad");
+    let text = std::fs::read_to_string(&host.config).unwrap().replace("timeout = \"10s\"", "timeout = \"3s\"");
+    std::fs::write(&host.config, text).unwrap();
+    host.release("http500");
+    let run = host.sync();
+    assert_code(&run, 1);
+    assert!(run.stderr.contains("HTTP 500") && run.stderr.contains("no previous container"), "{}", run.stderr);
+    assert!(host.containers().is_empty(), "{:?}", host.containers());
+}
