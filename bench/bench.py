@@ -17,6 +17,7 @@ import random
 import re
 import shutil
 import signal
+import statistics
 import socket
 import subprocess
 import sys
@@ -678,9 +679,13 @@ def read_proc(pid):
     with open(f"/proc/{pid}/status") as f:
         st = dict(line.split(":", 1) for line in f if ":" in line)
     with open(f"/proc/{pid}/schedstat") as f:
-        cpu_ns = int(f.read().split()[0])
+        cpu_ns = int(f.read().split()[0])  # main thread, nanoseconds
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    ticks = int(fields[11]) + int(fields[12])  # utime + stime of all threads, clock ticks
     kb = lambda k: int(st[k].split()[0])  # noqa: E731
-    return {"rss_kb": kb("VmRSS"), "hwm_kb": kb("VmHWM"), "threads": int(st["Threads"]), "cpu_ns": cpu_ns}
+    return {"rss_kb": kb("VmRSS"), "hwm_kb": kb("VmHWM"), "threads": int(st["Threads"]), "cpu_ns": cpu_ns,
+            "cpu_ticks_s": ticks / os.sysconf("SC_CLK_TCK")}
 
 
 def stage_drift(results, sha):
@@ -744,6 +749,7 @@ def stage_idle(results, cfg, sha):
         while time.monotonic() < deadline and not agent.done.is_set():
             s = read_proc(agent.pid)
             s["t"] = time.monotonic()
+            s["load1"] = float(open("/proc/loadavg").read().split()[0])
             samples.append(s)
             time.sleep(0.1)
         final = read_proc(agent.pid)
@@ -771,6 +777,9 @@ def stage_idle(results, cfg, sha):
         "rss_max_sampled_kb": max(s["rss_kb"] for s in samples),
         "threads": final["threads"],
         "cpu_total_s": final["cpu_ns"] / 1e9,
+        "cpu_total_all_threads_s": final["cpu_ticks_s"],
+        "load1_during": [min(s["load1"] for s in samples), statistics.median(s["load1"] for s in samples),
+                         max(s["load1"] for s in samples)],
         "first_pass": classify(first),
         "polls": len(idle_polls),
         "poll_requests": classify(idle_polls),
@@ -781,9 +790,19 @@ def stage_idle(results, cfg, sha):
         "sigterm_exit_s": agent.t_exit - t_term,
         "sigterm_exit_code": agent.code,
         "blog_still_serving_after_sigterm": still_serving,
+        "agent_warnings": [line.strip()[:300] for line in open(os.path.join(WORK, "idle-run.log"))
+                           if " WARN " in line or " ERROR " in line],
     }
     log(f"  idle: peak RSS {final['hwm_kb'] / 1024:.1f} MiB, {len(idle_polls)} polls, "
         f"{classify(idle_polls)}, CPU {final['cpu_ns'] / 1e9:.3f}s total")
+
+
+def dockerd_pid():
+    try:
+        with open("/var/run/docker.pid") as f:
+            return f.read().strip()
+    except OSError:
+        return None
 
 
 def meta():
@@ -812,6 +831,7 @@ def meta():
         "binary_bytes": st.st_size,
         "binary_file": sh(f"file -b {AGENT}"),
         "loadavg_start": open("/proc/loadavg").read().split()[:3],
+        "dockerd_pid_start": dockerd_pid(),
         "runs": RUNS,
         "probe_every_ms": PROBE_EVERY * 1000,
         "probe_timeout_s": PROBE_TIMEOUT,
@@ -843,6 +863,7 @@ def main():
         cleanup_docker()
         unpublish()
         results["meta"]["loadavg_end"] = open("/proc/loadavg").read().split()[:3]
+        results["meta"]["dockerd_pid_end"] = dockerd_pid()
         results["meta"]["bench_seconds"] = time.monotonic() - t_start
         with open(out_path, "w") as f:
             json.dump(results, f, indent=1)

@@ -5,6 +5,7 @@
 # PROFILE_RUNS runs (default 5). Same isolation as bench/run.sh: label blog-agent-bench=1,
 # repository 127.0.0.1:5000/blog-bench, loopback only.
 #   bash bench/profile-cold.sh
+# (bench/profile-swap.sh runs bench/profile_swap.py the same way: the cut-over of a release swap.)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -23,4 +24,4 @@ proxy_pid=$!
 trap 'kill $proxy_pid 2>/dev/null || true' EXIT
 for _ in $(seq 100); do [ -s "$work/proxy.port" ] && break; sleep 0.1; done
 PATH=$venv/bin:$PATH BENCH_AGENT=$agent BENCH_WORK=$work BENCH_PROXY_PORT=$(cat "$work/proxy.port") \
-BENCH_PROXY_LOG=$work/proxy.log "$venv/bin/python" bench/profile_cold.py
+BENCH_PROXY_LOG=$work/proxy.log "$venv/bin/python" "bench/${PROFILE_SCRIPT:-profile_cold.py}" "$@"

@@ -122,12 +122,16 @@ def main():
             pull = first(lambda w: "/images/create" in w)
             cand_create = first(lambda w: "POST /containers/create" in w and "candidate" in w)
             serve_create = first(lambda w: "POST /containers/create" in w and "candidate" not in w)
+            pull_end = pull[0] + pull[1]
             phases = {
                 "process start -> first request": first_call,
                 "before the pull (S3, inspect, ECR)": pull[0] - first_call,
                 "pull": pull[1],
-                "pull end -> candidate create": cand_create[0] - (pull[0] + pull[1]),
-                "candidate: create -> serving create (start, probe, remove)": serve_create[0] - cand_create[0],
+                # 0 when the agent runs no candidate (nothing was serving).
+                "candidate: create -> serving create (start, probe, remove)":
+                    serve_create[0] - cand_create[0] if cand_create else 0.0,
+                "other (pull end -> serving create, minus the candidate)":
+                    (cand_create[0] if cand_create else serve_create[0]) - pull_end,
                 "serving: create -> first HTTP 200": (t_ok - t0) * 1000 - serve_create[0],
                 "first HTTP 200 -> exit": (p.t_exit - t_ok) * 1000,
                 "total: first HTTP 200": (t_ok - t0) * 1000,
