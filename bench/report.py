@@ -252,9 +252,12 @@ def render(res, plot_name):
     w(f"| warnings the agent logged | {len(warns)}{': ' + '; '.join(x.split('Z ', 1)[-1][:120] for x in warns[:3]) if warns else ''} |")
     w(f"| SIGTERM → exit | {idle['sigterm_exit_s']:.3f} s, exit code {idle['sigterm_exit_code']}; blog still serving afterwards: {idle['blog_still_serving_after_sigterm']} |")
     w("")
-    w("CPU time on this VM is inflated when other jobs (or other VMs) compete for the cores: the kernel")
-    w("does not account steal time, so a poll preempted mid-way is charged the wait. On a quiet machine a poll")
-    w("cycle costs a few ms (the minimum above); the spread is that noise, not work the agent does.")
+    share = idle.get("cpu_total_all_threads_s", idle["cpu_total_s"]) / idle["seconds"] * 100
+    w(f"On average that is {share:.2f}% of one core. Per-poll CPU is the least stable figure here: on this")
+    w("shared VM single poll cycles have measured from under 1 ms to tens of ms between sessions, with the")
+    w("VM's own load low; read it as an order of magnitude. Where it goes (perf on a debug build): mostly the")
+    w("AWS SDK's per-request machinery for the S3 GET (runtime plugins, interceptors, SigV4 signing), then")
+    w("the four Docker inspects and the state files.")
     w("")
     w("The baseline keeps no process; converging on a schedule with it would mean re-running the script")
     w(f"(≈{med(b_warm):.1f} s, {med(col(warm['baseline'], 'cpu_s')) * 1000:.0f} ms of client CPU, "

@@ -71,7 +71,7 @@ pub async fn recover_interrupted(engine: &Engine, settings: &Settings, name: &st
             // Interrupted between starting the new version and proving it: prove it now.
             let url = &settings.health.url;
             let healthy = health::wait_healthy(&url.host, url.port, &url.path, settings.health.timeout, || {
-                still_running(engine, &new.id)
+                still_running(engine, &new.id, new.restart_count)
             })
             .await;
             match healthy {
@@ -163,15 +163,22 @@ async fn probe_candidate(
         };
         return Err(DeployError::CandidateUnhealthy { image: desired.image.clone(), probe });
     };
-    health::wait_healthy(&ip, desired.probe_port(), path, settings.health.timeout, || still_running(engine, id))
+    health::wait_healthy(&ip, desired.probe_port(), path, settings.health.timeout, || still_running(engine, id, 0))
         .await
         .map(|code| tracing::info!(image = %desired.image, status = code, "candidate answered"))
         .map_err(|probe| DeployError::CandidateUnhealthy { image: desired.image.clone(), probe })
 }
 
-/// `Err` with the exit status when the container is no longer running.
-async fn still_running(engine: &Engine, id: &str) -> Result<(), String> {
+/// `Err` with the exit status when the container is no longer running, or has crashed since
+/// `restarts_before`: under `unless-stopped` Docker reports a crash-looping container as
+/// running, so a rising restart count is how a crash shows during a probe.
+async fn still_running(engine: &Engine, id: &str, restarts_before: i64) -> Result<(), String> {
     match engine.container(id).await {
+        Ok(Some(c)) if c.status == "restarting" || c.restart_count > restarts_before => Err(format!(
+            "the container keeps crashing (Docker restarted it {} times, exit code {})",
+            c.restart_count - restarts_before,
+            c.exit_code.unwrap_or(-1)
+        )),
         Ok(Some(c)) if c.running => Ok(()),
         Ok(Some(c)) => Err(format!("the container is {} (exit code {})", c.status, c.exit_code.unwrap_or(-1))),
         Ok(None) => Err("container disappeared".into()),
@@ -216,7 +223,7 @@ pub async fn cut_over(
         Ok(()) => {
             let url = &settings.health.url;
             let probe = health::wait_healthy(&url.host, url.port, &url.path, settings.health.timeout, || {
-                still_running(engine, &new_id)
+                still_running(engine, &new_id, 0)
             });
             // On shutdown mid-probe the new version is unproven: put the old one back.
             shutdown
@@ -291,7 +298,7 @@ pub async fn restart(
     engine.start(&container.id).await?;
     let url = &settings.health.url;
     let probe = health::wait_healthy(&url.host, url.port, &url.path, settings.health.timeout, || {
-        still_running(engine, &container.id)
+        still_running(engine, &container.id, container.restart_count)
     });
     shutdown
         .race(probe)

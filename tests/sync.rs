@@ -404,3 +404,16 @@ fn bad_release_on_an_empty_host_leaves_no_container() {
     assert!(run.stderr.contains("HTTP 500") && run.stderr.contains("no previous container"), "{}", run.stderr);
     assert!(host.containers().is_empty(), "{:?}", host.containers());
 }
+
+#[test]
+fn crashing_release_on_an_empty_host_fails_fast() {
+    let host = Host::new("cold_crash");
+    host.release("crash");
+    let started = std::time::Instant::now();
+    let run = host.sync();
+    assert_code(&run, 1);
+    assert!(run.stderr.contains("crashing") || run.stderr.contains("exit code"), "{}", run.stderr);
+    // Detected by the crash, not by the 10 s health timeout (a generous bound, not a benchmark).
+    assert!(started.elapsed() < std::time::Duration::from_secs(9), "took {:?}", started.elapsed());
+    assert!(host.containers().is_empty(), "{:?}", host.containers());
+}
