@@ -14,7 +14,7 @@ use crate::engine::{ContainerInfo, Engine, EngineError, ImageInfo};
 use crate::health::{self, ProbeFailed};
 use crate::registry::{CredentialSource, RegistryError};
 use crate::shutdown::{Cancelled, Shutdown};
-use crate::spec::{DesiredContainer, LABEL_MANAGED};
+use crate::spec::DesiredContainer;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeployError {
@@ -43,22 +43,20 @@ fn aside(name: &str, suffix: &str) -> String {
     format!("{name}-{suffix}")
 }
 
-fn is_ours(c: &ContainerInfo) -> bool {
-    c.labels.get(LABEL_MANAGED).is_some_and(|v| v == "true")
-}
-
 /// Repairs what an interrupted deploy left behind, before anything is observed:
 /// stray candidates and un-started new containers are removed; a `-previous` with no
 /// `<name>` is the last serving version caught mid-cut-over, and is put back.
 /// Only containers carrying our label are touched.
 pub async fn recover_interrupted(engine: &Engine, settings: &Settings, name: &str) -> Result<(), EngineError> {
     for suffix in [CANDIDATE, NEXT] {
-        if let Some(c) = engine.container(&aside(name, suffix)).await?.filter(is_ours) {
+        if let Some(c) = engine.container(&aside(name, suffix)).await?.filter(ContainerInfo::is_managed) {
             tracing::info!(container = %c.name, "removing leftover from an interrupted deploy");
             engine.remove(&c.id).await?;
         }
     }
-    let Some(prev) = engine.container(&aside(name, PREVIOUS)).await?.filter(is_ours) else { return Ok(()) };
+    let Some(prev) = engine.container(&aside(name, PREVIOUS)).await?.filter(ContainerInfo::is_managed) else {
+        return Ok(());
+    };
     match engine.container(name).await? {
         None => {
             tracing::warn!(container = %name, "restoring the previous version left aside by an interrupted deploy");
@@ -135,7 +133,7 @@ pub async fn verify_candidate(
     shutdown: &Shutdown,
 ) -> Result<(), DeployError> {
     let name = aside(&desired.name, CANDIDATE);
-    if let Some(stale) = engine.container(&name).await?.filter(is_ours) {
+    if let Some(stale) = engine.container(&name).await?.filter(ContainerInfo::is_managed) {
         engine.remove(&stale.id).await?;
     }
     let id = engine.create(&name, desired, digest, "candidate", false).await?;
@@ -198,7 +196,7 @@ pub async fn cut_over(
 ) -> Result<String, DeployError> {
     let name = &desired.name;
     let next_name = aside(name, NEXT);
-    if let Some(stale) = engine.container(&next_name).await?.filter(is_ours) {
+    if let Some(stale) = engine.container(&next_name).await?.filter(ContainerInfo::is_managed) {
         engine.remove(&stale.id).await?;
     }
     // Created before the old one stops, so the gap is only stop + rename + start.

@@ -55,11 +55,16 @@ pub struct ContainerInfo {
 }
 
 impl ContainerInfo {
+    /// Carries blog-agent's `managed` label: ours to replace, restore or remove.
+    pub fn is_managed(&self) -> bool {
+        self.labels.get(LABEL_MANAGED).is_some_and(|v| v == "true")
+    }
+
     /// The reconcile view of this container.
     pub fn observed(&self) -> crate::reconcile::Observed {
         crate::reconcile::Observed {
             id: self.id.clone(),
-            managed: self.labels.get(LABEL_MANAGED).is_some_and(|v| v == "true"),
+            managed: self.is_managed(),
             sha: self.labels.get(LABEL_SHA).cloned(),
             spec_hash: self.labels.get(LABEL_SPEC_HASH).cloned(),
             running: self.running,
@@ -81,6 +86,16 @@ pub struct Engine {
     docker: Docker,
     /// Draw pull progress on stderr (a person at a terminal ran `sync`).
     show_progress: bool,
+}
+
+/// Registry credentials in the form the Engine API takes (sent as a header, never logged).
+fn docker_auth(registry: &str, creds: &RegistryCredentials) -> DockerCredentials {
+    DockerCredentials {
+        username: Some(creds.username.clone()),
+        password: Some(creds.password.expose().to_owned()),
+        serveraddress: Some(registry.to_owned()),
+        ..Default::default()
+    }
 }
 
 fn is_not_found(e: &BollardError) -> bool {
@@ -132,12 +147,7 @@ impl Engine {
         registry: &str,
         creds: &RegistryCredentials,
     ) -> Result<String, EngineError> {
-        let auth = DockerCredentials {
-            username: Some(creds.username.clone()),
-            password: Some(creds.password.expose().to_owned()),
-            serveraddress: Some(registry.to_owned()),
-            ..Default::default()
-        };
+        let auth = docker_auth(registry, creds);
         bounded("inspect registry image", reference, self.docker.inspect_registry_image(reference, Some(auth)))
             .await?
             .map(|d| d.descriptor.digest.unwrap_or_default())
@@ -217,12 +227,7 @@ impl Engine {
         timeout: Duration,
     ) -> Result<ImageInfo, EngineError> {
         let reference = format!("{repository}:{tag}");
-        let auth = DockerCredentials {
-            username: Some(creds.username.clone()),
-            password: Some(creds.password.expose().to_owned()),
-            serveraddress: Some(registry.to_owned()),
-            ..Default::default()
-        };
+        let auth = docker_auth(registry, creds);
         let options = CreateImageOptions {
             from_image: Some(repository.to_owned()),
             tag: Some(tag.to_owned()),

@@ -9,7 +9,7 @@ use crate::engine::Engine;
 use crate::environment;
 use crate::imds::TagSource;
 use crate::release::{Fetched, ReleaseSource};
-use crate::spec::{LABEL_DIGEST, LABEL_MANAGED, LABEL_SHA};
+use crate::spec::{LABEL_DIGEST, LABEL_SHA};
 use crate::state::{LastPass, Pause, State};
 use crate::sync::release_location;
 
@@ -123,7 +123,7 @@ pub async fn gather(
                 status.container = Some(ContainerStatus {
                     name: c.name.clone(),
                     id: c.id.clone(),
-                    managed: c.labels.get(LABEL_MANAGED).is_some_and(|v| v == "true"),
+                    managed: c.is_managed(),
                     sha: c.labels.get(LABEL_SHA).cloned(),
                     digest: c.labels.get(LABEL_DIGEST).cloned(),
                     state: c.status.clone(),

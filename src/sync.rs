@@ -203,7 +203,7 @@ pub async fn hold_if_paused(
     let running = engine
         .container(&settings.container.name)
         .await?
-        .filter(|c| c.observed().managed)
+        .filter(|c| c.is_managed())
         .and_then(|c| c.labels.get(crate::spec::LABEL_SHA).cloned());
     let last_good = State::load(&settings.agent.state_dir).last_good.filter(|g| g.environment == env).map(|g| g.sha);
     let held = reconcile::paused_target(running.as_deref(), pause.pinned_sha.as_deref(), last_good.as_deref())
@@ -386,7 +386,7 @@ async fn carry_out<T, R, C: CredentialSource>(
                 Err(e) => {
                     // The new version cannot be had; a stopped old one of ours is still better
                     // than nothing.
-                    if let Some(old) = current.as_ref().filter(|c| !c.running && c.observed().managed) {
+                    if let Some(old) = current.as_ref().filter(|c| !c.running && c.is_managed()) {
                         tracing::warn!(container = %old.name, "new version unavailable; starting the stopped previous one");
                         if let Err(start) = engine.start(&old.id).await {
                             tracing::warn!(container = %old.name, error = %start, "could not start it");

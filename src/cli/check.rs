@@ -13,7 +13,6 @@ use crate::environment::{self, EnvSource};
 use crate::imds::Imds;
 use crate::registry::{CredentialSource, Ecr};
 use crate::release::{Fetched, ReleaseError, ReleaseSource, S3Releases};
-use crate::spec::LABEL_MANAGED;
 use crate::sync::release_location;
 
 #[derive(Debug, Args)]
@@ -148,12 +147,9 @@ async fn check_registry(r: &mut Report, settings: &Settings, sdk: &aws_config::S
 
 async fn check_ports(r: &mut Report, settings: &Settings, engine: Option<&Engine>) {
     let ours = match engine {
-        Some(engine) => engine
-            .container(&settings.container.name)
-            .await
-            .ok()
-            .flatten()
-            .filter(|c| c.running && c.labels.get(LABEL_MANAGED).is_some_and(|v| v == "true")),
+        Some(engine) => {
+            engine.container(&settings.container.name).await.ok().flatten().filter(|c| c.running && c.is_managed())
+        }
         None => None,
     };
     for p in &settings.container.ports {
