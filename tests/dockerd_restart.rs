@@ -19,7 +19,7 @@ fn agent_reconnects_after_dockerd_restarts() {
     host.write_config("[reconcile]\ninterval = \"5m\"\njitter = \"0s\"\n");
     let v1 = host.release("good");
     let mut agent = host.start_agent(&[]);
-    host.wait_serves(&v1, Duration::from_secs(30));
+    host.wait_deployed(&v1, Duration::from_secs(30));
 
     let status = Command::new("pkill").args(["-TERM", "-x", "dockerd"]).status().unwrap();
     assert!(status.success(), "no dockerd process to restart");
@@ -30,8 +30,8 @@ fn agent_reconnects_after_dockerd_restarts() {
 
     agent.wait_log("Docker is back", Duration::from_secs(60));
     agent.assert_alive();
-    host.wait_serves(&v1, Duration::from_secs(30));
+    host.wait_deployed(&v1, Duration::from_secs(30));
     // Events flow again: a removed container is repaired long before the 5 minute poll.
     docker_ok(&["rm", "-f", &host.container]);
-    host.wait_serves(&v1, Duration::from_secs(15));
+    host.wait_deployed(&v1, Duration::from_secs(15));
 }

@@ -15,7 +15,7 @@ fn sync_sha_deploys_and_pauses_until_resume() {
     let v1 = host.release("good");
     let pinned = host.publish("good");
     let mut agent = host.start_agent(&[]);
-    host.wait_serves(&v1, Duration::from_secs(30));
+    host.wait_deployed(&v1, Duration::from_secs(30));
 
     let run = host.agent(&["--env", "staging", "sync", "--sha", &pinned]);
     assert_eq!(run.code, 0, "{}", run.output());
@@ -26,7 +26,7 @@ fn sync_sha_deploys_and_pauses_until_resume() {
     let v3 = host.release("good");
     agent.wait_log("paused", Duration::from_secs(15));
     docker_ok(&["rm", "-f", &host.container]);
-    host.wait_serves(&pinned, Duration::from_secs(15));
+    host.wait_deployed(&pinned, Duration::from_secs(15));
     host.assert_serves(&pinned);
     agent.assert_alive();
 
@@ -39,7 +39,7 @@ fn sync_sha_deploys_and_pauses_until_resume() {
 
     let run = host.agent(&["resume"]);
     assert_eq!(run.code, 0, "{}", run.output());
-    host.wait_serves(&v3, Duration::from_secs(30));
+    host.wait_deployed(&v3, Duration::from_secs(30));
 }
 
 #[test]

@@ -31,9 +31,9 @@ fn new_sha_in_s3_is_served_within_an_interval() {
     host.write_config(FAST);
     let v1 = host.release("good");
     let mut agent = host.start_agent(&[]);
-    host.wait_serves(&v1, SERVE);
+    host.wait_deployed(&v1, SERVE);
     let v2 = host.release("good");
-    host.wait_serves(&v2, SERVE);
+    host.wait_deployed(&v2, SERVE);
     agent.assert_alive();
     host.assert_only_the_serving_container();
 }
@@ -44,9 +44,9 @@ fn removed_container_is_back_within_seconds() {
     host.write_config(SLOW);
     let v1 = host.release("good");
     let mut agent = host.start_agent(&[]);
-    host.wait_serves(&v1, SERVE);
+    host.wait_deployed(&v1, SERVE);
     docker_ok(&["rm", "-f", &host.container]);
-    host.wait_serves(&v1, Duration::from_secs(10));
+    host.wait_deployed(&v1, Duration::from_secs(10));
     agent.wait_log("container event", Duration::from_secs(5));
     agent.assert_alive();
 }
@@ -57,13 +57,13 @@ fn stopped_container_is_started_again() {
     host.write_config(SLOW);
     let v1 = host.release("good");
     let _agent = host.start_agent(&[]);
-    host.wait_serves(&v1, SERVE);
+    host.wait_deployed(&v1, SERVE);
     let (id, ..) = host.container_state().unwrap();
     docker_ok(&["stop", "-t", "1", &host.container]);
     wait_for("container running again", Duration::from_secs(15), || {
         host.container_state().filter(|(i, running, _)| *i == id && *running).map(drop)
     });
-    host.wait_serves(&v1, Duration::from_secs(5));
+    host.wait_deployed(&v1, Duration::from_secs(5));
 }
 
 #[test]
@@ -72,7 +72,7 @@ fn sigterm_leaves_the_site_up_and_a_foreign_container_is_replaced() {
     host.write_config(SLOW);
     let v1 = host.release("good");
     let mut agent = host.start_agent(&[]);
-    host.wait_serves(&v1, SERVE);
+    host.wait_deployed(&v1, SERVE);
     agent.signal("TERM");
     assert_eq!(agent.wait_exit(Duration::from_secs(5)), 0, "{}", agent.logs());
     host.assert_serves(&v1);
@@ -86,7 +86,7 @@ fn sigterm_leaves_the_site_up_and_a_foreign_container_is_replaced() {
     assert_eq!(host.label("io.blog-agent.managed"), "");
     let _agent = host.start_agent(&[]);
     wait_for("foreign container replaced", SERVE, || (host.label("io.blog-agent.managed") == "true").then_some(()));
-    host.wait_serves(&v1, SERVE);
+    host.wait_deployed(&v1, SERVE);
 }
 
 #[test]
@@ -95,7 +95,7 @@ fn sighup_applies_a_port_change_and_ignores_a_broken_config() {
     host.write_config(SLOW);
     let v1 = host.release("good");
     let mut agent = host.start_agent(&[]);
-    host.wait_serves(&v1, SERVE);
+    host.wait_deployed(&v1, SERVE);
 
     std::fs::write(&host.config, "[container]\nnmae = \"typo\"\n").unwrap();
     agent.signal("HUP");
@@ -107,7 +107,7 @@ fn sighup_applies_a_port_change_and_ignores_a_broken_config() {
     host.port = free_port();
     host.write_config(SLOW);
     agent.signal("HUP");
-    host.wait_serves(&v1, SERVE);
+    host.wait_deployed(&v1, SERVE);
     assert!(http_get(old_port, "/").is_none(), "old port released");
     host.assert_only_the_serving_container();
 }
@@ -120,7 +120,7 @@ fn s3_outage_keeps_the_site_up_and_the_agent_recovers() {
     host.write_config(FAST);
     let v1 = host.release("good");
     let mut agent = host.start_agent(&[]);
-    host.wait_serves(&v1, SERVE);
+    host.wait_deployed(&v1, SERVE);
 
     moto.stop();
     agent.wait_log("cannot read s3://", Duration::from_secs(15));
@@ -132,7 +132,7 @@ fn s3_outage_keeps_the_site_up_and_the_agent_recovers() {
     moto.restart(); // empty: CI publishes again
     host.create_bucket();
     let v2 = host.release("good");
-    host.wait_serves(&v2, SERVE);
+    host.wait_deployed(&v2, SERVE);
     agent.wait_log("recovered", Duration::from_secs(5));
 }
 
@@ -145,13 +145,13 @@ fn registry_outage_during_a_rollout_keeps_the_old_version_until_it_returns() {
     let v1 = host.release("good");
     let v2 = host.publish("good");
     let _agent = host.start_agent(&[]);
-    host.wait_serves(&v1, SERVE);
+    host.wait_deployed(&v1, SERVE);
 
     registry.stop();
     host.put_release("staging", &v2);
     assert_keeps_serving(&host, &v1, Duration::from_secs(4));
     registry.restart();
-    host.wait_serves(&v2, SERVE);
+    host.wait_deployed(&v2, SERVE);
 }
 
 #[test]
@@ -160,12 +160,12 @@ fn crash_looping_release_is_rolled_back_with_backoff() {
     host.write_config(FAST);
     let v1 = host.release("good");
     let agent = host.start_agent(&[]);
-    host.wait_serves(&v1, SERVE);
+    host.wait_deployed(&v1, SERVE);
     // Serves long enough to pass both probes, then exits: Docker restarts it again and again.
     let bad = host.release("flaky");
     host.wait_serves(&bad, SERVE);
     agent.wait_log("crash loop", Duration::from_secs(60));
-    host.wait_serves(&v1, SERVE);
+    host.wait_deployed(&v1, SERVE);
     let logs = agent.logs();
     assert!(logs.contains("next try in"), "{logs}");
     // Quarantined: the bad release is not redeployed on the next polls.
@@ -178,7 +178,7 @@ fn sigterm_during_a_pull_exits_promptly_and_leaves_the_site_up() {
     host.write_config(FAST);
     let v1 = host.release("good");
     let mut agent = host.start_agent(&[]);
-    host.wait_serves(&v1, SERVE);
+    host.wait_deployed(&v1, SERVE);
 
     let hanging = HangingRegistry::start();
     host.registry = format!("127.0.0.1:{}", hanging.port);
@@ -239,7 +239,7 @@ fn idle_agent_makes_only_conditional_s3_gets_and_no_ecr_calls() {
     host.s3_endpoint = proxy.endpoint();
     host.write_config(FAST);
     let _agent = host.start_agent(&[]);
-    host.wait_serves(&v1, SERVE);
+    host.wait_deployed(&v1, SERVE);
     let is_ecr = |r: &common::services::SeenRequest| {
         r.header("x-amz-target").is_some_and(|t| t.contains("GetAuthorizationToken"))
     };
@@ -265,14 +265,14 @@ fn restart_with_s3_down_starts_the_last_known_good_version() {
     host.write_config(FAST);
     let v1 = host.release("good");
     let mut agent = host.start_agent(&[]);
-    host.wait_serves(&v1, SERVE);
+    host.wait_deployed(&v1, SERVE);
     agent.signal("TERM");
     assert_eq!(agent.wait_exit(Duration::from_secs(5)), 0);
 
     docker_ok(&["rm", "-f", &host.container]);
     moto.stop();
     let agent = host.start_agent(&[]);
-    host.wait_serves(&v1, SERVE);
+    host.wait_deployed(&v1, SERVE);
     assert!(agent.logs().contains("last-known-good"), "{}", agent.logs());
 }
 
@@ -282,13 +282,13 @@ fn sync_by_hand_while_run_is_active() {
     host.write_config(FAST);
     let v1 = host.release("good");
     let mut agent = host.start_agent(&[]);
-    host.wait_serves(&v1, SERVE);
+    host.wait_deployed(&v1, SERVE);
     let v2 = host.release("good");
     for _ in 0..3 {
         let run = host.sync();
         assert_eq!(run.code, 0, "{}", run.output());
     }
-    host.wait_serves(&v2, SERVE);
+    host.wait_deployed(&v2, SERVE);
     agent.assert_alive();
     host.assert_only_the_serving_container();
 }
@@ -304,7 +304,7 @@ fn environment_tag_added_after_boot_is_picked_up() {
     agent.wait_log("not found in instance metadata", SERVE);
     agent.assert_alive();
     imds.set_tag("Environment", "staging");
-    host.wait_serves(&v1, SERVE);
+    host.wait_deployed(&v1, SERVE);
 }
 
 #[test]
@@ -315,7 +315,7 @@ fn old_images_are_pruned_keeping_the_previous_ones() {
     let mut shas = Vec::new();
     for _ in 0..4 {
         let sha = host.release("good");
-        host.wait_serves(&sha, SERVE);
+        host.wait_deployed(&sha, SERVE);
         shas.push(sha);
     }
     let filter = format!("reference={}/{}:*", host.registry, host.repo);
@@ -336,7 +336,7 @@ fn ecr_down_with_nothing_serving_starts_the_last_known_good_version() {
     host.write_config(FAST);
     let v1 = host.release("good");
     let mut agent = host.start_agent(&[]);
-    host.wait_serves(&v1, SERVE);
+    host.wait_deployed(&v1, SERVE);
     agent.signal("TERM");
     assert_eq!(agent.wait_exit(Duration::from_secs(5)), 0);
 
@@ -346,7 +346,7 @@ fn ecr_down_with_nothing_serving_starts_the_last_known_good_version() {
     let agent = host.start_agent_with(&[], |cmd| {
         cmd.env("AWS_ENDPOINT_URL_ECR", "http://127.0.0.1:9");
     });
-    host.wait_serves(&v1, SERVE);
+    host.wait_deployed(&v1, SERVE);
     agent.wait_log("starting the last-known-good version", Duration::from_secs(5));
     assert!(!agent.logs().contains(&format!("deployed and serving: {} {v2}", host.container)));
 }
@@ -361,7 +361,7 @@ fn s3_errors_and_kms_denial_keep_the_site_up_and_are_logged_once() {
     host.s3_endpoint = proxy.endpoint();
     host.write_config(FAST);
     let mut agent = host.start_agent(&[]);
-    host.wait_serves(&v1, SERVE);
+    host.wait_deployed(&v1, SERVE);
 
     // Throttling / 5xx: every retry has a new request id, still one warning.
     proxy.fail(503, "SlowDown");
@@ -380,5 +380,5 @@ fn s3_errors_and_kms_denial_keep_the_site_up_and_are_logged_once() {
     proxy.heal();
     agent.wait_log("recovered", SERVE);
     let v2 = host.release("good");
-    host.wait_serves(&v2, SERVE);
+    host.wait_deployed(&v2, SERVE);
 }

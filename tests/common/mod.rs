@@ -463,6 +463,27 @@ impl Host {
     }
 }
 
+impl Host {
+    /// Waits until the deploy of `sha` has *finished*, not just until the page answers: the
+    /// port serves it, no candidate or `-previous` container is left, and the state file
+    /// records it as last-known-good. The new container serves while the agent still probes
+    /// it, so a test that signals, removes or reconfigures right after the first 200 would
+    /// race the end of the pass (CI showed both: a SIGTERM that interrupted the probe, and a
+    /// `-previous` container still present).
+    pub fn wait_deployed(&self, sha: &str, timeout: Duration) {
+        let state = self.state_dir().join("state.json");
+        wait_for(&format!("{sha} deployed on port {} (serving, alone, recorded)", self.port), timeout, || {
+            let serves = self.page().is_some_and(|(status, body)| status == 200 && body.contains(sha));
+            let alone = self.containers() == [self.container.clone()];
+            let recorded = std::fs::read_to_string(&state)
+                .ok()
+                .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+                .is_some_and(|v| v["last_good"]["sha"] == sha);
+            (serves && alone && recorded).then_some(())
+        });
+    }
+}
+
 impl Drop for Host {
     fn drop(&mut self) {
         remove_labelled(&self.id);
