@@ -10,6 +10,10 @@
 # BENCH_IDLE_SECONDS (idle footprint window, default 300), BENCH_AGENT (binary to measure,
 # default the static release binary scripts/package.sh builds).
 #
+# Sets docker0's ARP retransmit time (net.ipv4.neigh.docker0.retrans_time_ms) to what the
+# package installs, and to the kernel default for part of the swap stage; puts the value it found
+# back at the end.
+#
 # Needs root and the local stack (started here: scripts/stack-up.sh is idempotent). Installs
 # awscli, boto3 and matplotlib from PyPI into .stack/bench-venv. Touches only containers
 # labelled blog-agent-bench=1 and images of 127.0.0.1:5000/blog-bench (removed at the start and
@@ -50,6 +54,10 @@ if [ "${BENCH_RUNS:-5}" -lt 5 ]; then
   echo "bench: note: BENCH_RUNS=${BENCH_RUNS} (< 5): fine for a try, not for docs/BENCHMARKS.md" >&2
 fi
 bash scripts/stack-up.sh
+if [ ! -w /proc/sys/net/ipv4/neigh/docker0/retrans_time_ms ]; then
+  echo "bench: cannot set docker0's ARP retransmit time (needs root, docker0, writable /proc/sys)" >&2
+  exit 1
+fi
 ensure_venv
 rm -rf "$work"
 mkdir -p "$work"

@@ -56,6 +56,8 @@ for page in blog-agent blog-agent-sync blog-agent-run blog-agent-status blog-age
   grep -qE "^/usr/share/man/man1/$page\.1(\.gz)?$" <<<"$deb_list" && grep -qx "/usr/share/man/man1/$page.1" <<<"$rpm_list" \
     && ok "both packages ship man page $page(1)" || fail "man page $page(1) missing from a package"
 done
+grep -qx /usr/lib/sysctl.d/60-blog-agent.conf <<<"$deb_list" && grep -qx /usr/lib/sysctl.d/60-blog-agent.conf <<<"$rpm_list" \
+  && ok "both packages ship the docker0 ARP setting (sysctl.d)" || fail "sysctl.d/60-blog-agent.conf missing from a package"
 grep -qE '^/(usr/)?lib/systemd/system/blog-agent.service$' <<<"$deb_list" && ok ".deb ships the systemd unit" || fail ".deb lacks the unit"
 grep -qx /usr/lib/systemd/system/blog-agent.service <<<"$rpm_list" && ok ".rpm ships the systemd unit" || fail ".rpm lacks the unit"
 
@@ -71,9 +73,21 @@ rpm_scripts=$(rpm -qp --scripts "$rpmfile" 2>/dev/null)
 grep -q "systemctl enable blog-agent.service" <<<"$rpm_scripts" && ok ".rpm %post enables the unit" || fail ".rpm %post"
 grep -q "disable --now blog-agent.service" <<<"$rpm_scripts" && ok ".rpm %preun stops and disables it" || fail ".rpm %preun"
 grep -q "try-restart blog-agent.service" <<<"$rpm_scripts" && ok ".rpm %postun restarts it on upgrade" || fail ".rpm %postun"
+grep -q "systemd-sysctl --prefix=/net/ipv4/neigh/docker0" <<<"$rpm_scripts" && ok ".rpm %post applies the docker0 setting" || fail ".rpm %post lacks the sysctl"
+
+# The install script applies the docker0 ARP setting at once. Put the kernel default back
+# first, so the check below proves the package set it, not an earlier run.
+arp=/proc/sys/net/ipv4/neigh/docker0/retrans_time_ms
+arp_writable=false
+if [ -w "$arp" ]; then arp_writable=true; echo 1000 >"$arp"; fi
 
 # Install the .deb here and run it from the installed path.
 dpkg -i "$deb" >/dev/null
+if $arp_writable; then
+  [ "$(cat "$arp")" = 100 ] && ok "installed: docker0 ARP retransmit is 100 ms" || fail "postinst did not apply the docker0 setting ($(cat "$arp") ms)"
+else
+  echo "package: skipped the docker0 ARP check (no docker0, or /proc/sys read-only)" >&2
+fi
 /usr/bin/blog-agent --version >/dev/null && ok "installed: $(/usr/bin/blog-agent --version)" || fail "installed --version"
 for sub in sync run status check pause resume; do
   /usr/bin/blog-agent "$sub" --help | grep -q "Example:" && ok "installed: blog-agent $sub --help" || fail "$sub --help"

@@ -487,7 +487,9 @@ impl Host {
 impl Drop for Host {
     fn drop(&mut self) {
         remove_labelled(&self.id);
-        let filter = format!("reference={}/{}:*", self.registry, self.repo);
+        // Any registry: a test may have pointed the host at another one (a private or hanging
+        // registry) after pulling from the shared one.
+        let filter = format!("reference=*/{}:*", self.repo);
         let images = docker(&["images", "-q", "--filter", &filter]);
         for id in String::from_utf8_lossy(&images.stdout).split_whitespace() {
             let _ = docker(&["rmi", "-f", id]);
