@@ -174,6 +174,9 @@ def render(res, plot_name):
     w("## Release swap")
     w("")
     slow_ms = m["slow_s"] * 1000
+    w("Before each run, every benchmark container is removed and the tool deploys version A (not measured), so")
+    w("its container is the only one on docker0, as on a host: at cut-over the bridge loses its only port,")
+    w("which is what makes the ARP stall below show (with another container on docker0 it mostly does not).")
     w("The host serves version A; the prober starts a GET every 10 ms (each on its own connection, without")
     w(f"waiting for earlier ones; {m['probe_timeout_s']:.0f} s timeout); a new SHA B (not on the host yet) is written to S3")
     w("and the tool runs at once (blog-agent: `sync`, the path `run` takes on its next poll).")

@@ -308,6 +308,37 @@ fn environment_tag_added_after_boot_is_picked_up() {
 }
 
 #[test]
+fn slow_instance_metadata_at_boot_is_waited_out() {
+    let mut host = Host::new("run_slow_imds");
+    // Every IMDS answer comes after the agent's read timeout: a metadata service still busy at boot.
+    let imds = FakeImds::start(&[("Environment", "staging")]);
+    imds.set_delay(Duration::from_secs(4));
+    host.imds_endpoint = Some(imds.endpoint.clone());
+    host.write_config(FAST);
+    let v1 = host.release("good");
+    let mut agent = host.start_agent_raw(&[], |_| {});
+    agent.wait_log("instance metadata", SERVE);
+    agent.assert_alive();
+    assert!(host.containers().is_empty(), "nothing is deployed before the environment is known");
+    imds.set_delay(Duration::ZERO);
+    host.wait_deployed(&v1, SERVE);
+    agent.assert_alive();
+}
+
+#[test]
+fn sigint_stops_like_sigterm_and_leaves_the_site_up() {
+    let host = Host::new("run_sigint");
+    host.write_config(SLOW);
+    let v1 = host.release("good");
+    let mut agent = host.start_agent(&[]);
+    host.wait_deployed(&v1, SERVE);
+    agent.signal("INT");
+    assert_eq!(agent.wait_exit(Duration::from_secs(5)), 0, "{}", agent.logs());
+    host.assert_serves(&v1);
+    host.assert_only_the_serving_container();
+}
+
+#[test]
 fn old_images_are_pruned_keeping_the_previous_ones() {
     let host = Host::new("run_prune");
     host.write_config("[reconcile]\ninterval = \"1s\"\njitter = \"0s\"\nkeep_images = 1\n");

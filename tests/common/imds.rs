@@ -7,6 +7,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 const TOKEN: &str = "test-imds-token";
 
@@ -14,6 +15,8 @@ pub struct FakeImds {
     pub endpoint: String,
     tags: Arc<Mutex<HashMap<String, String>>>,
     pub tag_reads: Arc<AtomicUsize>,
+    /// How long every answer is held back: an instance whose metadata service is slow at boot.
+    delay: Arc<Mutex<Duration>>,
 }
 
 impl FakeImds {
@@ -22,14 +25,19 @@ impl FakeImds {
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
         let tags = Arc::new(Mutex::new(tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()));
         let tag_reads = Arc::new(AtomicUsize::new(0));
-        let (t, r) = (tags.clone(), tag_reads.clone());
+        let delay = Arc::new(Mutex::new(Duration::ZERO));
+        let (t, r, d) = (tags.clone(), tag_reads.clone(), delay.clone());
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
-                let (t, r) = (t.clone(), r.clone());
-                std::thread::spawn(move || serve(stream, &t, &r));
+                let (t, r, d) = (t.clone(), r.clone(), d.clone());
+                std::thread::spawn(move || serve(stream, &t, &r, &d));
             }
         });
-        FakeImds { endpoint, tags, tag_reads }
+        FakeImds { endpoint, tags, tag_reads, delay }
+    }
+
+    pub fn set_delay(&self, delay: Duration) {
+        *self.delay.lock().unwrap() = delay;
     }
 
     pub fn set_tag(&self, key: &str, value: &str) {
@@ -37,7 +45,7 @@ impl FakeImds {
     }
 }
 
-fn serve(stream: TcpStream, tags: &Mutex<HashMap<String, String>>, tag_reads: &AtomicUsize) {
+fn serve(stream: TcpStream, tags: &Mutex<HashMap<String, String>>, tag_reads: &AtomicUsize, delay: &Mutex<Duration>) {
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut out = stream;
     loop {
@@ -81,6 +89,8 @@ fn serve(stream: TcpStream, tags: &Mutex<HashMap<String, String>>, tag_reads: &A
         } else {
             (404, String::new(), String::new())
         };
+        let hold = *delay.lock().unwrap();
+        std::thread::sleep(hold);
         let reason = match status {
             200 => "OK",
             400 => "Bad Request",
