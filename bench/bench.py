@@ -778,7 +778,7 @@ def stage_drift(results, sha):
     return cfg
 
 
-def stage_drift_baseline(results, state):
+def stage_drift_baseline(state):
     log("drift, baseline (observed 10 s)")
     s = state["baseline"]
     alone_serving("baseline", s, s["current"])
@@ -790,7 +790,7 @@ def stage_drift_baseline(results, state):
     time.sleep(10)
     samples = prober.stop()
     t_ok = first_ok_after(samples, t_rm)
-    results["drift"]["baseline"] = {"observed_s": 10.0, "repaired_s": None if t_ok is None else t_ok - t_rm}
+    return {"observed_s": 10.0, "repaired_s": None if t_ok is None else t_ok - t_rm}
 
 
 def stage_idle(results, cfg, sha):
@@ -917,8 +917,9 @@ def main():
         sha, cfg, benv = stage_cold(results)
         stage_warm(results, sha, cfg, benv)
         state = stage_swap(results)
-        run_cfg = stage_drift(results, sha)
-        stage_drift_baseline(results, state)
+        drift_baseline = stage_drift_baseline(state)
+        run_cfg = stage_drift(results, sha)  # its `run` container is the idle stage's host
+        results["drift"]["baseline"] = drift_baseline
         stage_idle(results, run_cfg, sha)
     finally:
         set_arp_ms(arp_before)
