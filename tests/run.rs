@@ -317,7 +317,7 @@ fn slow_instance_metadata_at_boot_is_waited_out() {
     host.write_config(FAST);
     let v1 = host.release("good");
     let mut agent = host.start_agent_raw(&[], |_| {});
-    agent.wait_log("instance metadata", SERVE);
+    agent.wait_log("instance metadata unreachable", SERVE);
     agent.assert_alive();
     assert!(host.containers().is_empty(), "nothing is deployed before the environment is known");
     imds.set_delay(Duration::ZERO);
