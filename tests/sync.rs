@@ -382,6 +382,44 @@ fn an_interrupted_cut_over_is_repaired_by_the_next_sync() {
 }
 
 #[test]
+fn an_interrupted_cut_over_to_an_unhealthy_version_restores_the_previous_one() {
+    let host = Host::new("interrupted_bad");
+    let text = std::fs::read_to_string(&host.config).unwrap().replace("timeout = \"10s\"", "timeout = \"3s\"");
+    std::fs::write(&host.config, text).unwrap();
+    let sha = host.release("good");
+    assert_code(&host.sync(), 0);
+    let (id, ..) = host.container_state().unwrap();
+    // As if the agent died after starting the new version and before proving it: the old one
+    // stopped and set aside as -previous, a new one (serving HTTP 500) under the name.
+    docker_ok(&["stop", "-t", "1", &host.container]);
+    docker_ok(&["rename", &host.container, &format!("{}-previous", host.container)]);
+    let broken = host.image(&host.publish("http500"));
+    docker_ok(&["pull", "-q", &broken]);
+    let port = format!("127.0.0.1:{}:80", host.port);
+    let label = format!("{TEST_LABEL}={}", host.id);
+    docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        &host.container,
+        "-p",
+        &port,
+        "--label",
+        &label,
+        "--label",
+        "io.blog-agent.managed=true",
+        &broken,
+    ]);
+
+    let run = host.sync();
+    assert_code(&run, 0);
+    assert!(run.stderr.contains("unhealthy; restoring the previous one"), "{}", run.stderr);
+    assert_eq!(host.container_state().unwrap().0, id, "the previous container itself is back");
+    host.assert_serves(&sha);
+    host.assert_only_the_serving_container();
+}
+
+#[test]
 fn image_already_on_the_host_is_not_pulled_again() {
     let host = Host::new("no_repull");
     host.release("good");
