@@ -31,8 +31,7 @@ fn sync_sha_deploys_and_pauses_until_resume() {
     agent.assert_alive();
 
     // The pause survives an agent restart.
-    agent.signal("TERM");
-    assert_eq!(agent.wait_exit(Duration::from_secs(5)), 0);
+    agent.stop_with("TERM");
     let agent = host.start_agent(&[]);
     agent.wait_log("paused", Duration::from_secs(15));
     host.assert_serves(&pinned);

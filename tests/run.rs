@@ -66,16 +66,22 @@ fn stopped_container_is_started_again() {
     host.wait_deployed(&v1, Duration::from_secs(5));
 }
 
-#[test]
-fn sigterm_leaves_the_site_up_and_a_foreign_container_is_replaced() {
-    let host = Host::new("run_foreign");
+/// Deploys a release with `run`, then stops the agent with `signal`: it must exit 0 and leave
+/// the blog serving. Returns the host and the version it serves.
+fn deploy_then_stop_with(name: &str, signal: &str) -> (Host, String) {
+    let host = Host::new(name);
     host.write_config(SLOW);
     let v1 = host.release("good");
     let mut agent = host.start_agent(&[]);
     host.wait_deployed(&v1, SERVE);
-    agent.signal("TERM");
-    assert_eq!(agent.wait_exit(Duration::from_secs(5)), 0, "{}", agent.logs());
+    agent.stop_with(signal);
     host.assert_serves(&v1);
+    (host, v1)
+}
+
+#[test]
+fn sigterm_leaves_the_site_up_and_a_foreign_container_is_replaced() {
+    let (host, v1) = deploy_then_stop_with("run_foreign", "TERM");
 
     // Someone runs the blog by hand under the agent's name: same image, none of our labels.
     docker_ok(&["rm", "-f", &host.container]);
@@ -186,8 +192,7 @@ fn sigterm_during_a_pull_exits_promptly_and_leaves_the_site_up() {
     agent.signal("HUP");
     agent.wait_log("pulling", SERVE);
     let sent = Instant::now();
-    agent.signal("TERM");
-    assert_eq!(agent.wait_exit(Duration::from_secs(5)), 0, "{}", agent.logs());
+    agent.stop_with("TERM");
     assert!(sent.elapsed() < Duration::from_secs(5));
     host.assert_serves(&v1);
 }
@@ -266,8 +271,7 @@ fn restart_with_s3_down_starts_the_last_known_good_version() {
     let v1 = host.release("good");
     let mut agent = host.start_agent(&[]);
     host.wait_deployed(&v1, SERVE);
-    agent.signal("TERM");
-    assert_eq!(agent.wait_exit(Duration::from_secs(5)), 0);
+    agent.stop_with("TERM");
 
     docker_ok(&["rm", "-f", &host.container]);
     moto.stop();
@@ -327,14 +331,7 @@ fn slow_instance_metadata_at_boot_is_waited_out() {
 
 #[test]
 fn sigint_stops_like_sigterm_and_leaves_the_site_up() {
-    let host = Host::new("run_sigint");
-    host.write_config(SLOW);
-    let v1 = host.release("good");
-    let mut agent = host.start_agent(&[]);
-    host.wait_deployed(&v1, SERVE);
-    agent.signal("INT");
-    assert_eq!(agent.wait_exit(Duration::from_secs(5)), 0, "{}", agent.logs());
-    host.assert_serves(&v1);
+    let (host, _) = deploy_then_stop_with("run_sigint", "INT");
     host.assert_only_the_serving_container();
 }
 
@@ -368,8 +365,7 @@ fn ecr_down_with_nothing_serving_starts_the_last_known_good_version() {
     let v1 = host.release("good");
     let mut agent = host.start_agent(&[]);
     host.wait_deployed(&v1, SERVE);
-    agent.signal("TERM");
-    assert_eq!(agent.wait_exit(Duration::from_secs(5)), 0);
+    agent.stop_with("TERM");
 
     // A reboot-like start: no container, S3 names a version not on disk, ECR unreachable.
     docker_ok(&["rm", "-f", &host.container]);

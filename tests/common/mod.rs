@@ -436,6 +436,12 @@ impl AgentProcess {
         }
     }
 
+    /// Sends `signal` and asserts the agent exits 0 within 5 s, as systemd expects of a stop.
+    pub fn stop_with(&mut self, signal: &str) {
+        self.signal(signal);
+        assert_eq!(self.wait_exit(Duration::from_secs(5)), 0, "{}", self.logs());
+    }
+
     pub fn assert_alive(&mut self) {
         assert!(self.child.try_wait().unwrap().is_none(), "agent exited:\n{}", self.logs());
     }
