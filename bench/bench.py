@@ -10,6 +10,7 @@ own (127.0.0.1:5000/blog-bench) and are removed at the end too. All loops are bo
 """
 
 import base64
+import contextlib
 import http.client
 import json
 import os
@@ -895,15 +896,41 @@ def meta():
     }
 
 
-def main():
+def setup_s3():
+    """The S3 client for setup writes (straight to moto) and the benchmark bucket; the scratch
+    Docker config dir the baseline script logs in with."""
     global S3
-    out_path = sys.argv[1]
     os.makedirs(os.path.join(WORK, "docker-config"), exist_ok=True)
     S3 = boto3.client("s3", endpoint_url=MOTO)
     try:
         S3.head_bucket(Bucket=BUCKET)
     except Exception:  # noqa: BLE001
         S3.create_bucket(Bucket=BUCKET)
+
+
+@contextlib.contextmanager
+def docker_traced():
+    """Runs bench/dockertrace.py for the block; yields (socket, log): a client with
+    DOCKER_HOST=unix://socket has each Engine API call logged. On the way out, also removes this
+    run's containers, images and registry tags."""
+    sock, log_path = os.path.join(WORK, "docker.sock"), os.path.join(WORK, "docker-trace.log")
+    open(log_path, "w").close()
+    tracer = subprocess.Popen([sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "dockertrace.py"),
+                               sock, log_path])
+    try:
+        wait_until("tracer socket", 10, lambda: os.path.exists(sock))
+        cleanup_docker()
+        yield sock, log_path
+    finally:
+        cleanup_docker()
+        unpublish()
+        tracer.terminate()
+        tracer.wait(10)
+
+
+def main():
+    out_path = sys.argv[1]
+    setup_s3()
     t_start = time.monotonic()
     results = {"meta": meta()}
     cleanup_docker()

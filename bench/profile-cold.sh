@@ -9,19 +9,14 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-source scripts/stack-env.sh
-export AWS_EC2_METADATA_DISABLED=true  # loopback only: no SDK ever falls back to IMDS
-venv=$BLOG_AGENT_STACK_DIR/bench-venv
+source bench/lib.sh
 work=$BLOG_AGENT_STACK_DIR/bench-profile
 agent=${BENCH_AGENT:-$root/target/x86_64-unknown-linux-musl/release/blog-agent}
 [ -x "$agent" ] || { echo "profile: no binary at $agent" >&2; exit 1; }
 bash scripts/stack-up.sh
-"$venv/bin/python" -c 'import awscli, boto3' 2>/dev/null || { python3 -m venv "$venv"; "$venv/bin/pip" install -q awscli boto3 matplotlib; }
+ensure_venv
 rm -rf "$work"; mkdir -p "$work"
-: >"$work/proxy.log"
-setsid "$venv/bin/python" bench/proxy.py "$MOTO_PORT" "$work/proxy.log" "$work/proxy.port" >"$work/proxy.err" 2>&1 </dev/null &
-proxy_pid=$!
-trap 'kill $proxy_pid 2>/dev/null || true' EXIT
-for _ in $(seq 100); do [ -s "$work/proxy.port" ] && break; sleep 0.1; done
-PATH=$venv/bin:$PATH BENCH_AGENT=$agent BENCH_WORK=$work BENCH_PROXY_PORT=$(cat "$work/proxy.port") \
+trap '[ -z "${proxy_pid:-}" ] || kill "$proxy_pid" 2>/dev/null || true' EXIT
+start_proxy "$work"
+PATH=$venv/bin:$PATH BENCH_AGENT=$agent BENCH_WORK=$work BENCH_PROXY_PORT=$proxy_port \
 BENCH_PROXY_LOG=$work/proxy.log "$venv/bin/python" "bench/${PROFILE_SCRIPT:-profile_cold.py}" "$@"

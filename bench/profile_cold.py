@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 
@@ -52,21 +51,9 @@ def phase_of(e, name):
 
 
 def main():
-    trace_sock = os.path.join(B.WORK, "docker.sock")
-    trace_log = os.path.join(B.WORK, "docker-trace.log")
-    open(trace_log, "w").close()
-    tracer = subprocess.Popen([sys.executable, os.path.join(os.path.dirname(__file__), "dockertrace.py"),
-                               trace_sock, trace_log])
-    os.makedirs(os.path.join(B.WORK, "docker-config"), exist_ok=True)
-    B.S3 = __import__("boto3").client("s3", endpoint_url=B.MOTO)
-    try:
-        B.S3.head_bucket(Bucket=B.BUCKET)
-    except Exception:  # noqa: BLE001
-        B.S3.create_bucket(Bucket=B.BUCKET)
-    B.wait_until("tracer socket", 10, lambda: os.path.exists(trace_sock))
-    B.cleanup_docker()
+    B.setup_s3()
     summary = {}
-    try:
+    with B.docker_traced() as (trace_sock, trace_log):
         sha = B.publish()
         key = "bench/profile.txt"
         B.put_release(key, sha)
@@ -141,11 +128,6 @@ def main():
         print(f"\n== phases, median of {RUNS} runs (min-max), ms")
         for k, v in summary.items():
             print(f"  {k:62s} {statistics.median(v):7.0f}  ({min(v):.0f}-{max(v):.0f})")
-    finally:
-        B.cleanup_docker()
-        B.unpublish()
-        tracer.terminate()
-        tracer.wait(10)
 
 
 if __name__ == "__main__":

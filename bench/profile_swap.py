@@ -9,7 +9,6 @@ when the prober saw the old version stop answering and the new one answer.
 
 import json
 import os
-import subprocess
 import sys
 import time
 
@@ -21,18 +20,8 @@ RUNS = int(os.environ.get("PROFILE_RUNS", "2"))
 
 def main():
     settings = sys.argv[1:] or ["3s", "0s"]
-    B.S3 = __import__("boto3").client("s3", endpoint_url=B.MOTO)
-    try:
-        B.S3.head_bucket(Bucket=B.BUCKET)
-    except Exception:  # noqa: BLE001
-        B.S3.create_bucket(Bucket=B.BUCKET)
-    os.makedirs(os.path.join(B.WORK, "docker-config"), exist_ok=True)
-    sock, tlog = os.path.join(B.WORK, "docker.sock"), os.path.join(B.WORK, "docker-trace.log")
-    open(tlog, "w").close()
-    tracer = subprocess.Popen([sys.executable, os.path.join(os.path.dirname(__file__), "dockertrace.py"), sock, tlog])
-    B.wait_until("tracer socket", 10, lambda: os.path.exists(sock))
-    B.cleanup_docker()
-    try:
+    B.setup_s3()
+    with B.docker_traced() as (sock, tlog):
         for stop in settings:
             a, b = B.publish(), B.publish()
             key, port = f"bench/profile-swap-{stop}.txt", B.free_port()
@@ -76,11 +65,6 @@ def main():
                 for at, what in sorted(events):
                     print(f"  {at:8.0f} ms  {what}")
                 old = new
-    finally:
-        B.cleanup_docker()
-        B.unpublish()
-        tracer.terminate()
-        tracer.wait(10)
 
 
 if __name__ == "__main__":

@@ -22,21 +22,11 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-source scripts/stack-env.sh
-export AWS_EC2_METADATA_DISABLED=true  # loopback only: no SDK ever falls back to IMDS
-venv=$BLOG_AGENT_STACK_DIR/bench-venv
+source bench/lib.sh
 work=$BLOG_AGENT_STACK_DIR/bench
 results=$work/results.json
 doc=docs/BENCHMARKS.md
 plot=docs/benchmarks-swap-gap.png
-
-ensure_venv() {
-  if ! "$venv/bin/python" -c 'import awscli, boto3, matplotlib' 2>/dev/null; then
-    echo "bench: installing awscli, boto3, matplotlib into $venv" >&2
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install -q awscli boto3 matplotlib
-  fi
-}
 
 if [ "${1:-}" = "--report-only" ]; then
   ensure_venv
@@ -62,22 +52,16 @@ ensure_venv
 rm -rf "$work"
 mkdir -p "$work"
 
-# The counting proxy in front of moto: both tools reach S3 and ECR through it.
-: >"$work/proxy.log"
-setsid "$venv/bin/python" bench/proxy.py "$MOTO_PORT" "$work/proxy.log" "$work/proxy.port" \
-  >"$work/proxy.err" 2>&1 </dev/null &
-proxy_pid=$!
 cleanup() {
-  kill "$proxy_pid" 2>/dev/null || true
+  [ -z "${proxy_pid:-}" ] || kill "$proxy_pid" 2>/dev/null || true
   ids=$(docker ps -aq --filter label=blog-agent-bench=1)
   [ -z "$ids" ] || docker rm -f $ids >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
-for _ in $(seq 100); do [ -s "$work/proxy.port" ] && break; sleep 0.1; done
-[ -s "$work/proxy.port" ] || { echo "bench: the counting proxy did not start" >&2; cat "$work/proxy.err" >&2; exit 1; }
+start_proxy "$work"
 
 PATH=$venv/bin:$PATH \
-BENCH_AGENT=$agent BENCH_WORK=$work BENCH_PROXY_PORT=$(cat "$work/proxy.port") BENCH_PROXY_LOG=$work/proxy.log \
+BENCH_AGENT=$agent BENCH_WORK=$work BENCH_PROXY_PORT=$proxy_port BENCH_PROXY_LOG=$work/proxy.log \
   "$venv/bin/python" bench/bench.py "$results"
 "$venv/bin/python" bench/report.py "$results" "$doc" "$plot"
 echo "bench: done in $((SECONDS - started)) s: $doc, $plot (raw results and logs: $work)" >&2
