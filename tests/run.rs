@@ -234,15 +234,22 @@ fn notify_socket_gets_ready_status_watchdog_and_stopping() {
     assert_eq!(agent.wait_exit(Duration::from_secs(5)), 0);
 }
 
-#[test]
-fn idle_agent_makes_only_conditional_s3_gets_and_no_ecr_calls() {
-    let mut host = Host::new("run_idle");
+/// A host whose S3 is a private moto seen through a counting proxy (which can also fail on
+/// demand), with one release in it. The moto is returned so it lives as long as the test.
+fn host_with_counted_s3(name: &str) -> (Host, PrivateMoto, CountingProxy, String) {
+    let mut host = Host::new(name);
     let moto = PrivateMoto::start();
     host.use_s3(moto.endpoint());
     let v1 = host.release("good");
     let proxy = CountingProxy::start(moto.port);
     host.s3_endpoint = proxy.endpoint();
     host.write_config(FAST);
+    (host, moto, proxy, v1)
+}
+
+#[test]
+fn idle_agent_makes_only_conditional_s3_gets_and_no_ecr_calls() {
+    let (host, _moto, proxy, v1) = host_with_counted_s3("run_idle");
     let _agent = host.start_agent(&[]);
     host.wait_deployed(&v1, SERVE);
     let is_ecr = |r: &common::services::SeenRequest| {
@@ -380,13 +387,7 @@ fn ecr_down_with_nothing_serving_starts_the_last_known_good_version() {
 
 #[test]
 fn s3_errors_and_kms_denial_keep_the_site_up_and_are_logged_once() {
-    let mut host = Host::new("run_s3_errors");
-    let moto = PrivateMoto::start();
-    host.use_s3(moto.endpoint());
-    let v1 = host.release("good");
-    let proxy = CountingProxy::start(moto.port);
-    host.s3_endpoint = proxy.endpoint();
-    host.write_config(FAST);
+    let (host, _moto, proxy, v1) = host_with_counted_s3("run_s3_errors");
     let mut agent = host.start_agent(&[]);
     host.wait_deployed(&v1, SERVE);
 
