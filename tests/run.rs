@@ -67,21 +67,21 @@ fn stopped_container_is_started_again() {
 }
 
 /// Deploys a release with `run`, then stops the agent with `signal`: it must exit 0 and leave
-/// the blog serving. Returns the host and the version it serves.
-fn deploy_then_stop_with(name: &str, signal: &str) -> (Host, String) {
-    let host = Host::new(name);
-    host.write_config(SLOW);
+/// the blog serving. Returns the version it serves.
+fn deploy_then_stop_with(host: &Host, signal: &str) -> String {
     let v1 = host.release("good");
     let mut agent = host.start_agent(&[]);
     host.wait_deployed(&v1, SERVE);
     agent.stop_with(signal);
     host.assert_serves(&v1);
-    (host, v1)
+    v1
 }
 
 #[test]
 fn sigterm_leaves_the_site_up_and_a_foreign_container_is_replaced() {
-    let (host, v1) = deploy_then_stop_with("run_foreign", "TERM");
+    let host = Host::new("run_foreign");
+    host.write_config(SLOW);
+    let v1 = deploy_then_stop_with(&host, "TERM");
 
     // Someone runs the blog by hand under the agent's name: same image, none of our labels.
     docker_ok(&["rm", "-f", &host.container]);
@@ -275,10 +275,7 @@ fn restart_with_s3_down_starts_the_last_known_good_version() {
     let mut moto = PrivateMoto::start();
     host.use_s3(moto.endpoint());
     host.write_config(FAST);
-    let v1 = host.release("good");
-    let mut agent = host.start_agent(&[]);
-    host.wait_deployed(&v1, SERVE);
-    agent.stop_with("TERM");
+    let v1 = deploy_then_stop_with(&host, "TERM");
 
     docker_ok(&["rm", "-f", &host.container]);
     moto.stop();
@@ -338,7 +335,9 @@ fn slow_instance_metadata_at_boot_is_waited_out() {
 
 #[test]
 fn sigint_stops_like_sigterm_and_leaves_the_site_up() {
-    let (host, _) = deploy_then_stop_with("run_sigint", "INT");
+    let host = Host::new("run_sigint");
+    host.write_config(SLOW);
+    deploy_then_stop_with(&host, "INT");
     host.assert_only_the_serving_container();
 }
 
@@ -369,10 +368,7 @@ fn old_images_are_pruned_keeping_the_previous_ones() {
 fn ecr_down_with_nothing_serving_starts_the_last_known_good_version() {
     let host = Host::new("run_ecr_down");
     host.write_config(FAST);
-    let v1 = host.release("good");
-    let mut agent = host.start_agent(&[]);
-    host.wait_deployed(&v1, SERVE);
-    agent.stop_with("TERM");
+    let v1 = deploy_then_stop_with(&host, "TERM");
 
     // A reboot-like start: no container, S3 names a version not on disk, ECR unreachable.
     docker_ok(&["rm", "-f", &host.container]);
