@@ -330,7 +330,7 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
         let target = match &self.desired {
             Some(d) => d.sha.clone(),
             // S3 unreachable (or bad) before we ever read it: keep serving the last-known-good.
-            None => match state.last_good.as_ref().filter(|g| g.environment == env.name) {
+            None => match state.last_good_in(&env.name) {
                 Some(good) => {
                     let sha = Sha::parse(&good.sha).map_err(|e| SyncError::Unhealthy {
                         container: self.settings.container.name.clone(),
@@ -381,11 +381,8 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
             Ok(current) => current.is_none_or(|c| !c.running),
             Err(_) => false,
         };
-        let fallback = state
-            .last_good
-            .as_ref()
-            .filter(|g| g.environment == env.name && g.sha != target.as_str())
-            .and_then(|g| Sha::parse(&g.sha).ok());
+        let fallback =
+            state.last_good_in(&env.name).filter(|g| g.sha != target.as_str()).and_then(|g| Sha::parse(&g.sha).ok());
         let (true, Some(fallback)) = (dark, fallback) else { return Err(failure) };
         tracing::warn!(env = %env.name, sha = %fallback, "cannot deploy {target} and nothing serves: starting the last-known-good version ({failure})");
         let desired = DesiredContainer::new(&self.settings, &env.name, &fallback);

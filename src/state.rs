@@ -57,6 +57,12 @@ impl State {
         write_atomically(dir, FILE, &serde_json::to_vec_pretty(self).expect("state serializes"))
     }
 
+    /// The last-known-good version if it was recorded for `environment`: a host moved to
+    /// another environment must not fall back to the old one's release.
+    pub fn last_good_in(&self, environment: &str) -> Option<&GoodRelease> {
+        self.last_good.as_ref().filter(|g| g.environment == environment)
+    }
+
     /// Records `release` as serving healthily. Returns whether anything changed.
     pub fn record_good(&mut self, release: GoodRelease) -> bool {
         match &mut self.last_good {
@@ -90,6 +96,15 @@ mod tests {
         assert!(s.record_good(good("bbbbbbb")));
         assert_eq!(s.last_good.as_ref().unwrap().sha, "bbbbbbb");
         assert_eq!(s.previous_good.as_ref().unwrap().sha, "aaaaaaa");
+    }
+
+    #[test]
+    fn last_good_counts_only_in_its_environment() {
+        let mut s = State::default();
+        s.record_good(good("aaaaaaa"));
+        let env = s.last_good.as_ref().unwrap().environment.clone();
+        assert_eq!(s.last_good_in(&env).map(|g| g.sha.as_str()), Some("aaaaaaa"));
+        assert!(s.last_good_in("some-other-env").is_none());
     }
 
     #[test]

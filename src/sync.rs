@@ -205,8 +205,9 @@ pub async fn hold_if_paused(
         .await?
         .filter(|c| c.is_managed())
         .and_then(|c| c.labels.get(crate::spec::LABEL_SHA).cloned());
-    let last_good = State::load(&settings.agent.state_dir).last_good.filter(|g| g.environment == env).map(|g| g.sha);
-    let held = reconcile::paused_target(running.as_deref(), pause.pinned_sha.as_deref(), last_good.as_deref())
+    let state = State::load(&settings.agent.state_dir);
+    let last_good = state.last_good_in(env).map(|g| g.sha.as_str());
+    let held = reconcile::paused_target(running.as_deref(), pause.pinned_sha.as_deref(), last_good)
         .and_then(|s| Sha::parse(s).ok());
     match held {
         Some(held) if held != wanted => {
