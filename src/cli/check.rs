@@ -90,13 +90,16 @@ pub async fn run(cli: &Cli, _args: &CheckArgs) -> Result<(), Failure> {
         None => r.fail("aws credentials", "no provider: attach an instance role"),
     }
 
+    // One connection serves the registry check (Docker asks the registry for us) and the
+    // Docker and port checks below.
+    let engine = Engine::connect().await;
     if let Some(env) = &env {
         let location = release_location(&settings, &env.name);
         match S3Releases::new(&sdk).fetch(&location, None).await {
             Ok(Fetched::Changed(release)) => {
                 r.ok("s3 object", &location);
                 r.ok("release sha", &release.sha);
-                check_registry(&mut r, &settings, &sdk, &release.sha.to_string()).await;
+                check_registry(&mut r, &settings, &sdk, engine.as_ref().ok(), &release.sha.to_string()).await;
             }
             Ok(Fetched::Unchanged) => r.ok("s3 object", &location),
             Err(e @ ReleaseError::Invalid { .. }) => {
@@ -109,13 +112,13 @@ pub async fn run(cli: &Cli, _args: &CheckArgs) -> Result<(), Failure> {
         r.skip("s3 object", "environment unknown");
     }
 
-    match Engine::connect().await {
+    match &engine {
         Ok(engine) => {
             r.ok("docker", format!("reachable, API {}", engine.api_version()));
-            check_ports(&mut r, &settings, Some(&engine)).await;
+            check_ports(&mut r, &settings, Some(engine)).await;
         }
         Err(e) => {
-            r.fail("docker", &e);
+            r.fail("docker", e);
             check_ports(&mut r, &settings, None).await;
         }
     }
@@ -127,7 +130,13 @@ pub async fn run(cli: &Cli, _args: &CheckArgs) -> Result<(), Failure> {
     }
 }
 
-async fn check_registry(r: &mut Report, settings: &Settings, sdk: &aws_config::SdkConfig, sha: &str) {
+async fn check_registry(
+    r: &mut Report,
+    settings: &Settings,
+    sdk: &aws_config::SdkConfig,
+    engine: Option<&Engine>,
+    sha: &str,
+) {
     let creds = match Ecr::new(sdk).credentials().await {
         Ok(c) => {
             r.ok("ecr token", "obtained");
@@ -135,7 +144,7 @@ async fn check_registry(r: &mut Report, settings: &Settings, sdk: &aws_config::S
         }
         Err(e) => return r.fail("ecr token", e),
     };
-    let Ok(engine) = Engine::connect().await else {
+    let Some(engine) = engine else {
         return r.skip("registry", "Docker unreachable (it asks the registry on our behalf)");
     };
     let reference = settings.image.repository.reference(sha);
