@@ -137,7 +137,11 @@ pub struct HealthUrl {
 
 impl fmt::Display for HealthUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "http://{}:{}{}", self.host, self.port, self.path)
+        if self.host.contains(':') {
+            write!(f, "http://[{}]:{}{}", self.host, self.port, self.path)
+        } else {
+            write!(f, "http://{}:{}{}", self.host, self.port, self.path)
+        }
     }
 }
 
@@ -280,18 +284,43 @@ impl Validator<'_> {
         })
     }
 
+    /// A timeout: a zero one would fail every attempt at once, so it is refused.
+    fn timeout(
+        &self,
+        key: &str,
+        raw: Option<String>,
+        default: Duration,
+        example: &str,
+    ) -> Result<Duration, ConfigError> {
+        let value = self.duration(key, raw, default)?;
+        if value.is_zero() {
+            return Err(self.invalid(key, "0s", format!("must be longer than zero, e.g. \"{example}\"")));
+        }
+        Ok(value)
+    }
+
     fn settings(&self, raw: RawConfig) -> Result<Settings, ConfigError> {
         let environment = self.environment(raw.environment)?;
         let release = self.release(raw.release, &environment)?;
         let image = ImageSettings {
             repository: self.repository(raw.image.repository)?,
-            pull_timeout: self.duration("[image] pull_timeout", raw.image.pull_timeout, Duration::from_secs(600))?,
+            pull_timeout: self.timeout(
+                "[image] pull_timeout",
+                raw.image.pull_timeout,
+                Duration::from_secs(600),
+                "10m",
+            )?,
         };
         let container = self.container(raw.container)?;
-        let health = self.health(raw.health)?;
+        let health = self.health(raw.health, &container.ports)?;
         let agent = AgentSettings {
             state_dir: PathBuf::from(raw.agent.state_dir.unwrap_or_else(|| "/var/lib/blog-agent".into())),
-            lock_timeout: self.duration("[agent] lock_timeout", raw.agent.lock_timeout, Duration::from_secs(300))?,
+            lock_timeout: self.timeout(
+                "[agent] lock_timeout",
+                raw.agent.lock_timeout,
+                Duration::from_secs(300),
+                "5m",
+            )?,
         };
         if !agent.state_dir.is_absolute() {
             return Err(self.invalid(
@@ -323,8 +352,13 @@ impl Validator<'_> {
             }
         }
         let tag = raw.tag.unwrap_or_else(|| "Environment".into());
-        if tag.trim().is_empty() || tag.contains('/') {
-            return Err(self.invalid("[environment] tag", &tag, "expected an EC2 tag key such as \"Environment\""));
+        if !valid_imds_tag_key(&tag) {
+            return Err(self.invalid(
+                "[environment] tag",
+                &tag,
+                "expected an EC2 tag key readable over instance metadata, such as \"Environment\": \
+                 1-128 letters, digits and + - = . , _ : @ (no spaces or /, not \".\", \"..\" or \"_index\")",
+            ));
         }
         if let Some(name) = &raw.name {
             if !allowed.contains(name) {
@@ -407,6 +441,21 @@ impl Validator<'_> {
                 "expected a Docker container name: letters, digits, '_', '.', '-'",
             ));
         }
+        if name.len() < 2 {
+            return Err(self.invalid(
+                "[container] name",
+                &name,
+                "Docker container names are at least 2 characters, e.g. \"blog\"",
+            ));
+        }
+        if name.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(self.invalid(
+                "[container] name",
+                &name,
+                "a name of hex digits only (0-9, a-f) can match another container's ID prefix when Docker \
+                 looks it up; include a character outside 0-9a-f, e.g. \"blog\"",
+            ));
+        }
         let raw_ports = raw.ports.unwrap_or_else(|| vec!["80:80".into()]);
         if raw_ports.is_empty() {
             return Err(self.invalid("[container] ports", "[]", "publish at least one port, e.g. [\"80:80\"]"));
@@ -416,6 +465,17 @@ impl Validator<'_> {
             let port = parse_port_mapping(p).ok_or_else(|| {
                 self.invalid(&format!("[container] ports[{i}]"), p, "expected \"HOST_PORT:CONTAINER_PORT\" or \"IP:HOST_PORT:CONTAINER_PORT\", e.g. \"80:80\" or \"127.0.0.1:8080:80\"")
             })?;
+            if let Some(earlier) = ports.iter().find(|q| same_host_socket(q, &port)) {
+                return Err(self.invalid(
+                    &format!("[container] ports[{i}]"),
+                    p,
+                    format!(
+                        "host port {} is already published by \"{earlier}\"; each host address and port can be \
+                         published once",
+                        port.host_port
+                    ),
+                ));
+            }
             ports.push(port);
         }
         let env = raw.env.unwrap_or_default();
@@ -434,23 +494,64 @@ impl Validator<'_> {
                 ));
             }
         }
+        // Docker takes whole seconds: "500ms" would silently become 0, an immediate SIGKILL.
+        // "0s" says so on purpose (e.g. for a server that ignores SIGTERM) and is kept.
         let stop_timeout = self.duration("[container] stop_timeout", raw.stop_timeout, Duration::from_secs(3))?;
+        if stop_timeout.subsec_nanos() != 0 {
+            return Err(self.invalid(
+                "[container] stop_timeout",
+                &humantime::format_duration(stop_timeout).to_string(),
+                "must be at least 1s and a whole number of seconds (Docker counts seconds), e.g. \"3s\"; \
+                 \"0s\" sends SIGKILL at once",
+            ));
+        }
         Ok(ContainerSettings { name, ports, env, labels, stop_timeout })
     }
 
-    fn health(&self, raw: RawHealth) -> Result<HealthSettings, ConfigError> {
+    fn health(&self, raw: RawHealth, ports: &[PortMapping]) -> Result<HealthSettings, ConfigError> {
+        const KEY: &str = "[health] url";
         let url_raw = raw.url.unwrap_or_else(|| "http://127.0.0.1:80/".into());
         let url = parse_health_url(&url_raw).ok_or_else(|| {
-            self.invalid(
-                "[health] url",
-                &url_raw,
-                "expected an http:// URL on this host, e.g. \"http://127.0.0.1:80/\"",
-            )
+            self.invalid(KEY, &url_raw, "expected an http:// URL on this host, e.g. \"http://127.0.0.1:80/\"")
         })?;
-        let timeout = self.duration("[health] timeout", raw.timeout, Duration::from_secs(30))?;
-        if timeout.is_zero() {
-            return Err(self.invalid("[health] timeout", "0s", "must be longer than zero, e.g. \"30s\""));
+        // The probe after cut-over goes to this URL: if it cannot reach the container, every
+        // release fails its probe and is rolled back, with an outage each time.
+        let published: Vec<&PortMapping> = ports.iter().filter(|p| p.host_port == url.port).collect();
+        let suggestion = |p: &PortMapping| {
+            let host = match p.host_ip {
+                Some(ip) if !ip.is_unspecified() => ip,
+                _ => IpAddr::from([127, 0, 0, 1]),
+            };
+            HealthUrl { host: host.to_string(), port: p.host_port, path: url.path.clone() }.to_string()
+        };
+        if published.is_empty() {
+            let all = ports.iter().map(|p| format!("\"{p}\"")).collect::<Vec<_>>().join(", ");
+            return Err(self.invalid(
+                KEY,
+                &url_raw,
+                format!(
+                    "port {} is not a host port the container publishes ([container] ports = [{all}]); \
+                     probe a published one, e.g. \"{}\"",
+                    url.port,
+                    suggestion(&ports[0])
+                ),
+            ));
         }
+        if !published.iter().any(|p| reaches(p.host_ip, &url.host)) {
+            return Err(self.invalid(
+                KEY,
+                &url_raw,
+                format!(
+                    "host {} does not reach port {} as published (\"{}\"): use loopback or the published \
+                     address, e.g. \"{}\"",
+                    url.host,
+                    url.port,
+                    published[0],
+                    suggestion(published[0])
+                ),
+            ));
+        }
+        let timeout = self.timeout("[health] timeout", raw.timeout, Duration::from_secs(30), "30s")?;
         Ok(HealthSettings { url, timeout })
     }
 
@@ -464,6 +565,16 @@ impl Validator<'_> {
             ));
         }
         let jitter = self.duration("[reconcile] jitter", raw.jitter, interval / 10)?;
+        if jitter > interval {
+            return Err(self.invalid(
+                "[reconcile] jitter",
+                &humantime::format_duration(jitter).to_string(),
+                format!(
+                    "must not exceed [reconcile] interval ({}); the default is a tenth of it",
+                    humantime::format_duration(interval)
+                ),
+            ));
+        }
         Ok(ReconcileSettings { interval, jitter, keep_images: raw.keep_images.unwrap_or(2) })
     }
 }
@@ -473,6 +584,44 @@ pub fn valid_env_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
         && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+}
+
+/// Instance tags are read at `/latest/meta-data/tags/instance/<key>`; EC2 only exposes keys of
+/// these characters there, and anything else (`?`, `#`, spaces, `/`) would change the path.
+pub fn valid_imds_tag_key(key: &str) -> bool {
+    !key.is_empty()
+        && key.len() <= 128
+        && !matches!(key, "." | ".." | "_index")
+        && key.chars().all(|c| c.is_ascii_alphanumeric() || "+-=.,_:@".contains(c))
+}
+
+/// Whether two mappings claim the same host socket: Docker would fail to bind the second.
+/// No address (or an unspecified one) covers every address of its family.
+fn same_host_socket(a: &PortMapping, b: &PortMapping) -> bool {
+    if a.host_port != b.host_port {
+        return false;
+    }
+    match (a.host_ip, b.host_ip) {
+        (None, _) | (_, None) => true,
+        (Some(x), Some(y)) => x == y || ((x.is_unspecified() || y.is_unspecified()) && x.is_ipv4() == y.is_ipv4()),
+    }
+}
+
+/// Whether a probe of `host` reaches a port published on `host_ip`. Published on every address
+/// (the default), any address of this host does; published on one address, only that one
+/// (or `localhost` for a loopback address).
+fn reaches(host_ip: Option<IpAddr>, host: &str) -> bool {
+    let literal = host.parse::<IpAddr>().ok();
+    match (host_ip, literal) {
+        (None, _) => true,
+        (Some(ip), Some(h)) if ip.is_unspecified() => ip.is_ipv4() == h.is_ipv4(),
+        (Some(ip), None) if ip.is_unspecified() => true,
+        (Some(ip), Some(h)) => ip == h,
+        (Some(ip), None) => {
+            host.eq_ignore_ascii_case("localhost")
+                && (ip == IpAddr::from([127, 0, 0, 1]) || ip == IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1]))
+        }
+    }
 }
 
 fn parse_port_mapping(raw: &str) -> Option<PortMapping> {
@@ -603,6 +752,168 @@ mod tests {
             assert!(err.contains(want), "for {text:?}\n got: {err}\nwant: {want}");
             assert!(err.starts_with("config file /etc/blog-agent/config.toml"), "{err}");
             assert!(!err.contains('\n'), "one line: {err:?}");
+        }
+    }
+
+    /// Asserts `text` is refused with one line naming the file, `key = value` and `accepted`.
+    fn assert_refused(text: &str, key_value: &str, accepted: &str) {
+        let err = parse(text).map(|_| ()).unwrap_err();
+        assert!(matches!(err, ConfigError::Invalid { .. }), "{err:?}");
+        let err = err.to_string();
+        assert!(err.starts_with("config file /etc/blog-agent/config.toml: "), "{err}");
+        assert!(err.contains(key_value), "for {text:?}\n got: {err}\nwant: {key_value}");
+        assert!(err.contains(accepted), "for {text:?}\n got: {err}\nwant: {accepted}");
+        assert!(!err.contains('\n'), "one line: {err:?}");
+    }
+
+    #[test]
+    fn health_url_on_an_unpublished_port_is_refused() {
+        // The review's case: a loopback-only port 8080 and the default health URL (port 80).
+        assert_refused(
+            &format!("{MINIMAL}[container]\nports = [\"127.0.0.1:8080:80\"]\n"),
+            "[health] url = \"http://127.0.0.1:80/\"",
+            "port 80 is not a host port the container publishes ([container] ports = [\"127.0.0.1:8080:80\"]); \
+             probe a published one, e.g. \"http://127.0.0.1:8080/\"",
+        );
+        assert_refused(
+            &format!("{MINIMAL}[container]\nports = [\"80:80\"]\n[health]\nurl = \"http://127.0.0.1:8080/healthz\"\n"),
+            "[health] url = \"http://127.0.0.1:8080/healthz\"",
+            "e.g. \"http://127.0.0.1:80/healthz\"",
+        );
+    }
+
+    #[test]
+    fn health_host_that_does_not_reach_the_published_address_is_refused() {
+        let cases = [
+            ("127.0.0.1:8080:80", "http://127.0.0.2:8080/", "e.g. \"http://127.0.0.1:8080/\""),
+            ("10.0.0.5:8080:80", "http://127.0.0.1:8080/", "e.g. \"http://10.0.0.5:8080/\""),
+            ("10.0.0.5:8080:80", "http://localhost:8080/", "host localhost does not reach port 8080"),
+            ("0.0.0.0:8080:80", "http://[::1]:8080/", "host ::1 does not reach"),
+            ("[::1]:8080:80", "http://127.0.0.1:8080/", "e.g. \"http://[::1]:8080/\""),
+        ];
+        for (port, url, want) in cases {
+            assert_refused(
+                &format!("{MINIMAL}[container]\nports = [\"{port}\"]\n[health]\nurl = \"{url}\"\n"),
+                &format!("[health] url = \"{url}\""),
+                want,
+            );
+        }
+    }
+
+    #[test]
+    fn health_url_that_reaches_a_published_port_is_accepted() {
+        let cases = [
+            ("127.0.0.1:8080:80", "http://127.0.0.1:8080/"),
+            ("127.0.0.1:8080:80", "http://localhost:8080/x"),
+            ("8080:80", "http://127.0.0.1:8080/"),
+            ("8080:80", "http://[::1]:8080/"),
+            ("8080:80", "http://10.1.2.3:8080/"),
+            ("0.0.0.0:8080:80", "http://127.0.0.1:8080/"),
+            ("10.0.0.5:8080:80", "http://10.0.0.5:8080/"),
+            ("[::1]:8080:80", "http://[::1]:8080/"),
+        ];
+        for (port, url) in cases {
+            let s = parse(&format!("{MINIMAL}[container]\nports = [\"{port}\"]\n[health]\nurl = \"{url}\"\n"))
+                .unwrap_or_else(|e| panic!("{port} {url}: {e}"));
+            assert_eq!(s.health.url.to_string().trim_end_matches('x'), url.trim_end_matches('x'));
+        }
+        // A second mapping may serve the probe.
+        parse(&format!(
+            "{MINIMAL}[container]\nports = [\"443:443\", \"127.0.0.1:8080:80\"]\n[health]\nurl = \"http://127.0.0.1:8080/\"\n"
+        ))
+        .unwrap();
+    }
+
+    #[test]
+    fn duplicate_host_ports_are_refused() {
+        let cases = [
+            (r#"["80:80", "80:8080"]"#, "[container] ports[1] = \"80:8080\"", "already published by \"80:80\""),
+            (
+                r#"["127.0.0.1:80:80", "127.0.0.1:80:81"]"#,
+                "[container] ports[1] = \"127.0.0.1:80:81\"",
+                "host port 80 is already published by \"127.0.0.1:80:80\"",
+            ),
+            (r#"["80:80", "127.0.0.1:80:80"]"#, "[container] ports[1]", "already published"),
+            (r#"["0.0.0.0:80:80", "127.0.0.1:80:80"]"#, "[container] ports[1]", "already published"),
+        ];
+        for (ports, key_value, want) in cases {
+            assert_refused(&format!("{MINIMAL}[container]\nports = {ports}\n"), key_value, want);
+        }
+        // Distinct addresses, or the other family's wildcard, are distinct sockets.
+        for ports in [r#"["127.0.0.1:80:80", "127.0.0.2:80:80"]"#, r#"["0.0.0.0:80:80", "[::]:80:80"]"#] {
+            parse(&format!("{MINIMAL}[container]\nports = {ports}\n")).unwrap_or_else(|e| panic!("{ports}: {e}"));
+        }
+    }
+
+    #[test]
+    fn sub_second_stop_timeout_is_refused_not_rounded_to_sigkill() {
+        for value in ["500ms", "999ms", "1500ms"] {
+            assert_refused(
+                &format!("{MINIMAL}[container]\nstop_timeout = \"{value}\"\n"),
+                "[container] stop_timeout = \"",
+                "must be at least 1s and a whole number of seconds",
+            );
+        }
+        for (value, secs) in [("1s", 1), ("0s", 0), ("2m", 120)] {
+            let s = parse(&format!("{MINIMAL}[container]\nstop_timeout = \"{value}\"\n")).unwrap();
+            assert_eq!(s.container.stop_timeout, Duration::from_secs(secs));
+        }
+    }
+
+    #[test]
+    fn jitter_longer_than_the_interval_is_refused() {
+        assert_refused(
+            &format!("{MINIMAL}[reconcile]\ninterval = \"10s\"\njitter = \"11s\"\n"),
+            "[reconcile] jitter = \"11s\"",
+            "must not exceed [reconcile] interval (10s)",
+        );
+        let s = parse(&format!("{MINIMAL}[reconcile]\ninterval = \"10s\"\njitter = \"10s\"\n")).unwrap();
+        assert_eq!(s.reconcile.jitter, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn container_names_docker_would_refuse_or_mistake_for_an_id_are_refused() {
+        assert_refused(
+            &format!("{MINIMAL}[container]\nname = \"b\"\n"),
+            "[container] name = \"b\"",
+            "at least 2 characters",
+        );
+        for name in ["abc", "deadbeef", "0123", "CAFE"] {
+            assert_refused(
+                &format!("{MINIMAL}[container]\nname = \"{name}\"\n"),
+                &format!("[container] name = \"{name}\""),
+                "hex digits only",
+            );
+        }
+        for name in ["blog", "bx", "cafe-1", "blog.v2", "x1"] {
+            parse(&format!("{MINIMAL}[container]\nname = \"{name}\"\n")).unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+    }
+
+    #[test]
+    fn zero_timeouts_are_refused() {
+        for (table, key) in [("image", "pull_timeout"), ("agent", "lock_timeout"), ("health", "timeout")] {
+            // MINIMAL already opens [image]; a key after it lands there.
+            let text = match table {
+                "image" => format!("{MINIMAL}{key} = \"0s\"\n"),
+                _ => format!("{MINIMAL}[{table}]\n{key} = \"0s\"\n"),
+            };
+            assert_refused(&text, &format!("[{table}] {key} = \"0s\""), "must be longer than zero");
+        }
+    }
+
+    #[test]
+    fn tag_keys_that_are_not_an_imds_path_segment_are_refused() {
+        for tag in ["Env?x", "Env#1", "My Env", "a/b", "", ".", "..", "_index", "Umgebung\u{e9}", &"x".repeat(129)] {
+            assert_refused(
+                &format!("{MINIMAL}[environment]\ntag = \"{tag}\"\n"),
+                "[environment] tag = ",
+                "1-128 letters, digits and + - = . , _ : @",
+            );
+        }
+        for tag in ["Environment", "app:env", "team@blog", "a+b=c,d.e_f-g"] {
+            let s = parse(&format!("{MINIMAL}[environment]\ntag = \"{tag}\"\n")).unwrap();
+            assert_eq!(s.environment.tag, tag);
         }
     }
 
