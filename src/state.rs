@@ -4,9 +4,15 @@
 //!
 //! One JSON file in the state dir, written atomically (temp file, fsync, rename, fsync dir) so
 //! a power cut leaves either the old file or the new one.
+//!
+//! Each file has two readers: `load`, for the agent, which never stops serving over a state
+//! file (a missing or unreadable one reads as empty, logged), and `read`, for `status`, which
+//! must tell "absent" from "cannot read" (the dir is 0700 root: a non-root `status` would
+//! otherwise report a paused host as following S3).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
@@ -35,22 +41,50 @@ pub struct StateError {
     pub source: std::io::Error,
 }
 
+/// A state file that exists (or may) but could not be read: permissions, I/O. "Absent" is
+/// not an error; see the `read` functions.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read state file {}: {source}", path.display())]
+pub struct StateReadError {
+    pub path: PathBuf,
+    pub source: std::io::Error,
+}
+
+impl StateReadError {
+    /// The usual cause: a non-root user and the 0700 state dir.
+    pub fn is_permission_denied(&self) -> bool {
+        self.source.kind() == std::io::ErrorKind::PermissionDenied
+    }
+}
+
+/// The bytes of `dir/name`; `None` when it does not exist.
+fn read_file(dir: &Path, name: &str) -> Result<Option<Vec<u8>>, StateReadError> {
+    let path = dir.join(name);
+    match std::fs::read(&path) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(StateReadError { path, source }),
+    }
+}
+
 impl State {
     /// Loads the state; a missing or unreadable file is an empty state (logged), never a
     /// reason to stop serving.
     pub fn load(dir: &Path) -> State {
-        let path = dir.join(FILE);
-        match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-                tracing::warn!(path = %path.display(), error = %e, "ignoring unreadable state file");
-                State::default()
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => State::default(),
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "ignoring unreadable state file");
-                State::default()
-            }
-        }
+        State::read(dir).unwrap_or_else(|e| {
+            tracing::warn!(path = %e.path.display(), error = %e.source, "ignoring unreadable state file");
+            State::default()
+        })
+    }
+
+    /// Reads the state: missing is empty, and so is a corrupt file (as for [`State::load`]);
+    /// a file that cannot be read is an error.
+    pub fn read(dir: &Path) -> Result<State, StateReadError> {
+        let Some(bytes) = read_file(dir, FILE)? else { return Ok(State::default()) };
+        Ok(serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+            tracing::warn!(path = %dir.join(FILE).display(), error = %e, "ignoring corrupt state file");
+            State::default()
+        }))
     }
 
     pub fn save(&self, dir: &Path) -> Result<(), StateError> {
@@ -118,6 +152,88 @@ mod tests {
         assert_eq!(State::load(&dir), State::default());
         std::fs::remove_dir_all(&dir).unwrap();
     }
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("blog-agent-state-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    /// `run` and a manual `sync` record the last pass at the same time: with one shared temp
+    /// file name, one writer's rename took the other's temp file away (ENOENT) or published
+    /// a file two writers had written into.
+    #[test]
+    fn concurrent_writers_never_fail_or_tear_the_file() {
+        let dir = scratch("race");
+        std::fs::create_dir_all(&dir).unwrap();
+        // Each payload is valid JSON only whole; sizes differ so a mix of two is detectable.
+        let payload =
+            |w: usize, i: usize| format!("{{\"writer\":{w},\"i\":{i},\"pad\":\"{}\"}}", "x".repeat(w * 4096 + i));
+        let done = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            let reader = scope.spawn(|| {
+                let mut reads = 0;
+                while !done.load(Ordering::Relaxed) {
+                    if let Ok(bytes) = std::fs::read(dir.join(LAST_PASS_FILE)) {
+                        let v: serde_json::Value = serde_json::from_slice(&bytes)
+                            .unwrap_or_else(|e| panic!("torn file ({e}), {} bytes", bytes.len()));
+                        let (w, i) = (v["writer"].as_u64().unwrap() as usize, v["i"].as_u64().unwrap() as usize);
+                        assert_eq!(String::from_utf8(bytes).unwrap(), payload(w, i));
+                        reads += 1;
+                    }
+                }
+                reads
+            });
+            let writers: Vec<_> = (0..8)
+                .map(|w| {
+                    let dir = &dir;
+                    scope.spawn(move || {
+                        for i in 0..40 {
+                            write_atomically(dir, LAST_PASS_FILE, payload(w, i).as_bytes())
+                                .unwrap_or_else(|e| panic!("writer {w}, write {i}: {e}"));
+                        }
+                    })
+                })
+                .collect();
+            for w in writers {
+                w.join().unwrap();
+            }
+            done.store(true, Ordering::Relaxed);
+            assert!(reader.join().unwrap() > 0);
+        });
+        let left: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left, [LAST_PASS_FILE], "no temp file left behind");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// `status` must tell "no pause" from "cannot read the pause"; the agent keeps reading
+    /// the latter as no pause.
+    #[test]
+    fn read_tells_absent_from_unreadable() {
+        let dir = scratch("read");
+        assert!(Pause::read(&dir).unwrap().is_none(), "no state dir: not paused");
+        assert_eq!(State::read(&dir).unwrap(), State::default());
+        assert!(LastPass::read(&dir).unwrap().is_none());
+
+        // A state "dir" that is a file: reading under it fails (ENOTDIR), like EACCES does
+        // for a non-root user and the 0700 dir (tests/config_and_status.rs covers that).
+        std::fs::write(&dir, b"not a dir").unwrap();
+        let err = Pause::read(&dir).unwrap_err();
+        assert!(err.to_string().starts_with("cannot read state file "), "{err}");
+        assert!(!err.is_permission_denied());
+        assert!(State::read(&dir).is_err());
+        assert!(LastPass::read(&dir).is_err());
+        assert_eq!(Pause::load(&dir), None, "the agent's reading is unchanged");
+        assert_eq!(State::load(&dir), State::default());
+        std::fs::remove_file(&dir).unwrap();
+
+        let pause = Pause { by: "alice (uid 1000)".into(), reason: None, at: 1, pinned_sha: None };
+        pause.save(&dir).unwrap();
+        assert_eq!(Pause::read(&dir).unwrap(), Some(pause));
+        std::fs::write(dir.join(PAUSE_FILE), b"{oops").unwrap();
+        assert_eq!(Pause::read(&dir).unwrap().unwrap().by, "unknown", "a corrupt pause file still pauses");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
 
 /// Automatic updates frozen by an operator (`blog-agent pause`, `sync --sha`). Kept in its own
@@ -136,19 +252,29 @@ pub struct Pause {
 const PAUSE_FILE: &str = "pause.json";
 
 impl Pause {
+    /// The pause, if any, for the agent: a file that cannot be read counts as no pause
+    /// (logged), as it always has.
     pub fn load(dir: &Path) -> Option<Pause> {
-        let bytes = std::fs::read(dir.join(PAUSE_FILE)).ok()?;
+        Pause::read(dir).unwrap_or_else(|e| {
+            tracing::warn!(path = %e.path.display(), error = %e.source, "cannot read the pause file; not paused");
+            None
+        })
+    }
+
+    /// The pause, if any: `Ok(None)` only when there is no pause file. A corrupt one is a
+    /// pause (the safe reading of an operator's intent); one that cannot be read is an error.
+    pub fn read(dir: &Path) -> Result<Option<Pause>, StateReadError> {
+        let Some(bytes) = read_file(dir, PAUSE_FILE)? else { return Ok(None) };
         match serde_json::from_slice(&bytes) {
-            Ok(p) => Some(p),
+            Ok(p) => Ok(Some(p)),
             Err(e) => {
-                // Unreadable but present: stay paused, the safe reading of an operator's intent.
                 tracing::warn!(error = %e, "pause file unreadable; treating updates as paused");
-                Some(Pause {
+                Ok(Some(Pause {
                     by: "unknown".into(),
                     reason: Some("unreadable pause file".into()),
                     at: 0,
                     pinned_sha: None,
-                })
+                }))
             }
         }
     }
@@ -169,15 +295,30 @@ impl Pause {
 }
 
 /// Writes `dir/name` atomically: temp file, fsync, rename, fsync the directory.
+///
+/// Writers may race (`run` and a manual `sync` both record the last pass): each write has its
+/// own temp file (`.NAME.PID.N.tmp`, created exclusively), so one writer never renames or
+/// truncates another's half-written file. The last rename wins, whole.
 pub fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), StateError> {
+    static WRITES: AtomicU64 = AtomicU64::new(0);
     let path = dir.join(name);
     let err = |source| StateError { path: path.clone(), source };
     std::fs::create_dir_all(dir).map_err(err)?;
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let mut file = std::fs::File::create(&tmp).map_err(err)?;
-    file.write_all(bytes).map_err(err)?;
-    file.sync_all().map_err(err)?;
-    std::fs::rename(&tmp, &path).map_err(err)?;
+    let (tmp, mut file) = loop {
+        let n = WRITES.fetch_add(1, Ordering::Relaxed);
+        let tmp = dir.join(format!(".{name}.{}.{n}.tmp", std::process::id()));
+        match std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp) {
+            Ok(file) => break (tmp, file),
+            // A leftover of a crashed process that had this pid: take the next number.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(err(e)),
+        }
+    };
+    let written = file.write_all(bytes).and_then(|()| file.sync_all()).and_then(|()| std::fs::rename(&tmp, &path));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(err(e));
+    }
     std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
     Ok(())
 }
@@ -202,7 +343,12 @@ const LAST_PASS_FILE: &str = "last-pass.json";
 
 impl LastPass {
     pub fn load(dir: &Path) -> Option<LastPass> {
-        serde_json::from_slice(&std::fs::read(dir.join(LAST_PASS_FILE)).ok()?).ok()
+        LastPass::read(dir).ok().flatten()
+    }
+
+    /// The last pass outcomes; `Ok(None)` when none is recorded (or the file is corrupt).
+    pub fn read(dir: &Path) -> Result<Option<LastPass>, StateReadError> {
+        Ok(read_file(dir, LAST_PASS_FILE)?.and_then(|bytes| serde_json::from_slice(&bytes).ok()))
     }
 
     /// Records one pass outcome; failures to write are logged, never fatal.
