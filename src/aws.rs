@@ -1,19 +1,41 @@
-//! Shared AWS SDK setup: region and credentials from the standard provider chain, endpoints
-//! from the standard `AWS_ENDPOINT_URL*` variables, and the timeouts and retries every AWS call
-//! in the agent runs under.
+//! Shared AWS SDK setup: credentials from the standard provider chain, endpoints from the
+//! standard `AWS_ENDPOINT_URL*` variables, the timeouts and retries every AWS call in the agent
+//! runs under, and the region.
+//!
+//! The region is resolved lazily, on the first S3 or ECR call, and again on every later call
+//! until it is known: from `AWS_REGION` / `AWS_DEFAULT_REGION` / the AWS config profile, then
+//! from the ECR repository host (`<account>.dkr.ecr.<region>.amazonaws.com`), then from
+//! instance metadata (`/latest/meta-data/placement/region`) with retries and backoff. While
+//! none is known, a call fails with [`RegionUnknown`]; the next one tries again. (A region
+//! resolved once at start would leave a host whose metadata service was slow at boot unable
+//! to reach S3 or ECR for good.)
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use aws_config::environment::EnvironmentVariableRegionProvider;
+use aws_config::meta::region::RegionProviderChain;
+use aws_config::profile::ProfileFileRegionProvider;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
-use aws_config::{BehaviorVersion, SdkConfig};
+use aws_config::{BehaviorVersion, ConfigLoader, Region, SdkConfig};
+use tokio::sync::OnceCell;
 
-/// Loads the SDK configuration once per process.
+use crate::backoff::Backoff;
+use crate::imds::Imds;
+
+/// Instance metadata is asked this many times per resolution before the call at hand fails;
+/// the next S3 or ECR call asks again.
+const IMDS_REGION_ATTEMPTS: u32 = 3;
+/// First pause between two instance metadata attempts; it doubles.
+const IMDS_REGION_BACKOFF: Duration = Duration::from_millis(500);
+
+/// The loader every AWS configuration starts from.
 ///
 /// Timeouts: S3 and ECR answer in well under a second; 3 s to connect and 10 s per attempt
 /// cover a congested network without letting a dead endpoint hang a sync. The standard retry
 /// mode gives 3 attempts with jittered exponential backoff, bounded by the 30 s operation limit.
-pub async fn load() -> SdkConfig {
+fn loader() -> ConfigLoader {
     let timeouts = TimeoutConfig::builder()
         .connect_timeout(Duration::from_secs(3))
         .operation_attempt_timeout(Duration::from_secs(10))
@@ -22,8 +44,148 @@ pub async fn load() -> SdkConfig {
     aws_config::defaults(BehaviorVersion::latest())
         .timeout_config(timeouts)
         .retry_config(RetryConfig::standard().with_max_attempts(3))
-        .load()
-        .await
+}
+
+/// Loads the SDK configuration with aws-config's default region chain (environment, profile,
+/// instance metadata, each tried once, now). For one-shot reports; the S3 and ECR clients of
+/// `run` and `sync` use [`Aws::load`], which keeps trying.
+pub async fn load() -> SdkConfig {
+    loader().load().await
+}
+
+/// No region could be found yet.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("AWS region unknown: set AWS_REGION, or instance metadata did not give it ({detail})")]
+pub struct RegionUnknown {
+    pub detail: String,
+}
+
+/// The AWS setup the S3 and ECR clients share: the SDK configuration (credentials, endpoints,
+/// timeouts) and the region, resolved on first use and cached once known.
+pub struct Aws {
+    /// As loaded; its region is the configured one (environment or profile), if any.
+    base: SdkConfig,
+    /// The region named by the ECR repository host, if it is one.
+    repository_region: Option<Region>,
+    imds: Imds,
+    region: OnceCell<Region>,
+}
+
+impl Aws {
+    /// Loads the SDK configuration without asking instance metadata for the region (that is
+    /// done by [`Aws::region`], on first use). `repository_host` is `[image] repository`'s
+    /// registry host: an ECR host names its region.
+    pub async fn load(repository_host: &str) -> Arc<Aws> {
+        let configured = RegionProviderChain::first_try(EnvironmentVariableRegionProvider::new())
+            .or_else(ProfileFileRegionProvider::new());
+        let base = loader().region(configured).load().await;
+        Arc::new(Aws::new(base, ecr_host_region(repository_host), Imds::new()))
+    }
+
+    /// An already loaded configuration; when it has no region, [`Aws::region`] asks instance
+    /// metadata.
+    pub fn from_sdk(sdk: &SdkConfig) -> Arc<Aws> {
+        Arc::new(Aws::new(sdk.clone(), None, Imds::new()))
+    }
+
+    fn new(base: SdkConfig, repository_region: Option<Region>, imds: Imds) -> Aws {
+        Aws { base, repository_region, imds, region: OnceCell::new() }
+    }
+
+    /// The configuration clients are built from (its region may be unset: use [`Aws::region`]).
+    pub fn base(&self) -> &SdkConfig {
+        &self.base
+    }
+
+    /// The host's region, resolved now if it is not known yet. Concurrent callers wait for one
+    /// resolution; a failed one is not cached.
+    pub async fn region(&self) -> Result<Region, RegionUnknown> {
+        self.region.get_or_try_init(|| self.resolve()).await.cloned()
+    }
+
+    async fn resolve(&self) -> Result<Region, RegionUnknown> {
+        if let Some(region) = self.base.region() {
+            tracing::info!(%region, "AWS region {region} (from the environment or the AWS config)");
+            return Ok(region.clone());
+        }
+        if let Some(region) = &self.repository_region {
+            tracing::info!(%region, "AWS region {region} (from the ECR repository host)");
+            return Ok(region.clone());
+        }
+        let mut backoff = Backoff::new(IMDS_REGION_BACKOFF, IMDS_REGION_BACKOFF * 4);
+        let mut last = String::new();
+        for attempt in 1..=IMDS_REGION_ATTEMPTS {
+            match self.imds.region().await {
+                Ok(region) => {
+                    tracing::info!(%region, "AWS region {region} (from instance metadata)");
+                    return Ok(Region::new(region));
+                }
+                Err(detail) => {
+                    tracing::debug!(attempt, "instance metadata did not give the region: {detail}");
+                    last = detail;
+                }
+            }
+            if attempt < IMDS_REGION_ATTEMPTS {
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+        }
+        Err(RegionUnknown { detail: format!("{IMDS_REGION_ATTEMPTS} attempts; last: {last}") })
+    }
+}
+
+/// A client for one AWS service, built once the region it needs is known: until then each
+/// [`Regional::get`] tries to resolve the region again.
+pub struct Regional<T> {
+    aws: Arc<Aws>,
+    /// The region this client must use whatever the host's is (an ECR repository's own).
+    pinned: Option<Region>,
+    build: fn(&SdkConfig, Region) -> T,
+    client: OnceCell<T>,
+}
+
+impl<T> Regional<T> {
+    /// A client in the host's region.
+    pub fn new(aws: Arc<Aws>, build: fn(&SdkConfig, Region) -> T) -> Regional<T> {
+        Regional { aws, pinned: None, build, client: OnceCell::new() }
+    }
+
+    /// A client in `pinned` when it is set, else in the host's region.
+    pub fn pinned(aws: Arc<Aws>, pinned: Option<Region>, build: fn(&SdkConfig, Region) -> T) -> Regional<T> {
+        Regional { aws, pinned, build, client: OnceCell::new() }
+    }
+
+    /// The client, built now if this is the first call since the region became known.
+    pub async fn get(&self) -> Result<&T, RegionUnknown> {
+        self.client
+            .get_or_try_init(|| async {
+                let region = match &self.pinned {
+                    Some(region) => region.clone(),
+                    None => self.aws.region().await?,
+                };
+                Ok((self.build)(self.aws.base(), region))
+            })
+            .await
+    }
+}
+
+/// The region an ECR registry host names: `<account>.dkr.ecr.<region>.amazonaws.com`, its
+/// FIPS form `<account>.dkr.ecr-fips.<region>.amazonaws.com`, and the China partition's
+/// `.amazonaws.com.cn`; a port is ignored. `None` for any other host.
+pub fn ecr_host_region(host: &str) -> Option<Region> {
+    let host = host.split(':').next()?.to_ascii_lowercase();
+    let rest = host.strip_suffix(".amazonaws.com").or_else(|| host.strip_suffix(".amazonaws.com.cn"))?;
+    let labels: Vec<&str> = rest.split('.').collect();
+    match labels.as_slice() {
+        [account, "dkr", "ecr" | "ecr-fips", region]
+            if !account.is_empty()
+                && account.bytes().all(|b| b.is_ascii_digit())
+                && !region.is_empty()
+                && region.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') =>
+        {
+            Some(Region::new(region.to_string()))
+        }
+        _ => None,
+    }
 }
 
 /// A custom S3 endpoint (an S3-compatible server, or moto in tests) rarely serves
@@ -36,4 +198,132 @@ pub fn custom_s3_endpoint() -> bool {
 /// "service error").
 pub fn describe(err: &(dyn std::error::Error + 'static)) -> String {
     aws_smithy_types::error::display::DisplayErrorContext(err).to_string().replace('\n', " ")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// An IMDSv2 stand-in on loopback: a token for any PUT, the region once `ready` is set
+    /// (404 before), 404 for anything else. Counts region reads.
+    struct FakeImds {
+        endpoint: String,
+        ready: Arc<AtomicBool>,
+        region_reads: Arc<AtomicUsize>,
+    }
+
+    async fn fake_imds() -> FakeImds {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let (ready, region_reads) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
+        let (r, n) = (ready.clone(), region_reads.clone());
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let (r, n) = (r.clone(), n.clone());
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut chunk = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(len) => head.extend_from_slice(&chunk[..len]),
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&head).into_owned();
+                    let mut line = head.split_whitespace();
+                    let (status, extra, body) = match (line.next(), line.next()) {
+                        (Some("PUT"), _) => ("200 OK", "X-aws-ec2-metadata-token-ttl-seconds: 21600\r\n", "token"),
+                        (_, Some("/latest/meta-data/placement/region")) => {
+                            n.fetch_add(1, Ordering::SeqCst);
+                            match r.load(Ordering::SeqCst) {
+                                true => ("200 OK", "", "eu-central-1"),
+                                false => ("404 Not Found", "", ""),
+                            }
+                        }
+                        _ => ("404 Not Found", "", ""),
+                    };
+                    let response = format!(
+                        "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n{extra}\r\n{body}",
+                        body.len()
+                    );
+                    let _ = stream.write_all(response.as_bytes()).await;
+                    let _ = stream.shutdown().await;
+                });
+            }
+        });
+        FakeImds { endpoint, ready, region_reads }
+    }
+
+    fn aws(configured: Option<&str>, repository_host: &str, imds: &FakeImds) -> Arc<Aws> {
+        let mut base = SdkConfig::builder().behavior_version(BehaviorVersion::latest());
+        base.set_region(configured.map(|r| Region::new(r.to_owned())));
+        Arc::new(Aws::new(base.build(), ecr_host_region(repository_host), Imds::with_endpoint(&imds.endpoint)))
+    }
+
+    #[tokio::test]
+    async fn region_unknown_at_first_is_resolved_on_a_later_call() {
+        let imds = fake_imds().await;
+        let aws = aws(None, "127.0.0.1:5000", &imds);
+        let s3 = Regional::new(aws.clone(), |_, region| region);
+        let err = s3.get().await.unwrap_err();
+        assert!(err.to_string().starts_with("AWS region unknown: set AWS_REGION"), "{err}");
+        assert!(err.to_string().contains("HTTP 404"), "{err}");
+        assert_eq!(imds.region_reads.load(Ordering::SeqCst), IMDS_REGION_ATTEMPTS as usize, "retried");
+        // Not stuck: the metadata service answers now, and the next call uses it.
+        imds.ready.store(true, Ordering::SeqCst);
+        assert_eq!(s3.get().await.unwrap().as_ref(), "eu-central-1");
+        assert_eq!(aws.region().await.unwrap().as_ref(), "eu-central-1");
+        // Cached once known.
+        let reads = imds.region_reads.load(Ordering::SeqCst);
+        assert_eq!(s3.get().await.unwrap().as_ref(), "eu-central-1");
+        assert_eq!(imds.region_reads.load(Ordering::SeqCst), reads);
+    }
+
+    #[tokio::test]
+    async fn region_comes_from_configuration_then_repository_host_then_instance_metadata() {
+        let imds = fake_imds().await;
+        imds.ready.store(true, Ordering::SeqCst);
+        let ecr = "123456789012.dkr.ecr.eu-west-1.amazonaws.com";
+        assert_eq!(aws(Some("us-west-2"), ecr, &imds).region().await.unwrap().as_ref(), "us-west-2");
+        assert_eq!(aws(None, ecr, &imds).region().await.unwrap().as_ref(), "eu-west-1");
+        assert_eq!(imds.region_reads.load(Ordering::SeqCst), 0, "instance metadata not asked");
+        assert_eq!(aws(None, "127.0.0.1:5000", &imds).region().await.unwrap().as_ref(), "eu-central-1");
+    }
+
+    #[tokio::test]
+    async fn pinned_client_needs_no_host_region() {
+        let imds = fake_imds().await;
+        let ecr = Regional::pinned(aws(None, "127.0.0.1:5000", &imds), Some(Region::new("us-east-1")), |_, r| r);
+        assert_eq!(ecr.get().await.unwrap().as_ref(), "us-east-1");
+        assert_eq!(imds.region_reads.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn ecr_host_names_its_region() {
+        let region = |host: &str| ecr_host_region(host).map(|r| r.as_ref().to_owned());
+        assert_eq!(region("123456789012.dkr.ecr.eu-west-1.amazonaws.com").as_deref(), Some("eu-west-1"));
+        assert_eq!(region("123456789012.dkr.ecr.cn-north-1.amazonaws.com.cn").as_deref(), Some("cn-north-1"));
+        assert_eq!(region("123456789012.dkr.ecr-fips.us-east-1.amazonaws.com").as_deref(), Some("us-east-1"));
+        assert_eq!(region("123456789012.DKR.ECR.us-gov-west-1.amazonaws.com:443").as_deref(), Some("us-gov-west-1"));
+        for other in [
+            "127.0.0.1:5000",
+            "localhost:5000",
+            "registry.example.com",
+            "ghcr.io",
+            "public.ecr.aws",
+            "dkr.ecr.eu-west-1.amazonaws.com",
+            "123456789012.dkr.ecr.amazonaws.com",
+            "123456789012.dkr.ecr.eu-west-1.amazonaws.com.evil.example",
+            "acct.dkr.ecr.eu-west-1.amazonaws.com",
+            "123456789012.s3.eu-west-1.amazonaws.com",
+            "[::1]:5000",
+            "",
+        ] {
+            assert_eq!(region(other), None, "{other}");
+        }
+    }
 }

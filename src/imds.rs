@@ -1,4 +1,5 @@
-//! EC2 instance metadata (IMDSv2): reads one instance tag, the host's environment.
+//! EC2 instance metadata (IMDSv2): reads one instance tag, the host's environment, and the
+//! instance's region (see [`crate::aws`]).
 //!
 //! Uses aws-config's IMDS client, which does the token PUT, retries, and honours
 //! `AWS_EC2_METADATA_SERVICE_ENDPOINT` (tests point it at a local stand-in). A 404 on the tag
@@ -12,6 +13,9 @@ use aws_config::imds::client::error::ImdsError as SdkImdsError;
 /// Total time allowed for one tag read, retries included. IMDS answers in milliseconds on a
 /// healthy instance; a slow boot gets a few retries inside this bound.
 const TAG_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Total time allowed for one region read; [`crate::aws`] retries with backoff around it.
+const REGION_READ_TIMEOUT: Duration = Duration::from_secs(5);
+const REGION_PATH: &str = "/latest/meta-data/placement/region";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImdsError {
@@ -51,6 +55,35 @@ impl Imds {
             .max_attempts(4)
             .build();
         Imds { client }
+    }
+
+    /// A client of the stand-in at `endpoint` (unit tests).
+    #[cfg(test)]
+    pub(crate) fn with_endpoint(endpoint: &str) -> Imds {
+        let client = aws_config::imds::Client::builder()
+            .endpoint(endpoint)
+            .expect("valid IMDS endpoint")
+            .connect_timeout(Duration::from_secs(1))
+            .read_timeout(Duration::from_secs(2))
+            .max_attempts(1)
+            .build();
+        Imds { client }
+    }
+
+    /// The instance's region (`placement/region`); `Err` says why there is none, for
+    /// [`crate::aws::RegionUnknown`].
+    pub async fn region(&self) -> Result<String, String> {
+        match tokio::time::timeout(REGION_READ_TIMEOUT, self.client.get(REGION_PATH)).await {
+            Err(_) => Err(format!("no answer within {REGION_READ_TIMEOUT:?}")),
+            Ok(Ok(value)) => match value.as_ref().trim() {
+                "" => Err(format!("{REGION_PATH} is empty")),
+                region => Ok(region.to_owned()),
+            },
+            Ok(Err(SdkImdsError::ErrorResponse(resp))) => {
+                Err(format!("HTTP {} for {REGION_PATH}", resp.response().status().as_u16()))
+            }
+            Ok(Err(other)) => Err(crate::aws::describe(&other)),
+        }
     }
 }
 

@@ -4,14 +4,18 @@
 //! reach a log line, an error or `--debug` output by accident. Tokens are cached until shortly
 //! before `expiresAt`; a token that arrives already expired (moto's is dated 2015) is used for
 //! the pull at hand and cached for a short floor, so it cannot cause a request storm.
+//!
+//! The token is asked for in the repository's region when the repository host is an ECR host
+//! (a registry only accepts tokens from its own region), else in the host's.
 
 use std::fmt;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use aws_config::Region;
 use base64::Engine as _;
 
-use crate::aws::describe;
+use crate::aws::{describe, ecr_host_region, Aws, RegionUnknown, Regional};
 
 /// Renew this long before the token's stated expiry, so a pull never starts on a dying token.
 const RENEW_BEFORE_EXPIRY: Duration = Duration::from_secs(5 * 60);
@@ -60,6 +64,8 @@ pub enum RegistryError {
     Unavailable { detail: String },
     #[error("ECR returned an authorization token that is not base64 \"user:password\"")]
     Malformed,
+    #[error("cannot ask ECR for a registry token: {0}")]
+    RegionUnknown(#[from] RegionUnknown),
 }
 
 /// Where registry credentials come from.
@@ -69,19 +75,38 @@ pub trait CredentialSource {
     fn invalidate(&self);
 }
 
+/// The region a token for `registry_host` must come from, when the host fixes it: an ECR
+/// registry accepts only tokens from its own region. `None`: any registry that is not ECR's
+/// (a token from the host's region).
+pub fn token_region(registry_host: &str) -> Option<Region> {
+    ecr_host_region(registry_host)
+}
+
 /// ECR token source with a cache.
 pub struct Ecr {
-    client: aws_sdk_ecr::Client,
+    client: Regional<aws_sdk_ecr::Client>,
     cache: Mutex<Option<(RegistryCredentials, SystemTime)>>,
 }
 
 impl Ecr {
+    /// Tokens for the registry at `registry_host` (`[image] repository`'s host): from its
+    /// region if it is an ECR host, else from the host's region as `aws` resolves it.
+    pub fn for_registry(aws: &Arc<Aws>, registry_host: &str) -> Ecr {
+        let client = Regional::pinned(aws.clone(), token_region(registry_host), |sdk, region| {
+            aws_sdk_ecr::Client::from_conf(aws_sdk_ecr::config::Builder::from(sdk).region(region).build())
+        });
+        Ecr { client, cache: Mutex::new(None) }
+    }
+
+    /// Tokens from the region of an already loaded configuration (`check`), or instance
+    /// metadata's when it has none. Prefer [`Ecr::for_registry`], which knows the registry.
     pub fn new(sdk: &aws_config::SdkConfig) -> Ecr {
-        Ecr { client: aws_sdk_ecr::Client::new(sdk), cache: Mutex::new(None) }
+        Ecr::for_registry(&Aws::from_sdk(sdk), "")
     }
 
     async fn fetch(&self) -> Result<RegistryCredentials, RegistryError> {
-        let output = self.client.get_authorization_token().send().await.map_err(|err| {
+        let client = self.client.get().await?;
+        let output = client.get_authorization_token().send().await.map_err(|err| {
             use aws_sdk_ecr::error::ProvideErrorMetadata;
             let detail = describe(&err);
             match err.code() {
@@ -153,6 +178,18 @@ mod tests {
         for bad in ["", "!!!", &base64::engine::general_purpose::STANDARD.encode("nocolon")] {
             assert!(matches!(decode_token(bad), Err(RegistryError::Malformed)), "{bad}");
         }
+    }
+
+    #[test]
+    fn token_comes_from_the_repository_region_not_the_host_region() {
+        let region = |host: &str| token_region(host).map(|r| r.as_ref().to_owned());
+        // A host in eu-west-1 pulling from a us-east-1 repository: us-east-1.
+        assert_eq!(region("123456789012.dkr.ecr.us-east-1.amazonaws.com").as_deref(), Some("us-east-1"));
+        assert_eq!(region("123456789012.dkr.ecr-fips.us-gov-west-1.amazonaws.com").as_deref(), Some("us-gov-west-1"));
+        assert_eq!(region("123456789012.dkr.ecr.cn-north-1.amazonaws.com.cn").as_deref(), Some("cn-north-1"));
+        // Any other registry: the host's region.
+        assert_eq!(region("127.0.0.1:5000"), None);
+        assert_eq!(region("registry.example.com"), None);
     }
 
     #[test]

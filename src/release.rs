@@ -4,19 +4,28 @@
 //! is an error naming the S3 URI and quoting a safe form of the content. SSE-KMS objects are
 //! decrypted by S3 transparently, but a role without `kms:Decrypt` sees `AccessDenied`, and the
 //! error says so. Supports conditional GET (`If-None-Match`), so an idle poll costs one small
-//! request.
+//! request. The whole read, response and body, is bounded by [`FETCH_TIMEOUT`].
 
 use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
 
 use aws_sdk_s3::error::ProvideErrorMetadata;
 use aws_sdk_s3::operation::get_object::GetObjectError;
 
-use crate::aws::describe;
+use crate::aws::{describe, Aws, RegionUnknown, Regional};
 use crate::sha::{safe_quote, InvalidSha, Sha};
 
 /// A SHA file holds 7-40 hex digits and a newline; anything much larger is not one, and is not
 /// read into memory.
 const MAX_OBJECT_BYTES: usize = 1024;
+
+/// Bound on one read, response headers and body together. The SDK's own limit (30 s with its
+/// retries, see [`crate::aws`]) ends at the response headers, and its stalled-stream check only
+/// catches a body that stops completely: one that trickles would hold the lock, and the loop,
+/// for as long as it trickles. A SHA file is under a kilobyte; 5 s more than the SDK's limit is
+/// plenty for its body.
+pub const FETCH_TIMEOUT: Duration = Duration::from_secs(35);
 
 /// Where a release file lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +70,16 @@ pub enum ReleaseError {
     Invalid { location: ObjectLocation, quoted: String, reason: String },
     #[error("cannot read {location}: {detail}")]
     Unavailable { location: ObjectLocation, detail: String },
+    #[error("cannot read {location}: {source}")]
+    RegionUnknown { location: ObjectLocation, source: RegionUnknown },
+    #[error(
+        "reading {location} timed out: no complete answer within {after:?} (S3 stopped sending, or sends too slowly)"
+    )]
+    TimedOut { location: ObjectLocation, after: Duration },
+    #[error(
+        "S3 answered 304 Not Modified for {location} to a read without If-None-Match: the endpoint is misbehaving"
+    )]
+    UnexpectedNotModified { location: ObjectLocation },
 }
 
 impl ReleaseError {
@@ -70,7 +89,10 @@ impl ReleaseError {
 
     /// Worth retrying: the service or the network, not the content or the permissions.
     pub fn is_transient(&self) -> bool {
-        matches!(self, ReleaseError::Unavailable { .. })
+        matches!(
+            self,
+            ReleaseError::Unavailable { .. } | ReleaseError::RegionUnknown { .. } | ReleaseError::TimedOut { .. }
+        )
     }
 }
 
@@ -83,70 +105,100 @@ pub trait ReleaseSource {
     ) -> impl std::future::Future<Output = Result<Fetched, ReleaseError>> + Send;
 }
 
-/// The real S3 reader.
+/// The real S3 reader. Its client is built on the first read after the region is known.
 #[derive(Clone)]
 pub struct S3Releases {
-    client: aws_sdk_s3::Client,
+    client: Arc<Regional<aws_sdk_s3::Client>>,
 }
 
 impl S3Releases {
-    pub fn new(sdk: &aws_config::SdkConfig) -> S3Releases {
-        let config = aws_sdk_s3::config::Builder::from(sdk).force_path_style(crate::aws::custom_s3_endpoint()).build();
-        S3Releases { client: aws_sdk_s3::Client::from_conf(config) }
+    /// A reader in the host's region, resolved by `aws` (and re-resolved while unknown).
+    pub fn with_aws(aws: &Arc<Aws>) -> S3Releases {
+        S3Releases { client: Arc::new(Regional::new(aws.clone(), s3_client)) }
     }
+
+    /// A reader from an already loaded configuration (`check`, `status`); without a region in
+    /// it, the region is asked of instance metadata on the first read.
+    pub fn new(sdk: &aws_config::SdkConfig) -> S3Releases {
+        S3Releases::with_aws(&Aws::from_sdk(sdk))
+    }
+}
+
+fn s3_client(sdk: &aws_config::SdkConfig, region: aws_config::Region) -> aws_sdk_s3::Client {
+    let path_style = crate::aws::custom_s3_endpoint() || sdk.endpoint_url().is_some();
+    let config = aws_sdk_s3::config::Builder::from(sdk).region(region).force_path_style(path_style).build();
+    aws_sdk_s3::Client::from_conf(config)
 }
 
 impl ReleaseSource for S3Releases {
     async fn fetch(&self, location: &ObjectLocation, if_none_match: Option<&str>) -> Result<Fetched, ReleaseError> {
-        let mut request = self.client.get_object().bucket(&location.bucket).key(&location.key);
-        if let Some(etag) = if_none_match {
-            request = request.if_none_match(etag);
-        }
-        let output = match request.send().await {
-            Ok(output) => output,
-            Err(err) => {
-                let status = err.raw_response().map(|r| r.status().as_u16());
-                let detail = describe(&err);
-                let service = err.into_service_error();
-                let code = service.code().unwrap_or_default().to_owned();
-                return match (&service, code.as_str(), status) {
-                    (_, _, Some(304)) | (_, "NotModified", _) => Ok(Fetched::Unchanged),
-                    (GetObjectError::NoSuchKey(_), _, _) | (_, "NoSuchKey", _) => {
-                        Err(ReleaseError::NotFound { location: location.clone() })
-                    }
-                    (_, "NoSuchBucket", _) => {
-                        Err(ReleaseError::NoBucket { bucket: location.bucket.clone(), location: location.clone() })
-                    }
-                    (_, code, status) if code == "AccessDenied" || code.starts_with("KMS") || status == Some(403) => {
-                        Err(ReleaseError::AccessDenied { location: location.clone(), detail })
-                    }
-                    _ => Err(ReleaseError::Unavailable { location: location.clone(), detail }),
-                };
-            }
-        };
-        let etag = output.e_tag().map(str::to_owned);
-        let declared = output.content_length().unwrap_or(0).max(0) as usize;
-        let mut body = output.body;
-        let mut bytes = Vec::new();
-        while bytes.len() <= MAX_OBJECT_BYTES {
-            match body.try_next().await {
-                Ok(Some(chunk)) => bytes.extend_from_slice(&chunk),
-                Ok(None) => break,
-                Err(err) => {
-                    return Err(ReleaseError::Unavailable { location: location.clone(), detail: describe(&err) })
-                }
-            }
-        }
-        let text = String::from_utf8_lossy(&bytes[..bytes.len().min(MAX_OBJECT_BYTES)]).into_owned();
-        let size = declared.max(bytes.len());
-        if size > MAX_OBJECT_BYTES {
-            return Err(ReleaseError::Invalid {
-                location: location.clone(),
-                quoted: safe_quote(text.trim()),
-                reason: format!("the object is {size} bytes; a SHA file is under {MAX_OBJECT_BYTES}"),
-            });
-        }
-        let sha = Sha::parse(&text).map_err(|e| ReleaseError::invalid(location, e))?;
-        Ok(Fetched::Changed(Release { sha, etag }))
+        let client = self
+            .client
+            .get()
+            .await
+            .map_err(|source| ReleaseError::RegionUnknown { location: location.clone(), source })?;
+        tokio::time::timeout(FETCH_TIMEOUT, read(client, location, if_none_match))
+            .await
+            .unwrap_or_else(|_| Err(ReleaseError::TimedOut { location: location.clone(), after: FETCH_TIMEOUT }))
     }
+}
+
+/// One GET, response and body.
+async fn read(
+    client: &aws_sdk_s3::Client,
+    location: &ObjectLocation,
+    if_none_match: Option<&str>,
+) -> Result<Fetched, ReleaseError> {
+    let mut request = client.get_object().bucket(&location.bucket).key(&location.key);
+    if let Some(etag) = if_none_match {
+        request = request.if_none_match(etag);
+    }
+    let output = match request.send().await {
+        Ok(output) => output,
+        Err(err) => {
+            let status = err.raw_response().map(|r| r.status().as_u16());
+            let detail = describe(&err);
+            let service = err.into_service_error();
+            let code = service.code().unwrap_or_default().to_owned();
+            return match (&service, code.as_str(), status) {
+                // Only an answer to If-None-Match; to a plain GET it is the endpoint's bug.
+                (_, _, Some(304)) | (_, "NotModified", _) if if_none_match.is_none() => {
+                    Err(ReleaseError::UnexpectedNotModified { location: location.clone() })
+                }
+                (_, _, Some(304)) | (_, "NotModified", _) => Ok(Fetched::Unchanged),
+                (GetObjectError::NoSuchKey(_), _, _) | (_, "NoSuchKey", _) => {
+                    Err(ReleaseError::NotFound { location: location.clone() })
+                }
+                (_, "NoSuchBucket", _) => {
+                    Err(ReleaseError::NoBucket { bucket: location.bucket.clone(), location: location.clone() })
+                }
+                (_, code, status) if code == "AccessDenied" || code.starts_with("KMS") || status == Some(403) => {
+                    Err(ReleaseError::AccessDenied { location: location.clone(), detail })
+                }
+                _ => Err(ReleaseError::Unavailable { location: location.clone(), detail }),
+            };
+        }
+    };
+    let etag = output.e_tag().map(str::to_owned);
+    let declared = output.content_length().unwrap_or(0).max(0) as usize;
+    let mut body = output.body;
+    let mut bytes = Vec::new();
+    while bytes.len() <= MAX_OBJECT_BYTES {
+        match body.try_next().await {
+            Ok(Some(chunk)) => bytes.extend_from_slice(&chunk),
+            Ok(None) => break,
+            Err(err) => return Err(ReleaseError::Unavailable { location: location.clone(), detail: describe(&err) }),
+        }
+    }
+    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(MAX_OBJECT_BYTES)]).into_owned();
+    let size = declared.max(bytes.len());
+    if size > MAX_OBJECT_BYTES {
+        return Err(ReleaseError::Invalid {
+            location: location.clone(),
+            quoted: safe_quote(text.trim()),
+            reason: format!("the object is {size} bytes; a SHA file is under {MAX_OBJECT_BYTES}"),
+        });
+    }
+    let sha = Sha::parse(&text).map_err(|e| ReleaseError::invalid(location, e))?;
+    Ok(Fetched::Changed(Release { sha, etag }))
 }

@@ -28,8 +28,14 @@ pub async fn run(cli: &Cli, _args: &RunArgs) -> Result<(), Failure> {
         notifier.stopping();
         return Ok(());
     };
-    let sdk = crate::aws::load().await;
-    let services = Services { tags: Imds::new(), releases: S3Releases::new(&sdk), credentials: Ecr::new(&sdk), engine };
+    // The region is resolved on the first S3 or ECR call, and again while it is unknown.
+    let aws = crate::aws::Aws::load(&settings.image.repository.registry).await;
+    let services = Services {
+        tags: Imds::new(),
+        releases: S3Releases::with_aws(&aws),
+        credentials: Ecr::for_registry(&aws, &settings.image.repository.registry),
+        engine,
+    };
     tracing::info!(config = %cli.config.display(), interval = ?settings.reconcile.interval, "blog-agent running");
     Agent::new(settings, cli.config.clone(), cli.environment.clone(), services).run(notifier, signals).await;
     Ok(())

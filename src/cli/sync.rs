@@ -48,8 +48,14 @@ pub async fn run(cli: &Cli, args: &SyncArgs) -> Result<(), Failure> {
     use std::io::IsTerminal;
     let show_progress = std::io::stderr().is_terminal() && !args.json;
     let engine = Engine::connect().await.map_err(|e| failed(e.into()))?.with_progress(show_progress);
-    let sdk = crate::aws::load().await;
-    let services = Services { tags: Imds::new(), releases: S3Releases::new(&sdk), credentials: Ecr::new(&sdk), engine };
+    // The region is resolved on the first S3 or ECR call, and again while it is unknown.
+    let aws = crate::aws::Aws::load(&settings.image.repository.registry).await;
+    let services = Services {
+        tags: Imds::new(),
+        releases: S3Releases::with_aws(&aws),
+        credentials: Ecr::for_registry(&aws, &settings.image.repository.registry),
+        engine,
+    };
     let signals = crate::signals::install()
         .map_err(|e| Failure { code: exit::FAILED, message: format!("cannot install signal handlers: {e}") })?;
     let result = sync_once(&settings, &request, &services, &signals.shutdown).await;
