@@ -10,7 +10,7 @@ use crate::environment;
 use crate::imds::TagSource;
 use crate::release::{Fetched, ReleaseSource};
 use crate::spec::{LABEL_DIGEST, LABEL_SHA};
-use crate::state::{LastPass, Pause, State};
+use crate::state::{LastPass, Pause, State, StateReadError};
 use crate::sync::release_location;
 
 /// Bumped only on an incompatible change.
@@ -28,8 +28,31 @@ pub struct Status {
     pub paused: Option<Pause>,
     pub last_good_sha: Option<String>,
     pub last_pass: Option<LastPass>,
-    /// The container runs the desired SHA and answers its health probe.
+    /// The state dir could not be read (typically: not root), so `paused`, `last_good_sha`
+    /// and `last_pass` are unknown, not absent.
+    pub state_error: Option<String>,
+    /// The version this host is meant to run, and why: S3's, or the pinned or held one
+    /// while updates are paused.
+    pub target: Option<TargetStatus>,
+    /// The container runs the target SHA and answers its health probe.
     pub converged: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TargetStatus {
+    pub sha: String,
+    pub source: TargetSource,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TargetSource {
+    /// Not paused: the SHA in S3.
+    S3,
+    /// Paused by `sync --sha`: the pinned SHA.
+    Pinned,
+    /// Paused: the version the container carries (else the last good one).
+    Paused,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -75,7 +98,15 @@ pub async fn gather(
     engine: Option<&Engine>,
     engine_error: Option<String>,
 ) -> Status {
-    let state = State::load(&settings.agent.state_dir);
+    let dir = &settings.agent.state_dir;
+    // Read, not load: the agent may read an unreadable file as "no pause", but a report must
+    // not say "automatic" when it could not look.
+    let (pause, state, last_pass) = (Pause::read(dir), State::read(dir), LastPass::read(dir));
+    let state_error = [pause.as_ref().err(), state.as_ref().err(), last_pass.as_ref().err()]
+        .into_iter()
+        .flatten()
+        .next()
+        .map(describe_state_error);
     let mut status = Status {
         schema_version: SCHEMA_VERSION,
         environment: None,
@@ -84,11 +115,14 @@ pub async fn gather(
         desired_error: None,
         container: None,
         container_error: engine_error,
-        paused: Pause::load(&settings.agent.state_dir),
-        last_good_sha: state.last_good.map(|g| g.sha),
-        last_pass: LastPass::load(&settings.agent.state_dir),
+        paused: pause.ok().flatten(),
+        last_good_sha: None,
+        last_pass: last_pass.ok().flatten(),
+        state_error,
+        target: None,
         converged: false,
     };
+    let mut last_good = None;
     match environment::resolve(env_flag, settings, tags).await {
         Ok(env) => {
             let location = release_location(settings, &env.name);
@@ -103,6 +137,9 @@ pub async fn gather(
                 }
                 Ok(Fetched::Unchanged) => {}
                 Err(e) => status.desired_error = Some(e.to_string()),
+            }
+            if let Ok(state) = &state {
+                last_good = state.last_good_in(&env.name).map(|g| g.sha.clone());
             }
             status.environment = Some(EnvironmentStatus { name: env.name, source: env.source.to_string() });
         }
@@ -135,11 +172,49 @@ pub async fn gather(
             Err(e) => status.container_error = Some(e.to_string()),
         }
     }
-    status.converged = match (&status.desired, &status.container) {
-        (Some(d), Some(c)) => c.sha.as_deref() == Some(d.sha.as_str()) && c.health.ok,
+    status.last_good_sha = state.ok().and_then(|s| s.last_good).map(|g| g.sha);
+    let running = status.container.as_ref().filter(|c| c.managed).and_then(|c| c.sha.as_deref());
+    status.target = meant_to_run(
+        status.desired.as_ref().map(|d| d.sha.as_str()),
+        status.paused.as_ref(),
+        running,
+        last_good.as_deref(),
+    );
+    status.converged = match (&status.target, &status.container) {
+        (Some(t), Some(c)) => running == Some(t.sha.as_str()) && c.health.ok,
         _ => false,
     };
     status
+}
+
+/// The version the host is meant to run: S3's, unless updates are paused; then the pinned
+/// one (`sync --sha`: what the operator asked for), else the one the container carries, else
+/// the last good one. While the state cannot be read, S3's is the best guess (`state_error`
+/// says so).
+fn meant_to_run(
+    desired: Option<&str>,
+    pause: Option<&Pause>,
+    running: Option<&str>,
+    last_good: Option<&str>,
+) -> Option<TargetStatus> {
+    let (sha, source) = match pause {
+        None => (desired?, TargetSource::S3),
+        Some(Pause { pinned_sha: Some(pinned), .. }) => (pinned.as_str(), TargetSource::Pinned),
+        Some(_) => (running.or(last_good)?, TargetSource::Paused),
+    };
+    Some(TargetStatus { sha: sha.to_owned(), source })
+}
+
+/// One line for a state file `status` could not read, with what to do about it.
+fn describe_state_error(e: &StateReadError) -> String {
+    if e.is_permission_denied() {
+        format!(
+            "cannot read state (permission denied on {}): run as root, e.g. `sudo blog-agent status`",
+            e.path.display()
+        )
+    } else {
+        format!("cannot read state: {e}")
+    }
 }
 
 /// The human form: one aligned line per fact, problems spelled out.
@@ -180,17 +255,26 @@ pub fn render_text(s: &Status) -> String {
     }
     line(
         "updates",
-        match &s.paused {
-            Some(p) => format!(
+        match (&s.paused, &s.state_error) {
+            (Some(p), _) => format!(
                 "PAUSED by {} at {}{} (`blog-agent resume` to follow S3)",
                 p.by,
                 humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(p.at)),
                 p.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default()
             ),
-            None => "automatic".into(),
+            (None, Some(err)) => format!("UNKNOWN: {err}"),
+            (None, None) => "automatic".into(),
         },
     );
-    line("last good", s.last_good_sha.clone().unwrap_or_else(|| "-".into()));
+    if let Some(t) = s.target.as_ref().filter(|t| t.source != TargetSource::S3) {
+        let why = match t.source {
+            TargetSource::Pinned => "pinned by `blog-agent sync --sha`",
+            _ => "paused: holding this version",
+        };
+        line("target", format!("{} ({why})", t.sha));
+    }
+    let unknown = || if s.state_error.is_some() { "unknown (state unreadable)".into() } else { "-".into() };
+    line("last good", s.last_good_sha.clone().unwrap_or_else(unknown));
     if let Some(p) = &s.last_pass {
         line("last success", p.last_success.map(fmt_unix).unwrap_or_else(|| "never".into()));
         if let Some((at, err)) = &p.last_error {
@@ -203,4 +287,101 @@ pub fn render_text(s: &Status) -> String {
 
 fn fmt_unix(secs: u64) -> String {
     humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs)).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pause(pinned: Option<&str>) -> Pause {
+        Pause { by: "alice (uid 1000)".into(), reason: None, at: 0, pinned_sha: pinned.map(str::to_owned) }
+    }
+
+    /// A pinned host must be compared with its pin, not with S3 (it showed "converged: false"
+    /// and `status` exited 1 on a host doing exactly what the operator asked).
+    #[test]
+    fn paused_or_pinned_hosts_are_compared_with_what_they_are_meant_to_run() {
+        let target = |sha: &str, source| Some(TargetStatus { sha: sha.into(), source });
+        let (s3, pin, run, good) = (Some("aaaaaaa"), Some("bbbbbbb"), Some("ccccccc"), Some("ddddddd"));
+        let cases = [
+            ("not paused: S3", s3, None, run, good, target("aaaaaaa", TargetSource::S3)),
+            ("not paused, S3 unknown", None, None, run, good, None),
+            (
+                "pinned: the pin, whatever S3 and the container say",
+                s3,
+                Some(pause(pin)),
+                run,
+                good,
+                target("bbbbbbb", TargetSource::Pinned),
+            ),
+            ("pinned, S3 unreadable", None, Some(pause(pin)), run, good, target("bbbbbbb", TargetSource::Pinned)),
+            ("paused: what runs", s3, Some(pause(None)), run, good, target("ccccccc", TargetSource::Paused)),
+            (
+                "paused, nothing runs: last good",
+                s3,
+                Some(pause(None)),
+                None,
+                good,
+                target("ddddddd", TargetSource::Paused),
+            ),
+            ("paused, nothing to go on", s3, Some(pause(None)), None, None, None),
+        ];
+        for (name, desired, pause, running, last_good, want) in cases {
+            assert_eq!(meant_to_run(desired, pause.as_ref(), running, last_good), want, "{name}");
+        }
+    }
+
+    fn status() -> Status {
+        Status {
+            schema_version: SCHEMA_VERSION,
+            environment: None,
+            environment_error: None,
+            desired: None,
+            desired_error: None,
+            container: None,
+            container_error: None,
+            paused: None,
+            last_good_sha: None,
+            last_pass: None,
+            state_error: None,
+            target: None,
+            converged: false,
+        }
+    }
+
+    /// Not root, 0700 state dir: the pause could not be read, so the report must not say
+    /// "automatic".
+    #[test]
+    fn unreadable_state_is_reported_not_shown_as_automatic_updates() {
+        let err = StateReadError {
+            path: "/var/lib/blog-agent/pause.json".into(),
+            source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+        };
+        let text = render_text(&Status { state_error: Some(describe_state_error(&err)), ..status() });
+        assert!(
+            text.contains(
+                "updates        UNKNOWN: cannot read state (permission denied on /var/lib/blog-agent/pause.json): \
+                 run as root, e.g. `sudo blog-agent status`"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("automatic"), "{text}");
+        assert!(text.contains("last good      unknown (state unreadable)"), "{text}");
+        assert!(render_text(&status()).contains("updates        automatic"));
+    }
+
+    #[test]
+    fn a_pinned_target_is_shown() {
+        let s =
+            Status { target: Some(TargetStatus { sha: "bbbbbbb".into(), source: TargetSource::Pinned }), ..status() };
+        assert!(
+            render_text(&s).contains("target         bbbbbbb (pinned by `blog-agent sync --sha`)"),
+            "{}",
+            render_text(&s)
+        );
+        assert_eq!(
+            serde_json::to_value(&s).unwrap()["target"],
+            serde_json::json!({"sha": "bbbbbbb", "source": "pinned"})
+        );
+    }
 }

@@ -14,7 +14,8 @@ pub struct StatusArgs {
     pub json: bool,
 }
 
-/// Exit 0 when converged, 1 otherwise, so scripts can use it as a check too.
+/// Exit 0 when converged (running what the host is meant to run: S3's version, or the pinned or
+/// held one while paused), 1 otherwise, so scripts can use it as a check too.
 pub async fn run(cli: &Cli, args: &StatusArgs) -> Result<(), Failure> {
     let settings = super::load_settings(cli)?;
     super::check_env_flag(cli, &settings)?;
@@ -41,6 +42,10 @@ pub async fn run(cli: &Cli, args: &StatusArgs) -> Result<(), Failure> {
     if status.converged {
         Ok(())
     } else {
-        Err(Failure { code: exit::FAILED, message: "not converged (see above)".into() })
+        let message = match &status.state_error {
+            Some(_) => "not converged as far as this user can tell (the state is unreadable; see above)",
+            None => "not converged (see above)",
+        };
+        Err(Failure { code: exit::FAILED, message: message.into() })
     }
 }
