@@ -34,6 +34,15 @@ pub enum EngineError {
     Timeout { op: &'static str, target: String, secs: u64 },
     #[error("pulling {image}: {detail}")]
     Pull { image: String, detail: String },
+    /// The container is gone (removed by hand, or by a concurrent `docker rm -f`).
+    #[error("Docker {op} {target}: no such container")]
+    NotFound { op: &'static str, target: String },
+}
+
+impl EngineError {
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, EngineError::NotFound { .. })
+    }
 }
 
 /// A container as Docker reports it.
@@ -50,8 +59,6 @@ pub struct ContainerInfo {
     pub started_at: Option<String>,
     /// Restarts done by Docker's restart policy; a climbing count is a crash loop.
     pub restart_count: i64,
-    /// The image ID the container runs.
-    pub image_id: String,
 }
 
 impl ContainerInfo {
@@ -61,8 +68,8 @@ impl ContainerInfo {
     }
 
     /// The reconcile view of this container.
-    pub fn observed(&self) -> crate::reconcile::Observed {
-        crate::reconcile::Observed {
+    pub fn observed(&self) -> crate::pass::plan::Observed {
+        crate::pass::plan::Observed {
             id: self.id.clone(),
             managed: self.is_managed(),
             sha: self.labels.get(LABEL_SHA).cloned(),
@@ -173,10 +180,21 @@ impl Engine {
         self.docker.client_version().to_string()
     }
 
-    pub async fn container(&self, name: &str) -> Result<Option<ContainerInfo>, EngineError> {
+    /// The container whose name is exactly `name_or_id`, or whose full ID it is. Docker's
+    /// inspect also matches an ID *prefix* when no name matches, so a container named `abc123`
+    /// that does not exist would otherwise resolve to someone else's container: such a match
+    /// is treated as absent.
+    pub async fn container(&self, name_or_id: &str) -> Result<Option<ContainerInfo>, EngineError> {
+        let name = name_or_id;
         match bounded("inspect container", name, self.docker.inspect_container(name, None)).await? {
             Err(e) if is_not_found(&e) => Ok(None),
             Err(e) => Err(api("inspect container", name)(e)),
+            Ok(c)
+                if c.id.as_deref().is_none_or(|id| id != name)
+                    && c.name.as_deref().map(|n| n.trim_start_matches('/')) != Some(name) =>
+            {
+                Ok(None)
+            }
             Ok(c) => {
                 let state = c.state.unwrap_or_default();
                 let ip = c
@@ -193,7 +211,6 @@ impl Engine {
                     ip,
                     started_at: state.started_at,
                     restart_count: c.restart_count.unwrap_or(0),
-                    image_id: c.image.unwrap_or_default(),
                 }))
             }
         }
@@ -316,12 +333,19 @@ impl Engine {
     }
 
     pub async fn start(&self, id: &str) -> Result<(), EngineError> {
-        bounded("start container", id, self.docker.start_container(id, None)).await?.map_err(api("start container", id))
+        match bounded("start container", id, self.docker.start_container(id, None)).await? {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Err(EngineError::NotFound { op: "start container", target: id.to_owned() }),
+            Err(e) => Err(api("start container", id)(e)),
+        }
     }
 
     /// Stops with a grace period. Stopping a stopped or missing container is not an error.
     pub async fn stop(&self, id: &str, grace: Duration) -> Result<(), EngineError> {
-        let options = StopContainerOptions { t: Some(grace.as_secs() as i32), signal: None };
+        // Docker takes whole seconds; rounding down would turn a 0.5 s grace into an
+        // immediate SIGKILL.
+        let secs = grace.as_secs_f64().ceil() as i32;
+        let options = StopContainerOptions { t: Some(secs), signal: None };
         // Docker itself waits out the grace period before it answers.
         let stop = tokio::time::timeout(grace + CALL_TIMEOUT, self.docker.stop_container(id, Some(options)));
         let result = stop.await.map_err(|_| EngineError::Timeout {
@@ -348,9 +372,11 @@ impl Engine {
 
     pub async fn rename(&self, id: &str, new_name: &str) -> Result<(), EngineError> {
         let options = RenameContainerOptions { name: new_name.to_owned() };
-        bounded("rename container", id, self.docker.rename_container(id, options))
-            .await?
-            .map_err(api("rename container", id))
+        match bounded("rename container", id, self.docker.rename_container(id, options)).await? {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Err(EngineError::NotFound { op: "rename container", target: id.to_owned() }),
+            Err(e) => Err(api("rename container", id)(e)),
+        }
     }
 }
 

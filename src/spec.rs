@@ -111,7 +111,7 @@ mod tests {
         let base = desired("").spec_hash();
         assert_eq!(base, desired("").spec_hash(), "stable");
         for extra in [
-            "[container]\nports = [\"8080:80\"]\n",
+            "[container]\nports = [\"8080:80\"]\n[health]\nurl = \"http://127.0.0.1:8080/\"\n",
             "[container]\nenv = { A = \"1\" }\n",
             "[container]\nlabels = { team = \"web\" }\n",
         ] {

@@ -37,7 +37,7 @@ pub async fn run(cli: &Cli, _args: &RunArgs) -> Result<(), Failure> {
         engine,
     };
     tracing::info!(config = %cli.config.display(), interval = ?settings.reconcile.interval, "blog-agent running");
-    Agent::new(settings, cli.config.clone(), cli.environment.clone(), services).run(notifier, signals).await;
+    Agent::run(settings, cli.config.clone(), cli.environment.clone(), services, notifier, signals).await;
     Ok(())
 }
 

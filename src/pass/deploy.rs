@@ -1,5 +1,5 @@
-//! Carries out a [`Plan`](crate::reconcile::Plan) on Docker without ever leaving the host
-//! with less than it had.
+//! Do: the Docker steps of a [`Decision`](super::decide::Decision), each of which never leaves
+//! the host with less than it had. Nothing here chooses a release.
 //!
 //! A deploy goes: image on disk (pull if missing) -> candidate container with no published
 //! ports, probed over the Docker bridge -> only then cut-over: stop the old container, move it
@@ -15,6 +15,8 @@ use crate::health::{self, ProbeFailed};
 use crate::registry::{CredentialSource, RegistryError};
 use crate::shutdown::{Cancelled, Shutdown};
 use crate::spec::DesiredContainer;
+
+use super::snapshot::{aside, CANDIDATE, FAILED, NEXT, PREVIOUS};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeployError {
@@ -34,55 +36,50 @@ pub enum DeployError {
     Cancelled(#[from] Cancelled),
 }
 
-/// Suffixes of the transient containers a deploy uses next to `<name>`.
-const CANDIDATE: &str = "candidate";
-const NEXT: &str = "next";
-const PREVIOUS: &str = "previous";
-
-fn aside(name: &str, suffix: &str) -> String {
-    format!("{name}-{suffix}")
+/// Removes a leftover of an interrupted deploy (the decision checked it is ours).
+pub async fn remove_leftover(engine: &Engine, container: &str, id: &str) -> Result<(), EngineError> {
+    tracing::info!(container = %container, "removing leftover from an interrupted deploy");
+    engine.remove(id).await
 }
 
-/// Repairs what an interrupted deploy left behind, before anything is observed:
-/// stray candidates and un-started new containers are removed; a `-previous` with no
-/// `<name>` is the last serving version caught mid-cut-over, and is put back.
-/// Only containers carrying our label are touched.
-pub async fn recover_interrupted(engine: &Engine, settings: &Settings, name: &str) -> Result<(), EngineError> {
-    for suffix in [CANDIDATE, NEXT] {
-        if let Some(c) = engine.container(&aside(name, suffix)).await?.filter(ContainerInfo::is_managed) {
-            tracing::info!(container = %c.name, "removing leftover from an interrupted deploy");
-            engine.remove(&c.id).await?;
-        }
-    }
-    let Some(prev) = engine.container(&aside(name, PREVIOUS)).await?.filter(ContainerInfo::is_managed) else {
-        return Ok(());
-    };
-    match engine.container(name).await? {
-        None => {
-            tracing::warn!(container = %name, "restoring the previous version left aside by an interrupted deploy");
-            engine.rename(&prev.id, name).await?;
-            if !prev.running {
-                engine.start(&prev.id).await?;
-            }
-        }
-        Some(new) => {
-            // Interrupted between starting the new version and proving it: prove it now.
-            let url = &settings.health.url;
-            let healthy = health::wait_healthy(&url.host, url.port, &url.path, settings.health.timeout, || {
-                still_running(engine, &new.id, new.restart_count)
-            })
-            .await;
-            match healthy {
-                Ok(_) => engine.remove(&prev.id).await?,
-                Err(probe) => {
-                    tracing::warn!(container = %name, %probe, "the new version left by an interrupted deploy is unhealthy; restoring the previous one");
-                    let restored = roll_back(engine, name, &new.id, Some(&prev)).await;
-                    tracing::warn!(container = %name, "{restored}");
-                }
-            }
-        }
+/// Puts `-previous` back under `name` (nothing else holds the name), started if it was not.
+pub async fn restore_previous(engine: &Engine, name: &str, id: &str, start: bool) -> Result<(), EngineError> {
+    tracing::warn!(container = %name, "restoring the previous version left aside by an interrupted deploy");
+    engine.rename(id, name).await?;
+    if start {
+        engine.start(id).await?;
     }
     Ok(())
+}
+
+/// Proves a new version an interrupted deploy left under `name` beside `-previous`: healthy,
+/// `-previous` is removed; not, `-previous` is put back.
+pub async fn prove_interrupted(
+    engine: &Engine,
+    settings: &Settings,
+    name: &str,
+    new_id: &str,
+    new_restarts: i64,
+    previous_id: &str,
+) -> Result<(), EngineError> {
+    let url = &settings.health.url;
+    let healthy = health::wait_healthy(&url.host, url.port, &url.path, settings.health.timeout, || {
+        still_running(engine, new_id, new_restarts)
+    })
+    .await;
+    match healthy {
+        Ok(_) => {
+            tracing::info!(container = %name, "the new version left by an interrupted deploy is healthy; removing the previous one");
+            engine.remove(previous_id).await
+        }
+        Err(probe) => {
+            tracing::warn!(container = %name, %probe, "the new version left by an interrupted deploy is unhealthy; restoring the previous one");
+            let previous = engine.container(previous_id).await?;
+            let restored = roll_back(engine, name, new_id, previous.as_ref()).await;
+            tracing::warn!(container = %name, "{restored}");
+            Ok(())
+        }
+    }
 }
 
 /// Makes sure the image is on disk, pulling it with fresh registry credentials if not.
@@ -203,14 +200,25 @@ pub async fn cut_over(
     let new_id = engine.create(&next_name, desired, digest, "serving", true).await?;
     let previous_name = aside(name, PREVIOUS);
     if let Some(old) = old {
-        if let Some(stale) = engine.container(&previous_name).await?.filter(|c| c.id != old.id) {
+        // Only ours: the decision refuses to cut over when someone else's container holds it.
+        let stale = engine.container(&previous_name).await?.filter(|c| c.id != old.id && c.is_managed());
+        if let Some(stale) = stale {
             engine.remove(&stale.id).await?;
         }
     }
+    let mut old = old;
     let started = async {
-        if let Some(old) = old {
-            engine.stop(&old.id, settings.container.stop_timeout).await?;
-            engine.rename(&old.id, &previous_name).await?;
+        if let Some(current) = old {
+            engine.stop(&current.id, settings.container.stop_timeout).await?;
+            match engine.rename(&current.id, &previous_name).await {
+                // Removed under our feet (`docker rm -f` racing the cut-over): the name is
+                // free, so carry on with the new version rather than fail and go dark.
+                Err(e) if e.is_not_found() => {
+                    tracing::warn!(container = %name, "the old container was removed during the cut-over; carrying on");
+                    old = None;
+                }
+                other => other?,
+            }
         }
         engine.rename(&new_id, name).await?;
         engine.start(&new_id).await?;
@@ -223,11 +231,17 @@ pub async fn cut_over(
             let probe = health::wait_healthy(&url.host, url.port, &url.path, settings.health.timeout, || {
                 still_running(engine, &new_id, 0)
             });
-            // On shutdown mid-probe the new version is unproven: put the old one back.
-            shutdown
-                .race(probe)
-                .await
-                .unwrap_or_else(|_| Err(ProbeFailed { url: url.to_string(), last: "interrupted by shutdown".into() }))
+            match shutdown.race(probe).await {
+                Ok(probe) => probe,
+                Err(cancelled) => {
+                    // Shutdown mid-probe: leave the new version serving and the old one aside
+                    // as -previous. The next start proves the new one (or restores the old),
+                    // which costs no extra swap, where a rollback now and a redeploy then
+                    // would cost two.
+                    tracing::warn!(container = %name, "shutdown while proving the new version: left in place; the next start proves it or restores {previous_name}");
+                    return Err(cancelled.into());
+                }
+            }
         }
         Err(e) => Err(ProbeFailed { url: settings.health.url.to_string(), last: e.to_string() }),
     };
@@ -254,18 +268,25 @@ pub async fn cut_over(
 /// Puts `old` back under `name`, running. Returns a sentence for the error message.
 async fn roll_back(engine: &Engine, name: &str, new_id: &str, old: Option<&ContainerInfo>) -> String {
     // Free the name first (a rename is quicker and surer than a removal), restore, then clean up.
-    let failed_name = aside(name, "failed");
+    let failed_name = aside(name, FAILED);
+    if let Ok(Some(stale)) = engine.container(&failed_name).await {
+        if stale.is_managed() && stale.id != new_id {
+            let _ = engine.remove(&stale.id).await;
+        }
+    }
     let _ = engine.stop(new_id, Duration::from_secs(1)).await;
     if let Err(e) = engine.rename(new_id, &failed_name).await {
-        tracing::warn!(container = %name, error = %e, "could not move the failed new container aside");
+        tracing::warn!(container = %name, error = %e, "could not move the failed new container aside; removing it");
+        let _ = engine.remove(new_id).await;
     }
     let restore = async {
         let Some(old) = old else { return Ok(false) };
         // It was moved aside to -previous only if the cut-over got that far: ask Docker.
-        if let Some(current) = engine.container(&old.id).await? {
-            if current.name != name {
-                engine.rename(&old.id, name).await?;
-            }
+        let Some(current) = engine.container(&old.id).await? else {
+            return Err(EngineError::NotFound { op: "restore", target: old.name.clone() });
+        };
+        if current.name != name {
+            engine.rename(&old.id, name).await?;
         }
         engine.start(&old.id).await?;
         Ok::<bool, EngineError>(true)
@@ -281,6 +302,9 @@ async fn roll_back(engine: &Engine, name: &str, new_id: &str, old: Option<&Conta
         Ok(_) => {
             tracing::warn!(container = %name, sha = old.labels.get(crate::spec::LABEL_SHA).map(String::as_str).unwrap_or("unknown"), "previous version restored");
             "the previous version was restored and is running".into()
+        }
+        Err(e) if e.is_not_found() => {
+            "the previous container is gone (removed by hand?): the next pass deploys again".into()
         }
         Err(e) => format!("restoring the previous version failed too: {e}"),
     }

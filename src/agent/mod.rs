@@ -1,0 +1,307 @@
+//! `blog-agent run`: the long-running reconcile loop.
+//!
+//! [`driver`] owns time (schedule, backoff, event debounce, watchdog, SIGHUP, shutdown);
+//! [`Agent`] is one pass: environment (cached after the first success) -> desired SHA by
+//! conditional GET (a 304 keeps the cached SHA; a local pass after a Docker event skips S3)
+//! -> lock -> observe once -> crash-loop check -> [`decide`](crate::pass::decide) -> execute.
+//! [`phase`] is the loop's state as a type, from which `STATUS=` is derived; [`quarantine`]
+//! remembers bad releases. Nothing here ever stops the serving container because a remote
+//! service failed.
+
+pub mod driver;
+pub mod events;
+pub mod phase;
+pub mod quarantine;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::config::Settings;
+use crate::environment::{self, Environment};
+use crate::imds::TagSource;
+use crate::lock;
+use crate::pass::decide::{self, Inputs, Wanted, Why};
+use crate::pass::execute::{self, Options};
+use crate::pass::snapshot;
+use crate::pass::{Action, PassError, Services};
+use crate::registry::CredentialSource;
+use crate::release::{Fetched, ObjectLocation, ReleaseSource};
+use crate::sha::Sha;
+use crate::shutdown::Shutdown;
+use crate::signals::Signals;
+use crate::state::LastPass;
+use crate::systemd::Notifier;
+use driver::{PassKind, Reconciler, Wakeups};
+use phase::{Phase, Problem};
+use quarantine::{Cause, Quarantine};
+
+/// Slack on top of the sum of a pass's own bounds before it counts as hung.
+const PASS_SLACK: Duration = Duration::from_secs(180);
+
+/// The desired release as last read from S3.
+#[derive(Debug, Clone)]
+struct Published {
+    location: ObjectLocation,
+    sha: Sha,
+    etag: Option<String>,
+}
+
+/// The loop's memory between passes.
+pub struct Agent<T, R, C> {
+    settings: Settings,
+    config_path: PathBuf,
+    env_flag: Option<String>,
+    services: Services<T, R, C>,
+    env: Option<Environment>,
+    published: Option<Published>,
+    quarantine: Quarantine,
+    phase: Phase,
+    /// Who paused automatic updates, if they are paused.
+    paused_by: Option<String>,
+    triggers: mpsc::Sender<&'static str>,
+    events: Option<JoinHandle<()>>,
+}
+
+impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
+    /// Runs until shutdown. Returns normally on SIGTERM/SIGINT: the blog container keeps running.
+    pub async fn run(
+        settings: Settings,
+        config_path: PathBuf,
+        env_flag: Option<String>,
+        services: Services<T, R, C>,
+        notifier: Notifier,
+        signals: Signals,
+    ) {
+        let (triggers, trigger_rx) = mpsc::channel::<&'static str>(1);
+        let mut agent = Agent {
+            settings,
+            config_path,
+            env_flag,
+            services,
+            env: None,
+            published: None,
+            quarantine: Quarantine::default(),
+            phase: Phase::Starting,
+            paused_by: None,
+            triggers,
+            events: None,
+        };
+        agent.watch_events();
+        let wake = Wakeups { triggers: trigger_rx, reload: signals.reload, shutdown: signals.shutdown };
+        driver::drive(&mut agent, wake, &notifier).await;
+        if let Some(events) = agent.events.take() {
+            events.abort();
+        }
+        tracing::info!("stopped; the blog container keeps running");
+    }
+
+    fn watch_events(&mut self) {
+        if let Some(old) = self.events.take() {
+            old.abort();
+        }
+        let engine = self.services.engine.clone();
+        self.events = Some(events::watch(engine, self.settings.container.name.clone(), self.triggers.clone()));
+    }
+
+    /// One pass: what serves afterwards, and the problem to report (if any).
+    async fn try_pass(
+        &mut self,
+        kind: PassKind,
+        shutdown: &Shutdown,
+    ) -> Result<(Option<Sha>, Option<Problem>), PassError> {
+        let env = match &self.env {
+            Some(env) => env.clone(),
+            None => {
+                let resolve = environment::resolve(self.env_flag.as_deref(), &self.settings, &self.services.tags);
+                let env = shutdown.race(resolve).await??;
+                tracing::info!(env = %env.name, source = %env.source, "environment {} (from {})", env.name, env.source);
+                self.env = Some(env.clone());
+                env
+            }
+        };
+
+        let mut problem = None;
+        if kind == PassKind::Full {
+            problem = self.read_release(&env, shutdown).await?;
+        }
+        let wanted = match &self.published {
+            Some(p) => Wanted::Published(p.sha.clone()),
+            None => Wanted::Unknown,
+        };
+
+        // Everything from here on decides what runs: under the lock, so a `sync --sha` or a
+        // `pause` that happened meanwhile is seen.
+        let _lock =
+            shutdown.race(lock::acquire(&self.settings.agent.state_dir, self.settings.agent.lock_timeout)).await??;
+        let engine = &self.services.engine;
+        let snapshot = snapshot::observe(engine, &self.settings).await?;
+        self.paused_by = snapshot.pause.as_ref().map(|p| p.by.clone());
+        if let Some((sha, Cause::CrashLoop { restarts })) =
+            self.quarantine.note_container(snapshot.main.as_ref(), Instant::now())
+        {
+            let wait = self.quarantine.remaining(&sha, Instant::now()).unwrap_or_default();
+            tracing::warn!(
+                env = %env.name, sha = %sha, container = %self.settings.container.name, restarts,
+                "crash loop: Docker restarted the container {restarts} times; rolling back to the previous good version, next try in {}",
+                humantime::format_duration(Duration::from_secs(wait.as_secs()))
+            );
+        }
+        let held = self.quarantine.held(Instant::now());
+        let (settings, environment) = (&self.settings, env.name.as_str());
+        let decide_on = |snapshot: &snapshot::Snapshot| {
+            decide::decide(&Inputs {
+                settings,
+                environment,
+                wanted: &wanted,
+                snapshot,
+                quarantine: &held,
+                now: Instant::now(),
+            })
+        };
+        let decision = decide_on(&snapshot);
+        if let Why::Quarantined { release, .. } = &decision.why {
+            problem = Some(Problem::quarantined(release.as_str(), decision.why.to_string()));
+        }
+        if decision.target.is_none() {
+            return match problem {
+                Some(problem) => Ok((snapshot.serving_sha().and_then(|s| Sha::parse(s).ok()), Some(problem))),
+                None => Err(PassError::NothingToRun(decision.why)),
+            };
+        }
+        let options = Options { probe_converged: false, rescue: true };
+        let target = decision.target.clone();
+        let result = execute::execute_decision(
+            settings,
+            &self.services,
+            environment,
+            snapshot,
+            decision,
+            decide_on,
+            shutdown,
+            options,
+        )
+        .await;
+        match result {
+            Ok(done) => {
+                if let Some(applied) = &done.applied {
+                    if applied.action != Action::Unchanged {
+                        tracing::info!(env = %env.name, sha = %applied.sha, container = %settings.container.name, "{}", applied.action);
+                    }
+                    if Some(&applied.sha) == done.decision.target.as_ref() {
+                        self.quarantine.record_success(&applied.sha);
+                    }
+                }
+                if let Some(failure) = &done.rescued_from {
+                    self.count_failure(target.as_ref(), failure);
+                    problem = Some(Problem::from(failure));
+                }
+                Ok((done.applied.map(|a| a.sha), problem))
+            }
+            Err(e) => {
+                self.count_failure(target.as_ref(), &e);
+                Err(e)
+            }
+        }
+    }
+
+    /// Reads S3 (conditional GET). Returns the problem to report when S3 cannot be read; the
+    /// last SHA read stays the desired one meanwhile.
+    async fn read_release(&mut self, env: &Environment, shutdown: &Shutdown) -> Result<Option<Problem>, PassError> {
+        let location = crate::sync::release_location(&self.settings, &env.name);
+        let etag = self.published.as_ref().filter(|p| p.location == location).and_then(|p| p.etag.clone());
+        let fetch = self.services.releases.fetch(&location, etag.as_deref());
+        match shutdown.race(fetch).await? {
+            Ok(Fetched::Changed(release)) => {
+                if self.published.as_ref().map(|p| &p.sha) != Some(&release.sha) {
+                    tracing::info!(env = %env.name, sha = %release.sha, "desired release {} for {}", release.sha, env.name);
+                }
+                self.published = Some(Published { location, sha: release.sha, etag: release.etag });
+                Ok(None)
+            }
+            Ok(Fetched::Unchanged) => {
+                tracing::debug!("release unchanged (304)");
+                Ok(None)
+            }
+            Err(e) => Ok(Some(Problem::from(&PassError::Release(e)))),
+        }
+    }
+
+    /// A release that failed its own probe counts towards its quarantine.
+    fn count_failure(&mut self, target: Option<&Sha>, failure: &PassError) {
+        let (Some(sha), true) = (target, failure.failed_release()) else { return };
+        if let Some(Cause::FailedDeploys { times }) = self.quarantine.record_failure(sha, Instant::now()) {
+            let wait = self.quarantine.remaining(sha, Instant::now()).unwrap_or_default();
+            tracing::warn!(sha = %sha, "release {} failed to deploy {times} times in a row; holding it back for {} s", sha.short(), wait.as_secs());
+        }
+    }
+
+    /// After a failed pass: what serves now, from Docker (not from what the pass hoped).
+    async fn serving_now(&self) -> Option<Sha> {
+        let main = self.services.engine.container(&self.settings.container.name).await.ok()??;
+        let sha = main.labels.get(crate::spec::LABEL_SHA).filter(|_| main.is_managed() && main.running)?;
+        Sha::parse(sha).ok()
+    }
+
+    /// Logs `next` if it differs from the current problem; logs recovery when it clears.
+    fn note(&self, next: Option<&Problem>) {
+        let env = self.env.as_ref().map(|e| e.name.as_str()).unwrap_or("");
+        match (self.phase.problem(), next) {
+            (None, None) => {}
+            (Some(old), None) => tracing::info!(env, resolved = %old.text, "recovered"),
+            (old, Some(new)) if !old.is_some_and(|old| old.same_as(new)) => {
+                tracing::warn!(env, "{} (retrying with backoff)", new.text)
+            }
+            (_, Some(new)) => tracing::debug!(problem = %new.text, "still failing"),
+        }
+    }
+}
+
+impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Reconciler for Agent<T, R, C> {
+    async fn pass(&mut self, kind: PassKind, shutdown: &Shutdown) -> Phase {
+        let phase = match self.try_pass(kind, shutdown).await {
+            Err(e) if e.is_cancelled() || shutdown.is_requested() => return Phase::Stopping,
+            Ok((serving, problem)) => Phase::after_pass(serving.map(|s| s.to_string()), problem),
+            Err(e) => Phase::after_pass(self.serving_now().await.map(|s| s.to_string()), Some(Problem::from(&e))),
+        };
+        self.note(phase.problem());
+        LastPass::record(&self.settings.agent.state_dir, phase.problem().map(|p| p.text.as_str()));
+        self.phase = phase.clone();
+        phase
+    }
+
+    /// Re-reads the config file. An invalid file keeps the current settings.
+    fn reload(&mut self) {
+        match Settings::load(&self.config_path) {
+            Ok(settings) if settings == self.settings => tracing::info!("configuration unchanged"),
+            Ok(settings) => {
+                tracing::info!(config = %self.config_path.display(), "configuration reloaded");
+                let renamed = settings.container.name != self.settings.container.name;
+                self.settings = settings;
+                self.env = None;
+                self.published = None;
+                if renamed {
+                    self.watch_events();
+                }
+            }
+            Err(e) => tracing::error!("configuration reload failed, keeping the previous one: {e}"),
+        }
+    }
+
+    fn interval(&self) -> (Duration, Duration) {
+        (self.settings.reconcile.interval, self.settings.reconcile.jitter)
+    }
+
+    /// Longest a healthy pass can take: every step's own bound, plus slack.
+    fn pass_deadline(&self) -> Duration {
+        let s = &self.settings;
+        s.agent.lock_timeout + s.image.pull_timeout + s.health.timeout * 3 + s.container.stop_timeout + PASS_SLACK
+    }
+
+    fn status_line(&self, phase: &Phase) -> String {
+        phase.status_line(self.env.as_ref().map(|e| e.name.as_str()), self.paused_by.as_deref())
+    }
+}

@@ -1,0 +1,201 @@
+//! The loop's state, as a type: what `STATUS=` says and what a repeated problem is.
+//!
+//! `Starting` until the first pass ends; then `Converged` (serving the target, nothing
+//! failing), `Degraded` (a blog of ours serves, but something failed: S3, ECR, a quarantined
+//! release), `Unconverged` (nothing of ours serves), and `Stopping`. Problems are compared by
+//! [`ProblemKind`], so a retry of the same failure (with a new request id in its text) is not
+//! logged as new.
+
+use std::mem::{discriminant, Discriminant};
+
+use crate::engine::EngineError;
+use crate::environment::EnvironmentError;
+use crate::pass::deploy::DeployError;
+use crate::pass::PassError;
+use crate::registry::RegistryError;
+use crate::release::ReleaseError;
+
+/// What kind of failure a problem is; two problems of one kind are "the same problem".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProblemKind {
+    Environment(Discriminant<EnvironmentError>),
+    Release(Discriminant<ReleaseError>),
+    Registry(Discriminant<RegistryError>),
+    Engine(Discriminant<EngineError>),
+    Lock,
+    /// A release that fails its own probe (before or after cut-over), by image.
+    ReleaseUnhealthy(String),
+    /// The serving container does not come back healthy.
+    Unhealthy,
+    /// A container blog-agent did not create is in the way.
+    Blocked,
+    /// A release held back (crash loop, failed cut-overs).
+    Quarantined(String),
+    NothingToRun,
+    State,
+    Cancelled,
+}
+
+/// A failure the loop reports and retries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub kind: ProblemKind,
+    pub text: String,
+}
+
+impl Problem {
+    pub fn quarantined(sha: &str, text: String) -> Problem {
+        Problem { kind: ProblemKind::Quarantined(sha.to_owned()), text }
+    }
+
+    /// Same kind of failure as `other`.
+    pub fn same_as(&self, other: &Problem) -> bool {
+        self.kind == other.kind
+    }
+}
+
+impl From<&PassError> for Problem {
+    fn from(e: &PassError) -> Problem {
+        let kind = match e {
+            PassError::Environment(e) => ProblemKind::Environment(discriminant(e)),
+            PassError::Release(e) => ProblemKind::Release(discriminant(e)),
+            PassError::Lock(_) => ProblemKind::Lock,
+            PassError::Engine(e) | PassError::Deploy(DeployError::Engine(e)) => ProblemKind::Engine(discriminant(e)),
+            PassError::Deploy(DeployError::Registry(e)) => ProblemKind::Registry(discriminant(e)),
+            PassError::Deploy(DeployError::CandidateUnhealthy { image, .. })
+            | PassError::Deploy(DeployError::CutoverUnhealthy { image, .. }) => {
+                ProblemKind::ReleaseUnhealthy(image.clone())
+            }
+            PassError::Deploy(DeployError::RestartUnhealthy { .. }) | PassError::Unhealthy { .. } => {
+                ProblemKind::Unhealthy
+            }
+            PassError::Blocked(_) => ProblemKind::Blocked,
+            PassError::NothingToRun(_) => ProblemKind::NothingToRun,
+            PassError::State(_) => ProblemKind::State,
+            PassError::Cancelled(_) | PassError::Deploy(DeployError::Cancelled(_)) => ProblemKind::Cancelled,
+        };
+        Problem { kind, text: e.to_string() }
+    }
+}
+
+/// Where the loop is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Phase {
+    Starting,
+    /// Serving `serving` (a SHA), the target, with nothing failing.
+    Converged {
+        serving: String,
+    },
+    /// Serving `serving`, but `problem` needs a retry.
+    Degraded {
+        serving: String,
+        problem: Problem,
+    },
+    /// Nothing of ours serves.
+    Unconverged {
+        problem: Problem,
+    },
+    Stopping,
+}
+
+impl Phase {
+    /// After a pass: what serves (a SHA of ours, running) and what failed.
+    pub fn after_pass(serving: Option<String>, problem: Option<Problem>) -> Phase {
+        match (serving, problem) {
+            (Some(serving), None) => Phase::Converged { serving },
+            (Some(serving), Some(problem)) => Phase::Degraded { serving, problem },
+            (None, Some(problem)) => Phase::Unconverged { problem },
+            (None, None) => Phase::Unconverged {
+                problem: Problem { kind: ProblemKind::NothingToRun, text: "nothing serves".into() },
+            },
+        }
+    }
+
+    pub fn problem(&self) -> Option<&Problem> {
+        match self {
+            Phase::Degraded { problem, .. } | Phase::Unconverged { problem } => Some(problem),
+            _ => None,
+        }
+    }
+
+    pub fn is_converged(&self) -> bool {
+        matches!(self, Phase::Converged { .. })
+    }
+
+    /// The one-line `STATUS=`: `<env>: serving <sha>[ (updates paused by X)]; <state>`.
+    pub fn status_line(&self, env: Option<&str>, paused_by: Option<&str>) -> String {
+        let env = env.unwrap_or("unknown");
+        let serving = |sha: &str| {
+            let short = &sha[..sha.len().min(12)];
+            match paused_by {
+                Some(by) => format!("{short} (updates paused by {by})"),
+                None => short.to_owned(),
+            }
+        };
+        match self {
+            Phase::Starting => format!("{env}: starting"),
+            Phase::Converged { serving: s } => format!("{env}: serving {}; converged", serving(s)),
+            Phase::Degraded { serving: s, problem } => {
+                format!("{env}: serving {}; degraded: {}", serving(s), problem.text)
+            }
+            Phase::Unconverged { problem } => format!("{env}: unconverged: {}", problem.text),
+            Phase::Stopping => format!("{env}: stopping"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::release::ObjectLocation;
+
+    fn s3_down(request: &str) -> PassError {
+        PassError::Release(ReleaseError::Unavailable {
+            location: ObjectLocation { bucket: "b".into(), key: "k".into() },
+            detail: format!("service error (InternalError) {{ aws_request_id: \"{request}\" }}"),
+        })
+    }
+
+    #[test]
+    fn a_retry_of_the_same_failure_is_the_same_problem() {
+        let a = Problem::from(&s3_down("1"));
+        let b = Problem::from(&s3_down("2"));
+        assert_ne!(a.text, b.text);
+        assert!(a.same_as(&b));
+        let lock = Problem::from(&PassError::Blocked("x".into()));
+        assert!(!a.same_as(&lock));
+    }
+
+    #[test]
+    fn status_lines() {
+        let p = Problem::from(&PassError::Blocked("in the way".into()));
+        let sha = "0123456789abcdef0123456789abcdef01234567";
+        let cases = [
+            (Phase::Starting, None, "staging: starting"),
+            (Phase::Converged { serving: sha.into() }, None, "staging: serving 0123456789ab; converged"),
+            (
+                Phase::Converged { serving: sha.into() },
+                Some("alice"),
+                "staging: serving 0123456789ab (updates paused by alice); converged",
+            ),
+            (
+                Phase::Degraded { serving: sha.into(), problem: p.clone() },
+                None,
+                "staging: serving 0123456789ab; degraded: in the way",
+            ),
+            (Phase::Unconverged { problem: p.clone() }, None, "staging: unconverged: in the way"),
+            (Phase::Stopping, None, "staging: stopping"),
+        ];
+        for (phase, paused, want) in cases {
+            assert_eq!(phase.status_line(Some("staging"), paused), want);
+        }
+    }
+
+    #[test]
+    fn after_a_failed_pass_the_phase_follows_what_serves() {
+        let p = Problem::from(&PassError::Blocked("x".into()));
+        assert!(matches!(Phase::after_pass(Some("a".into()), None), Phase::Converged { .. }));
+        assert!(matches!(Phase::after_pass(Some("a".into()), Some(p.clone())), Phase::Degraded { .. }));
+        assert!(matches!(Phase::after_pass(None, Some(p)), Phase::Unconverged { .. }));
+    }
+}

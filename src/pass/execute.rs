@@ -1,0 +1,237 @@
+//! Do: observe, decide, then carry the [`Decision`] out. Call with the lock held.
+//!
+//! The order is fixed: the recovery steps first (an interrupted deploy's leftovers), then, if
+//! any ran, the host is observed and decided on again (a proof may have kept or rolled back
+//! the new version); then the main step. On success the version is recorded as
+//! last-known-good and old images are pruned. When the main step fails and nothing serves,
+//! the decision's fallback (last-known-good) is deployed if the caller asked for rescue.
+
+use std::collections::HashMap;
+
+use tokio::time::Instant;
+
+use super::decide::{self, Decision, Inputs, Recovery, Wanted};
+use super::deploy::{self, DeployError};
+use super::plan::Plan;
+use super::snapshot::{self, Snapshot};
+use super::{Action, Applied, PassError, Services};
+use crate::config::Settings;
+use crate::engine::{Engine, EngineError};
+use crate::registry::CredentialSource;
+use crate::sha::Sha;
+use crate::shutdown::Shutdown;
+use crate::spec::{DesiredContainer, LABEL_DIGEST};
+use crate::state::{now_unix, GoodRelease, State};
+
+/// What [`execute`] was asked to do beyond the decision itself.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// Probe the health URL even when nothing had to change (a one-off `sync` reports health;
+    /// the loop relies on Docker events instead).
+    pub probe_converged: bool,
+    /// When the main step fails and nothing serves, deploy the decision's fallback.
+    pub rescue: bool,
+}
+
+/// How a pass ended when it did not fail outright.
+#[derive(Debug)]
+pub struct Done {
+    pub decision: Decision,
+    /// What now runs, when the pass reached a target (the decision's, or its fallback).
+    pub applied: Option<Applied>,
+    /// The main step failed and the fallback was deployed instead: the original failure.
+    pub rescued_from: Option<PassError>,
+}
+
+/// Reads the host and decides. Shared by the real pass and `--dry-run`.
+pub async fn observe_and_decide(
+    settings: &Settings,
+    engine: &Engine,
+    environment: &str,
+    wanted: &Wanted,
+    quarantine: &HashMap<Sha, Instant>,
+) -> Result<(Snapshot, Decision), EngineError> {
+    let snapshot = snapshot::observe(engine, settings).await?;
+    let decision =
+        decide::decide(&Inputs { settings, environment, wanted, snapshot: &snapshot, quarantine, now: Instant::now() });
+    Ok((snapshot, decision))
+}
+
+/// Observes, decides and carries the decision out (`sync`: no quarantine memory).
+pub async fn execute<T, R, C: CredentialSource>(
+    settings: &Settings,
+    services: &Services<T, R, C>,
+    environment: &str,
+    wanted: &Wanted,
+    quarantine: &HashMap<Sha, Instant>,
+    shutdown: &Shutdown,
+    options: Options,
+) -> Result<Done, PassError> {
+    let (snapshot, decision) = observe_and_decide(settings, &services.engine, environment, wanted, quarantine).await?;
+    let redecide = |snapshot: &Snapshot| {
+        decide::decide(&Inputs { settings, environment, wanted, snapshot, quarantine, now: Instant::now() })
+    };
+    execute_decision(settings, services, environment, snapshot, decision, redecide, shutdown, options).await
+}
+
+/// Carries out `decision`, made on `snapshot`. After recovery steps the host is observed
+/// again and `redecide` (the same rules) gives the decision for the main step.
+#[allow(clippy::too_many_arguments)]
+pub async fn execute_decision<T, R, C: CredentialSource>(
+    settings: &Settings,
+    services: &Services<T, R, C>,
+    environment: &str,
+    snapshot: Snapshot,
+    decision: Decision,
+    redecide: impl Fn(&Snapshot) -> Decision,
+    shutdown: &Shutdown,
+    options: Options,
+) -> Result<Done, PassError> {
+    let engine = &services.engine;
+    let (mut snapshot, mut decision) = (snapshot, decision);
+    if !decision.recovery.is_empty() {
+        recover(settings, engine, &decision.recovery).await?;
+        snapshot = snapshot::observe(engine, settings).await?;
+        decision = redecide(&snapshot);
+    }
+    tracing::debug!(?decision, "decision");
+    if let Some(blocked) = &decision.blocked {
+        return Err(PassError::Blocked(blocked.clone()));
+    }
+    let (Some(target), Some(plan)) = (decision.target.clone(), decision.plan.clone()) else {
+        return Ok(Done { decision, applied: None, rescued_from: None });
+    };
+    let desired = DesiredContainer::new(settings, environment, &target);
+    let failure = match apply(settings, services, &desired, &plan, snapshot.main.as_ref(), shutdown, options).await {
+        Ok(applied) => return Ok(Done { decision, applied: Some(applied), rescued_from: None }),
+        Err(e) => e,
+    };
+    let Some(fallback) = decision.fallback.clone().filter(|_| options.rescue && !failure.is_cancelled()) else {
+        return Err(failure);
+    };
+    let now = snapshot::observe(engine, settings).await?;
+    if now.serving_sha().is_some() {
+        return Err(failure);
+    }
+    tracing::warn!(env = %environment, sha = %fallback, "cannot deploy {target} and nothing serves: starting the last-known-good version ({failure})");
+    let desired = DesiredContainer::new(settings, environment, &fallback);
+    let current = now.main.as_ref();
+    let plan = super::plan::plan(fallback.as_str(), &desired.spec_hash(), current.map(|c| c.observed()).as_ref());
+    let applied = apply(settings, services, &desired, &plan, current, shutdown, options).await?;
+    Ok(Done { decision, applied: Some(applied), rescued_from: Some(failure) })
+}
+
+/// Carries out the recovery steps, in order.
+async fn recover(settings: &Settings, engine: &Engine, steps: &[Recovery]) -> Result<(), EngineError> {
+    let name = &settings.container.name;
+    for step in steps {
+        match step {
+            Recovery::Remove { container, id } => deploy::remove_leftover(engine, container, id).await?,
+            Recovery::RestorePrevious { id, start } => deploy::restore_previous(engine, name, id, *start).await?,
+            Recovery::ProveInterrupted { new_id, new_restarts, previous_id } => {
+                deploy::prove_interrupted(engine, settings, name, new_id, *new_restarts, previous_id).await?
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Carries out the main step for `desired`, then records it as last-known-good and prunes.
+async fn apply<T, R, C: CredentialSource>(
+    settings: &Settings,
+    services: &Services<T, R, C>,
+    desired: &DesiredContainer,
+    plan: &Plan,
+    current: Option<&crate::engine::ContainerInfo>,
+    shutdown: &Shutdown,
+    options: Options,
+) -> Result<Applied, PassError> {
+    let applied = carry_out(settings, services, desired, plan, current, shutdown, options).await?;
+    let mut state = State::load(&settings.agent.state_dir);
+    let good = GoodRelease {
+        sha: desired.sha.to_string(),
+        digest: applied.digest.clone(),
+        environment: desired.environment.clone(),
+        at: now_unix(),
+    };
+    if state.record_good(good) {
+        if let Err(e) = state.save(&settings.agent.state_dir) {
+            tracing::warn!(error = %e, "could not record the last-known-good version");
+        }
+    }
+    if matches!(applied.action, Action::Deployed { .. }) {
+        let protect = state.previous_good.as_ref().map(|g| g.sha.as_str());
+        deploy::prune_images(&services.engine, settings, protect).await;
+    }
+    Ok(applied)
+}
+
+async fn carry_out<T, R, C: CredentialSource>(
+    settings: &Settings,
+    services: &Services<T, R, C>,
+    desired: &DesiredContainer,
+    plan: &Plan,
+    current: Option<&crate::engine::ContainerInfo>,
+    shutdown: &Shutdown,
+    options: Options,
+) -> Result<Applied, PassError> {
+    let engine = &services.engine;
+    let sha = desired.sha.clone();
+    match plan {
+        Plan::Converged => {
+            let current = current.expect("converged implies a container");
+            if options.probe_converged {
+                deploy::check_serving(settings, settings.health.timeout)
+                    .await
+                    .map_err(|p| PassError::Unhealthy { container: desired.name.clone(), detail: p.to_string() })?;
+                tracing::info!(container = %desired.name, "already running the desired version");
+            } else {
+                tracing::debug!(container = %desired.name, "already running the desired version");
+            }
+            let digest = current.labels.get(LABEL_DIGEST).cloned().unwrap_or_default();
+            Ok(Applied { sha, action: Action::Unchanged, container_id: current.id.clone(), digest })
+        }
+        Plan::Restart { .. } => {
+            let current = current.expect("restart implies a container");
+            tracing::info!(container = %desired.name, status = %current.status, "container is not running; starting it");
+            deploy::restart(engine, settings, current, shutdown).await?;
+            let digest = current.labels.get(LABEL_DIGEST).cloned().unwrap_or_default();
+            Ok(Applied { sha, action: Action::Restarted, container_id: current.id.clone(), digest })
+        }
+        Plan::Deploy { reason, .. } => {
+            tracing::info!(container = %desired.name, %reason, "deploying {} as {}: {reason}", desired.sha, desired.name);
+            let prepared = async {
+                let (image, pulled) =
+                    deploy::ensure_image(engine, settings, desired, &services.credentials, shutdown).await?;
+                let digest = image.digest.clone().unwrap_or_else(|| image.id.clone());
+                // The candidate protects a serving version from a bad release. With nothing
+                // under the name there is nothing to protect: the real container is probed
+                // after it starts instead, and removed if it fails, which saves a whole
+                // container start on a cold host.
+                if current.is_some() {
+                    deploy::verify_candidate(engine, settings, desired, &digest, shutdown).await?;
+                }
+                Ok::<_, DeployError>((digest, pulled))
+            }
+            .await;
+            let (digest, pulled) = match prepared {
+                Ok(ok) => ok,
+                Err(e) => {
+                    // The new version cannot be had; a stopped old one of ours is still better
+                    // than nothing.
+                    if let Some(old) = current.filter(|c| !c.running && c.is_managed()) {
+                        tracing::warn!(container = %old.name, "new version unavailable; starting the stopped previous one");
+                        if let Err(start) = engine.start(&old.id).await {
+                            tracing::warn!(container = %old.name, error = %start, "could not start it");
+                        }
+                    }
+                    return Err(e.into());
+                }
+            };
+            let id = deploy::cut_over(engine, settings, desired, &digest, current, shutdown).await?;
+            tracing::info!(container = %desired.name, digest = %digest, "deployed and serving: {} {}", desired.name, desired.sha);
+            let action = Action::Deployed { reason: reason.to_string(), pulled };
+            Ok(Applied { sha, action, container_id: id, digest })
+        }
+    }
+}

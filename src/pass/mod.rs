@@ -1,0 +1,104 @@
+//! One reconcile pass, in three parts that never mix:
+//!
+//! - [`snapshot`]: observe the host once (Docker, state file, pause);
+//! - [`decide`]: a pure function from (wanted release, snapshot, quarantine, now) to a
+//!   [`Decision`](decide::Decision): which release, why, and the ordered steps;
+//! - [`execute`] and [`deploy`]: carry the steps out, safely. They choose nothing.
+//!
+//! `sync`, `sync --dry-run` and the `run` loop all go through [`execute::observe_and_decide`],
+//! so the dry run prints exactly what a real pass would do.
+
+pub mod decide;
+pub mod deploy;
+pub mod execute;
+pub mod plan;
+pub mod snapshot;
+
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::engine::{Engine, EngineError};
+use crate::environment::EnvironmentError;
+use crate::lock::LockError;
+use crate::release::ReleaseError;
+use crate::sha::Sha;
+use crate::shutdown::Cancelled;
+use deploy::DeployError;
+
+/// The services a pass talks to. Generic so each can be replaced in tests.
+pub struct Services<T, R, C> {
+    pub tags: T,
+    pub releases: R,
+    pub credentials: C,
+    pub engine: Engine,
+}
+
+/// Why a pass failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PassError {
+    #[error(transparent)]
+    Environment(#[from] EnvironmentError),
+    #[error(transparent)]
+    Release(#[from] ReleaseError),
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error(transparent)]
+    Deploy(#[from] DeployError),
+    #[error("container {container} runs the desired version but is not healthy: {detail}")]
+    Unhealthy { container: String, detail: String },
+    #[error("{0}")]
+    Blocked(String),
+    #[error("{0}")]
+    NothingToRun(decide::Why),
+    #[error(transparent)]
+    Cancelled(#[from] Cancelled),
+    #[error("{0}")]
+    State(String),
+}
+
+impl PassError {
+    pub fn is_cancelled(&self) -> bool {
+        matches!(self, PassError::Cancelled(_) | PassError::Deploy(DeployError::Cancelled(_)))
+    }
+
+    /// The release whose own fault this is (it failed its probe before or after cut-over),
+    /// as opposed to a failure of S3, ECR or Docker: counted towards its quarantine.
+    pub fn failed_release(&self) -> bool {
+        matches!(self, PassError::Deploy(DeployError::CandidateUnhealthy { .. } | DeployError::CutoverUnhealthy { .. }))
+    }
+}
+
+/// What a pass did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// Already running the desired version; nothing was touched.
+    Unchanged,
+    /// The stopped container was started again.
+    Restarted,
+    /// A new container replaced the old one (or was the first).
+    Deployed { reason: String, pulled: bool },
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Action::Unchanged => f.write_str("already running; nothing changed"),
+            Action::Restarted => f.write_str("restarted the stopped container"),
+            Action::Deployed { reason, pulled: true } => write!(f, "pulled and deployed ({reason})"),
+            Action::Deployed { reason, pulled: false } => write!(f, "deployed ({reason})"),
+        }
+    }
+}
+
+/// The result of a pass that reached its target.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    pub sha: Sha,
+    pub action: Action,
+    pub container_id: String,
+    pub digest: String,
+}
