@@ -202,3 +202,58 @@ async fn read(
     let sha = Sha::parse(&text).map_err(|e| ReleaseError::invalid(location, e))?;
     Ok(Fetched::Changed(Release { sha, etag }))
 }
+
+#[cfg(test)]
+mod tests {
+    use aws_credential_types::provider::SharedCredentialsProvider;
+    use aws_credential_types::Credentials;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// An "S3" on loopback that answers every request 304 Not Modified, as a misbehaving
+    /// S3-compatible endpoint might.
+    async fn always_not_modified() -> aws_config::SdkConfig {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut chunk = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(len) => head.extend_from_slice(&chunk[..len]),
+                        }
+                    }
+                    let response = "HTTP/1.1 304 Not Modified\r\nETag: \"abc\"\r\nConnection: close\r\n\r\n";
+                    let _ = stream.write_all(response.as_bytes()).await;
+                    let _ = stream.shutdown().await;
+                });
+            }
+        });
+        aws_config::SdkConfig::builder()
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new("us-east-1"))
+            .endpoint_url(endpoint)
+            .credentials_provider(SharedCredentialsProvider::new(Credentials::new(
+                "testing", "testing", None, None, "test",
+            )))
+            .build()
+    }
+
+    #[tokio::test]
+    async fn not_modified_to_an_unconditional_get_is_an_error_not_unchanged() {
+        let releases = S3Releases::new(&always_not_modified().await);
+        let location = ObjectLocation { bucket: "releases".into(), key: "staging/stagebuild.txt".into() };
+        match releases.fetch(&location, None).await {
+            Err(e @ ReleaseError::UnexpectedNotModified { .. }) => {
+                assert!(e.to_string().contains("s3://releases/staging/stagebuild.txt"), "{e}")
+            }
+            other => panic!("expected UnexpectedNotModified, got {other:?}"),
+        }
+        // To a conditional GET, 304 is the ordinary "unchanged".
+        assert_eq!(releases.fetch(&location, Some("\"abc\"")).await.unwrap(), Fetched::Unchanged);
+    }
+}

@@ -1,13 +1,14 @@
 //! A small IMDSv2 stand-in: token PUT with TTL header, 401 without a token, instance tags
-//! under `/latest/meta-data/tags/instance/`, 404 for a missing tag. moto serves IMDS tokens
-//! but answers 500 on tag paths, so the tests bring their own.
+//! under `/latest/meta-data/tags/instance/`, 404 for a missing tag, and the region under
+//! `/latest/meta-data/placement/region` once [`FakeImds::set_region`] gives one (404 before).
+//! moto serves IMDS tokens but answers 500 on tag paths, so the tests bring their own.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const TOKEN: &str = "test-imds-token";
 
@@ -17,6 +18,19 @@ pub struct FakeImds {
     pub tag_reads: Arc<AtomicUsize>,
     /// How long every answer is held back: an instance whose metadata service is slow at boot.
     delay: Arc<Mutex<Duration>>,
+    /// The region, and from when it is answered: a region read before then is held until then.
+    region: Arc<Mutex<Option<(String, Instant)>>>,
+    pub region_reads: Arc<AtomicUsize>,
+}
+
+/// What the server threads share.
+#[derive(Clone)]
+struct Shared {
+    tags: Arc<Mutex<HashMap<String, String>>>,
+    tag_reads: Arc<AtomicUsize>,
+    delay: Arc<Mutex<Duration>>,
+    region: Arc<Mutex<Option<(String, Instant)>>>,
+    region_reads: Arc<AtomicUsize>,
 }
 
 impl FakeImds {
@@ -26,14 +40,28 @@ impl FakeImds {
         let tags = Arc::new(Mutex::new(tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()));
         let tag_reads = Arc::new(AtomicUsize::new(0));
         let delay = Arc::new(Mutex::new(Duration::ZERO));
-        let (t, r, d) = (tags.clone(), tag_reads.clone(), delay.clone());
+        let region = Arc::new(Mutex::new(None));
+        let region_reads = Arc::new(AtomicUsize::new(0));
+        let shared = Shared {
+            tags: tags.clone(),
+            tag_reads: tag_reads.clone(),
+            delay: delay.clone(),
+            region: region.clone(),
+            region_reads: region_reads.clone(),
+        };
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
-                let (t, r, d) = (t.clone(), r.clone(), d.clone());
-                std::thread::spawn(move || serve(stream, &t, &r, &d));
+                let shared = shared.clone();
+                std::thread::spawn(move || serve(stream, &shared));
             }
         });
-        FakeImds { endpoint, tags, tag_reads, delay }
+        FakeImds { endpoint, tags, tag_reads, delay, region, region_reads }
+    }
+
+    /// Answers `region` on the region path, but only from `after` from now: a read before then
+    /// is held until then (a metadata service slow at boot; the client's read timeout ends it).
+    pub fn set_region(&self, region: &str, after: Duration) {
+        *self.region.lock().unwrap() = Some((region.to_owned(), Instant::now() + after));
     }
 
     pub fn set_delay(&self, delay: Duration) {
@@ -45,7 +73,7 @@ impl FakeImds {
     }
 }
 
-fn serve(stream: TcpStream, tags: &Mutex<HashMap<String, String>>, tag_reads: &AtomicUsize, delay: &Mutex<Duration>) {
+fn serve(stream: TcpStream, shared: &Shared) {
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut out = stream;
     loop {
@@ -81,15 +109,25 @@ fn serve(stream: TcpStream, tags: &Mutex<HashMap<String, String>>, tag_reads: &A
         } else if headers.get("x-aws-ec2-metadata-token").map(String::as_str) != Some(TOKEN) {
             (401, String::new(), String::new())
         } else if let Some(tag) = path.strip_prefix("/latest/meta-data/tags/instance/") {
-            tag_reads.fetch_add(1, Ordering::SeqCst);
-            match tags.lock().unwrap().get(tag) {
+            shared.tag_reads.fetch_add(1, Ordering::SeqCst);
+            match shared.tags.lock().unwrap().get(tag) {
                 Some(v) => (200, String::new(), v.clone()),
+                None => (404, String::new(), String::new()),
+            }
+        } else if path == "/latest/meta-data/placement/region" {
+            shared.region_reads.fetch_add(1, Ordering::SeqCst);
+            let region = shared.region.lock().unwrap().clone();
+            match region {
+                Some((region, from)) => {
+                    std::thread::sleep(from.saturating_duration_since(Instant::now()));
+                    (200, String::new(), region)
+                }
                 None => (404, String::new(), String::new()),
             }
         } else {
             (404, String::new(), String::new())
         };
-        let hold = *delay.lock().unwrap();
+        let hold = *shared.delay.lock().unwrap();
         std::thread::sleep(hold);
         let reason = match status {
             200 => "OK",
