@@ -93,23 +93,60 @@ pub async fn run(cli: &Cli, _args: &CheckArgs) -> Result<(), Failure> {
     // One connection serves the registry check (Docker asks the registry for us) and the
     // Docker and port checks below.
     let engine = Engine::connect().await;
-    if let Some(env) = &env {
-        let location = release_location(&settings, &env.name);
-        match S3Releases::new(&sdk).fetch(&location, None).await {
-            Ok(Fetched::Changed(release)) => {
-                r.ok("s3 object", &location);
-                r.ok("release sha", &release.sha);
-                check_registry(&mut r, &settings, &sdk, engine.as_ref().ok(), &release.sha.to_string()).await;
+    let sha = match &env {
+        Some(env) => {
+            let location = release_location(&settings, &env.name);
+            match S3Releases::new(&sdk).fetch(&location, None).await {
+                Ok(Fetched::Changed(release)) => {
+                    r.ok("s3 object", &location);
+                    r.ok("release sha", &release.sha);
+                    Some(release.sha.to_string())
+                }
+                Ok(Fetched::Unchanged) => {
+                    r.ok("s3 object", &location);
+                    None
+                }
+                Err(e @ ReleaseError::Invalid { .. }) => {
+                    r.ok("s3 object", &location);
+                    r.fail("release sha", e);
+                    None
+                }
+                Err(e) => {
+                    r.fail("s3 object", s3_failure(&e));
+                    None
+                }
             }
-            Ok(Fetched::Unchanged) => r.ok("s3 object", &location),
-            Err(e @ ReleaseError::Invalid { .. }) => {
-                r.ok("s3 object", &location);
-                r.fail("release sha", e);
-            }
-            Err(e) => r.fail("s3 object", e),
         }
-    } else {
-        r.skip("s3 object", "environment unknown");
+        None => {
+            r.skip("s3 object", "environment unknown");
+            None
+        }
+    };
+    // The ECR token does not depend on S3: it is checked whatever S3 said. The registry line
+    // needs the SHA to look for, and says so rather than vanishing.
+    let creds = match Ecr::new(&sdk).credentials().await {
+        Ok(c) => {
+            r.ok("ecr token", "obtained");
+            Some(c)
+        }
+        Err(e) => {
+            r.fail("ecr token", e);
+            None
+        }
+    };
+    match (&sha, &creds, engine.as_ref()) {
+        (None, _, _) => r.skip("registry", "needs S3: no release SHA to look for (see the s3 lines above)"),
+        (Some(_), None, _) => r.skip("registry", "needs an ECR token (see above)"),
+        (Some(_), Some(_), Err(_)) => r.skip("registry", "Docker unreachable (it asks the registry on our behalf)"),
+        (Some(sha), Some(creds), Ok(engine)) => {
+            let reference = settings.image.repository.reference(sha);
+            match engine.registry_has(&reference, &settings.image.repository.registry, creds).await {
+                Ok(digest) => r.ok("registry", format!("{reference} present ({digest})")),
+                Err(e) => {
+                    r.fail("registry", format!("{e}: has CI pushed this tag, and may the instance role pull it?"))
+                }
+            }
+        }
     }
 
     match &engine {
@@ -130,30 +167,6 @@ pub async fn run(cli: &Cli, _args: &CheckArgs) -> Result<(), Failure> {
     }
 }
 
-async fn check_registry(
-    r: &mut Report,
-    settings: &Settings,
-    sdk: &aws_config::SdkConfig,
-    engine: Option<&Engine>,
-    sha: &str,
-) {
-    let creds = match Ecr::new(sdk).credentials().await {
-        Ok(c) => {
-            r.ok("ecr token", "obtained");
-            c
-        }
-        Err(e) => return r.fail("ecr token", e),
-    };
-    let Some(engine) = engine else {
-        return r.skip("registry", "Docker unreachable (it asks the registry on our behalf)");
-    };
-    let reference = settings.image.repository.reference(sha);
-    match engine.registry_has(&reference, &settings.image.repository.registry, &creds).await {
-        Ok(digest) => r.ok("registry", format!("{reference} present ({digest})")),
-        Err(e) => r.fail("registry", format!("{e}: has CI pushed this tag, and may the instance role pull it?")),
-    }
-}
-
 async fn check_ports(r: &mut Report, settings: &Settings, engine: Option<&Engine>) {
     let ours = match engine {
         Some(engine) => {
@@ -167,10 +180,111 @@ async fn check_ports(r: &mut Report, settings: &Settings, engine: Option<&Engine
         match TcpListener::bind((ip, p.host_port)) {
             Ok(_) => r.ok(&name, "free"),
             Err(_) if ours.is_some() => r.ok(&name, format!("held by our container {}", settings.container.name)),
-            Err(e) => r.fail(
-                &name,
-                format!("{e}: another process holds it; find it with `ss -ltnp 'sport = :{}'`", p.host_port),
-            ),
+            Err(e) => match port_problem(&e, ip, p.host_port) {
+                PortProblem::CannotTell(why) => r.skip(&name, &why),
+                PortProblem::Fails(why) => r.fail(&name, why),
+            },
         }
+    }
+}
+
+enum PortProblem {
+    /// This user cannot test the port; that says nothing about the port.
+    CannotTell(String),
+    Fails(String),
+}
+
+/// Why binding `ip:port` failed, in the operator's terms. Only "address in use" means another
+/// process holds it: a non-root `check` may not bind a port below 1024 at all (Docker, which
+/// runs as root, can), and an address that is not this host's can never be published.
+fn port_problem(e: &std::io::Error, ip: IpAddr, port: u16) -> PortProblem {
+    match e.kind() {
+        std::io::ErrorKind::PermissionDenied => PortProblem::CannotTell(format!(
+            "cannot test it as this user ({e}): ports below 1024 need root to bind; Docker binds it for the \
+             container, so run `sudo blog-agent check` to test it"
+        )),
+        std::io::ErrorKind::AddrInUse => PortProblem::Fails(format!(
+            "{e}: another process holds it; find it with `ss -ltnp 'sport = :{port}'`, stop it or change \
+             [container] ports"
+        )),
+        std::io::ErrorKind::AddrNotAvailable => {
+            PortProblem::Fails(format!("{e}: {ip} is not an address of this host; fix [container] ports"))
+        }
+        _ => PortProblem::Fails(format!("cannot bind {ip}:{port}: {e}")),
+    }
+}
+
+/// The `s3 object` line for a failed read. S3 reports a KMS key the role may not use as
+/// `AccessDenied` too; the message (or a `KMS.*` code) tells them apart, and the fixes differ.
+fn s3_failure(e: &ReleaseError) -> String {
+    match e {
+        ReleaseError::AccessDenied { location, detail } if mentions_kms(detail) => format!(
+            "KMS denied decrypting {location}: S3 allowed the read, but the object is encrypted with a KMS key \
+             the instance role may not use; grant the role kms:Decrypt on that key (in its IAM policy, and the \
+             key policy must allow it) ({detail})"
+        ),
+        ReleaseError::AccessDenied { location, detail } => format!(
+            "S3 denied reading {location}: the role lacks s3:GetObject on it, or the object is missing (without \
+             s3:ListBucket S3 answers 403, not 404); check CI published it and the role's S3 policy ({detail})"
+        ),
+        other => other.to_string(),
+    }
+}
+
+/// Whether an S3 error names KMS: a `kms:` action, a `KMS.*` error code, or the "ciphertext
+/// refers to a customer master key" wording. Request ids are alphanumeric and base64, so
+/// they cannot match `kms:`, `kms.` or `kms `.
+fn mentions_kms(detail: &str) -> bool {
+    let lower = detail.to_ascii_lowercase();
+    ["kms:", "kms.", "kms ", "aws kms", "ciphertext", "customer master key"].iter().any(|m| lower.contains(m))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::release::ObjectLocation;
+
+    fn denied(detail: &str) -> ReleaseError {
+        ReleaseError::AccessDenied {
+            location: ObjectLocation { bucket: "blog-artifacts".into(), key: "staging/stagebuild.txt".into() },
+            detail: detail.into(),
+        }
+    }
+
+    #[test]
+    fn kms_access_denied_is_named_apart_from_s3_access_denied() {
+        let kms = [
+            "service error: AccessDenied: User: arn:aws:sts::123456789012:assumed-role/blog/i-0 is not authorized \
+             to perform: kms:Decrypt on resource: arn:aws:kms:us-east-1:123456789012:key/ec0a605d because no \
+             identity-based policy allows the kms:Decrypt action",
+            "service error: KMS.DisabledException: arn:aws:kms:us-east-1:1:key/x is disabled.",
+            "service error: AccessDenied: The ciphertext refers to a customer master key that does not exist, \
+             does not exist in this region, or you are not allowed to access.",
+        ];
+        for detail in kms {
+            let line = s3_failure(&denied(detail));
+            assert!(line.starts_with("KMS denied decrypting s3://blog-artifacts/staging/stagebuild.txt"), "{line}");
+            assert!(line.contains("grant the role kms:Decrypt on that key"), "{line}");
+        }
+        let plain = s3_failure(&denied(
+            "service error: AccessDenied: Access Denied (request id 4442587FB7D0A2F9, extended id \
+             KMSx9Zb+kmsQ/aKmS1)",
+        ));
+        assert!(plain.starts_with("S3 denied reading s3://blog-artifacts/staging/stagebuild.txt"), "{plain}");
+        assert!(plain.contains("s3:GetObject") && !plain.contains("kms:Decrypt"), "{plain}");
+    }
+
+    #[test]
+    fn a_privileged_port_is_not_blamed_on_another_process() {
+        let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        let PortProblem::CannotTell(why) = port_problem(&denied, ip, 80) else { panic!("a failure") };
+        assert!(why.contains("ports below 1024 need root") && !why.contains("another process"), "{why}");
+        let in_use = std::io::Error::from(std::io::ErrorKind::AddrInUse);
+        let PortProblem::Fails(why) = port_problem(&in_use, ip, 80) else { panic!("not a failure") };
+        assert!(why.contains("another process holds it") && why.contains("sport = :80"), "{why}");
+        let elsewhere = std::io::Error::from(std::io::ErrorKind::AddrNotAvailable);
+        let PortProblem::Fails(why) = port_problem(&elsewhere, "10.9.9.9".parse().unwrap(), 80) else { panic!() };
+        assert!(why.contains("10.9.9.9 is not an address of this host"), "{why}");
     }
 }

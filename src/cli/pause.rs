@@ -100,7 +100,8 @@ mod tests {
         assert_eq!(user_name(PASSWD, 1000).as_deref(), Some("alice"));
         assert_eq!(user_name(PASSWD, 7), None);
         let names = |uid| user_name(PASSWD, uid);
-        let cases: &[(Option<u32>, &[(&str, &str)], &str)] = &[
+        type Vars<'a> = &'a [(&'a str, &'a str)];
+        let cases: &[(Option<u32>, Vars, &str)] = &[
             (Some(1000), &[("USER", "mallory")], "alice (uid 1000)"),
             (Some(0), &[("SUDO_USER", "alice"), ("SUDO_UID", "1000"), ("USER", "root")], "alice via sudo (uid 1000)"),
             (Some(0), &[("USER", "root")], "root (uid 0)"),
