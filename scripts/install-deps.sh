@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs everything the local stack and the tests need, from Debian and PyPI only.
+# Installs everything the local stack and the tests need, from Debian, PyPI and the Rust
+# package registry (cargo install) only.
 # Idempotent: each step is skipped when its result is already there.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -24,3 +25,13 @@ if [ ! -x "$venv/bin/moto_server" ]; then
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q 'moto[server]'
 fi
+
+# Supply-chain tools (docs/build.md, "Supply chain"): cargo-deny is a stage of scripts/test.sh,
+# cargo-auditable builds the packaged binary, cargo-nextest runs the tests (scripts/test.sh
+# falls back to `cargo test` without it).
+for tool in cargo-deny cargo-auditable cargo-nextest; do
+  if ! command -v "$tool" >/dev/null 2>&1; then
+    echo "install-deps: cargo install --locked $tool" >&2
+    cargo install --locked --quiet "$tool"
+  fi
+done

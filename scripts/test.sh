@@ -16,6 +16,35 @@ echo "== cargo fmt --check" >&2
 cargo fmt --all -- --check
 echo "== cargo clippy" >&2
 cargo clippy --all-targets --quiet -- -D warnings
+echo "== cargo deny (deny.toml: advisories, licenses, duplicate crates, sources)" >&2
+# Where a snapshot of the RustSec advisory database sits beside the repository
+# (../shared/advisory-db.tar.gz, for machines without access to it), it is unpacked into
+# target/advisory-dbs under the folder name cargo-deny gives the default database, and
+# cargo-deny runs offline against it. Elsewhere cargo-deny fetches the live database.
+root=$(pwd)
+snapshot=$root/../shared/advisory-db.tar.gz
+deny_cmd=(cargo deny check)
+if [ -f "$snapshot" ]; then
+  dbs=$root/target/advisory-dbs
+  db=$dbs/advisory-db-3157b0e258782691 # "advisory-db-" + cargo-deny's hash of the default URL
+  sum=$(sha256sum "$snapshot" | cut -d' ' -f1)
+  if [ ! -d "$db/crates" ] || [ "$(cat "$dbs/snapshot.sha256" 2>/dev/null)" != "$sum" ]; then
+    rm -rf "$db" && mkdir -p "$db"
+    tar -xzf "$snapshot" -C "$db" --strip-components=1
+    echo "$sum" >"$dbs/snapshot.sha256"
+  fi
+  echo "cargo deny: offline, advisory database snapshot $(git -C "$db" log -1 --format='%h of %cs' 2>/dev/null || echo '(unknown date)')" >&2
+  # deny.toml with db-path pointing at the unpacked snapshot (deny.toml itself keeps the default).
+  sed '/^\[advisories\]$/a db-path = "'"$dbs"'"' deny.toml >"$dbs/deny.toml"
+  grep -q '^db-path = ' "$dbs/deny.toml" || { echo "cargo deny: no [advisories] table in deny.toml" >&2; exit 1; }
+  cargo fetch --locked --quiet # --offline also stops cargo from downloading crates
+  deny_cmd=(cargo deny --offline --config "$dbs/deny.toml" check)
+fi
+if ! "${deny_cmd[@]}"; then
+  echo "cargo deny failed: each error above names the crate, the advisory or rule, and the fix (an advisory's 'Solution: Upgrade to ...' means 'cargo update -p CRATE'); an exception goes in deny.toml with a reason and an expiry" >&2
+  exit 1
+fi
+
 echo "== tests" >&2
 # dockerd_restart restarts the Docker daemon: it runs alone, after everything else.
 summary=$(mktemp)
@@ -24,7 +53,16 @@ if cargo nextest --version >/dev/null 2>&1; then
   echo "== dockerd restart test (alone)" >&2
   cargo nextest run --no-fail-fast -E 'binary(dockerd_restart)' "$@" 2>&1 | tee -a "$summary"
 else
-  cargo test --no-fail-fast --lib --test sync --test run "$@"
+  # Every test target (what --all-targets builds), each tests/*.rs and tests/*/main.rs found
+  # here rather than named, except dockerd_restart, which then runs alone.
+  targets=(--lib --bins --examples --benches)
+  for f in tests/*.rs tests/*/main.rs; do
+    [ -f "$f" ] || continue
+    t=${f#tests/}; t=${t%.rs}; t=${t%/main}
+    [ "$t" = dockerd_restart ] || targets+=(--test "$t")
+  done
+  cargo test --no-fail-fast "${targets[@]}" "$@"
+  echo "== dockerd restart test (alone)" >&2
   cargo test --no-fail-fast --test dockerd_restart "$@"
 fi
 
