@@ -105,20 +105,31 @@ pub async fn sync_once<T: TagSource, R: ReleaseSource, C: CredentialSource>(
         }
     };
     let no_quarantine = HashMap::new();
-    let (done_decision, applied) = if request.dry_run {
-        let (_, decision) =
-            execute::observe_and_decide(settings, &services.engine, &env.name, &wanted, &no_quarantine).await?;
-        (decision, None)
-    } else {
-        let options = Options { probe_converged: true, rescue: false };
-        let done = execute::execute(settings, services, &env.name, &wanted, &no_quarantine, shutdown, options).await?;
-        (done.decision, done.applied)
-    };
-    let decision = done_decision;
+    let (snapshot, decision) =
+        execute::observe_and_decide(settings, &services.engine, &env.name, &wanted, &no_quarantine).await?;
     let Some(sha) = decision.target.clone() else { return Err(SyncError::NothingToRun(decision.why)) };
     let span = tracing::info_span!("sync", env = %env.name, sha = %sha);
     let _entered = span.enter();
     tracing::info!(env_source = %env.source, "desired release {sha} for {} (environment from {})", env.name, env.source);
+    let (decision, applied) = if request.dry_run {
+        (decision, None)
+    } else {
+        let redecide = |snapshot: &crate::pass::snapshot::Snapshot| {
+            decide::decide(&decide::Inputs {
+                settings,
+                environment: &env.name,
+                wanted: &wanted,
+                snapshot,
+                quarantine: &no_quarantine,
+                now: tokio::time::Instant::now(),
+            })
+        };
+        let options = Options { probe_converged: true, rescue: false };
+        let done =
+            execute::execute_decision(settings, services, &env.name, snapshot, decision, redecide, shutdown, options)
+                .await?;
+        (done.decision, done.applied)
+    };
     let desired = DesiredContainer::new(settings, &env.name, &sha);
     let paused = match &decision.why {
         Why::Paused { .. } => {

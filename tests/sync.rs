@@ -181,15 +181,15 @@ fn failure_after_cut_over_restores_the_previous_container() {
     let good = host.release("good");
     assert_code(&host.sync(), 0);
     let (old_id, ..) = host.container_state().unwrap();
-    // The candidate passes (it is probed on the bridge), but after cut-over the health URL
-    // points at a port nothing serves: the agent must roll back.
-    let dead_port = free_port();
+    // The candidate passes (it is probed on the bridge, with no published port), but the
+    // real container cannot start: its new host port is held by another process. The agent
+    // must roll back to the old container, whose spec still publishes the old port.
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let held = holder.local_addr().unwrap().port();
     let text = std::fs::read_to_string(&host.config).unwrap();
     let text = text
-        .replace(
-            &format!("url = \"http://127.0.0.1:{}/\"", host.port),
-            &format!("url = \"http://127.0.0.1:{dead_port}/\""),
-        )
+        .replace(&format!("\"127.0.0.1:{}:80\"", host.port), &format!("\"127.0.0.1:{held}:80\""))
+        .replace(&format!("url = \"http://127.0.0.1:{}/\"", host.port), &format!("url = \"http://127.0.0.1:{held}/\""))
         .replace("timeout = \"10s\"", "timeout = \"2s\"");
     std::fs::write(&host.config, text).unwrap();
     host.release("good");

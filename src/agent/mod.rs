@@ -62,6 +62,9 @@ pub struct Agent<T, R, C> {
     phase: Phase,
     /// Who paused automatic updates, if they are paused.
     paused_by: Option<String>,
+    /// Why the last pass chose its target: a change away from S3's release (pause, pin,
+    /// last-known-good, quarantine) is logged once when it starts, not on every pass.
+    last_why: Option<std::mem::Discriminant<Why>>,
     triggers: mpsc::Sender<&'static str>,
     events: Option<JoinHandle<()>>,
 }
@@ -87,6 +90,7 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
             quarantine: Quarantine::default(),
             phase: Phase::Starting,
             paused_by: None,
+            last_why: None,
             triggers,
             events: None,
         };
@@ -163,6 +167,13 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
             })
         };
         let decision = decide_on(&snapshot);
+        // Why the host runs something other than S3's release is logged when it starts.
+        let why = std::mem::discriminant(&decision.why);
+        if self.last_why != Some(why) && !matches!(decision.why, Why::Published | Why::Operator) {
+            let target = decision.target.as_ref().map(Sha::short).unwrap_or("nothing");
+            tracing::info!(env = %env.name, "{}: staying on {target}", decision.why);
+        }
+        self.last_why = Some(why);
         if let Why::Quarantined { release, .. } = &decision.why {
             problem = Some(Problem::quarantined(release.as_str(), decision.why.to_string()));
         }
