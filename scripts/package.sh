@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the static x86_64 musl release binary, the man page and completions, the .deb and the
 # .rpm, checks what is inside them, and installs the .deb on this machine as a smoke test.
-# Installs its own tools (musl target, musl-tools, rpm, cargo-deb, cargo-generate-rpm).
+# Installs its own tools (musl target, musl-tools, rpm, cargo-auditable, cargo-deb,
+# cargo-generate-rpm).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target=x86_64-unknown-linux-musl
@@ -17,11 +18,12 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq && apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
+command -v cargo-auditable >/dev/null || cargo install --locked --quiet cargo-auditable
 command -v cargo-deb >/dev/null || cargo install --locked --quiet cargo-deb
 command -v cargo-generate-rpm >/dev/null || cargo install --locked --quiet cargo-generate-rpm
 
-echo "== static release build ($target)" >&2
-cargo build --release --locked --target "$target"
+echo "== static release build ($target), with its dependency list embedded (cargo auditable)" >&2
+cargo auditable build --release --locked --target "$target"
 bin=target/$target/release/blog-agent
 # Rust's musl target links static-PIE (keeps ASLR): glibc's ldd calls that "statically linked"
 # rather than "not a dynamic executable". Either way there must be no program interpreter.
@@ -34,6 +36,22 @@ fi
 size=$(stat -c %s "$bin")
 [ "$size" -lt $((10 * 1024 * 1024)) ] && ok "binary size $((size / 1024)) KiB (< 10 MiB)" || fail "binary is $size bytes"
 "$bin" --version | grep -q "(commit " && ok "$("$bin" --version)" || fail "--version lacks the commit"
+# The dependency list cargo-auditable embeds (zlib-compressed JSON in the .dep-v0 section, kept
+# by `strip = true`), which `cargo audit bin` and other scanners read on a host.
+deps=$(mktemp)
+readelf -S "$bin" | grep -q '\.dep-v0' && objcopy --dump-section .dep-v0="$deps" "$bin" /dev/null \
+  || fail "no .dep-v0 section: the binary was not built with cargo auditable"
+audit=$(python3 -c 'import json, sys, zlib
+d = json.loads(zlib.decompress(open(sys.argv[1], "rb").read()))
+p = d["packages"]
+print(len(p), " ".join(sorted(x["name"] + "@" + x["version"] for x in p if x["name"] in ("blog-agent", "rustls", "hyper", "h2"))))' "$deps") \
+  || fail ".dep-v0 does not hold cargo-auditable's compressed JSON"
+rm -f "$deps"
+grep -q "blog-agent@" <<<"$audit" && ! grep -qE "rustls@0\.21|hyper@0\.14|h2@0\.3" <<<"$audit" \
+  && ok "embedded dependency list (.dep-v0): ${audit%% *} crates; $(cut -d' ' -f2- <<<"$audit")" || fail "embedded dependency list: $audit"
+if command -v cargo-audit >/dev/null; then
+  cargo audit bin "$bin" && ok "cargo audit bin: no known vulnerability" || fail "cargo audit bin $bin"
+fi
 
 rm -rf target/assets "$out"
 mkdir -p "$out"
