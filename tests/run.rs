@@ -406,3 +406,83 @@ fn s3_errors_and_kms_denial_keep_the_site_up_and_are_logged_once() {
     let v2 = host.release("good");
     host.wait_deployed(&v2, SERVE);
 }
+
+/// Whether a container named `name` exists.
+fn exists(name: &str) -> bool {
+    docker(&["inspect", "-f", "{{.Id}}", name]).status.success()
+}
+
+#[test]
+fn a_removed_container_is_repaired_at_once_while_s3_is_down() {
+    let mut host = Host::new("run_rm_s3_down");
+    let mut moto = PrivateMoto::start();
+    host.use_s3(moto.endpoint());
+    host.write_config(SLOW);
+    let v1 = host.release("good");
+    let mut agent = host.start_agent(&[]);
+    host.wait_deployed(&v1, SERVE);
+
+    // S3 goes away; a SIGHUP makes the agent notice now rather than in 5 minutes. Its retries
+    // back off (1, 2, 4, 8, 16 s): after 16 s the next one is about 15 s away.
+    moto.stop();
+    agent.signal("HUP");
+    agent.wait_log("cannot read s3://", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_secs(16));
+
+    // The container event repairs the host from what it knows, without waiting on S3.
+    docker_ok(&["rm", "-f", &host.container]);
+    host.wait_serves(&v1, Duration::from_secs(5));
+    agent.assert_alive();
+}
+
+#[test]
+fn a_release_whose_cut_over_keeps_failing_is_held_back() {
+    let host = Host::new("run_cutover_quarantine");
+    host.write_config(FAST);
+    let v1 = host.release("good");
+    let mut agent = host.start_agent(&[]);
+    host.wait_deployed(&v1, SERVE);
+
+    // The new spec's host port is held by another process: every cut-over stops the old
+    // container, cannot start the new one, and rolls back. Three in a row, then no more.
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let held = holder.local_addr().unwrap().port();
+    let text = std::fs::read_to_string(&host.config)
+        .unwrap()
+        .replace(&format!("127.0.0.1:{}:80", host.port), &format!("127.0.0.1:{held}:80"))
+        .replace(&format!("http://127.0.0.1:{}/", host.port), &format!("http://127.0.0.1:{held}/"))
+        .replace("timeout = \"10s\"", "timeout = \"2s\"");
+    std::fs::write(&host.config, text).unwrap();
+    agent.signal("HUP");
+    agent.wait_log("holding it back", Duration::from_secs(60));
+    let tries = |logs: &str| logs.lines().filter(|l| l.contains("INFO deploying ")).count();
+    let after_hold = tries(&agent.logs());
+    assert_keeps_serving(&host, &v1, Duration::from_secs(5));
+    assert_eq!(tries(&agent.logs()), after_hold, "no more cut-overs while held:\n{}", agent.logs());
+    // The first deploy, then three tries of the new spec.
+    assert_eq!(after_hold, 1 + 3, "held after three failures:\n{}", agent.logs());
+    agent.assert_alive();
+    drop(holder);
+}
+
+#[test]
+fn sigterm_while_the_new_version_is_proven_leaves_it_for_the_next_start() {
+    let host = Host::new("run_term_mid_probe");
+    host.write_config(FAST);
+    let v1 = host.release("good");
+    let mut agent = host.start_agent(&[]);
+    host.wait_deployed(&v1, SERVE);
+
+    // The new version needs 4 s to answer: stop the agent while it proves it after cut-over.
+    let v2 = host.release("slow");
+    let previous = format!("{}-previous", host.container);
+    wait_for("the cut-over", Duration::from_secs(60), || exists(&previous).then_some(()));
+    agent.stop_with("TERM");
+    assert_eq!(host.label("io.blog-agent.sha"), v2, "the new version was not rolled back");
+    assert!(exists(&previous), "the old version is kept aside until the new one is proven");
+
+    // The next start proves it and finishes the deploy, with no second swap.
+    let agent = host.start_agent(&[]);
+    host.wait_deployed(&v2, SERVE);
+    assert!(agent.logs().contains("is healthy; removing the previous one"), "{}", agent.logs());
+}

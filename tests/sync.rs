@@ -6,6 +6,8 @@ mod common;
 
 use common::imds::FakeImds;
 use common::*;
+use std::process::Stdio;
+use std::time::Duration;
 
 fn assert_code(run: &Run, code: i32) {
     assert_eq!(run.code, code, "exit code; output:\n{}", run.output());
@@ -454,4 +456,43 @@ fn crashing_release_on_an_empty_host_fails_fast() {
     // Detected by the crash, not by the 10 s health timeout (a generous bound, not a benchmark).
     assert!(started.elapsed() < std::time::Duration::from_secs(9), "took {:?}", started.elapsed());
     assert!(host.containers().is_empty(), "{:?}", host.containers());
+}
+
+#[test]
+fn a_container_removed_during_the_cut_over_does_not_leave_the_host_dark() {
+    let host = Host::new("sync_rm_mid_cutover");
+    host.release("good");
+    assert_code(&host.sync(), 0);
+    // The new version needs 4 s to answer, so its candidate is probed long enough to remove
+    // the serving container under the agent's feet.
+    let v2 = host.release("slow");
+    let mut sync =
+        host.command(&["--env", "staging", "sync"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let candidate = format!("{}-candidate", host.container);
+    wait_for("the candidate", Duration::from_secs(60), || {
+        docker(&["inspect", "-f", "{{.Id}}", &candidate]).status.success().then_some(())
+    });
+    docker_ok(&["rm", "-f", &host.container]);
+    let out = wait_for("sync to finish", Duration::from_secs(60), || sync.try_wait().unwrap());
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut sync.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(out.code(), Some(0), "{stderr}");
+    host.assert_serves(&v2);
+    host.assert_only_the_serving_container();
+}
+
+#[test]
+fn someone_elses_previous_container_is_never_removed_and_blocks_the_cut_over() {
+    let host = Host::new("sync_foreign_previous");
+    let v1 = host.release("good");
+    assert_code(&host.sync(), 0);
+    let foreign = format!("{}-previous", host.container);
+    let label = format!("{TEST_LABEL}={}", host.id);
+    docker_ok(&["create", "--name", &foreign, "--label", &label, &host.image(&v1)]);
+    host.release("good");
+    let run = host.sync();
+    assert_code(&run, 1);
+    assert!(run.stderr.contains(&foreign) && run.stderr.contains("did not create"), "{}", run.stderr);
+    assert!(docker(&["inspect", &foreign]).status.success(), "the foreign container is untouched");
+    host.assert_serves(&v1);
 }
