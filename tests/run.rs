@@ -486,3 +486,34 @@ fn sigterm_while_the_new_version_is_proven_leaves_it_for_the_next_start() {
     host.wait_deployed(&v2, SERVE);
     assert!(agent.logs().contains("is healthy; removing the previous one"), "{}", agent.logs());
 }
+
+#[test]
+fn status_says_unconverged_when_the_site_is_lost_and_cannot_be_redeployed() {
+    let mut host = Host::new("run_status_dark");
+    let mut registry = PrivateRegistry::start(host.path());
+    host.registry = registry.address();
+    host.write_config(FAST);
+    let v1 = host.release("good");
+    let path = host.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&path).unwrap();
+    socket.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let _agent = host.start_agent_with(&[], |cmd| {
+        cmd.env("NOTIFY_SOCKET", &path);
+    });
+    host.wait_deployed(&v1, SERVE);
+
+    // The container and its image are gone and the registry is down: nothing can serve.
+    registry.stop();
+    docker_ok(&["rm", "-f", &host.container]);
+    docker_ok(&["rmi", "-f", &host.image(&v1)]);
+    let mut buf = [0u8; 4096];
+    let mut seen = Vec::new();
+    wait_for("an unconverged STATUS=", SERVE, || {
+        if let Ok(n) = socket.recv(&mut buf) {
+            seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        seen.iter().any(|m: &String| m.starts_with("STATUS=staging: unconverged")).then_some(())
+    });
+    let last = seen.iter().rev().find(|m| m.starts_with("STATUS=")).unwrap();
+    assert!(!last.contains("serving"), "STATUS must not claim a blog serves: {seen:?}");
+}
