@@ -86,14 +86,6 @@ impl ReleaseError {
     fn invalid(location: &ObjectLocation, err: InvalidSha) -> ReleaseError {
         ReleaseError::Invalid { location: location.clone(), quoted: err.value, reason: err.reason.to_owned() }
     }
-
-    /// Worth retrying: the service or the network, not the content or the permissions.
-    pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            ReleaseError::Unavailable { .. } | ReleaseError::RegionUnknown { .. } | ReleaseError::TimedOut { .. }
-        )
-    }
 }
 
 /// Where the desired SHA comes from; a trait so the loop can be unit-tested with a fake.

@@ -4,16 +4,12 @@
 //! within seconds, mid-pull included. Steps that must not be interrupted half-way (the few API
 //! calls of a cut-over) simply do not look at it.
 
-use std::sync::Arc;
-
 use tokio::sync::watch;
 
 /// Cheap to clone; every clone sees the same request.
 #[derive(Clone, Debug)]
 pub struct Shutdown {
     rx: watch::Receiver<bool>,
-    // Keeps the channel open for `Shutdown::never`.
-    _keep: Option<Arc<watch::Sender<bool>>>,
 }
 
 /// The sending side, held by the signal handler.
@@ -29,13 +25,7 @@ impl ShutdownTrigger {
 impl Shutdown {
     pub fn new() -> (ShutdownTrigger, Shutdown) {
         let (tx, rx) = watch::channel(false);
-        (ShutdownTrigger(tx), Shutdown { rx, _keep: None })
-    }
-
-    /// A shutdown that never comes (tests, one-off calls).
-    pub fn never() -> Shutdown {
-        let (tx, rx) = watch::channel(false);
-        Shutdown { rx, _keep: Some(Arc::new(tx)) }
+        (ShutdownTrigger(tx), Shutdown { rx })
     }
 
     pub fn is_requested(&self) -> bool {
@@ -79,12 +69,5 @@ mod tests {
         shutdown.requested().await;
         other.requested().await;
         assert!(other.is_requested());
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn never_stays_pending() {
-        let never = Shutdown::never();
-        let r = tokio::time::timeout(std::time::Duration::from_secs(3600), never.requested()).await;
-        assert!(r.is_err());
     }
 }
