@@ -520,6 +520,7 @@ impl Validator<'_> {
         let suggestion = |p: &PortMapping| {
             let host = match p.host_ip {
                 Some(ip) if !ip.is_unspecified() => ip,
+                Some(IpAddr::V6(_)) => IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1]),
                 _ => IpAddr::from([127, 0, 0, 1]),
             };
             HealthUrl { host: host.to_string(), port: p.host_port, path: url.path.clone() }.to_string()
@@ -790,6 +791,7 @@ mod tests {
             ("10.0.0.5:8080:80", "http://localhost:8080/", "host localhost does not reach port 8080"),
             ("0.0.0.0:8080:80", "http://[::1]:8080/", "host ::1 does not reach"),
             ("[::1]:8080:80", "http://127.0.0.1:8080/", "e.g. \"http://[::1]:8080/\""),
+            ("[::]:8080:80", "http://127.0.0.1:8080/", "e.g. \"http://[::1]:8080/\""),
         ];
         for (port, url, want) in cases {
             assert_refused(
