@@ -21,8 +21,8 @@ use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, ConfigLoader, Region, SdkConfig};
 use tokio::sync::OnceCell;
 
-use crate::backoff::Backoff;
 use crate::imds::Imds;
+use crate::runtime::backoff::Backoff;
 
 /// Instance metadata is asked this many times per resolution before the call at hand fails;
 /// the next S3 or ECR call asks again.

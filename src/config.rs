@@ -95,7 +95,8 @@ impl fmt::Display for Repository {
 pub struct ContainerSettings {
     pub name: String,
     pub ports: Vec<PortMapping>,
-    pub env: BTreeMap<String, String>,
+    /// The container's environment variables (`[container] env`).
+    pub variables: BTreeMap<String, String>,
     /// Extra labels for the operator's own tooling (and the tests' cleanup by label).
     pub labels: BTreeMap<String, String>,
     /// Grace period between SIGTERM and SIGKILL when the old version is stopped at cut-over.
@@ -505,7 +506,7 @@ impl Validator<'_> {
                  \"0s\" sends SIGKILL at once",
             ));
         }
-        Ok(ContainerSettings { name, ports, env, labels, stop_timeout })
+        Ok(ContainerSettings { name, ports, variables: env, labels, stop_timeout })
     }
 
     fn health(&self, raw: RawHealth, ports: &[PortMapping]) -> Result<HealthSettings, ConfigError> {

@@ -18,7 +18,7 @@ use bollard::Docker;
 use futures_util::{Stream, StreamExt};
 
 use crate::registry::RegistryCredentials;
-use crate::spec::{DesiredContainer, LABEL_MANAGED, LABEL_SHA, LABEL_SPEC_HASH};
+use crate::spec::{ContainerSpec, LABEL_MANAGED, LABEL_SHA, LABEL_SPEC_HASH};
 
 /// Bound on a single non-pull API call. Docker answers these in milliseconds; a stop waits for
 /// the container's grace period, which is below this.
@@ -289,7 +289,7 @@ impl Engine {
     pub async fn create(
         &self,
         name: &str,
-        spec: &DesiredContainer,
+        spec: &ContainerSpec,
         digest: &str,
         role: &str,
         publish: bool,
@@ -311,7 +311,7 @@ impl Engine {
         exposed.dedup();
         let body = ContainerCreateBody {
             image: Some(spec.image.clone()),
-            env: Some(spec.env_list()),
+            env: Some(spec.variables_list()),
             labels: Some(spec.container_labels(digest, role)),
             // The Engine ignores a port binding unless the port is also exposed.
             exposed_ports: Some(exposed),

@@ -6,24 +6,19 @@
 
 pub mod agent;
 pub mod aws;
-pub mod backoff;
 pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod environment;
 pub mod health;
+pub mod host_status;
 pub mod imds;
 pub mod lock;
-pub mod logging;
 pub mod pass;
 pub mod progress;
 pub mod registry;
 pub mod release;
+pub mod runtime;
 pub mod sha;
-pub mod shutdown;
-pub mod signals;
 pub mod spec;
 pub mod state;
-pub mod status;
-pub mod sync;
-pub mod systemd;

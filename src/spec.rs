@@ -24,25 +24,25 @@ pub const LABEL_ROLE: &str = "io.blog-agent.role";
 
 /// What should be running.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DesiredContainer {
+pub struct ContainerSpec {
     pub name: String,
     pub image: String,
     pub sha: Sha,
     pub environment: String,
     pub ports: Vec<PortMapping>,
-    pub env: BTreeMap<String, String>,
+    pub variables: BTreeMap<String, String>,
     pub labels: BTreeMap<String, String>,
 }
 
-impl DesiredContainer {
-    pub fn new(settings: &Settings, environment: &str, sha: &Sha) -> DesiredContainer {
-        DesiredContainer {
+impl ContainerSpec {
+    pub fn new(settings: &Settings, environment: &str, sha: &Sha) -> ContainerSpec {
+        ContainerSpec {
             name: settings.container.name.clone(),
             image: settings.image.repository.reference(sha.as_str()),
             sha: sha.clone(),
             environment: environment.to_owned(),
             ports: settings.container.ports.clone(),
-            env: settings.container.env.clone(),
+            variables: settings.container.variables.clone(),
             labels: settings.container.labels.clone(),
         }
     }
@@ -63,7 +63,7 @@ impl DesiredContainer {
         for p in &self.ports {
             field("port", &p.to_string());
         }
-        for (k, v) in &self.env {
+        for (k, v) in &self.variables {
             field("env", &format!("{k}={v}"));
         }
         for (k, v) in &self.labels {
@@ -85,8 +85,8 @@ impl DesiredContainer {
     }
 
     /// `KEY=VALUE` pairs as Docker wants them.
-    pub fn env_list(&self) -> Vec<String> {
-        self.env.iter().map(|(k, v)| format!("{k}={v}")).collect()
+    pub fn variables_list(&self) -> Vec<String> {
+        self.variables.iter().map(|(k, v)| format!("{k}={v}")).collect()
     }
 
     /// Container port the candidate is probed on: the first mapping's.
@@ -100,10 +100,10 @@ mod tests {
     use super::*;
     use std::path::Path;
 
-    fn desired(extra: &str) -> DesiredContainer {
+    fn desired(extra: &str) -> ContainerSpec {
         let text = format!("[release]\nbucket = \"b\"\n[image]\nrepository = \"r.example/blog\"\n{extra}");
         let settings = Settings::parse(&text, Path::new("c.toml")).unwrap();
-        DesiredContainer::new(&settings, "staging", &Sha::parse("abcdef1").unwrap())
+        ContainerSpec::new(&settings, "staging", &Sha::parse("abcdef1").unwrap())
     }
 
     #[test]

@@ -13,9 +13,9 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::phase::Phase;
-use crate::backoff::{jittered, Backoff};
-use crate::shutdown::Shutdown;
-use crate::systemd::Notifier;
+use crate::runtime::backoff::{jittered, Backoff};
+use crate::runtime::shutdown::Shutdown;
+use crate::runtime::systemd::Notifier;
 
 /// First retry after a failed pass; doubles up to the poll interval.
 pub const RETRY_FIRST: Duration = Duration::from_secs(1);
@@ -230,7 +230,7 @@ mod tests {
         passes: Arc<Mutex<Vec<(PassKind, Duration)>>>,
         triggers: mpsc::Sender<&'static str>,
         reload: mpsc::UnboundedSender<()>,
-        stop: crate::shutdown::ShutdownTrigger,
+        stop: crate::runtime::shutdown::ShutdownTrigger,
         task: tokio::task::JoinHandle<Fake>,
     }
 

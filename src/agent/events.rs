@@ -6,8 +6,8 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::backoff::Backoff;
 use crate::engine::Engine;
+use crate::runtime::backoff::Backoff;
 
 /// Backoff while dockerd is away: first retry, and the cap.
 const RECONNECT_FIRST: Duration = Duration::from_millis(500);

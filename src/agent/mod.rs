@@ -30,11 +30,11 @@ use crate::pass::snapshot;
 use crate::pass::{Action, PassError, Services};
 use crate::registry::CredentialSource;
 use crate::release::{Fetched, ObjectLocation, ReleaseSource};
+use crate::runtime::shutdown::Shutdown;
+use crate::runtime::signals::Signals;
+use crate::runtime::systemd::Notifier;
 use crate::sha::Sha;
-use crate::shutdown::Shutdown;
-use crate::signals::Signals;
 use crate::state::LastPass;
-use crate::systemd::Notifier;
 use driver::{PassKind, Reconciler, Wakeups};
 use phase::{Phase, Problem};
 use quarantine::{Cause, Quarantine};
@@ -56,7 +56,7 @@ pub struct Agent<T, R, C> {
     config_path: PathBuf,
     env_flag: Option<String>,
     services: Services<T, R, C>,
-    env: Option<Environment>,
+    environment: Option<Environment>,
     published: Option<Published>,
     quarantine: Quarantine,
     phase: Phase,
@@ -85,7 +85,7 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
             config_path,
             env_flag,
             services,
-            env: None,
+            environment: None,
             published: None,
             quarantine: Quarantine::default(),
             phase: Phase::Starting,
@@ -117,13 +117,13 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
         kind: PassKind,
         shutdown: &Shutdown,
     ) -> Result<(Option<Sha>, Option<Problem>), PassError> {
-        let env = match &self.env {
+        let env = match &self.environment {
             Some(env) => env.clone(),
             None => {
                 let resolve = environment::resolve(self.env_flag.as_deref(), &self.settings, &self.services.tags);
                 let env = shutdown.race(resolve).await??;
                 tracing::info!(env = %env.name, source = %env.source, "environment {} (from {})", env.name, env.source);
-                self.env = Some(env.clone());
+                self.environment = Some(env.clone());
                 env
             }
         };
@@ -222,7 +222,7 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
     /// Reads S3 (conditional GET). Returns the problem to report when S3 cannot be read; the
     /// last SHA read stays the desired one meanwhile.
     async fn read_release(&mut self, env: &Environment, shutdown: &Shutdown) -> Result<Option<Problem>, PassError> {
-        let location = crate::sync::release_location(&self.settings, &env.name);
+        let location = crate::pass::once::release_location(&self.settings, &env.name);
         let etag = self.published.as_ref().filter(|p| p.location == location).and_then(|p| p.etag.clone());
         let fetch = self.services.releases.fetch(&location, etag.as_deref());
         match shutdown.race(fetch).await? {
@@ -259,7 +259,7 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
 
     /// Logs `next` if it differs from the current problem; logs recovery when it clears.
     fn note(&self, next: Option<&Problem>) {
-        let env = self.env.as_ref().map(|e| e.name.as_str()).unwrap_or("");
+        let env = self.environment.as_ref().map(|e| e.name.as_str()).unwrap_or("");
         match (self.phase.problem(), next) {
             (None, None) => {}
             (Some(old), None) => tracing::info!(env, resolved = %old.text, "recovered"),
@@ -292,7 +292,7 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Reconciler for Agent<T
                 tracing::info!(config = %self.config_path.display(), "configuration reloaded");
                 let renamed = settings.container.name != self.settings.container.name;
                 self.settings = settings;
-                self.env = None;
+                self.environment = None;
                 self.published = None;
                 if renamed {
                     self.watch_events();
@@ -313,6 +313,6 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Reconciler for Agent<T
     }
 
     fn status_line(&self, phase: &Phase) -> String {
-        phase.status_line(self.env.as_ref().map(|e| e.name.as_str()), self.paused_by.as_deref())
+        phase.status_line(self.environment.as_ref().map(|e| e.name.as_str()), self.paused_by.as_deref())
     }
 }

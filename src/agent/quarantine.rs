@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::backoff::Backoff;
 use crate::engine::ContainerInfo;
+use crate::runtime::backoff::Backoff;
 use crate::sha::Sha;
 use crate::spec::LABEL_SHA;
 

@@ -11,9 +11,9 @@ use crate::config::Settings;
 use crate::engine::Engine;
 use crate::environment::{self, EnvSource};
 use crate::imds::Imds;
+use crate::pass::once::release_location;
 use crate::registry::{CredentialSource, Ecr};
 use crate::release::{Fetched, ReleaseError, ReleaseSource, S3Releases};
-use crate::sync::release_location;
 
 #[derive(Debug, Args)]
 pub struct CheckArgs {}

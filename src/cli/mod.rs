@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::config::{ConfigError, Settings, DEFAULT_PATH};
-use crate::logging::{LogFormat, LogTarget};
+use crate::runtime::logging::{LogFormat, LogTarget};
 
 /// Exit codes, as systemd and scripts see them.
 pub mod exit {
@@ -125,15 +125,12 @@ pub fn check_env_flag(cli: &Cli, settings: &Settings) -> Result<(), Failure> {
 
 /// Who is running this command, for the pause record.
 pub fn operator() -> String {
-    ["SUDO_USER", "USER", "LOGNAME"]
-        .iter()
-        .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()))
-        .unwrap_or_else(|| format!("uid {}", std::process::id()))
+    pause::operator()
 }
 
 /// Runs the parsed command and returns the process exit code.
 pub fn run(cli: Cli) -> ExitCode {
-    crate::logging::init(cli.log_format, cli.log_target, cli.debug);
+    crate::runtime::logging::init(cli.log_format, cli.log_target, cli.debug);
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

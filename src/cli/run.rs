@@ -6,14 +6,14 @@ use clap::Args;
 
 use super::{exit, Cli, Failure};
 use crate::agent::Agent;
-use crate::backoff::Backoff;
 use crate::engine::Engine;
 use crate::imds::Imds;
+use crate::pass::Services;
 use crate::registry::Ecr;
 use crate::release::S3Releases;
-use crate::shutdown::Shutdown;
-use crate::sync::Services;
-use crate::systemd::Notifier;
+use crate::runtime::backoff::Backoff;
+use crate::runtime::shutdown::Shutdown;
+use crate::runtime::systemd::Notifier;
 
 #[derive(Debug, Args)]
 pub struct RunArgs {}
@@ -21,7 +21,7 @@ pub struct RunArgs {}
 pub async fn run(cli: &Cli, _args: &RunArgs) -> Result<(), Failure> {
     let settings = super::load_settings(cli)?;
     super::check_env_flag(cli, &settings)?;
-    let signals = crate::signals::install()
+    let signals = crate::runtime::signals::install()
         .map_err(|e| Failure { code: exit::FAILED, message: format!("cannot install signal handlers: {e}") })?;
     let notifier = Notifier::from_env();
     let Some(engine) = wait_for_docker(&signals.shutdown, &notifier).await else {

@@ -25,7 +25,7 @@ pub async fn run(cli: &Cli, args: &StatusArgs) -> Result<(), Failure> {
     };
     let sdk = crate::aws::load().await;
     let releases = S3Releases::new(&sdk);
-    let status = crate::status::gather(
+    let status = crate::host_status::gather(
         &settings,
         cli.environment.as_deref(),
         &Imds::new(),
@@ -37,7 +37,7 @@ pub async fn run(cli: &Cli, args: &StatusArgs) -> Result<(), Failure> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&status).expect("status serializes"));
     } else {
-        print!("{}", crate::status::render_text(&status));
+        print!("{}", crate::host_status::render_text(&status));
     }
     if status.converged {
         Ok(())

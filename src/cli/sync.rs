@@ -5,10 +5,11 @@ use clap::Args;
 use super::{exit, Cli, Failure};
 use crate::engine::Engine;
 use crate::imds::Imds;
+use crate::pass::once::{sync_once, SyncRequest};
+use crate::pass::{PassError, Services};
 use crate::registry::Ecr;
 use crate::release::S3Releases;
 use crate::sha::Sha;
-use crate::sync::{sync_once, Services, SyncError, SyncRequest};
 
 #[derive(Debug, Args)]
 pub struct SyncArgs {
@@ -33,9 +34,9 @@ pub async fn run(cli: &Cli, args: &SyncArgs) -> Result<(), Failure> {
     super::check_env_flag(cli, &settings)?;
     let request =
         SyncRequest { environment: cli.environment.clone(), sha, dry_run: args.dry_run, operator: super::operator() };
-    let failed = |e: SyncError| {
+    let failed = |e: PassError| {
         let code = match &e {
-            SyncError::Environment(env) if env.is_usage() => exit::USAGE,
+            PassError::Environment(env) if env.is_usage() => exit::USAGE,
             _ => exit::FAILED,
         };
         let message = if e.is_cancelled() {
@@ -56,7 +57,7 @@ pub async fn run(cli: &Cli, args: &SyncArgs) -> Result<(), Failure> {
         credentials: Ecr::for_registry(&aws, &settings.image.repository.registry),
         engine,
     };
-    let signals = crate::signals::install()
+    let signals = crate::runtime::signals::install()
         .map_err(|e| Failure { code: exit::FAILED, message: format!("cannot install signal handlers: {e}") })?;
     let result = sync_once(&settings, &request, &services, &signals.shutdown).await;
     if !args.dry_run {

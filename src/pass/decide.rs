@@ -19,7 +19,7 @@ use super::snapshot::{aside, Snapshot, PREVIOUS};
 use crate::config::Settings;
 use crate::engine::ContainerInfo;
 use crate::sha::Sha;
-use crate::spec::DesiredContainer;
+use crate::spec::ContainerSpec;
 
 /// What the outside asks this host to run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -177,7 +177,7 @@ pub fn decide(inputs: &Inputs<'_>) -> Decision {
     let Some(target_sha) = target.clone() else {
         return Decision { target, why, recovery, plan: None, blocked: None, fallback: None };
     };
-    let desired = DesiredContainer::new(inputs.settings, inputs.environment, &target_sha);
+    let desired = ContainerSpec::new(inputs.settings, inputs.environment, &target_sha);
     let step =
         plan::plan(target_sha.as_str(), &desired.spec_hash(), main_after.as_ref().map(|c| c.observed()).as_ref());
     let blocked = match (&step, &snapshot.previous) {
@@ -249,7 +249,7 @@ pub fn describe(decision: &Decision, settings: &Settings, environment: &str, ima
         lines.push(format!("stop: {blocked}"));
         return lines;
     }
-    let desired = DesiredContainer::new(settings, environment, target);
+    let desired = ContainerSpec::new(settings, environment, target);
     match &decision.plan {
         None | Some(Plan::Converged) => lines.push(format!("nothing to do: {name} already runs {target}")),
         Some(Plan::Restart { .. }) => {
@@ -318,7 +318,7 @@ mod tests {
 
     /// A container of ours running `sha` with the spec the test settings give it.
     fn ours(name: &str, id: &str, s: &Sha, running: bool) -> ContainerInfo {
-        let spec = DesiredContainer::new(&settings(), ENV, s).spec_hash();
+        let spec = ContainerSpec::new(&settings(), ENV, s).spec_hash();
         ContainerInfo {
             id: id.into(),
             name: name.into(),

@@ -13,8 +13,8 @@ use crate::config::Settings;
 use crate::engine::{ContainerInfo, Engine, EngineError, ImageInfo};
 use crate::health::{self, ProbeFailed};
 use crate::registry::{CredentialSource, RegistryError};
-use crate::shutdown::{Cancelled, Shutdown};
-use crate::spec::DesiredContainer;
+use crate::runtime::shutdown::{Cancelled, Shutdown};
+use crate::spec::ContainerSpec;
 
 use super::snapshot::{aside, CANDIDATE, FAILED, NEXT, PREVIOUS};
 
@@ -87,7 +87,7 @@ pub async fn prove_interrupted(
 pub async fn ensure_image(
     engine: &Engine,
     settings: &Settings,
-    desired: &DesiredContainer,
+    desired: &ContainerSpec,
     creds: &impl CredentialSource,
     shutdown: &Shutdown,
 ) -> Result<(ImageInfo, bool), DeployError> {
@@ -125,7 +125,7 @@ pub async fn ensure_image(
 pub async fn verify_candidate(
     engine: &Engine,
     settings: &Settings,
-    desired: &DesiredContainer,
+    desired: &ContainerSpec,
     digest: &str,
     shutdown: &Shutdown,
 ) -> Result<(), DeployError> {
@@ -144,7 +144,7 @@ pub async fn verify_candidate(
 async fn probe_candidate(
     engine: &Engine,
     settings: &Settings,
-    desired: &DesiredContainer,
+    desired: &ContainerSpec,
     id: &str,
 ) -> Result<(), DeployError> {
     engine.start(id).await?;
@@ -186,7 +186,7 @@ async fn still_running(engine: &Engine, id: &str, restarts_before: i64) -> Resul
 pub async fn cut_over(
     engine: &Engine,
     settings: &Settings,
-    desired: &DesiredContainer,
+    desired: &ContainerSpec,
     digest: &str,
     old: Option<&ContainerInfo>,
     shutdown: &Shutdown,

@@ -18,9 +18,9 @@ use super::{Action, Applied, PassError, Services};
 use crate::config::Settings;
 use crate::engine::{Engine, EngineError};
 use crate::registry::CredentialSource;
+use crate::runtime::shutdown::Shutdown;
 use crate::sha::Sha;
-use crate::shutdown::Shutdown;
-use crate::spec::{DesiredContainer, LABEL_DIGEST};
+use crate::spec::{ContainerSpec, LABEL_DIGEST};
 use crate::state::{now_unix, GoodRelease, State};
 
 /// What [`execute`] was asked to do beyond the decision itself.
@@ -101,7 +101,7 @@ pub async fn execute_decision<T, R, C: CredentialSource>(
     let (Some(target), Some(plan)) = (decision.target.clone(), decision.plan.clone()) else {
         return Ok(Done { decision, applied: None, rescued_from: None });
     };
-    let desired = DesiredContainer::new(settings, environment, &target);
+    let desired = ContainerSpec::new(settings, environment, &target);
     let failure = match apply(settings, services, &desired, &plan, snapshot.main.as_ref(), shutdown, options).await {
         Ok(applied) => return Ok(Done { decision, applied: Some(applied), rescued_from: None }),
         Err(e) => e,
@@ -114,7 +114,7 @@ pub async fn execute_decision<T, R, C: CredentialSource>(
         return Err(failure);
     }
     tracing::warn!(env = %environment, sha = %fallback, "cannot deploy {target} and nothing serves: starting the last-known-good version ({failure})");
-    let desired = DesiredContainer::new(settings, environment, &fallback);
+    let desired = ContainerSpec::new(settings, environment, &fallback);
     let current = now.main.as_ref();
     let plan = super::plan::plan(fallback.as_str(), &desired.spec_hash(), current.map(|c| c.observed()).as_ref());
     let applied = apply(settings, services, &desired, &plan, current, shutdown, options).await?;
@@ -140,7 +140,7 @@ async fn recover(settings: &Settings, engine: &Engine, steps: &[Recovery]) -> Re
 async fn apply<T, R, C: CredentialSource>(
     settings: &Settings,
     services: &Services<T, R, C>,
-    desired: &DesiredContainer,
+    desired: &ContainerSpec,
     plan: &Plan,
     current: Option<&crate::engine::ContainerInfo>,
     shutdown: &Shutdown,
@@ -169,7 +169,7 @@ async fn apply<T, R, C: CredentialSource>(
 async fn carry_out<T, R, C: CredentialSource>(
     settings: &Settings,
     services: &Services<T, R, C>,
-    desired: &DesiredContainer,
+    desired: &ContainerSpec,
     plan: &Plan,
     current: Option<&crate::engine::ContainerInfo>,
     shutdown: &Shutdown,

@@ -11,6 +11,7 @@
 pub mod decide;
 pub mod deploy;
 pub mod execute;
+pub mod once;
 pub mod plan;
 pub mod snapshot;
 
@@ -22,8 +23,8 @@ use crate::engine::{Engine, EngineError};
 use crate::environment::EnvironmentError;
 use crate::lock::LockError;
 use crate::release::ReleaseError;
+use crate::runtime::shutdown::Cancelled;
 use crate::sha::Sha;
-use crate::shutdown::Cancelled;
 use deploy::DeployError;
 
 /// The services a pass talks to. Generic so each can be replaced in tests.

@@ -13,12 +13,12 @@ use crate::lock;
 use crate::pass::decide::{self, Wanted, Why};
 use crate::pass::execute::{self, Options};
 use crate::pass::plan::Plan;
-pub use crate::pass::{Action, PassError as SyncError, Services};
+use crate::pass::{Action, PassError, Services};
 use crate::registry::CredentialSource;
 use crate::release::{Fetched, ObjectLocation, ReleaseError, ReleaseSource};
+use crate::runtime::shutdown::Shutdown;
 use crate::sha::Sha;
-use crate::shutdown::Shutdown;
-use crate::spec::DesiredContainer;
+use crate::spec::ContainerSpec;
 use crate::state::{now_unix, Pause};
 
 /// What the operator asked for on the command line.
@@ -67,7 +67,7 @@ pub async fn sync_once<T: TagSource, R: ReleaseSource, C: CredentialSource>(
     request: &SyncRequest,
     services: &Services<T, R, C>,
     shutdown: &Shutdown,
-) -> Result<SyncReport, SyncError> {
+) -> Result<SyncReport, PassError> {
     let env: Environment =
         shutdown.race(environment::resolve(request.environment.as_deref(), settings, &services.tags)).await??;
     if let (Some(pinned), false) = (&request.sha, request.dry_run) {
@@ -78,7 +78,7 @@ pub async fn sync_once<T: TagSource, R: ReleaseSource, C: CredentialSource>(
             at: now_unix(),
             pinned_sha: Some(pinned.to_string()),
         };
-        pause.save(&settings.agent.state_dir).map_err(|e| SyncError::State(e.to_string()))?;
+        pause.save(&settings.agent.state_dir).map_err(|e| PassError::State(e.to_string()))?;
         tracing::warn!(sha = %pinned, "automatic updates paused; `blog-agent resume` follows S3 again");
     }
     let _lock = if request.dry_run {
@@ -96,7 +96,7 @@ pub async fn sync_once<T: TagSource, R: ReleaseSource, C: CredentialSource>(
                 // An unconditional GET cannot be answered 304 by a well-behaved S3; an
                 // S3-compatible endpoint that does has told us nothing.
                 Fetched::Unchanged => {
-                    return Err(SyncError::Release(ReleaseError::Unavailable {
+                    return Err(PassError::Release(ReleaseError::Unavailable {
                         location,
                         detail: "answered 304 Not Modified to an unconditional GET".into(),
                     }))
@@ -107,7 +107,7 @@ pub async fn sync_once<T: TagSource, R: ReleaseSource, C: CredentialSource>(
     let no_quarantine = HashMap::new();
     let (snapshot, decision) =
         execute::observe_and_decide(settings, &services.engine, &env.name, &wanted, &no_quarantine).await?;
-    let Some(sha) = decision.target.clone() else { return Err(SyncError::NothingToRun(decision.why)) };
+    let Some(sha) = decision.target.clone() else { return Err(PassError::NothingToRun(decision.why)) };
     let span = tracing::info_span!("sync", env = %env.name, sha = %sha);
     let _entered = span.enter();
     tracing::info!(env_source = %env.source, "desired release {sha} for {} (environment from {})", env.name, env.source);
@@ -130,7 +130,7 @@ pub async fn sync_once<T: TagSource, R: ReleaseSource, C: CredentialSource>(
                 .await?;
         (done.decision, done.applied)
     };
-    let desired = DesiredContainer::new(settings, &env.name, &sha);
+    let desired = ContainerSpec::new(settings, &env.name, &sha);
     let paused = match &decision.why {
         Why::Paused { .. } => {
             Some(format!("{}: staying on {}; `blog-agent resume` to follow S3", decision.why, sha.short()))

@@ -8,10 +8,10 @@ use crate::config::Settings;
 use crate::engine::Engine;
 use crate::environment;
 use crate::imds::TagSource;
+use crate::pass::once::release_location;
 use crate::release::{Fetched, ReleaseSource};
 use crate::spec::{LABEL_DIGEST, LABEL_SHA};
 use crate::state::{LastPass, Pause, State, StateReadError};
-use crate::sync::release_location;
 
 /// Bumped only on an incompatible change.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -21,7 +21,7 @@ pub struct Status {
     pub schema_version: u32,
     pub environment: Option<EnvironmentStatus>,
     pub environment_error: Option<String>,
-    pub desired: Option<DesiredStatus>,
+    pub desired: Option<PublishedStatus>,
     pub desired_error: Option<String>,
     pub container: Option<ContainerStatus>,
     pub container_error: Option<String>,
@@ -62,7 +62,7 @@ pub struct EnvironmentStatus {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct DesiredStatus {
+pub struct PublishedStatus {
     pub sha: String,
     pub uri: String,
     pub etag: Option<String>,
@@ -128,7 +128,7 @@ pub async fn gather(
             let location = release_location(settings, &env.name);
             match releases.fetch(&location, None).await {
                 Ok(Fetched::Changed(release)) => {
-                    status.desired = Some(DesiredStatus {
+                    status.desired = Some(PublishedStatus {
                         sha: release.sha.to_string(),
                         uri: location.to_string(),
                         etag: release.etag,

@@ -3,7 +3,7 @@
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
-use crate::shutdown::Shutdown;
+use crate::runtime::shutdown::Shutdown;
 
 pub struct Signals {
     pub shutdown: Shutdown,
