@@ -49,8 +49,13 @@ print(len(p), " ".join(sorted(x["name"] + "@" + x["version"] for x in p if x["na
 rm -f "$deps"
 grep -q "blog-agent@" <<<"$audit" && ! grep -qE "rustls@0\.21|hyper@0\.14|h2@0\.3" <<<"$audit" \
   && ok "embedded dependency list (.dep-v0): ${audit%% *} crates; $(cut -d' ' -f2- <<<"$audit")" || fail "embedded dependency list: $audit"
+# Where cargo-audit is installed (it is not required), scan the binary as an operator would;
+# offline against the advisory snapshot when scripts/test.sh has unpacked one.
 if command -v cargo-audit >/dev/null; then
-  cargo audit bin "$bin" && ok "cargo audit bin: no known vulnerability" || fail "cargo audit bin $bin"
+  audit_db=target/advisory-dbs/advisory-db-3157b0e258782691
+  audit_args=()
+  [ -d "$audit_db/crates" ] && audit_args=(--db "$audit_db" --no-fetch)
+  cargo audit "${audit_args[@]}" bin "$bin" && ok "cargo audit bin: no known vulnerability" || fail "cargo audit bin $bin"
 fi
 
 rm -rf target/assets "$out"
