@@ -4,7 +4,7 @@
 use std::fmt;
 
 use crate::config::Settings;
-use crate::imds::{ImdsError, TagSource};
+use crate::outside::imds::{ImdsError, TagSource};
 use crate::sha::safe_quote;
 
 /// Where the environment name came from, shown by `status` and in logs.

@@ -5,11 +5,11 @@
 use serde::Serialize;
 
 use crate::config::Settings;
-use crate::engine::Engine;
 use crate::environment;
-use crate::imds::TagSource;
+use crate::outside::docker::Engine;
+use crate::outside::imds::TagSource;
+use crate::outside::release::{Fetched, ReleaseSource};
 use crate::pass::once::release_location;
-use crate::release::{Fetched, ReleaseSource};
 use crate::spec::{LABEL_DIGEST, LABEL_SHA};
 use crate::state::{LastPass, Pause, State, StateReadError};
 
@@ -149,7 +149,7 @@ pub async fn gather(
         match engine.container(&settings.container.name).await {
             Ok(Some(c)) => {
                 let url = &settings.health.url;
-                let health = match crate::health::get_status(&url.host, url.port, &url.path).await {
+                let health = match crate::outside::health::get_status(&url.host, url.port, &url.path).await {
                     Ok(code) => HealthStatus {
                         url: url.to_string(),
                         ok: (200..300).contains(&code),

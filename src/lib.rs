@@ -1,23 +1,25 @@
 //! blog-agent: makes an EC2 host serve the blog version named in S3, and keeps it that way.
 //!
-//! One module per external system (`imds`, `release` for S3, `registry` for ECR, `engine` for
-//! Docker); `reconcile` is the pure decision; `deploy` carries a plan out safely; `sync` is one
-//! pass; `cli` maps it all to commands and exit codes.
+//! - [`outside`]: one module per external system (AWS setup, IMDS, S3, ECR, Docker, HTTP probe).
+//! - [`pass`]: one reconcile pass: observe once ([`pass::snapshot`]), decide purely
+//!   ([`pass::decide`]), then do ([`pass::execute`], [`pass::deploy`]); [`pass::once`] is the
+//!   `sync` command's pass.
+//! - [`agent`]: the `run` service: the loop ([`agent::driver`]), its state ([`agent::phase`]),
+//!   Docker events and the memory of bad releases ([`agent::quarantine`]).
+//! - [`config`] (validated settings), [`spec`] (the container a release runs as), [`sha`],
+//!   [`environment`] (which environment this host serves), [`state`] and [`lock`] (what the
+//!   host remembers, and who may change it), [`host_status`] (what `status` reports).
+//! - [`runtime`]: process plumbing (backoff, shutdown, signals, systemd notify, logging).
+//! - [`cli`]: commands and exit codes; `main.rs` only parses arguments and calls it.
 
 pub mod agent;
-pub mod aws;
 pub mod cli;
 pub mod config;
-pub mod engine;
 pub mod environment;
-pub mod health;
 pub mod host_status;
-pub mod imds;
 pub mod lock;
+pub mod outside;
 pub mod pass;
-pub mod progress;
-pub mod registry;
-pub mod release;
 pub mod runtime;
 pub mod sha;
 pub mod spec;

@@ -6,7 +6,7 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::engine::Engine;
+use crate::outside::docker::Engine;
 use crate::runtime::backoff::Backoff;
 
 /// Backoff while dockerd is away: first retry, and the cap.

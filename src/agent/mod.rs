@@ -22,14 +22,14 @@ use tokio::time::Instant;
 
 use crate::config::Settings;
 use crate::environment::{self, Environment};
-use crate::imds::TagSource;
 use crate::lock;
+use crate::outside::imds::TagSource;
+use crate::outside::registry::CredentialSource;
+use crate::outside::release::{Fetched, ObjectLocation, ReleaseSource};
 use crate::pass::decide::{self, Inputs, Wanted, Why};
 use crate::pass::execute::{self, Options};
 use crate::pass::snapshot;
 use crate::pass::{Action, PassError, Services};
-use crate::registry::CredentialSource;
-use crate::release::{Fetched, ObjectLocation, ReleaseSource};
 use crate::runtime::shutdown::Shutdown;
 use crate::runtime::signals::Signals;
 use crate::runtime::systemd::Notifier;

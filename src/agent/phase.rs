@@ -8,12 +8,12 @@
 
 use std::mem::{discriminant, Discriminant};
 
-use crate::engine::EngineError;
 use crate::environment::EnvironmentError;
+use crate::outside::docker::EngineError;
+use crate::outside::registry::RegistryError;
+use crate::outside::release::ReleaseError;
 use crate::pass::deploy::DeployError;
 use crate::pass::PassError;
-use crate::registry::RegistryError;
-use crate::release::ReleaseError;
 
 /// What kind of failure a problem is; two problems of one kind are "the same problem".
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -147,7 +147,7 @@ impl Phase {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::release::ObjectLocation;
+    use crate::outside::release::ObjectLocation;
 
     fn s3_down(request: &str) -> PassError {
         PassError::Release(ReleaseError::Unavailable {

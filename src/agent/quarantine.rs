@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::engine::ContainerInfo;
+use crate::outside::docker::ContainerInfo;
 use crate::runtime::backoff::Backoff;
 use crate::sha::Sha;
 use crate::spec::LABEL_SHA;

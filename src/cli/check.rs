@@ -8,12 +8,12 @@ use clap::Args;
 
 use super::{exit, Cli, Failure};
 use crate::config::Settings;
-use crate::engine::Engine;
 use crate::environment::{self, EnvSource};
-use crate::imds::Imds;
+use crate::outside::docker::Engine;
+use crate::outside::imds::Imds;
+use crate::outside::registry::{CredentialSource, Ecr};
+use crate::outside::release::{Fetched, ReleaseError, ReleaseSource, S3Releases};
 use crate::pass::once::release_location;
-use crate::registry::{CredentialSource, Ecr};
-use crate::release::{Fetched, ReleaseError, ReleaseSource, S3Releases};
 
 #[derive(Debug, Args)]
 pub struct CheckArgs {}
@@ -62,7 +62,7 @@ pub async fn run(cli: &Cli, _args: &CheckArgs) -> Result<(), Failure> {
         }
         Err(e) => {
             let name = match &e {
-                environment::EnvironmentError::Imds(crate::imds::ImdsError::TagMissing { .. }) => {
+                environment::EnvironmentError::Imds(crate::outside::imds::ImdsError::TagMissing { .. }) => {
                     r.ok("imds", "reachable, IMDSv2 token accepted");
                     "environment tag"
                 }
@@ -74,7 +74,7 @@ pub async fn run(cli: &Cli, _args: &CheckArgs) -> Result<(), Failure> {
         }
     };
 
-    let sdk = crate::aws::load().await;
+    let sdk = crate::outside::aws::load().await;
     match sdk.region() {
         Some(region) => r.ok("aws region", region),
         None => r.fail("aws region", "none resolved: set AWS_REGION, or run on EC2 with IMDS reachable"),
@@ -84,7 +84,7 @@ pub async fn run(cli: &Cli, _args: &CheckArgs) -> Result<(), Failure> {
             Ok(_) => r.ok("aws credentials", "resolved"),
             Err(e) => r.fail(
                 "aws credentials",
-                format!("{}: attach an instance role (or set AWS credentials)", crate::aws::describe(&e)),
+                format!("{}: attach an instance role (or set AWS credentials)", crate::outside::aws::describe(&e)),
             ),
         },
         None => r.fail("aws credentials", "no provider: attach an instance role"),
@@ -242,7 +242,7 @@ fn mentions_kms(detail: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::release::ObjectLocation;
+    use crate::outside::release::ObjectLocation;
 
     fn denied(detail: &str) -> ReleaseError {
         ReleaseError::AccessDenied {

@@ -6,11 +6,11 @@ use clap::Args;
 
 use super::{exit, Cli, Failure};
 use crate::agent::Agent;
-use crate::engine::Engine;
-use crate::imds::Imds;
+use crate::outside::docker::Engine;
+use crate::outside::imds::Imds;
+use crate::outside::registry::Ecr;
+use crate::outside::release::S3Releases;
 use crate::pass::Services;
-use crate::registry::Ecr;
-use crate::release::S3Releases;
 use crate::runtime::backoff::Backoff;
 use crate::runtime::shutdown::Shutdown;
 use crate::runtime::systemd::Notifier;
@@ -29,7 +29,7 @@ pub async fn run(cli: &Cli, _args: &RunArgs) -> Result<(), Failure> {
         return Ok(());
     };
     // The region is resolved on the first S3 or ECR call, and again while it is unknown.
-    let aws = crate::aws::Aws::load(&settings.image.repository.registry).await;
+    let aws = crate::outside::aws::Aws::load(&settings.image.repository.registry).await;
     let services = Services {
         tags: Imds::new(),
         releases: S3Releases::with_aws(&aws),

@@ -3,9 +3,9 @@
 use clap::Args;
 
 use super::{exit, Cli, Failure};
-use crate::engine::Engine;
-use crate::imds::Imds;
-use crate::release::S3Releases;
+use crate::outside::docker::Engine;
+use crate::outside::imds::Imds;
+use crate::outside::release::S3Releases;
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
@@ -23,7 +23,7 @@ pub async fn run(cli: &Cli, args: &StatusArgs) -> Result<(), Failure> {
         Ok(e) => (Some(e), None),
         Err(e) => (None, Some(e.to_string())),
     };
-    let sdk = crate::aws::load().await;
+    let sdk = crate::outside::aws::load().await;
     let releases = S3Releases::new(&sdk);
     let status = crate::host_status::gather(
         &settings,

@@ -3,12 +3,12 @@
 use clap::Args;
 
 use super::{exit, Cli, Failure};
-use crate::engine::Engine;
-use crate::imds::Imds;
+use crate::outside::docker::Engine;
+use crate::outside::imds::Imds;
+use crate::outside::registry::Ecr;
+use crate::outside::release::S3Releases;
 use crate::pass::once::{sync_once, SyncRequest};
 use crate::pass::{PassError, Services};
-use crate::registry::Ecr;
-use crate::release::S3Releases;
 use crate::sha::Sha;
 
 #[derive(Debug, Args)]
@@ -50,7 +50,7 @@ pub async fn run(cli: &Cli, args: &SyncArgs) -> Result<(), Failure> {
     let show_progress = std::io::stderr().is_terminal() && !args.json;
     let engine = Engine::connect().await.map_err(|e| failed(e.into()))?.with_progress(show_progress);
     // The region is resolved on the first S3 or ECR call, and again while it is unknown.
-    let aws = crate::aws::Aws::load(&settings.image.repository.registry).await;
+    let aws = crate::outside::aws::Aws::load(&settings.image.repository.registry).await;
     let services = Services {
         tags: Imds::new(),
         releases: S3Releases::with_aws(&aws),

@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use super::plan::{self, Plan};
 use super::snapshot::{aside, Snapshot, PREVIOUS};
 use crate::config::Settings;
-use crate::engine::ContainerInfo;
+use crate::outside::docker::ContainerInfo;
 use crate::sha::Sha;
 use crate::spec::ContainerSpec;
 

@@ -10,9 +10,9 @@
 use std::time::Duration;
 
 use crate::config::Settings;
-use crate::engine::{ContainerInfo, Engine, EngineError, ImageInfo};
-use crate::health::{self, ProbeFailed};
-use crate::registry::{CredentialSource, RegistryError};
+use crate::outside::docker::{ContainerInfo, Engine, EngineError, ImageInfo};
+use crate::outside::health::{self, ProbeFailed};
+use crate::outside::registry::{CredentialSource, RegistryError};
 use crate::runtime::shutdown::{Cancelled, Shutdown};
 use crate::spec::ContainerSpec;
 

@@ -16,8 +16,8 @@ use super::plan::Plan;
 use super::snapshot::{self, Snapshot};
 use super::{Action, Applied, PassError, Services};
 use crate::config::Settings;
-use crate::engine::{Engine, EngineError};
-use crate::registry::CredentialSource;
+use crate::outside::docker::{Engine, EngineError};
+use crate::outside::registry::CredentialSource;
 use crate::runtime::shutdown::Shutdown;
 use crate::sha::Sha;
 use crate::spec::{ContainerSpec, LABEL_DIGEST};
@@ -142,7 +142,7 @@ async fn apply<T, R, C: CredentialSource>(
     services: &Services<T, R, C>,
     desired: &ContainerSpec,
     plan: &Plan,
-    current: Option<&crate::engine::ContainerInfo>,
+    current: Option<&crate::outside::docker::ContainerInfo>,
     shutdown: &Shutdown,
     options: Options,
 ) -> Result<Applied, PassError> {
@@ -171,7 +171,7 @@ async fn carry_out<T, R, C: CredentialSource>(
     services: &Services<T, R, C>,
     desired: &ContainerSpec,
     plan: &Plan,
-    current: Option<&crate::engine::ContainerInfo>,
+    current: Option<&crate::outside::docker::ContainerInfo>,
     shutdown: &Shutdown,
     options: Options,
 ) -> Result<Applied, PassError> {

@@ -19,10 +19,10 @@ use std::fmt;
 
 use serde::Serialize;
 
-use crate::engine::{Engine, EngineError};
 use crate::environment::EnvironmentError;
 use crate::lock::LockError;
-use crate::release::ReleaseError;
+use crate::outside::docker::{Engine, EngineError};
+use crate::outside::release::ReleaseError;
 use crate::runtime::shutdown::Cancelled;
 use crate::sha::Sha;
 use deploy::DeployError;

@@ -8,14 +8,14 @@ use serde::Serialize;
 
 use crate::config::Settings;
 use crate::environment::{self, Environment};
-use crate::imds::TagSource;
 use crate::lock;
+use crate::outside::imds::TagSource;
+use crate::outside::registry::CredentialSource;
+use crate::outside::release::{Fetched, ObjectLocation, ReleaseError, ReleaseSource};
 use crate::pass::decide::{self, Wanted, Why};
 use crate::pass::execute::{self, Options};
 use crate::pass::plan::Plan;
 use crate::pass::{Action, PassError, Services};
-use crate::registry::CredentialSource;
-use crate::release::{Fetched, ObjectLocation, ReleaseError, ReleaseSource};
 use crate::runtime::shutdown::Shutdown;
 use crate::sha::Sha;
 use crate::spec::ContainerSpec;

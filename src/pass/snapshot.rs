@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use crate::config::Settings;
-use crate::engine::{ContainerInfo, Engine, EngineError};
+use crate::outside::docker::{ContainerInfo, Engine, EngineError};
 use crate::spec::LABEL_SHA;
 use crate::state::{Pause, State};
 

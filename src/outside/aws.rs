@@ -21,7 +21,7 @@ use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, ConfigLoader, Region, SdkConfig};
 use tokio::sync::OnceCell;
 
-use crate::imds::Imds;
+use crate::outside::imds::Imds;
 use crate::runtime::backoff::Backoff;
 
 /// Instance metadata is asked this many times per resolution before the call at hand fails;

@@ -1,5 +1,5 @@
 //! EC2 instance metadata (IMDSv2): reads one instance tag, the host's environment, and the
-//! instance's region (see [`crate::aws`]).
+//! instance's region (see [`crate::outside::aws`]).
 //!
 //! Uses aws-config's IMDS client, which does the token PUT, retries, and honours
 //! `AWS_EC2_METADATA_SERVICE_ENDPOINT` (tests point it at a local stand-in). A 404 on the tag
@@ -13,7 +13,7 @@ use aws_config::imds::client::error::ImdsError as SdkImdsError;
 /// Total time allowed for one tag read, retries included. IMDS answers in milliseconds on a
 /// healthy instance; a slow boot gets a few retries inside this bound.
 const TAG_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// Total time allowed for one region read; [`crate::aws`] retries with backoff around it.
+/// Total time allowed for one region read; [`crate::outside::aws`] retries with backoff around it.
 const REGION_READ_TIMEOUT: Duration = Duration::from_secs(5);
 const REGION_PATH: &str = "/latest/meta-data/placement/region";
 
@@ -71,7 +71,7 @@ impl Imds {
     }
 
     /// The instance's region (`placement/region`); `Err` says why there is none, for
-    /// [`crate::aws::RegionUnknown`].
+    /// [`crate::outside::aws::RegionUnknown`].
     pub async fn region(&self) -> Result<String, String> {
         match tokio::time::timeout(REGION_READ_TIMEOUT, self.client.get(REGION_PATH)).await {
             Err(_) => Err(format!("no answer within {REGION_READ_TIMEOUT:?}")),
@@ -82,7 +82,7 @@ impl Imds {
             Ok(Err(SdkImdsError::ErrorResponse(resp))) => {
                 Err(format!("HTTP {} for {REGION_PATH}", resp.response().status().as_u16()))
             }
-            Ok(Err(other)) => Err(crate::aws::describe(&other)),
+            Ok(Err(other)) => Err(crate::outside::aws::describe(&other)),
         }
     }
 }

@@ -17,7 +17,7 @@ use bollard::query_parameters::{
 use bollard::Docker;
 use futures_util::{Stream, StreamExt};
 
-use crate::registry::RegistryCredentials;
+use crate::outside::registry::RegistryCredentials;
 use crate::spec::{ContainerSpec, LABEL_MANAGED, LABEL_SHA, LABEL_SPEC_HASH};
 
 /// Bound on a single non-pull API call. Docker answers these in milliseconds; a stop waits for
@@ -252,7 +252,7 @@ impl Engine {
         };
         let pull = async {
             let mut stream = self.docker.create_image(Some(options), None, Some(auth));
-            let mut progress = self.show_progress.then(crate::progress::PullProgress::default);
+            let mut progress = self.show_progress.then(crate::outside::pull_progress::PullProgress::default);
             while let Some(item) = stream.next().await {
                 match item {
                     Ok(info) => {

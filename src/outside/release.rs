@@ -13,7 +13,7 @@ use std::time::Duration;
 use aws_sdk_s3::error::ProvideErrorMetadata;
 use aws_sdk_s3::operation::get_object::GetObjectError;
 
-use crate::aws::{describe, Aws, RegionUnknown, Regional};
+use crate::outside::aws::{describe, Aws, RegionUnknown, Regional};
 use crate::sha::{safe_quote, InvalidSha, Sha};
 
 /// A SHA file holds 7-40 hex digits and a newline; anything much larger is not one, and is not
@@ -21,7 +21,7 @@ use crate::sha::{safe_quote, InvalidSha, Sha};
 const MAX_OBJECT_BYTES: usize = 1024;
 
 /// Bound on one read, response headers and body together. The SDK's own limit (30 s with its
-/// retries, see [`crate::aws`]) ends at the response headers, and its stalled-stream check only
+/// retries, see [`crate::outside::aws`]) ends at the response headers, and its stalled-stream check only
 /// catches a body that stops completely: one that trickles would hold the lock, and the loop,
 /// for as long as it trickles. A SHA file is under a kilobyte; 5 s more than the SDK's limit is
 /// plenty for its body.
@@ -117,7 +117,7 @@ impl S3Releases {
 }
 
 fn s3_client(sdk: &aws_config::SdkConfig, region: aws_config::Region) -> aws_sdk_s3::Client {
-    let path_style = crate::aws::custom_s3_endpoint() || sdk.endpoint_url().is_some();
+    let path_style = crate::outside::aws::custom_s3_endpoint() || sdk.endpoint_url().is_some();
     let config = aws_sdk_s3::config::Builder::from(sdk).region(region).force_path_style(path_style).build();
     aws_sdk_s3::Client::from_conf(config)
 }

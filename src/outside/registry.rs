@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 use aws_config::Region;
 use base64::Engine as _;
 
-use crate::aws::{describe, ecr_host_region, Aws, RegionUnknown, Regional};
+use crate::outside::aws::{describe, ecr_host_region, Aws, RegionUnknown, Regional};
 
 /// Renew this long before the token's stated expiry, so a pull never starts on a dying token.
 const RENEW_BEFORE_EXPIRY: Duration = Duration::from_secs(5 * 60);

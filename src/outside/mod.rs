@@ -1,0 +1,12 @@
+//! One module per external system, each with its own error type naming what it touched:
+//! AWS SDK setup and region (`aws`), instance metadata (`imds`), the release object in S3
+//! (`release`), ECR credentials (`registry`), the Docker Engine (`docker`, with
+//! `pull_progress` for a terminal), and the HTTP health probe (`health`).
+
+pub mod aws;
+pub mod docker;
+pub mod health;
+pub mod imds;
+pub mod pull_progress;
+pub mod registry;
+pub mod release;
