@@ -74,12 +74,12 @@ pub async fn run(cli: &Cli, _args: &CheckArgs) -> Result<(), Failure> {
         }
     };
 
-    let sdk = crate::outside::aws::load().await;
-    match sdk.region() {
-        Some(region) => r.ok("aws region", region),
-        None => r.fail("aws region", "none resolved: set AWS_REGION, or run on EC2 with IMDS reachable"),
+    let aws = crate::outside::aws::Aws::load(&settings.image.repository.registry).await;
+    match aws.region().await {
+        Ok(region) => r.ok("aws region", region),
+        Err(e) => r.fail("aws region", e),
     }
-    match sdk.credentials_provider() {
+    match aws.base().credentials_provider() {
         Some(p) => match p.provide_credentials().await {
             Ok(_) => r.ok("aws credentials", "resolved"),
             Err(e) => r.fail(
@@ -96,7 +96,7 @@ pub async fn run(cli: &Cli, _args: &CheckArgs) -> Result<(), Failure> {
     let sha = match &env {
         Some(env) => {
             let location = release_location(&settings, &env.name);
-            match S3Releases::new(&sdk).fetch(&location, None).await {
+            match S3Releases::with_aws(&aws).fetch(&location, None).await {
                 Ok(Fetched::Changed(release)) => {
                     r.ok("s3 object", &location);
                     r.ok("release sha", &release.sha);
@@ -124,7 +124,7 @@ pub async fn run(cli: &Cli, _args: &CheckArgs) -> Result<(), Failure> {
     };
     // The ECR token does not depend on S3: it is checked whatever S3 said. The registry line
     // needs the SHA to look for, and says so rather than vanishing.
-    let creds = match Ecr::new(&sdk).credentials().await {
+    let creds = match Ecr::for_registry(&aws, &settings.image.repository.registry).credentials().await {
         Ok(c) => {
             r.ok("ecr token", "obtained");
             Some(c)

@@ -7,9 +7,6 @@ use clap::Args;
 use super::{exit, Cli, Failure};
 use crate::agent::Agent;
 use crate::outside::docker::Engine;
-use crate::outside::imds::Imds;
-use crate::outside::registry::Ecr;
-use crate::outside::release::S3Releases;
 use crate::pass::Services;
 use crate::runtime::backoff::Backoff;
 use crate::runtime::shutdown::Shutdown;
@@ -29,13 +26,7 @@ pub async fn run(cli: &Cli, _args: &RunArgs) -> Result<(), Failure> {
         return Ok(());
     };
     // The region is resolved on the first S3 or ECR call, and again while it is unknown.
-    let aws = crate::outside::aws::Aws::load(&settings.image.repository.registry).await;
-    let services = Services {
-        tags: Imds::new(),
-        releases: S3Releases::with_aws(&aws),
-        credentials: Ecr::for_registry(&aws, &settings.image.repository.registry),
-        engine,
-    };
+    let services = Services::connect(&settings, engine).await;
     tracing::info!(config = %cli.config.display(), interval = ?settings.reconcile.interval, "blog-agent running");
     Agent::run(settings, cli.config.clone(), cli.environment.clone(), services, notifier, signals).await;
     Ok(())

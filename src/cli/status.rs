@@ -23,8 +23,8 @@ pub async fn run(cli: &Cli, args: &StatusArgs) -> Result<(), Failure> {
         Ok(e) => (Some(e), None),
         Err(e) => (None, Some(e.to_string())),
     };
-    let sdk = crate::outside::aws::load().await;
-    let releases = S3Releases::new(&sdk);
+    let aws = crate::outside::aws::Aws::load(&settings.image.repository.registry).await;
+    let releases = S3Releases::with_aws(&aws);
     let status = crate::host_status::gather(
         &settings,
         cli.environment.as_deref(),

@@ -4,9 +4,6 @@ use clap::Args;
 
 use super::{exit, Cli, Failure};
 use crate::outside::docker::Engine;
-use crate::outside::imds::Imds;
-use crate::outside::registry::Ecr;
-use crate::outside::release::S3Releases;
 use crate::pass::once::{sync_once, SyncRequest};
 use crate::pass::{PassError, Services};
 use crate::sha::Sha;
@@ -50,13 +47,7 @@ pub async fn run(cli: &Cli, args: &SyncArgs) -> Result<(), Failure> {
     let show_progress = std::io::stderr().is_terminal() && !args.json;
     let engine = Engine::connect().await.map_err(|e| failed(e.into()))?.with_progress(show_progress);
     // The region is resolved on the first S3 or ECR call, and again while it is unknown.
-    let aws = crate::outside::aws::Aws::load(&settings.image.repository.registry).await;
-    let services = Services {
-        tags: Imds::new(),
-        releases: S3Releases::with_aws(&aws),
-        credentials: Ecr::for_registry(&aws, &settings.image.repository.registry),
-        engine,
-    };
+    let services = Services::connect(&settings, engine).await;
     let signals = crate::runtime::signals::install()
         .map_err(|e| Failure { code: exit::FAILED, message: format!("cannot install signal handlers: {e}") })?;
     let result = sync_once(&settings, &request, &services, &signals.shutdown).await;

@@ -46,13 +46,6 @@ fn loader() -> ConfigLoader {
         .retry_config(RetryConfig::standard().with_max_attempts(3))
 }
 
-/// Loads the SDK configuration with aws-config's default region chain (environment, profile,
-/// instance metadata, each tried once, now). For one-shot reports; the S3 and ECR clients of
-/// `run` and `sync` use [`Aws::load`], which keeps trying.
-pub async fn load() -> SdkConfig {
-    loader().load().await
-}
-
 /// No region could be found yet.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("AWS region unknown: set AWS_REGION, or instance metadata did not give it ({detail})")]

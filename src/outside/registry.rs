@@ -98,12 +98,6 @@ impl Ecr {
         Ecr { client, cache: Mutex::new(None) }
     }
 
-    /// Tokens from the region of an already loaded configuration (`check`), or instance
-    /// metadata's when it has none. Prefer [`Ecr::for_registry`], which knows the registry.
-    pub fn new(sdk: &aws_config::SdkConfig) -> Ecr {
-        Ecr::for_registry(&Aws::from_sdk(sdk), "")
-    }
-
     async fn fetch(&self) -> Result<RegistryCredentials, RegistryError> {
         let client = self.client.get().await?;
         let output = client.get_authorization_token().send().await.map_err(|err| {

@@ -108,12 +108,6 @@ impl S3Releases {
     pub fn with_aws(aws: &Arc<Aws>) -> S3Releases {
         S3Releases { client: Arc::new(Regional::new(aws.clone(), s3_client)) }
     }
-
-    /// A reader from an already loaded configuration (`check`, `status`); without a region in
-    /// it, the region is asked of instance metadata on the first read.
-    pub fn new(sdk: &aws_config::SdkConfig) -> S3Releases {
-        S3Releases::with_aws(&Aws::from_sdk(sdk))
-    }
 }
 
 fn s3_client(sdk: &aws_config::SdkConfig, region: aws_config::Region) -> aws_sdk_s3::Client {
@@ -237,7 +231,7 @@ mod tests {
 
     #[tokio::test]
     async fn not_modified_to_an_unconditional_get_is_an_error_not_unchanged() {
-        let releases = S3Releases::new(&always_not_modified().await);
+        let releases = S3Releases::with_aws(&Aws::from_sdk(&always_not_modified().await));
         let location = ObjectLocation { bucket: "releases".into(), key: "staging/stagebuild.txt".into() };
         match releases.fetch(&location, None).await {
             Err(e @ ReleaseError::UnexpectedNotModified { .. }) => {

@@ -19,10 +19,14 @@ use std::fmt;
 
 use serde::Serialize;
 
+use crate::config::Settings;
 use crate::environment::EnvironmentError;
 use crate::lock::LockError;
+use crate::outside::aws::Aws;
 use crate::outside::docker::{Engine, EngineError};
-use crate::outside::release::ReleaseError;
+use crate::outside::imds::Imds;
+use crate::outside::registry::Ecr;
+use crate::outside::release::{ReleaseError, S3Releases};
 use crate::runtime::shutdown::Cancelled;
 use crate::sha::Sha;
 use deploy::DeployError;
@@ -33,6 +37,25 @@ pub struct Services<T, R, C> {
     pub releases: R,
     pub credentials: C,
     pub engine: Engine,
+}
+
+/// The real services.
+pub type RealServices = Services<Imds, S3Releases, Ecr>;
+
+impl RealServices {
+    /// Builds the real services the same way for every command: one AWS setup whose region is
+    /// resolved on first use (and again while unknown), S3 in that region, ECR in the
+    /// repository's region.
+    pub async fn connect(settings: &Settings, engine: Engine) -> RealServices {
+        let registry = &settings.image.repository.registry;
+        let aws = Aws::load(registry).await;
+        Services {
+            tags: Imds::new(),
+            releases: S3Releases::with_aws(&aws),
+            credentials: Ecr::for_registry(&aws, registry),
+            engine,
+        }
+    }
 }
 
 /// Why a pass failed.
