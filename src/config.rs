@@ -45,6 +45,7 @@ pub struct Settings {
     pub health: HealthSettings,
     pub agent: AgentSettings,
     pub reconcile: ReconcileSettings,
+    pub traffic: TrafficSettings,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -153,6 +154,34 @@ pub struct AgentSettings {
     pub lock_timeout: Duration,
 }
 
+/// The traffic mode when the config does not say.
+pub const DEFAULT_TRAFFIC_MODE: TrafficMode = TrafficMode::Publish;
+
+/// How host ports reach the serving container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrafficMode {
+    /// The agent DNATs each host port to the serving container's bridge address (its own
+    /// netfilter chains); a release swap moves new connections in one atomic rule change.
+    Switch,
+    /// Docker publishes the ports (`-p`); a swap stops the old container before the new one
+    /// can bind them. For hosts where the agent may not touch netfilter.
+    Publish,
+}
+
+impl fmt::Display for TrafficMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TrafficMode::Switch => "switch",
+            TrafficMode::Publish => "publish",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrafficSettings {
+    pub mode: TrafficMode,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReconcileSettings {
     pub interval: Duration,
@@ -172,6 +201,13 @@ struct RawConfig {
     health: RawHealth,
     agent: RawAgent,
     reconcile: RawReconcile,
+    traffic: RawTraffic,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawTraffic {
+    mode: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -331,7 +367,43 @@ impl Validator<'_> {
             ));
         }
         let reconcile = self.reconcile(raw.reconcile)?;
-        Ok(Settings { source: self.path.to_owned(), environment, release, image, container, health, agent, reconcile })
+        let traffic = self.traffic(raw.traffic, &container.ports)?;
+        Ok(Settings {
+            source: self.path.to_owned(),
+            environment,
+            release,
+            image,
+            container,
+            health,
+            agent,
+            reconcile,
+            traffic,
+        })
+    }
+
+    fn traffic(&self, raw: RawTraffic, ports: &[PortMapping]) -> Result<TrafficSettings, ConfigError> {
+        const KEY: &str = "[traffic] mode";
+        let mode = match raw.mode.as_deref() {
+            None => DEFAULT_TRAFFIC_MODE,
+            Some("switch") => TrafficMode::Switch,
+            Some("publish") => TrafficMode::Publish,
+            Some(other) => {
+                return Err(self.invalid(KEY, &safe_quote(other), "expected \"switch\" or \"publish\""));
+            }
+        };
+        if mode == TrafficMode::Switch {
+            // The switch DNATs with iptables (IPv4); an IPv6 host address would silently not be
+            // served, so it is refused where it is written.
+            if let Some(p) = ports.iter().find(|p| p.host_ip.is_some_and(|ip| ip.is_ipv6())) {
+                return Err(self.invalid(
+                    "[container] ports",
+                    &format!("\"{p}\""),
+                    "IPv6 host addresses are not supported with [traffic] mode = \"switch\": use an IPv4 \
+                     address (or none, for all), or set [traffic] mode = \"publish\"",
+                ));
+            }
+        }
+        Ok(TrafficSettings { mode })
     }
 
     fn environment(&self, raw: RawEnvironment) -> Result<EnvironmentSettings, ConfigError> {

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use sha2::{Digest, Sha256};
 
-use crate::config::{PortMapping, Settings};
+use crate::config::{PortMapping, Settings, TrafficMode};
 use crate::sha::Sha;
 
 pub const LABEL_MANAGED: &str = "io.blog-agent.managed";
@@ -32,6 +32,9 @@ pub struct ContainerSpec {
     pub ports: Vec<PortMapping>,
     pub variables: BTreeMap<String, String>,
     pub labels: BTreeMap<String, String>,
+    /// Docker publishes `ports` (`[traffic] mode = "publish"`); otherwise the agent's DNAT
+    /// rules carry the host ports to the container's bridge address.
+    pub publish: bool,
 }
 
 impl ContainerSpec {
@@ -44,6 +47,7 @@ impl ContainerSpec {
             ports: settings.container.ports.clone(),
             variables: settings.container.variables.clone(),
             labels: settings.container.labels.clone(),
+            publish: settings.traffic.mode == TrafficMode::Publish,
         }
     }
 
@@ -60,6 +64,10 @@ impl ContainerSpec {
         field("image", &self.image);
         field("environment", &self.environment);
         field("restart", "unless-stopped");
+        // Switching modes changes how the container is created (published ports or not).
+        if !self.publish {
+            field("traffic", "switch");
+        }
         for p in &self.ports {
             field("port", &p.to_string());
         }

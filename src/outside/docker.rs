@@ -45,6 +45,25 @@ impl EngineError {
     }
 }
 
+/// What a container is created for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Runs the site: restart policy, and the host ports when the spec publishes them.
+    Serving,
+    /// A throwaway copy of a new version, probed over the bridge before cut-over.
+    Candidate,
+}
+
+impl Role {
+    /// The value of the role label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Role::Serving => "serving",
+            Role::Candidate => "candidate",
+        }
+    }
+}
+
 /// A container as Docker reports it.
 #[derive(Debug, Clone)]
 pub struct ContainerInfo {
@@ -283,17 +302,18 @@ impl Engine {
         })
     }
 
-    /// Creates a container of `spec` named `name`. `publish` binds the host ports; a candidate
-    /// is created without them (it would collide with the serving container) and without a
-    /// restart policy (it is thrown away).
+    /// Creates a container of `spec` named `name`. A serving container gets the restart policy
+    /// and, when the spec publishes them, the host ports; a candidate gets neither (its ports
+    /// would collide with the serving container's, and it is thrown away).
     pub async fn create(
         &self,
         name: &str,
         spec: &ContainerSpec,
         digest: &str,
-        role: &str,
-        publish: bool,
+        role: Role,
     ) -> Result<String, EngineError> {
+        let serving = role == Role::Serving;
+        let publish = serving && spec.publish;
         let mut port_bindings: HashMap<String, Option<Vec<PortBinding>>> = HashMap::new();
         if publish {
             for p in &spec.ports {
@@ -312,13 +332,13 @@ impl Engine {
         let body = ContainerCreateBody {
             image: Some(spec.image.clone()),
             env: Some(spec.variables_list()),
-            labels: Some(spec.container_labels(digest, role)),
+            labels: Some(spec.container_labels(digest, role.label())),
             // The Engine ignores a port binding unless the port is also exposed.
             exposed_ports: Some(exposed),
             host_config: Some(HostConfig {
                 port_bindings: publish.then_some(port_bindings),
                 restart_policy: Some(RestartPolicy {
-                    name: Some(if publish { RestartPolicyNameEnum::UNLESS_STOPPED } else { RestartPolicyNameEnum::NO }),
+                    name: Some(if serving { RestartPolicyNameEnum::UNLESS_STOPPED } else { RestartPolicyNameEnum::NO }),
                     maximum_retry_count: None,
                 }),
                 ..Default::default()

@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use crate::config::Settings;
-use crate::outside::docker::{ContainerInfo, Engine, EngineError, ImageInfo};
+use crate::outside::docker::{ContainerInfo, Engine, EngineError, ImageInfo, Role};
 use crate::outside::health::{self, ProbeFailed};
 use crate::outside::registry::{CredentialSource, RegistryError};
 use crate::runtime::shutdown::{Cancelled, Shutdown};
@@ -133,7 +133,7 @@ pub async fn verify_candidate(
     if let Some(stale) = engine.container(&name).await?.filter(ContainerInfo::is_managed) {
         engine.remove(&stale.id).await?;
     }
-    let id = engine.create(&name, desired, digest, "candidate", false).await?;
+    let id = engine.create(&name, desired, digest, Role::Candidate).await?;
     let result = shutdown.race(probe_candidate(engine, settings, desired, &id)).await.unwrap_or_else(|c| Err(c.into()));
     if let Err(e) = engine.remove(&id).await {
         tracing::warn!(container = %name, error = %e, "could not remove candidate container");
@@ -197,7 +197,7 @@ pub async fn cut_over(
         engine.remove(&stale.id).await?;
     }
     // Created before the old one stops, so the gap is only stop + rename + start.
-    let new_id = engine.create(&next_name, desired, digest, "serving", true).await?;
+    let new_id = engine.create(&next_name, desired, digest, Role::Serving).await?;
     let previous_name = aside(name, PREVIOUS);
     if let Some(old) = old {
         // Only ours: the decision refuses to cut over when someone else's container holds it.
