@@ -7,6 +7,7 @@ pub mod aws;
 pub mod docker;
 pub mod health;
 pub mod imds;
+pub mod netfilter;
 pub mod pull_progress;
 pub mod registry;
 pub mod release;
