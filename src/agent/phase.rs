@@ -29,6 +29,8 @@ pub enum ProblemKind {
     Unhealthy,
     /// A container blog-agent did not create is in the way.
     Blocked,
+    /// The traffic switch's netfilter rules could not be read or written.
+    Route,
     /// A release held back (crash loop, failed cut-overs).
     Quarantined(String),
     NothingToRun,
@@ -70,6 +72,7 @@ impl From<&PassError> for Problem {
                 ProblemKind::Unhealthy
             }
             PassError::Blocked(_) => ProblemKind::Blocked,
+            PassError::Deploy(DeployError::Route(_)) => ProblemKind::Route,
             PassError::NothingToRun(_) => ProblemKind::NothingToRun,
             PassError::State(_) => ProblemKind::State,
             PassError::Cancelled(_) | PassError::Deploy(DeployError::Cancelled(_)) => ProblemKind::Cancelled,

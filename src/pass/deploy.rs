@@ -30,6 +30,8 @@ pub enum DeployError {
     CandidateUnhealthy { image: String, probe: ProbeFailed },
     #[error("new version {image} failed its health probe after cut-over: {probe}; {restored}")]
     CutoverUnhealthy { image: String, probe: ProbeFailed, restored: String },
+    #[error(transparent)]
+    Route(#[from] super::switch::RouteError),
     #[error("container {container} did not come back healthy after a start: {probe}")]
     RestartUnhealthy { container: String, probe: ProbeFailed },
     #[error(transparent)]
@@ -134,19 +136,24 @@ pub async fn verify_candidate(
         engine.remove(&stale.id).await?;
     }
     let id = engine.create(&name, desired, digest, Role::Candidate).await?;
-    let result = shutdown.race(probe_candidate(engine, settings, desired, &id)).await.unwrap_or_else(|c| Err(c.into()));
+    let result = shutdown
+        .race(probe_candidate(engine, settings, desired, &id))
+        .await
+        .unwrap_or_else(|c| Err(c.into()))
+        .map(drop);
     if let Err(e) = engine.remove(&id).await {
         tracing::warn!(container = %name, error = %e, "could not remove candidate container");
     }
     result
 }
 
-async fn probe_candidate(
+/// Starts container `id` and probes it over the bridge. Returns its bridge address.
+pub async fn probe_candidate(
     engine: &Engine,
     settings: &Settings,
     desired: &ContainerSpec,
     id: &str,
-) -> Result<(), DeployError> {
+) -> Result<String, DeployError> {
     engine.start(id).await?;
     let info = engine.container(id).await?;
     let path = &settings.health.url.path;
@@ -161,13 +168,14 @@ async fn probe_candidate(
     health::wait_healthy(&ip, desired.probe_port(), path, settings.health.timeout, || still_running(engine, id, 0))
         .await
         .map(|code| tracing::info!(image = %desired.image, status = code, "candidate answered"))
-        .map_err(|probe| DeployError::CandidateUnhealthy { image: desired.image.clone(), probe })
+        .map_err(|probe| DeployError::CandidateUnhealthy { image: desired.image.clone(), probe })?;
+    Ok(ip)
 }
 
 /// `Err` with the exit status when the container is no longer running, or has crashed since
 /// `restarts_before`: under `unless-stopped` Docker reports a crash-looping container as
 /// running, so a rising restart count is how a crash shows during a probe.
-async fn still_running(engine: &Engine, id: &str, restarts_before: i64) -> Result<(), String> {
+pub async fn still_running(engine: &Engine, id: &str, restarts_before: i64) -> Result<(), String> {
     match engine.container(id).await {
         Ok(Some(c)) if c.status == "restarting" || c.restart_count > restarts_before => Err(format!(
             "the container keeps crashing (Docker restarted it {} times, exit code {})",
@@ -266,7 +274,7 @@ pub async fn cut_over(
 }
 
 /// Puts `old` back under `name`, running. Returns a sentence for the error message.
-async fn roll_back(engine: &Engine, name: &str, new_id: &str, old: Option<&ContainerInfo>) -> String {
+pub async fn roll_back(engine: &Engine, name: &str, new_id: &str, old: Option<&ContainerInfo>) -> String {
     // Free the name first (a rename is quicker and surer than a removal), restore, then clean up.
     let failed_name = aside(name, FAILED);
     if let Ok(Some(stale)) = engine.container(&failed_name).await {

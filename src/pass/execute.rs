@@ -14,8 +14,9 @@ use super::decide::{self, Decision, Inputs, Recovery, Wanted};
 use super::deploy::{self, DeployError};
 use super::plan::Plan;
 use super::snapshot::{self, Snapshot};
+use super::switch::{self, Routes};
 use super::{Action, Applied, PassError, Services};
-use crate::config::Settings;
+use crate::config::{Settings, TrafficMode};
 use crate::outside::docker::{Engine, EngineError};
 use crate::outside::registry::CredentialSource;
 use crate::runtime::shutdown::Shutdown;
@@ -90,7 +91,7 @@ pub async fn execute_decision<T, R, C: CredentialSource>(
     let engine = &services.engine;
     let (mut snapshot, mut decision) = (snapshot, decision);
     if !decision.recovery.is_empty() {
-        recover(settings, engine, &decision.recovery).await?;
+        recover(settings, engine, services.routes.as_ref(), &decision.recovery).await?;
         snapshot = snapshot::observe(engine, settings).await?;
         decision = redecide(&snapshot);
     }
@@ -122,12 +123,21 @@ pub async fn execute_decision<T, R, C: CredentialSource>(
 }
 
 /// Carries out the recovery steps, in order.
-async fn recover(settings: &Settings, engine: &Engine, steps: &[Recovery]) -> Result<(), EngineError> {
+async fn recover(
+    settings: &Settings,
+    engine: &Engine,
+    routes: &dyn Routes,
+    steps: &[Recovery],
+) -> Result<(), PassError> {
     let name = &settings.container.name;
+    let switching = settings.traffic.mode == TrafficMode::Switch;
     for step in steps {
         match step {
             Recovery::Remove { container, id } => deploy::remove_leftover(engine, container, id).await?,
             Recovery::RestorePrevious { id, start } => deploy::restore_previous(engine, name, id, *start).await?,
+            Recovery::ProveInterrupted { new_id, new_restarts, previous_id } if switching => {
+                switch::prove_interrupted(engine, routes, settings, new_id, previous_id).await?
+            }
             Recovery::ProveInterrupted { new_id, new_restarts, previous_id } => {
                 deploy::prove_interrupted(engine, settings, name, new_id, *new_restarts, previous_id).await?
             }
@@ -176,10 +186,17 @@ async fn carry_out<T, R, C: CredentialSource>(
     options: Options,
 ) -> Result<Applied, PassError> {
     let engine = &services.engine;
+    let routes = services.routes.as_ref();
+    let switching = settings.traffic.mode == TrafficMode::Switch;
     let sha = desired.sha.clone();
     match plan {
         Plan::Converged => {
             let current = current.expect("converged implies a container");
+            if switching {
+                // The rules are kernel state others can change (a flush, a dockerd restart,
+                // a restart that gave the container a new address): re-assert them.
+                switch::ensure_route(routes, &desired.ports, current).map_err(DeployError::from)?;
+            }
             if options.probe_converged {
                 deploy::check_serving(settings, settings.health.timeout)
                     .await
@@ -194,7 +211,11 @@ async fn carry_out<T, R, C: CredentialSource>(
         Plan::Restart { .. } => {
             let current = current.expect("restart implies a container");
             tracing::info!(container = %desired.name, status = %current.status, "container is not running; starting it");
-            deploy::restart(engine, settings, current, shutdown).await?;
+            if switching {
+                switch::restart(engine, routes, settings, &desired.ports, current, shutdown).await?;
+            } else {
+                deploy::restart(engine, settings, current, shutdown).await?;
+            }
             let digest = current.labels.get(LABEL_DIGEST).cloned().unwrap_or_default();
             Ok(Applied { sha, action: Action::Restarted, container_id: current.id.clone(), digest })
         }
@@ -208,7 +229,8 @@ async fn carry_out<T, R, C: CredentialSource>(
                 // under the name there is nothing to protect: the real container is probed
                 // after it starts instead, and removed if it fails, which saves a whole
                 // container start on a cold host.
-                if current.is_some() {
+                // In switch mode the new container is its own candidate (see `switch`).
+                if current.is_some() && !switching {
                     deploy::verify_candidate(engine, settings, desired, &digest, shutdown).await?;
                 }
                 Ok::<_, DeployError>((digest, pulled))
@@ -228,7 +250,18 @@ async fn carry_out<T, R, C: CredentialSource>(
                     return Err(e.into());
                 }
             };
-            let id = deploy::cut_over(engine, settings, desired, &digest, current, shutdown).await?;
+            let id = if switching {
+                switch::switch_over(engine, routes, settings, desired, &digest, current, shutdown).await?
+            } else {
+                // From switch mode to publish: our rules would keep sending the host ports to
+                // the old container's address. They go first; this one swap has publish
+                // mode's usual gap.
+                if routes.current().ok().flatten().is_some() {
+                    tracing::info!("[traffic] mode is publish: removing the traffic switch's rules");
+                    routes.remove().map_err(DeployError::from)?;
+                }
+                deploy::cut_over(engine, settings, desired, &digest, current, shutdown).await?
+            };
             tracing::info!(container = %desired.name, digest = %digest, "deployed and serving: {} {}", desired.name, desired.sha);
             let action = Action::Deployed { reason: reason.to_string(), pulled };
             Ok(Applied { sha, action, container_id: id, digest })

@@ -14,8 +14,10 @@ pub mod execute;
 pub mod once;
 pub mod plan;
 pub mod snapshot;
+pub mod switch;
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -30,6 +32,7 @@ use crate::outside::release::{ReleaseError, S3Releases};
 use crate::runtime::shutdown::Cancelled;
 use crate::sha::Sha;
 use deploy::DeployError;
+use switch::Routes;
 
 /// The services a pass talks to. Generic so each can be replaced in tests.
 pub struct Services<T, R, C> {
@@ -37,6 +40,8 @@ pub struct Services<T, R, C> {
     pub releases: R,
     pub credentials: C,
     pub engine: Engine,
+    /// The host ports' DNAT rules (`[traffic] mode = "switch"`).
+    pub routes: Arc<dyn Routes>,
 }
 
 /// The real services.
@@ -54,6 +59,7 @@ impl RealServices {
             releases: S3Releases::with_aws(&aws),
             credentials: Ecr::for_registry(&aws, registry),
             engine,
+            routes: Arc::new(switch::NoRoutes),
         }
     }
 }

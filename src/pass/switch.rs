@@ -1,0 +1,283 @@
+//! The traffic switch (`[traffic] mode = "switch"`): a release swap that drops no request.
+//!
+//! Blog containers publish no host ports. The host's ports are DNATed by the agent's own
+//! netfilter rules ([`Routes`]) to the serving container's bridge address. A cut-over starts
+//! the new version beside the old one, proves it over the bridge, moves the rules to it in one
+//! atomic change (new connections go to the new version; conntrack keeps established ones on
+//! the old), then stops the old one with its image's stop signal and grace (httpd: SIGWINCH,
+//! a graceful stop that finishes in-flight requests) and removes it. The agent is never in the
+//! data path: the rules are kernel state, so its stop or crash drops nothing.
+//!
+//! Names during a switch: the old container is renamed `<name>-previous` first (a rename does
+//! not touch its traffic: the rules name its address), the new one is created as `<name>`. An
+//! interrupted switch is therefore repaired by the same recovery as a published cut-over.
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use super::deploy::{self, DeployError};
+use super::snapshot::{aside, PREVIOUS};
+use crate::config::{PortMapping, Settings};
+use crate::outside::docker::{ContainerInfo, Engine, EngineError, Role};
+use crate::outside::health::{self, ProbeFailed};
+use crate::runtime::shutdown::Shutdown;
+use crate::spec::ContainerSpec;
+
+/// After the switch, the health URL (through the new rules) must answer within this long, or
+/// the switch is undone. The new version was already proven over the bridge, so this only
+/// checks the path through the rules.
+const THROUGH_RULES_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where the host ports send traffic. Our own operations, not netfilter's API: the real
+/// implementation is [`crate::outside::netfilter`].
+pub trait Routes: Send + Sync {
+    /// Points every mapping's host port at `to` (the container port stays the mapping's), in
+    /// one atomic change; creates the chains and jumps if they are missing.
+    fn point(&self, ports: &[PortMapping], to: Ipv4Addr) -> Result<(), RouteError>;
+    /// The address the rules point at now (`None`: no rules).
+    fn current(&self) -> Result<Option<Ipv4Addr>, RouteError>;
+    /// Removes every rule, chain and jump of ours (switching to `publish`).
+    fn remove(&self) -> Result<(), RouteError>;
+}
+
+/// A netfilter operation failed; the text names the command and what it said.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("traffic switch: {0}")]
+pub struct RouteError(pub String);
+
+/// The bridge address of a container, as the rules want it.
+pub fn address(container: &ContainerInfo) -> Option<Ipv4Addr> {
+    container.ip.as_deref().and_then(|ip| ip.parse().ok())
+}
+
+/// Replaces `old` (if any) with a new container of `spec`, moving traffic only once the new one
+/// is proven. Returns the new container's id. On failure before the switch, the new container
+/// is removed and the old one keeps its name and its traffic.
+#[allow(clippy::too_many_arguments)]
+pub async fn switch_over(
+    engine: &Engine,
+    routes: &dyn Routes,
+    settings: &Settings,
+    spec: &ContainerSpec,
+    digest: &str,
+    old: Option<&ContainerInfo>,
+    shutdown: &Shutdown,
+) -> Result<String, DeployError> {
+    let name = &spec.name;
+    let previous_name = aside(name, PREVIOUS);
+    let mut old = old;
+    if let Some(current) = old {
+        // Only ours: the decision refuses to cut over when someone else's container holds it.
+        let stale = engine.container(&previous_name).await?.filter(|c| c.id != current.id && c.is_managed());
+        if let Some(stale) = stale {
+            engine.remove(&stale.id).await?;
+        }
+        match engine.rename(&current.id, &previous_name).await {
+            Err(e) if e.is_not_found() => {
+                tracing::warn!(container = %name, "the old container was removed during the cut-over; carrying on");
+                old = None;
+            }
+            other => other?,
+        }
+    }
+    let new_id = match engine.create(name, spec, digest, Role::Serving).await {
+        Ok(id) => id,
+        Err(e) => {
+            put_back(engine, name, old).await;
+            return Err(e.into());
+        }
+    };
+    let proven = shutdown.race(deploy::probe_candidate(engine, settings, spec, &new_id)).await;
+    let to = match proven {
+        Ok(Ok(ip)) => ip.parse::<Ipv4Addr>().map_err(|_| ProbeFailed {
+            url: format!("container {name}"),
+            last: format!("its bridge address {ip} is not IPv4"),
+        }),
+        Ok(Err(DeployError::CandidateUnhealthy { probe, .. })) => Err(probe),
+        Ok(Err(e)) => Err(ProbeFailed { url: format!("container {name}"), last: e.to_string() }),
+        Err(cancelled) => {
+            abandon(engine, name, &new_id, old).await;
+            return Err(cancelled.into());
+        }
+    };
+    let to = match to {
+        Ok(to) => to,
+        Err(probe) => {
+            abandon(engine, name, &new_id, old).await;
+            return Err(DeployError::CandidateUnhealthy { image: spec.image.clone(), probe });
+        }
+    };
+    let from = old.and_then(address);
+    if let Err(e) = routes.point(&spec.ports, to) {
+        abandon(engine, name, &new_id, old).await;
+        return Err(DeployError::Route(e));
+    }
+    tracing::info!(
+        container = %name, from = %from.map(|a| a.to_string()).unwrap_or_else(|| "nothing".into()), to = %to,
+        "switched traffic for {} from {} to {to}",
+        ports_text(&spec.ports),
+        from.map(|a| a.to_string()).unwrap_or_else(|| "nothing".into())
+    );
+    // The path through the rules (loopback included) must work too; if not, move back.
+    let url = &settings.health.url;
+    let through = health::wait_healthy(&url.host, url.port, &url.path, THROUGH_RULES_TIMEOUT, || {
+        deploy::still_running(engine, &new_id, 0)
+    })
+    .await;
+    if let Err(probe) = through {
+        let restored = match from {
+            Some(back) => match routes.point(&spec.ports, back) {
+                Ok(()) => "traffic moved back to the previous version".to_owned(),
+                Err(e) => format!("moving traffic back failed too: {e}"),
+            },
+            None => "there was no previous version".to_owned(),
+        };
+        abandon(engine, name, &new_id, old).await;
+        return Err(DeployError::CutoverUnhealthy { image: spec.image.clone(), probe, restored });
+    }
+    if let Some(old) = old {
+        retire(engine, settings, old).await;
+    }
+    Ok(new_id)
+}
+
+/// Stops the old version with its own stop signal and grace (in-flight requests finish), then
+/// removes it. Failures are logged: the new version serves already.
+pub async fn retire(engine: &Engine, settings: &Settings, old: &ContainerInfo) {
+    if let Err(e) = engine.stop(&old.id, settings.container.stop_timeout).await {
+        tracing::warn!(container = %old.name, error = %e, "could not stop the previous version");
+    }
+    if let Err(e) = engine.remove(&old.id).await {
+        tracing::warn!(container = %old.name, error = %e, "could not remove the previous version");
+    }
+}
+
+/// Undoes a switch that did not happen: the new container goes, the old one gets its name back.
+async fn abandon(engine: &Engine, name: &str, new_id: &str, old: Option<&ContainerInfo>) {
+    if let Err(e) = engine.remove(new_id).await {
+        tracing::error!(container = %name, error = %e, "could not remove the new container");
+    }
+    put_back(engine, name, old).await;
+}
+
+async fn put_back(engine: &Engine, name: &str, old: Option<&ContainerInfo>) {
+    let Some(old) = old else { return };
+    let restored = async {
+        engine.rename(&old.id, name).await?;
+        if !old.running {
+            engine.start(&old.id).await?;
+        }
+        Ok::<(), EngineError>(())
+    };
+    if let Err(e) = restored.await {
+        tracing::error!(container = %name, error = %e, "could not give the previous version its name back");
+    }
+}
+
+/// Points the rules at `container` if they point elsewhere (after a restart gave it a new
+/// address, a dockerd restart, or someone flushing the rules). Returns whether it changed them.
+pub fn ensure_route(routes: &dyn Routes, ports: &[PortMapping], container: &ContainerInfo) -> Result<bool, RouteError> {
+    let Some(to) = address(container) else {
+        return Err(RouteError(format!("container {} has no IPv4 bridge address", container.name)));
+    };
+    if routes.current()? == Some(to) {
+        return Ok(false);
+    }
+    routes.point(ports, to)?;
+    tracing::info!(container = %container.name, to = %to, "traffic rules re-asserted: {} to {to}", ports_text(ports));
+    Ok(true)
+}
+
+/// Proves a new version an interrupted switch left under `<name>` beside `-previous`, over the
+/// bridge. Healthy: traffic to it, `-previous` retired. Not: it goes, `-previous` gets its
+/// name and traffic back.
+pub async fn prove_interrupted(
+    engine: &Engine,
+    routes: &dyn Routes,
+    settings: &Settings,
+    new_id: &str,
+    previous_id: &str,
+) -> Result<(), DeployError> {
+    let name = &settings.container.name;
+    let ports = &settings.container.ports;
+    let new = engine.container(new_id).await?;
+    let previous = engine.container(previous_id).await?;
+    let probe_port = ports.first().map(|p| p.container_port).unwrap_or(80);
+    let healthy = match new.as_ref().and_then(address) {
+        Some(ip) => health::wait_healthy(
+            &ip.to_string(),
+            probe_port,
+            &settings.health.url.path,
+            settings.health.timeout,
+            || deploy::still_running(engine, new_id, new.as_ref().map(|c| c.restart_count).unwrap_or(0)),
+        )
+        .await
+        .map(|_| ip)
+        .map_err(|p| p.to_string()),
+        None => Err("it has no bridge address".to_owned()),
+    };
+    match healthy {
+        Ok(ip) => {
+            routes.point(ports, ip)?;
+            tracing::info!(container = %name, to = %ip, "the new version left by an interrupted switch is healthy: traffic to it, retiring the previous one");
+            if let Some(previous) = previous {
+                retire(engine, settings, &previous).await;
+            }
+        }
+        Err(why) => {
+            tracing::warn!(container = %name, "the new version left by an interrupted switch is unhealthy ({why}); restoring the previous one");
+            abandon(engine, name, new_id, previous.as_ref()).await;
+            if let Some(back) = previous.as_ref().and_then(address) {
+                routes.point(ports, back)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Starts a stopped container of the right spec, points the rules at its (possibly new)
+/// address, and waits until it serves through them.
+pub async fn restart(
+    engine: &Engine,
+    routes: &dyn Routes,
+    settings: &Settings,
+    ports: &[PortMapping],
+    container: &ContainerInfo,
+    shutdown: &Shutdown,
+) -> Result<(), DeployError> {
+    engine.start(&container.id).await?;
+    let started = engine
+        .container(&container.id)
+        .await?
+        .ok_or_else(|| EngineError::NotFound { op: "inspect container", target: container.name.clone() })?;
+    ensure_route(routes, ports, &started)?;
+    let url = &settings.health.url;
+    let probe = health::wait_healthy(&url.host, url.port, &url.path, settings.health.timeout, || {
+        deploy::still_running(engine, &container.id, container.restart_count)
+    });
+    shutdown
+        .race(probe)
+        .await?
+        .map(drop)
+        .map_err(|probe| DeployError::RestartUnhealthy { container: container.name.clone(), probe })
+}
+
+fn ports_text(ports: &[PortMapping]) -> String {
+    ports.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ")
+}
+
+/// `Routes` for hosts where the agent does not touch netfilter (`publish` mode): nothing to
+/// read, and any attempt to route is an error.
+pub struct NoRoutes;
+
+impl Routes for NoRoutes {
+    fn point(&self, _ports: &[PortMapping], _to: Ipv4Addr) -> Result<(), RouteError> {
+        Err(RouteError("traffic switching is not available on this host".into()))
+    }
+    fn current(&self) -> Result<Option<Ipv4Addr>, RouteError> {
+        Ok(None)
+    }
+    fn remove(&self) -> Result<(), RouteError> {
+        Ok(())
+    }
+}
