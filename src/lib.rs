@@ -16,6 +16,7 @@ pub mod agent;
 pub mod cli;
 pub mod config;
 pub mod environment;
+pub mod fleet;
 pub mod host_status;
 pub mod lock;
 pub mod outside;

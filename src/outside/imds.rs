@@ -105,3 +105,26 @@ impl TagSource for Imds {
         }
     }
 }
+
+/// Total time allowed for one instance id read. Off EC2 nothing answers, and the caller falls
+/// back to the machine id (see [`crate::fleet::rollout::resolve_identity`]): keep it short.
+const INSTANCE_ID_READ_TIMEOUT: Duration = Duration::from_secs(5);
+const INSTANCE_ID_PATH: &str = "/latest/meta-data/instance-id";
+
+impl Imds {
+    /// The EC2 instance id (`i-...`), the host's identity for the rollout seed and in halt
+    /// markers; `Err` says why there is none (as [`Imds::region`] does).
+    pub async fn instance_id(&self) -> Result<String, String> {
+        match tokio::time::timeout(INSTANCE_ID_READ_TIMEOUT, self.client.get(INSTANCE_ID_PATH)).await {
+            Err(_) => Err(format!("no answer within {INSTANCE_ID_READ_TIMEOUT:?}")),
+            Ok(Ok(value)) => match value.as_ref().trim() {
+                "" => Err(format!("{INSTANCE_ID_PATH} is empty")),
+                id => Ok(id.to_owned()),
+            },
+            Ok(Err(SdkImdsError::ErrorResponse(resp))) => {
+                Err(format!("HTTP {} for {INSTANCE_ID_PATH}", resp.response().status().as_u16()))
+            }
+            Ok(Err(other)) => Err(crate::outside::aws::describe(&other)),
+        }
+    }
+}

@@ -1,0 +1,483 @@
+//! Fleet halt: one S3 object per halted SHA, beside the release key, that every host of the
+//! environment reads before it applies a new SHA.
+//!
+//! A host whose deploy of a SHA fails verification writes `<prefix><sha>`; an operator does
+//! the same with `blog-agent halt` and removes it with `blog-agent unhalt`. The prefix is the
+//! release key's folder plus `halted/` (`staging/stagebuild.txt` -> `staging/halted/`; a key
+//! with no folder -> `halted/`) unless `[rollout] halt_prefix` names another one. The body is
+//! a small JSON [`Marker`]: who halted it, why, when, and the SHA the host rolled back to.
+//!
+//! The first marker wins: it is written with `If-None-Match: *`, so a second failing host (or
+//! an operator) does not overwrite the first host's reason and rollback target.
+//!
+//! IAM: `s3:PutObject`, `s3:GetObject` and `s3:DeleteObject` on `arn:aws:s3:::<bucket>/<prefix>*`
+//! only. Without `s3:ListBucket` S3 answers a read of a missing key with 403, not 404: on a key
+//! under the halt prefix, where the role may read, that 403 means "no marker", and
+//! [`HaltMarkers::get`] says `None` (see there).
+//!
+//! Reads and writes: the marker objects. Decides: nothing (the decision reads [`HaltSource`]).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::error::ProvideErrorMetadata;
+use serde::{Deserialize, Serialize};
+
+use crate::outside::aws::{describe, Aws, RegionUnknown, Regional};
+use crate::outside::release::ObjectLocation;
+use crate::sha::{safe_quote, Sha};
+
+/// Bound on one marker read, write or removal, response and body together; the same reasoning
+/// as [`crate::outside::release::FETCH_TIMEOUT`] (the SDK's own 30 s, plus time for a small body).
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(35);
+
+/// A marker is a few hundred bytes; a larger object is not read into memory (it still halts).
+const MAX_MARKER_BYTES: usize = 64 * 1024;
+
+/// The folder markers go in when the configuration names none: `halted/` beside the release
+/// key (`staging/stagebuild.txt` -> `staging/halted/`; `build.txt` -> `halted/`).
+pub fn default_prefix(release_key: &str) -> String {
+    match release_key.rfind('/') {
+        Some(slash) => format!("{}halted/", &release_key[..=slash]),
+        None => "halted/".to_owned(),
+    }
+}
+
+/// The marker folder for `environment`: `configured` (`[rollout] halt_prefix`, where
+/// `{environment}` stands for the environment's name) when set, else [`default_prefix`] of
+/// the release key. A configured prefix gets a trailing `/` if it has none, and loses a
+/// leading one (S3 keys have none).
+pub fn prefix_for(release_key: &str, configured: Option<&str>, environment: &str) -> String {
+    match configured {
+        None => default_prefix(release_key),
+        Some(prefix) => {
+            let prefix = prefix.replace("{environment}", environment);
+            let prefix = prefix.trim_start_matches('/');
+            match prefix {
+                "" => String::new(),
+                p if p.ends_with('/') => p.to_owned(),
+                p => format!("{p}/"),
+            }
+        }
+    }
+}
+
+/// The key of `sha`'s marker under `prefix` (as [`prefix_for`] gives it).
+pub fn marker_key(prefix: &str, sha: &Sha) -> String {
+    format!("{prefix}{sha}")
+}
+
+/// The body of a halt marker. Field names are the wire format (docs and tools read them).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Marker {
+    /// The halted SHA.
+    pub sha: String,
+    /// The environment it is halted for.
+    pub environment: String,
+    /// The host that halted it: its EC2 instance id (else machine id or hostname).
+    pub instance_id: String,
+    /// Why: the failed check, or the operator's text.
+    pub reason: String,
+    /// Unix seconds when it was halted.
+    pub at: u64,
+    /// The SHA the failing host rolled back to; a host with nothing serving takes it instead.
+    #[serde(default)]
+    pub rolled_back_to: Option<String>,
+    /// The operator who ran `blog-agent halt`; `null` when the agent halted it itself.
+    #[serde(default)]
+    pub by: Option<String>,
+}
+
+impl Marker {
+    /// [`Marker::rolled_back_to`] when it is a valid SHA (the body comes from a bucket
+    /// anyone with `s3:PutObject` on the prefix can write: it is validated before it is used).
+    pub fn rolled_back_to_sha(&self) -> Option<Sha> {
+        self.rolled_back_to.as_deref().and_then(|s| Sha::parse(s).ok())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HaltError {
+    #[error("bucket {bucket:?} does not exist ({action} {location}): check [release] bucket")]
+    NoBucket { bucket: String, action: &'static str, location: ObjectLocation },
+    #[error(
+        "access denied {action} {location}: the instance role needs s3:PutObject, s3:GetObject and s3:DeleteObject \
+         on the halt prefix ({detail})"
+    )]
+    AccessDenied { action: &'static str, location: ObjectLocation, detail: String },
+    #[error("cannot {verb} {location}: {detail}", verb = verb(action))]
+    Unavailable { action: &'static str, location: ObjectLocation, detail: String },
+    #[error("cannot {verb} {location}: {source}", verb = verb(action))]
+    RegionUnknown { action: &'static str, location: ObjectLocation, source: RegionUnknown },
+    #[error("{action} {location} timed out: no complete answer within {after:?}")]
+    TimedOut { action: &'static str, location: ObjectLocation, after: Duration },
+}
+
+/// "reading" -> "read", for "cannot read ...".
+fn verb(action: &str) -> &str {
+    match action {
+        "reading" => "read",
+        "writing" => "write",
+        "removing" => "remove",
+        other => other,
+    }
+}
+
+/// The halt markers the decision and the loop use; a trait so they are unit-tested with a
+/// fake.
+pub trait HaltSource {
+    /// The marker of `sha` under `key_prefix`, or `None` when it is not halted.
+    fn get(&self, key_prefix: &str, sha: &Sha) -> impl Future<Output = Result<Option<Marker>, HaltError>> + Send;
+    /// Halts `marker.sha` unless it already is: `true` when this call wrote the marker, `false`
+    /// when one was there (and was kept).
+    fn mark(&self, key_prefix: &str, marker: &Marker) -> impl Future<Output = Result<bool, HaltError>> + Send;
+}
+
+/// The markers in the release bucket. The client is built on the first call after the region
+/// is known, as for [`crate::outside::release::S3Releases`].
+#[derive(Clone)]
+pub struct HaltMarkers {
+    client: Arc<Regional<aws_sdk_s3::Client>>,
+    bucket: String,
+}
+
+/// Same client settings as the release reader: path-style addressing with a custom endpoint.
+fn s3_client(sdk: &aws_config::SdkConfig, region: aws_config::Region) -> aws_sdk_s3::Client {
+    let path_style = crate::outside::aws::custom_s3_endpoint() || sdk.endpoint_url().is_some();
+    let config = aws_sdk_s3::config::Builder::from(sdk).region(region).force_path_style(path_style).build();
+    aws_sdk_s3::Client::from_conf(config)
+}
+
+/// How S3 answered a failed call, reduced to what the halt markers tell apart.
+enum Failed {
+    NotFound,
+    /// 412: `If-None-Match: *` found an object; 409: another writer's conditional write of the
+    /// same key is in flight. Either way a marker is (being) there.
+    Exists,
+    Error(HaltError),
+}
+
+fn classify<E>(
+    err: aws_sdk_s3::error::SdkError<E, HttpResponse>,
+    action: &'static str,
+    location: &ObjectLocation,
+) -> Failed
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    let status = err.raw_response().map(|r| r.status().as_u16());
+    let detail = describe(&err);
+    let code = err.as_service_error().and_then(|e| e.code()).unwrap_or_default().to_owned();
+    match (code.as_str(), status) {
+        ("NoSuchBucket", _) => {
+            Failed::Error(HaltError::NoBucket { bucket: location.bucket.clone(), action, location: location.clone() })
+        }
+        ("NoSuchKey" | "NotFound", _) | (_, Some(404)) => Failed::NotFound,
+        ("PreconditionFailed" | "ConditionalRequestConflict", _) | (_, Some(412 | 409)) => Failed::Exists,
+        ("AccessDenied", _) | (_, Some(403)) => {
+            Failed::Error(HaltError::AccessDenied { action, location: location.clone(), detail })
+        }
+        _ => Failed::Error(HaltError::Unavailable { action, location: location.clone(), detail }),
+    }
+}
+
+impl HaltMarkers {
+    /// Markers in `bucket`, in the host's region as resolved by `aws`.
+    pub fn with_aws(aws: &Arc<Aws>, bucket: impl Into<String>) -> HaltMarkers {
+        HaltMarkers { client: Arc::new(Regional::new(aws.clone(), s3_client)), bucket: bucket.into() }
+    }
+
+    fn location(&self, key_prefix: &str, sha: &str) -> ObjectLocation {
+        ObjectLocation { bucket: self.bucket.clone(), key: format!("{key_prefix}{sha}") }
+    }
+
+    /// Runs one call under [`CALL_TIMEOUT`] with the client, once the region is known.
+    async fn call<T, F, Fut>(&self, action: &'static str, location: &ObjectLocation, f: F) -> Result<T, HaltError>
+    where
+        F: FnOnce(aws_sdk_s3::Client) -> Fut,
+        Fut: Future<Output = Result<T, HaltError>>,
+    {
+        let client = self
+            .client
+            .get()
+            .await
+            .map_err(|source| HaltError::RegionUnknown { action, location: location.clone(), source })?
+            .clone();
+        tokio::time::timeout(CALL_TIMEOUT, f(client))
+            .await
+            .unwrap_or_else(|_| Err(HaltError::TimedOut { action, location: location.clone(), after: CALL_TIMEOUT }))
+    }
+
+    /// Halts `marker.sha` for good unless a marker is already there (the first one wins).
+    /// `Ok(true)`: written by this call; `Ok(false)`: one was there, and was kept.
+    pub async fn mark(&self, key_prefix: &str, marker: &Marker) -> Result<bool, HaltError> {
+        const ACTION: &str = "writing";
+        let location = &self.location(key_prefix, &marker.sha);
+        let body = serde_json::to_vec_pretty(marker).expect("a marker serializes");
+        self.call(ACTION, location, |client| async move {
+            let sent = client
+                .put_object()
+                .bucket(&location.bucket)
+                .key(&location.key)
+                .content_type("application/json")
+                .if_none_match("*")
+                .body(body.into())
+                .send()
+                .await;
+            match sent {
+                Ok(_) => Ok(true),
+                Err(err) => match classify(err, ACTION, location) {
+                    Failed::Exists => Ok(false),
+                    // A 404 to a PUT is the bucket's.
+                    Failed::NotFound => Err(HaltError::NoBucket {
+                        bucket: location.bucket.clone(),
+                        action: ACTION,
+                        location: location.clone(),
+                    }),
+                    Failed::Error(e) => Err(e),
+                },
+            }
+        })
+        .await
+    }
+
+    /// The marker of `sha`, or `None` when there is none.
+    ///
+    /// `None` also for a 403: with the policy this agent documents (no `s3:ListBucket`), S3
+    /// answers 403 for a missing key, and the role may read everything under the prefix, so
+    /// a 403 there is S3's "no such key". (A role that lacks `s3:GetObject` on the prefix
+    /// looks the same: halts would then be ignored, as before this feature.)
+    ///
+    /// A marker whose body is not a marker (empty, not JSON, too large: an operator's
+    /// `aws s3 cp /dev/null ...`) still halts: its existence is what counts, and the reason
+    /// says what was found.
+    pub async fn get(&self, key_prefix: &str, sha: &Sha) -> Result<Option<Marker>, HaltError> {
+        const ACTION: &str = "reading";
+        let location = &self.location(key_prefix, sha.as_str());
+        self.call(ACTION, location, |client| async move {
+            let output = match client.get_object().bucket(&location.bucket).key(&location.key).send().await {
+                Ok(output) => output,
+                Err(err) => {
+                    return match classify(err, ACTION, location) {
+                        Failed::NotFound => Ok(None),
+                        Failed::Error(HaltError::AccessDenied { detail, .. }) => {
+                            tracing::debug!(%location, "403 reading the halt marker: no marker ({detail})");
+                            Ok(None)
+                        }
+                        Failed::Exists => Err(HaltError::Unavailable {
+                            action: ACTION,
+                            location: location.clone(),
+                            detail: "unexpected precondition answer to a plain GET".into(),
+                        }),
+                        Failed::Error(e) => Err(e),
+                    }
+                }
+            };
+            let mut body = output.body;
+            let mut bytes = Vec::new();
+            while bytes.len() <= MAX_MARKER_BYTES {
+                match body.try_next().await {
+                    Ok(Some(chunk)) => bytes.extend_from_slice(&chunk),
+                    Ok(None) => break,
+                    Err(err) => {
+                        return Err(HaltError::Unavailable {
+                            action: ACTION,
+                            location: location.clone(),
+                            detail: describe(&err),
+                        })
+                    }
+                }
+            }
+            Ok(Some(parse_marker(&bytes, sha, location)))
+        })
+        .await
+    }
+
+    /// Removes the marker of `sha`. `Ok(true)` when there was one. The removal is sent in any
+    /// case (S3 answers a DELETE of a missing key with success too), so an `unhalt` by a role
+    /// that cannot read the marker still removes it.
+    pub async fn clear(&self, key_prefix: &str, sha: &Sha) -> Result<bool, HaltError> {
+        let location = &self.location(key_prefix, sha.as_str());
+        let existed = self
+            .call("reading", location, |client| async move {
+                match client.head_object().bucket(&location.bucket).key(&location.key).send().await {
+                    Ok(_) => Ok(true),
+                    Err(err) => match classify(err, "reading", location) {
+                        Failed::NotFound | Failed::Error(HaltError::AccessDenied { .. }) => Ok(false),
+                        Failed::Exists => Ok(true),
+                        Failed::Error(e) => Err(e),
+                    },
+                }
+            })
+            .await?;
+        self.call("removing", location, |client| async move {
+            match client.delete_object().bucket(&location.bucket).key(&location.key).send().await {
+                Ok(_) => Ok(()),
+                Err(err) => match classify(err, "removing", location) {
+                    Failed::NotFound | Failed::Exists => Ok(()),
+                    Failed::Error(e) => Err(e),
+                },
+            }
+        })
+        .await?;
+        Ok(existed)
+    }
+}
+
+/// The marker in `bytes`; a body that is not one still halts `sha`, with a reason saying so.
+fn parse_marker(bytes: &[u8], sha: &Sha, location: &ObjectLocation) -> Marker {
+    let unreadable = |what: String| Marker {
+        sha: sha.to_string(),
+        environment: String::new(),
+        instance_id: String::new(),
+        reason: format!("halt marker {location} is not a blog-agent marker ({what}); it halts all the same"),
+        at: 0,
+        rolled_back_to: None,
+        by: None,
+    };
+    if bytes.len() > MAX_MARKER_BYTES {
+        return unreadable(format!("over {MAX_MARKER_BYTES} bytes"));
+    }
+    match serde_json::from_slice::<Marker>(bytes) {
+        // The key names the SHA; a body naming another one was copied by hand.
+        Ok(marker) => Marker { sha: sha.to_string(), ..marker },
+        Err(e) => unreadable(format!("{}: {e}", safe_quote(&String::from_utf8_lossy(bytes)))),
+    }
+}
+
+impl HaltSource for HaltMarkers {
+    async fn get(&self, key_prefix: &str, sha: &Sha) -> Result<Option<Marker>, HaltError> {
+        HaltMarkers::get(self, key_prefix, sha).await
+    }
+
+    async fn mark(&self, key_prefix: &str, marker: &Marker) -> Result<bool, HaltError> {
+        HaltMarkers::mark(self, key_prefix, marker).await
+    }
+}
+
+/// Halt markers in memory, for other modules' unit tests.
+#[cfg(test)]
+#[derive(Debug, Default)]
+pub(crate) struct MemoryHalts {
+    pub(crate) markers: std::sync::Mutex<std::collections::BTreeMap<String, Marker>>,
+}
+
+#[cfg(test)]
+impl HaltSource for MemoryHalts {
+    async fn get(&self, key_prefix: &str, sha: &Sha) -> Result<Option<Marker>, HaltError> {
+        Ok(self.markers.lock().unwrap().get(&marker_key(key_prefix, sha)).cloned())
+    }
+
+    async fn mark(&self, key_prefix: &str, marker: &Marker) -> Result<bool, HaltError> {
+        let mut markers = self.markers.lock().unwrap();
+        let key = format!("{key_prefix}{}", marker.sha);
+        if markers.contains_key(&key) {
+            return Ok(false);
+        }
+        markers.insert(key, marker.clone());
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sha(s: &str) -> Sha {
+        Sha::parse(s).unwrap()
+    }
+
+    #[test]
+    fn markers_live_beside_the_release_key() {
+        let cases: &[(&str, Option<&str>, &str, &str)] = &[
+            ("staging/stagebuild.txt", None, "staging", "staging/halted/"),
+            ("production/prodbuild.txt", None, "production", "production/halted/"),
+            ("a/b/c/build.txt", None, "staging", "a/b/c/halted/"),
+            ("build.txt", None, "staging", "halted/"),
+            ("/build.txt", None, "staging", "/halted/"),
+            ("staging/stagebuild.txt", Some("ops/halts/{environment}/"), "staging", "ops/halts/staging/"),
+            ("staging/stagebuild.txt", Some("ops/halts/{environment}"), "staging", "ops/halts/staging/"),
+            ("staging/stagebuild.txt", Some("/halts"), "staging", "halts/"),
+            ("staging/stagebuild.txt", Some("halts-{environment}-"), "qa", "halts-qa-/"),
+            ("staging/stagebuild.txt", Some(""), "staging", ""),
+        ];
+        for (key, configured, env, want) in cases {
+            assert_eq!(prefix_for(key, *configured, env), *want, "{key} {configured:?}");
+        }
+        assert_eq!(marker_key("staging/halted/", &sha("3f2a9c1")), "staging/halted/3f2a9c1");
+        assert_eq!(marker_key("halted/", &sha("3f2a9c1")), "halted/3f2a9c1");
+    }
+
+    #[test]
+    fn marker_json_is_the_documented_shape() {
+        let marker = Marker {
+            sha: "3f2a9c1".into(),
+            environment: "staging".into(),
+            instance_id: "i-0abc".into(),
+            reason: "candidate probe: HTTP 500".into(),
+            at: 1_750_000_000,
+            rolled_back_to: Some("1a2b3c4".into()),
+            by: None,
+        };
+        let json: serde_json::Value = serde_json::to_value(&marker).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "sha": "3f2a9c1", "environment": "staging", "instance_id": "i-0abc",
+                "reason": "candidate probe: HTTP 500", "at": 1_750_000_000u64,
+                "rolled_back_to": "1a2b3c4", "by": null
+            })
+        );
+        // Optional fields may be absent (a marker written by hand).
+        let minimal: Marker = serde_json::from_str(
+            r#"{"sha":"3f2a9c1","environment":"staging","instance_id":"ops","reason":"r","at":1}"#,
+        )
+        .unwrap();
+        assert_eq!((minimal.rolled_back_to, minimal.by), (None, None));
+    }
+
+    #[test]
+    fn any_object_at_the_key_halts() {
+        let location = ObjectLocation { bucket: "b".into(), key: "staging/halted/3f2a9c1".into() };
+        let good = br#"{"sha":"0000000","environment":"staging","instance_id":"i-1","reason":"probe","at":5,"rolled_back_to":"1a2b3c4"}"#;
+        let m = parse_marker(good, &sha("3f2a9c1"), &location);
+        assert_eq!(m.sha, "3f2a9c1", "the key names the SHA");
+        assert_eq!(m.rolled_back_to_sha(), Some(sha("1a2b3c4")));
+        for (body, says) in [
+            (&b""[..], "not a blog-agent marker"),
+            (&b"halt!\n"[..], "\"halt!\\n\""),
+            (&br#"{"sha":"3f2a9c1"}"#[..], "missing field"),
+        ] {
+            let m = parse_marker(body, &sha("3f2a9c1"), &location);
+            assert_eq!(m.sha, "3f2a9c1");
+            assert!(m.reason.contains(says) && m.reason.contains("s3://b/staging/halted/3f2a9c1"), "{}", m.reason);
+            assert_eq!(m.rolled_back_to_sha(), None);
+        }
+        let big = vec![b' '; MAX_MARKER_BYTES + 1];
+        assert!(parse_marker(&big, &sha("3f2a9c1"), &location).reason.contains("over 65536 bytes"));
+        // A rollback target that is not a SHA is never used.
+        let bad = br#"{"sha":"3f2a9c1","environment":"staging","instance_id":"i-1","reason":"r","at":5,"rolled_back_to":"latest; rm -rf"}"#;
+        assert_eq!(parse_marker(bad, &sha("3f2a9c1"), &location).rolled_back_to_sha(), None);
+    }
+
+    #[tokio::test]
+    async fn memory_halts_keep_the_first_marker() {
+        let halts = MemoryHalts::default();
+        let marker = |reason: &str| Marker {
+            sha: "3f2a9c1".into(),
+            environment: "staging".into(),
+            instance_id: "i-1".into(),
+            reason: reason.into(),
+            at: 1,
+            rolled_back_to: None,
+            by: None,
+        };
+        assert_eq!(halts.get("staging/halted/", &sha("3f2a9c1")).await.unwrap(), None);
+        assert!(halts.mark("staging/halted/", &marker("first")).await.unwrap());
+        assert!(!halts.mark("staging/halted/", &marker("second")).await.unwrap());
+        assert_eq!(halts.get("staging/halted/", &sha("3f2a9c1")).await.unwrap().unwrap().reason, "first");
+        assert_eq!(halts.get("production/halted/", &sha("3f2a9c1")).await.unwrap(), None);
+    }
+}

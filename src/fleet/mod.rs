@@ -1,0 +1,11 @@
+//! The fleet: what one host does so that many hosts, sharing nothing but the release bucket,
+//! roll a release out in waves and stop a bad one.
+//!
+//! - [`rollout`]: the host's seed and the rollout gate, pure functions of (seed, release
+//!   time, now);
+//! - [`halt`]: halt markers beside the release key in S3 (read, write, clear);
+//! - [`metrics`]: the node_exporter textfile the loop writes after every pass.
+
+pub mod halt;
+pub mod metrics;
+pub mod rollout;
