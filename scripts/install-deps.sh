@@ -29,6 +29,12 @@ if [ ! -x "$venv/bin/moto_server" ]; then
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q 'moto[server]'
 fi
+# The reference parser of the Prometheus text format: tests/fleet.rs checks the metrics
+# textfile with it (prometheus_client.parser), not by eye.
+if ! "$venv/bin/python" -c 'import prometheus_client.parser' >/dev/null 2>&1; then
+  echo "install-deps: prometheus_client into $venv" >&2
+  "$venv/bin/pip" install -q 'prometheus_client>=0.20,<1'
+fi
 
 # Supply-chain tools (docs/build.md, "Supply chain"): cargo-deny is a stage of scripts/test.sh,
 # cargo-auditable builds the packaged binary, cargo-nextest runs the tests (scripts/test.sh

@@ -2,6 +2,7 @@
 
 mod assets;
 mod check;
+mod halt;
 mod pause;
 mod run;
 mod status;
@@ -80,6 +81,17 @@ pub enum Command {
     ///
     /// Example: blog-agent resume
     Resume,
+    /// Halt a release fleet-wide: no host of this environment applies SHA until `unhalt`.
+    ///
+    /// The marker goes beside the release key in S3 (`<folder>/halted/<sha>`); one that is
+    /// already there (a failing host's, with its rollback target) is kept.
+    ///
+    /// Example: blog-agent halt 3f2a9c1 --reason "INC-123: 500s on /feed"
+    Halt(halt::HaltArgs),
+    /// Lift a halt: hosts of this environment may apply SHA again when S3 names it.
+    ///
+    /// Example: blog-agent unhalt 3f2a9c1
+    Unhalt(halt::UnhaltArgs),
     /// Run as a service: converge now, then keep converging (S3 polls, Docker events) until
     /// SIGTERM. SIGHUP reloads the configuration. Stopping the agent never stops the blog.
     ///
@@ -146,6 +158,8 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Status(args) => status::run(&cli, args).await,
             Command::Check(args) => check::run(&cli, args).await,
             Command::Resume => pause::resume(&cli),
+            Command::Halt(args) => halt::halt(&cli, args).await,
+            Command::Unhalt(args) => halt::unhalt(&cli, args).await,
             Command::GenerateAssets(args) => assets::run(args),
         }
     });

@@ -1,0 +1,402 @@
+//! Fleet foundations against the real local stack: halt markers in moto's S3 (the library and
+//! the `halt`/`unhalt` commands end to end), and the metrics textfile checked by the
+//! reference parser of the Prometheus text format.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde_json::json;
+
+use blog_agent::fleet::halt::{prefix_for, HaltError, HaltMarkers, HaltSource, Marker};
+use blog_agent::fleet::metrics::Metrics;
+use blog_agent::outside::aws::Aws;
+use blog_agent::sha::Sha;
+use common::{unique_sha, Host};
+
+/// The agent's AWS setup pointed at the host's S3 (moto), as the binary builds it from the
+/// environment there.
+fn aws(host: &Host) -> Arc<Aws> {
+    let creds = aws_credential_types::Credentials::new("testing", "testing", None, None, "test");
+    let sdk = aws_config::SdkConfig::builder()
+        .behavior_version(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .endpoint_url(host.s3_endpoint.clone())
+        .credentials_provider(aws_credential_types::provider::SharedCredentialsProvider::new(creds))
+        .build();
+    Aws::from_sdk(&sdk)
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+/// The object at `key`, as text; `None` when S3 says it does not exist.
+fn object(host: &Host, key: &str) -> Option<String> {
+    let key = key.to_owned();
+    host.s3(|c, b| async move {
+        match c.get_object().bucket(b).key(key).send().await {
+            Ok(out) => Some(String::from_utf8(out.body.collect().await.unwrap().to_vec()).unwrap()),
+            Err(e) if e.as_service_error().is_some_and(|e| e.is_no_such_key()) => None,
+            Err(e) => panic!("get object: {e:?}"),
+        }
+    })
+}
+
+fn marker(sha: &str, reason: &str) -> Marker {
+    Marker {
+        sha: sha.into(),
+        environment: "staging".into(),
+        instance_id: "i-0123456789abcdef0".into(),
+        reason: reason.into(),
+        at: 1_750_000_000,
+        rolled_back_to: Some("1a2b3c4".into()),
+        by: None,
+    }
+}
+
+#[test]
+fn halt_marker_is_written_read_and_cleared_beside_the_release_key() {
+    let host = Host::new("halt-markers");
+    let markers = HaltMarkers::with_aws(&aws(&host), host.bucket.clone());
+    let sha = unique_sha("halted");
+    let parsed = Sha::parse(&sha).unwrap();
+    let prefix = prefix_for("staging/stagebuild.txt", None, "staging");
+    assert_eq!(prefix, "staging/halted/");
+    let key = format!("staging/halted/{sha}");
+    runtime().block_on(async {
+        assert_eq!(markers.get(&prefix, &parsed).await.unwrap(), None, "nothing halted yet");
+        assert!(markers.mark(&prefix, &marker(&sha, "candidate probe: HTTP 500")).await.unwrap());
+        let got = markers.get(&prefix, &parsed).await.unwrap().expect("halted");
+        assert_eq!(got, marker(&sha, "candidate probe: HTTP 500"));
+        assert_eq!(got.rolled_back_to_sha(), Some(Sha::parse("1a2b3c4").unwrap()));
+        // Through the trait the loop uses.
+        assert!(HaltSource::get(&markers, &prefix, &parsed).await.unwrap().is_some());
+        // Another environment's folder is another halt.
+        assert_eq!(markers.get("production/halted/", &parsed).await.unwrap(), None);
+    });
+    let body: serde_json::Value = serde_json::from_str(&object(&host, &key).expect("marker object")).unwrap();
+    assert_eq!(
+        body,
+        json!({
+            "sha": sha, "environment": "staging", "instance_id": "i-0123456789abcdef0",
+            "reason": "candidate probe: HTTP 500", "at": 1_750_000_000u64, "rolled_back_to": "1a2b3c4", "by": null
+        })
+    );
+    runtime().block_on(async {
+        // The first marker wins: a second failing host does not overwrite its reason.
+        assert!(!HaltSource::mark(&markers, &prefix, &marker(&sha, "second host")).await.unwrap());
+        assert_eq!(markers.get(&prefix, &parsed).await.unwrap().unwrap().reason, "candidate probe: HTTP 500");
+        assert!(markers.clear(&prefix, &parsed).await.unwrap(), "there was a marker");
+        assert_eq!(markers.get(&prefix, &parsed).await.unwrap(), None);
+        assert!(!markers.clear(&prefix, &parsed).await.unwrap(), "nothing left to clear");
+    });
+    assert_eq!(object(&host, &key), None);
+}
+
+#[test]
+fn halt_marker_for_a_release_key_with_no_folder_goes_under_halted() {
+    let host = Host::new("halt-root-key");
+    let markers = HaltMarkers::with_aws(&aws(&host), host.bucket.clone());
+    let sha = unique_sha("root");
+    let prefix = prefix_for("build.txt", None, "staging");
+    assert_eq!(prefix, "halted/");
+    runtime().block_on(async {
+        assert!(markers.mark(&prefix, &marker(&sha, "r")).await.unwrap());
+        assert!(markers.get(&prefix, &Sha::parse(&sha).unwrap()).await.unwrap().is_some());
+    });
+    assert!(object(&host, &format!("halted/{sha}")).is_some());
+}
+
+#[test]
+fn any_object_at_a_marker_key_halts_and_a_missing_bucket_is_named() {
+    let host = Host::new("halt-foreign");
+    let sha = unique_sha("foreign");
+    host.put_object(&format!("staging/halted/{sha}"), b"halt!\n".to_vec());
+    let markers = HaltMarkers::with_aws(&aws(&host), host.bucket.clone());
+    let got = runtime()
+        .block_on(markers.get("staging/halted/", &Sha::parse(&sha).unwrap()))
+        .unwrap()
+        .expect("an object by hand halts too");
+    assert!(got.reason.contains("not a blog-agent marker"), "{}", got.reason);
+    assert_eq!((got.sha.as_str(), got.rolled_back_to_sha()), (sha.as_str(), None));
+
+    let missing = format!("{}-gone", host.bucket);
+    let markers = HaltMarkers::with_aws(&aws(&host), missing.clone());
+    match runtime().block_on(markers.get("staging/halted/", &Sha::parse(&sha).unwrap())) {
+        Err(e @ HaltError::NoBucket { .. }) => assert!(e.to_string().contains(&missing), "{e}"),
+        other => panic!("expected NoBucket, got {other:?}"),
+    }
+}
+
+/// An IMDSv2 stand-in that knows the instance id and the Environment tag (the shared one in
+/// tests/common has no instance id).
+fn imds_with_instance_id(instance_id: &'static str) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut out = stream;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let mut length = 0;
+                    loop {
+                        let mut header = String::new();
+                        if reader.read_line(&mut header).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if header.trim().is_empty() {
+                            break;
+                        }
+                        if let Some(v) = header.to_ascii_lowercase().strip_prefix("content-length:") {
+                            length = v.trim().parse().unwrap_or(0);
+                        }
+                    }
+                    let mut body = vec![0; length];
+                    let _ = reader.read_exact(&mut body);
+                    let mut parts = line.split_whitespace();
+                    let (status, extra, body) = match (parts.next(), parts.next()) {
+                        (Some("PUT"), _) => ("200 OK", "X-aws-ec2-metadata-token-ttl-seconds: 21600\r\n", "token"),
+                        (_, Some("/latest/meta-data/instance-id")) => ("200 OK", "", instance_id),
+                        (_, Some("/latest/meta-data/tags/instance/Environment")) => ("200 OK", "", "staging"),
+                        _ => ("404 Not Found", "", ""),
+                    };
+                    let response = format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\n{extra}\r\n{body}", body.len());
+                    if out.write_all(response.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    endpoint
+}
+
+#[test]
+fn halt_and_unhalt_commands_write_and_remove_the_marker() {
+    let host = Host::new("halt-cli");
+    let sha = unique_sha("cli");
+    let key = format!("staging/halted/{sha}");
+    let reason = "INC-7: \"500\" on /feed\\rss";
+    let before = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs();
+    let run = host.agent(&["--env", "staging", "halt", &sha, "--reason", reason]);
+    assert_eq!(run.code, 0, "{}", run.output());
+    assert!(run.stderr.contains(&format!("{sha} halted in staging")) && run.stderr.contains(&key), "{}", run.stderr);
+    let body: serde_json::Value = serde_json::from_str(&object(&host, &key).expect("marker written")).unwrap();
+    assert_eq!(body["sha"], sha.as_str());
+    assert_eq!(body["environment"], "staging");
+    assert_eq!(body["reason"], reason);
+    assert_eq!(body["rolled_back_to"], serde_json::Value::Null);
+    let at = body["at"].as_u64().unwrap();
+    assert!(at >= before && at <= before + 120, "at {at}, started {before}");
+    // Off EC2 (nothing answers instance metadata here): the machine id, else the hostname.
+    let identity = body["instance_id"].as_str().unwrap();
+    assert!(!identity.is_empty(), "{body}");
+    if let Ok(machine_id) = std::fs::read_to_string("/etc/machine-id") {
+        if !machine_id.trim().is_empty() && machine_id.trim() != "uninitialized" {
+            assert_eq!(identity, machine_id.trim());
+        }
+    }
+    assert!(body["by"].as_str().unwrap().contains("uid "), "{body}");
+
+    // Halting again keeps the first marker and says whose it is.
+    let run = host.agent(&["--env", "staging", "halt", &sha, "--reason", "again"]);
+    assert_eq!(run.code, 0, "{}", run.output());
+    assert!(run.stderr.contains("already halted") && run.stderr.contains(reason), "{}", run.stderr);
+    let body: serde_json::Value = serde_json::from_str(&object(&host, &key).unwrap()).unwrap();
+    assert_eq!(body["reason"], reason);
+
+    let run = host.agent(&["--env", "staging", "unhalt", &sha]);
+    assert_eq!(run.code, 0, "{}", run.output());
+    assert!(run.stderr.contains(&format!("{sha} unhalted in staging")), "{}", run.stderr);
+    assert_eq!(object(&host, &key), None);
+    let run = host.agent(&["--env", "staging", "unhalt", &sha]);
+    assert_eq!(run.code, 0, "{}", run.output());
+    assert!(run.stderr.contains("was not halted"), "{}", run.stderr);
+}
+
+#[test]
+fn halt_on_ec2_records_the_instance_id_and_the_tagged_environment() {
+    let mut host = Host::new("halt-ec2");
+    host.imds_endpoint = Some(imds_with_instance_id("i-0f1ee7ba5eba11000"));
+    let sha = unique_sha("ec2");
+    let run = host.agent(&["halt", &sha, "--reason", "canary failed"]);
+    assert_eq!(run.code, 0, "{}", run.output());
+    let body: serde_json::Value =
+        serde_json::from_str(&object(&host, &format!("staging/halted/{sha}")).expect("marker")).unwrap();
+    assert_eq!(body["instance_id"], "i-0f1ee7ba5eba11000");
+    assert_eq!(body["environment"], "staging");
+}
+
+#[test]
+fn halt_refuses_a_bad_sha_a_bad_env_and_an_empty_reason_before_touching_s3() {
+    let host = Host::new("halt-usage");
+    let cases: &[(&[&str], &str)] = &[
+        (&["--env", "staging", "halt", "3F2A9C1", "--reason", "x"], "SHA \"3F2A9C1\" is not a git SHA"),
+        (&["--env", "staging", "halt", "latest", "--reason", "x"], "SHA \"latest\" is not a git SHA"),
+        (&["--env", "staging", "unhalt", "abc"], "SHA \"abc\" is not a git SHA: it is too short"),
+        (&["--env", "qa", "halt", "3f2a9c1", "--reason", "x"], "--env \"qa\": not an allowed environment"),
+        (&["--env", "staging", "halt", "3f2a9c1", "--reason", "  "], "--reason \"  \": say why"),
+    ];
+    for (args, says) in cases {
+        let run = host.agent(args);
+        assert_eq!(run.code, 2, "{args:?}: {}", run.output());
+        let lines: Vec<&str> = run.stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{args:?}: one line: {}", run.stderr);
+        assert!(lines[0].starts_with("blog-agent: error: ") && lines[0].contains(says), "{args:?}: {}", run.stderr);
+    }
+    // A missing --reason is clap's usage error.
+    let run = host.agent(&["--env", "staging", "halt", "3f2a9c1"]);
+    assert_eq!(run.code, 2, "{}", run.output());
+    assert!(run.stderr.contains("--reason"), "{}", run.stderr);
+    let listed = host.s3(|c, b| async move { c.list_objects_v2().bucket(b).send().await.unwrap().key_count() });
+    assert_eq!(listed, Some(0), "nothing was written");
+}
+
+#[test]
+fn halt_and_unhalt_help_have_a_purpose_and_an_example_and_man_pages() {
+    // The same bar as tests/operator.rs sets for the other subcommands.
+    let host = Host::new("halt-help");
+    for sub in ["halt", "unhalt"] {
+        let run = host.agent(&[sub, "--help"]);
+        assert_eq!(run.code, 0, "{sub}: {}", run.output());
+        let first = run.stdout.lines().next().unwrap_or_default();
+        assert!(!first.is_empty() && first.len() < 200, "{sub}: one-line purpose first: {first:?}");
+        assert!(run.stdout.contains(&format!("Example: blog-agent {sub} ")), "{sub}:\n{}", run.stdout);
+        for global in ["--config", "--env"] {
+            assert!(run.stdout.contains(global), "{sub} --help lacks {global}");
+        }
+    }
+    let dir = host.path().join("assets");
+    let run = host.agent(&["generate-assets", dir.to_str().unwrap()]);
+    assert_eq!(run.code, 0, "{}", run.output());
+    for (file, text) in [
+        ("blog-agent-halt.1", "halt"),
+        ("blog-agent-unhalt.1", "unhalt"),
+        ("blog-agent.1", "unhalt"),
+        ("blog-agent.bash", "unhalt"),
+        ("_blog-agent", "unhalt"),
+        ("blog-agent.fish", "unhalt"),
+    ] {
+        let content = std::fs::read_to_string(dir.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert!(content.contains(text), "{file} lacks {text}");
+    }
+}
+
+/// The virtualenv scripts/install-deps.sh fills (moto, prometheus_client).
+fn venv_python() -> PathBuf {
+    let stack = std::env::var_os("BLOG_AGENT_STACK_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| common::repo_root().join(".stack"));
+    stack.join("venv/bin/python")
+}
+
+/// Parses `text` with prometheus_client's text-format parser; the families as JSON, or the
+/// parser's error.
+fn reference_parse(text: &str) -> Result<serde_json::Value, String> {
+    const SCRIPT: &str = r#"
+import json, sys
+from prometheus_client.parser import text_string_to_metric_families
+families = [
+    {"name": f.name, "type": f.type, "help": f.documentation,
+     "samples": [{"name": s.name, "labels": s.labels, "value": s.value} for s in f.samples]}
+    for f in text_string_to_metric_families(sys.stdin.read())
+]
+print(json.dumps(families))
+"#;
+    let python = venv_python();
+    let mut child = Command::new(&python)
+        .args(["-c", SCRIPT])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{}: {e} (run scripts/install-deps.sh)", python.display()));
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!stderr.contains("No module named"), "{stderr} (run scripts/install-deps.sh)");
+    if !out.status.success() {
+        return Err(stderr);
+    }
+    Ok(serde_json::from_slice(&out.stdout).unwrap())
+}
+
+#[test]
+fn metrics_textfile_is_valid_per_the_reference_parser() {
+    let m = Metrics::new();
+    // Label values with every character the format escapes.
+    let environment = "stag\"ing\\with\nnewline";
+    m.set_release(environment, "3f2a9c1", "serving");
+    m.record_pass(true, SystemTime::UNIX_EPOCH + Duration::from_millis(1_750_000_000_250));
+    m.record_deploy(true);
+    m.record_deploy(false);
+    m.record_rollback();
+    m.set_halted(vec!["1a2b3c4".into(), "quote\"d".into()]);
+    m.set_rollout_wait(Duration::from_millis(12_500));
+    m.add_s3_request();
+    m.add_s3_request();
+    m.add_ecr_call();
+    let dir = std::env::temp_dir().join(format!("blog-agent-fleet-metrics-{}", std::process::id()));
+    let path = dir.join("blog_agent.prom");
+    m.write(&path).unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let families = reference_parse(&text).unwrap_or_else(|e| panic!("the parser refused the file: {e}\n{text}"));
+    let families = families.as_array().unwrap();
+    let expected_types = [
+        ("blog_agent_release_info", "gauge"),
+        ("blog_agent_converged", "gauge"),
+        ("blog_agent_last_pass_timestamp_seconds", "gauge"),
+        // The parser names a counter family without its `_total`; its samples keep it.
+        ("blog_agent_deploys", "counter"),
+        ("blog_agent_rollbacks", "counter"),
+        ("blog_agent_halted", "gauge"),
+        ("blog_agent_rollout_wait_seconds", "gauge"),
+        ("blog_agent_s3_requests", "counter"),
+        ("blog_agent_ecr_calls", "counter"),
+    ];
+    let got_types: Vec<(&str, &str)> =
+        families.iter().map(|f| (f["name"].as_str().unwrap(), f["type"].as_str().unwrap())).collect();
+    assert_eq!(got_types, expected_types, "{text}");
+    for f in families {
+        assert!(!f["help"].as_str().unwrap().is_empty(), "{} has no HELP", f["name"]);
+    }
+    let samples: Vec<(String, serde_json::Value, f64)> = families
+        .iter()
+        .flat_map(|f| f["samples"].as_array().unwrap().iter())
+        .map(|s| (s["name"].as_str().unwrap().to_owned(), s["labels"].clone(), s["value"].as_f64().unwrap()))
+        .collect();
+    let want = vec![
+        ("blog_agent_release_info", json!({"environment": environment, "sha": "3f2a9c1", "state": "serving"}), 1.0),
+        ("blog_agent_converged", json!({}), 1.0),
+        ("blog_agent_last_pass_timestamp_seconds", json!({}), 1_750_000_000.25),
+        ("blog_agent_deploys_total", json!({"result": "success"}), 1.0),
+        ("blog_agent_deploys_total", json!({"result": "failure"}), 1.0),
+        ("blog_agent_rollbacks_total", json!({}), 1.0),
+        ("blog_agent_halted", json!({"sha": "1a2b3c4"}), 1.0),
+        ("blog_agent_halted", json!({"sha": "quote\"d"}), 1.0),
+        ("blog_agent_rollout_wait_seconds", json!({}), 12.5),
+        ("blog_agent_s3_requests_total", json!({}), 2.0),
+        ("blog_agent_ecr_calls_total", json!({}), 1.0),
+    ];
+    let want: Vec<(String, serde_json::Value, f64)> = want.into_iter().map(|(n, l, v)| (n.to_owned(), l, v)).collect();
+    assert_eq!(samples, want, "{text}");
+
+    // The parser is strict enough to catch what the escaping prevents: the same line with the
+    // label value written raw is refused.
+    let raw = text.replace("stag\\\"ing\\\\with\\nnewline", "stag\"ing\\with\nnewline");
+    assert_ne!(raw, text);
+    assert!(reference_parse(&raw).is_err(), "the parser accepted an unescaped label value:\n{raw}");
+}
