@@ -86,6 +86,8 @@ const LOCK_WAIT_SECONDS: &str = "5";
 /// (systemd watchdog 60 s) never hangs on it.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 const LOOPBACK_NET: &str = "127.0.0.0/8";
+/// Per-interface IPv4 sysctls, of the network namespace of the process that opens them.
+const SYSCTL_CONF: &str = "/proc/sys/net/ipv4/conf";
 
 /// One host port sent to a container port: `[container] ports` entry `HOST_IP:HOST_PORT:PORT`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -549,7 +551,8 @@ impl Netfilter {
 
     /// Reads both tables.
     pub async fn observe(&self) -> Result<Observed, NetfilterError> {
-        Ok(Observed { filter: self.observe_table(Table::Filter).await?, nat: self.observe_table(Table::Nat).await? })
+        let (filter, nat) = tokio::try_join!(self.observe_table(Table::Filter), self.observe_table(Table::Nat))?;
+        Ok(Observed { filter, nat })
     }
 
     async fn observe_table(&self, table: Table) -> Result<TableState, NetfilterError> {
@@ -646,7 +649,7 @@ impl Netfilter {
     }
 
     fn route_localnet_path(&self) -> PathBuf {
-        PathBuf::from("/proc/sys/net/ipv4/conf").join(&self.bridge).join("route_localnet")
+        PathBuf::from(SYSCTL_CONF).join(&self.bridge).join("route_localnet")
     }
 
     /// `Some(on)`, or `None` when it cannot be read (no such bridge yet, or /proc/sys hidden).
@@ -659,10 +662,16 @@ impl Netfilter {
         match self.route_localnet().await {
             Some(true) => Ok(()),
             Some(false) => self.write_route_localnet("1").await,
+            // /proc/sys hidden (systemd ProcSubset=pid): the packaging's sysctl.d file has to
+            // set it; nothing to check here.
+            None if !std::path::Path::new(SYSCTL_CONF).exists() => {
+                tracing::debug!(path = %self.route_localnet_path().display(), "route_localnet not visible");
+                Ok(())
+            }
             None => {
                 tracing::warn!(
-                    path = %self.route_localnet_path().display(),
-                    "cannot read route_localnet (bridge not created yet?): loopback clients are not served until the next apply"
+                    bridge = %self.bridge,
+                    "no such interface yet: loopback clients are not served until apply runs again after dockerd creates it"
                 );
                 Ok(())
             }
