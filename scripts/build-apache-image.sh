@@ -10,6 +10,7 @@
 #   - GET /cgi-bin/slow     sleeps $SLOW_SECONDS (default 2) then answers 200 naming the
 #                           version: a request in flight across a switch;
 #   - HTTP/1.1 keep-alive on (Debian's default: 5 s idle, 100 requests).
+#   - access and error logs go to stdout/stderr (`docker logs`).
 # The Debian root (debootstrap --variant=minbase --include=apache2, from the mirror this machine's
 # apt sources name) is cached under $BLOG_AGENT_STACK_DIR/apache-root; the image is rebuilt only
 # when this script changes (its hash is the image's label `blog-agent-test.script-hash`).
@@ -113,8 +114,6 @@ SH
 cat >"$ctx/blog.conf" <<'CONF'
 ServerName localhost
 PassEnv SLOW_SECONDS
-ErrorLog /proc/self/fd/2
-CustomLog /proc/self/fd/1 common
 CONF
 cat >"$ctx/Dockerfile" <<DOCKERFILE
 FROM $base
@@ -125,7 +124,9 @@ COPY slow /usr/lib/cgi-bin/slow
 COPY blog.conf /etc/apache2/conf-available/blog.conf
 RUN chmod 755 /usr/local/bin/blog-apache /usr/lib/cgi-bin/slow \\
  && a2enmod -q cgi && a2enconf -q blog \\
- && sed -i 's|^\(\s*\)\(ErrorLog\|CustomLog\)|\1# \2|' /etc/apache2/apache2.conf /etc/apache2/sites-available/000-default.conf
+ && mkdir -p /var/log/apache2 \\
+ && ln -sfT /dev/stderr /var/log/apache2/error.log \\
+ && ln -sfT /dev/stdout /var/log/apache2/access.log
 EXPOSE 80
 STOPSIGNAL SIGWINCH
 LABEL blog-agent-test.script-hash=$hash
