@@ -39,8 +39,10 @@
 //!   chain does not stop other base chains on the same hook, so an accept in a table of our own
 //!   could never override Docker's `FORWARD` DROP policy; it has to live in Docker's
 //!   `DOCKER-USER` chain, which exists only in the backend Docker uses (and `nft` cannot reach
-//!   legacy tables at all). Docker never flushes `DOCKER-USER`, and leaves jumps to chains it
-//!   does not own in `PREROUTING`/`OUTPUT`/`POSTROUTING` alone when it restarts.
+//!   legacy tables at all). dockerd never deletes or changes rules it finds in `DOCKER-USER`
+//!   (it creates the chain if absent, appends its `RETURN` if absent, and keeps `FORWARD`'s
+//!   jump to it first), and at start it re-creates only its own rules; anything of ours that
+//!   does go missing is re-asserted by the next apply.
 //! - *Present wherever Docker is*: Debian's `docker.io` depends on `iptables`; `nft` is not even
 //!   installed on a stock host, and raw netlink (or libiptc for legacy) would mean speaking two
 //!   kernel protocols ourselves.
@@ -51,8 +53,14 @@
 //! text and `iptables -S` output are identical, iptables 1.8.9): nf_tables against the host's
 //! real Docker, and legacy (which a running dockerd on nf_tables cannot be switched to without
 //! a restart) in a network namespace with Docker's chain layout. Mixing them does not work: an
-//! agent on legacy with Docker on nf_tables would find no `DOCKER-USER` chain, and its accept
-//! would not override Docker's DROP. [`Netfilter::docker_layout`] lets `check` see that.
+//! agent on legacy with Docker on nf_tables would create a `DOCKER-USER` of its own that no
+//! `FORWARD` jumps to, and no accept there overrides Docker's DROP.
+//! [`Netfilter::docker_layout`] lets `check` see that (`forward_jumps_to_docker_user: false`).
+//!
+//! **Privileges** (checked with `setpriv` on iptables 1.8.9): nf_tables needs `CAP_NET_ADMIN`
+//! and `AF_NETLINK` sockets; legacy needs `CAP_NET_ADMIN` and `CAP_NET_RAW` (a raw socket) and
+//! must open `/run/xtables.lock` (on a read-only `/run` it works only if the file exists).
+//! Writing `route_localnet` needs a writable `/proc/sys/net/ipv4/conf/<bridge>/`.
 //!
 //! **Not covered.** IPv6 (mappings are IPv4; the config must refuse others), hairpin traffic
 //! from a container on the bridge to a host port, UDP.
@@ -495,7 +503,9 @@ impl Netfilter {
     /// Each non-empty table is: declarations of our chains (with `--noflush`, declaring an
     /// existing chain flushes it), `-D` of duplicate or stale jumps into our chains, `-I ... 1`
     /// of each missing jump, our rules, `COMMIT`. Rules are written in the canonical form
-    /// `iptables -S` prints, so reading them back compares as text.
+    /// `iptables -S` prints, so reading them back compares as text. To show the whole rule set
+    /// whatever is in place (`--dry-run`), render against `Observed::default()` (a host with
+    /// no rules: it then also declares `DOCKER-USER`).
     pub fn render(&self, mappings: &[Mapping], target: Target, observed: &Observed) -> Ruleset {
         let [filter, nat] = self.desired(mappings, target);
         Ruleset {
