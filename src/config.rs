@@ -180,6 +180,9 @@ impl fmt::Display for TrafficMode {
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrafficSettings {
     pub mode: TrafficMode,
+    /// Prefix of the agent's netfilter chains (`<prefix>-DNAT`, ...): a second agent on one
+    /// host (or a test) needs its own.
+    pub chains: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -208,6 +211,7 @@ struct RawConfig {
 #[serde(deny_unknown_fields, default)]
 struct RawTraffic {
     mode: Option<String>,
+    chains: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -403,7 +407,11 @@ impl Validator<'_> {
                 ));
             }
         }
-        Ok(TrafficSettings { mode })
+        let chains = raw.chains.unwrap_or_else(|| crate::outside::netfilter::DEFAULT_PREFIX.to_owned());
+        if let Err(e) = crate::outside::netfilter::Netfilter::with_prefix(&chains) {
+            return Err(self.invalid("[traffic] chains", &safe_quote(&chains), e.to_string()));
+        }
+        Ok(TrafficSettings { mode, chains })
     }
 
     fn environment(&self, raw: RawEnvironment) -> Result<EnvironmentSettings, ConfigError> {

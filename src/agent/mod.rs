@@ -13,14 +13,16 @@ pub mod events;
 pub mod phase;
 pub mod quarantine;
 
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::config::Settings;
+use crate::config::{Settings, TrafficMode};
 use crate::environment::{self, Environment};
 use crate::lock;
 use crate::outside::imds::TagSource;
@@ -39,6 +41,8 @@ use driver::{PassKind, Reconciler, Wakeups};
 use phase::{Phase, Problem};
 use quarantine::{Cause, Quarantine};
 
+/// How often the traffic rules are checked in switch mode.
+const RULES_CHECK: Duration = Duration::from_secs(1);
 /// Slack on top of the sum of a pass's own bounds before it counts as hung.
 const PASS_SLACK: Duration = Duration::from_secs(180);
 
@@ -67,6 +71,9 @@ pub struct Agent<T, R, C> {
     last_why: Option<std::mem::Discriminant<Why>>,
     triggers: mpsc::Sender<&'static str>,
     events: Option<JoinHandle<()>>,
+    /// Switch mode: the address the traffic rules should point at, watched by `rules`.
+    route: Arc<Mutex<Option<Ipv4Addr>>>,
+    rules: Option<JoinHandle<()>>,
 }
 
 impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
@@ -93,12 +100,15 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
             last_why: None,
             triggers,
             events: None,
+            route: Arc::new(Mutex::new(None)),
+            rules: None,
         };
         agent.watch_events();
+        agent.watch_rules();
         let wake = Wakeups { triggers: trigger_rx, reload: signals.reload, shutdown: signals.shutdown };
         driver::drive(&mut agent, wake, &notifier).await;
-        if let Some(events) = agent.events.take() {
-            events.abort();
+        for task in [agent.events.take(), agent.rules.take()].into_iter().flatten() {
+            task.abort();
         }
         tracing::info!("stopped; the blog container keeps running");
     }
@@ -109,6 +119,46 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
         }
         let engine = self.services.engine.clone();
         self.events = Some(events::watch(engine, self.settings.container.name.clone(), self.triggers.clone()));
+    }
+
+    /// Switch mode: checks the traffic rules every [`RULES_CHECK`] and wakes the loop when they
+    /// are not as the last pass left them (someone flushed them, dockerd rebuilt its chains), so
+    /// they are repaired within about two seconds. Two `iptables -S` a second cost ~3 ms.
+    fn watch_rules(&mut self) {
+        if let Some(old) = self.rules.take() {
+            old.abort();
+        }
+        if self.settings.traffic.mode != TrafficMode::Switch {
+            return;
+        }
+        let (routes, route, triggers) = (self.services.routes.clone(), self.route.clone(), self.triggers.clone());
+        let ports = self.settings.container.ports.clone();
+        self.rules = Some(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(RULES_CHECK);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(to) = *route.lock().unwrap() else { continue };
+                match routes.in_place(&ports, to).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!(to = %to, "the traffic rules were changed outside blog-agent; re-asserting them");
+                        let _ = triggers.try_send("traffic rules changed");
+                    }
+                    Err(e) => tracing::debug!(error = %e, "could not read the traffic rules"),
+                }
+            }
+        }));
+    }
+
+    /// Switch mode: remembers where the rules should point (the running container of ours).
+    async fn note_route(&self) {
+        if self.settings.traffic.mode != TrafficMode::Switch {
+            return;
+        }
+        let main = self.services.engine.container(&self.settings.container.name).await.ok().flatten();
+        let to = main.filter(|c| c.is_managed() && c.running).as_ref().and_then(crate::pass::switch::address);
+        *self.route.lock().unwrap() = to;
     }
 
     /// One pass: what serves afterwards, and the problem to report (if any).
@@ -279,6 +329,7 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Reconciler for Agent<T
             Err(e) => Phase::after_pass(self.serving_now().await.map(|s| s.to_string()), Some(Problem::from(&e))),
         };
         self.note(phase.problem());
+        self.note_route().await;
         LastPass::record(&self.settings.agent.state_dir, phase.problem().map(|p| p.text.as_str()));
         self.phase = phase.clone();
         phase
@@ -297,6 +348,7 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Reconciler for Agent<T
                 if renamed {
                     self.watch_events();
                 }
+                self.watch_rules();
             }
             Err(e) => tracing::error!("configuration reload failed, keeping the previous one: {e}"),
         }

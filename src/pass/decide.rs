@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use super::plan::{self, Plan};
 use super::snapshot::{aside, Snapshot, PREVIOUS};
-use crate::config::Settings;
+use crate::config::{Settings, TrafficMode};
 use crate::outside::docker::ContainerInfo;
 use crate::sha::Sha;
 use crate::spec::ContainerSpec;
@@ -262,23 +262,45 @@ pub fn describe(decision: &Decision, settings: &Settings, environment: &str, ima
             } else {
                 format!("get an ECR token and pull {}", desired.image)
             });
-            if replace.is_some() {
+            let ports: Vec<String> = desired.ports.iter().map(|p| p.to_string()).collect();
+            if settings.traffic.mode == TrafficMode::Switch {
+                if replace.is_some() {
+                    lines.push(format!("rename {name} to {name}-previous (it keeps serving)"));
+                }
                 lines.push(format!(
-                    "run {name}-candidate (no published ports) and probe port {} path {} over the Docker bridge",
+                    "start {name} from {} (no published ports) and probe port {} path {} over the Docker bridge",
+                    desired.image,
                     desired.probe_port(),
                     settings.health.url.path
                 ));
-                lines.push(format!("stop {name} and keep it aside as {name}-previous"));
-            }
-            let ports: Vec<String> = desired.ports.iter().map(|p| p.to_string()).collect();
-            lines.push(format!(
-                "start {name} from {} on ports {} and probe {}",
-                desired.image,
-                ports.join(", "),
-                settings.health.url
-            ));
-            if replace.is_some() {
-                lines.push(format!("remove {name}-previous once the new version is healthy (put it back if not)"));
+                lines.push(format!(
+                    "switch traffic: point host ports {} at the new container's address (one atomic rule change), then probe {}",
+                    ports.join(", "),
+                    settings.health.url
+                ));
+                if replace.is_some() {
+                    lines.push(format!(
+                        "stop {name}-previous with its image's stop signal (in-flight requests finish) and remove it"
+                    ));
+                }
+            } else {
+                if replace.is_some() {
+                    lines.push(format!(
+                        "run {name}-candidate (no published ports) and probe port {} path {} over the Docker bridge",
+                        desired.probe_port(),
+                        settings.health.url.path
+                    ));
+                    lines.push(format!("stop {name} and keep it aside as {name}-previous"));
+                }
+                lines.push(format!(
+                    "start {name} from {} on ports {} and probe {}",
+                    desired.image,
+                    ports.join(", "),
+                    settings.health.url
+                ));
+                if replace.is_some() {
+                    lines.push(format!("remove {name}-previous once the new version is healthy (put it back if not)"));
+                }
             }
             if let Some(fallback) = &decision.fallback {
                 lines.push(format!("if that fails and nothing serves: start the last-known-good {}", fallback.short()));

@@ -195,7 +195,7 @@ async fn carry_out<T, R, C: CredentialSource>(
             if switching {
                 // The rules are kernel state others can change (a flush, a dockerd restart,
                 // a restart that gave the container a new address): re-assert them.
-                switch::ensure_route(routes, &desired.ports, current).map_err(DeployError::from)?;
+                switch::ensure_route(routes, &desired.ports, current).await.map_err(DeployError::from)?;
             }
             if options.probe_converged {
                 deploy::check_serving(settings, settings.health.timeout)
@@ -256,9 +256,9 @@ async fn carry_out<T, R, C: CredentialSource>(
                 // From switch mode to publish: our rules would keep sending the host ports to
                 // the old container's address. They go first; this one swap has publish
                 // mode's usual gap.
-                if routes.current().ok().flatten().is_some() {
+                if routes.current().await.ok().flatten().is_some() {
                     tracing::info!("[traffic] mode is publish: removing the traffic switch's rules");
-                    routes.remove().map_err(DeployError::from)?;
+                    routes.remove().await.map_err(DeployError::from)?;
                 }
                 deploy::cut_over(engine, settings, desired, &digest, current, shutdown).await?
             };

@@ -59,7 +59,10 @@ impl RealServices {
             releases: S3Releases::with_aws(&aws),
             credentials: Ecr::for_registry(&aws, registry),
             engine,
-            routes: Arc::new(switch::NoRoutes),
+            routes: Arc::new(
+                crate::outside::netfilter::Netfilter::with_prefix(&settings.traffic.chains)
+                    .expect("[traffic] chains is validated with the config"),
+            ),
         }
     }
 }

@@ -12,7 +12,9 @@
 //! not touch its traffic: the rules name its address), the new one is created as `<name>`. An
 //! interrupted switch is therefore repaired by the same recovery as a published cut-over.
 
-use std::net::Ipv4Addr;
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr};
+use std::pin::Pin;
 use std::time::Duration;
 
 use super::deploy::{self, DeployError};
@@ -20,6 +22,7 @@ use super::snapshot::{aside, PREVIOUS};
 use crate::config::{PortMapping, Settings};
 use crate::outside::docker::{ContainerInfo, Engine, EngineError, Role};
 use crate::outside::health::{self, ProbeFailed};
+use crate::outside::netfilter::{Mapping, Netfilter, Target};
 use crate::runtime::shutdown::Shutdown;
 use crate::spec::ContainerSpec;
 
@@ -28,22 +31,64 @@ use crate::spec::ContainerSpec;
 /// checks the path through the rules.
 const THROUGH_RULES_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// A boxed future, so [`Routes`] can be used as `dyn Routes` (one real implementation, and a
+/// stand-in for hosts that do not switch).
+pub type RouteFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, RouteError>> + Send + 'a>>;
+
 /// Where the host ports send traffic. Our own operations, not netfilter's API: the real
-/// implementation is [`crate::outside::netfilter`].
+/// implementation is [`crate::outside::netfilter::Netfilter`].
 pub trait Routes: Send + Sync {
     /// Points every mapping's host port at `to` (the container port stays the mapping's), in
     /// one atomic change; creates the chains and jumps if they are missing.
-    fn point(&self, ports: &[PortMapping], to: Ipv4Addr) -> Result<(), RouteError>;
+    fn point<'a>(&'a self, ports: &'a [PortMapping], to: Ipv4Addr) -> RouteFuture<'a, ()>;
+    /// Whether every rule for `ports` to `to` is in place (nothing flushed, nothing stale).
+    fn in_place<'a>(&'a self, ports: &'a [PortMapping], to: Ipv4Addr) -> RouteFuture<'a, bool>;
     /// The address the rules point at now (`None`: no rules).
-    fn current(&self) -> Result<Option<Ipv4Addr>, RouteError>;
+    fn current(&self) -> RouteFuture<'_, Option<Ipv4Addr>>;
     /// Removes every rule, chain and jump of ours (switching to `publish`).
-    fn remove(&self) -> Result<(), RouteError>;
+    fn remove(&self) -> RouteFuture<'_, ()>;
 }
 
 /// A netfilter operation failed; the text names the command and what it said.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("traffic switch: {0}")]
 pub struct RouteError(pub String);
+
+/// The config's port mappings as netfilter's (IPv4 only: the config refuses others in switch
+/// mode).
+fn mappings(ports: &[PortMapping]) -> Vec<Mapping> {
+    ports
+        .iter()
+        .map(|p| {
+            let ip = match p.host_ip {
+                Some(IpAddr::V4(ip)) => Some(ip),
+                _ => None,
+            };
+            Mapping::new(ip, p.host_port, p.container_port)
+        })
+        .collect()
+}
+
+impl Routes for Netfilter {
+    fn point<'a>(&'a self, ports: &'a [PortMapping], to: Ipv4Addr) -> RouteFuture<'a, ()> {
+        Box::pin(
+            async move { self.apply(&mappings(ports), Target::new(to)).await.map_err(|e| RouteError(e.to_string())) },
+        )
+    }
+    fn in_place<'a>(&'a self, ports: &'a [PortMapping], to: Ipv4Addr) -> RouteFuture<'a, bool> {
+        Box::pin(async move {
+            Netfilter::in_place(self, &mappings(ports), Target::new(to)).await.map_err(|e| RouteError(e.to_string()))
+        })
+    }
+    fn current(&self) -> RouteFuture<'_, Option<Ipv4Addr>> {
+        Box::pin(async move {
+            Netfilter::current(self).await.map(|t| t.map(|t| t.addr)).map_err(|e| RouteError(e.to_string()))
+        })
+    }
+    fn remove(&self) -> RouteFuture<'_, ()> {
+        Box::pin(async move { Netfilter::remove(self).await.map_err(|e| RouteError(e.to_string())) })
+    }
+}
 
 /// The bridge address of a container, as the rules want it.
 pub fn address(container: &ContainerInfo) -> Option<Ipv4Addr> {
@@ -108,7 +153,7 @@ pub async fn switch_over(
         }
     };
     let from = old.and_then(address);
-    if let Err(e) = routes.point(&spec.ports, to) {
+    if let Err(e) = routes.point(&spec.ports, to).await {
         abandon(engine, name, &new_id, old).await;
         return Err(DeployError::Route(e));
     }
@@ -126,7 +171,7 @@ pub async fn switch_over(
     .await;
     if let Err(probe) = through {
         let restored = match from {
-            Some(back) => match routes.point(&spec.ports, back) {
+            Some(back) => match routes.point(&spec.ports, back).await {
                 Ok(()) => "traffic moved back to the previous version".to_owned(),
                 Err(e) => format!("moving traffic back failed too: {e}"),
             },
@@ -176,14 +221,18 @@ async fn put_back(engine: &Engine, name: &str, old: Option<&ContainerInfo>) {
 
 /// Points the rules at `container` if they point elsewhere (after a restart gave it a new
 /// address, a dockerd restart, or someone flushing the rules). Returns whether it changed them.
-pub fn ensure_route(routes: &dyn Routes, ports: &[PortMapping], container: &ContainerInfo) -> Result<bool, RouteError> {
+pub async fn ensure_route(
+    routes: &dyn Routes,
+    ports: &[PortMapping],
+    container: &ContainerInfo,
+) -> Result<bool, RouteError> {
     let Some(to) = address(container) else {
         return Err(RouteError(format!("container {} has no IPv4 bridge address", container.name)));
     };
-    if routes.current()? == Some(to) {
+    if routes.in_place(ports, to).await? {
         return Ok(false);
     }
-    routes.point(ports, to)?;
+    routes.point(ports, to).await?;
     tracing::info!(container = %container.name, to = %to, "traffic rules re-asserted: {} to {to}", ports_text(ports));
     Ok(true)
 }
@@ -218,7 +267,7 @@ pub async fn prove_interrupted(
     };
     match healthy {
         Ok(ip) => {
-            routes.point(ports, ip)?;
+            routes.point(ports, ip).await?;
             tracing::info!(container = %name, to = %ip, "the new version left by an interrupted switch is healthy: traffic to it, retiring the previous one");
             if let Some(previous) = previous {
                 retire(engine, settings, &previous).await;
@@ -228,7 +277,7 @@ pub async fn prove_interrupted(
             tracing::warn!(container = %name, "the new version left by an interrupted switch is unhealthy ({why}); restoring the previous one");
             abandon(engine, name, new_id, previous.as_ref()).await;
             if let Some(back) = previous.as_ref().and_then(address) {
-                routes.point(ports, back)?;
+                routes.point(ports, back).await?;
             }
         }
     }
@@ -250,7 +299,7 @@ pub async fn restart(
         .container(&container.id)
         .await?
         .ok_or_else(|| EngineError::NotFound { op: "inspect container", target: container.name.clone() })?;
-    ensure_route(routes, ports, &started)?;
+    ensure_route(routes, ports, &started).await?;
     let url = &settings.health.url;
     let probe = health::wait_healthy(&url.host, url.port, &url.path, settings.health.timeout, || {
         deploy::still_running(engine, &container.id, container.restart_count)
@@ -271,13 +320,16 @@ fn ports_text(ports: &[PortMapping]) -> String {
 pub struct NoRoutes;
 
 impl Routes for NoRoutes {
-    fn point(&self, _ports: &[PortMapping], _to: Ipv4Addr) -> Result<(), RouteError> {
-        Err(RouteError("traffic switching is not available on this host".into()))
+    fn point<'a>(&'a self, _ports: &'a [PortMapping], _to: Ipv4Addr) -> RouteFuture<'a, ()> {
+        Box::pin(async { Err(RouteError("traffic switching is not available on this host".into())) })
     }
-    fn current(&self) -> Result<Option<Ipv4Addr>, RouteError> {
-        Ok(None)
+    fn in_place<'a>(&'a self, _ports: &'a [PortMapping], _to: Ipv4Addr) -> RouteFuture<'a, bool> {
+        Box::pin(async { Ok(false) })
     }
-    fn remove(&self) -> Result<(), RouteError> {
-        Ok(())
+    fn current(&self) -> RouteFuture<'_, Option<Ipv4Addr>> {
+        Box::pin(async { Ok(None) })
+    }
+    fn remove(&self) -> RouteFuture<'_, ()> {
+        Box::pin(async { Ok(()) })
     }
 }

@@ -503,3 +503,14 @@ impl Drop for Host {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// Runs tests that change the host's netfilter state one at a time, across test processes
+/// (nextest runs each test in its own): a bound abstract unix socket, released by the kernel
+/// however the process ends. They share docker0's `route_localnet` and Docker's DOCKER-USER.
+pub fn netfilter_lock() -> std::os::unix::net::UnixListener {
+    use std::os::linux::net::SocketAddrExt;
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(b"blog-agent-tests-netfilter").unwrap();
+    wait_for("the netfilter test lock", Duration::from_secs(900), || {
+        std::os::unix::net::UnixListener::bind_addr(&addr).ok()
+    })
+}

@@ -1,0 +1,156 @@
+//! `[traffic] mode = "switch"` end to end: the agent (`sync` and `run`) against the real stack,
+//! with the host ports DNATed by its own netfilter chains (a unique prefix per test, removed by
+//! name at the end). Traffic goes only to 127.0.0.1 and to the test containers' bridge
+//! addresses. Runs one test at a time with the other netfilter tests (`netfilter_lock`).
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use blog_agent::outside::netfilter::Netfilter;
+use common::*;
+
+const FAST: &str = "[reconcile]\ninterval = \"1s\"\njitter = \"0s\"\n";
+const SERVE: Duration = Duration::from_secs(30);
+
+/// A host in switch mode, with its own chains; they are removed when it drops.
+struct SwitchHost {
+    host: Host,
+    chains: String,
+    _lock: std::os::unix::net::UnixListener,
+}
+
+impl SwitchHost {
+    fn new(name: &str, extra: &str) -> SwitchHost {
+        let lock = netfilter_lock();
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let chains = format!("BAS-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst));
+        let host = Host::new(name);
+        host.write_config(&format!("{extra}[traffic]\nmode = \"switch\"\nchains = \"{chains}\"\n"));
+        SwitchHost { host, chains, _lock: lock }
+    }
+
+    fn dnat_rules(&self) -> String {
+        let out = docker_free_iptables(&["-w", "5", "-t", "nat", "-S", &format!("{}-DNAT", self.chains)]);
+        out
+    }
+}
+
+impl Drop for SwitchHost {
+    fn drop(&mut self) {
+        remove_labelled(&self.host.id);
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        if let Err(e) = rt.block_on(Netfilter::with_prefix(&self.chains).unwrap().remove()) {
+            eprintln!("removing chains {}: {e}", self.chains);
+        }
+    }
+}
+
+fn docker_free_iptables(args: &[&str]) -> String {
+    let out = std::process::Command::new("iptables").args(args).output().expect("iptables");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Hits the host port every 10 ms until `stop`, bounded by `max` requests; returns
+/// (requests, failures, versions seen in order of first appearance).
+fn load(port: u16, stop: Arc<AtomicBool>, max: usize) -> std::thread::JoinHandle<(usize, usize, Vec<String>)> {
+    std::thread::spawn(move || {
+        let (mut sent, mut failed, mut seen) = (0, 0, Vec::<String>::new());
+        while !stop.load(Ordering::SeqCst) && sent < max {
+            sent += 1;
+            match http_get(port, "/") {
+                Some((200, body)) => {
+                    let version =
+                        body.split("version ").nth(1).and_then(|v| v.split('<').next()).unwrap_or("").to_owned();
+                    if !seen.contains(&version) {
+                        seen.push(version);
+                    }
+                }
+                _ => failed += 1,
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        (sent, failed, seen)
+    })
+}
+
+#[test]
+fn switch_mode_serves_through_the_rules_with_no_published_port() {
+    let h = SwitchHost::new("sw_serves", "");
+    let v1 = h.host.release("good");
+    let run = h.host.sync();
+    assert_eq!(run.code, 0, "{}", run.output());
+    h.host.assert_serves(&v1);
+    let bindings = docker_ok(&["inspect", "-f", "{{json .HostConfig.PortBindings}}", &h.host.container]);
+    assert!(bindings == "{}" || bindings == "null", "no published port: {bindings}");
+    let ip = docker_ok(&["inspect", "-f", "{{.NetworkSettings.IPAddress}}", &h.host.container]);
+    assert!(h.dnat_rules().contains(&format!("--to-destination {ip}:80")), "{}", h.dnat_rules());
+}
+
+#[test]
+fn a_release_swap_in_switch_mode_drops_no_request() {
+    let h = SwitchHost::new("sw_swap", "");
+    let v1 = h.host.release("good");
+    assert_eq!(h.host.sync().code, 0);
+    h.host.assert_serves(&v1);
+    let v2 = h.host.release("good");
+    let stop = Arc::new(AtomicBool::new(false));
+    let client = load(h.host.port, stop.clone(), 3000);
+    std::thread::sleep(Duration::from_millis(300));
+    let run = h.host.sync();
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::SeqCst);
+    let (sent, failed, seen) = client.join().unwrap();
+    assert_eq!(run.code, 0, "{}", run.output());
+    assert!(run.stderr.contains("switched traffic") || run.output().contains("deployed"), "{}", run.output());
+    assert_eq!(failed, 0, "{failed} of {sent} requests failed across the swap (seen {seen:?})");
+    assert_eq!(seen, [v1.clone(), v2.clone()], "the old version, then the new one");
+    h.host.assert_serves(&v2);
+    h.host.assert_only_the_serving_container();
+}
+
+#[test]
+fn a_failing_release_in_switch_mode_never_takes_traffic() {
+    let h = SwitchHost::new("sw_bad", "");
+    let v1 = h.host.release("good");
+    assert_eq!(h.host.sync().code, 0);
+    let before = h.dnat_rules();
+    h.host.release("http500");
+    let stop = Arc::new(AtomicBool::new(false));
+    let client = load(h.host.port, stop.clone(), 3000);
+    let run = h.host.sync();
+    stop.store(true, Ordering::SeqCst);
+    let (sent, failed, seen) = client.join().unwrap();
+    assert_eq!(run.code, 1, "{}", run.output());
+    assert_eq!(failed, 0, "{failed} of {sent} requests failed (seen {seen:?})");
+    assert_eq!(seen, [v1.clone()]);
+    assert_eq!(h.dnat_rules(), before, "the rules still point at the old version");
+    h.host.assert_only_the_serving_container();
+}
+
+#[test]
+fn flushed_rules_are_repaired_within_seconds_and_the_agent_is_not_in_the_data_path() {
+    // A long poll interval: only the rules watcher can repair within seconds.
+    let h = SwitchHost::new("sw_flush", "[reconcile]\ninterval = \"5m\"\njitter = \"0s\"\n");
+    let v1 = h.host.release("good");
+    let mut agent = h.host.start_agent(&[]);
+    h.host.wait_deployed(&v1, SERVE);
+    // Let the passes the deploy's own Docker events cause go by.
+    std::thread::sleep(Duration::from_secs(2));
+
+    docker_free_iptables(&["-w", "5", "-t", "nat", "-F", &format!("{}-DNAT", h.chains)]);
+    let flushed = Instant::now();
+    h.host.wait_serves(&v1, Duration::from_secs(5));
+    eprintln!("repaired after {:?}", flushed.elapsed());
+    agent.wait_log("changed outside blog-agent; re-asserting", Duration::from_secs(5));
+
+    // The rules are kernel state: the agent's death costs nothing.
+    let _ = std::process::Command::new("kill").args(["-9", &agent.pid().to_string()]).status();
+    let _ = agent.wait_exit(Duration::from_secs(5));
+    for _ in 0..20 {
+        h.host.assert_serves(&v1);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
