@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 use blog_agent::outside::netfilter::Netfilter;
 use common::*;
 
-const FAST: &str = "[reconcile]\ninterval = \"1s\"\njitter = \"0s\"\n";
 const SERVE: Duration = Duration::from_secs(30);
 
 /// A host in switch mode, with its own chains; they are removed when it drops.
@@ -33,8 +32,7 @@ impl SwitchHost {
     }
 
     fn dnat_rules(&self) -> String {
-        let out = docker_free_iptables(&["-w", "5", "-t", "nat", "-S", &format!("{}-DNAT", self.chains)]);
-        out
+        iptables(&["-w", "5", "-t", "nat", "-S", &format!("{}-DNAT", self.chains)])
     }
 }
 
@@ -48,7 +46,7 @@ impl Drop for SwitchHost {
     }
 }
 
-fn docker_free_iptables(args: &[&str]) -> String {
+fn iptables(args: &[&str]) -> String {
     let out = std::process::Command::new("iptables").args(args).output().expect("iptables");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -125,7 +123,7 @@ fn a_failing_release_in_switch_mode_never_takes_traffic() {
     let (sent, failed, seen) = client.join().unwrap();
     assert_eq!(run.code, 1, "{}", run.output());
     assert_eq!(failed, 0, "{failed} of {sent} requests failed (seen {seen:?})");
-    assert_eq!(seen, [v1.clone()]);
+    assert_eq!(seen, std::slice::from_ref(&v1));
     assert_eq!(h.dnat_rules(), before, "the rules still point at the old version");
     h.host.assert_only_the_serving_container();
 }
@@ -140,7 +138,7 @@ fn flushed_rules_are_repaired_within_seconds_and_the_agent_is_not_in_the_data_pa
     // Let the passes the deploy's own Docker events cause go by.
     std::thread::sleep(Duration::from_secs(2));
 
-    docker_free_iptables(&["-w", "5", "-t", "nat", "-F", &format!("{}-DNAT", h.chains)]);
+    iptables(&["-w", "5", "-t", "nat", "-F", &format!("{}-DNAT", h.chains)]);
     let flushed = Instant::now();
     h.host.wait_serves(&v1, Duration::from_secs(5));
     eprintln!("repaired after {:?}", flushed.elapsed());
