@@ -66,7 +66,8 @@ fn pid_alive(pid: &str) -> bool {
     std::path::Path::new("/proc").join(pid).exists()
 }
 
-/// Removes chains, namespaces and veths that a killed earlier run left (its pid is gone).
+/// Removes chains, namespaces, veths, containers and images that a killed earlier run left
+/// (its pid is gone).
 fn sweep_leftovers() {
     let rt = runtime();
     let mut prefixes = std::collections::BTreeSet::new();
@@ -85,6 +86,29 @@ fn sweep_leftovers() {
         eprintln!("sweeping leftover chains {prefix}-*");
         if let Err(e) = rt.block_on(Netfilter::with_prefix(&prefix).unwrap().remove()) {
             eprintln!("sweep {prefix}: {e}");
+        }
+    }
+    // Containers and images: the label value and the repository name carry the pid.
+    let labels = docker_ok(&[
+        "ps",
+        "-a",
+        "--filter",
+        &format!("label={TEST_LABEL}"),
+        "--format",
+        &format!("{{{{.Label \"{TEST_LABEL}\"}}}}"),
+    ]);
+    for value in labels.lines() {
+        if let Some(pid) = value.strip_prefix("nf-").and_then(|r| r.split('-').next()) {
+            if !pid_alive(pid) {
+                remove_labelled(value);
+            }
+        }
+    }
+    for image in docker_ok(&["images", "--format", "{{.Repository}}:{{.Tag}}"]).lines() {
+        if let Some(pid) = image.split_once("/t/nf-").and_then(|(_, r)| r.split('-').next()) {
+            if !pid_alive(pid) {
+                let _ = docker(&["rmi", image]);
+            }
         }
     }
     for ns in sh_ok("ip", &["netns", "list"]).lines().filter_map(|l| l.split_whitespace().next()) {
@@ -134,7 +158,7 @@ impl Env {
         static N: AtomicUsize = AtomicUsize::new(0);
         let n = N.fetch_add(1, Ordering::SeqCst);
         let pid = std::process::id();
-        let id = format!("nf-{name}-{}", &unique_sha(name)[..8]);
+        let id = format!("nf-{pid}-{name}-{}", &unique_sha(name)[..8]);
         Env {
             nf: Netfilter::with_prefix(&format!("BA-T{pid}-{n}")).unwrap(),
             id,
