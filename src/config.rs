@@ -116,6 +116,7 @@ pub struct PortMapping {
 impl fmt::Display for PortMapping {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.host_ip {
+            Some(IpAddr::V6(ip)) => write!(f, "[{ip}]:{}:{}", self.host_port, self.container_port),
             Some(ip) => write!(f, "{ip}:{}:{}", self.host_port, self.container_port),
             None => write!(f, "{}:{}", self.host_port, self.container_port),
         }
@@ -155,7 +156,7 @@ pub struct AgentSettings {
 }
 
 /// The traffic mode when the config does not say.
-pub const DEFAULT_TRAFFIC_MODE: TrafficMode = TrafficMode::Publish;
+pub const DEFAULT_TRAFFIC_MODE: TrafficMode = TrafficMode::Switch;
 
 /// How host ports reach the serving container.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -401,7 +402,7 @@ impl Validator<'_> {
             if let Some(p) = ports.iter().find(|p| p.host_ip.is_some_and(|ip| ip.is_ipv6())) {
                 return Err(self.invalid(
                     "[container] ports",
-                    &format!("\"{p}\""),
+                    &p.to_string(),
                     "IPv6 host addresses are not supported with [traffic] mode = \"switch\": use an IPv4 \
                      address (or none, for all), or set [traffic] mode = \"publish\"",
                 ));
@@ -896,7 +897,9 @@ mod tests {
             ("[::1]:8080:80", "http://[::1]:8080/"),
         ];
         for (port, url) in cases {
-            let s = parse(&format!("{MINIMAL}[container]\nports = [\"{port}\"]\n[health]\nurl = \"{url}\"\n"))
+            // IPv6 host addresses need Docker's publishing.
+            let traffic = if port.starts_with('[') { "[traffic]\nmode = \"publish\"\n" } else { "" };
+            let s = parse(&format!("{MINIMAL}[container]\nports = [\"{port}\"]\n[health]\nurl = \"{url}\"\n{traffic}"))
                 .unwrap_or_else(|e| panic!("{port} {url}: {e}"));
             assert_eq!(s.health.url.to_string().trim_end_matches('x'), url.trim_end_matches('x'));
         }
@@ -905,6 +908,30 @@ mod tests {
             "{MINIMAL}[container]\nports = [\"443:443\", \"127.0.0.1:8080:80\"]\n[health]\nurl = \"http://127.0.0.1:8080/\"\n"
         ))
         .unwrap();
+    }
+
+    #[test]
+    fn ipv6_host_addresses_need_publish_mode() {
+        assert_refused(
+            &format!("{MINIMAL}[container]\nports = [\"[::1]:8080:80\"]\n[health]\nurl = \"http://[::1]:8080/\"\n"),
+            "[container] ports = \"[::1]:8080:80\"",
+            "IPv6 host addresses are not supported with [traffic] mode = \"switch\"",
+        );
+        let s = parse(&format!(
+            "{MINIMAL}[container]\nports = [\"[::1]:8080:80\"]\n[health]\nurl = \"http://[::1]:8080/\"\n[traffic]\nmode = \"publish\"\n"
+        ))
+        .unwrap();
+        assert_eq!(s.traffic.mode, TrafficMode::Publish);
+        assert_refused(
+            &format!("{MINIMAL}[traffic]\nmode = \"dnat\"\n"),
+            "[traffic] mode",
+            "\"switch\" or \"publish\"",
+        );
+        assert_refused(&format!("{MINIMAL}[traffic]\nchains = \"DOCKER-X\"\n"), "[traffic] chains", "dockerd");
+        assert_eq!(
+            parse(MINIMAL).unwrap().traffic,
+            TrafficSettings { mode: TrafficMode::Switch, chains: "BLOG-AGENT".into() }
+        );
     }
 
     #[test]
@@ -924,7 +951,8 @@ mod tests {
         }
         // Distinct addresses, or the other family's wildcard, are distinct sockets.
         for ports in [r#"["127.0.0.1:80:80", "127.0.0.2:80:80"]"#, r#"["0.0.0.0:80:80", "[::]:80:80"]"#] {
-            parse(&format!("{MINIMAL}[container]\nports = {ports}\n")).unwrap_or_else(|e| panic!("{ports}: {e}"));
+            parse(&format!("{MINIMAL}[container]\nports = {ports}\n[traffic]\nmode = \"publish\"\n"))
+                .unwrap_or_else(|e| panic!("{ports}: {e}"));
         }
     }
 

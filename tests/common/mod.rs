@@ -206,7 +206,7 @@ impl Host {
              [image]\nrepository = \"{registry}/{repo}\"\n\
              [container]\nname = \"{name}\"\nports = [\"127.0.0.1:{port}:80\"]\nlabels = {{ \"{TEST_LABEL}\" = \"{id}\" }}\nstop_timeout = \"1s\"\n\
              [health]\nurl = \"http://127.0.0.1:{port}/\"\ntimeout = \"10s\"\n\
-             [agent]\nstate_dir = \"{state}\"\n",
+             [agent]\nstate_dir = \"{state}\"\n{traffic}",
             bucket = self.bucket,
             registry = self.registry,
             repo = self.repo,
@@ -214,6 +214,9 @@ impl Host {
             port = self.port,
             id = self.id,
             state = self.dir.join("state").display(),
+            // Docker-published ports unless the test asks for the traffic switch: tests run in
+            // parallel, and switch-mode ones need chains of their own (tests/switch.rs).
+            traffic = if extra.contains("[traffic]") { "" } else { "[traffic]\nmode = \"publish\"\n" },
         );
         std::fs::write(&self.config, format!("{base}{extra}")).unwrap();
     }
