@@ -4,10 +4,11 @@
 
 use serde::Serialize;
 
-use crate::config::Settings;
+use crate::config::{Settings, TrafficMode};
 use crate::environment;
 use crate::outside::docker::Engine;
 use crate::outside::imds::TagSource;
+use crate::outside::netfilter::Netfilter;
 use crate::outside::release::{Fetched, ReleaseSource};
 use crate::pass::once::release_location;
 use crate::spec::{LABEL_DIGEST, LABEL_SHA};
@@ -36,6 +37,28 @@ pub struct Status {
     pub target: Option<TargetStatus>,
     /// The container runs the target SHA and answers its health probe.
     pub converged: bool,
+    /// How the host ports reach the container, and (switch mode) where each points now.
+    pub traffic: TrafficStatus,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TrafficStatus {
+    /// `switch` or `publish`.
+    pub mode: String,
+    /// Switch mode: each host port's DNAT target as the kernel has it.
+    pub ports: Vec<PortTarget>,
+    /// Switch mode: the rules could not be read (not root, or no iptables).
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PortTarget {
+    /// `IP:PORT` or `*:PORT`.
+    pub host: String,
+    /// `CONTAINER_ADDRESS:PORT`.
+    pub to: String,
+    /// The container at that address, when it is ours and under the configured name.
+    pub container: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -121,6 +144,7 @@ pub async fn gather(
         state_error,
         target: None,
         converged: false,
+        traffic: TrafficStatus { mode: settings.traffic.mode.to_string(), ports: Vec::new(), error: None },
     };
     let mut last_good = None;
     match environment::resolve(env_flag, settings, tags).await {
@@ -170,6 +194,37 @@ pub async fn gather(
             }
             Ok(None) => {}
             Err(e) => status.container_error = Some(e.to_string()),
+        }
+    }
+    let mut serving_address = None;
+    if let Some(engine) = engine {
+        if let Ok(Some(c)) = engine.container(&settings.container.name).await {
+            serving_address = c.ip.clone().map(|ip| (ip, c.name.clone()));
+        }
+    }
+    if settings.traffic.mode == TrafficMode::Switch {
+        match Netfilter::with_prefix(&settings.traffic.chains) {
+            Ok(netfilter) => match netfilter.current_rules().await {
+                Ok(rules) => {
+                    status.traffic.ports = rules
+                        .iter()
+                        .map(|r| PortTarget {
+                            host: format!(
+                                "{}:{}",
+                                r.host_ip.map(|ip| ip.to_string()).unwrap_or_else(|| "*".into()),
+                                r.host_port
+                            ),
+                            to: r.to.to_string(),
+                            container: serving_address
+                                .as_ref()
+                                .filter(|(ip, _)| *ip == r.to.ip().to_string())
+                                .map(|(_, name)| name.clone()),
+                        })
+                        .collect()
+                }
+                Err(e) => status.traffic.error = Some(e.to_string()),
+            },
+            Err(e) => status.traffic.error = Some(e.to_string()),
         }
     }
     status.last_good_sha = state.ok().and_then(|s| s.last_good).map(|g| g.sha);
@@ -252,6 +307,26 @@ pub fn render_text(s: &Status) -> String {
         }
         (None, Some(err)) => line("container", format!("UNKNOWN: {err}")),
         (None, None) => line("container", "none".into()),
+    }
+    match (&s.traffic.error, s.traffic.mode.as_str()) {
+        (Some(err), _) => line("traffic", format!("switch: UNKNOWN: {err}")),
+        (None, "switch") if s.traffic.ports.is_empty() => {
+            line("traffic", "switch: NO RULES (nothing reaches the blog)".into())
+        }
+        (None, "switch") => {
+            for p in &s.traffic.ports {
+                line(
+                    "traffic",
+                    format!(
+                        "switch: {} -> {} ({})",
+                        p.host,
+                        p.to,
+                        p.container.as_deref().unwrap_or("NOT the serving container")
+                    ),
+                );
+            }
+        }
+        (None, mode) => line("traffic", format!("{mode}: Docker publishes the ports")),
     }
     line(
         "updates",
@@ -346,7 +421,21 @@ mod tests {
             state_error: None,
             target: None,
             converged: false,
+            traffic: TrafficStatus { mode: "publish".into(), ports: Vec::new(), error: None },
         }
+    }
+
+    #[test]
+    fn switch_mode_shows_each_port_s_target() {
+        let mut s = status();
+        s.traffic = TrafficStatus {
+            mode: "switch".into(),
+            ports: vec![PortTarget { host: "*:80".into(), to: "172.17.0.3:80".into(), container: Some("blog".into()) }],
+            error: None,
+        };
+        assert!(render_text(&s).contains("traffic        switch: *:80 -> 172.17.0.3:80 (blog)"), "{}", render_text(&s));
+        s.traffic.ports.clear();
+        assert!(render_text(&s).contains("NO RULES"), "{}", render_text(&s));
     }
 
     /// Not root, 0700 state dir: the pause could not be read, so the report must not say

@@ -7,10 +7,11 @@ use aws_credential_types::provider::ProvideCredentials;
 use clap::Args;
 
 use super::{exit, Cli, Failure};
-use crate::config::Settings;
+use crate::config::{Settings, TrafficMode};
 use crate::environment::{self, EnvSource};
 use crate::outside::docker::Engine;
 use crate::outside::imds::Imds;
+use crate::outside::netfilter::Netfilter;
 use crate::outside::registry::{CredentialSource, Ecr};
 use crate::outside::release::{Fetched, ReleaseError, ReleaseSource, S3Releases};
 use crate::pass::once::release_location;
@@ -159,11 +160,60 @@ pub async fn run(cli: &Cli, _args: &CheckArgs) -> Result<(), Failure> {
             check_ports(&mut r, &settings, None).await;
         }
     }
+    if settings.traffic.mode == TrafficMode::Switch {
+        check_traffic_switch(&mut r, &settings).await;
+    }
 
     if r.failed == 0 {
         Ok(())
     } else {
         Err(Failure { code: exit::FAILED, message: format!("{} check(s) failed", r.failed) })
+    }
+}
+
+/// Switch mode: the agent can read and write netfilter, Docker's chains are where our FORWARD
+/// accept goes, and loopback clients can be DNATed out to docker0.
+async fn check_traffic_switch(r: &mut Report, settings: &Settings) {
+    let netfilter = match Netfilter::with_prefix(&settings.traffic.chains) {
+        Ok(n) => n,
+        Err(e) => return r.fail("traffic switch", e),
+    };
+    match netfilter.docker_layout().await {
+        Ok(layout) if layout.docker_user && layout.forward_jumps_to_docker_user => {
+            let version = netfilter.version().await.unwrap_or_else(|_| "iptables".into());
+            r.ok("traffic switch", format!("{version}; Docker's DOCKER-USER chain is in FORWARD"));
+        }
+        Ok(layout) if !layout.docker_user => r.fail(
+            "traffic switch",
+            "no DOCKER-USER chain in this iptables backend: dockerd uses the other one (iptables-legacy vs \
+             iptables-nft); make `iptables` the alternative dockerd uses (update-alternatives --config iptables), \
+             or set [traffic] mode = \"publish\"",
+        ),
+        Ok(_) => r.fail(
+            "traffic switch",
+            "FORWARD does not jump to DOCKER-USER: restart dockerd so it rebuilds its chains, or set [traffic] mode \
+             = \"publish\"",
+        ),
+        Err(e) => r.fail(
+            "traffic switch",
+            format!("{e}: the agent needs CAP_NET_ADMIN and iptables (run check as root), or set [traffic] mode = \"publish\""),
+        ),
+    }
+    let loopback =
+        settings.container.ports.iter().any(|p| p.host_ip.is_none_or(|ip| ip.is_loopback() || ip.is_unspecified()));
+    if loopback {
+        match std::fs::read_to_string("/proc/sys/net/ipv4/conf/docker0/route_localnet") {
+            Ok(v) if v.trim() == "1" => r.ok("route_localnet", "docker0: 1 (loopback clients are switched too)"),
+            Ok(v) => r.fail(
+                "route_localnet",
+                format!(
+                    "docker0: {}: clients on 127.0.0.1 get nothing; the package's /usr/lib/sysctl.d/60-blog-agent.conf \
+                     sets it: `sysctl -w net.ipv4.conf.docker0.route_localnet=1`",
+                    v.trim()
+                ),
+            ),
+            Err(e) => r.skip("route_localnet", &format!("cannot read it ({e}): is docker0 up?")),
+        }
     }
 }
 
