@@ -152,3 +152,23 @@ fn flushed_rules_are_repaired_within_seconds_and_the_agent_is_not_in_the_data_pa
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn after_a_reboot_the_rules_are_back_before_s3_answers() {
+    let mut h = SwitchHost::new("sw_reboot", "[reconcile]\ninterval = \"1s\"\njitter = \"0s\"\n");
+    let v1 = h.host.release("good");
+    let mut agent = h.host.start_agent(&[]);
+    h.host.wait_deployed(&v1, SERVE);
+    agent.stop_with("TERM");
+
+    // A reboot: the rules (kernel state) are gone, dockerd has the container running again,
+    // and S3 does not answer yet.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(Netfilter::with_prefix(&h.chains).unwrap().remove()).unwrap();
+    assert!(h.host.page().is_none(), "dark without the rules");
+    let hanging = common::services::HangingRegistry::start();
+    h.host.s3_endpoint = format!("http://127.0.0.1:{}", hanging.port);
+
+    let _agent = h.host.start_agent(&[]);
+    h.host.wait_serves(&v1, Duration::from_secs(5));
+}

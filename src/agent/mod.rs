@@ -151,6 +151,23 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
         }));
     }
 
+    /// Switch mode, first pass: after a reboot the rules are gone (kernel state) while dockerd
+    /// has already restarted the blog container. Point them at it before anything that waits
+    /// on the network (IMDS, S3), so the site is back as soon as the agent runs.
+    async fn restore_route(&self) {
+        if self.settings.traffic.mode != TrafficMode::Switch {
+            return;
+        }
+        let main = self.services.engine.container(&self.settings.container.name).await.ok().flatten();
+        let Some(main) = main.filter(|c| c.is_managed() && c.running) else { return };
+        if let Err(e) =
+            crate::pass::switch::ensure_route(self.services.routes.as_ref(), &self.settings.container.ports, &main)
+                .await
+        {
+            tracing::warn!(container = %main.name, "cannot point the traffic rules at the running container: {e}");
+        }
+    }
+
     /// Switch mode: remembers where the rules should point (the running container of ours).
     async fn note_route(&self) {
         if self.settings.traffic.mode != TrafficMode::Switch {
@@ -167,6 +184,9 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
         kind: PassKind,
         shutdown: &Shutdown,
     ) -> Result<(Option<Sha>, Option<Problem>), PassError> {
+        if self.phase == Phase::Starting {
+            self.restore_route().await;
+        }
         let env = match &self.environment {
             Some(env) => env.clone(),
             None => {
