@@ -28,6 +28,10 @@ labels = { "blog-agent-demo" = "1" }
 url = "http://127.0.0.1:$port/"
 [agent]
 state_dir = "$dir/state"
+[traffic]
+# The traffic switch (the default mode) with chains of the demo's own, so scripts/stack-down.sh
+# can remove them by name.
+chains = "BLOG-AGENT-DEMO"
 TOML
 
 v1=$(printf 'demo version 1' | sha1sum | cut -c1-40)
@@ -46,4 +50,6 @@ for sha in "$v1" "$v2"; do
 done
 echo "== a second sync changes nothing" >&2
 "$agent" --config "$dir/config.toml" sync
+echo "== the host port is DNATed to the container (no published port):" >&2
+iptables -w 5 -t nat -S BLOG-AGENT-DEMO-DNAT | grep DNAT >&2 || true
 echo "The blog is served at http://127.0.0.1:$port/ (container blog-demo). Stop it with: scripts/stack-down.sh" >&2
