@@ -61,9 +61,22 @@ impl Snapshot {
     }
 }
 
+/// The one Docker operation observing needs: a narrow seam, so the observation is unit-tested
+/// without Docker (the real one is [`Engine`]; integration tests use it).
+pub trait Inspect {
+    /// The container named exactly `name`; `None` when there is none.
+    fn container(&self, name: &str) -> impl std::future::Future<Output = Result<Option<ContainerInfo>, EngineError>>;
+}
+
+impl Inspect for Engine {
+    fn container(&self, name: &str) -> impl std::future::Future<Output = Result<Option<ContainerInfo>, EngineError>> {
+        Engine::container(self, name)
+    }
+}
+
 /// Reads the host. Inspects `<name>` and its four leftover names (a 404 is an answer), loads
 /// the state and pause files.
-pub async fn observe(engine: &Engine, settings: &Settings) -> Result<Snapshot, EngineError> {
+pub async fn observe(engine: &impl Inspect, settings: &Settings) -> Result<Snapshot, EngineError> {
     let name = &settings.container.name;
     let mut main = engine.container(name).await?;
     let deadline = tokio::time::Instant::now() + REMOVAL_WAIT;
@@ -88,4 +101,84 @@ pub async fn observe(engine: &Engine, settings: &Settings) -> Result<Snapshot, E
         state: State::load(&settings.agent.state_dir),
         pause: Pause::load(&settings.agent.state_dir),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+    use std::path::Path;
+
+    use super::*;
+
+    /// Containers by name; `removing` answers "removing" for the first N inspections of `<name>`.
+    struct FakeDocker {
+        containers: HashMap<String, ContainerInfo>,
+        removing: RefCell<u32>,
+        inspected: RefCell<Vec<String>>,
+    }
+
+    impl Inspect for FakeDocker {
+        async fn container(&self, name: &str) -> Result<Option<ContainerInfo>, EngineError> {
+            self.inspected.borrow_mut().push(name.to_owned());
+            if name == "blog" && *self.removing.borrow() > 0 {
+                *self.removing.borrow_mut() -= 1;
+                return Ok(Some(info(name, "removing")));
+            }
+            Ok(self.containers.get(name).cloned())
+        }
+    }
+
+    fn info(name: &str, status: &str) -> ContainerInfo {
+        ContainerInfo {
+            id: format!("id-{name}"),
+            name: name.into(),
+            running: status == "running",
+            status: status.into(),
+            exit_code: None,
+            labels: HashMap::new(),
+            ip: None,
+            started_at: None,
+            restart_count: 0,
+        }
+    }
+
+    fn settings() -> Settings {
+        let dir = std::env::temp_dir().join(format!("blog-agent-snapshot-{}", std::process::id()));
+        Settings::parse(
+            &format!(
+                "[release]\nbucket = \"b\"\n[image]\nrepository = \"127.0.0.1:5000/blog\"\n[agent]\nstate_dir = \"{}\"\n",
+                dir.display()
+            ),
+            Path::new("test.toml"),
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn one_observation_reads_the_name_and_every_leftover() {
+        let docker = FakeDocker {
+            containers: [info("blog", "running"), info("blog-previous", "exited"), info("blog-failed", "exited")]
+                .into_iter()
+                .map(|c| (c.name.clone(), c))
+                .collect(),
+            removing: RefCell::new(0),
+            inspected: RefCell::new(Vec::new()),
+        };
+        let snap = observe(&docker, &settings()).await.unwrap();
+        assert_eq!(snap.main.as_ref().map(|c| c.status.as_str()), Some("running"));
+        assert!(snap.previous.is_some() && snap.failed.is_some());
+        assert!(snap.candidate.is_none() && snap.next.is_none());
+        let mut seen = docker.inspected.borrow().clone();
+        seen.sort();
+        assert_eq!(seen, ["blog", "blog-candidate", "blog-failed", "blog-next", "blog-previous"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_container_caught_mid_removal_is_waited_out() {
+        let docker =
+            FakeDocker { containers: HashMap::new(), removing: RefCell::new(5), inspected: RefCell::new(Vec::new()) };
+        let snap = observe(&docker, &settings()).await.unwrap();
+        assert!(snap.main.is_none(), "acted on what is left once the removal finished");
+    }
 }
