@@ -46,6 +46,8 @@ pub struct Settings {
     pub agent: AgentSettings,
     pub reconcile: ReconcileSettings,
     pub traffic: TrafficSettings,
+    pub rollout: RolloutSettings,
+    pub metrics: MetricsSettings,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -186,6 +188,31 @@ pub struct TrafficSettings {
     pub chains: String,
 }
 
+/// Staged rollout and fleet halt (see [`crate::fleet`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RolloutSettings {
+    /// A host applies a new release no earlier than its S3 Last-Modified + seed x spread.
+    /// Zero (the default): at once, as before staged rollout.
+    pub spread: Duration,
+    /// Where halt markers live, `{environment}` standing for the environment's name; `None`:
+    /// `halted/` beside the release key (see [`crate::fleet::halt::prefix_for`]).
+    pub halt_prefix: Option<String>,
+}
+
+impl RolloutSettings {
+    /// The marker folder for `environment`, whose release key is `release_key`.
+    pub fn halt_prefix_for(&self, release_key: &str, environment: &str) -> String {
+        crate::fleet::halt::prefix_for(release_key, self.halt_prefix.as_deref(), environment)
+    }
+}
+
+/// The node_exporter textfile (see [`crate::fleet::metrics`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricsSettings {
+    /// Absolute path of the `*.prom` file written after every pass; `None`: no metrics.
+    pub textfile: Option<PathBuf>,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReconcileSettings {
     pub interval: Duration,
@@ -206,6 +233,21 @@ struct RawConfig {
     agent: RawAgent,
     reconcile: RawReconcile,
     traffic: RawTraffic,
+    rollout: RawRollout,
+    metrics: RawMetrics,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawRollout {
+    spread: Option<String>,
+    halt_prefix: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawMetrics {
+    textfile: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -373,6 +415,8 @@ impl Validator<'_> {
         }
         let reconcile = self.reconcile(raw.reconcile)?;
         let traffic = self.traffic(raw.traffic, &container.ports)?;
+        let rollout = self.rollout(raw.rollout)?;
+        let metrics = self.metrics(raw.metrics)?;
         Ok(Settings {
             source: self.path.to_owned(),
             environment,
@@ -383,7 +427,66 @@ impl Validator<'_> {
             agent,
             reconcile,
             traffic,
+            rollout,
+            metrics,
         })
+    }
+
+    fn rollout(&self, raw: RawRollout) -> Result<RolloutSettings, ConfigError> {
+        use crate::fleet::rollout::MAX_SPREAD;
+        let spread = self.duration("[rollout] spread", raw.spread, Duration::ZERO)?;
+        if spread > MAX_SPREAD {
+            return Err(self.invalid(
+                "[rollout] spread",
+                &humantime::format_duration(spread).to_string(),
+                format!(
+                    "must be at most {} (a fleet running two versions for longer is not a rollout); \
+                     \"0s\" applies every release at once",
+                    humantime::format_duration(MAX_SPREAD)
+                ),
+            ));
+        }
+        if let Some(prefix) = &raw.halt_prefix {
+            if !prefix.contains("{environment}") {
+                return Err(self.invalid(
+                    "[rollout] halt_prefix",
+                    prefix,
+                    "must contain {environment}, so each environment halts its own releases \
+                     (e.g. \"halts/{environment}/\"); leave it unset for halted/ beside the release key",
+                ));
+            }
+            if prefix.chars().any(|c| c.is_control()) || prefix.contains("..") {
+                return Err(self.invalid(
+                    "[rollout] halt_prefix",
+                    prefix,
+                    "expected an S3 key prefix such as \"halts/{environment}/\" (no control characters, no \"..\")",
+                ));
+            }
+        }
+        Ok(RolloutSettings { spread, halt_prefix: raw.halt_prefix })
+    }
+
+    fn metrics(&self, raw: RawMetrics) -> Result<MetricsSettings, ConfigError> {
+        const KEY: &str = "[metrics] textfile";
+        let Some(raw) = raw.textfile else { return Ok(MetricsSettings { textfile: None }) };
+        let path = PathBuf::from(&raw);
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if !path.is_absolute() {
+            return Err(self.invalid(
+                KEY,
+                &raw,
+                "expected an absolute path such as \"/var/lib/node_exporter/textfile_collector/blog_agent.prom\"",
+            ));
+        }
+        if !name.ends_with(".prom") || name.len() <= ".prom".len() || raw.ends_with('/') {
+            return Err(self.invalid(
+                KEY,
+                &raw,
+                "the file name must end in .prom, the only files node_exporter's textfile collector reads \
+                 (e.g. \"/var/lib/node_exporter/textfile_collector/blog_agent.prom\")",
+            ));
+        }
+        Ok(MetricsSettings { textfile: Some(path) })
     }
 
     fn traffic(&self, raw: RawTraffic, ports: &[PortMapping]) -> Result<TrafficSettings, ConfigError> {
@@ -1025,6 +1128,79 @@ mod tests {
         for tag in ["Environment", "app:env", "team@blog", "a+b=c,d.e_f-g"] {
             let s = parse(&format!("{MINIMAL}[environment]\ntag = \"{tag}\"\n")).unwrap();
             assert_eq!(s.environment.tag, tag);
+        }
+    }
+
+    #[test]
+    fn rollout_and_metrics_default_to_today_s_behaviour() {
+        let s = parse(MINIMAL).unwrap();
+        assert_eq!(s.rollout, RolloutSettings { spread: Duration::ZERO, halt_prefix: None });
+        assert_eq!(s.metrics, MetricsSettings { textfile: None });
+        assert_eq!(s.rollout.halt_prefix_for("staging/stagebuild.txt", "staging"), "staging/halted/");
+        let s = parse(&format!(
+            "{MINIMAL}[rollout]\nspread = \"15m\"\nhalt_prefix = \"ops/halts/{{environment}}/\"\n\
+             [metrics]\ntextfile = \"/var/lib/node_exporter/textfile_collector/blog_agent.prom\"\n"
+        ))
+        .unwrap();
+        assert_eq!(s.rollout.spread, Duration::from_secs(900));
+        assert_eq!(s.rollout.halt_prefix_for("staging/stagebuild.txt", "production"), "ops/halts/production/");
+        assert_eq!(
+            s.metrics.textfile.as_deref(),
+            Some(Path::new("/var/lib/node_exporter/textfile_collector/blog_agent.prom"))
+        );
+        // The longest spread accepted is the arithmetic's bound.
+        let s = parse(&format!("{MINIMAL}[rollout]\nspread = \"7days\"\n")).unwrap();
+        assert_eq!(s.rollout.spread, crate::fleet::rollout::MAX_SPREAD);
+    }
+
+    #[test]
+    fn a_spread_longer_than_a_week_is_refused() {
+        for value in ["8days", "1month", "7days 1s"] {
+            assert_refused(
+                &format!("{MINIMAL}[rollout]\nspread = \"{value}\"\n"),
+                "[rollout] spread = \"",
+                "must be at most 7days",
+            );
+        }
+        assert_refused(&format!("{MINIMAL}[rollout]\nspread = \"soon\"\n"), "[rollout] spread = \"soon\"", "expected a duration");
+        let err = parse(&format!("{MINIMAL}[rollout]\nsprad = \"1m\"\n")).unwrap_err().to_string();
+        assert!(err.contains("unknown field `sprad`"), "{err}");
+    }
+
+    #[test]
+    fn a_halt_prefix_without_the_environment_is_refused() {
+        for value in ["halts/", "", "staging/halted/"] {
+            assert_refused(
+                &format!("{MINIMAL}[rollout]\nhalt_prefix = \"{value}\"\n"),
+                &format!("[rollout] halt_prefix = \"{value}\""),
+                "must contain {environment}",
+            );
+        }
+        for value in ["../{environment}/", "halts/{environment}/\\n"] {
+            assert_refused(
+                &format!("{MINIMAL}[rollout]\nhalt_prefix = \"{value}\"\n"),
+                "[rollout] halt_prefix = ",
+                "expected an S3 key prefix",
+            );
+        }
+    }
+
+    #[test]
+    fn a_metrics_textfile_must_be_an_absolute_prom_path() {
+        let cases = [
+            ("blog_agent.prom", "expected an absolute path"),
+            ("textfile/blog_agent.prom", "expected an absolute path"),
+            ("/var/lib/node_exporter/blog_agent.txt", "must end in .prom"),
+            ("/var/lib/node_exporter/.prom", "must end in .prom"),
+            ("/var/lib/node_exporter/blog_agent.prom/", "must end in .prom"),
+            ("/var/lib/node_exporter/", "must end in .prom"),
+        ];
+        for (value, want) in cases {
+            assert_refused(
+                &format!("{MINIMAL}[metrics]\ntextfile = \"{value}\"\n"),
+                &format!("[metrics] textfile = \"{value}\""),
+                want,
+            );
         }
     }
 

@@ -6,7 +6,7 @@ use clap::Args;
 
 use super::{exit, Cli, Failure};
 use crate::environment::EnvironmentError;
-use crate::fleet::halt::{prefix_for, HaltError, HaltMarkers, Marker};
+use crate::fleet::halt::{HaltError, HaltMarkers, Marker};
 use crate::fleet::rollout::resolve_identity;
 use crate::outside::aws::Aws;
 use crate::outside::imds::Imds;
@@ -64,7 +64,7 @@ async fn target(cli: &Cli, raw_sha: &str) -> Result<Target, Failure> {
         .name;
     // Config validation gives every allowed environment a release key.
     let release_key = settings.release_key(&environment).unwrap_or_default();
-    let prefix = prefix_for(release_key, None, &environment);
+    let prefix = settings.rollout.halt_prefix_for(release_key, &environment);
     let aws = Aws::load(&settings.image.repository.registry).await;
     let bucket = settings.release.bucket.clone();
     let markers = HaltMarkers::with_aws(&aws, bucket.clone());
