@@ -8,7 +8,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use aws_sdk_s3::error::ProvideErrorMetadata;
 use aws_sdk_s3::operation::get_object::GetObjectError;
@@ -45,6 +45,9 @@ impl fmt::Display for ObjectLocation {
 pub struct Release {
     pub sha: Sha,
     pub etag: Option<String>,
+    /// When the object was written (its `Last-Modified`, S3's clock): the start of the
+    /// release's staged rollout ([`crate::fleet::rollout::gate`]). `None` if S3 did not say.
+    pub published_at: Option<SystemTime>,
 }
 
 /// Outcome of a (possibly conditional) read.
@@ -166,6 +169,7 @@ async fn read(
         }
     };
     let etag = output.e_tag().map(str::to_owned);
+    let published_at = output.last_modified().and_then(|t| SystemTime::try_from(*t).ok());
     let declared = output.content_length().unwrap_or(0).max(0) as usize;
     let mut body = output.body;
     let mut bytes = Vec::new();
@@ -186,7 +190,7 @@ async fn read(
         });
     }
     let sha = Sha::parse(&text).map_err(|e| ReleaseError::invalid(location, e))?;
-    Ok(Fetched::Changed(Release { sha, etag }))
+    Ok(Fetched::Changed(Release { sha, etag, published_at }))
 }
 
 #[cfg(test)]
@@ -197,9 +201,8 @@ mod tests {
 
     use super::*;
 
-    /// An "S3" on loopback that answers every request 304 Not Modified, as a misbehaving
-    /// S3-compatible endpoint might.
-    async fn always_not_modified() -> aws_config::SdkConfig {
+    /// An "S3" on loopback that answers every request with `response`.
+    async fn answering(response: &'static str) -> aws_config::SdkConfig {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move {
@@ -213,7 +216,6 @@ mod tests {
                             Ok(len) => head.extend_from_slice(&chunk[..len]),
                         }
                     }
-                    let response = "HTTP/1.1 304 Not Modified\r\nETag: \"abc\"\r\nConnection: close\r\n\r\n";
                     let _ = stream.write_all(response.as_bytes()).await;
                     let _ = stream.shutdown().await;
                 });
@@ -227,6 +229,27 @@ mod tests {
                 "testing", "testing", None, None, "test",
             )))
             .build()
+    }
+
+    /// An "S3" on loopback that answers every request 304 Not Modified, as a misbehaving
+    /// S3-compatible endpoint might.
+    async fn always_not_modified() -> aws_config::SdkConfig {
+        answering("HTTP/1.1 304 Not Modified\r\nETag: \"abc\"\r\nConnection: close\r\n\r\n").await
+    }
+
+    #[tokio::test]
+    async fn the_release_carries_its_last_modified_time() {
+        let sdk = answering(
+            "HTTP/1.1 200 OK\r\nETag: \"e1\"\r\nLast-Modified: Sun, 15 Jun 2025 15:06:40 GMT\r\n\
+             Content-Length: 8\r\nConnection: close\r\n\r\n3f2a9c1\n",
+        )
+        .await;
+        let releases = S3Releases::with_aws(&Aws::from_sdk(&sdk));
+        let location = ObjectLocation { bucket: "releases".into(), key: "staging/stagebuild.txt".into() };
+        let Fetched::Changed(release) = releases.fetch(&location, None).await.unwrap() else { panic!("unchanged") };
+        assert_eq!(release.sha, Sha::parse("3f2a9c1").unwrap());
+        assert_eq!(release.etag.as_deref(), Some("\"e1\""));
+        assert_eq!(release.published_at, Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_750_000_000)));
     }
 
     #[tokio::test]
