@@ -1162,7 +1162,11 @@ mod tests {
                 "must be at most 7days",
             );
         }
-        assert_refused(&format!("{MINIMAL}[rollout]\nspread = \"soon\"\n"), "[rollout] spread = \"soon\"", "expected a duration");
+        assert_refused(
+            &format!("{MINIMAL}[rollout]\nspread = \"soon\"\n"),
+            "[rollout] spread = \"soon\"",
+            "expected a duration",
+        );
         let err = parse(&format!("{MINIMAL}[rollout]\nsprad = \"1m\"\n")).unwrap_err().to_string();
         assert!(err.contains("unknown field `sprad`"), "{err}");
     }

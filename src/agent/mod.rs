@@ -234,6 +234,8 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
                 snapshot,
                 quarantine: &held,
                 now: Instant::now(),
+                rollout: None,
+                halted: None,
             })
         };
         let decision = decide_on(&snapshot);

@@ -5,18 +5,22 @@
 //! pinned SHA, else last-known-good); S3 unreadable (last-known-good); a quarantined release
 //! (crash loop or repeated failed cut-overs: the last good one instead); the rescue when the
 //! target cannot be had and nothing serves; and the repair of an interrupted deploy's
-//! leftovers. It reads a [`Snapshot`] and never touches Docker, S3 or the clock: `now` is an
-//! argument. `sync`, `sync --dry-run` and `run` all carry out (or print) the same [`Decision`].
+//! leftovers; and the fleet's say over S3's release: its staged rollout (not before this host's
+//! wave, [`crate::fleet::rollout`]) and its halt ([`crate::fleet::halt`]). It reads a
+//! [`Snapshot`] and never touches Docker, S3 or the clock: `now` is an argument. `sync`,
+//! `sync --dry-run` and `run` all carry out (or print) the same [`Decision`].
 
 use std::collections::HashMap;
 use std::fmt;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
 use super::plan::{self, Plan};
 use super::snapshot::{aside, Snapshot, PREVIOUS};
 use crate::config::{Settings, TrafficMode};
+use crate::fleet::halt::Marker;
+use crate::fleet::rollout::{self, Gate};
 use crate::outside::docker::ContainerInfo;
 use crate::sha::Sha;
 use crate::spec::ContainerSpec;
@@ -42,6 +46,23 @@ pub struct Inputs<'a> {
     /// Releases held back (crash loop, repeated failed cut-overs) until the given instant.
     pub quarantine: &'a HashMap<Sha, Instant>,
     pub now: Instant,
+    /// The published release's staged rollout; `None`: no wave to wait for (a manual `sync`,
+    /// `[rollout] spread` zero, or S3 gave no publication time).
+    pub rollout: Option<RolloutGate>,
+    /// The halt marker of the published SHA, when it is halted for this environment.
+    pub halted: Option<&'a Marker>,
+}
+
+/// When this host's wave of a published release opens: see [`rollout::gate`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RolloutGate {
+    /// This host's seed, in [0, 1).
+    pub seed: f64,
+    pub spread: Duration,
+    /// The release object's Last-Modified.
+    pub published_at: SystemTime,
+    /// The wall clock now.
+    pub now: SystemTime,
 }
 
 /// Why the target was chosen.
@@ -60,6 +81,13 @@ pub enum Why {
     Quarantined { release: Sha, retry_in: Duration },
     /// S3 unreadable and nothing ever served here: nothing to run yet.
     NothingKnown,
+    /// S3 names `release`, but this host's rollout wave opens only at `until` (`remaining`
+    /// from now): the host stays on what it runs meanwhile.
+    Waiting { release: Sha, until: SystemTime, remaining: Duration },
+    /// S3 names `release`, which is halted for this environment: the host stays on what it
+    /// runs, or with nothing of ours under the name takes the SHA the halting host rolled back
+    /// to (else the last good one).
+    Halted { release: Sha, reason: String, rolled_back_to: Option<Sha> },
 }
 
 impl fmt::Display for Why {
@@ -85,6 +113,18 @@ impl fmt::Display for Why {
                 retry_in.as_secs()
             ),
             Why::NothingKnown => f.write_str("no release known yet: S3 unreadable and nothing has served here"),
+            Why::Waiting { release, until, remaining } => write!(
+                f,
+                "release {} rolls out in waves: this host's turn is at {} (in {} s)",
+                release.short(),
+                humantime::format_rfc3339_seconds(*until),
+                remaining.as_secs_f64().ceil() as u64
+            ),
+            Why::Halted { release, reason, .. } => write!(
+                f,
+                "release {} is halted for this environment ({reason}); `blog-agent unhalt {release}` lets it go on",
+                release.short()
+            ),
         }
     }
 }
@@ -160,7 +200,27 @@ pub fn decide(inputs: &Inputs<'_>) -> Decision {
         }
     }
 
-    // 2. A quarantined release is not deployed before its time: the last good one instead.
+    // 2. The fleet's say over S3's release (not over a pause, a pin or last-known-good): a
+    //    halted release is never applied; a new one waits for this host's wave, unless
+    //    nothing of ours is here to serve meanwhile.
+    if let (Wanted::Published(published), Why::Published) = (inputs.wanted, &why) {
+        let running = main_sha.and_then(|s| Sha::parse(s).ok());
+        if let Some(marker) = inputs.halted.filter(|m| m.sha == published.as_str()) {
+            let rolled_back_to = marker.rolled_back_to_sha().filter(|s| s != published);
+            target =
+                running.or_else(|| rolled_back_to.clone()).or_else(|| last_good.clone().filter(|g| g != published));
+            why = Why::Halted { release: published.clone(), reason: marker.reason.clone(), rolled_back_to };
+        } else if let (Some(gate), Some(running)) = (inputs.rollout, running.filter(|r| r != published)) {
+            if let Gate::Wait { until, remaining } =
+                rollout::gate(gate.published_at, gate.seed, gate.spread, gate.now, false)
+            {
+                why = Why::Waiting { release: published.clone(), until, remaining };
+                target = Some(running);
+            }
+        }
+    }
+
+    // 3. A quarantined release is not deployed before its time: the last good one instead.
     if let Some(bad) = target.clone() {
         if let Some(until) = inputs.quarantine.get(&bad).filter(|until| **until > inputs.now) {
             let good = [&snapshot.state.last_good, &snapshot.state.previous_good]
@@ -173,7 +233,7 @@ pub fn decide(inputs: &Inputs<'_>) -> Decision {
         }
     }
 
-    // 3. The main step, and what to fall back to if it fails on a dark host.
+    // 4. The main step, and what to fall back to if it fails on a dark host.
     let Some(target_sha) = target.clone() else {
         return Decision { target, why, recovery, plan: None, blocked: None, fallback: None };
     };
@@ -188,8 +248,9 @@ pub fn decide(inputs: &Inputs<'_>) -> Decision {
         _ => None,
     };
     let quarantined = |sha: &Sha| inputs.quarantine.get(sha).is_some_and(|until| *until > inputs.now);
+    let halted = |sha: &Sha| inputs.halted.is_some_and(|m| m.sha == sha.as_str());
     let fallback = match &step {
-        Plan::Deploy { .. } => last_good.filter(|g| *g != target_sha && !quarantined(g)),
+        Plan::Deploy { .. } => last_good.filter(|g| *g != target_sha && !quarantined(g) && !halted(g)),
         _ => None,
     };
     Decision { target, why, recovery, plan: Some(step), blocked, fallback }
@@ -385,6 +446,8 @@ mod tests {
         plan: Option<&'static str>,
         blocked: bool,
         fallback: Option<Sha>,
+        rollout: Option<RolloutGate>,
+        halted: Option<Marker>,
     }
 
     fn case(name: &'static str, wanted: Wanted, snapshot: Snapshot) -> Case {
@@ -399,6 +462,28 @@ mod tests {
             plan: None,
             blocked: false,
             fallback: None,
+            rollout: None,
+            halted: None,
+        }
+    }
+
+    /// Published at T0; this host's seed 0.5 of a 10 minute spread opens its wave at T0 + 300 s.
+    const T0: u64 = 1_750_000_000;
+
+    fn gate_at(now: u64) -> RolloutGate {
+        let at = |secs| SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+        RolloutGate { seed: 0.5, spread: Duration::from_secs(600), published_at: at(T0), now: at(now) }
+    }
+
+    fn marker(halted: &Sha, rolled_back_to: Option<&Sha>) -> Marker {
+        Marker {
+            sha: halted.to_string(),
+            environment: ENV.into(),
+            instance_id: "i-0123456789abcdef0".into(),
+            reason: "candidate probe: HTTP 500".into(),
+            at: T0,
+            rolled_back_to: rolled_back_to.map(Sha::to_string),
+            by: None,
         }
     }
 
@@ -425,6 +510,20 @@ mod tests {
             self.blocked = true;
             self
         }
+        /// Just published: this host's wave is 300 s away.
+        fn before_wave(mut self) -> Case {
+            self.rollout = Some(gate_at(T0 + 10));
+            self
+        }
+        /// Published long enough ago: this host's wave is open.
+        fn wave_open(mut self) -> Case {
+            self.rollout = Some(gate_at(T0 + 300));
+            self
+        }
+        fn halted(mut self, marker: Marker) -> Case {
+            self.halted = Some(marker);
+            self
+        }
     }
 
     fn why_name(why: &Why) -> &'static str {
@@ -435,6 +534,8 @@ mod tests {
             Why::Paused { .. } => "paused",
             Why::Quarantined { .. } => "quarantined",
             Why::NothingKnown => "nothing-known",
+            Why::Waiting { .. } => "waiting",
+            Why::Halted { .. } => "halted",
         }
     }
 
@@ -715,8 +816,188 @@ mod tests {
                 with(&|s| s.previous = Some(foreign("blog-previous", "x9"))),
             )
             .expect(Some(a.clone()), "published", Some("deploy:none")),
+            // Staged rollout: a new release waits for this host's wave.
+            case(
+                "rollout: before this host's wave, it stays on what it runs",
+                pub_a.clone(),
+                with(&|s| s.main = Some(ours("blog", "c1", &b, true))),
+            )
+            .before_wave()
+            .expect(Some(b.clone()), "waiting", Some("converged")),
+            case(
+                "rollout: waiting, a stopped container is repaired with its own release",
+                pub_a.clone(),
+                with(&|s| s.main = Some(ours("blog", "c1", &b, false))),
+            )
+            .before_wave()
+            .expect(Some(b.clone()), "waiting", Some("restart")),
+            case(
+                "rollout: waiting, leftovers are still cleaned up",
+                pub_a.clone(),
+                with(&|s| {
+                    s.main = Some(ours("blog", "c1", &b, true));
+                    s.candidate = Some(ours("blog-candidate", "c2", &a, false))
+                }),
+            )
+            .before_wave()
+            .recovery(&["remove"])
+            .expect(Some(b.clone()), "waiting", Some("converged")),
+            case("rollout: the wave is open", pub_a.clone(), with(&|s| s.main = Some(ours("blog", "c1", &b, true))))
+                .wave_open()
+                .expect(Some(a.clone()), "published", Some("deploy:new")),
+            case("rollout: nothing of ours here: no wait", pub_a.clone(), snap()).before_wave().expect(
+                Some(a.clone()),
+                "published",
+                Some("deploy:none"),
+            ),
+            case(
+                "rollout: nothing here but a last good: the new release, no wait",
+                pub_a.clone(),
+                with(&|s| s.state = state(Some((&b, ENV)), None)),
+            )
+            .before_wave()
+            .expect(Some(a.clone()), "published", Some("deploy:none"))
+            .fallback(b.clone()),
+            case(
+                "rollout: a hand-made container is not ours to keep: no wait",
+                pub_a.clone(),
+                with(&|s| s.main = Some(foreign("blog", "x1"))),
+            )
+            .before_wave()
+            .expect(Some(a.clone()), "published", Some("deploy:foreign")),
+            case(
+                "rollout: already on the published release",
+                pub_a.clone(),
+                with(&|s| s.main = Some(ours("blog", "c1", &a, true))),
+            )
+            .before_wave()
+            .expect(Some(a.clone()), "published", Some("converged")),
+            case(
+                "rollout: a pause is a pause, wave or not",
+                pub_a.clone(),
+                with(&|s| {
+                    s.pause = Some(pause(None));
+                    s.main = Some(ours("blog", "c1", &b, true))
+                }),
+            )
+            .wave_open()
+            .expect(Some(b.clone()), "paused", Some("converged")),
+            case(
+                "rollout: an operator's sha is not gated",
+                Wanted::Operator(c.clone()),
+                with(&|s| s.main = Some(ours("blog", "c1", &b, true))),
+            )
+            .before_wave()
+            .expect(Some(c.clone()), "operator", Some("deploy:new")),
+            case(
+                "rollout: S3 unreadable: last good, no wave to wait for",
+                Wanted::Unknown,
+                with(&|s| s.state = state(Some((&b, ENV)), None)),
+            )
+            .before_wave()
+            .expect(Some(b.clone()), "last-good", Some("deploy:none")),
+            case(
+                "rollout: the release it waits for is quarantined: last good",
+                pub_a.clone(),
+                with(&|s| {
+                    s.state = state(Some((&c, ENV)), Some((&b, ENV)));
+                    s.main = Some(ours("blog", "c1", &b, true))
+                }),
+            )
+            .before_wave()
+            .quarantine(b.clone())
+            .expect(Some(c.clone()), "quarantined", Some("deploy:new")),
+            // Fleet halt: a halted release is never applied.
+            case("halted: stays on what runs", pub_a.clone(), with(&|s| s.main = Some(ours("blog", "c1", &b, true))))
+                .halted(marker(&a, Some(&c)))
+                .expect(Some(b.clone()), "halted", Some("converged")),
+            case(
+                "halted: a stopped container is restarted with its own release",
+                pub_a.clone(),
+                with(&|s| s.main = Some(ours("blog", "c1", &b, false))),
+            )
+            .halted(marker(&a, Some(&c)))
+            .expect(Some(b.clone()), "halted", Some("restart")),
+            case(
+                "halted, its wave open: still not applied",
+                pub_a.clone(),
+                with(&|s| s.main = Some(ours("blog", "c1", &b, true))),
+            )
+            .wave_open()
+            .halted(marker(&a, None))
+            .expect(Some(b.clone()), "halted", Some("converged")),
+            case(
+                "halted, already running it: stays (a halt stops a rollout, it does not roll back)",
+                pub_a.clone(),
+                with(&|s| s.main = Some(ours("blog", "c1", &a, true))),
+            )
+            .halted(marker(&a, Some(&b)))
+            .expect(Some(a.clone()), "halted", Some("converged")),
+            case(
+                "halted, nothing serving: the release the halting host rolled back to",
+                pub_a.clone(),
+                with(&|s| s.state = state(Some((&b, ENV)), None)),
+            )
+            .halted(marker(&a, Some(&c)))
+            .expect(Some(c.clone()), "halted", Some("deploy:none"))
+            .fallback(b.clone()),
+            case(
+                "halted, nothing serving, no rollback target: last good",
+                pub_a.clone(),
+                with(&|s| s.state = state(Some((&b, ENV)), None)),
+            )
+            .halted(marker(&a, None))
+            .expect(Some(b.clone()), "halted", Some("deploy:none")),
+            case(
+                "halted, nothing serving, the last good is the halted release: never its fallback",
+                pub_a.clone(),
+                with(&|s| s.state = state(Some((&a, ENV)), None)),
+            )
+            .halted(marker(&a, Some(&c)))
+            .expect(Some(c.clone()), "halted", Some("deploy:none")),
+            case(
+                "halted, nothing serving and nothing to go back to: change nothing",
+                pub_a.clone(),
+                with(&|s| s.state = state(Some((&a, ENV)), None)),
+            )
+            .halted(marker(&a, None))
+            .expect(None, "halted", None),
+            case(
+                "halted, a rollback target naming the halted release itself is ignored",
+                pub_a.clone(),
+                with(&|s| s.state = state(Some((&b, ENV)), None)),
+            )
+            .halted(marker(&a, Some(&a)))
+            .expect(Some(b.clone()), "halted", Some("deploy:none")),
+            case(
+                "halted, paused with nothing to hold: still not applied",
+                pub_a.clone(),
+                with(&|s| s.pause = Some(pause(None))),
+            )
+            .halted(marker(&a, Some(&c)))
+            .expect(Some(c.clone()), "halted", Some("deploy:none")),
+            case("a halt of another release does not matter", pub_a.clone(), snap())
+                .halted(marker(&c, Some(&b)))
+                .expect(Some(a.clone()), "published", Some("deploy:none")),
+            case(
+                "an operator's sha is applied even when halted",
+                Wanted::Operator(a.clone()),
+                with(&|s| s.main = Some(ours("blog", "c1", &b, true))),
+            )
+            .halted(marker(&a, Some(&b)))
+            .expect(Some(a.clone()), "operator", Some("deploy:new")),
+            case(
+                "halted and paused: the pause holds, as it did",
+                pub_a.clone(),
+                with(&|s| {
+                    s.pause = Some(pause(None));
+                    s.main = Some(ours("blog", "c1", &b, true))
+                }),
+            )
+            .halted(marker(&a, Some(&c)))
+            .expect(Some(b.clone()), "paused", Some("converged")),
         ];
-        assert!(cases.len() >= 25, "the table covers every rule");
+        assert!(cases.len() >= 55, "the table covers every rule");
         let now = Instant::now();
         let settings = settings();
         for case in cases {
@@ -729,6 +1010,8 @@ mod tests {
                 snapshot: &case.snapshot,
                 quarantine: &quarantine,
                 now,
+                rollout: case.rollout,
+                halted: case.halted.as_ref(),
             });
             let name = case.name;
             assert_eq!(d.target, case.target, "{name}: target");
@@ -756,9 +1039,54 @@ mod tests {
             snapshot: &s,
             quarantine: &quarantine,
             now,
+            rollout: None,
+            halted: None,
         });
         assert_eq!(d.target, Some(a));
         assert_eq!(d.why, Why::Published);
+    }
+
+    #[test]
+    fn waiting_and_halted_say_when_and_why() {
+        let (a, b) = (sha('a'), sha('b'));
+        let mut s = snap();
+        s.main = Some(ours("blog", "c1", &b, true));
+        let settings = settings();
+        let wanted = Wanted::Published(a.clone());
+        let none = HashMap::new();
+        let inputs = |rollout, halted| Inputs {
+            settings: &settings,
+            environment: ENV,
+            wanted: &wanted,
+            snapshot: &s,
+            quarantine: &none,
+            now: Instant::now(),
+            rollout,
+            halted,
+        };
+        let d = decide(&inputs(Some(gate_at(T0 + 10)), None));
+        assert_eq!(
+            d.why,
+            Why::Waiting {
+                release: a.clone(),
+                until: SystemTime::UNIX_EPOCH + Duration::from_secs(T0 + 300),
+                remaining: Duration::from_secs(290)
+            }
+        );
+        let text = describe(&d, &settings, ENV, true).join("\n");
+        assert!(
+            text.contains("target bbbbbbbbbbbb: release aaaaaaaaaaaa rolls out in waves: this host's turn is at 2025-06-15T15:11:40Z (in 290 s)"),
+            "{text}"
+        );
+        assert!(text.contains("nothing to do"), "{text}");
+        let m = marker(&a, Some(&b));
+        let d = decide(&inputs(None, Some(&m)));
+        let text = describe(&d, &settings, ENV, true).join("\n");
+        assert!(
+            text.contains("release aaaaaaaaaaaa is halted for this environment (candidate probe: HTTP 500)"),
+            "{text}"
+        );
+        assert!(text.contains(&format!("`blog-agent unhalt {a}`")), "{text}");
     }
 
     #[test]
@@ -777,6 +1105,8 @@ mod tests {
             snapshot: &s,
             quarantine: &HashMap::new(),
             now: Instant::now(),
+            rollout: None,
+            halted: None,
         });
         let text = describe(&d, &settings, ENV, false).join("\n");
         for needle in ["remove blog-candidate", "pull", "blog-previous", "last-known-good"] {

@@ -10,13 +10,14 @@ use std::collections::HashMap;
 
 use tokio::time::Instant;
 
-use super::decide::{self, Decision, Inputs, Recovery, Wanted};
+use super::decide::{self, Decision, Inputs, Recovery, RolloutGate, Wanted};
 use super::deploy::{self, DeployError};
 use super::plan::Plan;
 use super::snapshot::{self, Snapshot};
 use super::switch::{self, Routes};
 use super::{Action, Applied, PassError, Services};
 use crate::config::{Settings, TrafficMode};
+use crate::fleet::halt::Marker;
 use crate::outside::docker::{Engine, EngineError};
 use crate::outside::registry::CredentialSource;
 use crate::runtime::shutdown::Shutdown;
@@ -44,6 +45,13 @@ pub struct Done {
     pub rescued_from: Option<PassError>,
 }
 
+/// What the fleet says about the published release: its rollout wave and its halt marker.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FleetInputs<'a> {
+    pub rollout: Option<RolloutGate>,
+    pub halted: Option<&'a Marker>,
+}
+
 /// Reads the host and decides. Shared by the real pass and `--dry-run`.
 pub async fn observe_and_decide(
     settings: &Settings,
@@ -51,26 +59,47 @@ pub async fn observe_and_decide(
     environment: &str,
     wanted: &Wanted,
     quarantine: &HashMap<Sha, Instant>,
+    fleet: FleetInputs<'_>,
 ) -> Result<(Snapshot, Decision), EngineError> {
     let snapshot = snapshot::observe(engine, settings).await?;
-    let decision =
-        decide::decide(&Inputs { settings, environment, wanted, snapshot: &snapshot, quarantine, now: Instant::now() });
+    let decision = decide::decide(&Inputs {
+        settings,
+        environment,
+        wanted,
+        snapshot: &snapshot,
+        quarantine,
+        now: Instant::now(),
+        rollout: fleet.rollout,
+        halted: fleet.halted,
+    });
     Ok((snapshot, decision))
 }
 
 /// Observes, decides and carries the decision out (`sync`: no quarantine memory).
+#[allow(clippy::too_many_arguments)]
 pub async fn execute<T, R, C: CredentialSource>(
     settings: &Settings,
     services: &Services<T, R, C>,
     environment: &str,
     wanted: &Wanted,
     quarantine: &HashMap<Sha, Instant>,
+    fleet: FleetInputs<'_>,
     shutdown: &Shutdown,
     options: Options,
 ) -> Result<Done, PassError> {
-    let (snapshot, decision) = observe_and_decide(settings, &services.engine, environment, wanted, quarantine).await?;
+    let (snapshot, decision) =
+        observe_and_decide(settings, &services.engine, environment, wanted, quarantine, fleet).await?;
     let redecide = |snapshot: &Snapshot| {
-        decide::decide(&Inputs { settings, environment, wanted, snapshot, quarantine, now: Instant::now() })
+        decide::decide(&Inputs {
+            settings,
+            environment,
+            wanted,
+            snapshot,
+            quarantine,
+            now: Instant::now(),
+            rollout: fleet.rollout,
+            halted: fleet.halted,
+        })
     };
     execute_decision(settings, services, environment, snapshot, decision, redecide, shutdown, options).await
 }

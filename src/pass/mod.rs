@@ -1,8 +1,9 @@
 //! One reconcile pass, in three parts that never mix:
 //!
 //! - [`snapshot`]: observe the host once (Docker, state file, pause);
-//! - [`decide`]: a pure function from (wanted release, snapshot, quarantine, now) to a
-//!   [`Decision`](decide::Decision): which release, why, and the ordered steps;
+//! - [`decide`]: a pure function from (wanted release, snapshot, quarantine, rollout wave,
+//!   halt marker, now) to a [`Decision`](decide::Decision): which release, why, and the
+//!   ordered steps;
 //! - [`execute`] and [`deploy`]: carry the steps out, safely. They choose nothing.
 //!
 //! `sync`, `sync --dry-run` and the `run` loop all go through [`execute::observe_and_decide`],

@@ -106,7 +106,8 @@ pub async fn sync_once<T: TagSource, R: ReleaseSource, C: CredentialSource>(
     };
     let no_quarantine = HashMap::new();
     let (snapshot, decision) =
-        execute::observe_and_decide(settings, &services.engine, &env.name, &wanted, &no_quarantine).await?;
+        execute::observe_and_decide(settings, &services.engine, &env.name, &wanted, &no_quarantine, Default::default())
+            .await?;
     let Some(sha) = decision.target.clone() else { return Err(PassError::NothingToRun(decision.why)) };
     let span = tracing::info_span!("sync", env = %env.name, sha = %sha);
     let _entered = span.enter();
@@ -122,6 +123,8 @@ pub async fn sync_once<T: TagSource, R: ReleaseSource, C: CredentialSource>(
                 snapshot,
                 quarantine: &no_quarantine,
                 now: tokio::time::Instant::now(),
+                rollout: None,
+                halted: None,
             })
         };
         let options = Options { probe_converged: true, rescue: false };
