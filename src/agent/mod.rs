@@ -3,20 +3,23 @@
 //! [`driver`] owns time (schedule, backoff, event debounce, watchdog, SIGHUP, shutdown);
 //! [`Agent`] is one pass: environment (cached after the first success) -> desired SHA by
 //! conditional GET (a 304 keeps the cached SHA; a local pass after a Docker event skips S3)
-//! -> lock -> observe once -> crash-loop check -> [`decide`](crate::pass::decide) -> execute.
+//! -> the published SHA's halt marker, when that can matter ([`fleet`]) -> lock -> observe
+//! once -> crash-loop check -> [`decide`](crate::pass::decide) (with this host's rollout wave)
+//! -> execute -> a release that failed here is halted fleet-wide -> metrics textfile.
 //! [`phase`] is the loop's state as a type, from which `STATUS=` is derived; [`quarantine`]
 //! remembers bad releases. Nothing here ever stops the serving container because a remote
 //! service failed.
 
 pub mod driver;
 pub mod events;
+pub mod fleet;
 pub mod phase;
 pub mod quarantine;
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -28,7 +31,7 @@ use crate::lock;
 use crate::outside::imds::TagSource;
 use crate::outside::registry::CredentialSource;
 use crate::outside::release::{Fetched, ObjectLocation, ReleaseSource};
-use crate::pass::decide::{self, Inputs, Wanted, Why};
+use crate::pass::decide::{self, Inputs, RolloutGate, Wanted, Why};
 use crate::pass::execute::{self, Options};
 use crate::pass::snapshot;
 use crate::pass::{Action, PassError, Services};
@@ -38,6 +41,7 @@ use crate::runtime::systemd::Notifier;
 use crate::sha::Sha;
 use crate::state::LastPass;
 use driver::{PassKind, Reconciler, Wakeups};
+use fleet::Fleet;
 use phase::{Phase, Problem};
 use quarantine::{Cause, Quarantine};
 
@@ -52,6 +56,15 @@ struct Published {
     location: ObjectLocation,
     sha: Sha,
     etag: Option<String>,
+    /// S3's Last-Modified of the object: the start of the release's staged rollout.
+    published_at: Option<SystemTime>,
+}
+
+/// A release that failed here during a pass: halted fleet-wide once the pass knows what serves.
+#[derive(Debug, Clone)]
+struct Failed {
+    sha: Sha,
+    reason: String,
 }
 
 /// The loop's memory between passes.
@@ -74,6 +87,12 @@ pub struct Agent<T, R, C> {
     /// Switch mode: the address the traffic rules should point at, watched by `rules`.
     route: Arc<Mutex<Option<Ipv4Addr>>>,
     rules: Option<JoinHandle<()>>,
+    /// Identity and seed, halt knowledge, metrics.
+    fleet: Fleet,
+    /// Set by the pass that saw a release fail here (its probe, or a crash loop).
+    failed: Option<Failed>,
+    /// Why the last pass chose its target, for the metrics.
+    last_decision: Option<Why>,
 }
 
 impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
@@ -102,6 +121,9 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
             events: None,
             route: Arc::new(Mutex::new(None)),
             rules: None,
+            fleet: Fleet::start(),
+            failed: None,
+            last_decision: None,
         };
         agent.watch_events();
         agent.watch_rules();
@@ -198,10 +220,27 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
             }
         };
 
+        self.last_decision = None;
         let mut problem = None;
         if kind == PassKind::Full {
             problem = self.read_release(&env, shutdown).await?;
         }
+        let spread = self.settings.rollout.spread;
+        let (gate, halted) = match self.published.clone() {
+            Some(published) => {
+                let gate = shutdown.race(self.fleet.gate(spread, published.published_at)).await?;
+                if kind == PassKind::Full {
+                    let halts = self.services.halts.in_bucket(&self.settings.release.bucket);
+                    let prefix = self.halt_prefix(&env.name);
+                    let running = self.phase.serving().and_then(|s| Sha::parse(s).ok());
+                    let open = fleet::wave_open(gate.as_ref());
+                    let check = self.fleet.check_halt(&halts, &prefix, &published.sha, running.as_ref(), open);
+                    shutdown.race(check).await?;
+                }
+                (gate, self.fleet.halt_of(&published.sha).cloned())
+            }
+            None => (None, None),
+        };
         let wanted = match &self.published {
             Some(p) => Wanted::Published(p.sha.clone()),
             None => Wanted::Unknown,
@@ -223,6 +262,12 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
                 "crash loop: Docker restarted the container {restarts} times; rolling back to the previous good version, next try in {}",
                 humantime::format_duration(Duration::from_secs(wait.as_secs()))
             );
+            let reason = format!(
+                "crash loop: Docker restarted container {} {restarts} times within {}",
+                self.settings.container.name,
+                humantime::format_duration(quarantine::CRASH_LOOP_WINDOW)
+            );
+            self.failed = Some(Failed { sha, reason });
         }
         let held = self.quarantine.held(Instant::now());
         let (settings, environment) = (&self.settings, env.name.as_str());
@@ -234,11 +279,12 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
                 snapshot,
                 quarantine: &held,
                 now: Instant::now(),
-                rollout: None,
-                halted: None,
+                rollout: gate.map(|g| RolloutGate { now: SystemTime::now(), ..g }),
+                halted: halted.as_ref(),
             })
         };
         let decision = decide_on(&snapshot);
+        self.last_decision = Some(decision.why.clone());
         // Why the host runs something other than S3's release is logged when it starts.
         let why = std::mem::discriminant(&decision.why);
         if self.last_why != Some(why) && !matches!(decision.why, Why::Published | Why::Operator) {
@@ -268,9 +314,15 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
             options,
         )
         .await;
+        if let Ok(done) = &result {
+            self.last_decision = Some(done.decision.why.clone());
+        }
         match result {
             Ok(done) => {
                 if let Some(applied) = &done.applied {
+                    if matches!(applied.action, Action::Deployed { .. }) {
+                        self.fleet.metrics.record_deploy(true);
+                    }
                     if applied.action != Action::Unchanged {
                         tracing::info!(env = %env.name, sha = %applied.sha, container = %settings.container.name, "{}", applied.action);
                     }
@@ -297,12 +349,14 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
         let location = crate::pass::once::release_location(&self.settings, &env.name);
         let etag = self.published.as_ref().filter(|p| p.location == location).and_then(|p| p.etag.clone());
         let fetch = self.services.releases.fetch(&location, etag.as_deref());
+        self.fleet.metrics.add_s3_request();
         match shutdown.race(fetch).await? {
             Ok(Fetched::Changed(release)) => {
                 if self.published.as_ref().map(|p| &p.sha) != Some(&release.sha) {
                     tracing::info!(env = %env.name, sha = %release.sha, "desired release {} for {}", release.sha, env.name);
                 }
-                self.published = Some(Published { location, sha: release.sha, etag: release.etag });
+                let published_at = release.published_at;
+                self.published = Some(Published { location, sha: release.sha, etag: release.etag, published_at });
                 Ok(None)
             }
             Ok(Fetched::Unchanged) => {
@@ -313,12 +367,65 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
         }
     }
 
-    /// A release that failed its own probe counts towards its quarantine.
+    /// A release that failed its own probe counts towards its quarantine, as a failed deploy,
+    /// and is halted fleet-wide at the end of the pass.
     fn count_failure(&mut self, target: Option<&Sha>, failure: &PassError) {
         let (Some(sha), true) = (target, failure.failed_release()) else { return };
+        self.fleet.metrics.record_deploy(false);
+        self.failed = Some(Failed { sha: sha.clone(), reason: failure.to_string() });
         if let Some(Cause::FailedDeploys { times }) = self.quarantine.record_failure(sha, Instant::now()) {
             let wait = self.quarantine.remaining(sha, Instant::now()).unwrap_or_default();
             tracing::warn!(sha = %sha, "release {} failed to deploy {times} times in a row; holding it back for {} s", sha.short(), wait.as_secs());
+        }
+    }
+
+    /// Where this environment's halt markers live.
+    fn halt_prefix(&self, environment: &str) -> String {
+        let key = self.settings.release_key(environment).unwrap_or_default();
+        self.settings.rollout.halt_prefix_for(key, environment)
+    }
+
+    /// After a pass: halts a release that failed here (rolled back to what serves now), and
+    /// updates and writes the metrics.
+    async fn after_pass(&mut self, phase: &Phase) {
+        let serving = phase.serving().and_then(|s| Sha::parse(s).ok());
+        let env = self.environment.as_ref().map(|e| e.name.clone());
+        if let (Some(failed), Some(env)) = (self.failed.take(), env.as_deref()) {
+            if serving.as_ref().is_some_and(|s| *s != failed.sha) {
+                self.fleet.metrics.record_rollback();
+            }
+            let halts = self.services.halts.in_bucket(&self.settings.release.bucket);
+            let prefix = self.halt_prefix(env);
+            let published = self.published.as_ref().map(|p| p.sha.clone());
+            self.fleet
+                .halt(&halts, &prefix, env, &failed.sha, &failed.reason, serving.as_ref(), published.as_ref())
+                .await;
+        }
+        self.fleet.note_identity().await;
+        self.fleet.count_ecr_calls(self.services.credentials.api_calls());
+        let metrics = self.fleet.metrics.clone();
+        let why = self.last_decision.as_ref();
+        let state = match phase {
+            Phase::Degraded { .. } => "degraded",
+            Phase::Unconverged { .. } => "unconverged",
+            _ => match why {
+                Some(Why::Waiting { .. }) => "waiting",
+                Some(Why::Halted { .. }) => "halted",
+                Some(Why::Paused { .. }) => "paused",
+                _ => "converged",
+            },
+        };
+        let sha = serving.as_ref().map(Sha::as_str).unwrap_or("none");
+        metrics.set_release(env.as_deref().unwrap_or("unknown"), sha, state);
+        metrics.record_pass(phase.is_converged(), SystemTime::now());
+        let halted = self.published.as_ref().filter(|p| self.fleet.halt_of(&p.sha).is_some());
+        metrics.set_halted(halted.map(|p| p.sha.to_string()).into_iter().collect());
+        metrics.set_rollout_wait(match why {
+            Some(Why::Waiting { remaining, .. }) => *remaining,
+            _ => Duration::ZERO,
+        });
+        if let Some(path) = &self.settings.metrics.textfile {
+            self.fleet.write_metrics(path);
         }
     }
 
@@ -351,6 +458,7 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Reconciler for Agent<T
             Err(e) => Phase::after_pass(self.serving_now().await.map(|s| s.to_string()), Some(Problem::from(&e))),
         };
         self.note(phase.problem());
+        self.after_pass(&phase).await;
         self.note_route().await;
         LastPass::record(&self.settings.agent.state_dir, phase.problem().map(|p| p.text.as_str()));
         self.phase = phase.clone();
@@ -367,6 +475,7 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Reconciler for Agent<T
                 self.settings = settings;
                 self.environment = None;
                 self.published = None;
+                self.fleet.forget_halt();
                 if renamed {
                     self.watch_events();
                 }

@@ -121,6 +121,14 @@ impl Phase {
         }
     }
 
+    /// The SHA serving after the pass, if any.
+    pub fn serving(&self) -> Option<&str> {
+        match self {
+            Phase::Converged { serving } | Phase::Degraded { serving, .. } => Some(serving),
+            _ => None,
+        }
+    }
+
     pub fn is_converged(&self) -> bool {
         matches!(self, Phase::Converged { .. })
     }

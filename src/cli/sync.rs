@@ -68,7 +68,7 @@ pub async fn run(cli: &Cli, args: &SyncArgs) -> Result<(), Failure> {
     } else {
         eprintln!("blog-agent: {} {} in {}: {}", report.container, report.sha, report.environment, report.action);
     }
-    if let Some(note) = &report.paused {
+    for note in [&report.paused, &report.halted, &report.rollout].into_iter().flatten() {
         eprintln!("blog-agent: {note}");
     }
     if args.sha.is_some() && !args.dry_run {

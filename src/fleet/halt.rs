@@ -189,7 +189,13 @@ impl HaltMarkers {
         HaltMarkers { client: Arc::new(Regional::new(aws.clone(), s3_client)), bucket: bucket.into() }
     }
 
-    fn location(&self, key_prefix: &str, sha: &str) -> ObjectLocation {
+    /// The same client, for markers in `bucket` (the configured bucket after a reload).
+    pub fn in_bucket(&self, bucket: &str) -> HaltMarkers {
+        HaltMarkers { client: self.client.clone(), bucket: bucket.to_owned() }
+    }
+
+    /// Where the marker of `sha` under `key_prefix` lives.
+    pub fn location(&self, key_prefix: &str, sha: &str) -> ObjectLocation {
         ObjectLocation { bucket: self.bucket.clone(), key: format!("{key_prefix}{sha}") }
     }
 

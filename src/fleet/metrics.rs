@@ -100,7 +100,12 @@ impl Metrics {
 
     /// One ECR API call (GetAuthorizationToken).
     pub fn add_ecr_call(&self) {
-        self.ecr_calls.fetch_add(1, Ordering::Relaxed);
+        self.add_ecr_calls(1);
+    }
+
+    /// `n` ECR API calls.
+    pub fn add_ecr_calls(&self, n: u64) {
+        self.ecr_calls.fetch_add(n, Ordering::Relaxed);
     }
 
     /// The whole file, in the text exposition format: each metric with `# HELP` and `# TYPE`,

@@ -9,6 +9,7 @@
 //! (a registry only accepts tokens from its own region), else in the host's.
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -73,6 +74,11 @@ pub trait CredentialSource {
     fn credentials(&self) -> impl std::future::Future<Output = Result<RegistryCredentials, RegistryError>> + Send;
     /// Forgets cached credentials (the registry refused them).
     fn invalidate(&self);
+    /// API calls made so far (GetAuthorizationToken requests sent, cache hits not counted),
+    /// for the metrics.
+    fn api_calls(&self) -> u64 {
+        0
+    }
 }
 
 /// The region a token for `registry_host` must come from, when the host fixes it: an ECR
@@ -86,6 +92,7 @@ pub fn token_region(registry_host: &str) -> Option<Region> {
 pub struct Ecr {
     client: Regional<aws_sdk_ecr::Client>,
     cache: Mutex<Option<(RegistryCredentials, SystemTime)>>,
+    calls: AtomicU64,
 }
 
 impl Ecr {
@@ -95,11 +102,12 @@ impl Ecr {
         let client = Regional::pinned(aws.clone(), token_region(registry_host), |sdk, region| {
             aws_sdk_ecr::Client::from_conf(aws_sdk_ecr::config::Builder::from(sdk).region(region).build())
         });
-        Ecr { client, cache: Mutex::new(None) }
+        Ecr { client, cache: Mutex::new(None), calls: AtomicU64::new(0) }
     }
 
     async fn fetch(&self) -> Result<RegistryCredentials, RegistryError> {
         let client = self.client.get().await?;
+        self.calls.fetch_add(1, Ordering::Relaxed);
         let output = client.get_authorization_token().send().await.map_err(|err| {
             use aws_sdk_ecr::error::ProvideErrorMetadata;
             let detail = describe(&err);
@@ -133,6 +141,10 @@ impl CredentialSource for Ecr {
 
     fn invalidate(&self) {
         *self.cache.lock().unwrap() = None;
+    }
+
+    fn api_calls(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
     }
 }
 

@@ -24,6 +24,7 @@ use serde::Serialize;
 
 use crate::config::Settings;
 use crate::environment::EnvironmentError;
+use crate::fleet::halt::HaltMarkers;
 use crate::lock::LockError;
 use crate::outside::aws::Aws;
 use crate::outside::docker::{Engine, EngineError};
@@ -43,6 +44,9 @@ pub struct Services<T, R, C> {
     pub engine: Engine,
     /// The host ports' DNAT rules (`[traffic] mode = "switch"`).
     pub routes: Arc<dyn Routes>,
+    /// Halt markers, in `[release] bucket` as it was when the services were built (use
+    /// [`HaltMarkers::in_bucket`] for the current one).
+    pub halts: HaltMarkers,
 }
 
 /// The real services.
@@ -64,6 +68,7 @@ impl RealServices {
                 crate::outside::netfilter::Netfilter::with_prefix(&settings.traffic.chains)
                     .expect("[traffic] chains is validated with the config"),
             ),
+            halts: HaltMarkers::with_aws(&aws, settings.release.bucket.clone()),
         }
     }
 }

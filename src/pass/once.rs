@@ -1,19 +1,24 @@
-//! One reconcile pass (`blog-agent sync`): environment -> desired SHA -> lock -> observe ->
-//! decide -> execute (see [`crate::pass`]). Everything that can be refused (environment, SHA) is checked before the lock
+//! One reconcile pass (`blog-agent sync`): environment -> desired SHA (and its halt marker)
+//! -> lock -> observe -> decide -> execute (see [`crate::pass`]). A manual sync does not wait
+//! for this host's rollout wave: it deploys now, and says so when the host would have waited. Everything that can be refused (environment, SHA) is checked before the lock
 //! is taken or Docker is touched, so bad input changes nothing.
 
 use std::collections::HashMap;
+
+use std::time::Duration;
 
 use serde::Serialize;
 
 use crate::config::Settings;
 use crate::environment::{self, Environment};
+use crate::fleet::halt::Marker;
+use crate::fleet::rollout::{self, Gate};
 use crate::lock;
 use crate::outside::imds::TagSource;
 use crate::outside::registry::CredentialSource;
 use crate::outside::release::{Fetched, ObjectLocation, ReleaseError, ReleaseSource};
 use crate::pass::decide::{self, Wanted, Why};
-use crate::pass::execute::{self, Options};
+use crate::pass::execute::{self, FleetInputs, Options};
 use crate::pass::plan::Plan;
 use crate::pass::{Action, PassError, Services};
 use crate::runtime::shutdown::Shutdown;
@@ -50,6 +55,12 @@ pub struct SyncReport {
     /// `--dry-run`: the steps a real run would take.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub plan: Option<Vec<String>>,
+    /// Set when `run` would still wait for this host's rollout wave: the wait this sync skipped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<String>,
+    /// Set when S3's release is halted for the environment: what that changed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub halted: Option<String>,
 }
 
 /// Where the release file for `env` lives.
@@ -87,12 +98,16 @@ pub async fn sync_once<T: TagSource, R: ReleaseSource, C: CredentialSource>(
         Some(shutdown.race(lock::acquire(&settings.agent.state_dir, settings.agent.lock_timeout)).await??)
     };
     // Read S3 only now: after waiting for the lock, the object may have moved on.
+    let mut published_at = None;
     let wanted = match &request.sha {
         Some(sha) => Wanted::Operator(sha.clone()),
         None => {
             let location = release_location(settings, &env.name);
             match shutdown.race(services.releases.fetch(&location, None)).await?? {
-                Fetched::Changed(release) => Wanted::Published(release.sha),
+                Fetched::Changed(release) => {
+                    published_at = release.published_at;
+                    Wanted::Published(release.sha)
+                }
                 // An unconditional GET cannot be answered 304 by a well-behaved S3; an
                 // S3-compatible endpoint that does has told us nothing.
                 Fetched::Unchanged => {
@@ -104,10 +119,22 @@ pub async fn sync_once<T: TagSource, R: ReleaseSource, C: CredentialSource>(
             }
         }
     };
+    // A halted release is not applied by a manual sync either (`sync --sha` overrides a halt).
+    let marker = match &wanted {
+        Wanted::Published(sha) => halt_marker(settings, services, &env.name, sha, shutdown).await?,
+        _ => None,
+    };
     let no_quarantine = HashMap::new();
+    let fleet = FleetInputs { rollout: None, halted: marker.as_ref() };
     let (snapshot, decision) =
-        execute::observe_and_decide(settings, &services.engine, &env.name, &wanted, &no_quarantine, Default::default())
-            .await?;
+        execute::observe_and_decide(settings, &services.engine, &env.name, &wanted, &no_quarantine, fleet).await?;
+    let rollout = match (&wanted, published_at) {
+        (Wanted::Published(sha), Some(at)) => skipped_wave(settings, sha, at, snapshot.main_sha(), shutdown).await?,
+        _ => None,
+    };
+    if let Some(note) = &rollout {
+        tracing::info!("{note}");
+    }
     let Some(sha) = decision.target.clone() else { return Err(PassError::NothingToRun(decision.why)) };
     let span = tracing::info_span!("sync", env = %env.name, sha = %sha);
     let _entered = span.enter();
@@ -124,7 +151,7 @@ pub async fn sync_once<T: TagSource, R: ReleaseSource, C: CredentialSource>(
                 quarantine: &no_quarantine,
                 now: tokio::time::Instant::now(),
                 rollout: None,
-                halted: None,
+                halted: marker.as_ref(),
             })
         };
         let options = Options { probe_converged: true, rescue: false };
@@ -138,6 +165,14 @@ pub async fn sync_once<T: TagSource, R: ReleaseSource, C: CredentialSource>(
         Why::Paused { .. } => {
             Some(format!("{}: staying on {}; `blog-agent resume` to follow S3", decision.why, sha.short()))
         }
+        _ => None,
+    };
+    let halted = match &decision.why {
+        Why::Halted { release, .. } => Some(format!(
+            "{}: staying on {} (`blog-agent sync --sha {release}` deploys it anyway)",
+            decision.why,
+            sha.short()
+        )),
         _ => None,
     };
     let (action, container_id, plan) = match applied {
@@ -169,5 +204,60 @@ pub async fn sync_once<T: TagSource, R: ReleaseSource, C: CredentialSource>(
         action,
         paused,
         plan,
+        rollout,
+        halted,
     })
+}
+
+/// The halt marker of `sha`, or `None`. A marker that cannot be read does not stop a manual
+/// sync: it is logged, and the release is applied as before halts existed.
+async fn halt_marker<T, R, C>(
+    settings: &Settings,
+    services: &Services<T, R, C>,
+    environment: &str,
+    sha: &Sha,
+    shutdown: &Shutdown,
+) -> Result<Option<Marker>, PassError> {
+    let key = settings.release_key(environment).unwrap_or_default();
+    let prefix = settings.rollout.halt_prefix_for(key, environment);
+    let halts = services.halts.in_bucket(&settings.release.bucket);
+    match shutdown.race(halts.get(&prefix, sha)).await? {
+        Ok(marker) => Ok(marker),
+        Err(e) => {
+            tracing::warn!(sha = %sha, "cannot read the halt marker of {}: {e}; going on as if it were not halted", sha.short());
+            Ok(None)
+        }
+    }
+}
+
+/// When `run` would still wait for this host's wave of `sha` (published at `published_at`):
+/// the note that this sync deploys now instead. `None` with no spread, once the wave is open,
+/// or when the host has nothing of ours to serve meanwhile (it would not wait either).
+async fn skipped_wave(
+    settings: &Settings,
+    sha: &Sha,
+    published_at: std::time::SystemTime,
+    running: Option<&str>,
+    shutdown: &Shutdown,
+) -> Result<Option<String>, PassError> {
+    let spread = settings.rollout.spread;
+    if spread.is_zero() || running == Some(sha.as_str()) {
+        return Ok(None);
+    }
+    let identity = shutdown.race(crate::outside::imds::Imds::new().instance_id()).await?.ok();
+    let identity = rollout::resolve_identity(identity);
+    let now = std::time::SystemTime::now();
+    match rollout::gate(published_at, identity.seed(), spread, now, running.is_none()) {
+        Gate::Now => Ok(None),
+        Gate::Wait { until, remaining } => Ok(Some(format!(
+            "rollout: this host's wave for {} opens at {} (in {}; seed {:.2} from its {}, spread {}); \
+             a manual sync does not wait for it",
+            sha.short(),
+            humantime::format_rfc3339_seconds(until),
+            humantime::format_duration(Duration::from_secs(remaining.as_secs())),
+            identity.seed(),
+            identity.source,
+            humantime::format_duration(spread)
+        ))),
+    }
 }

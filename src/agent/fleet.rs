@@ -1,0 +1,470 @@
+//! The loop's part in the fleet ([`crate::fleet`]): this host's identity and rollout seed, what
+//! it knows of the published release's halt marker, halting a release that failed here, and
+//! the metrics textfile.
+//!
+//! S3 cost: the published SHA's marker is read when the loop first sees the SHA, and once more
+//! when this host's rollout wave opens (a canary may have halted it meanwhile), never on an
+//! idle poll. A host already running the published SHA reads nothing. While the published SHA
+//! is halted, its marker is read again on each full pass, so an `unhalt` is noticed within an
+//! interval. A marker read that fails is retried on the next full pass; meanwhile the release
+//! counts as not halted (S3 just answered the release read, so such a failure is brief, and the
+//! release still has to pass its own probes here). A marker is written once per failure.
+//!
+//! Reads and writes: halt markers (through [`HaltSource`]), the metrics textfile. Decides:
+//! nothing; [`crate::pass::decide`] reads [`Fleet::halt_of`].
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::task::JoinHandle;
+
+use crate::fleet::halt::{HaltSource, Marker};
+use crate::fleet::metrics::Metrics;
+use crate::fleet::rollout::{self, Gate, Identity};
+use crate::pass::decide::RolloutGate;
+use crate::sha::Sha;
+
+/// Longest reason written into a marker (the error that failed the release).
+const MAX_REASON_CHARS: usize = 500;
+
+/// This host's identity: resolved in the background at start, so the first pass does not wait
+/// on instance metadata (off EC2 it takes up to a few seconds to give up).
+enum IdentityState {
+    Pending(JoinHandle<Identity>),
+    Known(Identity),
+}
+
+/// What this host knows of the published SHA's halt marker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HaltKnown {
+    /// Not read yet, or the last read failed: read on the next full pass.
+    Unknown,
+    /// No marker. `rechecked`: read (again) once this host's wave was open, right before it
+    /// may apply the release; or no read is needed (this host already runs it).
+    Clear {
+        rechecked: bool,
+    },
+    Halted(Marker),
+}
+
+/// The loop's fleet memory.
+pub struct Fleet {
+    identity: IdentityState,
+    /// The published SHA the halt knowledge is about.
+    halt: Option<(Sha, HaltKnown)>,
+    pub metrics: Arc<Metrics>,
+    /// The last error writing the metrics textfile: logged when it changes, not every pass.
+    metrics_error: Option<String>,
+    /// ECR calls already added to the metrics.
+    ecr_calls_seen: u64,
+}
+
+impl Fleet {
+    /// Starts resolving this host's identity (instance metadata, else machine id, else
+    /// hostname) in the background.
+    pub fn start() -> Fleet {
+        let task = tokio::spawn(async {
+            let instance_id = crate::outside::imds::Imds::new().instance_id().await;
+            if let Err(why) = &instance_id {
+                tracing::debug!("no EC2 instance id ({why}): the rollout seed comes from the machine id or hostname");
+            }
+            rollout::resolve_identity(instance_id.ok())
+        });
+        Fleet::with(IdentityState::Pending(task))
+    }
+
+    /// A fleet memory with a known identity (tests).
+    pub fn with_identity(identity: Identity) -> Fleet {
+        Fleet::with(IdentityState::Known(identity))
+    }
+
+    fn with(identity: IdentityState) -> Fleet {
+        Fleet { identity, halt: None, metrics: Arc::new(Metrics::new()), metrics_error: None, ecr_calls_seen: 0 }
+    }
+
+    /// This host's identity, waiting for it if it is still being resolved.
+    pub async fn identity(&mut self) -> &Identity {
+        if let IdentityState::Pending(task) = &mut self.identity {
+            let identity = task.await.unwrap_or_else(|_| rollout::resolve_identity(None));
+            tracing::info!(
+                identity = %identity.value, source = %identity.source, seed = identity.seed(),
+                "rollout identity: {identity} (seed {:.3})", identity.seed()
+            );
+            self.identity = IdentityState::Known(identity);
+        }
+        match &self.identity {
+            IdentityState::Known(identity) => identity,
+            IdentityState::Pending(_) => unreachable!("resolved above"),
+        }
+    }
+
+    /// Takes (and logs) the identity if its resolution has finished, without waiting.
+    pub async fn note_identity(&mut self) {
+        if matches!(&self.identity, IdentityState::Pending(task) if task.is_finished()) {
+            self.identity().await;
+        }
+    }
+
+    /// The rollout gate of a release published at `published_at`, or `None` when there is no
+    /// wave to wait for (`spread` zero, or no publication time).
+    pub async fn gate(&mut self, spread: Duration, published_at: Option<SystemTime>) -> Option<RolloutGate> {
+        let published_at = published_at.filter(|_| !spread.is_zero())?;
+        let seed = self.identity().await.seed();
+        Some(RolloutGate { seed, spread, published_at, now: SystemTime::now() })
+    }
+
+    /// Forgets what it knows of halts (the configuration, and so the prefix, changed).
+    pub fn forget_halt(&mut self) {
+        self.halt = None;
+    }
+
+    /// The published SHA's marker, when this host knows it is halted.
+    pub fn halt_of(&self, sha: &Sha) -> Option<&Marker> {
+        match &self.halt {
+            Some((halted, HaltKnown::Halted(marker))) if halted == sha => Some(marker),
+            _ => None,
+        }
+    }
+
+    /// What this host knows of `sha`'s halt.
+    pub fn halt_known(&self, sha: &Sha) -> HaltKnown {
+        match &self.halt {
+            Some((known, state)) if known == sha => state.clone(),
+            _ => HaltKnown::Unknown,
+        }
+    }
+
+    /// After a read of S3 (a full pass): brings what this host knows of `published`'s halt up
+    /// to date, reading its marker only when that can change what the host does (see the
+    /// module docs). `running`: what served after the last pass; `wave_open`: this host may
+    /// apply `published` now as far as its rollout wave goes.
+    pub async fn check_halt(
+        &mut self,
+        halts: &impl HaltSource,
+        prefix: &str,
+        published: &Sha,
+        running: Option<&Sha>,
+        wave_open: bool,
+    ) {
+        let current = self.halt_known(published);
+        if running == Some(published) && !matches!(current, HaltKnown::Halted(_)) {
+            // Applied already: a halt would change nothing here.
+            self.halt = Some((published.clone(), HaltKnown::Clear { rechecked: true }));
+            return;
+        }
+        let read = match &current {
+            HaltKnown::Unknown | HaltKnown::Halted(_) => true,
+            HaltKnown::Clear { rechecked } => !rechecked && wave_open,
+        };
+        if !read {
+            return;
+        }
+        self.metrics.add_s3_request();
+        let next = match halts.get(prefix, published).await {
+            Ok(Some(marker)) => {
+                if !matches!(current, HaltKnown::Halted(_)) {
+                    let who = marker.by.as_deref().unwrap_or(&marker.instance_id);
+                    tracing::warn!(
+                        sha = %published, by = who, reason = %marker.reason,
+                        "release {} is halted for this environment by {who} at {}: {}; not applying it \
+                         (`blog-agent unhalt {published}` lets it go on)",
+                        published.short(), fmt_unix(marker.at), marker.reason
+                    );
+                }
+                HaltKnown::Halted(marker)
+            }
+            Ok(None) => {
+                if matches!(current, HaltKnown::Halted(_)) {
+                    tracing::info!(sha = %published, "release {} is no longer halted", published.short());
+                }
+                HaltKnown::Clear { rechecked: wave_open }
+            }
+            Err(e) => {
+                tracing::warn!(sha = %published, "cannot read the halt marker of {}: {e}; trying again at the next poll", published.short());
+                match current {
+                    halted @ HaltKnown::Halted(_) => halted,
+                    _ => HaltKnown::Unknown,
+                }
+            }
+        };
+        self.halt = Some((published.clone(), next));
+    }
+
+    /// Halts `sha` for `environment` fleet-wide after its deploy (or its container) failed
+    /// here, with `rolled_back_to` what serves now. Logged once; a marker already there (an
+    /// earlier host's) is kept. `published`: S3's SHA, whose halt this host now knows.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn halt(
+        &mut self,
+        halts: &impl HaltSource,
+        prefix: &str,
+        environment: &str,
+        sha: &Sha,
+        reason: &str,
+        rolled_back_to: Option<&Sha>,
+        published: Option<&Sha>,
+    ) {
+        let instance_id = self.identity().await.value.clone();
+        let reason: String = reason.chars().take(MAX_REASON_CHARS).collect();
+        let marker = Marker {
+            sha: sha.to_string(),
+            environment: environment.to_owned(),
+            instance_id,
+            reason,
+            at: crate::state::now_unix(),
+            rolled_back_to: rolled_back_to.filter(|r| *r != sha).map(Sha::to_string),
+            by: None,
+        };
+        let key = crate::fleet::halt::marker_key(prefix, sha);
+        self.metrics.add_s3_request();
+        match halts.mark(prefix, &marker).await {
+            Ok(true) => tracing::warn!(
+                sha = %sha, env = environment, key = %key,
+                "halted {} for {environment} fleet-wide ({key}): {}; {}; no host of {environment} applies it until \
+                 `blog-agent unhalt {sha}`",
+                sha.short(),
+                marker.reason,
+                match rolled_back_to {
+                    Some(to) => format!("this host serves {} again", to.short()),
+                    None => "nothing serves here".to_owned(),
+                }
+            ),
+            Ok(false) => {
+                tracing::info!(sha = %sha, key = %key, "{} was already halted for {environment} ({key})", sha.short())
+            }
+            Err(e) => {
+                tracing::warn!(sha = %sha, "could not halt {} fleet-wide: {e}; other hosts may try it too", sha.short())
+            }
+        }
+        if published == Some(sha) {
+            self.halt = Some((sha.clone(), HaltKnown::Halted(marker)));
+        }
+    }
+
+    /// Adds the ECR calls made since the last call (the credential source counts them).
+    pub fn count_ecr_calls(&mut self, total: u64) {
+        if total > self.ecr_calls_seen {
+            self.metrics.add_ecr_calls(total - self.ecr_calls_seen);
+        }
+        self.ecr_calls_seen = total;
+    }
+
+    /// Writes the metrics textfile. A failure is logged (once until it changes or clears) and
+    /// never fails the pass.
+    pub fn write_metrics(&mut self, path: &std::path::Path) {
+        match self.metrics.write(path) {
+            Ok(()) => {
+                if self.metrics_error.take().is_some() {
+                    tracing::info!(path = %path.display(), "metrics textfile written again");
+                }
+            }
+            Err(e) => {
+                let text = e.to_string();
+                if self.metrics_error.as_deref() != Some(text.as_str()) {
+                    tracing::warn!(path = %path.display(), "cannot write the metrics textfile: {text}");
+                }
+                self.metrics_error = Some(text);
+            }
+        }
+    }
+}
+
+/// Is this host's wave of `gate`'s release open now? `true` with no gate.
+pub fn wave_open(gate: Option<&RolloutGate>) -> bool {
+    gate.is_none_or(|g| rollout::gate(g.published_at, g.seed, g.spread, g.now, false) == Gate::Now)
+}
+
+fn fmt_unix(secs: u64) -> String {
+    humantime::format_rfc3339_seconds(SystemTime::UNIX_EPOCH + Duration::from_secs(secs)).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fleet::halt::{HaltError, MemoryHalts};
+    use crate::fleet::rollout::IdentitySource;
+
+    const PREFIX: &str = "staging/halted/";
+
+    fn sha(c: char) -> Sha {
+        Sha::parse(&c.to_string().repeat(40)).unwrap()
+    }
+
+    fn fleet() -> Fleet {
+        Fleet::with_identity(Identity { value: "i-0abc".into(), source: IdentitySource::InstanceId })
+    }
+
+    /// Counts reads, and can fail them.
+    #[derive(Default)]
+    struct Counting {
+        inner: MemoryHalts,
+        reads: std::sync::atomic::AtomicUsize,
+        fail: std::sync::atomic::AtomicBool,
+    }
+
+    impl HaltSource for Counting {
+        async fn get(&self, key_prefix: &str, sha: &Sha) -> Result<Option<Marker>, HaltError> {
+            self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(HaltError::Unavailable {
+                    action: "reading",
+                    location: crate::outside::release::ObjectLocation { bucket: "b".into(), key: "k".into() },
+                    detail: "503".into(),
+                });
+            }
+            self.inner.get(key_prefix, sha).await
+        }
+        async fn mark(&self, key_prefix: &str, marker: &Marker) -> Result<bool, HaltError> {
+            self.inner.mark(key_prefix, marker).await
+        }
+    }
+
+    impl Counting {
+        fn reads(&self) -> usize {
+            self.reads.load(std::sync::atomic::Ordering::SeqCst)
+        }
+        fn put(&self, halted: &Sha) {
+            let marker = Marker {
+                sha: halted.to_string(),
+                environment: "staging".into(),
+                instance_id: "i-canary".into(),
+                reason: "candidate probe: HTTP 500".into(),
+                at: 1,
+                rolled_back_to: None,
+                by: None,
+            };
+            self.inner.markers.lock().unwrap().insert(format!("{PREFIX}{halted}"), marker);
+        }
+        fn remove(&self, halted: &Sha) {
+            self.inner.markers.lock().unwrap().remove(&format!("{PREFIX}{halted}"));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_new_sha_s_marker_is_read_once_and_again_when_the_wave_opens() {
+        let (a, b) = (sha('a'), sha('b'));
+        let halts = Counting::default();
+        let mut f = fleet();
+        // First seen before this host's wave: one read.
+        f.check_halt(&halts, PREFIX, &a, Some(&b), false).await;
+        assert_eq!((halts.reads(), f.halt_known(&a)), (1, HaltKnown::Clear { rechecked: false }));
+        // Idle polls while waiting: nothing read.
+        for _ in 0..5 {
+            f.check_halt(&halts, PREFIX, &a, Some(&b), false).await;
+        }
+        assert_eq!(halts.reads(), 1);
+        // A canary halts it meanwhile; the wave opens: read once more, and it is seen.
+        halts.put(&a);
+        f.check_halt(&halts, PREFIX, &a, Some(&b), true).await;
+        assert_eq!(halts.reads(), 2);
+        assert_eq!(f.halt_of(&a).map(|m| m.instance_id.as_str()), Some("i-canary"));
+        // While halted, every full pass looks again, so an unhalt is noticed.
+        f.check_halt(&halts, PREFIX, &a, Some(&b), true).await;
+        assert_eq!(halts.reads(), 3);
+        halts.remove(&a);
+        f.check_halt(&halts, PREFIX, &a, Some(&b), true).await;
+        assert_eq!((halts.reads(), f.halt_of(&a)), (4, None));
+        assert_eq!(f.halt_known(&a), HaltKnown::Clear { rechecked: true });
+        // Then idle again.
+        f.check_halt(&halts, PREFIX, &a, Some(&b), true).await;
+        assert_eq!(halts.reads(), 4);
+        assert_eq!(
+            f.metrics.render().lines().find(|l| l.starts_with("blog_agent_s3_requests_total ")),
+            Some("blog_agent_s3_requests_total 4")
+        );
+    }
+
+    #[tokio::test]
+    async fn with_no_wave_to_wait_for_one_read_is_enough() {
+        let (a, b) = (sha('a'), sha('b'));
+        let halts = Counting::default();
+        let mut f = fleet();
+        for _ in 0..3 {
+            f.check_halt(&halts, PREFIX, &a, Some(&b), true).await;
+        }
+        assert_eq!(halts.reads(), 1);
+        // A host already running the published SHA reads nothing.
+        let mut f = fleet();
+        f.check_halt(&halts, PREFIX, &a, Some(&a), true).await;
+        assert_eq!(halts.reads(), 1);
+        // A new SHA is read again.
+        f.check_halt(&halts, PREFIX, &b, Some(&a), true).await;
+        assert_eq!(halts.reads(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_failed_read_is_retried_and_a_known_halt_survives_it() {
+        let (a, b) = (sha('a'), sha('b'));
+        let halts = Counting::default();
+        let mut f = fleet();
+        halts.fail.store(true, std::sync::atomic::Ordering::SeqCst);
+        f.check_halt(&halts, PREFIX, &a, Some(&b), true).await;
+        assert_eq!(f.halt_known(&a), HaltKnown::Unknown);
+        halts.fail.store(false, std::sync::atomic::Ordering::SeqCst);
+        halts.put(&a);
+        f.check_halt(&halts, PREFIX, &a, Some(&b), true).await;
+        assert!(f.halt_of(&a).is_some());
+        halts.fail.store(true, std::sync::atomic::Ordering::SeqCst);
+        f.check_halt(&halts, PREFIX, &a, Some(&b), true).await;
+        assert!(f.halt_of(&a).is_some(), "an unreadable marker does not unhalt");
+    }
+
+    #[tokio::test]
+    async fn a_failed_release_is_halted_with_its_rollback_target_and_the_first_marker_wins() {
+        let (a, b) = (sha('a'), sha('b'));
+        let halts = MemoryHalts::default();
+        let mut f = fleet();
+        f.halt(&halts, PREFIX, "staging", &a, "new version failed its health probe", Some(&b), Some(&a)).await;
+        let marker = halts.get(PREFIX, &a).await.unwrap().unwrap();
+        assert_eq!(marker.instance_id, "i-0abc");
+        assert_eq!(marker.environment, "staging");
+        assert_eq!(marker.rolled_back_to_sha(), Some(b.clone()));
+        assert_eq!(marker.by, None);
+        assert_eq!(f.halt_of(&a), Some(&marker), "this host knows at once");
+        // A second host's marker does not replace the first.
+        let mut other = Fleet::with_identity(Identity { value: "i-0def".into(), source: IdentitySource::InstanceId });
+        other.halt(&halts, PREFIX, "staging", &a, "x".repeat(2000).as_str(), None, None).await;
+        assert_eq!(halts.get(PREFIX, &a).await.unwrap().unwrap().instance_id, "i-0abc");
+        assert_eq!(other.halt_of(&a), None, "not the published SHA: nothing to remember");
+        // A rollback target that is the failed release itself is not one.
+        let halts = MemoryHalts::default();
+        f.halt(&halts, PREFIX, "staging", &a, "crash loop", Some(&a), None).await;
+        assert_eq!(halts.get(PREFIX, &a).await.unwrap().unwrap().rolled_back_to, None);
+        // Reasons are bounded.
+        let halts = MemoryHalts::default();
+        other.halt(&halts, PREFIX, "staging", &b, &"x".repeat(2000), None, None).await;
+        assert_eq!(halts.get(PREFIX, &b).await.unwrap().unwrap().reason.len(), MAX_REASON_CHARS);
+    }
+
+    #[tokio::test]
+    async fn the_gate_needs_a_spread_and_a_publication_time() {
+        let mut f = fleet();
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_750_000_000);
+        assert_eq!(f.gate(Duration::ZERO, Some(t)).await, None);
+        assert_eq!(f.gate(Duration::from_secs(60), None).await, None);
+        let gate = f.gate(Duration::from_secs(60), Some(t)).await.unwrap();
+        assert_eq!(gate.seed, rollout::seed("i-0abc"));
+        assert!(wave_open(Some(&gate)), "published long ago");
+        assert!(wave_open(None));
+        let fresh = RolloutGate { published_at: SystemTime::now(), now: SystemTime::now(), ..gate };
+        assert_eq!(wave_open(Some(&fresh)), rollout::seed("i-0abc") == 0.0);
+    }
+
+    #[test]
+    fn ecr_calls_are_added_as_they_grow() {
+        let mut f = fleet();
+        f.count_ecr_calls(2);
+        f.count_ecr_calls(2);
+        f.count_ecr_calls(5);
+        assert!(f.metrics.render().contains("\nblog_agent_ecr_calls_total 5\n"));
+    }
+
+    #[test]
+    fn a_metrics_write_failure_is_kept_not_raised() {
+        let mut f = fleet();
+        let path = std::path::Path::new("/proc/blog-agent-no-such-dir/blog_agent.prom");
+        f.write_metrics(path);
+        f.write_metrics(path);
+        assert!(f.metrics_error.is_some());
+    }
+}
