@@ -2,15 +2,21 @@
 //! (no lock held, nothing changed). The JSON form is a stable, versioned interface: fields are
 //! only ever added; see docs/status.md.
 
+use std::future::Future;
+use std::time::{Duration, SystemTime};
+
 use serde::Serialize;
 
 use crate::config::{Settings, TrafficMode};
 use crate::environment;
+use crate::fleet::halt::{HaltSource, Marker};
+use crate::fleet::rollout::{self, Gate, IdentitySource};
 use crate::outside::docker::Engine;
 use crate::outside::imds::TagSource;
 use crate::outside::netfilter::Netfilter;
 use crate::outside::release::{Fetched, ReleaseSource};
 use crate::pass::once::release_location;
+use crate::sha::Sha;
 use crate::spec::{LABEL_DIGEST, LABEL_SHA};
 use crate::state::{LastPass, Pause, State, StateReadError};
 
@@ -39,6 +45,45 @@ pub struct Status {
     pub converged: bool,
     /// How the host ports reach the container, and (switch mode) where each points now.
     pub traffic: TrafficStatus,
+    /// This host's place in every staged rollout, and its wave of the desired release.
+    pub rollout: RolloutStatus,
+    /// The desired release is halted for this environment (its marker).
+    pub halt: Option<HaltStatus>,
+    /// The halt marker could not be read.
+    pub halt_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RolloutStatus {
+    /// What the seed is computed from: the EC2 instance id, else the machine id or hostname.
+    pub identity: String,
+    /// `instance-id`, `machine-id`, `hostname` or `none`.
+    pub identity_source: String,
+    /// This host's seed in [0, 1): its wave opens at Last-Modified + seed x spread.
+    pub seed: f64,
+    /// `[rollout] spread` in seconds; 0: every release at once.
+    pub spread_seconds: f64,
+    /// RFC 3339: when this host may apply the desired release (its wave); null with no spread
+    /// or no publication time.
+    pub applies_at: Option<String>,
+    /// The host keeps what it runs until `applies_at` (the desired release is new here).
+    pub waiting: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HaltStatus {
+    pub sha: String,
+    /// Where the marker is.
+    pub uri: String,
+    pub reason: String,
+    /// The host that halted it (instance id, machine id or hostname).
+    pub instance_id: String,
+    /// The operator, when `blog-agent halt` wrote it.
+    pub by: Option<String>,
+    /// Unix seconds.
+    pub at: u64,
+    /// What the halting host rolled back to; a host with nothing serving takes it.
+    pub rolled_back_to: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -76,6 +121,11 @@ pub enum TargetSource {
     Pinned,
     /// Paused: the version the container carries (else the last good one).
     Paused,
+    /// S3's release is new and this host's rollout wave has not opened: what it runs.
+    Rollout,
+    /// S3's release is halted: what the host runs, else the halting host's rollback target,
+    /// else the last good one.
+    Halted,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -91,6 +141,8 @@ pub struct PublishedStatus {
     pub etag: Option<String>,
     /// RFC 3339, when this command read it.
     pub read_at: String,
+    /// RFC 3339: the object's Last-Modified, when CI published it (the rollout's start).
+    pub published_at: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -113,11 +165,15 @@ pub struct HealthStatus {
 }
 
 /// Gathers the status. Every part is best-effort: a failing part is reported, not fatal.
+/// `instance_id`: the EC2 instance id read (for the rollout identity), run beside the rest.
+#[allow(clippy::too_many_arguments)]
 pub async fn gather(
     settings: &Settings,
     env_flag: Option<&str>,
     tags: &impl TagSource,
     releases: &impl ReleaseSource,
+    halts: &impl HaltSource,
+    instance_id: impl Future<Output = Option<String>>,
     engine: Option<&Engine>,
     engine_error: Option<String>,
 ) -> Status {
@@ -145,22 +201,76 @@ pub async fn gather(
         target: None,
         converged: false,
         traffic: TrafficStatus { mode: settings.traffic.mode.to_string(), ports: Vec::new(), error: None },
+        rollout: RolloutStatus {
+            identity: String::new(),
+            identity_source: String::new(),
+            seed: 0.0,
+            spread_seconds: settings.rollout.spread.as_secs_f64(),
+            applies_at: None,
+            waiting: false,
+        },
+        halt: None,
+        halt_error: None,
     };
     let mut last_good = None;
-    match environment::resolve(env_flag, settings, tags).await {
+    let mut published_at = None;
+    let env_and_release = async {
+        let env = environment::resolve(env_flag, settings, tags).await;
+        let release = match &env {
+            Ok(env) => {
+                let location = release_location(settings, &env.name);
+                let fetched = releases.fetch(&location, None).await;
+                let marker = match &fetched {
+                    Ok(Fetched::Changed(release)) => {
+                        let key = settings.release_key(&env.name).unwrap_or_default();
+                        let prefix = settings.rollout.halt_prefix_for(key, &env.name);
+                        let uri = crate::outside::release::ObjectLocation {
+                            bucket: settings.release.bucket.clone(),
+                            key: crate::fleet::halt::marker_key(&prefix, &release.sha),
+                        };
+                        Some((halts.get(&prefix, &release.sha).await, uri))
+                    }
+                    _ => None,
+                };
+                Some((location, fetched, marker))
+            }
+            Err(_) => None,
+        };
+        (env, release)
+    };
+    let (instance_id, (env, release)) = tokio::join!(instance_id, env_and_release);
+    let identity = rollout::resolve_identity(instance_id);
+    status.rollout.identity = identity.value.clone();
+    status.rollout.identity_source = match identity.source {
+        IdentitySource::InstanceId => "instance-id",
+        IdentitySource::MachineId => "machine-id",
+        IdentitySource::Hostname => "hostname",
+        IdentitySource::Unknown => "none",
+    }
+    .to_owned();
+    status.rollout.seed = identity.seed();
+    match env {
         Ok(env) => {
-            let location = release_location(settings, &env.name);
-            match releases.fetch(&location, None).await {
-                Ok(Fetched::Changed(release)) => {
-                    status.desired = Some(PublishedStatus {
-                        sha: release.sha.to_string(),
-                        uri: location.to_string(),
-                        etag: release.etag,
-                        read_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
-                    })
+            if let Some((location, fetched, marker)) = release {
+                match fetched {
+                    Ok(Fetched::Changed(release)) => {
+                        published_at = release.published_at;
+                        status.desired = Some(PublishedStatus {
+                            sha: release.sha.to_string(),
+                            uri: location.to_string(),
+                            etag: release.etag,
+                            read_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+                            published_at: release.published_at.map(rfc3339),
+                        })
+                    }
+                    Ok(Fetched::Unchanged) => {}
+                    Err(e) => status.desired_error = Some(e.to_string()),
                 }
-                Ok(Fetched::Unchanged) => {}
-                Err(e) => status.desired_error = Some(e.to_string()),
+                match marker {
+                    Some((Ok(Some(marker)), uri)) => status.halt = Some(halt_status(marker, uri.to_string())),
+                    Some((Err(e), _)) => status.halt_error = Some(e.to_string()),
+                    _ => {}
+                }
             }
             if let Ok(state) = &state {
                 last_good = state.last_good_in(&env.name).map(|g| g.sha.clone());
@@ -229,11 +339,24 @@ pub async fn gather(
     }
     status.last_good_sha = state.ok().and_then(|s| s.last_good).map(|g| g.sha);
     let running = status.container.as_ref().filter(|c| c.managed).and_then(|c| c.sha.as_deref());
+    if let (Some(desired), Some(at)) = (&status.desired, published_at.filter(|_| !settings.rollout.spread.is_zero())) {
+        let spread = settings.rollout.spread;
+        status.rollout.applies_at = Some(rfc3339(rollout::apply_at(at, identity.seed(), spread)));
+        let new_here = running != Some(desired.sha.as_str());
+        status.rollout.waiting = new_here
+            && matches!(
+                rollout::gate(at, identity.seed(), spread, SystemTime::now(), running.is_none()),
+                Gate::Wait { .. }
+            );
+    }
+    let halted = status.halt.as_ref().map(|h| h.rolled_back_to.as_deref().filter(|r| Sha::parse(r).is_ok()));
     status.target = meant_to_run(
         status.desired.as_ref().map(|d| d.sha.as_str()),
         status.paused.as_ref(),
         running,
         last_good.as_deref(),
+        halted,
+        status.rollout.waiting,
     );
     status.converged = match (&status.target, &status.container) {
         (Some(t), Some(c)) => running == Some(t.sha.as_str()) && c.health.ok,
@@ -245,19 +368,45 @@ pub async fn gather(
 /// The version the host is meant to run: S3's, unless updates are paused; then the pinned
 /// one (`sync --sha`: what the operator asked for), else the one the container carries, else
 /// the last good one. While the state cannot be read, S3's is the best guess (`state_error`
-/// says so).
+/// says so). Not paused, the fleet may hold S3's back, as the agent's decision does:
+/// `halted` (Some, with the marker's rollback target) keeps what runs, else takes the rollback
+/// target, else the last good one; `waiting` (this host's wave is not open) keeps what runs.
 fn meant_to_run(
     desired: Option<&str>,
     pause: Option<&Pause>,
     running: Option<&str>,
     last_good: Option<&str>,
+    halted: Option<Option<&str>>,
+    waiting: bool,
 ) -> Option<TargetStatus> {
-    let (sha, source) = match pause {
-        None => (desired?, TargetSource::S3),
-        Some(Pause { pinned_sha: Some(pinned), .. }) => (pinned.as_str(), TargetSource::Pinned),
-        Some(_) => (running.or(last_good)?, TargetSource::Paused),
+    let (sha, source) = match (pause, halted) {
+        (None, Some(rolled_back_to)) => {
+            let desired = desired?;
+            let other = |s: &&str| *s != desired;
+            (running.or(rolled_back_to.filter(other)).or(last_good.filter(other))?, TargetSource::Halted)
+        }
+        (None, None) if waiting => (running?, TargetSource::Rollout),
+        (None, None) => (desired?, TargetSource::S3),
+        (Some(Pause { pinned_sha: Some(pinned), .. }), _) => (pinned.as_str(), TargetSource::Pinned),
+        (Some(_), _) => (running.or(last_good)?, TargetSource::Paused),
     };
     Some(TargetStatus { sha: sha.to_owned(), source })
+}
+
+fn halt_status(marker: Marker, uri: String) -> HaltStatus {
+    HaltStatus {
+        sha: marker.sha,
+        uri,
+        reason: marker.reason,
+        instance_id: marker.instance_id,
+        by: marker.by,
+        at: marker.at,
+        rolled_back_to: marker.rolled_back_to,
+    }
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
 }
 
 /// One line for a state file `status` could not read, with what to do about it.
@@ -341,9 +490,29 @@ pub fn render_text(s: &Status) -> String {
             (None, None) => "automatic".into(),
         },
     );
+    line("identity", identity_text(&s.rollout));
+    line("rollout", rollout_text(s, SystemTime::now()));
+    match (&s.halt, &s.halt_error) {
+        (Some(h), _) => line(
+            "halted",
+            format!(
+                "{} by {} at {}: {}{}; `blog-agent unhalt {}` lets it go on",
+                h.sha,
+                h.by.as_deref().unwrap_or(&h.instance_id),
+                fmt_unix(h.at),
+                h.reason,
+                h.rolled_back_to.as_deref().map(|r| format!(" (rolled back to {r})")).unwrap_or_default(),
+                h.sha
+            ),
+        ),
+        (None, Some(err)) => line("halted", format!("UNKNOWN: {err}")),
+        (None, None) => {}
+    }
     if let Some(t) = s.target.as_ref().filter(|t| t.source != TargetSource::S3) {
         let why = match t.source {
             TargetSource::Pinned => "pinned by `blog-agent sync --sha`",
+            TargetSource::Rollout => "keeping this version until this host's rollout wave",
+            TargetSource::Halted => "S3's release is halted",
             _ => "paused: holding this version",
         };
         line("target", format!("{} ({why})", t.sha));
@@ -358,6 +527,49 @@ pub fn render_text(s: &Status) -> String {
     }
     line("converged", if s.converged { "yes".into() } else { "NO".into() });
     out
+}
+
+/// `instance id i-0abc (seed 0.41)`.
+fn identity_text(r: &RolloutStatus) -> String {
+    let source = match r.identity_source.as_str() {
+        "instance-id" => "instance id",
+        "machine-id" => "machine id",
+        "none" => return format!("none readable (seed {:.2}, shared by every such host)", r.seed),
+        other => other,
+    };
+    format!("{source} {} (seed {:.2})", r.identity, r.seed)
+}
+
+/// `B applies at 12:03:10 UTC (seed 0.41, spread 15m)` while waiting.
+fn rollout_text(s: &Status, now: SystemTime) -> String {
+    let r = &s.rollout;
+    if r.spread_seconds == 0.0 {
+        return "every release at once ([rollout] spread 0s)".into();
+    }
+    let spread = humantime::format_duration(Duration::from_secs_f64(r.spread_seconds.round()));
+    let at = r.applies_at.as_deref().and_then(|a| humantime::parse_rfc3339(a).ok());
+    let sha = s.desired.as_ref().map(|d| d.sha.as_str()).unwrap_or("-");
+    let short = &sha[..sha.len().min(12)];
+    match at {
+        Some(at) if r.waiting => {
+            let remaining = at.duration_since(now).unwrap_or_default();
+            // Today's time of day is enough within a day; beyond, the whole date.
+            let when = if remaining < Duration::from_secs(12 * 3600) {
+                format!("{} UTC", &rfc3339(at)[11..19])
+            } else {
+                rfc3339(at)
+            };
+            format!(
+                "{short} applies at {when} (seed {:.2}, spread {spread}; in {})",
+                r.seed,
+                humantime::format_duration(Duration::from_secs(remaining.as_secs()))
+            )
+        }
+        Some(at) => {
+            format!("{short}: this host's wave opened at {} (seed {:.2}, spread {spread})", rfc3339(at), r.seed)
+        }
+        None => format!("spread {spread} (seed {:.2})", r.seed),
+    }
 }
 
 fn fmt_unix(secs: u64) -> String {
@@ -402,8 +614,56 @@ mod tests {
             ("paused, nothing to go on", s3, Some(pause(None)), None, None, None),
         ];
         for (name, desired, pause, running, last_good, want) in cases {
-            assert_eq!(meant_to_run(desired, pause.as_ref(), running, last_good), want, "{name}");
+            assert_eq!(meant_to_run(desired, pause.as_ref(), running, last_good, None, false), want, "{name}");
         }
+    }
+
+    /// The fleet holds S3's release back as the agent's decision does: `status` must not call
+    /// a waiting or halted host unconverged.
+    #[test]
+    fn waiting_and_halted_hosts_are_compared_with_what_they_keep() {
+        let target = |sha: &str, source| Some(TargetStatus { sha: sha.into(), source });
+        let (s3, run, good, back) = (Some("aaaaaaa"), Some("ccccccc"), Some("ddddddd"), Some("bbbbbbb"));
+        type Case<'a> = (&'a str, Option<Pause>, Option<&'a str>, Option<Option<&'a str>>, bool, Option<TargetStatus>);
+        let cases: Vec<Case> = vec![
+            ("waiting: what runs", None, run, None, true, target("ccccccc", TargetSource::Rollout)),
+            ("waiting, nothing runs (cannot happen: no wait)", None, None, None, true, None),
+            ("halted: what runs", None, run, Some(back), false, target("ccccccc", TargetSource::Halted)),
+            (
+                "halted, nothing runs: the rollback target",
+                None,
+                None,
+                Some(back),
+                false,
+                target("bbbbbbb", TargetSource::Halted),
+            ),
+            (
+                "halted, nothing runs, no target: last good",
+                None,
+                None,
+                Some(None),
+                false,
+                target("ddddddd", TargetSource::Halted),
+            ),
+            ("halted beats waiting", None, run, Some(None), true, target("ccccccc", TargetSource::Halted)),
+            ("paused beats both", Some(pause(None)), run, Some(back), true, target("ccccccc", TargetSource::Paused)),
+            (
+                "pinned beats both",
+                Some(pause(Some("eeeeeee"))),
+                run,
+                Some(back),
+                true,
+                target("eeeeeee", TargetSource::Pinned),
+            ),
+        ];
+        for (name, pause, running, halted, waiting, want) in cases {
+            assert_eq!(meant_to_run(s3, pause.as_ref(), running, good, halted, waiting), want, "{name}");
+        }
+        assert_eq!(
+            meant_to_run(s3, None, None, Some("aaaaaaa"), Some(Some("aaaaaaa")), false),
+            None,
+            "never the halted one"
+        );
     }
 
     fn status() -> Status {
@@ -422,7 +682,71 @@ mod tests {
             target: None,
             converged: false,
             traffic: TrafficStatus { mode: "publish".into(), ports: Vec::new(), error: None },
+            rollout: RolloutStatus {
+                identity: "i-0abc".into(),
+                identity_source: "instance-id".into(),
+                seed: 0.41,
+                spread_seconds: 0.0,
+                applies_at: None,
+                waiting: false,
+            },
+            halt: None,
+            halt_error: None,
         }
+    }
+
+    #[test]
+    fn rollout_identity_and_halt_lines() {
+        let mut s = status();
+        let text = render_text(&s);
+        assert!(text.contains("identity       instance id i-0abc (seed 0.41)"), "{text}");
+        assert!(text.contains("rollout        every release at once ([rollout] spread 0s)"), "{text}");
+        assert!(!text.contains("halted"), "{text}");
+        s.rollout.spread_seconds = 900.0;
+        s.rollout.waiting = true;
+        s.rollout.applies_at = Some("2025-06-15T12:03:10Z".into());
+        s.desired = Some(PublishedStatus {
+            sha: "bbbbbbb".into(),
+            uri: "s3://b/staging/stagebuild.txt".into(),
+            etag: None,
+            read_at: "2025-06-15T12:00:00Z".into(),
+            published_at: Some("2025-06-15T11:57:00Z".into()),
+        });
+        let now = humantime::parse_rfc3339("2025-06-15T12:00:00Z").unwrap();
+        assert_eq!(rollout_text(&s, now), "bbbbbbb applies at 12:03:10 UTC (seed 0.41, spread 15m; in 3m 10s)");
+        s.rollout.waiting = false;
+        assert_eq!(
+            rollout_text(&s, now),
+            "bbbbbbb: this host's wave opened at 2025-06-15T12:03:10Z (seed 0.41, spread 15m)"
+        );
+        s.rollout.identity_source = "hostname".into();
+        s.rollout.identity = "web-1".into();
+        assert!(render_text(&s).contains("identity       hostname web-1 (seed 0.41)"));
+        s.halt = Some(HaltStatus {
+            sha: "bbbbbbb".into(),
+            uri: "s3://b/staging/halted/bbbbbbb".into(),
+            reason: "candidate probe: HTTP 500".into(),
+            instance_id: "i-0abc".into(),
+            by: None,
+            at: 1_750_000_000,
+            rolled_back_to: Some("aaaaaaa".into()),
+        });
+        s.target = Some(TargetStatus { sha: "aaaaaaa".into(), source: TargetSource::Halted });
+        let text = render_text(&s);
+        assert!(
+            text.contains(
+                "halted         bbbbbbb by i-0abc at 2025-06-15T15:06:40Z: candidate probe: HTTP 500 (rolled back to aaaaaaa); \
+                 `blog-agent unhalt bbbbbbb` lets it go on"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("target         aaaaaaa (S3's release is halted)"), "{text}");
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["target"]["source"], "halted");
+        assert_eq!(json["halt"]["rolled_back_to"], "aaaaaaa");
+        assert_eq!(json["rollout"]["identity_source"], "hostname");
+        assert_eq!(json["rollout"]["spread_seconds"], 900.0);
+        assert_eq!(json["desired"]["published_at"], "2025-06-15T11:57:00Z");
     }
 
     #[test]

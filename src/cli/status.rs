@@ -3,6 +3,7 @@
 use clap::Args;
 
 use super::{exit, Cli, Failure};
+use crate::fleet::halt::HaltMarkers;
 use crate::outside::docker::Engine;
 use crate::outside::imds::Imds;
 use crate::outside::release::S3Releases;
@@ -25,11 +26,15 @@ pub async fn run(cli: &Cli, args: &StatusArgs) -> Result<(), Failure> {
     };
     let aws = crate::outside::aws::Aws::load(&settings.image.repository.registry).await;
     let releases = S3Releases::with_aws(&aws);
+    let halts = HaltMarkers::with_aws(&aws, settings.release.bucket.clone());
+    let instance_id = async { Imds::new().instance_id().await.ok() };
     let status = crate::host_status::gather(
         &settings,
         cli.environment.as_deref(),
         &Imds::new(),
         &releases,
+        &halts,
+        instance_id,
         engine.as_ref(),
         engine_error,
     )
