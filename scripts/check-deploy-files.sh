@@ -124,6 +124,28 @@ for env in staging production; do
   other=$([ $env = staging ] && echo production/prodbuild.txt || echo staging/stagebuild.txt)
   own=$([ $env = staging ] && echo staging/stagebuild.txt || echo production/prodbuild.txt)
   if grep -q "$own" "$f" && ! grep -q "$other" "$f"; then ok "$f grants only $own"; else fail "$f grants only $own"; fi
+  # Halt markers: read, write and remove under the environment's own halted/ prefix only.
+  own_halt="$(dirname "$own")/halted/*"
+  other_halt="$(dirname "$other")/halted/"
+  if out=$(/usr/bin/python3 - "$f" "$own_halt" <<'EOF' 2>&1
+import json, sys
+policy, prefix = json.load(open(sys.argv[1])), sys.argv[2]
+want = {"s3:GetObject", "s3:PutObject", "s3:DeleteObject"}
+for st in policy["Statement"]:
+    actions = st["Action"] if isinstance(st["Action"], list) else [st["Action"]]
+    resources = st["Resource"] if isinstance(st["Resource"], list) else [st["Resource"]]
+    if {"s3:PutObject", "s3:DeleteObject"} & set(actions):
+        if resources != [f"arn:aws:s3:::blog-artifacts/{prefix}"]:
+            sys.exit(f"{st.get('Sid')}: writes to {resources}, expected only {prefix}")
+        want -= set(actions)
+if want:
+    sys.exit(f"no grant of {sorted(want)} on {prefix}")
+EOF
+  ) && ! grep -q "$other_halt" "$f"; then
+    ok "$f writes only $own_halt"
+  else
+    fail "$f writes only $own_halt" "$out"
+  fi
 done
 
 if [ $failures -gt 0 ]; then
