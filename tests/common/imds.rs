@@ -1,6 +1,8 @@
 //! A small IMDSv2 stand-in: token PUT with TTL header, 401 without a token, instance tags
 //! under `/latest/meta-data/tags/instance/`, 404 for a missing tag, and the region under
-//! `/latest/meta-data/placement/region` once [`FakeImds::set_region`] gives one (404 before).
+//! `/latest/meta-data/placement/region` once [`FakeImds::set_region`] gives one (404 before),
+//! and the instance id under `/latest/meta-data/instance-id` once [`FakeImds::set_instance_id`]
+//! gives one (404 before, as every other path).
 //! moto serves IMDS tokens but answers 500 on tag paths, so the tests bring their own.
 
 use std::collections::HashMap;
@@ -21,6 +23,7 @@ pub struct FakeImds {
     /// The region, and from when it is answered: a region read before then is held until then.
     region: Arc<Mutex<Option<(String, Instant)>>>,
     pub region_reads: Arc<AtomicUsize>,
+    instance_id: Arc<Mutex<Option<String>>>,
 }
 
 /// What the server threads share.
@@ -31,6 +34,7 @@ struct Shared {
     delay: Arc<Mutex<Duration>>,
     region: Arc<Mutex<Option<(String, Instant)>>>,
     region_reads: Arc<AtomicUsize>,
+    instance_id: Arc<Mutex<Option<String>>>,
 }
 
 impl FakeImds {
@@ -42,12 +46,14 @@ impl FakeImds {
         let delay = Arc::new(Mutex::new(Duration::ZERO));
         let region = Arc::new(Mutex::new(None));
         let region_reads = Arc::new(AtomicUsize::new(0));
+        let instance_id = Arc::new(Mutex::new(None));
         let shared = Shared {
             tags: tags.clone(),
             tag_reads: tag_reads.clone(),
             delay: delay.clone(),
             region: region.clone(),
             region_reads: region_reads.clone(),
+            instance_id: instance_id.clone(),
         };
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
@@ -55,7 +61,12 @@ impl FakeImds {
                 std::thread::spawn(move || serve(stream, &shared));
             }
         });
-        FakeImds { endpoint, tags, tag_reads, delay, region, region_reads }
+        FakeImds { endpoint, tags, tag_reads, delay, region, region_reads, instance_id }
+    }
+
+    /// Answers `id` on the instance id path (an EC2 host's identity for the rollout seed).
+    pub fn set_instance_id(&self, id: &str) {
+        *self.instance_id.lock().unwrap() = Some(id.to_owned());
     }
 
     /// Answers `region` on the region path, but only from `after` from now: a read before then
@@ -112,6 +123,11 @@ fn serve(stream: TcpStream, shared: &Shared) {
             shared.tag_reads.fetch_add(1, Ordering::SeqCst);
             match shared.tags.lock().unwrap().get(tag) {
                 Some(v) => (200, String::new(), v.clone()),
+                None => (404, String::new(), String::new()),
+            }
+        } else if path == "/latest/meta-data/instance-id" {
+            match shared.instance_id.lock().unwrap().clone() {
+                Some(id) => (200, String::new(), id),
                 None => (404, String::new(), String::new()),
             }
         } else if path == "/latest/meta-data/placement/region" {

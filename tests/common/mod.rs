@@ -517,3 +517,17 @@ pub fn netfilter_lock() -> std::os::unix::net::UnixListener {
         std::os::unix::net::UnixListener::bind_addr(&addr).ok()
     })
 }
+
+impl Host {
+    /// Points this host at `leader`'s bucket and image repository, as hosts of one fleet share
+    /// the release bucket and the ECR repository: one release written to `leader` reaches them
+    /// all. The host keeps its own container name, port, state dir and label; its own bucket
+    /// stays (empty). Call before starting the agent.
+    pub fn share_release_with(&mut self, leader: &Host) {
+        self.bucket = leader.bucket.clone();
+        self.s3_endpoint = leader.s3_endpoint.clone();
+        self.registry = leader.registry.clone();
+        self.repo = leader.repo.clone();
+        self.write_config("");
+    }
+}
