@@ -176,6 +176,14 @@ fn crash_looping_release_is_rolled_back_with_backoff() {
     assert!(logs.contains("next try in"), "{logs}");
     // Quarantined: the bad release is not redeployed on the next polls.
     assert_keeps_serving(&host, &v1, Duration::from_secs(3));
+    // And halted for the fleet, with the version this host went back to.
+    let key = format!("staging/halted/{bad}");
+    let marker =
+        host.s3(|c, b| async move { c.get_object().bucket(b).key(key).send().await.ok()?.body.collect().await.ok() });
+    let marker: serde_json::Value = serde_json::from_slice(&marker.expect("halt marker").to_vec()).unwrap();
+    assert_eq!(marker["rolled_back_to"], v1.as_str(), "{marker}");
+    assert!(marker["reason"].as_str().unwrap().starts_with("crash loop: Docker restarted container"), "{marker}");
+    assert!(agent.logs().contains(&format!("halted {} for staging fleet-wide", &bad[..12])), "{}", agent.logs());
 }
 
 #[test]
@@ -461,6 +469,11 @@ fn a_release_whose_cut_over_keeps_failing_is_held_back() {
     assert_eq!(tries(&agent.logs()), after_hold, "no more cut-overs while held:\n{}", agent.logs());
     // The first deploy, then three tries of the new spec.
     assert_eq!(after_hold, 1 + 3, "held after three failures:\n{}", agent.logs());
+    // The release was not at fault (this host's new spec was): it is not halted fleet-wide.
+    let halted = host.s3(|c, b| async move {
+        c.list_objects_v2().bucket(b).prefix("staging/halted/").send().await.unwrap().key_count().unwrap_or(0)
+    });
+    assert_eq!(halted, 0, "a failed spec change halts nothing:\n{}", agent.logs());
     agent.assert_alive();
     drop(holder);
 }

@@ -303,6 +303,7 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
         }
         let options = Options { probe_converged: false, rescue: true };
         let target = decision.target.clone();
+        let served_before = snapshot.serving_sha().and_then(|s| Sha::parse(s).ok());
         let result = execute::execute_decision(
             settings,
             &self.services,
@@ -331,13 +332,13 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
                     }
                 }
                 if let Some(failure) = &done.rescued_from {
-                    self.count_failure(target.as_ref(), failure);
+                    self.count_failure(target.as_ref(), served_before.as_ref(), failure);
                     problem = Some(Problem::from(failure));
                 }
                 Ok((done.applied.map(|a| a.sha), problem))
             }
             Err(e) => {
-                self.count_failure(target.as_ref(), &e);
+                self.count_failure(target.as_ref(), served_before.as_ref(), &e);
                 Err(e)
             }
         }
@@ -368,11 +369,15 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
     }
 
     /// A release that failed its own probe counts towards its quarantine, as a failed deploy,
-    /// and is halted fleet-wide at the end of the pass.
-    fn count_failure(&mut self, target: Option<&Sha>, failure: &PassError) {
+    /// and is halted fleet-wide at the end of the pass, unless it is the release that served
+    /// here before the pass: then what failed is this host's new container spec (a changed
+    /// config), not the release, and the fleet has no reason to stop it.
+    fn count_failure(&mut self, target: Option<&Sha>, served_before: Option<&Sha>, failure: &PassError) {
         let (Some(sha), true) = (target, failure.failed_release()) else { return };
         self.fleet.metrics.record_deploy(false);
-        self.failed = Some(Failed { sha: sha.clone(), reason: failure.to_string() });
+        if served_before != Some(sha) {
+            self.failed = Some(Failed { sha: sha.clone(), reason: failure.to_string() });
+        }
         if let Some(Cause::FailedDeploys { times }) = self.quarantine.record_failure(sha, Instant::now()) {
             let wait = self.quarantine.remaining(sha, Instant::now()).unwrap_or_default();
             tracing::warn!(sha = %sha, "release {} failed to deploy {times} times in a row; holding it back for {} s", sha.short(), wait.as_secs());
