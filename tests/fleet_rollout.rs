@@ -328,6 +328,22 @@ fn a_fleet_rolls_out_in_seed_order_and_halts_a_bad_release_at_the_first_host() {
     for line in ["blog_agent_deploys_total{result=\"failure\"} 1", "blog_agent_rollbacks_total 1"] {
         assert!(canary.lines().any(|l| l == line), "{line} in:\n{canary}");
     }
+    assert_metrics_parse(&canary);
+    let samples = |name: &str| -> f64 {
+        let line =
+            canary.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap_or_else(|| panic!("{name}: {canary}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    // Three pulls on this host, with a token from ECR (reused for a minute at most).
+    assert!(samples("blog_agent_ecr_calls_total") >= 1.0, "{canary}");
+    // At least one poll a second since the start, plus the halt marker reads and the write.
+    assert!(samples("blog_agent_s3_requests_total") >= 10.0, "{canary}");
+    assert!(samples("blog_agent_deploys_total{result=\"success\"}") >= 2.0, "{canary}");
+    assert!(
+        canary
+            .contains(&format!("blog_agent_release_info{{environment=\"staging\",sha=\"{good}\",state=\"halted\"}} 1")),
+        "{canary}"
+    );
 
     // 3. A host launched during the halt serves what the halting host rolled back to.
     let mut newcomer = Member::new("fleet-new", Some(&members[0].host), "i-0f1ee7de4c0e00001");
@@ -369,4 +385,93 @@ fn a_fleet_rolls_out_in_seed_order_and_halts_a_bad_release_at_the_first_host() {
     });
     assert_eq!(per_host.len(), tried.len(), "the crashing release was never tried elsewhere: {per_host:?}");
     eprintln!("fleet test took {:?}", started.elapsed());
+}
+
+/// Parses a metrics textfile with prometheus_client's parser (the venv scripts/install-deps.sh
+/// fills), failing the test on anything it refuses.
+fn assert_metrics_parse(text: &str) {
+    use std::io::Write;
+    let stack = std::env::var_os("BLOG_AGENT_STACK_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| common::repo_root().join(".stack"));
+    let script = "import sys\nfrom prometheus_client.parser import text_string_to_metric_families\n\
+                  n = sum(len(f.samples) for f in text_string_to_metric_families(sys.stdin.read()))\nprint(n)\n";
+    let mut child = Command::new(stack.join("venv/bin/python"))
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the venv's python (run scripts/install-deps.sh)");
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "the parser refused the textfile: {}\n{text}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// An instance id whose seed is at least `low`: its wave opens late in any spread.
+fn late_id(low: f64) -> String {
+    (0u64..).map(|n| format!("i-0a7e{n:013x}")).find(|id| seed(id) >= low).unwrap()
+}
+
+#[test]
+fn a_manual_sync_deploys_now_and_says_it_skips_this_host_s_wave() {
+    let id = late_id(0.5);
+    let member = Member::new("fleet-sync-now", None, &id);
+    // An hour-long spread: `run` would wait at least half an hour.
+    member.host.write_config("[rollout]\nspread = \"1h\"\n");
+    let v1 = member.host.release("good");
+    let run = member.host.sync();
+    assert_eq!(run.code, 0, "{}", run.output());
+    assert!(!run.stderr.contains("does not wait"), "nothing served: no wave to skip: {}", run.stderr);
+    let v2 = member.host.release("good");
+    let run = member.host.sync();
+    assert_eq!(run.code, 0, "{}", run.output());
+    member.host.assert_serves(&v2);
+    assert!(
+        run.stderr.contains(&format!("rollout: this host's wave for {} opens at ", &v2[..12]))
+            && run.stderr.contains(&format!(
+                "seed {:.2} from its instance id, spread 1h); a manual sync does not wait for it",
+                seed(&id)
+            )),
+        "{}",
+        run.stderr
+    );
+    // The dry run says the same, and JSON carries it.
+    member.host.put_release("staging", &v1);
+    let run = member.host.agent(&["--env", "staging", "sync", "--dry-run", "--json"]);
+    assert_eq!(run.code, 0, "{}", run.output());
+    let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert!(report["rollout"].as_str().unwrap().contains("a manual sync does not wait"), "{report}");
+    assert!(report.get("halted").is_none(), "{report}");
+}
+
+#[test]
+fn a_manual_sync_does_not_apply_a_halted_release_but_sync_sha_does() {
+    let member = Member::new("fleet-sync-halted", None, "i-0a7e000000000beef");
+    let host = &member.host;
+    let v1 = host.release("good");
+    assert_eq!(host.sync().code, 0);
+    let v2 = host.publish("good");
+    let run = host.agent(&["--env", "staging", "halt", &v2, "--reason", "INC-9"]);
+    assert_eq!(run.code, 0, "{}", run.output());
+    host.put_release("staging", &v2);
+    let run = host.sync();
+    assert_eq!(run.code, 0, "{}", run.output());
+    host.assert_serves(&v1);
+    assert!(
+        run.stderr.contains(&format!("release {} is halted for this environment (INC-9)", &v2[..12]))
+            && run.stderr.contains(&format!("staying on {}", &v1[..12]))
+            && run.stderr.contains(&format!("`blog-agent sync --sha {v2}` deploys it anyway")),
+        "{}",
+        run.stderr
+    );
+    let status = host.agent(&["--env", "staging", "status"]);
+    assert_eq!(status.code, 0, "halted: converged on what it keeps: {}", status.output());
+    assert!(status.stdout.contains(&format!("halted         {v2} by ")), "{}", status.stdout);
+    assert!(status.stdout.contains("INC-9"), "{}", status.stdout);
+    // An operator's pin overrides the halt.
+    let run = host.agent(&["--env", "staging", "sync", "--sha", &v2]);
+    assert_eq!(run.code, 0, "{}", run.output());
+    host.assert_serves(&v2);
+    assert_eq!(host.agent(&["--env", "staging", "resume"]).code, 0);
 }
