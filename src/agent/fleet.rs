@@ -6,9 +6,12 @@
 //! when this host's rollout wave opens (a canary may have halted it meanwhile), never on an
 //! idle poll. A host already running the published SHA reads nothing. While the published SHA
 //! is halted, its marker is read again on each full pass, so an `unhalt` is noticed within an
-//! interval. A marker read that fails is retried on the next full pass; meanwhile the release
-//! counts as not halted (S3 just answered the release read, so such a failure is brief, and the
-//! release still has to pass its own probes here). A marker is written once per failure.
+//! interval. A marker read that fails is retried on the next full pass. A host that serves
+//! something applies a new release only after a successful read since its wave opened
+//! ([`Fleet::hold_unconfirmed`]): a local pass (a Docker event) in between, or a read that
+//! failed, keeps it waiting. (With no spread there is no wave: the read at first sight is the
+//! one, and if it failed the release counts as not halted; it still has to pass its own probes
+//! here.) A marker is written once per failure.
 //!
 //! Reads and writes: halt markers (through [`HaltSource`]), the metrics textfile. Decides:
 //! nothing; [`crate::pass::decide`] reads [`Fleet::halt_of`].
@@ -124,6 +127,19 @@ impl Fleet {
             Some((halted, HaltKnown::Halted(marker))) if halted == sha => Some(marker),
             _ => None,
         }
+    }
+
+    /// `gate`, or, when this host's wave of `sha` is open but its halt marker has not been read
+    /// since, the same gate a moment before the wave opens: the decision keeps what runs until
+    /// the next full pass reads the marker.
+    pub fn hold_unconfirmed(&self, sha: &Sha, gate: Option<RolloutGate>) -> Option<RolloutGate> {
+        let gate = gate?;
+        if !wave_open(Some(&gate)) || self.halt_known(sha) == (HaltKnown::Clear { rechecked: true }) {
+            return Some(gate);
+        }
+        let opens = rollout::apply_at(gate.published_at, gate.seed, gate.spread);
+        let now = opens.checked_sub(Duration::from_millis(1)).unwrap_or(opens);
+        Some(RolloutGate { now, ..gate })
     }
 
     /// What this host knows of `sha`'s halt.
@@ -448,6 +464,30 @@ mod tests {
         assert!(wave_open(None));
         let fresh = RolloutGate { published_at: SystemTime::now(), now: SystemTime::now(), ..gate };
         assert_eq!(wave_open(Some(&fresh)), rollout::seed("i-0abc") == 0.0);
+    }
+
+    #[tokio::test]
+    async fn an_open_wave_waits_for_a_fresh_read_of_the_marker() {
+        let (a, b) = (sha('a'), sha('b'));
+        let halts = Counting::default();
+        let mut f = fleet();
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_750_000_000);
+        let waiting = RolloutGate { seed: 0.5, spread: Duration::from_secs(60), published_at: t, now: t };
+        let open = RolloutGate { now: t + Duration::from_secs(30), ..waiting };
+        assert_eq!(f.hold_unconfirmed(&a, None), None);
+        assert_eq!(f.hold_unconfirmed(&a, Some(waiting)), Some(waiting), "waiting anyway");
+        // Read before the wave: once open, it still waits until a fresh read.
+        f.check_halt(&halts, PREFIX, &a, Some(&b), false).await;
+        let held = f.hold_unconfirmed(&a, Some(open)).unwrap();
+        assert!(!wave_open(Some(&held)), "{held:?}");
+        assert_eq!(held.now, t + Duration::from_secs(30) - Duration::from_millis(1));
+        f.check_halt(&halts, PREFIX, &a, Some(&b), true).await;
+        assert_eq!(f.hold_unconfirmed(&a, Some(open)), Some(open));
+        // A failed read at the wave keeps it waiting.
+        let mut f = fleet();
+        halts.fail.store(true, std::sync::atomic::Ordering::SeqCst);
+        f.check_halt(&halts, PREFIX, &a, Some(&b), true).await;
+        assert!(!wave_open(f.hold_unconfirmed(&a, Some(open)).as_ref()));
     }
 
     #[test]

@@ -31,7 +31,7 @@ use crate::lock;
 use crate::outside::imds::TagSource;
 use crate::outside::registry::CredentialSource;
 use crate::outside::release::{Fetched, ObjectLocation, ReleaseSource};
-use crate::pass::decide::{self, Inputs, RolloutGate, Wanted, Why};
+use crate::pass::decide::{self, Inputs, Wanted, Why};
 use crate::pass::execute::{self, Options};
 use crate::pass::snapshot;
 use crate::pass::{Action, PassError, Services};
@@ -237,6 +237,9 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
                     let check = self.fleet.check_halt(&halts, &prefix, &published.sha, running.as_ref(), open);
                     shutdown.race(check).await?;
                 }
+                // The decision judges the wave at the time the marker was checked (not a few
+                // milliseconds later), and an open wave counts only after a fresh read.
+                let gate = self.fleet.hold_unconfirmed(&published.sha, gate);
                 (gate, self.fleet.halt_of(&published.sha).cloned())
             }
             None => (None, None),
@@ -279,7 +282,7 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
                 snapshot,
                 quarantine: &held,
                 now: Instant::now(),
-                rollout: gate.map(|g| RolloutGate { now: SystemTime::now(), ..g }),
+                rollout: gate,
                 halted: halted.as_ref(),
             })
         };
