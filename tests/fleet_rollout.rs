@@ -469,6 +469,9 @@ fn a_manual_sync_does_not_apply_a_halted_release_but_sync_sha_does() {
     assert_eq!(status.code, 0, "halted: converged on what it keeps: {}", status.output());
     assert!(status.stdout.contains(&format!("halted         {v2} by ")), "{}", status.stdout);
     assert!(status.stdout.contains("INC-9"), "{}", status.stdout);
+    let check = host.agent(&["--env", "staging", "check"]);
+    let line = check.stdout.lines().find(|l| l.starts_with("ok   release halt")).unwrap_or_default();
+    assert!(line.contains("is HALTED for staging") && line.contains("INC-9"), "{}", check.stdout);
     // An operator's pin overrides the halt.
     let run = host.agent(&["--env", "staging", "sync", "--sha", &v2]);
     assert_eq!(run.code, 0, "{}", run.output());

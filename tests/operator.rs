@@ -176,11 +176,19 @@ fn check_passes_on_a_healthy_host() {
     let run = check(&host, &["--env", "staging"]);
     assert_eq!(run.code, 0, "{}", run.output());
     assert!(!run.stdout.contains("FAIL"), "{}", run.stdout);
-    for line in ["ok   config", "ok   s3 object", "ok   release sha", "ok   ecr token", "ok   registry", "ok   docker"]
-    {
+    for line in [
+        "ok   config",
+        "ok   s3 object",
+        "ok   release sha",
+        "ok   release halt",
+        "ok   ecr token",
+        "ok   registry",
+        "ok   docker",
+    ] {
         assert!(run.stdout.contains(line), "{line}:\n{}", run.stdout);
     }
     assert_check_line(&run, "ok   host port", "held by our container");
+    assert_check_line(&run, "ok   release halt", "is not halted (no s3://");
 }
 
 #[test]

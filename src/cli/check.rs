@@ -9,6 +9,7 @@ use clap::Args;
 use super::{exit, Cli, Failure};
 use crate::config::{Settings, TrafficMode};
 use crate::environment::{self, EnvSource};
+use crate::fleet::halt::HaltMarkers;
 use crate::outside::docker::Engine;
 use crate::outside::imds::Imds;
 use crate::outside::netfilter::Netfilter;
@@ -123,6 +124,9 @@ pub async fn run(cli: &Cli, _args: &CheckArgs) -> Result<(), Failure> {
             None
         }
     };
+    if let (Some(sha), Some(env)) = (&sha, &env) {
+        check_halt(&mut r, &settings, &aws, &env.name, sha).await;
+    }
     // The ECR token does not depend on S3: it is checked whatever S3 said. The registry line
     // needs the SHA to look for, and says so rather than vanishing.
     let creds = match Ecr::for_registry(&aws, &settings.image.repository.registry).credentials().await {
@@ -168,6 +172,35 @@ pub async fn run(cli: &Cli, _args: &CheckArgs) -> Result<(), Failure> {
         Ok(())
     } else {
         Err(Failure { code: exit::FAILED, message: format!("{} check(s) failed", r.failed) })
+    }
+}
+
+/// The release's halt marker: a halt is reported (hosts keep what they run), not a failure of
+/// this host; a marker that cannot be read is.
+async fn check_halt(
+    r: &mut Report,
+    settings: &Settings,
+    aws: &std::sync::Arc<crate::outside::aws::Aws>,
+    env: &str,
+    sha: &str,
+) {
+    let Ok(sha) = crate::sha::Sha::parse(sha) else { return };
+    let key = settings.release_key(env).unwrap_or_default();
+    let prefix = settings.rollout.halt_prefix_for(key, env);
+    let markers = HaltMarkers::with_aws(aws, settings.release.bucket.clone());
+    let location = markers.location(&prefix, sha.as_str());
+    match markers.get(&prefix, &sha).await {
+        Ok(None) => r.ok("release halt", format!("{} is not halted (no {location})", sha.short())),
+        Ok(Some(m)) => r.ok(
+            "release halt",
+            format!(
+                "{} is HALTED for {env} by {}: {}; no host applies it until `blog-agent unhalt {sha}` ({location})",
+                sha.short(),
+                m.by.as_deref().unwrap_or(&m.instance_id),
+                m.reason
+            ),
+        ),
+        Err(e) => r.fail("release halt", e),
     }
 }
 
