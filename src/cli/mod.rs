@@ -58,17 +58,22 @@ pub struct Cli {
 pub enum Command {
     /// Converge once: read the desired SHA, pull, verify, cut over; then exit.
     ///
+    /// It does not wait for this host's rollout wave ([rollout] spread), and says so when it
+    /// skips one; a release halted fleet-wide is not applied (`--sha` applies it anyway).
+    ///
     /// Example: blog-agent sync --env staging
     ///          blog-agent sync --sha 3f2a9c1      (roll back/forward now, and pause updates)
     ///          blog-agent sync --dry-run
     Sync(sync::SyncArgs),
     /// Show the environment, the desired and the running version, health, pause and the
-    /// last reconcile. Read-only; safe while the service runs.
+    /// last reconcile, this host's rollout wave and a halt. Read-only; safe while the service
+    /// runs.
     ///
     /// Example: blog-agent status        blog-agent status --json | jq .converged
     Status(status::StatusArgs),
     /// Preflight doctor: config, IMDS and tag, AWS region and credentials, S3 object and SHA,
-    /// ECR token, registry tag (no pull), Docker, host ports. One line each; changes nothing.
+    /// its halt, ECR token, registry tag (no pull), Docker, host ports. One line each; changes
+    /// nothing.
     ///
     /// Example: blog-agent check && systemctl start blog-agent
     Check(check::CheckArgs),
