@@ -373,7 +373,13 @@ class Proc:
         return self.rusage.ru_utime + self.rusage.ru_stime
 
 
-def agent_config(name, port, key, stop_timeout=None, interval="5s"):
+# The agent's traffic mode. Unset: "switch", the default (host ports DNATed by the agent's own
+# chains, prefix CHAINS, removed by name at the end); "publish": Docker publishes the ports.
+CHAINS = "BENCH-RUN"
+PUB_CHAINS = "BENCH-RUNPUB"  # publish mode creates no chains; a prefix of its own all the same
+
+
+def agent_config(name, port, key, stop_timeout=None, interval="5s", mode="switch"):
     path = os.path.join(WORK, f"{name}.toml")
     state = os.path.join(WORK, "state", name)
     lines = [
@@ -388,7 +394,8 @@ def agent_config(name, port, key, stop_timeout=None, interval="5s"):
         lines.append(f'stop_timeout = "{stop_timeout}"')
     lines += ["[health]", f'url = "http://127.0.0.1:{port}/"', 'timeout = "30s"',
               "[agent]", f'state_dir = "{state}"',
-              "[reconcile]", f'interval = "{interval}"']
+              "[reconcile]", f'interval = "{interval}"',
+              "[traffic]", f'mode = "{mode}"', f'chains = "{CHAINS if mode == "switch" else PUB_CHAINS}"']
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
     return {"path": path, "state": state, "name": name, "port": port, "key": key}
@@ -634,7 +641,55 @@ def set_arp_ms(ms):
         f.write(str(ms))
 
 
-# Each swap configuration: (tool, [container] stop_timeout, docker0 ARP retransmit time). The
+ROUTE_LOCALNET = "/proc/sys/net/ipv4/conf/docker0/route_localnet"
+
+
+def iptables(*args):
+    out = subprocess.run(["iptables", "-w", "5", *args], capture_output=True, text=True, timeout=60)
+    if out.returncode != 0:
+        raise RuntimeError(f"iptables {' '.join(args)}: {out.stderr.strip()[:300]}")
+    return out.stdout
+
+
+def remove_chains(prefix):
+    """Deletes every jump into chains named PREFIX* (from PREROUTING, OUTPUT, POSTROUTING,
+    DOCKER-USER, INPUT, wherever), then flushes and deletes those chains; nat first."""
+    for table in ("nat", "filter"):
+        rules = iptables("-t", table, "-S")
+        for line in rules.splitlines():
+            words = line.split()
+            if len(words) > 2 and words[0] == "-A" and not words[1].startswith(prefix) and \
+                    any(w.startswith(prefix) for w in words[2:]):
+                iptables("-t", table, "-D", *words[1:])
+        chains = [w[1] for w in (line.split() for line in rules.splitlines())
+                  if len(w) == 2 and w[0] == "-N" and w[1].startswith(prefix)]
+        for c in chains:
+            iptables("-t", table, "-F", c)
+        for c in chains:
+            iptables("-t", table, "-X", c)
+
+
+def restore_route_localnet(found):
+    """The agent in switch mode sets docker0's route_localnet to 1. Put 0 back if that is what was
+    found and no other loopback masquerade out of docker0 remains (another agent's, the demo's,
+    dockerd's userland-proxy=false), as the agent's own removal does."""
+    with open(ROUTE_LOCALNET) as f:
+        now = int(f.read())
+    if found != 0 or now == 0:
+        return
+    others = [line for line in iptables("-t", "nat", "-S").splitlines() if "-o docker0" in line
+              and line.endswith("-j MASQUERADE") and ("-s 127.0.0.0/8" in line or "--src-type LOCAL" in line)]
+    if others:
+        log(f"route_localnet left at 1: other loopback masquerades out of docker0 remain: {others}")
+        return
+    with open(ROUTE_LOCALNET, "w") as f:
+        f.write("0")
+
+
+# Each swap configuration: (tool, [container] stop_timeout, docker0 ARP retransmit time, traffic
+# mode). The blog-agent rows are `[traffic] mode = "publish"` (Docker's published ports, a
+# stop-then-start swap: what the ARP setting is about), plus one in the default switch mode; the
+# switch against publish against the script under load is bench/swap.sh's. The
 # kernel's default (1000 ms) is what a host without the package has; the packaged value is what
 # blog-agent's package installs (the baseline script ships nothing, but it is measured under the
 # same host setting too, so the tools are compared on identical hosts).
@@ -644,11 +699,12 @@ KERNEL_ARP_MS = 1000
 def swap_configs():
     packaged = packaged_arp_ms()
     return {
-        "baseline_arp1000": ("baseline", None, KERNEL_ARP_MS),
-        "agent_stop3s_arp1000": ("agent", "3s", KERNEL_ARP_MS),  # 3s: the default stop_timeout
-        "baseline": ("baseline", None, packaged),
-        "agent_stop3s": ("agent", "3s", packaged),
-        "agent_stop0s": ("agent", "0s", packaged),  # busybox httpd (PID 1) ignores SIGTERM
+        "baseline_arp1000": ("baseline", None, KERNEL_ARP_MS, None),
+        "agent_stop3s_arp1000": ("agent", "3s", KERNEL_ARP_MS, "publish"),  # 3s: the default stop_timeout
+        "baseline": ("baseline", None, packaged, None),
+        "agent_stop3s": ("agent", "3s", packaged, "publish"),
+        "agent_stop0s": ("agent", "0s", packaged, "publish"),  # busybox httpd (PID 1) ignores SIGTERM
+        "agent_switch": ("agent", "3s", packaged, "switch"),
     }
 
 
@@ -656,7 +712,8 @@ def stage_swap(results):
     """A new SHA in S3 while an HTTP prober hits the port every 10 ms."""
     log("release swap gap")
     configs = swap_configs()
-    results["swap_configs"] = {k: {"tool": t, "stop_timeout": st, "arp_ms": arp} for k, (t, st, arp) in configs.items()}
+    results["swap_configs"] = {k: {"tool": t, "stop_timeout": st, "arp_ms": arp, "mode": mode}
+                               for k, (t, st, arp, mode) in configs.items()}
     try:
         return swap_stages(results, configs)
     finally:
@@ -680,7 +737,7 @@ def alone_serving(kind, s, version):
 
 def swap_stages(results, configs):
     state = {}
-    for kind, (tool, stop, arp_ms) in configs.items():
+    for kind, (tool, stop, arp_ms, mode) in configs.items():
         a, b = publish(), publish()
         port, key = free_port(), f"bench/swap-{kind}.txt"
         name = f"blogbench-{RUN_ID}-swap-{kind.replace('_', '-')}"
@@ -688,7 +745,7 @@ def swap_stages(results, configs):
             benv = baseline_env(name, port, key)
             start = (lambda benv=benv, kind=kind: start_baseline(benv, f"swap-{kind}.log"))
         else:
-            cfg = agent_config(name, port, key, stop_timeout=stop)
+            cfg = agent_config(name, port, key, stop_timeout=stop, mode=mode)
             start = (lambda cfg=cfg, kind=kind: start_agent_sync(cfg, f"swap-{kind}.log"))
         state[kind] = {"start": start, "port": port, "key": key, "pair": (a, b), "current": a, "name": name,
                        "arp_ms": arp_ms}
@@ -708,7 +765,7 @@ def swap_stages(results, configs):
     results["swap"] = runs
 
     log("release that fails its health probe")
-    crash = {"baseline": publish("crash"), "agent_stop3s": publish("crash")}
+    crash = {"baseline": publish("crash"), "agent_stop3s": publish("crash"), "agent_switch": publish("crash")}
     cruns = {k: [] for k in crash}
     for i in range(RUNS):
         for kind in rotated(list(crash), i):
@@ -884,6 +941,8 @@ def meta():
         "docker_cli": sh("docker version --format '{{.Client.Version}}'"),
         "awscli": sh("aws --version"),
         "agent_version": sh(f"{AGENT} --version"),
+        "binary": AGENT,
+        "build": os.environ.get("BENCH_BUILD_NOTE", ""),
         "commit": sh(f"git -C {ROOT} rev-parse --short=12 HEAD") + (" (dirty tree)" if sh(f"git -C {ROOT} status --porcelain -- src Cargo.toml Cargo.lock") else ""),
         "binary_bytes": st.st_size,
         "binary_file": sh(f"file -b {AGENT}"),
@@ -929,6 +988,10 @@ def docker_traced():
 
 
 def main():
+    if sys.argv[1] == "--cleanup":  # bench/run.sh's exit trap: whatever a killed run left
+        cleanup_docker()
+        remove_chains(CHAINS)
+        return
     out_path = sys.argv[1]
     setup_s3()
     t_start = time.monotonic()
@@ -937,6 +1000,9 @@ def main():
     random.seed()
     with open(ARP_SYSCTL) as f:
         arp_before = int(f.read())
+    with open(ROUTE_LOCALNET) as f:
+        route_localnet_before = int(f.read())
+    remove_chains(CHAINS)
     # The host as blog-agent's package leaves it; the swap stage also measures the kernel default.
     set_arp_ms(packaged_arp_ms())
     results["meta"]["arp_ms"] = {"found": arp_before, "used": packaged_arp_ms()}
@@ -952,6 +1018,8 @@ def main():
         set_arp_ms(arp_before)
         cleanup_docker()
         unpublish()
+        remove_chains(CHAINS)
+        restore_route_localnet(route_localnet_before)
         results["meta"]["loadavg_end"] = open("/proc/loadavg").read().split()[:3]
         results["meta"]["dockerd_pid_end"] = dockerd_pid()
         results["meta"]["bench_seconds"] = time.monotonic() - t_start

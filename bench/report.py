@@ -73,7 +73,7 @@ def render(res, plot_name):
         "fail_run": med(fail_run["agent_stop3s"]) < 1.0 and med(fail_run["agent_stop3s_arp1000"]) < 1.0,
         # Stricter: late (stalled) answers count as missing too.
         "gap": med(gap["agent_stop3s"]) < 1.0,
-        "crash": max(crash_failed["agent_stop3s"]) == 0,
+        "crash": max(crash_failed["agent_stop3s"]) == 0 and max(crash_failed.get("agent_switch", [0])) == 0,
         "drift": med(repair) < 2.0,
         "rss": mb(idle["peak_rss_kb"]) < 15,
         "s3": per_poll["s3"] == per_poll["s3_conditional"] == idle["polls"] and idle["requests_total"]["ecr"] == 0,
@@ -97,7 +97,7 @@ def render(res, plot_name):
     w(f"| machine | {m['nproc']} cores ({m['cpu']}), {m['memory']} memory |")
     w(f"| OS, kernel | {m['os']}, {m['kernel']} |")
     w(f"| Docker | Engine {m['docker_engine']}, CLI {m['docker_cli']} |")
-    w(f"| blog-agent | `{m['agent_version']}`, tree at {m['commit']} |")
+    w(f"| blog-agent | `{m['agent_version']}`, " + (m["build"] if m.get("build") else f"tree at {m['commit']}") + " |")
     w(f"| baseline tools | {m['awscli']} (PyPI), docker CLI {m['docker_cli']} |")
     w(f"| runs | {n} per figure (median, min–max); ratios computed run by run, tools interleaved |")
     w(f"| load average | {' '.join(m['loadavg_start'])} at the start, {' '.join(m.get('loadavg_end', ['?']))} at the end (other jobs share the 2 cores) |")
@@ -107,11 +107,18 @@ def render(res, plot_name):
         w(f"**Warning: dockerd was restarted during this run** (pid {m.get('dockerd_pid_start')} → {m.get('dockerd_pid_end')}),")
         w("by something other than the benchmark; figures measured across the restart are disturbed.")
         w("")
-    w("Reproduce (as root; starts the local stack, needs the static binary from `scripts/package.sh`):")
+    w("Reproduce (as root; starts the local stack; the binary: `scripts/package.sh`'s static one by default, or")
+    w("`BENCH_AGENT=PATH`):")
     w("")
     w("```sh")
     w("bash bench/run.sh")
     w("```")
+    if "agent_switch" in swap:
+        w("")
+        w("blog-agent runs in its default `[traffic] mode = \"switch\"` (cold, warm, drift, idle, and the swap row")
+        w("so marked); the swap rows marked `publish` use Docker's published ports. The swap under load for switch")
+        w("against publish against the script, on every traffic path and with real Apache, is the section")
+        w("[Release swap under load](#release-swap-under-load-switch-vs-publish-vs-script) (`bench/swap.sh`).")
     w("")
     w("## Summary")
     w("")
@@ -122,9 +129,12 @@ def render(res, plot_name):
     w(f"| cold time-to-serve | {fmt(a_tts)} | {fmt(b_tts)} | {fmt(cold_ratio, digits=2)} | ≤ 0.5× baseline | {mark(targets['cold'])} |")
     w(f"| cold: overhead beyond raw pull + start ({fmt(r_tts)}) | {fmt(overhead)} | {fmt([b - r for b, r in zip(b_tts, r_tts)])} | | < 0.3 s | {mark(targets['overhead'])} |")
     w(f"| warm, nothing to do: command exits | {fmt(a_warm)} | {fmt(b_warm)} | {fmt(ratio(a_warm, b_warm), digits=3)} | < 0.1 s | {mark(targets['warm'])} |")
-    w(f"| release swap: longest run of failed requests, ms | {fmt(fail_run['agent_stop3s'], 1000, 0)} (docker0 ARP {arp} ms, as packaged); {fmt(fail_run['agent_stop3s_arp1000'], 1000, 0)} (kernel default 1000 ms) | {fmt(fail_run['baseline'], 1000, 0)}; {fmt(fail_run['baseline_arp1000'], 1000, 0)} | {fmt(ratio(fail_run['agent_stop3s'], fail_run['baseline']), digits=2)}; {fmt(ratio(fail_run['agent_stop3s_arp1000'], fail_run['baseline_arp1000']), digits=2)} | < 1000 ms | {mark(targets['fail_run'])} |")
-    w(f"| release swap, stricter: longest gap counting late (> {m['slow_s'] * 1000:.0f} ms) 200s as missing, ms | {fmt(gap['agent_stop3s'], 1000, 0)} (ARP {arp} ms, as packaged); {fmt(gap['agent_stop3s_arp1000'], 1000, 0)} (1000 ms) | {fmt(gap['baseline'], 1000, 0)}; {fmt(gap['baseline_arp1000'], 1000, 0)} | {fmt(ratio(gap['agent_stop3s'], gap['baseline']), digits=2)}; {fmt(ratio(gap['agent_stop3s_arp1000'], gap['baseline_arp1000']), digits=2)} | < 1000 ms as packaged | {mark(targets['gap'])} |")
-    w(f"| new release fails its health probe: failed requests | {fmt(crash_failed['agent_stop3s'], digits=0)} | {fmt(crash_failed['baseline'], digits=0)} (site down: observed 3 s after the script, never recovers) | | 0 | {mark(targets['crash'])} |")
+    if "agent_switch" in swap:
+        sw = swap["agent_switch"]
+        w(f"| release swap, `switch` (default): failed requests; longest gap incl. late 200s, ms | {fmt(col(sw, 'failed_requests'), digits=0)}; {fmt(col(sw, 'longest_gap_s'), 1000, 0)} | {fmt(col(swap['baseline'], 'failed_requests'), digits=0)}; {fmt(gap['baseline'], 1000, 0)} | | 0 failed | {mark(max(col(sw, 'failed_requests')) == 0)} |")
+    w(f"| release swap, `publish`: longest run of failed requests, ms | {fmt(fail_run['agent_stop3s'], 1000, 0)} (docker0 ARP {arp} ms, as packaged); {fmt(fail_run['agent_stop3s_arp1000'], 1000, 0)} (kernel default 1000 ms) | {fmt(fail_run['baseline'], 1000, 0)}; {fmt(fail_run['baseline_arp1000'], 1000, 0)} | {fmt(ratio(fail_run['agent_stop3s'], fail_run['baseline']), digits=2)}; {fmt(ratio(fail_run['agent_stop3s_arp1000'], fail_run['baseline_arp1000']), digits=2)} | < 1000 ms | {mark(targets['fail_run'])} |")
+    w(f"| release swap, `publish`, stricter: longest gap counting late (> {m['slow_s'] * 1000:.0f} ms) 200s as missing, ms | {fmt(gap['agent_stop3s'], 1000, 0)} (ARP {arp} ms, as packaged); {fmt(gap['agent_stop3s_arp1000'], 1000, 0)} (1000 ms) | {fmt(gap['baseline'], 1000, 0)}; {fmt(gap['baseline_arp1000'], 1000, 0)} | {fmt(ratio(gap['agent_stop3s'], gap['baseline']), digits=2)}; {fmt(ratio(gap['agent_stop3s_arp1000'], gap['baseline_arp1000']), digits=2)} | < 1000 ms as packaged | {mark(targets['gap'])} |")
+    w(f"| new release fails its health probe: failed requests | {fmt(crash_failed['agent_stop3s'], digits=0)} (publish)" + (f"; {fmt(crash_failed['agent_switch'], digits=0)} (switch)" if "agent_switch" in crash_failed else "") + " | {fmt(crash_failed['baseline'], digits=0)} (site down: observed 3 s after the script, never recovers) | | 0 | {mark(targets['crash'])} |")
     b_drift = drift["baseline"]
     b_drift_txt = "not repaired" if b_drift["repaired_s"] is None else f"{b_drift['repaired_s']:.2f} s"
     w(f"| drift repair: `docker rm -f` → HTTP 200 | {fmt(repair)} | {b_drift_txt} (watched {b_drift['observed_s']:.0f} s) | | < 2 s | {mark(targets['drift'])} |")
@@ -133,7 +143,7 @@ def render(res, plot_name):
     b_req = warm["baseline"][0]["requests"]
     w(f"| idle: S3 requests per poll | {per_poll['s3'] / polls:.2f} ({per_poll['s3_conditional']}/{per_poll['s3']} conditional, {per_poll['s3_304']} answered 304) | {b_req['s3']} per run ({', '.join(b_req['s3_calls'])}) | | 1 conditional GET | {mark(targets['s3'])} |")
     w(f"| idle: ECR calls | {idle['requests_total']['ecr']} in {idle['seconds']} s | {b_req['ecr']} per run | | 0 | {mark(idle['requests_total']['ecr'] == 0)} |")
-    w(f"| static binary | {bin_mb:.2f} MB ({m['binary_bytes']:,} bytes) | | | report | |")
+    w(f"| {'static binary' if 'static' in m.get('binary_file', '') else 'binary (not the static one)'} | {bin_mb:.2f} MB ({m['binary_bytes']:,} bytes) | | | report | |")
     w("")
     w("MB = 10^6 bytes. \"Raw pull + start\" is the floor any tool pays: the same image pulled, created and")
     w("started straight through the Engine API from the benchmark process (no CLI, no S3, no ECR), measured to")
@@ -196,10 +206,11 @@ def render(res, plot_name):
     w("| configuration | longest gap, ms | longest run of failed requests, ms | failed requests | slow 200s | slowest 200, ms | B served after, s | command exits after, s |")
     w("|---|---|---|---|---|---|---|---|")
     names = {"baseline_arp1000": "baseline script (`docker rm -f` + `docker run`), ARP 1000 ms (kernel default)",
-             "agent_stop3s_arp1000": "blog-agent, `stop_timeout = \"3s\"` (default), ARP 1000 ms (kernel default)",
+             "agent_stop3s_arp1000": "blog-agent `publish`, `stop_timeout = \"3s\"` (default), ARP 1000 ms (kernel default)",
              "baseline": f"baseline script, ARP {arp} ms (as packaged)",
-             "agent_stop3s": f"blog-agent, `stop_timeout = \"3s\"` (default), ARP {arp} ms (as packaged)",
-             "agent_stop0s": f"blog-agent, `stop_timeout = \"0s\"`, ARP {arp} ms (as packaged)"}
+             "agent_stop3s": f"blog-agent `publish`, `stop_timeout = \"3s\"` (default), ARP {arp} ms (as packaged)",
+             "agent_stop0s": f"blog-agent `publish`, `stop_timeout = \"0s\"`, ARP {arp} ms (as packaged)",
+             "agent_switch": f"blog-agent `switch` (default mode), `stop_timeout = \"3s\"`, ARP {arp} ms"}
     for k, runs in swap.items():
         w(f"| {names.get(k, k)} | {fmt(col(runs, 'longest_gap_s'), 1000, 0)} | {fmt(col(runs, 'longest_failure_run_s'), 1000, 0)} | {fmt(col(runs, 'failed_requests'), digits=0)} | "
           f"{fmt(col(runs, 'slow_requests'), digits=0)} | {fmt(col(runs, 'max_latency_s'), 1000, 0)} | "
@@ -209,7 +220,10 @@ def render(res, plot_name):
     w("")
     w("| tool | failed requests | old version still served after the command | command exit code |")
     w("|---|---|---|---|")
-    for k, label in (("agent_stop3s", "blog-agent `sync`"), ("baseline", "baseline script")):
+    for k, label in (("agent_stop3s", "blog-agent `sync`, `publish`"), ("agent_switch", "blog-agent `sync`, `switch`"),
+                     ("baseline", "baseline script")):
+        if k not in crash:
+            continue
         runs = crash[k]
         kept = sum(1 for r in runs if r["old_served_after_exit"])
         codes = sorted({r["code"] for r in runs})
@@ -282,7 +296,7 @@ def render(res, plot_name):
     w("")
     w("## Binary")
     w("")
-    w(f"`target/x86_64-unknown-linux-musl/release/blog-agent`: {m['binary_bytes']:,} bytes ({bin_mb:.2f} MB); `file`: {m['binary_file']}.")
+    w(f"`{os.path.relpath(m['binary'], os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) if m.get('binary') else 'target/x86_64-unknown-linux-musl/release/blog-agent'}`: {m['binary_bytes']:,} bytes ({bin_mb:.2f} MB); `file`: {m['binary_file']}.")
     w("")
     return "\n".join(out) + "\n"
 
@@ -308,6 +322,10 @@ def plot(res, path):
         ("baseline: release that crashes", res["crash"]["baseline"]),
         ("blog-agent: release that crashes", res["crash"]["agent_stop3s"]),
     ]
+    if "agent_switch" in res["swap"]:
+        rows = [(label.replace("blog-agent", "blog-agent publish"), runs) for label, runs in rows]
+        rows.insert(5, (f"blog-agent switch, stop 3s, ARP {arp} ms", res["swap"]["agent_switch"]))
+        rows.append(("blog-agent switch: release that crashes", res["crash"]["agent_switch"]))
     colors = {"old": "#4c9be8", "new": "#2ca02c", "slow": "#ff9f1c", "fail": "#d62728", "other": "#999999"}
     legend = {"old": "old version answers 200", "new": "new version answers 200",
               "slow": "answers 200 late (~1 s: docker0 ARP retransmit)", "fail": "request failed", "other": "other"}
@@ -344,6 +362,9 @@ def plot(res, path):
     cases = [("baseline_arp1000", "baseline\nARP 1000"), ("agent_stop3s_arp1000", "blog-agent 3s\nARP 1000"),
              ("baseline", f"baseline\nARP {arp}"), ("agent_stop3s", f"blog-agent 3s\nARP {arp}"),
              ("agent_stop0s", f"blog-agent 0s\nARP {arp}")]
+    if "agent_switch" in res["swap"]:
+        cases = [(k, label.replace("blog-agent", "publish")) for k, label in cases]
+        cases.append(("agent_switch", f"switch 3s\nARP {arp}"))
     for x, (k, label) in enumerate(cases):
         color = "#d62728" if k.startswith("baseline") else "#1f77b4"
         fails = [r["longest_failure_run_s"] * 1000 for r in res["swap"][k]]

@@ -12,7 +12,10 @@
 #
 # Sets docker0's ARP retransmit time (net.ipv4.neigh.docker0.retrans_time_ms) to what the
 # package installs, and to the kernel default for part of the swap stage; puts the value it found
-# back at the end.
+# back at the end. blog-agent runs in its default `[traffic] mode = "switch"` with the chain
+# prefix BENCH-RUN (removed by name at the end, with docker0's route_localnet put back as found),
+# except the swap stage's publish-mode rows. The switch-vs-publish-vs-script swap under load is
+# bench/swap.sh's.
 #
 # Needs root and the local stack (started here: scripts/stack-up.sh is idempotent). Installs
 # awscli, boto3 and matplotlib from PyPI into .stack/bench-venv. Touches only containers
@@ -56,6 +59,9 @@ cleanup() {
   [ -z "${proxy_pid:-}" ] || kill "$proxy_pid" 2>/dev/null || true
   ids=$(docker ps -aq --filter label=blog-agent-bench=1)
   [ -z "$ids" ] || docker rm -f $ids >/dev/null 2>&1 || true
+  # The agent's chains (switch mode, prefix BENCH-RUN), by name, if a killed run left them.
+  BENCH_AGENT=$agent BENCH_WORK=$work BENCH_PROXY_PORT=${proxy_port:-0} BENCH_PROXY_LOG=$work/proxy.log \
+    "$venv/bin/python" bench/bench.py --cleanup || echo "bench: cleanup failed: see above" >&2
 }
 trap cleanup EXIT
 start_proxy "$work"

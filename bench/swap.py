@@ -105,19 +105,7 @@ def save_host_state():
 
 def remove_chains():
     """Deletes every jump into BENCH-SW* chains, then flushes and deletes the chains (nat first)."""
-    for table in ("nat", "filter"):
-        rules = sh("iptables", "-w", "5", "-t", table, "-S")
-        for line in rules.splitlines():
-            words = line.split()
-            if len(words) > 2 and words[0] == "-A" and not words[1].startswith(CHAINS) and \
-                    any(w.startswith(CHAINS) for w in words[2:]):
-                sh("iptables", "-w", "5", "-t", table, "-D", *words[1:])
-        chains = [w[1] for w in (line.split() for line in rules.splitlines())
-                  if len(w) == 2 and w[0] == "-N" and w[1].startswith(CHAINS)]
-        for c in chains:
-            sh("iptables", "-w", "5", "-t", table, "-F", c)
-        for c in chains:
-            sh("iptables", "-w", "5", "-t", table, "-X", c)
+    B.remove_chains(CHAINS)
 
 
 def remove_namespaces():
@@ -137,14 +125,7 @@ def restore_host_state():
     with open(STATE) as f:
         st = json.load(f)
     write(ARP_SYSCTL, st["arp_ms"])
-    if st["route_localnet"] == 0 and read_int(ROUTE_LOCALNET) != 0:
-        nat = sh("iptables", "-w", "5", "-t", "nat", "-S")
-        others = [line for line in nat.splitlines() if "-o docker0" in line and line.endswith("-j MASQUERADE")
-                  and ("-s 127.0.0.0/8" in line or "--src-type LOCAL" in line)]
-        if others:
-            log(f"route_localnet left at 1: other loopback masquerades out of docker0 remain: {others}")
-        else:
-            write(ROUTE_LOCALNET, 0)
+    B.restore_route_localnet(st["route_localnet"])
     os.remove(STATE)
 
 

@@ -147,7 +147,7 @@ def render(cases, metas, plot_name):
                 inflight_old = sum(vals(runs, "slow", "inflight_200_old"))
                 w(f"| {CASE_NAMES.get(cid, cid)} | {TOOL_NAMES[tool]} | {mm(vals(runs, 'keepalive', 'failed_after_retry'))} | "
                   f"{mm(vals(runs, 'keepalive', 'retried'))} | {sum(ka_new) if ka_new else 'n/a'} | "
-                  f"{mm(vals(runs, 'slow', 'failed'))} (of {statistics.median(vals(runs, 'slow', 'requests')):.0f}) | "
+                  f"{mm(vals(runs, 'slow', 'failed'))} (of ~{statistics.median(vals(runs, 'slow', 'requests')):.0f} per swap) | "
                   f"{f'{inflight_old} of {inflight}' if tool == 'switch' else 'n/a (no switch)'} |")
         w("")
 
@@ -221,7 +221,7 @@ def plot(cases, path):
                 if cases[cid]["results"].get(tool):
                     rows.append((f"{TOOL_NAMES[tool].replace('`', '')}, {img}", representative(cases[cid]["results"][tool])))
     colors = {"old": "#4c9be8", "new": "#2ca02c", "fail": "#d62728", "other": "#999999", "late": "#ff9f1c"}
-    fig, (ax, ax2) = plt.subplots(2, 1, figsize=(11, 9), gridspec_kw={"height_ratios": [3.2, 2]})
+    fig, (ax, ax2) = plt.subplots(2, 1, figsize=(12, 10), gridspec_kw={"height_ratios": [3.2, 2.2]})
     for y, (label, run) in enumerate(reversed(rows)):
         nc = run["newconn"]
         late_at = (nc["median_ms"] or 0) / 1000 + 0.1
@@ -252,23 +252,33 @@ def plot(cases, path):
     ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.14), fontsize=8, ncol=4, frameon=False)
     ax.grid(axis="x", alpha=0.3)
 
-    cols = []
+    cols, groups = [], []
     for cid in ordered(cases):
+        first_col = len(cols)
         for tool in cases[cid]["tools"]:
             runs = cases[cid]["results"].get(tool)
             if runs:
-                cols.append((f"{SHORT.get(cid, cid)}\n{tool}", tool, [r["newconn"]["failed"] for r in runs]))
+                cols.append((tool, [r["newconn"]["failed"] for r in runs]))
+        if len(cols) > first_col:
+            groups.append((SHORT.get(cid, cid).replace("\n", " "), first_col, len(cols) - 1))
     tool_color = {"switch": "#2ca02c", "publish": "#1f77b4", "script": "#d62728"}
-    for x, (_, tool, fails) in enumerate(cols):
-        jitter = [((i % 5) - 2) * 0.05 for i in range(len(fails))]
-        ax2.scatter([x + j for j in jitter], fails, s=18, alpha=0.7, color=tool_color[tool])
+    for x, (tool, fails) in enumerate(cols):
+        jitter = [((i % 5) - 2) * 0.06 for i in range(len(fails))]
+        ax2.scatter([x + j for j in jitter], fails, s=16, alpha=0.7, color=tool_color[tool])
         ax2.hlines(statistics.median(fails), x - 0.3, x + 0.3, color="black", linewidth=1.5)
     ax2.set_xticks(range(len(cols)))
-    ax2.set_xticklabels([c[0] for c in cols], fontsize=7)
+    ax2.set_xticklabels([c[0] for c in cols], fontsize=7, rotation=90)
+    for label, lo, hi in groups:
+        ax2.annotate(label, xy=((lo + hi) / 2, 0), xycoords=("data", "axes fraction"), xytext=(0, -52),
+                     textcoords="offset points", ha="center", va="top", fontsize=8)
+        if lo > 0:
+            ax2.axvline(lo - 0.5, color="#bbbbbb", linewidth=0.8)
+    ax2.set_xlim(-0.6, len(cols) - 0.4)
     ax2.set_yscale("symlog", linthresh=10)
-    ax2.set_ylim(-0.5, None)
-    ax2.set_ylabel("failed requests per swap (log above 10)")
-    ax2.set_title("Failed new-connection requests in every swap (bar: median)", fontsize=10)
+    top = max(max(f) for _, f in cols)
+    ax2.set_ylim(-0.5, max(20, top * 1.6))
+    ax2.set_ylabel("failed requests per swap\n(log scale above 10)")
+    ax2.set_title("Failed new-connection requests in every swap, every case (bar: median)", fontsize=10)
     ax2.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
