@@ -725,7 +725,13 @@ fn remove_leaves_no_chain_or_jump_and_resets_route_localnet_when_last() {
 
     other.rt.block_on(other.nf.remove()).unwrap();
     assert_eq!(rules_mentioning(other.nf.prefix()), Vec::<String>::new());
-    assert_eq!(route_localnet("docker0"), "0", "the last one out resets it");
+    // Another agent's chains on this host (a demo's, a benchmark's, the packaged agent's)
+    // masquerade loopback clients too: then ours was not the last one out.
+    let others = sh_ok("iptables", &["-w", "5", "-t", "nat", "-S"])
+        .lines()
+        .any(|l| l.contains("-o docker0") && l.contains("-s 127.0.0.0/8") && l.ends_with("-j MASQUERADE"));
+    let want = if others { "1" } else { "0" };
+    assert_eq!(route_localnet("docker0"), want, "the last one out resets it (others: {others})");
     drop(other);
 }
 
