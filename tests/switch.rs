@@ -172,3 +172,51 @@ fn after_a_reboot_the_rules_are_back_before_s3_answers() {
     let _agent = h.host.start_agent(&[]);
     h.host.wait_serves(&v1, Duration::from_secs(5));
 }
+
+#[test]
+fn moving_between_publish_and_switch_modes_by_sighup_keeps_the_site() {
+    let h = SwitchHost::new("sw_modes", "");
+    let fast = "[reconcile]\ninterval = \"1s\"\njitter = \"0s\"\n";
+    // Start in publish mode (with this test's chain prefix: never the production one).
+    let publish = format!("{fast}[traffic]\nmode = \"publish\"\nchains = \"{}\"\n", h.chains);
+    h.host.write_config(&publish);
+    let v1 = h.host.release("good");
+    let mut agent = h.host.start_agent(&[]);
+    h.host.wait_deployed(&v1, SERVE);
+    let bindings = || docker_ok(&["inspect", "-f", "{{json .HostConfig.PortBindings}}", &h.host.container]);
+    assert!(bindings().contains(&h.host.port.to_string()), "published: {}", bindings());
+
+    // To switch mode: the container is replaced by one with no published port, behind the rules.
+    h.host.write_config(&format!("{fast}[traffic]\nmode = \"switch\"\nchains = \"{}\"\n", h.chains));
+    agent.signal("HUP");
+    wait_for("the switch-mode container", SERVE, || {
+        let b = bindings();
+        (b == "{}" || b == "null").then_some(())
+    });
+    h.host.wait_deployed(&v1, SERVE);
+    assert!(h.dnat_rules().contains("DNAT"), "{}", h.dnat_rules());
+
+    // Back to publish mode: the rules go, Docker publishes the port again.
+    h.host.write_config(&publish);
+    agent.signal("HUP");
+    wait_for("the published container", SERVE, || bindings().contains(&h.host.port.to_string()).then_some(()));
+    h.host.wait_deployed(&v1, SERVE);
+    assert!(!h.dnat_rules().contains("--to-destination"), "rules removed: {}", h.dnat_rules());
+    agent.assert_alive();
+}
+
+#[test]
+fn dry_run_in_switch_mode_shows_the_switch_step() {
+    let h = SwitchHost::new("sw_dry", "");
+    h.host.release("good");
+    assert_eq!(h.host.sync().code, 0);
+    h.host.release("good");
+    let run = h.host.agent(&["--env", "staging", "sync", "--dry-run"]);
+    assert_eq!(run.code, 0, "{}", run.output());
+    assert!(run.stdout.contains("switch traffic: point host ports"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("stop") && run.stdout.contains("-previous with its image's stop signal"),
+        "{}",
+        run.stdout
+    );
+}

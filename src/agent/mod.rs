@@ -87,6 +87,8 @@ pub struct Agent<T, R, C> {
     /// Switch mode: the address the traffic rules should point at, watched by `rules`.
     route: Arc<Mutex<Option<Ipv4Addr>>>,
     rules: Option<JoinHandle<()>>,
+    /// The chains of a `[traffic] chains` changed by SIGHUP, removed after the next pass.
+    retired_routes: Option<Arc<dyn crate::pass::switch::Routes>>,
     /// Identity and seed, halt knowledge, metrics.
     fleet: Fleet,
     /// Set by the pass that saw a release fail here (its probe, or a crash loop).
@@ -121,6 +123,7 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
             events: None,
             route: Arc::new(Mutex::new(None)),
             rules: None,
+            retired_routes: None,
             fleet: Fleet::start(),
             failed: None,
             last_decision: None,
@@ -480,6 +483,17 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Reconciler for Agent<T
             Ok(settings) => {
                 tracing::info!(config = %self.config_path.display(), "configuration reloaded");
                 let renamed = settings.container.name != self.settings.container.name;
+                if settings.traffic.chains != self.settings.traffic.chains {
+                    // New chains from now on; the old ones are removed after the next pass
+                    // has pointed the new ones at the container.
+                    match crate::outside::netfilter::Netfilter::with_prefix(&settings.traffic.chains) {
+                        Ok(netfilter) => {
+                            let old = std::mem::replace(&mut self.services.routes, Arc::new(netfilter));
+                            self.retired_routes = Some(old);
+                        }
+                        Err(e) => tracing::error!("[traffic] chains: {e}"),
+                    }
+                }
                 self.settings = settings;
                 self.environment = None;
                 self.published = None;
