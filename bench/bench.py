@@ -794,9 +794,10 @@ def read_proc(pid):
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     ticks = int(fields[11]) + int(fields[12])  # utime + stime of all threads, clock ticks
+    child_ticks = int(fields[13]) + int(fields[14])  # cutime + cstime: its reaped children (iptables)
     kb = lambda k: int(st[k].split()[0])  # noqa: E731
     return {"rss_kb": kb("VmRSS"), "hwm_kb": kb("VmHWM"), "threads": int(st["Threads"]), "cpu_ns": cpu_ns,
-            "cpu_ticks_s": ticks / os.sysconf("SC_CLK_TCK")}
+            "cpu_ticks_s": ticks / os.sysconf("SC_CLK_TCK"), "cpu_children_s": child_ticks / os.sysconf("SC_CLK_TCK")}
 
 
 def stage_drift(results, sha):
@@ -892,6 +893,7 @@ def stage_idle(results, cfg, sha):
         "threads": final["threads"],
         "cpu_total_s": final["cpu_ns"] / 1e9,
         "cpu_total_all_threads_s": final["cpu_ticks_s"],
+        "cpu_children_s": final["cpu_children_s"],  # switch mode: the rules check's iptables runs
         "load1_during": [min(s["load1"] for s in samples), statistics.median(s["load1"] for s in samples),
                          max(s["load1"] for s in samples)],
         "first_pass": classify(first),

@@ -529,7 +529,7 @@ def netfilter_test_lock(wait_s=300):
 def run_case(case_id, runs, out_dir):
     case = CASES[case_id]
     log(f"case {case_id}: {runs} runs of {', '.join(case['tools'])}")
-    rec = {"case": case_id, "image": case["image"], "path": case["path"], "loads": case["loads"],
+    rec = {"case": case_id, "run_id": B.RUN_ID, "image": case["image"], "path": case["path"], "loads": case["loads"],
            "tools": list(case["tools"]), "runs": runs, "loadavg_start": loadavg(),
            "stop_timeout": case.get("stop_timeout", "3s"), "every_ms": EVERY * 1000, "timeout_s": TIMEOUT,
            "late_ms": LATE * 1000, "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
@@ -617,6 +617,8 @@ def main():
         meta["bench_seconds"] = time.monotonic() - t_start
         meta["cleanup_errors"] = errors
         meta["cases"] = a.cases.split(",")
+        meta["runs_arg"] = a.runs
+        meta["run_id"] = B.RUN_ID
         with open(os.path.join(a.out_dir, f"swap-meta-{B.RUN_ID}.json"), "w") as f:
             json.dump(meta, f, indent=1)
 

@@ -11,7 +11,7 @@
 # Cases (bench/swap.py CASES): busybox-loopback, busybox-loopback-arp1000 (switch only, docker0
 # ARP at the kernel default), busybox-loopback-stop10s (switch only, a 10 s stop grace),
 # apache-loopback (new connections + a keep-alive connection + /cgi-bin/slow in flight),
-# busybox-veth and apache-veth (the client in a network namespace of its own over a veth pair).
+# apache-loopback-noslow (the same without the slow requests), busybox-veth and apache-veth (the client in a network namespace of its own over a veth pair).
 # Each case's results go to .stack/bench-swap/results/swap-CASE.json (a re-run of a case
 # replaces its file; the report reads all of them).
 #
@@ -35,7 +35,7 @@ if [ "${1:-}" = "--report-only" ]; then
   exit 0
 fi
 args=("$@")
-[ ${#args[@]} -gt 0 ] || args=(--cases busybox-loopback,apache-loopback,busybox-veth,apache-veth,busybox-loopback-arp1000,busybox-loopback-stop10s)
+[ ${#args[@]} -gt 0 ] || args=(--cases busybox-loopback,apache-loopback,busybox-veth,apache-veth,apache-loopback-noslow,busybox-loopback-arp1000,busybox-loopback-stop10s)
 agent=${BENCH_AGENT:-$root/target/release/blog-agent}
 if [ ! -x "$agent" ]; then
   echo "bench: no binary at $agent; build it (cargo build --release) or set BENCH_AGENT" >&2

@@ -147,8 +147,9 @@ def render(cases, metas, plot_name):
                 inflight_old = sum(vals(runs, "slow", "inflight_200_old"))
                 w(f"| {CASE_NAMES.get(cid, cid)} | {TOOL_NAMES[tool]} | {mm(vals(runs, 'keepalive', 'failed_after_retry'))} | "
                   f"{mm(vals(runs, 'keepalive', 'retried'))} | {sum(ka_new) if ka_new else 'n/a'} | "
-                  f"{mm(vals(runs, 'slow', 'failed'))} (of ~{statistics.median(vals(runs, 'slow', 'requests')):.0f} per swap) | "
-                  f"{f'{inflight_old} of {inflight}' if tool == 'switch' else 'n/a (no switch)'} |")
+                  + (f"{mm(vals(runs, 'slow', 'failed'))} (of ~{statistics.median(vals(runs, 'slow', 'requests')):.0f} per swap) | "
+                     f"{f'{inflight_old} of {inflight}' if tool == 'switch' else 'n/a (no switch)'} |"
+                     if vals(runs, "slow", "requests") else "(no slow requests in this case) | |"))
         w("")
 
     w("**Against issue 11's goals (switch mode).**")
@@ -193,10 +194,22 @@ def render(cases, metas, plot_name):
     w("")
     w("```sh")
     w("cargo build --release")
-    w("BENCH_AGENT=target/release/blog-agent bash bench/swap.sh                       # every case, 20 swaps each")
+    w("BENCH_AGENT=target/release/blog-agent bash bench/swap.sh                       # every case, 20 swaps each (~40 min)")
     w("BENCH_AGENT=target/release/blog-agent bash bench/swap.sh --cases busybox-loopback --runs 20")
     w("bash bench/swap.sh --report-only                                               # re-render this section")
     w("```")
+    runs_cmds = []
+    current = {c.get("run_id") for c in cases.values()}
+    for m in metas:  # oldest first; only the invocations whose results are on this page
+        if None not in current and m.get("run_id") not in current:
+            continue
+        cmd = (",".join(m.get("cases", [])), m.get("runs_arg"))
+        if m.get("cases") and cmd not in runs_cmds:
+            runs_cmds.append(cmd)
+    if runs_cmds:
+        w("")
+        w("This page's figures came from " + "; then ".join(
+            f"`bash bench/swap.sh --cases {c}" + (f" --runs {r}`" if r else "`") for c, r in runs_cmds) + ".")
     w("")
     w(END)
     return "\n".join(out) + "\n"
