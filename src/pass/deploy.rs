@@ -208,25 +208,13 @@ pub async fn cut_over(
     let new_id = engine.create(&next_name, desired, digest, Role::Serving).await?;
     let previous_name = aside(name, PREVIOUS);
     if let Some(old) = old {
-        // Only ours: the decision refuses to cut over when someone else's container holds it.
-        let stale = engine.container(&previous_name).await?.filter(|c| c.id != old.id && c.is_managed());
-        if let Some(stale) = stale {
-            engine.remove(&stale.id).await?;
-        }
+        clear_stale_previous(engine, name, old).await?;
     }
     let mut old = old;
     let started = async {
         if let Some(current) = old {
             engine.stop(&current.id, settings.container.stop_timeout).await?;
-            match engine.rename(&current.id, &previous_name).await {
-                // Removed under our feet (`docker rm -f` racing the cut-over): the name is
-                // free, so carry on with the new version rather than fail and go dark.
-                Err(e) if e.is_not_found() => {
-                    tracing::warn!(container = %name, "the old container was removed during the cut-over; carrying on");
-                    old = None;
-                }
-                other => other?,
-            }
+            old = move_aside(engine, name, current).await?;
         }
         engine.rename(&new_id, name).await?;
         engine.start(&new_id).await?;
@@ -270,6 +258,33 @@ pub async fn cut_over(
             }
             Err(DeployError::CutoverUnhealthy { image: desired.image.clone(), probe, restored })
         }
+    }
+}
+
+/// Removes a `<name>-previous` of ours left by an earlier cut-over, so `old` can take the name.
+/// Only ours: the decision refuses to cut over when someone else's container holds it.
+pub async fn clear_stale_previous(engine: &Engine, name: &str, old: &ContainerInfo) -> Result<(), EngineError> {
+    let stale = engine.container(&aside(name, PREVIOUS)).await?.filter(|c| c.id != old.id && c.is_managed());
+    if let Some(stale) = stale {
+        engine.remove(&stale.id).await?;
+    }
+    Ok(())
+}
+
+/// Renames `old` to `<name>-previous`. `None` when it was removed under our feet (`docker rm -f`
+/// racing the cut-over): the name is free, so the cut-over carries on with the new version
+/// rather than fail and go dark.
+pub async fn move_aside<'a>(
+    engine: &Engine,
+    name: &str,
+    old: &'a ContainerInfo,
+) -> Result<Option<&'a ContainerInfo>, EngineError> {
+    match engine.rename(&old.id, &aside(name, PREVIOUS)).await {
+        Err(e) if e.is_not_found() => {
+            tracing::warn!(container = %name, "the old container was removed during the cut-over; carrying on");
+            Ok(None)
+        }
+        other => other.map(|()| Some(old)),
     }
 }
 
@@ -326,6 +341,17 @@ pub async fn restart(
     shutdown: &Shutdown,
 ) -> Result<(), DeployError> {
     engine.start(&container.id).await?;
+    wait_restarted(engine, settings, container, shutdown).await
+}
+
+/// Waits until `container`, just started again, answers the health URL (and fails fast if it
+/// crashes meanwhile).
+pub async fn wait_restarted(
+    engine: &Engine,
+    settings: &Settings,
+    container: &ContainerInfo,
+    shutdown: &Shutdown,
+) -> Result<(), DeployError> {
     let url = &settings.health.url;
     let probe = health::wait_healthy(&url.host, url.port, &url.path, settings.health.timeout, || {
         still_running(engine, &container.id, container.restart_count)

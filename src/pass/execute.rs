@@ -75,35 +75,6 @@ pub async fn observe_and_decide(
     Ok((snapshot, decision))
 }
 
-/// Observes, decides and carries the decision out (`sync`: no quarantine memory).
-#[allow(clippy::too_many_arguments)]
-pub async fn execute<T, R, C: CredentialSource>(
-    settings: &Settings,
-    services: &Services<T, R, C>,
-    environment: &str,
-    wanted: &Wanted,
-    quarantine: &HashMap<Sha, Instant>,
-    fleet: FleetInputs<'_>,
-    shutdown: &Shutdown,
-    options: Options,
-) -> Result<Done, PassError> {
-    let (snapshot, decision) =
-        observe_and_decide(settings, &services.engine, environment, wanted, quarantine, fleet).await?;
-    let redecide = |snapshot: &Snapshot| {
-        decide::decide(&Inputs {
-            settings,
-            environment,
-            wanted,
-            snapshot,
-            quarantine,
-            now: Instant::now(),
-            rollout: fleet.rollout,
-            halted: fleet.halted,
-        })
-    };
-    execute_decision(settings, services, environment, snapshot, decision, redecide, shutdown, options).await
-}
-
 /// Carries out `decision`, made on `snapshot`. After recovery steps the host is observed
 /// again and `redecide` (the same rules) gives the decision for the main step.
 #[allow(clippy::too_many_arguments)]

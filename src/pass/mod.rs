@@ -6,8 +6,10 @@
 //!   ordered steps;
 //! - [`execute`] and [`deploy`]: carry the steps out, safely. They choose nothing.
 //!
-//! `sync`, `sync --dry-run` and the `run` loop all go through [`execute::observe_and_decide`],
-//! so the dry run prints exactly what a real pass would do.
+//! `sync` and `sync --dry-run` both go through [`execute::observe_and_decide`], so the dry run
+//! prints exactly what a real pass would do; the `run` loop observes, notes crash loops, then
+//! calls the same [`decide::decide`]. All of them carry out through
+//! [`execute::execute_decision`].
 
 pub mod decide;
 pub mod deploy;

@@ -18,7 +18,6 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use super::deploy::{self, DeployError};
-use super::snapshot::{aside, PREVIOUS};
 use crate::config::{PortMapping, Settings};
 use crate::outside::docker::{ContainerInfo, Engine, EngineError, Role};
 use crate::outside::health::{self, ProbeFailed};
@@ -56,7 +55,7 @@ pub struct RouteError(pub String);
 
 /// The config's port mappings as netfilter's (IPv4 only: the config refuses others in switch
 /// mode).
-fn mappings(ports: &[PortMapping]) -> Vec<Mapping> {
+pub fn mappings(ports: &[PortMapping]) -> Vec<Mapping> {
     ports
         .iter()
         .map(|p| {
@@ -109,21 +108,10 @@ pub async fn switch_over(
     shutdown: &Shutdown,
 ) -> Result<String, DeployError> {
     let name = &spec.name;
-    let previous_name = aside(name, PREVIOUS);
     let mut old = old;
     if let Some(current) = old {
-        // Only ours: the decision refuses to cut over when someone else's container holds it.
-        let stale = engine.container(&previous_name).await?.filter(|c| c.id != current.id && c.is_managed());
-        if let Some(stale) = stale {
-            engine.remove(&stale.id).await?;
-        }
-        match engine.rename(&current.id, &previous_name).await {
-            Err(e) if e.is_not_found() => {
-                tracing::warn!(container = %name, "the old container was removed during the cut-over; carrying on");
-                old = None;
-            }
-            other => other?,
-        }
+        deploy::clear_stale_previous(engine, name, current).await?;
+        old = deploy::move_aside(engine, name, current).await?;
     }
     let new_id = match engine.create(name, spec, digest, Role::Serving).await {
         Ok(id) => id,
@@ -300,15 +288,7 @@ pub async fn restart(
         .await?
         .ok_or_else(|| EngineError::NotFound { op: "inspect container", target: container.name.clone() })?;
     ensure_route(routes, ports, &started).await?;
-    let url = &settings.health.url;
-    let probe = health::wait_healthy(&url.host, url.port, &url.path, settings.health.timeout, || {
-        deploy::still_running(engine, &container.id, container.restart_count)
-    });
-    shutdown
-        .race(probe)
-        .await?
-        .map(drop)
-        .map_err(|probe| DeployError::RestartUnhealthy { container: container.name.clone(), probe })
+    deploy::wait_restarted(engine, settings, container, shutdown).await
 }
 
 fn ports_text(ports: &[PortMapping]) -> String {
