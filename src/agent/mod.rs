@@ -28,6 +28,7 @@ use tokio::time::Instant;
 use crate::config::{Settings, TrafficMode};
 use crate::environment::{self, Environment};
 use crate::lock;
+use crate::outside::docker::ContainerInfo;
 use crate::outside::imds::TagSource;
 use crate::outside::registry::CredentialSource;
 use crate::outside::release::{Fetched, ObjectLocation, ReleaseSource};
@@ -183,8 +184,7 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
         if self.settings.traffic.mode != TrafficMode::Switch {
             return;
         }
-        let main = self.services.engine.container(&self.settings.container.name).await.ok().flatten();
-        let Some(main) = main.filter(|c| c.is_managed() && c.running) else { return };
+        let Some(main) = self.serving_container().await else { return };
         if let Err(e) =
             crate::pass::switch::ensure_route(self.services.routes.as_ref(), &self.settings.container.ports, &main)
                 .await
@@ -194,13 +194,16 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
     }
 
     /// Switch mode: remembers where the rules should point (the running container of ours).
-    async fn note_route(&self) {
-        if self.settings.traffic.mode != TrafficMode::Switch {
-            return;
+    fn note_route(&self, serving: Option<&ContainerInfo>) {
+        if self.settings.traffic.mode == TrafficMode::Switch {
+            *self.route.lock().unwrap() = serving.and_then(crate::pass::switch::address);
         }
-        let main = self.services.engine.container(&self.settings.container.name).await.ok().flatten();
-        let to = main.filter(|c| c.is_managed() && c.running).as_ref().and_then(crate::pass::switch::address);
-        *self.route.lock().unwrap() = to;
+    }
+
+    /// The running container of ours under the configured name, as Docker has it now.
+    async fn serving_container(&self) -> Option<ContainerInfo> {
+        let main = self.services.engine.container(&self.settings.container.name).await.ok()??;
+        (main.is_managed() && main.running).then_some(main)
     }
 
     /// One pass: what serves afterwards, and the problem to report (if any).
@@ -440,13 +443,6 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
         }
     }
 
-    /// After a failed pass: what serves now, from Docker (not from what the pass hoped).
-    async fn serving_now(&self) -> Option<Sha> {
-        let main = self.services.engine.container(&self.settings.container.name).await.ok()??;
-        let sha = main.labels.get(crate::spec::LABEL_SHA).filter(|_| main.is_managed() && main.running)?;
-        Sha::parse(sha).ok()
-    }
-
     /// Logs `next` if it differs from the current problem; logs recovery when it clears.
     fn note(&self, next: Option<&Problem>) {
         let env = self.environment.as_ref().map(|e| e.name.as_str()).unwrap_or("");
@@ -463,14 +459,25 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
 
 impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Reconciler for Agent<T, R, C> {
     async fn pass(&mut self, kind: PassKind, shutdown: &Shutdown) -> Phase {
-        let phase = match self.try_pass(kind, shutdown).await {
-            Err(e) if e.is_cancelled() || shutdown.is_requested() => return Phase::Stopping,
-            Ok((serving, problem)) => Phase::after_pass(serving.map(|s| s.to_string()), problem),
-            Err(e) => Phase::after_pass(self.serving_now().await.map(|s| s.to_string()), Some(Problem::from(&e))),
+        let result = self.try_pass(kind, shutdown).await;
+        if result.as_ref().is_err_and(|e| e.is_cancelled() || shutdown.is_requested()) {
+            return Phase::Stopping;
+        }
+        // What serves now, from Docker (not from what the pass hoped): needed after a failed
+        // pass for the phase, and in switch mode for the rules watcher. One inspect for both.
+        let switching = self.settings.traffic.mode == TrafficMode::Switch;
+        let serving = if switching || result.is_err() { self.serving_container().await } else { None };
+        let phase = match result {
+            Ok((sha, problem)) => Phase::after_pass(sha.map(|s| s.to_string()), problem),
+            Err(e) => {
+                let sha = serving.as_ref().and_then(|c| c.labels.get(crate::spec::LABEL_SHA));
+                let sha = sha.and_then(|s| Sha::parse(s).ok()).map(|s| s.to_string());
+                Phase::after_pass(sha, Some(Problem::from(&e)))
+            }
         };
         self.note(phase.problem());
         self.after_pass(&phase).await;
-        self.note_route().await;
+        self.note_route(serving.as_ref());
         LastPass::record(&self.settings.agent.state_dir, phase.problem().map(|p| p.text.as_str()));
         self.phase = phase.clone();
         phase
