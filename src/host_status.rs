@@ -279,9 +279,12 @@ pub async fn gather(
         }
         Err(e) => status.environment_error = Some(e.to_string()),
     }
+    // The container's bridge address, for the traffic lines below (one inspect serves both).
+    let mut serving_address = None;
     if let Some(engine) = engine {
         match engine.container(&settings.container.name).await {
             Ok(Some(c)) => {
+                serving_address = c.ip.clone().map(|ip| (ip, c.name.clone()));
                 let url = &settings.health.url;
                 let health = match crate::outside::health::get_status(&url.host, url.port, &url.path).await {
                     Ok(code) => HealthStatus {
@@ -304,12 +307,6 @@ pub async fn gather(
             }
             Ok(None) => {}
             Err(e) => status.container_error = Some(e.to_string()),
-        }
-    }
-    let mut serving_address = None;
-    if let Some(engine) = engine {
-        if let Ok(Some(c)) = engine.container(&settings.container.name).await {
-            serving_address = c.ip.clone().map(|ip| (ip, c.name.clone()));
         }
     }
     if settings.traffic.mode == TrafficMode::Switch {

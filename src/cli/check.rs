@@ -12,7 +12,7 @@ use crate::environment::{self, EnvSource};
 use crate::fleet::halt::HaltMarkers;
 use crate::outside::docker::Engine;
 use crate::outside::imds::Imds;
-use crate::outside::netfilter::Netfilter;
+use crate::outside::netfilter::{Mapping, Netfilter};
 use crate::outside::registry::{CredentialSource, Ecr};
 use crate::outside::release::{Fetched, ReleaseError, ReleaseSource, S3Releases};
 use crate::pass::once::release_location;
@@ -232,20 +232,20 @@ async fn check_traffic_switch(r: &mut Report, settings: &Settings) {
             format!("{e}: the agent needs CAP_NET_ADMIN and iptables (run check as root), or set [traffic] mode = \"publish\""),
         ),
     }
-    let loopback =
-        settings.container.ports.iter().any(|p| p.host_ip.is_none_or(|ip| ip.is_loopback() || ip.is_unspecified()));
+    // The same rule the switch uses to decide it needs route_localnet.
+    let loopback = crate::pass::switch::mappings(&settings.container.ports).iter().any(Mapping::takes_loopback);
     if loopback {
-        match std::fs::read_to_string("/proc/sys/net/ipv4/conf/docker0/route_localnet") {
-            Ok(v) if v.trim() == "1" => r.ok("route_localnet", "docker0: 1 (loopback clients are switched too)"),
-            Ok(v) => r.fail(
+        let bridge = netfilter.bridge();
+        match netfilter.route_localnet().await {
+            Some(true) => r.ok("route_localnet", format!("{bridge}: 1 (loopback clients are switched too)")),
+            Some(false) => r.fail(
                 "route_localnet",
                 format!(
-                    "docker0: {}: clients on 127.0.0.1 get nothing; the package's /usr/lib/sysctl.d/60-blog-agent.conf \
-                     sets it: `sysctl -w net.ipv4.conf.docker0.route_localnet=1`",
-                    v.trim()
+                    "{bridge}: 0: clients on 127.0.0.1 get nothing; the package's /usr/lib/sysctl.d/60-blog-agent.conf \
+                     sets it: `sysctl -w net.ipv4.conf.{bridge}.route_localnet=1`"
                 ),
             ),
-            Err(e) => r.skip("route_localnet", &format!("cannot read it ({e}): is docker0 up?")),
+            None => r.skip("route_localnet", &format!("cannot read it for {bridge}: is it up?")),
         }
     }
 }

@@ -117,7 +117,7 @@ impl Mapping {
     }
 
     /// Clients on the host itself (127.0.0.1) reach it: needs the masquerade and route_localnet.
-    fn takes_loopback(&self) -> bool {
+    pub fn takes_loopback(&self) -> bool {
         self.bound().is_none_or(|ip| ip.is_loopback())
     }
 
@@ -663,7 +663,7 @@ impl Netfilter {
     }
 
     /// `Some(on)`, or `None` when it cannot be read (no such bridge yet, or /proc/sys hidden).
-    async fn route_localnet(&self) -> Option<bool> {
+    pub async fn route_localnet(&self) -> Option<bool> {
         let text = tokio::fs::read_to_string(self.route_localnet_path()).await.ok()?;
         Some(text.trim() != "0")
     }
