@@ -7,10 +7,11 @@
 #        http500  httpd whose every page answers 500
 #        flaky    serves for 3 seconds, then exits non-zero (a crash loop under a restart policy)
 #        slow     serves only 4 seconds after it starts (a slow boot: its probes take that long)
+#        large    good, plus 3 MiB of random bytes beside the page (a pull that takes time)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/stack-env.sh"
-sha=${1:?usage: publish-image.sh SHA [good|crash|http500|flaky|slow] [REGISTRY] [REPO]}
+sha=${1:?usage: publish-image.sh SHA [good|crash|http500|flaky|slow|large] [REGISTRY] [REPO]}
 kind=${2:-good}
 registry=${3:-$BLOG_AGENT_TEST_REGISTRY}
 repo=${4:-blog}
@@ -34,9 +35,12 @@ case "$kind" in
   flaky)
     # httpd without -f daemonizes; the shell (PID 1) then exits non-zero after 3 s.
     printf 'FROM scratch\nCOPY busybox /bin/busybox\nCOPY busybox /bin/sh\nCOPY www /var/www\nEXPOSE 80\nENTRYPOINT ["/bin/sh","-c","/bin/busybox httpd -p 80 -h /var/www && /bin/busybox sleep 3; exit 1"]\n' >"$ctx/Dockerfile" ;;
+  large)
+    head -c 3145728 /dev/urandom >"$ctx/www/ballast.bin"
+    printf 'FROM scratch\nCOPY busybox /bin/busybox\nCOPY www /var/www\nEXPOSE 80\nENTRYPOINT ["/bin/busybox","httpd","-f","-p","80","-h","/var/www"]\n' >"$ctx/Dockerfile" ;;
   slow)
     printf 'FROM scratch\nCOPY busybox /bin/busybox\nCOPY busybox /bin/sh\nCOPY www /var/www\nEXPOSE 80\nENTRYPOINT ["/bin/sh","-c","/bin/busybox sleep 4; exec /bin/busybox httpd -f -p 80 -h /var/www"]\n' >"$ctx/Dockerfile" ;;
-  *) echo "publish-image: unknown kind '$kind' (good, crash, http500, flaky, slow)" >&2; exit 2 ;;
+  *) echo "publish-image: unknown kind '$kind' (good, crash, http500, flaky, slow, large)" >&2; exit 2 ;;
 esac
 # Logging in is idempotent and cheap; registries started by tests need it too.
 echo "$ECR_TOKEN_PASSWORD" | docker login -u "$ECR_TOKEN_USER" --password-stdin "$registry" >/dev/null 2>&1 || true

@@ -197,6 +197,9 @@ pub struct RolloutSettings {
     /// Where halt markers live, `{environment}` standing for the environment's name; `None`:
     /// `halted/` beside the release key (see [`crate::fleet::halt::prefix_for`]).
     pub halt_prefix: Option<String>,
+    /// The Auto Scaling launch lifecycle hook this host completes once it serves (see
+    /// [`crate::agent::launch_gate`]); `None`: no launch gate.
+    pub lifecycle_hook: Option<String>,
 }
 
 impl RolloutSettings {
@@ -242,6 +245,7 @@ struct RawConfig {
 struct RawRollout {
     spread: Option<String>,
     halt_prefix: Option<String>,
+    lifecycle_hook: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -463,7 +467,20 @@ impl Validator<'_> {
                 ));
             }
         }
-        Ok(RolloutSettings { spread, halt_prefix: raw.halt_prefix })
+        if let Some(hook) = &raw.lifecycle_hook {
+            // Auto Scaling's own rule for hook names: 1-255 of [A-Za-z0-9-_/].
+            let valid = (1..=255).contains(&hook.len())
+                && hook.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'/'));
+            if !valid {
+                return Err(self.invalid(
+                    "[rollout] lifecycle_hook",
+                    hook,
+                    "expected the name of the group's launch lifecycle hook (1-255 letters, digits, '-', '_', '/'), \
+                     as `aws autoscaling describe-lifecycle-hooks` shows it; leave it unset for no launch gate",
+                ));
+            }
+        }
+        Ok(RolloutSettings { spread, halt_prefix: raw.halt_prefix, lifecycle_hook: raw.lifecycle_hook })
     }
 
     fn metrics(&self, raw: RawMetrics) -> Result<MetricsSettings, ConfigError> {
@@ -1134,7 +1151,7 @@ mod tests {
     #[test]
     fn rollout_and_metrics_default_to_today_s_behaviour() {
         let s = parse(MINIMAL).unwrap();
-        assert_eq!(s.rollout, RolloutSettings { spread: Duration::ZERO, halt_prefix: None });
+        assert_eq!(s.rollout, RolloutSettings { spread: Duration::ZERO, halt_prefix: None, lifecycle_hook: None });
         assert_eq!(s.metrics, MetricsSettings { textfile: None });
         assert_eq!(s.rollout.halt_prefix_for("staging/stagebuild.txt", "staging"), "staging/halted/");
         let s = parse(&format!(
@@ -1169,6 +1186,24 @@ mod tests {
         );
         let err = parse(&format!("{MINIMAL}[rollout]\nsprad = \"1m\"\n")).unwrap_err().to_string();
         assert!(err.contains("unknown field `sprad`"), "{err}");
+    }
+
+    #[test]
+    fn a_lifecycle_hook_is_an_auto_scaling_hook_name() {
+        let s = parse(&format!("{MINIMAL}[rollout]\nlifecycle_hook = \"blog-launch/v2_a\"\n")).unwrap();
+        assert_eq!(s.rollout.lifecycle_hook.as_deref(), Some("blog-launch/v2_a"));
+        for value in ["", "blog launch", "blog:launch", "h\u{e9}"] {
+            assert_refused(
+                &format!("{MINIMAL}[rollout]\nlifecycle_hook = \"{value}\"\n"),
+                &format!("[rollout] lifecycle_hook = \"{value}\""),
+                "launch lifecycle hook",
+            );
+        }
+        assert_refused(
+            &format!("{MINIMAL}[rollout]\nlifecycle_hook = \"{}\"\n", "h".repeat(256)),
+            "[rollout] lifecycle_hook = ",
+            "1-255 letters",
+        );
     }
 
     #[test]

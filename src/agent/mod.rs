@@ -13,6 +13,7 @@
 pub mod driver;
 pub mod events;
 pub mod fleet;
+pub mod launch_gate;
 pub mod phase;
 pub mod quarantine;
 
@@ -43,6 +44,7 @@ use crate::sha::Sha;
 use crate::state::LastPass;
 use driver::{PassKind, Reconciler, Wakeups};
 use fleet::Fleet;
+use launch_gate::{LaunchGate, Stage};
 use phase::{Phase, Problem};
 use quarantine::{Cause, Quarantine};
 
@@ -96,6 +98,10 @@ pub struct Agent<T, R, C> {
     failed: Option<Failed>,
     /// Why the last pass chose its target, for the metrics.
     last_decision: Option<Why>,
+    /// The Auto Scaling launch hook this host completes once it serves.
+    launch: LaunchGate,
+    /// Set by a pass that only pulled the release's image (a warm-pool instance).
+    warmed: Option<String>,
 }
 
 impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
@@ -109,6 +115,10 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
         signals: Signals,
     ) {
         let (triggers, trigger_rx) = mpsc::channel::<&'static str>(1);
+        let activity = crate::outside::pull_progress::PullActivity::default();
+        let mut services = services;
+        services.engine = services.engine.clone().with_pull_activity(activity.clone());
+        let launch = LaunchGate::new(&settings, services.autoscaling.clone(), activity);
         let mut agent = Agent {
             settings,
             config_path,
@@ -128,6 +138,8 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
             fleet: Fleet::start(),
             failed: None,
             last_decision: None,
+            launch,
+            warmed: None,
         };
         agent.watch_events();
         agent.watch_rules();
@@ -227,6 +239,11 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
         };
 
         self.last_decision = None;
+        self.warmed = None;
+        if self.launch.configured(&self.settings) {
+            let identity = shutdown.race(self.fleet.identity()).await?.clone();
+            shutdown.race(self.launch.prepare(&self.settings, &identity)).await?;
+        }
         let mut problem = None;
         if kind == PassKind::Full {
             problem = self.read_release(&env, shutdown).await?;
@@ -310,6 +327,9 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
                 None => Err(PassError::NothingToRun(decision.why)),
             };
         }
+        if self.launch.holds_blog_back().await {
+            return self.warm_up(environment, decision.target.as_ref(), shutdown).await;
+        }
         let options = Options { probe_converged: false, rescue: true };
         let target = decision.target.clone();
         let served_before = snapshot.serving_sha().and_then(|s| Sha::parse(s).ok());
@@ -351,6 +371,27 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
                 Err(e)
             }
         }
+    }
+
+    /// A warm-pool instance's pass: the target's image on disk, nothing started or removed.
+    async fn warm_up(
+        &mut self,
+        environment: &str,
+        target: Option<&Sha>,
+        shutdown: &Shutdown,
+    ) -> Result<(Option<Sha>, Option<Problem>), PassError> {
+        let Some(sha) = target else { return Ok((None, None)) };
+        let spec = crate::spec::ContainerSpec::new(&self.settings, environment, sha);
+        let credentials = &self.services.credentials;
+        let (_, pulled) =
+            crate::pass::deploy::ensure_image(&self.services.engine, &self.settings, &spec, credentials, shutdown)
+                .await
+                .map_err(PassError::Deploy)?;
+        if pulled {
+            tracing::info!(env = environment, sha = %sha, "warm pool: pulled {} without starting the blog", spec.image);
+        }
+        self.warmed = Some(spec.image);
+        Ok((None, None))
     }
 
     /// Reads S3 (conditional GET). Returns the problem to report when S3 cannot be read; the
@@ -421,6 +462,7 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
         let why = self.last_decision.as_ref();
         let state = match phase {
             Phase::Degraded { .. } => "degraded",
+            Phase::Warm { .. } => "warm",
             Phase::Unconverged { .. } => "unconverged",
             _ => match why {
                 Some(Why::Waiting { .. }) => "waiting",
@@ -441,6 +483,24 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
         if let Some(path) = &self.settings.metrics.textfile {
             self.fleet.write_metrics(path);
         }
+    }
+
+    /// Completes the launch hook's action once the host is ready for it.
+    async fn complete_launch(&mut self, phase: &Phase) {
+        let stage = match phase {
+            Phase::Warm { .. } => Stage::Warm,
+            Phase::Converged { .. } => Stage::Launch,
+            _ => return,
+        };
+        let health = self.settings.health.clone();
+        let prove = || async move {
+            let url = &health.url;
+            crate::outside::health::wait_healthy(&url.host, url.port, &url.path, health.timeout, || async { Ok(()) })
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        };
+        self.launch.ready(stage, prove).await;
     }
 
     /// Logs `next` if it differs from the current problem; logs recovery when it clears.
@@ -468,6 +528,7 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Reconciler for Agent<T
         let switching = self.settings.traffic.mode == TrafficMode::Switch;
         let serving = if switching || result.is_err() { self.serving_container().await } else { None };
         let phase = match result {
+            Ok(_) if self.warmed.is_some() => Phase::Warm { image: self.warmed.clone().unwrap_or_default() },
             Ok((sha, problem)) => Phase::after_pass(sha.map(|s| s.to_string()), problem),
             Err(e) => {
                 let sha = serving.as_ref().and_then(|c| c.labels.get(crate::spec::LABEL_SHA));
@@ -477,6 +538,7 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Reconciler for Agent<T
         };
         self.note(phase.problem());
         self.after_pass(&phase).await;
+        self.complete_launch(&phase).await;
         self.note_route(serving.as_ref());
         LastPass::record(&self.settings.agent.state_dir, phase.problem().map(|p| p.text.as_str()));
         self.phase = phase.clone();

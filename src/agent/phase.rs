@@ -98,6 +98,11 @@ pub enum Phase {
     Unconverged {
         problem: Problem,
     },
+    /// A warm-pool instance: the release's image is on disk and the blog is not started; it
+    /// starts when Auto Scaling moves the instance out of the pool.
+    Warm {
+        image: String,
+    },
     Stopping,
 }
 
@@ -150,6 +155,9 @@ impl Phase {
                 format!("{env}: serving {}; degraded: {}", serving(s), problem.text)
             }
             Phase::Unconverged { problem } => format!("{env}: unconverged: {}", problem.text),
+            Phase::Warm { image } => {
+                format!("{env}: warm pool: {image} pulled; the blog starts when the instance leaves the pool")
+            }
             Phase::Stopping => format!("{env}: stopping"),
         }
     }
@@ -195,6 +203,11 @@ mod tests {
                 "staging: serving 0123456789ab; degraded: in the way",
             ),
             (Phase::Unconverged { problem: p.clone() }, None, "staging: unconverged: in the way"),
+            (
+                Phase::Warm { image: "blog:0123456789ab".into() },
+                None,
+                "staging: warm pool: blog:0123456789ab pulled; the blog starts when the instance leaves the pool",
+            ),
             (Phase::Stopping, None, "staging: stopping"),
         ];
         for (phase, paused, want) in cases {

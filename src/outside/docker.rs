@@ -112,6 +112,8 @@ pub struct Engine {
     docker: Docker,
     /// Draw pull progress on stderr (a person at a terminal ran `sync`).
     show_progress: bool,
+    /// Told of every item of a pull's stream (the launch gate's proof that a pull is moving).
+    activity: Option<crate::outside::pull_progress::PullActivity>,
 }
 
 /// Registry credentials in the form the Engine API takes (sent as a header, never logged).
@@ -162,7 +164,7 @@ impl Engine {
             .await
             .map_err(|_| EngineError::Unreachable { detail: "no answer within 10 s".into() })?
             .map_err(unreachable)?;
-        Ok(Engine { docker, show_progress: false })
+        Ok(Engine { docker, show_progress: false, activity: None })
     }
 
     /// Asks the daemon to look `reference` up in its registry with `creds` (a manifest request,
@@ -178,6 +180,12 @@ impl Engine {
             .await?
             .map(|d| d.descriptor.digest.unwrap_or_default())
             .map_err(api("inspect registry image", reference))
+    }
+
+    /// Notes every pull stream item in `activity` from now on.
+    pub fn with_pull_activity(mut self, activity: crate::outside::pull_progress::PullActivity) -> Engine {
+        self.activity = Some(activity);
+        self
     }
 
     /// Shows pull progress on stderr from now on.
@@ -270,11 +278,15 @@ impl Engine {
             ..Default::default()
         };
         let pull = async {
+            let _running = self.activity.as_ref().map(|a| a.begin());
             let mut stream = self.docker.create_image(Some(options), None, Some(auth));
             let mut progress = self.show_progress.then(crate::outside::pull_progress::PullProgress::default);
             while let Some(item) = stream.next().await {
                 match item {
                     Ok(info) => {
+                        if let Some(activity) = &self.activity {
+                            activity.touch();
+                        }
                         if let Some(err) = info.error_detail.and_then(|d| d.message) {
                             return Err(EngineError::Pull { image: reference.clone(), detail: err });
                         }

@@ -128,3 +128,21 @@ impl Imds {
         }
     }
 }
+
+const LIFECYCLE_PATH: &str = "/latest/meta-data/autoscaling/target-lifecycle-state";
+
+impl Imds {
+    /// The lifecycle state Auto Scaling is moving this instance to (`InService`,
+    /// `Warmed:Running`, ...): a local read, so a warm-pool instance can watch for the moment
+    /// it leaves the pool without calling the Auto Scaling API on every poll.
+    pub async fn target_lifecycle_state(&self) -> Result<String, String> {
+        match tokio::time::timeout(INSTANCE_ID_READ_TIMEOUT, self.client.get(LIFECYCLE_PATH)).await {
+            Err(_) => Err(format!("no answer within {INSTANCE_ID_READ_TIMEOUT:?}")),
+            Ok(Ok(value)) => Ok(value.as_ref().trim().to_owned()),
+            Ok(Err(SdkImdsError::ErrorResponse(resp))) => {
+                Err(format!("HTTP {} for {LIFECYCLE_PATH}", resp.response().status().as_u16()))
+            }
+            Ok(Err(other)) => Err(crate::outside::aws::describe(&other)),
+        }
+    }
+}

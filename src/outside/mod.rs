@@ -1,8 +1,10 @@
 //! One module per external system, each with its own error type naming what it touched:
 //! AWS SDK setup and region (`aws`), instance metadata (`imds`), the release object in S3
 //! (`release`), ECR credentials (`registry`), the Docker Engine (`docker`, with
-//! `pull_progress` for a terminal), and the HTTP health probe (`health`).
+//! `pull_progress` for a terminal), the HTTP health probe (`health`), netfilter (`netfilter`)
+//! and the Auto Scaling group's lifecycle hooks (`autoscaling`).
 
+pub mod autoscaling;
 pub mod aws;
 pub mod docker;
 pub mod health;

@@ -3,7 +3,71 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// Whether a pull is running and when it last reported progress: shared between the Engine,
+/// which marks a pull's start and end and touches it on every item of its stream, and the
+/// launch gate, which keeps a lifecycle action alive only while a pull is moving.
+#[derive(Debug, Clone, Default)]
+pub struct PullActivity(Arc<Mutex<Activity>>);
+
+#[derive(Debug, Default)]
+struct Activity {
+    /// Pulls running now.
+    running: usize,
+    last_progress: Option<Instant>,
+}
+
+/// Marks a pull as running until dropped.
+pub struct PullRunning(PullActivity);
+
+impl Drop for PullRunning {
+    fn drop(&mut self) {
+        let mut activity = self.0 .0.lock().unwrap();
+        activity.running = activity.running.saturating_sub(1);
+    }
+}
+
+impl PullActivity {
+    /// A pull starts; it counts as running until the returned guard is dropped.
+    pub fn begin(&self) -> PullRunning {
+        let mut activity = self.0.lock().unwrap();
+        activity.running += 1;
+        activity.last_progress = Some(Instant::now());
+        PullRunning(self.clone())
+    }
+
+    /// The running pull reported progress.
+    pub fn touch(&self) {
+        self.0.lock().unwrap().last_progress = Some(Instant::now());
+    }
+
+    /// Whether a pull is running and reported progress within `window`.
+    pub fn moving(&self, window: Duration) -> bool {
+        let activity = self.0.lock().unwrap();
+        activity.running > 0 && activity.last_progress.is_some_and(|t| t.elapsed() <= window)
+    }
+}
+
+#[cfg(test)]
+mod activity_tests {
+    use super::*;
+
+    #[test]
+    fn a_pull_moves_only_while_it_runs_and_reports_progress() {
+        let activity = PullActivity::default();
+        assert!(!activity.moving(Duration::from_secs(60)));
+        let running = activity.begin();
+        assert!(activity.moving(Duration::from_secs(60)));
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(!activity.moving(Duration::from_millis(10)), "no progress for longer than the window");
+        activity.touch();
+        assert!(activity.moving(Duration::from_millis(10)));
+        drop(running);
+        assert!(!activity.moving(Duration::from_secs(60)), "a finished pull is not moving");
+    }
+}
 
 /// Redraw at most this often: a pull emits hundreds of progress messages a second.
 const REDRAW_EVERY: Duration = Duration::from_millis(100);

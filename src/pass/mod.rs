@@ -49,6 +49,8 @@ pub struct Services<T, R, C> {
     /// Halt markers, in `[release] bucket` as it was when the services were built (use
     /// [`HaltMarkers::in_bucket`] for the current one).
     pub halts: HaltMarkers,
+    /// The Auto Scaling group's lifecycle hooks (the launch gate of `run`).
+    pub autoscaling: Arc<crate::outside::autoscaling::AutoScaling>,
 }
 
 /// The real services.
@@ -71,6 +73,7 @@ impl RealServices {
                     .expect("[traffic] chains is validated with the config"),
             ),
             halts: HaltMarkers::with_aws(&aws, settings.release.bucket.clone()),
+            autoscaling: Arc::new(crate::outside::autoscaling::AutoScaling::with_aws(&aws)),
         }
     }
 }

@@ -2,7 +2,8 @@
 //! under `/latest/meta-data/tags/instance/`, 404 for a missing tag, and the region under
 //! `/latest/meta-data/placement/region` once [`FakeImds::set_region`] gives one (404 before),
 //! and the instance id under `/latest/meta-data/instance-id` once [`FakeImds::set_instance_id`]
-//! gives one (404 before, as every other path).
+//! gives one, and the Auto Scaling target lifecycle state once
+//! [`FakeImds::set_target_lifecycle_state`] gives one (404 before, as every other path).
 //! moto serves IMDS tokens but answers 500 on tag paths, so the tests bring their own.
 
 use std::collections::HashMap;
@@ -24,6 +25,7 @@ pub struct FakeImds {
     region: Arc<Mutex<Option<(String, Instant)>>>,
     pub region_reads: Arc<AtomicUsize>,
     instance_id: Arc<Mutex<Option<String>>>,
+    target_lifecycle_state: Arc<Mutex<Option<String>>>,
 }
 
 /// What the server threads share.
@@ -35,6 +37,7 @@ struct Shared {
     region: Arc<Mutex<Option<(String, Instant)>>>,
     region_reads: Arc<AtomicUsize>,
     instance_id: Arc<Mutex<Option<String>>>,
+    target_lifecycle_state: Arc<Mutex<Option<String>>>,
 }
 
 impl FakeImds {
@@ -47,6 +50,7 @@ impl FakeImds {
         let region = Arc::new(Mutex::new(None));
         let region_reads = Arc::new(AtomicUsize::new(0));
         let instance_id = Arc::new(Mutex::new(None));
+        let target_lifecycle_state = Arc::new(Mutex::new(None));
         let shared = Shared {
             tags: tags.clone(),
             tag_reads: tag_reads.clone(),
@@ -54,6 +58,7 @@ impl FakeImds {
             region: region.clone(),
             region_reads: region_reads.clone(),
             instance_id: instance_id.clone(),
+            target_lifecycle_state: target_lifecycle_state.clone(),
         };
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
@@ -61,7 +66,12 @@ impl FakeImds {
                 std::thread::spawn(move || serve(stream, &shared));
             }
         });
-        FakeImds { endpoint, tags, tag_reads, delay, region, region_reads, instance_id }
+        FakeImds { endpoint, tags, tag_reads, delay, region, region_reads, instance_id, target_lifecycle_state }
+    }
+
+    /// Answers `state` on `autoscaling/target-lifecycle-state` (an Auto Scaling instance).
+    pub fn set_target_lifecycle_state(&self, state: &str) {
+        *self.target_lifecycle_state.lock().unwrap() = Some(state.to_owned());
     }
 
     /// Answers `id` on the instance id path (an EC2 host's identity for the rollout seed).
@@ -128,6 +138,11 @@ fn serve(stream: TcpStream, shared: &Shared) {
         } else if path == "/latest/meta-data/instance-id" {
             match shared.instance_id.lock().unwrap().clone() {
                 Some(id) => (200, String::new(), id),
+                None => (404, String::new(), String::new()),
+            }
+        } else if path == "/latest/meta-data/autoscaling/target-lifecycle-state" {
+            match shared.target_lifecycle_state.lock().unwrap().clone() {
+                Some(state) => (200, String::new(), state),
                 None => (404, String::new(), String::new()),
             }
         } else if path == "/latest/meta-data/placement/region" {

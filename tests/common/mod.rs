@@ -7,6 +7,7 @@
 
 #![allow(dead_code)]
 
+pub mod autoscaling;
 pub mod imds;
 pub mod services;
 

@@ -271,3 +271,48 @@ impl HangingRegistry {
         HangingRegistry { port }
     }
 }
+
+/// A TCP proxy in front of a local port that passes answers on at `bytes_per_second`: a
+/// registry on a slow link, so a pull takes a while and keeps reporting progress.
+pub struct SlowProxy {
+    pub port: u16,
+}
+
+impl SlowProxy {
+    pub fn start(upstream: u16, bytes_per_second: usize) -> SlowProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else { continue };
+                let (mut client_read, mut server_write) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut client_read, &mut server_write);
+                    let _ = server_write.shutdown(std::net::Shutdown::Write);
+                });
+                std::thread::spawn(move || {
+                    let (mut server, mut client) = (server, client);
+                    let chunk = (bytes_per_second / 20).max(1);
+                    let mut buf = vec![0; chunk];
+                    loop {
+                        match server.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => {
+                                if client.write_all(&buf[..n]).is_err() {
+                                    break;
+                                }
+                                std::thread::sleep(Duration::from_secs_f64(n as f64 / bytes_per_second as f64));
+                            }
+                        }
+                    }
+                    let _ = client.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        SlowProxy { port }
+    }
+
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
