@@ -146,6 +146,26 @@ EOF
   else
     fail "$f writes only $own_halt" "$out"
   fi
+  # Launch gate: complete and heartbeat the lifecycle action of the environment's own group only.
+  if out=$(/usr/bin/python3 - "$f" "blog-$env" <<'EOF' 2>&1
+import json, sys
+policy, group = json.load(open(sys.argv[1])), sys.argv[2]
+want = {"autoscaling:CompleteLifecycleAction", "autoscaling:RecordLifecycleActionHeartbeat"}
+for st in policy["Statement"]:
+    actions = st["Action"] if isinstance(st["Action"], list) else [st["Action"]]
+    resources = st["Resource"] if isinstance(st["Resource"], list) else [st["Resource"]]
+    if want & set(actions):
+        if len(resources) != 1 or not resources[0].endswith(f":autoScalingGroupName/{group}"):
+            sys.exit(f"{st.get('Sid')}: completes lifecycle actions on {resources}, expected only group {group}")
+        want -= set(actions)
+if want:
+    sys.exit(f"no grant of {sorted(want)} on group {group}")
+EOF
+  ); then
+    ok "$f completes lifecycle actions of group blog-$env only"
+  else
+    fail "$f completes lifecycle actions of group blog-$env only" "$out"
+  fi
 done
 
 if [ $failures -gt 0 ]; then
