@@ -172,3 +172,28 @@ fn an_instance_outside_any_group_deploys_with_no_gate() {
     let calls: Vec<String> = asg.calls().into_iter().map(|c| c.action).collect();
     assert_eq!(calls, ["DescribeAutoScalingInstances"], "one lookup, nothing to complete");
 }
+
+#[test]
+fn check_names_the_hook_and_fails_on_a_hook_the_group_does_not_have() {
+    let asg = FakeAutoScaling::start(GROUP, HOOK, Duration::from_secs(300), "ABANDON");
+    let id = "i-0check000000006";
+    asg.set_state(id, "InService");
+    let (host, _imds) = gated_host("gate-check", id, &asg);
+    host.release("good");
+    let out = host.agent(&["--env", "staging", "check"]).output();
+    let line = out.lines().find(|l| l.contains("launch gate:")).unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        line.starts_with("ok   launch gate: hook \"blog-launch\" of group \"blog-staging\" (launching; heartbeat timeout 300 s, default ABANDON); i-0check000000006 is InService"),
+        "{line}"
+    );
+
+    host.write_config("[rollout]\nlifecycle_hook = \"blog-lunch\"\n");
+    let run = host.agent(&["--env", "staging", "check"]);
+    let out = run.output();
+    let line = out.lines().find(|l| l.contains("launch gate:")).unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        line.starts_with("FAIL launch gate: group \"blog-staging\" has no lifecycle hook named \"blog-lunch\""),
+        "{line}"
+    );
+    assert_ne!(run.code, 0);
+}

@@ -587,6 +587,10 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Reconciler for Agent<T
     }
 
     fn status_line(&self, phase: &Phase) -> String {
-        phase.status_line(self.environment.as_ref().map(|e| e.name.as_str()), self.paused_by.as_deref())
+        let line = phase.status_line(self.environment.as_ref().map(|e| e.name.as_str()), self.paused_by.as_deref());
+        match phase::rollout_note(phase, self.last_decision.as_ref()) {
+            Some(note) => format!("{line}; {note}"),
+            None => line,
+        }
     }
 }

@@ -163,6 +163,25 @@ impl Phase {
     }
 }
 
+/// What `STATUS=` adds after the phase when the host serves on purpose something other than
+/// S3's release: a staged rollout's wave still to come, or a fleet halt. The wave's time, not
+/// a countdown, so the line changes only when the situation does.
+pub fn rollout_note(phase: &Phase, why: Option<&crate::pass::decide::Why>) -> Option<String> {
+    use crate::pass::decide::Why;
+    if !matches!(phase, Phase::Converged { .. } | Phase::Degraded { .. }) {
+        return None;
+    }
+    match why? {
+        Why::Waiting { release, until, .. } => Some(format!(
+            "{} waits for this host's rollout wave at {}",
+            release.short(),
+            humantime::format_rfc3339_seconds(*until)
+        )),
+        Why::Halted { release, .. } => Some(format!("{} is halted fleet-wide", release.short())),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,6 +232,24 @@ mod tests {
         for (phase, paused, want) in cases {
             assert_eq!(phase.status_line(Some("staging"), paused), want);
         }
+    }
+
+    #[test]
+    fn status_names_a_rollout_wave_or_a_halt() {
+        use crate::pass::decide::Why;
+        use crate::sha::Sha;
+        let release = Sha::parse("fedcba9876543210fedcba9876543210fedcba98").unwrap();
+        let until = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
+        let waiting = Why::Waiting { release: release.clone(), until, remaining: std::time::Duration::from_secs(5) };
+        let halted = Why::Halted { release, reason: "probe".into(), rolled_back_to: None };
+        let serving = Phase::Converged { serving: "0123456789abcdef0123456789abcdef01234567".into() };
+        assert_eq!(
+            rollout_note(&serving, Some(&waiting)).as_deref(),
+            Some("fedcba987654 waits for this host's rollout wave at 2027-01-15T08:00:00Z")
+        );
+        assert_eq!(rollout_note(&serving, Some(&halted)).as_deref(), Some("fedcba987654 is halted fleet-wide"));
+        assert_eq!(rollout_note(&serving, Some(&Why::Published)), None);
+        assert_eq!(rollout_note(&Phase::Starting, Some(&halted)), None);
     }
 
     #[test]

@@ -167,6 +167,9 @@ pub async fn run(cli: &Cli, _args: &CheckArgs) -> Result<(), Failure> {
     if settings.traffic.mode == TrafficMode::Switch {
         check_traffic_switch(&mut r, &settings).await;
     }
+    if let Some(hook) = &settings.rollout.lifecycle_hook {
+        check_launch_gate(&mut r, &aws, hook).await;
+    }
 
     if r.failed == 0 {
         Ok(())
@@ -201,6 +204,52 @@ async fn check_halt(
             ),
         ),
         Err(e) => r.fail("release halt", e),
+    }
+}
+
+/// `[rollout] lifecycle_hook`: this instance's group has that hook, for launches, and the role
+/// may look it up. Off EC2 or outside a group the gate is off, which is not a failure.
+async fn check_launch_gate(r: &mut Report, aws: &std::sync::Arc<crate::outside::aws::Aws>, hook: &str) {
+    const NAME: &str = "launch gate";
+    let instance_id = match Imds::new().instance_id().await {
+        Ok(id) => id,
+        Err(why) => return r.skip(NAME, &format!("no EC2 instance id ({why}): the gate is off on this host")),
+    };
+    let api = crate::outside::autoscaling::AutoScaling::with_aws(aws);
+    let membership = match api.membership(&instance_id).await {
+        Ok(Some(m)) => m,
+        Ok(None) => {
+            return r.ok(NAME, format!("{instance_id} is in no Auto Scaling group: the gate is off on this host"))
+        }
+        Err(e) => return r.fail(NAME, e),
+    };
+    match api.hook(&membership.group, hook).await {
+        Ok(Some(h)) if h.transition == "autoscaling:EC2_INSTANCE_LAUNCHING" => r.ok(
+            NAME,
+            format!(
+                "hook {hook:?} of group {:?} (launching; heartbeat timeout {} s, default {}); {instance_id} is {}",
+                membership.group,
+                h.heartbeat_timeout.as_secs(),
+                h.default_result,
+                membership.state
+            ),
+        ),
+        Ok(Some(h)) => r.fail(
+            NAME,
+            format!(
+                "hook {hook:?} of group {:?} is for {}, not autoscaling:EC2_INSTANCE_LAUNCHING: check [rollout] lifecycle_hook",
+                membership.group, h.transition
+            ),
+        ),
+        Ok(None) => r.fail(
+            NAME,
+            format!(
+                "group {:?} has no lifecycle hook named {hook:?}: check [rollout] lifecycle_hook \
+                 (`aws autoscaling describe-lifecycle-hooks --auto-scaling-group-name {}`)",
+                membership.group, membership.group
+            ),
+        ),
+        Err(e) => r.fail(NAME, e),
     }
 }
 
