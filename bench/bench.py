@@ -852,12 +852,25 @@ def stage_drift_baseline(state):
     return {"observed_s": 10.0, "repaired_s": None if t_ok is None else t_ok - t_rm}
 
 
-def stage_idle(results, cfg, sha):
+def fleet_features(cfg):
+    """`cfg` with the fleet features on: a 15-minute staged rollout and the metrics textfile."""
+    path = cfg["path"].replace(".toml", "-fleet.toml")
+    textfile = os.path.join(WORK, "metrics", "blog_agent.prom")
+    os.makedirs(os.path.dirname(textfile), exist_ok=True)
+    with open(cfg["path"]) as f:
+        text = f.read()
+    with open(path, "w") as f:
+        f.write(text + f'[rollout]\nspread = "15m"\n[metrics]\ntextfile = "{textfile}"\n')
+    return {**cfg, "path": path, "textfile": textfile}
+
+
+def stage_idle(results, cfg, sha, key="idle"):
     """`blog-agent run` on a converged host for IDLE_SECONDS at a 5 s interval."""
-    log(f"idle footprint ({IDLE_SECONDS}s)")
+    log(f"idle footprint ({IDLE_SECONDS}s, {key})")
     wait_until("converged before idle", 60, lambda: serving(cfg["port"]) == sha)
     wall0 = time.time()
-    agent = Proc([AGENT, "--config", cfg["path"], "run"], os.path.join(WORK, "idle-run.log"), tool_env())
+    log_path = os.path.join(WORK, f"{key}-run.log")
+    agent = Proc([AGENT, "--config", cfg["path"], "run"], log_path, tool_env())
     samples = []
     try:
         deadline = time.monotonic() + IDLE_SECONDS
@@ -885,7 +898,8 @@ def stage_idle(results, cfg, sha):
         cycles.append((cpu_at(b - 0.05) - cpu_at(a - 0.05)) / 1e9)
     intervals = [b - a for a, b in zip(poll_times, poll_times[1:])]
     idle_cpu_total = (final["cpu_ns"] - cpu_at(poll_times[0] - 0.05)) / 1e9 if poll_times else None
-    results["idle"] = {
+    results[key] = {
+        "metrics_textfile_written": os.path.exists(cfg.get("textfile", "")) if cfg.get("textfile") else None,
         "seconds": IDLE_SECONDS,
         "peak_rss_kb": final["hwm_kb"],
         "rss_end_kb": final["rss_kb"],
@@ -906,7 +920,7 @@ def stage_idle(results, cfg, sha):
         "sigterm_exit_s": agent.t_exit - t_term,
         "sigterm_exit_code": agent.code,
         "blog_still_serving_after_sigterm": still_serving,
-        "agent_warnings": [line.strip()[:300] for line in open(os.path.join(WORK, "idle-run.log"))
+        "agent_warnings": [line.strip()[:300] for line in open(log_path)
                            if " WARN " in line or " ERROR " in line],
     }
     log(f"  idle: peak RSS {final['hwm_kb'] / 1024:.1f} MiB, {len(idle_polls)} polls, "
@@ -1016,6 +1030,10 @@ def main():
         run_cfg = stage_drift(results, sha)  # its `run` container is the idle stage's host
         results["drift"]["baseline"] = drift_baseline
         stage_idle(results, run_cfg, sha)
+        # The same host, the same window, with a staged rollout and the metrics textfile on: the
+        # idle cost those features add (the published SHA is already applied, so no halt-marker
+        # read; one textfile write per pass).
+        stage_idle(results, fleet_features(run_cfg), sha, key="idle_fleet")
     finally:
         set_arp_ms(arp_before)
         cleanup_docker()

@@ -143,6 +143,13 @@ def render(res, plot_name):
     b_req = warm["baseline"][0]["requests"]
     w(f"| idle: S3 requests per poll | {per_poll['s3'] / polls:.2f} ({per_poll['s3_conditional']}/{per_poll['s3']} conditional, {per_poll['s3_304']} answered 304) | {b_req['s3']} per run ({', '.join(b_req['s3_calls'])}) | | 1 conditional GET | {mark(targets['s3'])} |")
     w(f"| idle: ECR calls | {idle['requests_total']['ecr']} in {idle['seconds']} s | {b_req['ecr']} per run | | 0 | {mark(idle['requests_total']['ecr'] == 0)} |")
+    if "idle_fleet" in res:
+        fl = res["idle_fleet"]
+        fl_polls = max(fl["polls"], 1)
+        same = fl["poll_requests"]["s3"] == fl["poll_requests"]["s3_conditional"] == fl["polls"] and fl["requests_total"]["ecr"] == 0
+        w(f"| idle with `spread = \"15m\"` and the metrics textfile: peak RSS, CPU per poll, S3 per poll | {mb(fl['peak_rss_kb']):.1f} MB, "
+          f"{fmt(fl['cpu_per_poll_cycle_s'], 1000, 2)} ms, {fl['poll_requests']['s3'] / fl_polls:.2f} (ECR {fl['requests_total']['ecr']}) | | | "
+          f"as without them | {mark(same and mb(fl['peak_rss_kb']) < 15)} |")
     w(f"| {'static binary' if 'static' in m.get('binary_file', '') else 'binary (not the static one)'} | {bin_mb:.2f} MB ({m['binary_bytes']:,} bytes) | | | report | |")
     w("")
     w("MB = 10^6 bytes. \"Raw pull + start\" is the floor any tool pays: the same image pulled, created and")
@@ -292,6 +299,24 @@ def render(res, plot_name):
     w("AWS SDK's per-request machinery for the S3 GET (runtime plugins, interceptors, SigV4 signing), then")
     w("the four Docker inspects and the state files.")
     w("")
+    if "idle_fleet" in res:
+        fl = res["idle_fleet"]
+        w("### With staged rollout and metrics on")
+        w("")
+        w(f"The same host right afterwards, for another {fl['seconds']} s, with `[rollout] spread = \"15m\"` and")
+        w("`[metrics] textfile` set (written after every pass). The published SHA is already applied, so the")
+        w("rollout adds no request (its halt marker is read only for a SHA this host does not run yet).")
+        w("")
+        w("| | without | with spread + metrics |")
+        w("|---|---|---|")
+        w(f"| peak RSS (VmHWM), MB | {mb(idle['peak_rss_kb']):.2f} | {mb(fl['peak_rss_kb']):.2f} |")
+        w(f"| CPU per poll cycle, ms | {fmt(cpu_cycles, 1000, 2)} | {fmt(fl['cpu_per_poll_cycle_s'], 1000, 2)} |")
+        w(f"| CPU in the window, all threads, ms | {idle.get('cpu_total_all_threads_s', float('nan')) * 1000:.0f} | {fl.get('cpu_total_all_threads_s', float('nan')) * 1000:.0f} |")
+        w(f"| S3 requests per poll | {per_poll['s3'] / polls:.2f} ({per_poll['s3_conditional']}/{per_poll['s3']} conditional) | "
+          f"{fl['poll_requests']['s3'] / max(fl['polls'], 1):.2f} ({fl['poll_requests']['s3_conditional']}/{fl['poll_requests']['s3']} conditional) |")
+        w(f"| ECR calls | {idle['requests_total']['ecr']} | {fl['requests_total']['ecr']} |")
+        w(f"| metrics textfile written | | {fl.get('metrics_textfile_written')} |")
+        w("")
     w("The baseline keeps no process; converging on a schedule with it would mean re-running the script")
     w(f"(≈{med(b_warm):.1f} s, {med(col(warm['baseline'], 'cpu_s')) * 1000:.0f} ms of client CPU, "
       f"{b_req['s3']} S3 requests and {b_req['ecr']} ECR call per run, and a container restart each time).")
