@@ -74,7 +74,7 @@ fn a_launching_instance_is_put_in_service_only_once_the_blog_serves() {
 fn a_launch_that_cannot_serve_is_abandoned_before_the_hook_times_out() {
     // The hook's default is CONTINUE: without the agent's ABANDON, a host that does not serve
     // would be put in service when the timeout passes.
-    let asg = FakeAutoScaling::start(GROUP, HOOK, Duration::from_secs(5), "CONTINUE");
+    let asg = FakeAutoScaling::start(GROUP, HOOK, Duration::from_secs(8), "CONTINUE");
     let id = "i-0launch000000002";
     asg.set_state(id, "Pending:Wait");
     let (host, _imds) = gated_host("gate-abandon", id, &asg);
@@ -96,15 +96,15 @@ fn a_launch_that_cannot_serve_is_abandoned_before_the_hook_times_out() {
 
 #[test]
 fn heartbeats_keep_a_launch_waiting_while_a_long_pull_moves() {
-    // A 5 s hook and an image that takes ~12 s to pull through a slow link: only heartbeats
+    // An 8 s hook and an image that takes ~24 s to pull through a slow link: only heartbeats
     // keep the instance from being abandoned by the timeout.
-    let asg = FakeAutoScaling::start(GROUP, HOOK, Duration::from_secs(5), "ABANDON");
+    let asg = FakeAutoScaling::start(GROUP, HOOK, Duration::from_secs(8), "ABANDON");
     let id = "i-0launch000000003";
     asg.set_state(id, "Pending:Wait");
     let (mut host, _imds) = gated_host("gate-heartbeat", id, &asg);
     let sha = host.release("large");
     let registry_port: u16 = host.registry.rsplit(':').next().unwrap().parse().unwrap();
-    let slow = SlowProxy::start(registry_port, 256 * 1024);
+    let slow = SlowProxy::start(registry_port, 128 * 1024);
     host.registry = slow.address();
     host.write_config(&format!("[reconcile]\ninterval = \"1s\"\n[rollout]\nlifecycle_hook = \"{HOOK}\"\n"));
     let agent = start(&host);
@@ -117,7 +117,7 @@ fn heartbeats_keep_a_launch_waiting_while_a_long_pull_moves() {
     assert_eq!(completes[0].result.as_deref(), Some("CONTINUE"));
     assert!(completes[0].accepted);
     let beats = asg.calls_of("RecordLifecycleActionHeartbeat");
-    // One to arm the gate, then at least one per 4 s of a pull longer than 10 s.
+    // One to arm the gate, then one about every 6 s (8 s timeout, 2 s margin) of a ~24 s pull.
     assert!(beats.len() >= 3, "heartbeats: {beats:?}");
     assert!(agent.logs().contains("pull in progress; heartbeat sent"), "{}", agent.logs());
     host.wait_deployed(&sha, Duration::from_secs(30));
