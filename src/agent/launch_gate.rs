@@ -38,11 +38,12 @@ use tokio::time::Instant;
 
 use crate::config::Settings;
 use crate::fleet::rollout::{Identity, IdentitySource};
-use crate::outside::autoscaling::{Action, AutoScaling, AutoScalingError, Outcome};
+use crate::outside::autoscaling::{Action, AutoScaling, AutoScalingError, Outcome, CALL_TIMEOUT};
 use crate::outside::imds::Imds;
 use crate::outside::pull_progress::PullActivity;
 
-/// A pull that reported progress within this long is moving: worth a heartbeat.
+/// A pull that reported progress within this long, or ended within this long (its container
+/// is being started and probed), is moving: worth a heartbeat.
 pub const PULL_MOVING: Duration = Duration::from_secs(15);
 /// How often the gate looks at the clock while armed.
 const TICK: Duration = Duration::from_millis(500);
@@ -103,19 +104,49 @@ pub fn next_step(armed: &Armed, now: Instant, pull_moving: bool) -> Step {
     }
 }
 
+/// What a lifecycle state (as `DescribeAutoScalingInstances` says it) means for the gate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    /// A lifecycle action waits on this host, for `Stage`.
+    Waits(Stage),
+    /// On its way to a wait state (`Pending`, `Warmed:Pending`): ask again at the next pass.
+    NotYet,
+    /// In a warm pool past its warm action (`Warmed:Running`, ...): start nothing.
+    Warm,
+    /// In service, or leaving: nothing to gate for this launch.
+    Past,
+}
+
+/// The gate's reading of a lifecycle state.
+pub fn seen(state: &str) -> Seen {
+    match state {
+        PENDING_WAIT => Seen::Waits(Stage::Launch),
+        WARMED_PENDING_WAIT => Seen::Waits(Stage::Warm),
+        "Pending" | "Warmed:Pending" => Seen::NotYet,
+        s if s.starts_with("Warmed:") => Seen::Warm,
+        _ => Seen::Past,
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum State {
     /// Not learned yet (or the last attempt failed): tried again at the next pass.
     Unknown,
-    /// Nothing to gate: no launch hook configured, not on EC2, not in a group, not waiting.
+    /// Nothing to gate: no launch hook configured, not on EC2, not in a group.
     Open,
-    Armed(Armed),
-    /// A warm-pool instance whose warm action is complete: it keeps the image current and
-    /// starts nothing until it leaves the pool.
+    /// `completing`: a completion call is on its way (by the loop or the ticker); the other
+    /// one waits for its outcome.
+    Armed { armed: Armed, completing: bool },
+    /// A warm-pool instance past its warm action: it keeps the image current and starts
+    /// nothing until it leaves the pool.
     Warmed,
     /// The action was completed (or had ended) for this launch.
-    Done(Option<Outcome>),
+    Done,
 }
+
+/// How many times the gate reads the instance id itself when the host's identity did not
+/// come from instance metadata (a slow metadata service at boot), before it gives up.
+const INSTANCE_ID_ATTEMPTS: u32 = 5;
 
 /// The loop's launch gate.
 pub struct LaunchGate {
@@ -125,6 +156,10 @@ pub struct LaunchGate {
     activity: PullActivity,
     state: Arc<Mutex<State>>,
     ticker: Option<JoinHandle<()>>,
+    /// Instance id reads the gate made itself (see [`INSTANCE_ID_ATTEMPTS`]).
+    id_reads: u32,
+    /// The last arming failure logged, so a lasting one is logged once.
+    last_error: Option<String>,
 }
 
 impl Drop for LaunchGate {
@@ -140,31 +175,54 @@ impl LaunchGate {
     pub fn new(settings: &Settings, api: Arc<AutoScaling>, activity: PullActivity) -> LaunchGate {
         let hook = settings.rollout.lifecycle_hook.clone();
         let state = if hook.is_some() { State::Unknown } else { State::Open };
-        LaunchGate { hook, api, imds: Imds::new(), activity, state: Arc::new(Mutex::new(state)), ticker: None }
+        LaunchGate {
+            hook,
+            api,
+            imds: Imds::new(),
+            activity,
+            state: Arc::new(Mutex::new(state)),
+            ticker: None,
+            id_reads: 0,
+            last_error: None,
+        }
     }
 
-    /// Whether `[rollout] lifecycle_hook` is set (or was: a gate armed under an earlier
-    /// configuration still has to be let go).
+    /// Whether `[rollout] lifecycle_hook` is set (or was: an action armed under an earlier
+    /// configuration is still completed, under its own hook's name).
     pub fn configured(&self, settings: &Settings) -> bool {
         settings.rollout.lifecycle_hook.is_some() || self.hook.is_some()
     }
 
-    /// A changed `[rollout] lifecycle_hook` (SIGHUP): a gate still to be learned or armed
-    /// starts over with the new name; one already completed stays completed.
+    /// The longest the gate can add to a pass: arming (instance id, three Auto Scaling calls)
+    /// and completing (the proof and one call). For the loop's hung-pass deadline.
+    pub fn worst_case(settings: &Settings) -> Duration {
+        if settings.rollout.lifecycle_hook.is_none() {
+            return Duration::ZERO;
+        }
+        Duration::from_secs(5) + CALL_TIMEOUT * 4 + proof_window(settings)
+    }
+
+    /// A changed `[rollout] lifecycle_hook` (SIGHUP): a gate not armed yet starts over with the
+    /// new name; an armed action is still completed (it carries its hook's name).
     async fn follow(&mut self, settings: &Settings) {
         if settings.rollout.lifecycle_hook == self.hook {
             return;
         }
         self.hook = settings.rollout.lifecycle_hook.clone();
+        self.id_reads = 0;
         let mut state = self.state.lock().await;
-        if matches!(*state, State::Unknown | State::Open | State::Armed(_)) {
+        if matches!(*state, State::Unknown | State::Open) {
             *state = if self.hook.is_some() { State::Unknown } else { State::Open };
         }
     }
 
     /// Whether this pass must not start the blog: the instance is in (or entering) a warm pool.
     pub async fn holds_blog_back(&self) -> bool {
-        matches!(&*self.state.lock().await, State::Warmed | State::Armed(Armed { stage: Stage::Warm, .. }))
+        match &*self.state.lock().await {
+            State::Warmed => true,
+            State::Armed { armed, .. } => armed.stage == Stage::Warm,
+            _ => false,
+        }
     }
 
     /// Before a pass: learns whether a lifecycle action waits on this host (until known), and
@@ -186,21 +244,49 @@ impl LaunchGate {
         if *state != State::Unknown {
             return;
         }
-        if identity.source != IdentitySource::InstanceId {
-            tracing::info!("[rollout] lifecycle_hook is set but this host has no EC2 instance id: no launch gate");
-            *state = State::Open;
-            return;
-        }
-        match self.arm(&hook, &identity.value).await {
-            Ok(next) => {
-                if let State::Armed(armed) = &next {
-                    if self.ticker.as_ref().is_none_or(|t| t.is_finished()) {
-                        self.ticker = Some(self.tick(armed.action.clone()));
+        let instance_id = match identity.source {
+            IdentitySource::InstanceId => identity.value.clone(),
+            _ => match self.imds.instance_id().await {
+                Ok(id) => id,
+                Err(why) => {
+                    self.id_reads += 1;
+                    if self.id_reads >= INSTANCE_ID_ATTEMPTS {
+                        tracing::warn!(
+                            "[rollout] lifecycle_hook is set but this host has no EC2 instance id ({why}, \
+                             {INSTANCE_ID_ATTEMPTS} reads): no launch gate"
+                        );
+                        *state = State::Open;
                     }
+                    return;
+                }
+            },
+        };
+        match self.arm(&hook, &instance_id).await {
+            Ok(next) => {
+                self.last_error = None;
+                if let State::Armed { armed, .. } = &next {
+                    // One ticker per armed action: a ticker of an earlier action (a warm-pool
+                    // action, or before a SIGHUP) would stop at the first look at this one.
+                    if let Some(old) = self.ticker.take() {
+                        old.abort();
+                    }
+                    self.ticker = Some(self.tick(armed.action.clone()));
                 }
                 *state = next;
             }
-            Err(e) => tracing::warn!("launch gate: {e}; trying again at the next pass"),
+            Err(e @ AutoScalingError::AccessDenied { .. }) => {
+                tracing::error!("launch gate: {e}; no launch gate (the hook's default result applies)");
+                *state = State::Open;
+            }
+            Err(e) => {
+                let text = e.to_string();
+                if self.last_error.as_deref() != Some(text.as_str()) {
+                    tracing::warn!("launch gate: {text}; trying again at the next pass");
+                } else {
+                    tracing::debug!("launch gate: still failing: {text}");
+                }
+                self.last_error = Some(text);
+            }
         }
     }
 
@@ -210,15 +296,22 @@ impl LaunchGate {
             tracing::info!(instance = instance_id, "not in an Auto Scaling group: no launch gate");
             return Ok(State::Open);
         };
-        let stage = match membership.state.as_str() {
-            PENDING_WAIT => Stage::Launch,
-            WARMED_PENDING_WAIT => Stage::Warm,
-            other => {
+        let stage = match seen(&membership.state) {
+            Seen::Waits(stage) => stage,
+            Seen::NotYet => {
+                tracing::debug!(state = %membership.state, "not waiting on the hook yet; asking again at the next pass");
+                return Ok(State::Unknown);
+            }
+            Seen::Warm => {
+                tracing::info!(group = %membership.group, state = %membership.state, "{instance_id} is {} in a warm pool: the blog starts when it leaves the pool", membership.state);
+                return Ok(State::Warmed);
+            }
+            Seen::Past => {
                 tracing::info!(
-                    group = %membership.group, state = other,
-                    "{instance_id} is {other} in group {}: no lifecycle action to complete", membership.group
+                    group = %membership.group, state = %membership.state,
+                    "{instance_id} is {} in group {}: no lifecycle action to complete", membership.state, membership.group
                 );
-                return Ok(State::Done(None));
+                return Ok(State::Done);
             }
         };
         let Some(found) = self.api.hook(&membership.group, hook).await? else {
@@ -243,7 +336,7 @@ impl LaunchGate {
             Action { group: membership.group.clone(), hook: hook.to_owned(), instance_id: instance_id.to_owned() };
         match self.api.heartbeat(&action).await {
             Ok(()) => {}
-            Err(AutoScalingError::NoAction { .. }) => return Ok(State::Done(None)),
+            Err(AutoScalingError::NoAction { .. }) => return Ok(State::Done),
             Err(e) => return Err(e),
         }
         let now = Instant::now();
@@ -256,16 +349,18 @@ impl LaunchGate {
             if stage == Stage::Launch { "the blog serves" } else { "the image is pulled" },
             found.heartbeat_timeout.as_secs(), found.default_result
         );
-        Ok(State::Armed(Armed {
+        let armed = Armed {
             action,
             stage,
             heartbeat_timeout: found.heartbeat_timeout,
             expires: now + found.heartbeat_timeout,
             gives_up: now + global.saturating_sub(found.heartbeat_timeout).max(found.heartbeat_timeout),
-        }))
+        };
+        Ok(State::Armed { armed, completing: false })
     }
 
     /// Heartbeats and `ABANDON` on time, beside the passes (a pull can outlast the timeout).
+    /// The lock is never held across a call: the loop's pass must not wait on Auto Scaling.
     fn tick(&self, action: Action) -> JoinHandle<()> {
         let (state, api, activity) = (self.state.clone(), self.api.clone(), self.activity.clone());
         tokio::spawn(async move {
@@ -273,39 +368,72 @@ impl LaunchGate {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                let mut state = state.lock().await;
-                let State::Armed(armed) = &mut *state else { return };
-                if armed.action != action {
-                    return;
-                }
-                match next_step(armed, Instant::now(), activity.moving(PULL_MOVING)) {
+                let (armed, step) = {
+                    let mut guard = state.lock().await;
+                    let State::Armed { armed, completing } = &mut *guard else { return };
+                    if armed.action != action {
+                        return;
+                    }
+                    if *completing {
+                        continue;
+                    }
+                    let step = next_step(armed, Instant::now(), activity.moving(PULL_MOVING));
+                    if step == Step::Abandon {
+                        *completing = true;
+                    }
+                    (armed.clone(), step)
+                };
+                match step {
                     Step::Wait => {}
-                    Step::Heartbeat => match api.heartbeat(&armed.action).await {
-                        Ok(()) => {
-                            armed.expires = Instant::now() + armed.heartbeat_timeout;
-                            tracing::info!(group = %armed.action.group, "launch gate: pull in progress; heartbeat sent to {}", armed.action);
+                    Step::Heartbeat => {
+                        let result = api.heartbeat(&armed.action).await;
+                        let mut guard = state.lock().await;
+                        let State::Armed { armed: current, .. } = &mut *guard else { return };
+                        match result {
+                            Ok(()) => {
+                                current.expires = Instant::now() + armed.heartbeat_timeout;
+                                tracing::info!(group = %armed.action.group, "launch gate: pull in progress; heartbeat sent to {}", armed.action);
+                            }
+                            Err(AutoScalingError::NoAction { detail, .. }) => {
+                                tracing::warn!(
+                                    "launch gate: the lifecycle action ended before the host was ready ({detail})"
+                                );
+                                *guard = State::Done;
+                                return;
+                            }
+                            Err(e) => tracing::warn!("launch gate: heartbeat failed: {e}; trying again"),
                         }
-                        Err(AutoScalingError::NoAction { detail, .. }) => {
-                            tracing::warn!(
-                                "launch gate: the lifecycle action ended before the host was ready ({detail})"
-                            );
-                            *state = State::Done(None);
-                        }
-                        Err(e) => tracing::warn!("launch gate: heartbeat failed: {e}; trying again"),
-                    },
+                    }
                     Step::Abandon => {
+                        let result = api.complete(&armed.action, Outcome::Abandon).await;
+                        let mut guard = state.lock().await;
                         let what = if armed.stage == Stage::Launch { "serve" } else { "pull its image" };
-                        match api.complete(&armed.action, Outcome::Abandon).await {
-                            Ok(()) | Err(AutoScalingError::NoAction { .. }) => {
+                        match result {
+                            Ok(()) => {
                                 tracing::error!(
                                     group = %armed.action.group,
-                                    "launch gate: this host could not {what} within the hook's {} s timeout and no pull is \
-                                     moving: ABANDON sent; Auto Scaling replaces the instance",
+                                    "launch gate: this host could not {what} within the hook's {} s timeout and no pull \
+                                     is moving: ABANDON sent; Auto Scaling replaces the instance",
                                     armed.heartbeat_timeout.as_secs()
                                 );
-                                *state = State::Done(Some(Outcome::Abandon));
+                                *guard = State::Done;
+                                return;
                             }
-                            Err(e) => tracing::warn!("launch gate: ABANDON failed: {e}; trying again"),
+                            Err(AutoScalingError::NoAction { detail, .. }) => {
+                                tracing::error!(
+                                    group = %armed.action.group,
+                                    "launch gate: this host could not {what} in time, and the lifecycle action had \
+                                     already ended ({detail}): the hook's default result applied"
+                                );
+                                *guard = State::Done;
+                                return;
+                            }
+                            Err(e) => {
+                                tracing::warn!("launch gate: ABANDON failed: {e}; trying again");
+                                if let State::Armed { completing, .. } = &mut *guard {
+                                    *completing = false;
+                                }
+                            }
                         }
                     }
                 }
@@ -315,17 +443,17 @@ impl LaunchGate {
 
     /// After a pass that left the host ready for its stage (serving a verified release, or in
     /// a warm pool, the release's image on disk): completes the action with `CONTINUE`.
-    /// `prove`: one more probe through the host's port, for a launch.
+    /// `prove`: one more probe through the host's port, for a launch. The lock is not held
+    /// across the proof or the call, so the ticker keeps its heartbeats on time meanwhile.
     pub async fn ready<F, Fut>(&mut self, stage_done: Stage, prove: F)
     where
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Result<(), String>>,
     {
-        let mut state = self.state.lock().await;
-        let State::Armed(armed) = &*state else { return };
-        if armed.stage != stage_done {
-            return;
-        }
+        let armed = match &*self.state.lock().await {
+            State::Armed { armed, completing: false } if armed.stage == stage_done => armed.clone(),
+            _ => return,
+        };
         if armed.stage == Stage::Launch {
             if let Err(e) = prove().await {
                 tracing::warn!(
@@ -334,8 +462,19 @@ impl LaunchGate {
                 return;
             }
         }
-        let armed = armed.clone();
-        match self.api.complete(&armed.action, Outcome::Continue).await {
+        {
+            let mut guard = self.state.lock().await;
+            match &mut *guard {
+                State::Armed { armed: current, completing } if current.action == armed.action && !*completing => {
+                    *completing = true
+                }
+                _ => return,
+            }
+        }
+        let result = self.api.complete(&armed.action, Outcome::Continue).await;
+        let mut guard = self.state.lock().await;
+        let after = if armed.stage == Stage::Warm { State::Warmed } else { State::Done };
+        match result {
             Ok(()) => {
                 tracing::info!(
                     group = %armed.action.group, hook = %armed.action.hook,
@@ -343,18 +482,26 @@ impl LaunchGate {
                     if armed.stage == Stage::Launch { "the blog serves; the instance goes in service" }
                     else { "image pulled; the instance is warmed without starting the blog" }
                 );
-                *state = match armed.stage {
-                    Stage::Launch => State::Done(Some(Outcome::Continue)),
-                    Stage::Warm => State::Warmed,
-                };
+                *guard = after;
             }
             Err(AutoScalingError::NoAction { detail, .. }) => {
                 tracing::warn!("launch gate: the lifecycle action had already ended ({detail})");
-                *state = if armed.stage == Stage::Warm { State::Warmed } else { State::Done(None) };
+                *guard = after;
             }
-            Err(e) => tracing::warn!("launch gate: CONTINUE failed: {e}; trying again after the next pass"),
+            Err(e) => {
+                tracing::warn!("launch gate: CONTINUE failed: {e}; trying again after the next pass");
+                if let State::Armed { completing, .. } = &mut *guard {
+                    *completing = false;
+                }
+            }
         }
     }
+}
+
+/// How long the proof before `CONTINUE` may take: the pass has just seen the blog serve, so
+/// this is short; a blog that stopped answering meanwhile is not let into service.
+pub fn proof_window(settings: &Settings) -> Duration {
+    settings.health.timeout.min(Duration::from_secs(10))
 }
 
 #[cfg(test)]
@@ -389,6 +536,27 @@ mod tests {
         for (expires_in, gives_up_in, moving, want) in cases {
             let got = next_step(&armed(now, expires_in, gives_up_in), now, moving);
             assert_eq!(got, want, "expires in {expires_in} s, gives up in {gives_up_in} s, pull moving {moving}");
+        }
+    }
+
+    #[test]
+    fn lifecycle_states_arm_wait_or_end_the_gate() {
+        let cases = [
+            ("Pending:Wait", Seen::Waits(Stage::Launch)),
+            ("Warmed:Pending:Wait", Seen::Waits(Stage::Warm)),
+            ("Pending", Seen::NotYet),
+            ("Warmed:Pending", Seen::NotYet),
+            ("Warmed:Running", Seen::Warm),
+            ("Warmed:Stopped", Seen::Warm),
+            ("Warmed:Hibernated", Seen::Warm),
+            ("Warmed:Pending:Proceed", Seen::Warm),
+            ("Pending:Proceed", Seen::Past),
+            ("InService", Seen::Past),
+            ("Terminating:Wait", Seen::Past),
+            ("Standby", Seen::Past),
+        ];
+        for (state, want) in cases {
+            assert_eq!(seen(state), want, "{state}");
         }
     }
 

@@ -493,9 +493,10 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
             _ => return,
         };
         let health = self.settings.health.clone();
+        let window = launch_gate::proof_window(&self.settings);
         let prove = || async move {
             let url = &health.url;
-            crate::outside::health::wait_healthy(&url.host, url.port, &url.path, health.timeout, || async { Ok(()) })
+            crate::outside::health::wait_healthy(&url.host, url.port, &url.path, window, || async { Ok(()) })
                 .await
                 .map(|_| ())
                 .map_err(|e| e.to_string())
@@ -583,7 +584,12 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Reconciler for Agent<T
     /// Longest a healthy pass can take: every step's own bound, plus slack.
     fn pass_deadline(&self) -> Duration {
         let s = &self.settings;
-        s.agent.lock_timeout + s.image.pull_timeout + s.health.timeout * 3 + s.container.stop_timeout + PASS_SLACK
+        s.agent.lock_timeout
+            + s.image.pull_timeout
+            + s.health.timeout * 3
+            + s.container.stop_timeout
+            + LaunchGate::worst_case(s)
+            + PASS_SLACK
     }
 
     fn status_line(&self, phase: &Phase) -> String {

@@ -17,6 +17,9 @@ struct Activity {
     /// Pulls running now.
     running: usize,
     last_progress: Option<Instant>,
+    /// When the last pull ended: the container start and probe that follow it are part of the
+    /// same deploy.
+    last_end: Option<Instant>,
 }
 
 /// Marks a pull as running until dropped.
@@ -26,6 +29,7 @@ impl Drop for PullRunning {
     fn drop(&mut self) {
         let mut activity = self.0 .0.lock().unwrap();
         activity.running = activity.running.saturating_sub(1);
+        activity.last_end = Some(Instant::now());
     }
 }
 
@@ -43,10 +47,12 @@ impl PullActivity {
         self.0.lock().unwrap().last_progress = Some(Instant::now());
     }
 
-    /// Whether a pull is running and reported progress within `window`.
+    /// Whether a pull is running and reported progress within `window`, or one ended within
+    /// `window` (its deploy is still starting and probing the container).
     pub fn moving(&self, window: Duration) -> bool {
         let activity = self.0.lock().unwrap();
-        activity.running > 0 && activity.last_progress.is_some_and(|t| t.elapsed() <= window)
+        let recent = |t: Option<Instant>| t.is_some_and(|t| t.elapsed() <= window);
+        (activity.running > 0 && recent(activity.last_progress)) || recent(activity.last_end)
     }
 }
 
@@ -55,7 +61,7 @@ mod activity_tests {
     use super::*;
 
     #[test]
-    fn a_pull_moves_only_while_it_runs_and_reports_progress() {
+    fn a_pull_moves_while_it_reports_progress_and_shortly_after_it_ends() {
         let activity = PullActivity::default();
         assert!(!activity.moving(Duration::from_secs(60)));
         let running = activity.begin();
@@ -65,7 +71,9 @@ mod activity_tests {
         activity.touch();
         assert!(activity.moving(Duration::from_millis(10)));
         drop(running);
-        assert!(!activity.moving(Duration::from_secs(60)), "a finished pull is not moving");
+        assert!(activity.moving(Duration::from_secs(60)), "its deploy goes on right after the pull");
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(!activity.moving(Duration::from_millis(10)), "a pull that ended longer ago than the window");
     }
 }
 

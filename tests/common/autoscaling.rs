@@ -198,6 +198,12 @@ fn refused(message: &str) -> (u16, String) {
 
 fn answer(params: &HashMap<String, String>, shared: &Mutex<Shared>) -> (u16, String) {
     let action = params.get("Action").cloned().unwrap_or_default();
+    // What the blog's port answers at a CONTINUE, read before taking the lock (a slow answer
+    // must not hold up other calls).
+    let continuing = action == "CompleteLifecycleAction"
+        && params.get("LifecycleActionResult").map(String::as_str) == Some("CONTINUE");
+    let probe = shared.lock().unwrap().probe_port;
+    let page = probe.filter(|_| continuing).and_then(|port| super::http_get(port, "/"));
     let mut guard = shared.lock().unwrap();
     expire(&mut guard);
     let instance = params.get("InstanceId").or_else(|| params.get("InstanceIds.member.1")).cloned();
@@ -250,7 +256,6 @@ fn answer(params: &HashMap<String, String>, shared: &Mutex<Shared>) -> (u16, Str
         }
         "RecordLifecycleActionHeartbeat" | "CompleteLifecycleAction" => {
             let timeout = guard.heartbeat_timeout;
-            let probe = guard.probe_port;
             let waiting = instance.as_ref().and_then(|id| guard.instances.get_mut(id)).filter(|w| is_waiting(&w.state));
             match (waiting, right_hook) {
                 (Some(waiting), true) => {
@@ -259,7 +264,7 @@ fn answer(params: &HashMap<String, String>, shared: &Mutex<Shared>) -> (u16, Str
                     } else {
                         let result = call.result.clone().unwrap_or_default();
                         if result == "CONTINUE" {
-                            call.page = probe.and_then(|port| super::http_get(port, "/"));
+                            call.page = page.clone();
                         }
                         waiting.state = after(&waiting.state, &result);
                         waiting.expires = None;
