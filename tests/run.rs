@@ -479,6 +479,40 @@ fn a_release_whose_cut_over_keeps_failing_is_held_back() {
 }
 
 #[test]
+fn a_release_that_cannot_start_because_of_this_host_is_not_halted_fleet_wide() {
+    let host = Host::new("run_cutover_local");
+    host.write_config(FAST);
+    let v1 = host.release("good");
+    let mut agent = host.start_agent(&[]);
+    host.wait_deployed(&v1, SERVE);
+
+    // A new release arrives with a config whose host port another process holds: Docker
+    // cannot start the new container. That is this host's problem, not the release's.
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let held = holder.local_addr().unwrap().port();
+    let text = std::fs::read_to_string(&host.config)
+        .unwrap()
+        .replace(&format!("127.0.0.1:{}:80", host.port), &format!("127.0.0.1:{held}:80"))
+        .replace(&format!("http://127.0.0.1:{}/", host.port), &format!("http://127.0.0.1:{held}/"));
+    std::fs::write(&host.config, text).unwrap();
+    let v2 = host.release("good");
+    agent.signal("HUP");
+    agent.wait_log("could not start new version", Duration::from_secs(60));
+    // Each try stops v1 for a moment; after three the release is held back here, and then
+    // v1's own spec change (the same taken port) is, after three more.
+    common::wait_for("both held back", Duration::from_secs(90), || {
+        (agent.logs().matches("holding it back").count() >= 2).then_some(())
+    });
+    assert_keeps_serving(&host, &v1, Duration::from_secs(3));
+    let halted = host.s3(|c, b| async move {
+        c.list_objects_v2().bucket(b).prefix("staging/halted/").send().await.unwrap().key_count().unwrap_or(0)
+    });
+    assert_eq!(halted, 0, "{v2} was halted fleet-wide for a port taken on this host:\n{}", agent.logs());
+    agent.assert_alive();
+    drop(holder);
+}
+
+#[test]
 fn sigterm_while_the_new_version_is_proven_leaves_it_for_the_next_start() {
     let host = Host::new("run_term_mid_probe");
     host.write_config(FAST);

@@ -421,11 +421,16 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
     /// A release that failed its own probe counts towards its quarantine, as a failed deploy,
     /// and is halted fleet-wide at the end of the pass, unless it is the release that served
     /// here before the pass: then what failed is this host's new container spec (a changed
-    /// config), not the release, and the fleet has no reason to stop it.
+    /// config), not the release, and the fleet has no reason to stop it. A cut-over Docker
+    /// could not carry out here (the host port taken) counts towards the quarantine only.
     fn count_failure(&mut self, target: Option<&Sha>, served_before: Option<&Sha>, failure: &PassError) {
-        let (Some(sha), true) = (target, failure.failed_release()) else { return };
+        let Some(sha) = target else { return };
+        let release_fault = failure.failed_release();
+        if !release_fault && !failure.failed_cut_over() {
+            return;
+        }
         self.fleet.metrics.record_deploy(false);
-        if served_before != Some(sha) {
+        if release_fault && served_before != Some(sha) {
             self.failed = Some(Failed { sha: sha.clone(), reason: failure.to_string() });
         }
         if let Some(Cause::FailedDeploys { times }) = self.quarantine.record_failure(sha, Instant::now()) {

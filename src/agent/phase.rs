@@ -62,7 +62,9 @@ impl From<&PassError> for Problem {
             PassError::Environment(e) => ProblemKind::Environment(discriminant(e)),
             PassError::Release(e) => ProblemKind::Release(discriminant(e)),
             PassError::Lock(_) => ProblemKind::Lock,
-            PassError::Engine(e) | PassError::Deploy(DeployError::Engine(e)) => ProblemKind::Engine(discriminant(e)),
+            PassError::Engine(e)
+            | PassError::Deploy(DeployError::Engine(e))
+            | PassError::Deploy(DeployError::CutoverFailed { source: e, .. }) => ProblemKind::Engine(discriminant(e)),
             PassError::Deploy(DeployError::Registry(e)) => ProblemKind::Registry(discriminant(e)),
             PassError::Deploy(DeployError::CandidateUnhealthy { image, .. })
             | PassError::Deploy(DeployError::CutoverUnhealthy { image, .. }) => {

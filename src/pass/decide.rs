@@ -227,7 +227,10 @@ pub fn decide(inputs: &Inputs<'_>) -> Decision {
                 .into_iter()
                 .flatten()
                 .find(|g| g.sha != bad.as_str() && g.environment == inputs.environment)
-                .and_then(|g| Sha::parse(&g.sha).ok());
+                .and_then(|g| Sha::parse(&g.sha).ok())
+                // Held back too (its own cut-over kept failing here): change nothing, rather
+                // than stop the running site for another try.
+                .filter(|g| !inputs.quarantine.get(g).is_some_and(|until| *until > inputs.now));
             why = Why::Quarantined { release: bad, retry_in: *until - inputs.now };
             target = good;
         }
@@ -714,6 +717,17 @@ mod tests {
                 with(&|s| s.main = Some(ours("blog", "c1", &a, true))),
             )
             .quarantine(a.clone())
+            .expect(None, "quarantined", None),
+            case(
+                "quarantined release, and the last good one held back too: change nothing",
+                pub_a.clone(),
+                with(&|s| {
+                    s.state = state(Some((&b, ENV)), None);
+                    s.main = Some(ours("blog", "c1", &b, true))
+                }),
+            )
+            .quarantine(a.clone())
+            .quarantine(b.clone())
             .expect(None, "quarantined", None),
             case(
                 "quarantined release, good versions only of another environment",

@@ -30,6 +30,10 @@ pub enum DeployError {
     CandidateUnhealthy { image: String, probe: ProbeFailed },
     #[error("new version {image} failed its health probe after cut-over: {probe}; {restored}")]
     CutoverUnhealthy { image: String, probe: ProbeFailed, restored: String },
+    /// Docker could not stop the old container or start the new one (its host port taken,
+    /// say): this host's problem, not the release's, so it is never halted fleet-wide.
+    #[error("could not start new version {image} here: {source}; {restored}")]
+    CutoverFailed { image: String, source: EngineError, restored: String },
     #[error(transparent)]
     Route(#[from] super::switch::RouteError),
     #[error("container {container} did not come back healthy after a start: {probe}")]
@@ -239,7 +243,10 @@ pub async fn cut_over(
                 }
             }
         }
-        Err(e) => Err(ProbeFailed { url: settings.health.url.to_string(), last: e.to_string() }),
+        Err(source) => {
+            let restored = roll_back(engine, name, &new_id, old).await;
+            return Err(DeployError::CutoverFailed { image: desired.image.clone(), source, restored });
+        }
     };
     match probe {
         Ok(_) => {

@@ -113,6 +113,12 @@ impl PassError {
     pub fn failed_release(&self) -> bool {
         matches!(self, PassError::Deploy(DeployError::CandidateUnhealthy { .. } | DeployError::CutoverUnhealthy { .. }))
     }
+
+    /// A cut-over Docker could not carry out on this host (the new container would not start):
+    /// counted towards holding the release back here, never towards a fleet halt.
+    pub fn failed_cut_over(&self) -> bool {
+        matches!(self, PassError::Deploy(DeployError::CutoverFailed { .. }))
+    }
 }
 
 /// What a pass did.
