@@ -230,7 +230,7 @@ pub fn decide(inputs: &Inputs<'_>) -> Decision {
                 .and_then(|g| Sha::parse(&g.sha).ok())
                 // Held back too (its own cut-over kept failing here): change nothing, rather
                 // than stop the running site for another try.
-                .filter(|g| !inputs.quarantine.get(g).is_some_and(|until| *until > inputs.now));
+                .filter(|g| inputs.quarantine.get(g).is_none_or(|until| *until <= inputs.now));
             why = Why::Quarantined { release: bad, retry_in: *until - inputs.now };
             target = good;
         }
