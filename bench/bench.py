@@ -888,7 +888,10 @@ def stage_idle(results, cfg, sha, key="idle"):
         agent.wait(30)
     still_serving = serving(cfg["port"]) == sha
     reqs = proxy_requests(wall0, wall1, "aws-sdk-rust")
-    polls = [r for r in reqs if not r["amz_target"]]
+    # Halt-marker reads are not polls: the first pass reads the published SHA's marker once
+    # (at start the agent does not know yet that the host runs that SHA).
+    marker_reads = [r for r in reqs if not r["amz_target"] and "/halted/" in r["path"]]
+    polls = [r for r in reqs if not r["amz_target"] and "/halted/" not in r["path"]]
     first, idle_polls = polls[:1], polls[1:]
     # CPU per poll: CPU between consecutive polls (all of the process's work in that cycle).
     cpu_at = lambda t: max((s["cpu_ns"] for s in samples if s["t"] <= t), default=samples[0]["cpu_ns"])  # noqa: E731
@@ -911,6 +914,7 @@ def stage_idle(results, cfg, sha, key="idle"):
         "load1_during": [min(s["load1"] for s in samples), statistics.median(s["load1"] for s in samples),
                          max(s["load1"] for s in samples)],
         "first_pass": classify(first),
+        "halt_marker_reads": classify(marker_reads),
         "polls": len(idle_polls),
         "poll_requests": classify(idle_polls),
         "requests_total": classify(reqs),

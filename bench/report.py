@@ -287,6 +287,9 @@ def render(res, plot_name):
     fp = idle["first_pass"]
     w(f"| first pass | {fp['s3']} S3 request ({', '.join(fp['s3_calls'])}), {fp['ecr']} ECR |")
     w(f"| each poll | {per_poll['s3']} S3 requests in {idle['polls']} polls ({', '.join(per_poll['s3_calls'])}) |")
+    if "halt_marker_reads" in idle:
+        hm = idle["halt_marker_reads"]
+        w(f"| halt-marker reads | {hm['s3']} ({', '.join(hm['s3_calls']) or 'none'}): the first pass reads the published SHA's marker once, before it knows the host runs it |")
     w(f"| ECR calls in the whole window | {idle['requests_total']['ecr']} |")
     warns = idle.get("agent_warnings", [])
     w(f"| warnings the agent logged | {len(warns)}{': ' + '; '.join(x.split('Z ', 1)[-1][:120] for x in warns[:3]) if warns else ''} |")
@@ -315,6 +318,8 @@ def render(res, plot_name):
         w(f"| S3 requests per poll | {per_poll['s3'] / polls:.2f} ({per_poll['s3_conditional']}/{per_poll['s3']} conditional) | "
           f"{fl['poll_requests']['s3'] / max(fl['polls'], 1):.2f} ({fl['poll_requests']['s3_conditional']}/{fl['poll_requests']['s3']} conditional) |")
         w(f"| ECR calls | {idle['requests_total']['ecr']} | {fl['requests_total']['ecr']} |")
+        if "halt_marker_reads" in fl:
+            w(f"| halt-marker reads (first pass) | {idle['halt_marker_reads']['s3']} | {fl['halt_marker_reads']['s3']} |")
         w(f"| metrics textfile written | | {fl.get('metrics_textfile_written')} |")
         w("")
     w("The baseline keeps no process; converging on a schedule with it would mean re-running the script")

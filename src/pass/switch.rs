@@ -127,7 +127,12 @@ pub async fn switch_over(
             last: format!("its bridge address {ip} is not IPv4"),
         }),
         Ok(Err(DeployError::CandidateUnhealthy { probe, .. })) => Err(probe),
-        Ok(Err(e)) => Err(ProbeFailed { url: format!("container {name}"), last: e.to_string() }),
+        // Docker could not start or inspect it: this host's problem (as in publish mode's
+        // candidate), not the release failing its probe, so not a reason for a fleet halt.
+        Ok(Err(e)) => {
+            abandon(engine, name, &new_id, old).await;
+            return Err(e);
+        }
         Err(cancelled) => {
             abandon(engine, name, &new_id, old).await;
             return Err(cancelled.into());
