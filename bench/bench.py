@@ -15,7 +15,6 @@ import http.client
 import json
 import os
 import random
-import re
 import shutil
 import signal
 import statistics
@@ -26,6 +25,8 @@ import threading
 import time
 
 import boto3
+
+import page  # noqa: E402  (bench/page.py, beside this file)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 AGENT = os.environ.get("BENCH_AGENT", os.path.join(ROOT, "target/x86_64-unknown-linux-musl/release/blog-agent"))
@@ -171,25 +172,8 @@ def free_port():
 # ---------------------------------------------------------------------------------------------
 # HTTP prober: GET / every 10 ms on 127.0.0.1:PORT, recording status and the version served
 
-VERSION_RE = re.compile(rb"version ([0-9a-f]{7,40})")
-
-
 def probe_once(port):
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=PROBE_TIMEOUT) as s:
-            s.settimeout(PROBE_TIMEOUT)
-            s.sendall(b"GET / HTTP/1.0\r\nHost: 127.0.0.1\r\nUser-Agent: bench-prober\r\n\r\n")
-            data = b""
-            while len(data) < 8192:
-                chunk = s.recv(4096)
-                if not chunk:
-                    break
-                data += chunk
-    except OSError:
-        return False, None
-    ok = data.startswith(b"HTTP/1.") and data.split(b" ", 2)[1:2] == [b"200"]
-    m = VERSION_RE.search(data)
-    return ok, (m.group(1).decode() if m else None)
+    return page.get(port, PROBE_TIMEOUT, "bench-prober")
 
 
 class Prober(threading.Thread):

@@ -36,6 +36,8 @@ import sys
 import threading
 import time
 
+import page  # bench/page.py, beside this file
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LABEL = "blog-agent-bench"
 LABEL_VALUE = "fleet"
@@ -45,7 +47,6 @@ BUCKET = "blog-fleet-bench"
 KEY = "staging/stagebuild.txt"
 HALT_PREFIX = "staging/halted/"
 IMDS_TOKEN = "fleet-bench-imds-token"
-VERSION_RE = re.compile(rb"version ([0-9a-f]{7,40})")
 METRIC_RE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)$")
 
 
@@ -139,22 +140,8 @@ def start_imds(instance_id):
 
 def served(port, timeout=5.0):
     """The version 127.0.0.1:PORT serves (a 200 naming a SHA), else None."""
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-            s.settimeout(timeout)
-            s.sendall(b"GET / HTTP/1.0\r\nHost: 127.0.0.1\r\nUser-Agent: fleet-bench\r\n\r\n")
-            data = b""
-            while len(data) < 8192:
-                chunk = s.recv(4096)
-                if not chunk:
-                    break
-                data += chunk
-    except OSError:
-        return None
-    if not data.startswith(b"HTTP/1.") or data.split(b" ", 2)[1:2] != [b"200"]:
-        return None
-    m = VERSION_RE.search(data)
-    return m.group(1).decode() if m else None
+    ok, version = page.get(port, timeout, "fleet-bench")
+    return version if ok else None
 
 
 def read_metrics(path):

@@ -453,13 +453,8 @@ fn a_release_whose_cut_over_keeps_failing_is_held_back() {
 
     // The new spec's host port is held by another process: every cut-over stops the old
     // container, cannot start the new one, and rolls back. Three in a row, then no more.
-    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let held = holder.local_addr().unwrap().port();
-    let text = std::fs::read_to_string(&host.config)
-        .unwrap()
-        .replace(&format!("127.0.0.1:{}:80", host.port), &format!("127.0.0.1:{held}:80"))
-        .replace(&format!("http://127.0.0.1:{}/", host.port), &format!("http://127.0.0.1:{held}/"))
-        .replace("timeout = \"10s\"", "timeout = \"2s\"");
+    let holder = host.point_at_a_held_port();
+    let text = std::fs::read_to_string(&host.config).unwrap().replace("timeout = \"10s\"", "timeout = \"2s\"");
     std::fs::write(&host.config, text).unwrap();
     agent.signal("HUP");
     agent.wait_log("holding it back", Duration::from_secs(60));
@@ -470,10 +465,7 @@ fn a_release_whose_cut_over_keeps_failing_is_held_back() {
     // The first deploy, then three tries of the new spec.
     assert_eq!(after_hold, 1 + 3, "held after three failures:\n{}", agent.logs());
     // The release was not at fault (this host's new spec was): it is not halted fleet-wide.
-    let halted = host.s3(|c, b| async move {
-        c.list_objects_v2().bucket(b).prefix("staging/halted/").send().await.unwrap().key_count().unwrap_or(0)
-    });
-    assert_eq!(halted, 0, "a failed spec change halts nothing:\n{}", agent.logs());
+    assert_eq!(host.staging_halt_markers(), 0, "a failed spec change halts nothing:\n{}", agent.logs());
     agent.assert_alive();
     drop(holder);
 }
@@ -488,13 +480,7 @@ fn a_release_that_cannot_start_because_of_this_host_is_not_halted_fleet_wide() {
 
     // A new release arrives with a config whose host port another process holds: Docker
     // cannot start the new container. That is this host's problem, not the release's.
-    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let held = holder.local_addr().unwrap().port();
-    let text = std::fs::read_to_string(&host.config)
-        .unwrap()
-        .replace(&format!("127.0.0.1:{}:80", host.port), &format!("127.0.0.1:{held}:80"))
-        .replace(&format!("http://127.0.0.1:{}/", host.port), &format!("http://127.0.0.1:{held}/"));
-    std::fs::write(&host.config, text).unwrap();
+    let holder = host.point_at_a_held_port();
     let v2 = host.release("good");
     agent.signal("HUP");
     agent.wait_log("could not start new version", Duration::from_secs(60));
@@ -504,10 +490,12 @@ fn a_release_that_cannot_start_because_of_this_host_is_not_halted_fleet_wide() {
         (agent.logs().matches("holding it back").count() >= 2).then_some(())
     });
     assert_keeps_serving(&host, &v1, Duration::from_secs(3));
-    let halted = host.s3(|c, b| async move {
-        c.list_objects_v2().bucket(b).prefix("staging/halted/").send().await.unwrap().key_count().unwrap_or(0)
-    });
-    assert_eq!(halted, 0, "{v2} was halted fleet-wide for a port taken on this host:\n{}", agent.logs());
+    assert_eq!(
+        host.staging_halt_markers(),
+        0,
+        "{v2} was halted fleet-wide for a port taken on this host:\n{}",
+        agent.logs()
+    );
     agent.assert_alive();
     drop(holder);
 }

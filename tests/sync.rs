@@ -186,13 +186,8 @@ fn failure_after_cut_over_restores_the_previous_container() {
     // The candidate passes (it is probed on the bridge, with no published port), but the
     // real container cannot start: its new host port is held by another process. The agent
     // must roll back to the old container, whose spec still publishes the old port.
-    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let held = holder.local_addr().unwrap().port();
-    let text = std::fs::read_to_string(&host.config).unwrap();
-    let text = text
-        .replace(&format!("\"127.0.0.1:{}:80\"", host.port), &format!("\"127.0.0.1:{held}:80\""))
-        .replace(&format!("url = \"http://127.0.0.1:{}/\"", host.port), &format!("url = \"http://127.0.0.1:{held}/\""))
-        .replace("timeout = \"10s\"", "timeout = \"2s\"");
+    let _holder = host.point_at_a_held_port();
+    let text = std::fs::read_to_string(&host.config).unwrap().replace("timeout = \"10s\"", "timeout = \"2s\"");
     std::fs::write(&host.config, text).unwrap();
     host.release("good");
     let run = host.sync();

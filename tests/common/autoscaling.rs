@@ -11,7 +11,7 @@
 //! at a `CONTINUE` the stand-in GETs the blog's port, as the load balancer is about to.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -292,32 +292,8 @@ fn answer(params: &HashMap<String, String>, shared: &Mutex<Shared>) -> (u16, Str
 fn serve(stream: TcpStream, shared: &Mutex<Shared>) {
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut out = stream;
-    loop {
-        let mut request_line = String::new();
-        if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
-            return;
-        }
-        let mut length = 0;
-        loop {
-            let mut line = String::new();
-            if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                return;
-            }
-            let line = line.trim_end();
-            if line.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = line.split_once(':') {
-                if k.trim().eq_ignore_ascii_case("content-length") {
-                    length = v.trim().parse().unwrap_or(0);
-                }
-            }
-        }
-        let mut body = vec![0; length];
-        if reader.read_exact(&mut body).is_err() {
-            return;
-        }
-        let (status, xml) = answer(&form(&String::from_utf8_lossy(&body)), shared);
+    while let Some(request) = super::http::read_request(&mut reader) {
+        let (status, xml) = answer(&form(&String::from_utf8_lossy(&request.body)), shared);
         let reason = if status == 200 { "OK" } else { "Bad Request" };
         let response = format!(
             "HTTP/1.1 {status} {reason}\r\nContent-Type: text/xml\r\nx-amzn-RequestId: stand-in\r\nContent-Length: {}\r\n\r\n{xml}",

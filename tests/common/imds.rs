@@ -7,7 +7,7 @@
 //! moto serves IMDS tokens but answers 500 on tag paths, so the tests bring their own.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -97,31 +97,8 @@ impl FakeImds {
 fn serve(stream: TcpStream, shared: &Shared) {
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut out = stream;
-    loop {
-        let mut request_line = String::new();
-        if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
-            return;
-        }
-        let mut headers = HashMap::new();
-        loop {
-            let mut line = String::new();
-            if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                return;
-            }
-            let line = line.trim_end();
-            if line.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = line.split_once(':') {
-                headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
-            }
-        }
-        if let Some(len) = headers.get("content-length").and_then(|l| l.parse::<usize>().ok()) {
-            let mut body = vec![0; len];
-            let _ = reader.read_exact(&mut body);
-        }
-        let mut parts = request_line.split_whitespace();
-        let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    while let Some(request) = super::http::read_request(&mut reader) {
+        let (method, path, headers) = (request.method.as_str(), request.path.as_str(), &request.headers);
         let (status, extra, body) = if method == "PUT" && path == "/latest/api/token" {
             match headers.get("x-aws-ec2-metadata-token-ttl-seconds") {
                 Some(ttl) => (200, format!("X-aws-ec2-metadata-token-ttl-seconds: {ttl}\r\n"), TOKEN.to_owned()),

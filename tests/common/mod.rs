@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod autoscaling;
+pub mod http;
 pub mod imds;
 pub mod services;
 
@@ -491,6 +492,31 @@ impl Host {
                 .is_some_and(|v| v["last_good"]["sha"] == sha);
             (serves && alone && recorded).then_some(())
         });
+    }
+}
+
+impl Host {
+    /// Moves the blog's host port (and the health URL with it) in the config to a port another
+    /// process holds, and returns the holder: Docker cannot start a container publishing it.
+    pub fn point_at_a_held_port(&self) -> TcpListener {
+        let holder = TcpListener::bind("127.0.0.1:0").unwrap();
+        let held = holder.local_addr().unwrap().port();
+        let text = std::fs::read_to_string(&self.config)
+            .unwrap()
+            .replace(&format!("\"127.0.0.1:{}:80\"", self.port), &format!("\"127.0.0.1:{held}:80\""))
+            .replace(
+                &format!("url = \"http://127.0.0.1:{}/\"", self.port),
+                &format!("url = \"http://127.0.0.1:{held}/\""),
+            );
+        std::fs::write(&self.config, text).unwrap();
+        holder
+    }
+
+    /// How many halt markers staging's default halt prefix holds.
+    pub fn staging_halt_markers(&self) -> i32 {
+        self.s3(|c, b| async move {
+            c.list_objects_v2().bucket(b).prefix("staging/halted/").send().await.unwrap().key_count().unwrap_or(0)
+        })
     }
 }
 
