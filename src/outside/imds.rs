@@ -16,6 +16,12 @@ const TAG_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Total time allowed for one region read; [`crate::outside::aws`] retries with backoff around it.
 const REGION_READ_TIMEOUT: Duration = Duration::from_secs(5);
 const REGION_PATH: &str = "/latest/meta-data/placement/region";
+/// Total time allowed for one instance id (or lifecycle state) read. Off EC2 nothing answers,
+/// and the caller falls back to the machine id (see
+/// [`crate::fleet::rollout::resolve_identity`]): keep it short.
+const INSTANCE_ID_READ_TIMEOUT: Duration = Duration::from_secs(5);
+const INSTANCE_ID_PATH: &str = "/latest/meta-data/instance-id";
+const LIFECYCLE_PATH: &str = "/latest/meta-data/autoscaling/target-lifecycle-state";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImdsError {
@@ -73,14 +79,33 @@ impl Imds {
     /// The instance's region (`placement/region`); `Err` says why there is none, for
     /// [`crate::outside::aws::RegionUnknown`].
     pub async fn region(&self) -> Result<String, String> {
-        match tokio::time::timeout(REGION_READ_TIMEOUT, self.client.get(REGION_PATH)).await {
-            Err(_) => Err(format!("no answer within {REGION_READ_TIMEOUT:?}")),
+        self.value(REGION_PATH, REGION_READ_TIMEOUT).await
+    }
+
+    /// The EC2 instance id (`i-...`), the host's identity for the rollout seed and in halt
+    /// markers; `Err` says why there is none (as [`Imds::region`] does).
+    pub async fn instance_id(&self) -> Result<String, String> {
+        self.value(INSTANCE_ID_PATH, INSTANCE_ID_READ_TIMEOUT).await
+    }
+
+    /// The lifecycle state Auto Scaling is moving this instance to (`InService`,
+    /// `Warmed:Running`, ...): a local read, so a warm-pool instance can watch for the moment
+    /// it leaves the pool without calling the Auto Scaling API on every poll.
+    pub async fn target_lifecycle_state(&self) -> Result<String, String> {
+        self.value(LIFECYCLE_PATH, INSTANCE_ID_READ_TIMEOUT).await
+    }
+
+    /// The trimmed value at `path`, read within `timeout`; `Err` says why there is none (no
+    /// answer, an HTTP status, an empty value, or the client's error) in words fit for a log.
+    async fn value(&self, path: &str, timeout: Duration) -> Result<String, String> {
+        match tokio::time::timeout(timeout, self.client.get(path)).await {
+            Err(_) => Err(format!("no answer within {timeout:?}")),
             Ok(Ok(value)) => match value.as_ref().trim() {
-                "" => Err(format!("{REGION_PATH} is empty")),
-                region => Ok(region.to_owned()),
+                "" => Err(format!("{path} is empty")),
+                value => Ok(value.to_owned()),
             },
             Ok(Err(SdkImdsError::ErrorResponse(resp))) => {
-                Err(format!("HTTP {} for {REGION_PATH}", resp.response().status().as_u16()))
+                Err(format!("HTTP {} for {path}", resp.response().status().as_u16()))
             }
             Ok(Err(other)) => Err(crate::outside::aws::describe(&other)),
         }
@@ -102,47 +127,6 @@ impl TagSource for Imds {
             Ok(Err(other)) => {
                 Err(unreachable(aws_smithy_types::error::display::DisplayErrorContext(&other).to_string()))
             }
-        }
-    }
-}
-
-/// Total time allowed for one instance id read. Off EC2 nothing answers, and the caller falls
-/// back to the machine id (see [`crate::fleet::rollout::resolve_identity`]): keep it short.
-const INSTANCE_ID_READ_TIMEOUT: Duration = Duration::from_secs(5);
-const INSTANCE_ID_PATH: &str = "/latest/meta-data/instance-id";
-
-impl Imds {
-    /// The EC2 instance id (`i-...`), the host's identity for the rollout seed and in halt
-    /// markers; `Err` says why there is none (as [`Imds::region`] does).
-    pub async fn instance_id(&self) -> Result<String, String> {
-        match tokio::time::timeout(INSTANCE_ID_READ_TIMEOUT, self.client.get(INSTANCE_ID_PATH)).await {
-            Err(_) => Err(format!("no answer within {INSTANCE_ID_READ_TIMEOUT:?}")),
-            Ok(Ok(value)) => match value.as_ref().trim() {
-                "" => Err(format!("{INSTANCE_ID_PATH} is empty")),
-                id => Ok(id.to_owned()),
-            },
-            Ok(Err(SdkImdsError::ErrorResponse(resp))) => {
-                Err(format!("HTTP {} for {INSTANCE_ID_PATH}", resp.response().status().as_u16()))
-            }
-            Ok(Err(other)) => Err(crate::outside::aws::describe(&other)),
-        }
-    }
-}
-
-const LIFECYCLE_PATH: &str = "/latest/meta-data/autoscaling/target-lifecycle-state";
-
-impl Imds {
-    /// The lifecycle state Auto Scaling is moving this instance to (`InService`,
-    /// `Warmed:Running`, ...): a local read, so a warm-pool instance can watch for the moment
-    /// it leaves the pool without calling the Auto Scaling API on every poll.
-    pub async fn target_lifecycle_state(&self) -> Result<String, String> {
-        match tokio::time::timeout(INSTANCE_ID_READ_TIMEOUT, self.client.get(LIFECYCLE_PATH)).await {
-            Err(_) => Err(format!("no answer within {INSTANCE_ID_READ_TIMEOUT:?}")),
-            Ok(Ok(value)) => Ok(value.as_ref().trim().to_owned()),
-            Ok(Err(SdkImdsError::ErrorResponse(resp))) => {
-                Err(format!("HTTP {} for {LIFECYCLE_PATH}", resp.response().status().as_u16()))
-            }
-            Ok(Err(other)) => Err(crate::outside::aws::describe(&other)),
         }
     }
 }
