@@ -197,8 +197,6 @@ pub fn describe(err: &(dyn std::error::Error + 'static)) -> String {
 mod tests {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
     use super::*;
 
     /// An IMDSv2 stand-in on loopback: a token for any PUT, the region once `ready` is set
@@ -210,44 +208,24 @@ mod tests {
     }
 
     async fn fake_imds() -> FakeImds {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let endpoint = format!("http://{}", listener.local_addr().unwrap());
         let (ready, region_reads) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
         let (r, n) = (ready.clone(), region_reads.clone());
-        tokio::spawn(async move {
-            while let Ok((mut stream, _)) = listener.accept().await {
-                let (r, n) = (r.clone(), n.clone());
-                tokio::spawn(async move {
-                    let mut head = Vec::new();
-                    let mut chunk = [0u8; 1024];
-                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match stream.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(len) => head.extend_from_slice(&chunk[..len]),
-                        }
+        let endpoint = crate::outside::loopback::serve(move |head| {
+            let mut line = head.split_whitespace();
+            let (status, extra, body) = match (line.next(), line.next()) {
+                (Some("PUT"), _) => ("200 OK", "X-aws-ec2-metadata-token-ttl-seconds: 21600\r\n", "token"),
+                (_, Some("/latest/meta-data/placement/region")) => {
+                    n.fetch_add(1, Ordering::SeqCst);
+                    match r.load(Ordering::SeqCst) {
+                        true => ("200 OK", "", "eu-central-1"),
+                        false => ("404 Not Found", "", ""),
                     }
-                    let head = String::from_utf8_lossy(&head).into_owned();
-                    let mut line = head.split_whitespace();
-                    let (status, extra, body) = match (line.next(), line.next()) {
-                        (Some("PUT"), _) => ("200 OK", "X-aws-ec2-metadata-token-ttl-seconds: 21600\r\n", "token"),
-                        (_, Some("/latest/meta-data/placement/region")) => {
-                            n.fetch_add(1, Ordering::SeqCst);
-                            match r.load(Ordering::SeqCst) {
-                                true => ("200 OK", "", "eu-central-1"),
-                                false => ("404 Not Found", "", ""),
-                            }
-                        }
-                        _ => ("404 Not Found", "", ""),
-                    };
-                    let response = format!(
-                        "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n{extra}\r\n{body}",
-                        body.len()
-                    );
-                    let _ = stream.write_all(response.as_bytes()).await;
-                    let _ = stream.shutdown().await;
-                });
-            }
-        });
+                }
+                _ => ("404 Not Found", "", ""),
+            };
+            format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n{extra}\r\n{body}", body.len())
+        })
+        .await;
         FakeImds { endpoint, ready, region_reads }
     }
 

@@ -3,12 +3,15 @@
 //! (`release`), ECR credentials (`registry`), the Docker Engine (`docker`, with
 //! `pull_progress` for a terminal), the HTTP health probe (`health`), netfilter (`netfilter`)
 //! and the Auto Scaling group's lifecycle hooks (`autoscaling`).
+//! Unit tests share one loopback HTTP stand-in (`loopback`).
 
 pub mod autoscaling;
 pub mod aws;
 pub mod docker;
 pub mod health;
 pub mod imds;
+#[cfg(test)]
+pub(crate) mod loopback;
 pub mod netfilter;
 pub mod pull_progress;
 pub mod registry;

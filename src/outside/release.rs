@@ -197,30 +197,12 @@ async fn read(
 mod tests {
     use aws_credential_types::provider::SharedCredentialsProvider;
     use aws_credential_types::Credentials;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
 
     /// An "S3" on loopback that answers every request with `response`.
     async fn answering(response: &'static str) -> aws_config::SdkConfig {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let endpoint = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move {
-            while let Ok((mut stream, _)) = listener.accept().await {
-                tokio::spawn(async move {
-                    let mut head = Vec::new();
-                    let mut chunk = [0u8; 1024];
-                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match stream.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(len) => head.extend_from_slice(&chunk[..len]),
-                        }
-                    }
-                    let _ = stream.write_all(response.as_bytes()).await;
-                    let _ = stream.shutdown().await;
-                });
-            }
-        });
+        let endpoint = crate::outside::loopback::serve(move |_| response.to_owned()).await;
         aws_config::SdkConfig::builder()
             .behavior_version(aws_config::BehaviorVersion::latest())
             .region(aws_config::Region::new("us-east-1"))
