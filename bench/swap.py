@@ -331,23 +331,8 @@ def stop_client(p, out_path):
         return json.load(f)
 
 
-def runs_of(samples, bad):
-    """Runs of consecutive samples (start order) for which bad(s) holds: [(start, next good start or None, n)]."""
-    runs, start, n = [], None, 0
-    for s in samples:
-        if bad(s):
-            if start is None:
-                start, n = s[0], 0
-            n += 1
-        elif start is not None:
-            runs.append((start, s[0], n))
-            start = None
-    if start is not None:
-        runs.append((start, None, n))
-    return runs
-
-
 def longest_run(runs, t_end):
+    """(length, count) of the longest of B.failure_runs' runs; the first of equal ones."""
     best = (0.0, 0)
     for start, end, n in runs:
         length = (end if end is not None else t_end) - start
@@ -362,8 +347,8 @@ def analyze_newconn(samples, t0, t_end, old, new, ev):
     lat = sorted(x[1] - x[0] for x in ok)
     med = statistics.median(lat) if lat else None
     late_at = (med or 0) + LATE
-    fail_run, fail_n = longest_run(runs_of(s, lambda x: x[2] != 200), t_end)
-    gap, gap_n = longest_run(runs_of(s, lambda x: x[2] != 200 or x[1] - x[0] > late_at), t_end)
+    fail_run, fail_n = longest_run(B.failure_runs(s, lambda x: x[2] != 200), t_end)
+    gap, gap_n = longest_run(B.failure_runs(s, lambda x: x[2] != 200 or x[1] - x[0] > late_at), t_end)
     new_ok = [x[1] for x in s if x[2] == 200 and x[3] == new]
     t_new = min(new_ok) if new_ok else None
     rec = {
@@ -420,7 +405,7 @@ def analyze_keepalive(samples, t0, t_end, old, new, ev):
         # keeps an established connection on its old target, so there should be none.
         "new_on_pre_switch_connection": None if t_sw is None else sum(
             1 for x in ok if x[3] == new and first_start[x[5]] < t_sw - 0.005),
-        "longest_failure_run_ms": longest_run(runs_of(logical, lambda x: not x[1]), t_end)[0] * 1000,
+        "longest_failure_run_ms": longest_run(B.failure_runs(logical, lambda x: not x[1]), t_end)[0] * 1000,
     }
 
 
