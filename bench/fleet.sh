@@ -33,11 +33,7 @@ if [ "${1:-}" = "--report-only" ]; then
 fi
 
 started=$SECONDS
-agent=${BENCH_AGENT:-$root/target/x86_64-unknown-linux-musl/release/blog-agent}
-if [ ! -x "$agent" ]; then
-  echo "fleet: no binary at $agent; build it with scripts/package.sh (or set BENCH_AGENT)" >&2
-  exit 1
-fi
+agent_binary fleet
 bash scripts/stack-up.sh
 ensure_venv
 

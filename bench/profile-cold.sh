@@ -11,8 +11,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 source bench/lib.sh
 work=$BLOG_AGENT_STACK_DIR/bench-profile
-agent=${BENCH_AGENT:-$root/target/x86_64-unknown-linux-musl/release/blog-agent}
-[ -x "$agent" ] || { echo "profile: no binary at $agent" >&2; exit 1; }
+agent_binary profile
 bash scripts/stack-up.sh
 ensure_venv
 rm -rf "$work"; mkdir -p "$work"

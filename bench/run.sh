@@ -38,11 +38,7 @@ if [ "${1:-}" = "--report-only" ]; then
 fi
 
 started=$SECONDS
-agent=${BENCH_AGENT:-$root/target/x86_64-unknown-linux-musl/release/blog-agent}
-if [ ! -x "$agent" ]; then
-  echo "bench: no binary at $agent; build it with scripts/package.sh (or set BENCH_AGENT)" >&2
-  exit 1
-fi
+agent_binary bench
 if [ "${BENCH_RUNS:-5}" -lt 5 ]; then
   echo "bench: note: BENCH_RUNS=${BENCH_RUNS} (< 5): fine for a try, not for docs/BENCHMARKS.md" >&2
 fi
