@@ -38,7 +38,7 @@ use tokio::time::Instant;
 
 use crate::config::Settings;
 use crate::fleet::rollout::{Identity, IdentitySource};
-use crate::outside::autoscaling::{Action, AutoScaling, AutoScalingError, Outcome, CALL_TIMEOUT};
+use crate::outside::autoscaling::{launch_hook, Action, AutoScaling, AutoScalingError, Outcome, CALL_TIMEOUT};
 use crate::outside::imds::Imds;
 use crate::outside::pull_progress::PullActivity;
 
@@ -314,24 +314,13 @@ impl LaunchGate {
                 return Ok(State::Done);
             }
         };
-        let Some(found) = self.api.hook(&membership.group, hook).await? else {
-            tracing::error!(
-                group = %membership.group,
-                "group {} has no lifecycle hook named {hook:?}: check [rollout] lifecycle_hook \
-                 (`aws autoscaling describe-lifecycle-hooks --auto-scaling-group-name {}`); no launch gate",
-                membership.group, membership.group
-            );
-            return Ok(State::Open);
+        let found = match launch_hook(&membership.group, hook, self.api.hook(&membership.group, hook).await?) {
+            Ok(found) => found,
+            Err(problem) => {
+                tracing::error!(group = %membership.group, "{problem}; no launch gate");
+                return Ok(State::Open);
+            }
         };
-        if found.transition != "autoscaling:EC2_INSTANCE_LAUNCHING" {
-            tracing::error!(
-                group = %membership.group,
-                "lifecycle hook {hook:?} of group {} is for {}, not autoscaling:EC2_INSTANCE_LAUNCHING: \
-                 check [rollout] lifecycle_hook; no launch gate",
-                membership.group, found.transition
-            );
-            return Ok(State::Open);
-        }
         let action =
             Action { group: membership.group.clone(), hook: hook.to_owned(), instance_id: instance_id.to_owned() };
         match self.api.heartbeat(&action).await {

@@ -223,8 +223,12 @@ async fn check_launch_gate(r: &mut Report, aws: &std::sync::Arc<crate::outside::
         }
         Err(e) => return r.fail(NAME, e),
     };
-    match api.hook(&membership.group, hook).await {
-        Ok(Some(h)) if h.transition == "autoscaling:EC2_INSTANCE_LAUNCHING" => r.ok(
+    let found = match api.hook(&membership.group, hook).await {
+        Ok(found) => found,
+        Err(e) => return r.fail(NAME, e),
+    };
+    match crate::outside::autoscaling::launch_hook(&membership.group, hook, found) {
+        Ok(h) => r.ok(
             NAME,
             format!(
                 "hook {hook:?} of group {:?} (launching; heartbeat timeout {} s, default {}); {instance_id} is {}",
@@ -234,22 +238,7 @@ async fn check_launch_gate(r: &mut Report, aws: &std::sync::Arc<crate::outside::
                 membership.state
             ),
         ),
-        Ok(Some(h)) => r.fail(
-            NAME,
-            format!(
-                "hook {hook:?} of group {:?} is for {}, not autoscaling:EC2_INSTANCE_LAUNCHING: check [rollout] lifecycle_hook",
-                membership.group, h.transition
-            ),
-        ),
-        Ok(None) => r.fail(
-            NAME,
-            format!(
-                "group {:?} has no lifecycle hook named {hook:?}: check [rollout] lifecycle_hook \
-                 (`aws autoscaling describe-lifecycle-hooks --auto-scaling-group-name {}`)",
-                membership.group, membership.group
-            ),
-        ),
-        Err(e) => r.fail(NAME, e),
+        Err(problem) => r.fail(NAME, problem),
     }
 }
 

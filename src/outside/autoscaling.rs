@@ -43,6 +43,25 @@ pub struct Hook {
     pub default_result: String,
 }
 
+/// The transition of a hook that holds launching instances.
+pub const LAUNCHING: &str = "autoscaling:EC2_INSTANCE_LAUNCHING";
+
+/// `found`, the hook named `name` on `group` as [`AutoScaling::hook`] gave it, when it can gate
+/// launches; else why not, with the fix (for the gate's log and `check`).
+pub fn launch_hook(group: &str, name: &str, found: Option<Hook>) -> Result<Hook, String> {
+    match found {
+        None => Err(format!(
+            "group {group:?} has no lifecycle hook named {name:?}: check [rollout] lifecycle_hook \
+             (`aws autoscaling describe-lifecycle-hooks --auto-scaling-group-name {group}`)"
+        )),
+        Some(hook) if hook.transition != LAUNCHING => Err(format!(
+            "lifecycle hook {name:?} of group {group:?} is for {}, not {LAUNCHING}: check [rollout] lifecycle_hook",
+            hook.transition
+        )),
+        Some(hook) => Ok(hook),
+    }
+}
+
 /// The lifecycle action an instance completes: one hook of one group, for one instance.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Action {
@@ -213,4 +232,33 @@ async fn bounded<T>(action: &'static str, call: impl std::future::Future<Output 
     tokio::time::timeout(CALL_TIMEOUT, call)
         .await
         .map_err(|_| AutoScalingError::TimedOut { action, after: CALL_TIMEOUT })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hook(transition: &str) -> Hook {
+        Hook {
+            transition: transition.into(),
+            heartbeat_timeout: Duration::from_secs(300),
+            global_timeout: None,
+            default_result: "ABANDON".into(),
+        }
+    }
+
+    #[test]
+    fn only_an_existing_launch_hook_can_gate_launches() {
+        assert_eq!(launch_hook("g", "h", Some(hook(LAUNCHING))), Ok(hook(LAUNCHING)));
+        let missing = launch_hook("g", "h", None).unwrap_err();
+        assert!(
+            missing.starts_with("group \"g\" has no lifecycle hook named \"h\": check [rollout] lifecycle_hook"),
+            "{missing}"
+        );
+        let wrong = launch_hook("g", "h", Some(hook("autoscaling:EC2_INSTANCE_TERMINATING"))).unwrap_err();
+        assert!(
+            wrong.starts_with("lifecycle hook \"h\" of group \"g\" is for autoscaling:EC2_INSTANCE_TERMINATING, not"),
+            "{wrong}"
+        );
+    }
 }
