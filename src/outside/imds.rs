@@ -6,6 +6,7 @@
 //! path has two usual causes, the tag is absent or instance metadata tags are not enabled, and
 //! the error names both with their fix.
 
+use std::future::Future;
 use std::time::Duration;
 
 use aws_config::imds::client::error::ImdsError as SdkImdsError;
@@ -78,26 +79,31 @@ impl Imds {
 
     /// The instance's region (`placement/region`); `Err` says why there is none, for
     /// [`crate::outside::aws::RegionUnknown`].
-    pub async fn region(&self) -> Result<String, String> {
-        self.value(REGION_PATH, REGION_READ_TIMEOUT).await
+    pub fn region(&self) -> impl Future<Output = Result<String, String>> + '_ {
+        self.value(REGION_PATH, REGION_READ_TIMEOUT)
     }
 
     /// The EC2 instance id (`i-...`), the host's identity for the rollout seed and in halt
     /// markers; `Err` says why there is none (as [`Imds::region`] does).
-    pub async fn instance_id(&self) -> Result<String, String> {
-        self.value(INSTANCE_ID_PATH, INSTANCE_ID_READ_TIMEOUT).await
+    pub fn instance_id(&self) -> impl Future<Output = Result<String, String>> + '_ {
+        self.value(INSTANCE_ID_PATH, INSTANCE_ID_READ_TIMEOUT)
     }
 
     /// The lifecycle state Auto Scaling is moving this instance to (`InService`,
     /// `Warmed:Running`, ...): a local read, so a warm-pool instance can watch for the moment
     /// it leaves the pool without calling the Auto Scaling API on every poll.
-    pub async fn target_lifecycle_state(&self) -> Result<String, String> {
-        self.value(LIFECYCLE_PATH, INSTANCE_ID_READ_TIMEOUT).await
+    pub fn target_lifecycle_state(&self) -> impl Future<Output = Result<String, String>> + '_ {
+        self.value(LIFECYCLE_PATH, INSTANCE_ID_READ_TIMEOUT)
     }
 
     /// The trimmed value at `path`, read within `timeout`; `Err` says why there is none (no
     /// answer, an HTTP status, an empty value, or the client's error) in words fit for a log.
-    async fn value(&self, path: &str, timeout: Duration) -> Result<String, String> {
+    ///
+    /// The public readers return this future itself rather than awaiting it in an `async fn` of
+    /// their own: the S3 and ECR calls already nest deep futures (the region is resolved inside
+    /// them), and one more layer takes a release build's layout computation past rustc's
+    /// default recursion limit.
+    async fn value(&self, path: &'static str, timeout: Duration) -> Result<String, String> {
         match tokio::time::timeout(timeout, self.client.get(path)).await {
             Err(_) => Err(format!("no answer within {timeout:?}")),
             Ok(Ok(value)) => match value.as_ref().trim() {
