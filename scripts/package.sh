@@ -4,13 +4,16 @@
 # Installs its own tools (musl target, musl-tools, rpm, cargo-auditable, cargo-deb,
 # cargo-generate-rpm).
 set -euo pipefail
+# Pipes into grep use `grep PAT >/dev/null`, never `grep -q`: -q exits at the first match, and a
+# writer with more to say (readelf -S prints over 4 KiB) then dies of SIGPIPE, which pipefail turns
+# into a failed check of a binary that is fine.
 cd "$(dirname "$0")/.."
 target=x86_64-unknown-linux-musl
 out=target/packages
 ok() { printf 'ok   %s\n' "$*"; }
 fail() { printf 'FAIL %s\n' "$*"; exit 1; }
 
-rustup target list --installed | grep -qx "$target" || rustup target add "$target"
+rustup target list --installed | grep -x "$target" >/dev/null || rustup target add "$target"
 need_apt=()
 command -v musl-gcc >/dev/null || need_apt+=(musl-tools)
 command -v rpm >/dev/null || need_apt+=(rpm)
@@ -28,18 +31,18 @@ bin=target/$target/release/blog-agent
 # Rust's musl target links static-PIE (keeps ASLR): glibc's ldd calls that "statically linked"
 # rather than "not a dynamic executable". Either way there must be no program interpreter.
 ldd_says=$(ldd "$bin" 2>&1 || true)
-if grep -qE "not a dynamic executable|statically linked" <<<"$ldd_says" && ! readelf -l "$bin" | grep -q INTERP; then
+if grep -qE "not a dynamic executable|statically linked" <<<"$ldd_says" && ! readelf -l "$bin" | grep INTERP >/dev/null; then
   ok "static: ldd says '$(echo $ldd_says)', no ELF interpreter"
 else
   fail "not static: ldd says: $ldd_says"
 fi
 size=$(stat -c %s "$bin")
 [ "$size" -lt $((10 * 1024 * 1024)) ] && ok "binary size $((size / 1024)) KiB (< 10 MiB)" || fail "binary is $size bytes"
-"$bin" --version | grep -q "(commit " && ok "$("$bin" --version)" || fail "--version lacks the commit"
+"$bin" --version | grep "(commit " >/dev/null && ok "$("$bin" --version)" || fail "--version lacks the commit"
 # The dependency list cargo-auditable embeds (zlib-compressed JSON in the .dep-v0 section, kept
 # by `strip = true`), which `cargo audit bin` and other scanners read on a host.
 deps=$(mktemp)
-readelf -S "$bin" | grep -q '\.dep-v0' && objcopy --dump-section .dep-v0="$deps" "$bin" /dev/null \
+readelf -S "$bin" | grep '\.dep-v0' >/dev/null && objcopy --dump-section .dep-v0="$deps" "$bin" /dev/null \
   || fail "no .dep-v0 section: the binary was not built with cargo auditable"
 audit=$(python3 -c 'import json, sys, zlib
 d = json.loads(zlib.decompress(open(sys.argv[1], "rb").read()))
@@ -113,6 +116,6 @@ else
 fi
 /usr/bin/blog-agent --version >/dev/null && ok "installed: $(/usr/bin/blog-agent --version)" || fail "installed --version"
 for sub in sync run status check pause resume; do
-  /usr/bin/blog-agent "$sub" --help | grep -q "Example:" && ok "installed: blog-agent $sub --help" || fail "$sub --help"
+  /usr/bin/blog-agent "$sub" --help | grep "Example:" >/dev/null && ok "installed: blog-agent $sub --help" || fail "$sub --help"
 done
 echo "package: all checks passed ($out)" >&2
