@@ -8,10 +8,11 @@
 #        flaky    serves for 3 seconds, then exits non-zero (a crash loop under a restart policy)
 #        slow     serves only 4 seconds after it starts (a slow boot: its probes take that long)
 #        large    good, plus 3 MiB of random bytes beside the page (a pull that takes time)
+#        nocommand  names an entrypoint the image lacks (Docker refuses to start it anywhere)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/stack-env.sh"
-sha=${1:?usage: publish-image.sh SHA [good|crash|http500|flaky|slow|large] [REGISTRY] [REPO]}
+sha=${1:?usage: publish-image.sh SHA [good|crash|http500|flaky|slow|large|nocommand] [REGISTRY] [REPO]}
 kind=${2:-good}
 registry=${3:-$BLOG_AGENT_TEST_REGISTRY}
 repo=${4:-blog}
@@ -40,7 +41,9 @@ case "$kind" in
     printf 'FROM scratch\nCOPY busybox /bin/busybox\nCOPY www /var/www\nEXPOSE 80\nENTRYPOINT ["/bin/busybox","httpd","-f","-p","80","-h","/var/www"]\n' >"$ctx/Dockerfile" ;;
   slow)
     printf 'FROM scratch\nCOPY busybox /bin/busybox\nCOPY busybox /bin/sh\nCOPY www /var/www\nEXPOSE 80\nENTRYPOINT ["/bin/sh","-c","/bin/busybox sleep 4; exec /bin/busybox httpd -f -p 80 -h /var/www"]\n' >"$ctx/Dockerfile" ;;
-  *) echo "publish-image: unknown kind '$kind' (good, crash, http500, flaky, slow, large)" >&2; exit 2 ;;
+  nocommand)
+    printf 'FROM scratch\nCOPY busybox /bin/busybox\nCOPY www /var/www\nEXPOSE 80\nENTRYPOINT ["/bin/httpd","-f","-p","80","-h","/var/www"]\n' >"$ctx/Dockerfile" ;;
+  *) echo "publish-image: unknown kind '$kind' (good, crash, http500, flaky, slow, large, nocommand)" >&2; exit 2 ;;
 esac
 # Logging in is idempotent and cheap; registries started by tests need it too.
 echo "$ECR_TOKEN_PASSWORD" | docker login -u "$ECR_TOKEN_USER" --password-stdin "$registry" >/dev/null 2>&1 || true

@@ -501,6 +501,27 @@ fn a_release_that_cannot_start_because_of_this_host_is_not_halted_fleet_wide() {
 }
 
 #[test]
+fn a_release_whose_command_cannot_run_is_halted_fleet_wide() {
+    let host = Host::new("run_unrunnable");
+    host.write_config(FAST);
+    let v1 = host.release("good");
+    let mut agent = host.start_agent(&[]);
+    host.wait_deployed(&v1, SERVE);
+
+    // The new image names an entrypoint it does not contain: Docker refuses to start it, on
+    // this host as on every other. That is the release failing, not Docker: it is halted for
+    // the fleet at once rather than retried on every host.
+    let v2 = host.release("nocommand");
+    agent.signal("HUP");
+    wait_for("the halt marker", SERVE, || (host.staging_halt_markers() == 1).then_some(()));
+    assert!(agent.logs().contains("cannot run its command"), "{}", agent.logs());
+    assert_keeps_serving(&host, &v1, Duration::from_secs(3));
+    let tries = agent.logs().matches(&format!("deploying {v2} as")).count();
+    assert_eq!(tries, 1, "tried once, then halted:\n{}", agent.logs());
+    agent.assert_alive();
+}
+
+#[test]
 fn sigterm_while_the_new_version_is_proven_leaves_it_for_the_next_start() {
     let host = Host::new("run_term_mid_probe");
     host.write_config(FAST);

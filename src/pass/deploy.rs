@@ -158,9 +158,15 @@ pub async fn probe_candidate(
     desired: &ContainerSpec,
     id: &str,
 ) -> Result<String, DeployError> {
-    engine.start(id).await?;
-    let info = engine.container(id).await?;
     let path = &settings.health.url.path;
+    if let Err(e) = engine.start(id).await {
+        let url = || format!("candidate port {}{path}", desired.probe_port());
+        return Err(match cannot_run(&e, url) {
+            Some(probe) => DeployError::CandidateUnhealthy { image: desired.image.clone(), probe },
+            None => e.into(),
+        });
+    }
+    let info = engine.container(id).await?;
     let Some(ip) = info.as_ref().and_then(|c| c.ip.clone()) else {
         let status = info.map(|c| format!("{} (exit code {})", c.status, c.exit_code.unwrap_or(-1)));
         let probe = ProbeFailed {
@@ -174,6 +180,14 @@ pub async fn probe_candidate(
         .map(|code| tracing::info!(image = %desired.image, status = code, "candidate answered"))
         .map_err(|probe| DeployError::CandidateUnhealthy { image: desired.image.clone(), probe })?;
     Ok(ip)
+}
+
+/// A start Docker refused because the image's command cannot run, as the probe failure it
+/// amounts to: the release fails its verification (and is halted fleet-wide) rather than
+/// being retried on every host as if Docker were in trouble.
+fn cannot_run(e: &EngineError, url: impl FnOnce() -> String) -> Option<ProbeFailed> {
+    e.is_command_unrunnable()
+        .then(|| ProbeFailed { url: url(), last: format!("the container cannot run its command: {e}") })
 }
 
 /// `Err` with the exit status when the container is no longer running, or has crashed since
@@ -245,7 +259,11 @@ pub async fn cut_over(
         }
         Err(source) => {
             let restored = roll_back(engine, name, &new_id, old).await;
-            return Err(DeployError::CutoverFailed { image: desired.image.clone(), source, restored });
+            let image = desired.image.clone();
+            return Err(match cannot_run(&source, || settings.health.url.to_string()) {
+                Some(probe) => DeployError::CutoverUnhealthy { image, probe, restored },
+                None => DeployError::CutoverFailed { image, source, restored },
+            });
         }
     };
     match probe {

@@ -127,8 +127,9 @@ pub async fn switch_over(
             last: format!("its bridge address {ip} is not IPv4"),
         }),
         Ok(Err(DeployError::CandidateUnhealthy { probe, .. })) => Err(probe),
-        // Docker could not start or inspect it: this host's problem (as in publish mode's
-        // candidate), not the release failing its probe, so not a reason for a fleet halt.
+        // Docker could not start or inspect it for another reason than the image's command
+        // (which probe_candidate reports as a failed probe): this host's problem, as in publish
+        // mode's candidate, not the release failing its probe, so not a reason for a fleet halt.
         Ok(Err(e)) => {
             abandon(engine, name, &new_id, old).await;
             return Err(e);
