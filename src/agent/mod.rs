@@ -70,6 +70,14 @@ struct Failed {
     reason: String,
 }
 
+/// What a pass leaves on the host.
+enum Outcome {
+    /// What serves afterwards, and the problem to report (if any).
+    Served { serving: Option<Sha>, problem: Option<Problem> },
+    /// A warm-pool instance: the release's image is on disk and nothing was started.
+    Warmed { image: String },
+}
+
 /// The loop's memory between passes.
 pub struct Agent<T, R, C> {
     settings: Settings,
@@ -100,8 +108,6 @@ pub struct Agent<T, R, C> {
     last_decision: Option<Why>,
     /// The Auto Scaling launch hook this host completes once it serves.
     launch: LaunchGate,
-    /// Set by a pass that only pulled the release's image (a warm-pool instance).
-    warmed: Option<String>,
 }
 
 impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
@@ -139,7 +145,6 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
             failed: None,
             last_decision: None,
             launch,
-            warmed: None,
         };
         agent.watch_events();
         agent.watch_rules();
@@ -218,12 +223,8 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
         (main.is_managed() && main.running).then_some(main)
     }
 
-    /// One pass: what serves afterwards, and the problem to report (if any).
-    async fn try_pass(
-        &mut self,
-        kind: PassKind,
-        shutdown: &Shutdown,
-    ) -> Result<(Option<Sha>, Option<Problem>), PassError> {
+    /// One pass: what it leaves on the host (see [`Outcome`]).
+    async fn try_pass(&mut self, kind: PassKind, shutdown: &Shutdown) -> Result<Outcome, PassError> {
         if self.phase == Phase::Starting {
             self.restore_route().await;
         }
@@ -239,7 +240,6 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
         };
 
         self.last_decision = None;
-        self.warmed = None;
         if self.launch.configured(&self.settings) {
             let identity = shutdown.race(self.fleet.identity()).await?.clone();
             shutdown.race(self.launch.prepare(&self.settings, &identity)).await?;
@@ -321,17 +321,19 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
         if let Why::Quarantined { release, .. } = &decision.why {
             problem = Some(Problem::quarantined(release.as_str(), decision.why.to_string()));
         }
-        if decision.target.is_none() {
+        let Some(target) = decision.target.clone() else {
             return match problem {
-                Some(problem) => Ok((snapshot.serving_sha().and_then(|s| Sha::parse(s).ok()), Some(problem))),
+                Some(problem) => Ok(Outcome::Served {
+                    serving: snapshot.serving_sha().and_then(|s| Sha::parse(s).ok()),
+                    problem: Some(problem),
+                }),
                 None => Err(PassError::NothingToRun(decision.why)),
             };
-        }
+        };
         if self.launch.holds_blog_back().await {
-            return self.warm_up(environment, decision.target.as_ref(), shutdown).await;
+            return self.warm_up(environment, &target, shutdown).await;
         }
         let options = Options { probe_converged: false, rescue: true };
-        let target = decision.target.clone();
         let served_before = snapshot.serving_sha().and_then(|s| Sha::parse(s).ok());
         let result = execute::execute_decision(
             settings,
@@ -361,26 +363,20 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
                     }
                 }
                 if let Some(failure) = &done.rescued_from {
-                    self.count_failure(target.as_ref(), served_before.as_ref(), failure);
+                    self.count_failure(&target, served_before.as_ref(), failure);
                     problem = Some(Problem::from(failure));
                 }
-                Ok((done.applied.map(|a| a.sha), problem))
+                Ok(Outcome::Served { serving: done.applied.map(|a| a.sha), problem })
             }
             Err(e) => {
-                self.count_failure(target.as_ref(), served_before.as_ref(), &e);
+                self.count_failure(&target, served_before.as_ref(), &e);
                 Err(e)
             }
         }
     }
 
     /// A warm-pool instance's pass: the target's image on disk, nothing started or removed.
-    async fn warm_up(
-        &mut self,
-        environment: &str,
-        target: Option<&Sha>,
-        shutdown: &Shutdown,
-    ) -> Result<(Option<Sha>, Option<Problem>), PassError> {
-        let Some(sha) = target else { return Ok((None, None)) };
+    async fn warm_up(&self, environment: &str, sha: &Sha, shutdown: &Shutdown) -> Result<Outcome, PassError> {
         let spec = crate::spec::ContainerSpec::new(&self.settings, environment, sha);
         let credentials = &self.services.credentials;
         let (_, pulled) =
@@ -390,8 +386,7 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
         if pulled {
             tracing::info!(env = environment, sha = %sha, "warm pool: pulled {} without starting the blog", spec.image);
         }
-        self.warmed = Some(spec.image);
-        Ok((None, None))
+        Ok(Outcome::Warmed { image: spec.image })
     }
 
     /// Reads S3 (conditional GET). Returns the problem to report when S3 cannot be read; the
@@ -423,8 +418,7 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
     /// here before the pass: then what failed is this host's new container spec (a changed
     /// config), not the release, and the fleet has no reason to stop it. A cut-over Docker
     /// could not carry out here (the host port taken) counts towards the quarantine only.
-    fn count_failure(&mut self, target: Option<&Sha>, served_before: Option<&Sha>, failure: &PassError) {
-        let Some(sha) = target else { return };
+    fn count_failure(&mut self, sha: &Sha, served_before: Option<&Sha>, failure: &PassError) {
         let release_fault = failure.failed_release();
         if !release_fault && !failure.failed_cut_over() {
             return;
@@ -534,8 +528,8 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Reconciler for Agent<T
         let switching = self.settings.traffic.mode == TrafficMode::Switch;
         let serving = if switching || result.is_err() { self.serving_container().await } else { None };
         let phase = match result {
-            Ok(_) if self.warmed.is_some() => Phase::Warm { image: self.warmed.clone().unwrap_or_default() },
-            Ok((sha, problem)) => Phase::after_pass(sha.map(|s| s.to_string()), problem),
+            Ok(Outcome::Warmed { image }) => Phase::Warm { image },
+            Ok(Outcome::Served { serving: sha, problem }) => Phase::after_pass(sha.map(|s| s.to_string()), problem),
             Err(e) => {
                 let sha = serving.as_ref().and_then(|c| c.labels.get(crate::spec::LABEL_SHA));
                 let sha = sha.and_then(|s| Sha::parse(s).ok()).map(|s| s.to_string());
