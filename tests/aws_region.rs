@@ -4,12 +4,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::http::{read_request, Request};
 use common::imds::FakeImds;
 use common::*;
 
@@ -24,25 +25,11 @@ fn without_configured_region(cmd: &mut Command) {
         .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/blog-agent-test/credentials");
 }
 
-/// One request seen by a [`Recorder`].
-#[derive(Debug, Clone)]
-struct Seen {
-    request_line: String,
-    /// Lower-cased names.
-    headers: Vec<(String, String)>,
-}
-
-impl Seen {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
-    }
-}
-
 /// An HTTP/1.1 server on loopback that records each request and lets `respond` write the
 /// answer (one request per connection).
 struct Recorder {
     port: u16,
-    seen: Arc<Mutex<Vec<Seen>>>,
+    seen: Arc<Mutex<Vec<Request>>>,
 }
 
 impl Recorder {
@@ -56,33 +43,8 @@ impl Recorder {
                 let log = log.clone();
                 std::thread::spawn(move || {
                     let mut reader = BufReader::new(stream.try_clone().unwrap());
-                    let mut request_line = String::new();
-                    if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    let mut headers = Vec::new();
-                    loop {
-                        let mut line = String::new();
-                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                            return;
-                        }
-                        if line.trim_end().is_empty() {
-                            break;
-                        }
-                        if let Some((k, v)) = line.split_once(':') {
-                            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
-                        }
-                    }
-                    let length = headers
-                        .iter()
-                        .find(|(k, _)| k == "content-length")
-                        .and_then(|(_, v)| v.parse().ok())
-                        .unwrap_or(0);
-                    let mut body = vec![0; length];
-                    if reader.read_exact(&mut body).is_err() {
-                        return;
-                    }
-                    log.lock().unwrap().push(Seen { request_line: request_line.trim_end().to_owned(), headers });
+                    let Some(request) = read_request(&mut reader) else { return };
+                    log.lock().unwrap().push(request);
                     let mut stream = stream;
                     respond(&mut stream);
                 });
@@ -95,7 +57,7 @@ impl Recorder {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    fn requests(&self) -> Vec<Seen> {
+    fn requests(&self) -> Vec<Request> {
         self.seen.lock().unwrap().clone()
     }
 }
@@ -170,7 +132,7 @@ fn ecr_token_is_asked_in_the_repository_region_not_the_host_region() {
     }
     let run = host.sync();
     assert_ne!(run.code, 0, "{}", run.output());
-    let calls: Vec<Seen> = ecr
+    let calls: Vec<Request> = ecr
         .requests()
         .into_iter()
         .filter(|r| r.header("x-amz-target").is_some_and(|t| t.contains("GetAuthorizationToken")))
@@ -180,8 +142,9 @@ fn ecr_token_is_asked_in_the_repository_region_not_the_host_region() {
         let auth = call.header("authorization").unwrap_or_default();
         assert!(
             auth.contains("/us-east-1/ecr/aws4_request"),
-            "signed for the wrong region: {auth} ({})",
-            call.request_line
+            "signed for the wrong region: {auth} ({} {})",
+            call.method,
+            call.path
         );
     }
     assert!(run.output().contains("GetAuthorizationToken was denied"), "{}", run.output());
@@ -213,5 +176,5 @@ fn s3_body_that_never_finishes_fails_the_sync_with_a_timeout() {
     assert_ne!(code, 0, "{output}");
     assert!(output.contains("timed out"), "{output}");
     assert!(output.contains(&format!("s3://{}/staging/stagebuild.txt", host.bucket)), "{output}");
-    assert!(s3.requests().iter().any(|r| r.request_line.starts_with("GET ")), "{:?}", s3.requests());
+    assert!(s3.requests().iter().any(|r| r.method == "GET"), "{:?}", s3.requests());
 }

@@ -260,9 +260,8 @@ fn idle_agent_makes_only_conditional_s3_gets_and_no_ecr_calls() {
     let (host, _moto, proxy, v1) = host_with_counted_s3("run_idle");
     let _agent = host.start_agent(&[]);
     host.wait_deployed(&v1, SERVE);
-    let is_ecr = |r: &common::services::SeenRequest| {
-        r.header("x-amz-target").is_some_and(|t| t.contains("GetAuthorizationToken"))
-    };
+    let is_ecr =
+        |r: &common::http::Request| r.header("x-amz-target").is_some_and(|t| t.contains("GetAuthorizationToken"));
     let converged_at = proxy.requests().len();
     let ecr_before = proxy.requests().iter().filter(|r| is_ecr(r)).count();
     assert_eq!(ecr_before, 1, "one token for the first pull");

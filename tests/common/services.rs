@@ -2,13 +2,14 @@
 //! running beside it: a private moto_server, a private registry, a counting proxy in front of
 //! S3, and a registry that accepts connections and never answers (a hung pull).
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use super::http::{read_request, Request};
 use super::{free_port, repo_root, wait_for, ECR_PASSWORD};
 
 fn stack_dir() -> PathBuf {
@@ -131,27 +132,12 @@ impl Drop for PrivateRegistry {
     }
 }
 
-/// One request seen by the [`CountingProxy`].
-#[derive(Debug, Clone)]
-pub struct SeenRequest {
-    pub method: String,
-    pub path: String,
-    /// Lower-cased header names and their values.
-    pub headers: Vec<(String, String)>,
-}
-
-impl SeenRequest {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
-    }
-}
-
 /// An HTTP/1.1 proxy that records every request line and its headers, then forwards the bytes
 /// unchanged. Pointing `AWS_ENDPOINT_URL` at it shows exactly which S3 and ECR calls an agent
 /// makes.
 pub struct CountingProxy {
     pub port: u16,
-    pub seen: Arc<Mutex<Vec<SeenRequest>>>,
+    pub seen: Arc<Mutex<Vec<Request>>>,
     /// When set, every request is answered with this (status, S3 error code) instead of
     /// being forwarded: S3 throttling, 5xx, or KMS access denied, on demand.
     pub fail_with: Arc<Mutex<Option<(u16, String)>>>,
@@ -186,12 +172,12 @@ impl CountingProxy {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    pub fn requests(&self) -> Vec<SeenRequest> {
+    pub fn requests(&self) -> Vec<Request> {
         self.seen.lock().unwrap().clone()
     }
 }
 
-fn proxy(client: TcpStream, upstream: u16, log: &Mutex<Vec<SeenRequest>>, fail: &Mutex<Option<(u16, String)>>) {
+fn proxy(client: TcpStream, upstream: u16, log: &Mutex<Vec<Request>>, fail: &Mutex<Option<(u16, String)>>) {
     let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else { return };
     let (mut server_read, client_write) = (server.try_clone().unwrap(), client.try_clone().unwrap());
     let mut direct = client.try_clone().unwrap();
@@ -203,38 +189,11 @@ fn proxy(client: TcpStream, upstream: u16, log: &Mutex<Vec<SeenRequest>>, fail: 
     let mut reader = BufReader::new(client);
     let mut server = server;
     loop {
-        let mut head = Vec::new();
-        let mut request_line = String::new();
-        if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+        let Some(request) = read_request(&mut reader) else {
             let _ = server.shutdown(std::net::Shutdown::Write);
             return;
-        }
-        head.extend_from_slice(request_line.as_bytes());
-        let mut headers = Vec::new();
-        loop {
-            let mut line = String::new();
-            if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                return;
-            }
-            head.extend_from_slice(line.as_bytes());
-            if line.trim_end().is_empty() {
-                break;
-            }
-            if let Some((k, v)) = line.split_once(':') {
-                headers.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
-            }
-        }
-        let length = headers.iter().find(|(k, _)| k == "content-length").and_then(|(_, v)| v.parse().ok()).unwrap_or(0);
-        let mut body = vec![0; length];
-        if reader.read_exact(&mut body).is_err() {
-            return;
-        }
-        let mut parts = request_line.split_whitespace();
-        log.lock().unwrap().push(SeenRequest {
-            method: parts.next().unwrap_or("").to_owned(),
-            path: parts.next().unwrap_or("").to_owned(),
-            headers,
-        });
+        };
+        log.lock().unwrap().push(request.clone());
         if let Some((status, code)) = fail.lock().unwrap().clone() {
             let xml = format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{code}</Code><Message>injected by the test</Message><RequestId>{}</RequestId></Error>", log.lock().unwrap().len());
             let response = format!(
@@ -247,7 +206,7 @@ fn proxy(client: TcpStream, upstream: u16, log: &Mutex<Vec<SeenRequest>>, fail: 
             }
             continue;
         }
-        if server.write_all(&head).and_then(|_| server.write_all(&body)).is_err() {
+        if server.write_all(&request.head).and_then(|_| server.write_all(&request.body)).is_err() {
             return;
         }
     }
