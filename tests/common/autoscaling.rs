@@ -146,27 +146,8 @@ fn after(state: &str, result: &str) -> String {
 }
 
 /// `application/x-www-form-urlencoded` -> pairs.
-fn form(body: &str) -> HashMap<String, String> {
-    body.split('&').filter_map(|pair| pair.split_once('=')).map(|(k, v)| (decode(k), decode(v))).collect()
-}
-
-fn decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
-                out.push(u8::from_str_radix(hex, 16).unwrap_or(b'?'));
-                i += 2;
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+fn form(body: &[u8]) -> HashMap<String, String> {
+    form_urlencoded::parse(body).into_owned().collect()
 }
 
 fn escape(s: &str) -> String {
@@ -293,7 +274,7 @@ fn serve(stream: TcpStream, shared: &Mutex<Shared>) {
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut out = stream;
     while let Some(request) = super::http::read_request(&mut reader) {
-        let (status, xml) = answer(&form(&String::from_utf8_lossy(&request.body)), shared);
+        let (status, xml) = answer(&form(&request.body), shared);
         let reason = if status == 200 { "OK" } else { "Bad Request" };
         let response = format!(
             "HTTP/1.1 {status} {reason}\r\nContent-Type: text/xml\r\nx-amzn-RequestId: stand-in\r\nContent-Length: {}\r\n\r\n{xml}",
