@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::autoscaling::FakeAutoScaling;
+use common::autoscaling::{Call, FakeAutoScaling};
 use common::imds::FakeImds;
 use common::services::SlowProxy;
 use common::{docker, wait_for, AgentProcess, Host};
@@ -22,9 +22,22 @@ fn gated_host(name: &str, instance_id: &str, asg: &FakeAutoScaling) -> (Host, Fa
     imds.set_instance_id(instance_id);
     host.imds_endpoint = Some(imds.endpoint.clone());
     host.extra_env.push(("AWS_ENDPOINT_URL_AUTO_SCALING".into(), asg.endpoint.clone()));
-    host.write_config(&format!("[reconcile]\ninterval = \"1s\"\n[rollout]\nlifecycle_hook = \"{HOOK}\"\n"));
+    host.write_config(&gated_config());
     asg.probe_at_continue(host.port);
     (host, imds)
+}
+
+/// Polls every second and names the launch hook.
+fn gated_config() -> String {
+    format!("[reconcile]\ninterval = \"1s\"\n[rollout]\nlifecycle_hook = \"{HOOK}\"\n")
+}
+
+/// Waits until `asg` has recorded at least `n` completions of a lifecycle action.
+fn wait_completions(asg: &FakeAutoScaling, n: usize, what: &str, within: Duration) -> Vec<Call> {
+    wait_for(what, within, || {
+        let completes = asg.calls_of("CompleteLifecycleAction");
+        (completes.len() >= n).then_some(completes)
+    })
 }
 
 fn start(host: &Host) -> AgentProcess {
@@ -44,9 +57,7 @@ fn a_launching_instance_is_put_in_service_only_once_the_blog_serves() {
     let sha = host.release("good");
     let agent = start(&host);
 
-    wait_for("CONTINUE", Duration::from_secs(60), || {
-        (!asg.calls_of("CompleteLifecycleAction").is_empty()).then_some(())
-    });
+    wait_completions(&asg, 1, "CONTINUE", Duration::from_secs(60));
     host.wait_deployed(&sha, Duration::from_secs(30));
     let completes = asg.calls_of("CompleteLifecycleAction");
     assert_eq!(completes.len(), 1, "{completes:?}");
@@ -82,10 +93,7 @@ fn a_launch_that_cannot_serve_is_abandoned_before_the_hook_times_out() {
     asg.set_state(id, "Pending:Wait");
     let agent = start(&host);
 
-    wait_for("ABANDON", Duration::from_secs(30), || {
-        (!asg.calls_of("CompleteLifecycleAction").is_empty()).then_some(())
-    });
-    let completes = asg.calls_of("CompleteLifecycleAction");
+    let completes = wait_completions(&asg, 1, "ABANDON", Duration::from_secs(30));
     assert_eq!(completes.len(), 1, "{completes:?}");
     assert_eq!(completes[0].result.as_deref(), Some("ABANDON"));
     assert!(completes[0].accepted, "the ABANDON came after the hook timed out: {:?}", asg.calls());
@@ -107,7 +115,7 @@ fn heartbeats_keep_a_launch_waiting_while_a_long_pull_moves() {
     let registry_port: u16 = host.registry.rsplit(':').next().unwrap().parse().unwrap();
     let slow = SlowProxy::start(registry_port, 128 * 1024);
     host.registry = slow.address();
-    host.write_config(&format!("[reconcile]\ninterval = \"1s\"\n[rollout]\nlifecycle_hook = \"{HOOK}\"\n"));
+    host.write_config(&gated_config());
     let agent = start(&host);
 
     wait_for("CONTINUE", Duration::from_secs(90), || {
@@ -134,10 +142,7 @@ fn a_warm_pool_instance_pulls_the_image_and_starts_the_blog_only_when_it_leaves_
     let sha = host.release("good");
     let agent = start(&host);
 
-    wait_for("warm CONTINUE", Duration::from_secs(60), || {
-        (!asg.calls_of("CompleteLifecycleAction").is_empty()).then_some(())
-    });
-    let completes = asg.calls_of("CompleteLifecycleAction");
+    let completes = wait_completions(&asg, 1, "warm CONTINUE", Duration::from_secs(60));
     assert_eq!(completes[0].result.as_deref(), Some("CONTINUE"));
     assert!(completes[0].accepted);
     assert!(image_present(&host, &sha), "the warm instance pulled the release's image");
@@ -158,10 +163,7 @@ fn a_warm_pool_instance_pulls_the_image_and_starts_the_blog_only_when_it_leaves_
     // Auto Scaling takes it out of the pool: it waits on the hook again, as a new instance.
     asg.set_state(id, "Pending:Wait");
     imds.set_target_lifecycle_state("InService");
-    wait_for("second CONTINUE", Duration::from_secs(60), || {
-        (asg.calls_of("CompleteLifecycleAction").len() >= 2).then_some(())
-    });
-    let completes = asg.calls_of("CompleteLifecycleAction");
+    let completes = wait_completions(&asg, 2, "second CONTINUE", Duration::from_secs(60));
     assert_eq!(completes.len(), 2, "{completes:?}");
     let (status, body) = completes[1].page.clone().expect("the blog's port answered at CONTINUE");
     assert!(status == 200 && body.contains(&sha), "{status}: {body}");
