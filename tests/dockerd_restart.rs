@@ -13,9 +13,7 @@ struct RemoveChains(String);
 
 impl Drop for RemoveChains {
     fn drop(&mut self) {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        let netfilter = blog_agent::outside::netfilter::Netfilter::with_prefix(&self.0).unwrap();
-        if let Err(e) = rt.block_on(netfilter.remove()) {
+        if let Err(e) = remove_chains(&self.0) {
             eprintln!("removing chains {}: {e}", self.0);
         }
     }

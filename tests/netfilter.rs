@@ -69,7 +69,6 @@ fn pid_alive(pid: &str) -> bool {
 /// Removes chains, namespaces, veths, containers and images that a killed earlier run left
 /// (its pid is gone).
 fn sweep_leftovers() {
-    let rt = runtime();
     let mut prefixes = std::collections::BTreeSet::new();
     for table in ["nat", "filter"] {
         for line in sh_ok("iptables", &["-w", "5", "-t", table, "-S"]).lines() {
@@ -84,7 +83,7 @@ fn sweep_leftovers() {
     }
     for prefix in prefixes {
         eprintln!("sweeping leftover chains {prefix}-*");
-        if let Err(e) = rt.block_on(Netfilter::with_prefix(&prefix).unwrap().remove()) {
+        if let Err(e) = remove_chains(&prefix) {
             eprintln!("sweep {prefix}: {e}");
         }
     }

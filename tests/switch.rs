@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use blog_agent::outside::netfilter::Netfilter;
 use common::*;
 
 const SERVE: Duration = Duration::from_secs(30);
@@ -39,8 +38,7 @@ impl SwitchHost {
 impl Drop for SwitchHost {
     fn drop(&mut self) {
         remove_labelled(&self.host.id);
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        if let Err(e) = rt.block_on(Netfilter::with_prefix(&self.chains).unwrap().remove()) {
+        if let Err(e) = remove_chains(&self.chains) {
             eprintln!("removing chains {}: {e}", self.chains);
         }
     }
@@ -163,8 +161,7 @@ fn after_a_reboot_the_rules_are_back_before_s3_answers() {
 
     // A reboot: the rules (kernel state) are gone, dockerd has the container running again,
     // and S3 does not answer yet.
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    rt.block_on(Netfilter::with_prefix(&h.chains).unwrap().remove()).unwrap();
+    remove_chains(&h.chains).unwrap();
     assert!(h.host.page().is_none(), "dark without the rules");
     let hanging = common::services::HangingRegistry::start();
     h.host.s3_endpoint = format!("http://127.0.0.1:{}", hanging.port);

@@ -109,6 +109,13 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Opt
     }
 }
 
+/// Removes the netfilter chains `<prefix>-*` (and the jumps into them) that a switch-mode test
+/// created, by name.
+pub fn remove_chains(prefix: &str) -> Result<(), blog_agent::outside::netfilter::NetfilterError> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(blog_agent::outside::netfilter::Netfilter::with_prefix(prefix).unwrap().remove())
+}
+
 /// Fails if `text` holds the ECR password, plain or as the base64 token it arrives in.
 pub fn assert_no_secret(text: &str) {
     use base64::Engine as _;
