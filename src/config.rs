@@ -188,6 +188,13 @@ pub struct TrafficSettings {
     pub chains: String,
 }
 
+/// Hosts that must judge a release bad before it is halted for all: two, so that no single
+/// host's own trouble stops the fleet, while a broken release is still stopped after two
+/// tries (ECS's circuit breaker needs a few failed tasks in the same way).
+pub const DEFAULT_HALT_AFTER: u32 = 2;
+/// A larger quorum is a fleet that never halts; a vote read lists at most 100 objects.
+const MAX_HALT_AFTER: i64 = 50;
+
 /// Staged rollout and fleet halt (see [`crate::fleet`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct RolloutSettings {
@@ -200,6 +207,9 @@ pub struct RolloutSettings {
     /// The Auto Scaling launch lifecycle hook this host completes once it serves (see
     /// [`crate::agent::launch_gate`]); `None`: no launch gate.
     pub lifecycle_hook: Option<String>,
+    /// Hosts whose votes halt a release fleet-wide (see [`crate::fleet::halt`]); 1: the first
+    /// failing host halts it, as before votes.
+    pub halt_after: u32,
 }
 
 impl RolloutSettings {
@@ -246,6 +256,7 @@ struct RawRollout {
     spread: Option<String>,
     halt_prefix: Option<String>,
     lifecycle_hook: Option<String>,
+    halt_after: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -420,6 +431,7 @@ impl Validator<'_> {
         let reconcile = self.reconcile(raw.reconcile)?;
         let traffic = self.traffic(raw.traffic, &container.ports)?;
         let rollout = self.rollout(raw.rollout)?;
+        self.separate_halts(&release, &rollout)?;
         let metrics = self.metrics(raw.metrics)?;
         Ok(Settings {
             source: self.path.to_owned(),
@@ -434,6 +446,31 @@ impl Validator<'_> {
             rollout,
             metrics,
         })
+    }
+
+    /// Two environments whose halt markers land in one folder would halt each other's
+    /// releases: refused, naming both keys and the setting that separates them.
+    fn separate_halts(&self, release: &ReleaseSettings, rollout: &RolloutSettings) -> Result<(), ConfigError> {
+        let prefixes: Vec<(&String, &String, String)> =
+            release.keys.iter().map(|(env, key)| (env, key, rollout.halt_prefix_for(key, env))).collect();
+        for (i, (env_a, key_a, prefix)) in prefixes.iter().enumerate() {
+            if let Some((env_b, key_b, _)) = prefixes[i + 1..].iter().find(|(_, _, p)| p == prefix) {
+                let suggestion = match key_a.rfind('/') {
+                    Some(slash) => format!("{}halted/{{environment}}/", &key_a[..=slash]),
+                    None => "halted/{environment}/".to_owned(),
+                };
+                return Err(self.invalid(
+                    "[rollout] halt_prefix",
+                    rollout.halt_prefix.as_deref().unwrap_or(prefix),
+                    format!(
+                        "[release.keys] {env_a} = {key_a:?} and [release.keys] {env_b} = {key_b:?} would keep their \
+                         halts in the same folder {prefix:?}, so one environment would halt the other's releases; \
+                         set [rollout] halt_prefix = {suggestion:?}, or give the release keys folders of their own"
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn rollout(&self, raw: RawRollout) -> Result<RolloutSettings, ConfigError> {
@@ -480,7 +517,21 @@ impl Validator<'_> {
                 ));
             }
         }
-        Ok(RolloutSettings { spread, halt_prefix: raw.halt_prefix, lifecycle_hook: raw.lifecycle_hook })
+        let halt_after = match raw.halt_after {
+            None => DEFAULT_HALT_AFTER,
+            Some(n) if (1..=MAX_HALT_AFTER).contains(&n) => n as u32,
+            Some(n) => {
+                return Err(self.invalid(
+                    "[rollout] halt_after",
+                    &n.to_string(),
+                    format!(
+                        "expected the number of hosts whose failures halt a release for the fleet, 1 to \
+                         {MAX_HALT_AFTER} (default {DEFAULT_HALT_AFTER}; 1 lets one host halt it)"
+                    ),
+                ))
+            }
+        };
+        Ok(RolloutSettings { spread, halt_prefix: raw.halt_prefix, lifecycle_hook: raw.lifecycle_hook, halt_after })
     }
 
     fn metrics(&self, raw: RawMetrics) -> Result<MetricsSettings, ConfigError> {
@@ -1151,7 +1202,10 @@ mod tests {
     #[test]
     fn rollout_and_metrics_default_to_today_s_behaviour() {
         let s = parse(MINIMAL).unwrap();
-        assert_eq!(s.rollout, RolloutSettings { spread: Duration::ZERO, halt_prefix: None, lifecycle_hook: None });
+        assert_eq!(
+            s.rollout,
+            RolloutSettings { spread: Duration::ZERO, halt_prefix: None, lifecycle_hook: None, halt_after: 2 }
+        );
         assert_eq!(s.metrics, MetricsSettings { textfile: None });
         assert_eq!(s.rollout.halt_prefix_for("staging/stagebuild.txt", "staging"), "staging/halted/");
         let s = parse(&format!(
@@ -1204,6 +1258,34 @@ mod tests {
             "[rollout] lifecycle_hook = ",
             "1-255 letters",
         );
+    }
+
+    #[test]
+    fn halt_after_defaults_to_two_and_is_bounded() {
+        assert_eq!(parse(MINIMAL).unwrap().rollout.halt_after, 2);
+        assert_eq!(parse(&format!("{MINIMAL}[rollout]\nhalt_after = 1\n")).unwrap().rollout.halt_after, 1);
+        for value in ["0", "-1", "51"] {
+            let err = parse(&format!("{MINIMAL}[rollout]\nhalt_after = {value}\n")).unwrap_err().to_string();
+            assert!(err.contains(&format!("[rollout] halt_after = \"{value}\"")) && err.contains("1 to 50"), "{err}");
+        }
+    }
+
+    #[test]
+    fn environments_whose_halts_would_share_a_folder_are_refused() {
+        let shared = "[release.keys]\nstaging = \"releases/staging.txt\"\nproduction = \"releases/production.txt\"\n";
+        let err = parse(&format!("{MINIMAL}{shared}")).unwrap_err();
+        let text = err.to_string();
+        for part in [
+            "[rollout] halt_prefix",
+            "[release.keys] production = \"releases/production.txt\"",
+            "[release.keys] staging = \"releases/staging.txt\"",
+            "\"releases/halted/\"",
+            "halt_prefix = \"releases/halted/{environment}/\"",
+        ] {
+            assert!(text.contains(part), "{part} not in {text}");
+        }
+        let separated = format!("{MINIMAL}{shared}[rollout]\nhalt_prefix = \"releases/halted/{{environment}}/\"\n");
+        assert!(parse(&separated).is_ok());
     }
 
     #[test]

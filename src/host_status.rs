@@ -228,7 +228,9 @@ pub async fn gather(
                             bucket: settings.release.bucket.clone(),
                             key: crate::fleet::halt::marker_key(&prefix, &release.sha),
                         };
-                        Some((halts.get(&prefix, &release.sha).await, uri))
+                        let halt_after = settings.rollout.halt_after;
+                        let reading = halts.read(&prefix, &release.sha).await;
+                        Some((reading.map(|r| r.halt(&release.sha, &env.name, halt_after)), uri))
                     }
                     _ => None,
                 };
@@ -495,9 +497,9 @@ pub fn render_text(s: &Status) -> String {
             format!(
                 "{} by {} at {}: {}{}; `blog-agent unhalt {}` lets it go on",
                 h.sha,
-                h.by.as_deref().unwrap_or(&h.instance_id),
+                crate::sha::safe_text(h.by.as_deref().unwrap_or(&h.instance_id)),
                 fmt_unix(h.at),
-                h.reason,
+                crate::sha::safe_text(&h.reason),
                 h.rolled_back_to.as_deref().map(|r| format!(" (rolled back to {r})")).unwrap_or_default(),
                 h.sha
             ),

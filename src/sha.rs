@@ -82,9 +82,40 @@ pub fn safe_quote(value: &str) -> String {
     out
 }
 
+/// Text from outside (a halt marker's reason, an operator's name) made safe to print on a
+/// terminal or in the journal: control characters (terminal escapes, newlines) are escaped,
+/// the rest is kept as it is, and it is cut at [`TEXT_LIMIT`] characters.
+pub fn safe_text(value: &str) -> String {
+    let mut out = String::with_capacity(value.len().min(TEXT_LIMIT));
+    for c in value.chars().take(TEXT_LIMIT) {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    if value.chars().count() > TEXT_LIMIT {
+        out.push_str("...");
+    }
+    out
+}
+
+/// Longest outside text [`safe_text`] keeps.
+pub const TEXT_LIMIT: usize = 500;
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn outside_text_cannot_drive_the_terminal() {
+        assert_eq!(
+            safe_text("probe \u{1b}[2J\u{1b}]0;pwned\u{7}ok\nnext"),
+            "probe \\u{1b}[2J\\u{1b}]0;pwned\\u{7}ok\\nnext"
+        );
+        assert_eq!(safe_text("Zoë: 500"), "Zoë: 500");
+        assert_eq!(safe_text(&"x".repeat(600)).len(), TEXT_LIMIT + 3);
+    }
 
     #[test]
     fn accepts_git_shas() {

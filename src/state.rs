@@ -26,6 +26,18 @@ pub struct GoodRelease {
     pub environment: String,
     /// Unix seconds when it was last seen healthy.
     pub at: u64,
+    /// Unix seconds when it first became the last-known-good here (kept while it stays so):
+    /// how long a release has served on this host, evidence for [`crate::fleet::verdict`].
+    /// Files from before this field read it as `at`.
+    #[serde(default)]
+    pub since: Option<u64>,
+}
+
+impl GoodRelease {
+    /// How long it has served here, as of `now` (Unix seconds).
+    pub fn served_for(&self, now: u64) -> std::time::Duration {
+        std::time::Duration::from_secs(now.saturating_sub(self.since.unwrap_or(self.at)))
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -101,13 +113,15 @@ impl State {
     pub fn record_good(&mut self, release: GoodRelease) -> bool {
         match &mut self.last_good {
             Some(last) if last.sha == release.sha && last.environment == release.environment => {
-                let changed = last.digest != release.digest;
-                *last = release;
+                let changed = last.digest != release.digest || last.since.is_none();
+                let since = last.since.or(Some(last.at));
+                *last = GoodRelease { since, ..release };
                 changed
             }
             _ => {
                 self.previous_good = self.last_good.take();
-                self.last_good = Some(release);
+                let since = release.since.or(Some(release.at));
+                self.last_good = Some(GoodRelease { since, ..release });
                 true
             }
         }
@@ -119,7 +133,13 @@ mod tests {
     use super::*;
 
     fn good(sha: &str) -> GoodRelease {
-        GoodRelease { sha: sha.into(), digest: format!("sha256:{sha}"), environment: "staging".into(), at: 1 }
+        GoodRelease {
+            sha: sha.into(),
+            digest: format!("sha256:{sha}"),
+            environment: "staging".into(),
+            at: 1,
+            since: None,
+        }
     }
 
     #[test]
@@ -300,6 +320,14 @@ impl Pause {
 /// own temp file (`.NAME.PID.N.tmp`, created exclusively), so one writer never renames or
 /// truncates another's half-written file. The last rename wins, whole.
 pub fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), StateError> {
+    write_atomically_as(dir, name, bytes, None)
+}
+
+/// [`write_atomically`], with the file's permission bits set to `mode` whatever the umask (the
+/// unit's `UMask=0077` would make every file 0600: right for state, wrong for a file another
+/// user's process reads, such as node_exporter's textfile).
+pub fn write_atomically_as(dir: &Path, name: &str, bytes: &[u8], mode: Option<u32>) -> Result<(), StateError> {
+    use std::os::unix::fs::PermissionsExt;
     static WRITES: AtomicU64 = AtomicU64::new(0);
     let path = dir.join(name);
     let err = |source| StateError { path: path.clone(), source };
@@ -314,7 +342,15 @@ pub fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), Stat
             Err(e) => return Err(err(e)),
         }
     };
-    let written = file.write_all(bytes).and_then(|()| file.sync_all()).and_then(|()| std::fs::rename(&tmp, &path));
+    let written = file
+        .write_all(bytes)
+        .and_then(|()| match mode {
+            // fchmod, unlike open's mode, is not masked by the umask.
+            Some(mode) => file.set_permissions(std::fs::Permissions::from_mode(mode)),
+            None => Ok(()),
+        })
+        .and_then(|()| file.sync_all())
+        .and_then(|()| std::fs::rename(&tmp, &path));
     if let Err(e) = written {
         let _ = std::fs::remove_file(&tmp);
         return Err(err(e));

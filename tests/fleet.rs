@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::json;
 
-use blog_agent::fleet::halt::{prefix_for, HaltError, HaltMarkers, HaltSource, Marker};
+use blog_agent::fleet::halt::{prefix_for, HaltError, HaltMarkers, HaltSource, Marker, Vote};
 use blog_agent::fleet::metrics::Metrics;
 use blog_agent::outside::aws::Aws;
 use blog_agent::sha::Sha;
@@ -75,8 +75,9 @@ fn halt_marker_is_written_read_and_cleared_beside_the_release_key() {
         let got = markers.get(&prefix, &parsed).await.unwrap().expect("halted");
         assert_eq!(got, marker(&sha, "candidate probe: HTTP 500"));
         assert_eq!(got.rolled_back_to_sha(), Some(Sha::parse("1a2b3c4").unwrap()));
-        // Through the trait the loop uses.
-        assert!(HaltSource::get(&markers, &prefix, &parsed).await.unwrap().is_some());
+        // Through the trait the loop uses: one list, then the marker.
+        let reading = HaltSource::read(&markers, &prefix, &parsed).await.unwrap();
+        assert_eq!((reading.marker.is_some(), reading.votes.len()), (true, 0));
         // Another environment's folder is another halt.
         assert_eq!(markers.get("production/halted/", &parsed).await.unwrap(), None);
     });
@@ -90,13 +91,58 @@ fn halt_marker_is_written_read_and_cleared_beside_the_release_key() {
     );
     runtime().block_on(async {
         // The first marker wins: a second failing host does not overwrite its reason.
-        assert!(!HaltSource::mark(&markers, &prefix, &marker(&sha, "second host")).await.unwrap());
+        assert!(!markers.mark(&prefix, &marker(&sha, "second host")).await.unwrap());
         assert_eq!(markers.get(&prefix, &parsed).await.unwrap().unwrap().reason, "candidate probe: HTTP 500");
-        assert!(markers.clear(&prefix, &parsed).await.unwrap(), "there was a marker");
+        assert_eq!(markers.clear(&prefix, &parsed).await.unwrap(), Some(true), "there was a marker");
         assert_eq!(markers.get(&prefix, &parsed).await.unwrap(), None);
-        assert!(!markers.clear(&prefix, &parsed).await.unwrap(), "nothing left to clear");
+        assert_eq!(markers.clear(&prefix, &parsed).await.unwrap(), Some(false), "nothing left to clear");
     });
     assert_eq!(object(&host, &key), None);
+}
+
+fn vote(sha: &str, env: &str, host: &str) -> Vote {
+    Vote {
+        sha: sha.into(),
+        environment: env.into(),
+        instance_id: host.into(),
+        verdict: "never-answered".into(),
+        evidence: "http://172.17.0.9:80/ did not answer 2xx (HTTP 500)".into(),
+        at: 1_750_000_000,
+        rolled_back_to: Some("1a2b3c4".into()),
+    }
+}
+
+/// Votes on real S3: one object per host beside the marker key, listed in one call, counted
+/// per environment, and removed by an unhalt.
+#[test]
+fn halt_votes_are_one_object_per_host_and_halt_once_enough_hosts_agree() {
+    let host = Host::new("halt-votes");
+    let markers = HaltMarkers::with_aws(&aws(&host), host.bucket.clone());
+    let sha = unique_sha("voted");
+    let parsed = Sha::parse(&sha).unwrap();
+    let prefix = prefix_for("staging/stagebuild.txt", None, "staging");
+    runtime().block_on(async {
+        assert!(markers.vote(&prefix, &vote(&sha, "staging", "i-0aaa")).await.unwrap());
+        assert!(!markers.vote(&prefix, &vote(&sha, "staging", "i-0aaa")).await.unwrap(), "one vote per host");
+        // A short SHA whose key is a prefix of this one's is another release.
+        let short = Sha::parse(&sha[..7]).unwrap();
+        assert!(markers.vote(&prefix, &vote(short.as_str(), "staging", "i-0ccc")).await.unwrap());
+        assert_eq!(markers.read(&prefix, &short).await.unwrap().votes.len(), 1);
+        let reading = markers.read(&prefix, &parsed).await.unwrap();
+        assert_eq!(reading.votes.len(), 1, "{reading:?}");
+        assert_eq!(reading.halt(&parsed, "staging", 2), None, "one host is not enough");
+        assert!(reading.halt(&parsed, "staging", 1).is_some(), "halt_after = 1: one host halts");
+        assert!(markers.vote(&prefix, &vote(&sha, "production", "i-0bbb")).await.unwrap());
+        let reading = markers.read(&prefix, &parsed).await.unwrap();
+        assert_eq!(reading.halt(&parsed, "staging", 2), None, "another environment's vote does not count");
+        assert!(markers.vote(&prefix, &vote(&sha, "staging", "i-0bbb-2")).await.unwrap());
+        let halt = markers.read(&prefix, &parsed).await.unwrap().halt(&parsed, "staging", 2).expect("two hosts");
+        assert_eq!(halt.rolled_back_to_sha(), Some(Sha::parse("1a2b3c4").unwrap()));
+        assert_eq!(markers.clear_votes(&prefix, &parsed).await.unwrap(), 3);
+        assert_eq!(markers.read(&prefix, &parsed).await.unwrap(), Default::default());
+    });
+    assert!(object(&host, &format!("staging/halted/{sha}/i-0aaa")).is_none());
+    assert!(object(&host, &format!("staging/halted/{}/i-0ccc", &sha[..7])).is_some(), "another release's votes stay");
 }
 
 #[test]

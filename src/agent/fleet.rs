@@ -21,10 +21,12 @@ use std::time::{Duration, SystemTime};
 
 use tokio::task::JoinHandle;
 
-use crate::fleet::halt::{HaltSource, Marker};
+use crate::fleet::halt::{HaltSource, Marker, Vote};
 use crate::fleet::metrics::Metrics;
 use crate::fleet::rollout::{self, Gate, Identity};
+use crate::fleet::verdict::Verdict;
 use crate::pass::decide::RolloutGate;
+use crate::sha::safe_text;
 use crate::sha::Sha;
 
 /// Longest reason written into a marker (the error that failed the release).
@@ -154,10 +156,13 @@ impl Fleet {
     /// to date, reading its marker only when that can change what the host does (see the
     /// module docs). `running`: what served after the last pass; `wave_open`: this host may
     /// apply `published` now as far as its rollout wave goes.
+    #[allow(clippy::too_many_arguments)]
     pub async fn check_halt(
         &mut self,
         halts: &impl HaltSource,
         prefix: &str,
+        environment: &str,
+        halt_after: u32,
         published: &Sha,
         running: Option<&Sha>,
         wave_open: bool,
@@ -176,15 +181,16 @@ impl Fleet {
             return;
         }
         self.metrics.add_s3_request();
-        let next = match halts.get(prefix, published).await {
+        let next = match halts.read(prefix, published).await.map(|r| r.halt(published, environment, halt_after)) {
             Ok(Some(marker)) => {
                 if !matches!(current, HaltKnown::Halted(_)) {
-                    let who = marker.by.as_deref().unwrap_or(&marker.instance_id);
+                    let who = safe_text(marker.by.as_deref().unwrap_or(&marker.instance_id));
+                    let reason = safe_text(&marker.reason);
                     tracing::warn!(
-                        sha = %published, by = who, reason = %marker.reason,
+                        sha = %published, by = %who, reason = %reason,
                         "release {} is halted for this environment by {who} at {}: {}; not applying it \
                          (`blog-agent unhalt {published}` lets it go on)",
-                        published.short(), fmt_unix(marker.at), marker.reason
+                        published.short(), fmt_unix(marker.at), reason
                     );
                 }
                 HaltKnown::Halted(marker)
@@ -206,54 +212,54 @@ impl Fleet {
         self.halt = Some((published.clone(), next));
     }
 
-    /// Halts `sha` for `environment` fleet-wide after its deploy (or its container) failed
-    /// here, with `rolled_back_to` what serves now. Logged once; a marker already there (an
-    /// earlier host's) is kept. `published`: S3's SHA, whose halt this host now knows.
+    /// Votes to halt `sha` for `environment` after a verdict blamed the release here, with
+    /// `rolled_back_to` what serves now. The release is halted once `[rollout] halt_after`
+    /// hosts voted ([`crate::fleet::halt::Reading::halt`]); this host holds it back meanwhile
+    /// through its own quarantine. Logged once; a vote already there (this host's earlier one)
+    /// is kept. What this host knows of the published SHA's halt is read again at the next
+    /// full pass, which then counts this vote too.
     #[allow(clippy::too_many_arguments)]
-    pub async fn halt(
+    pub async fn vote(
         &mut self,
         halts: &impl HaltSource,
         prefix: &str,
         environment: &str,
         sha: &Sha,
-        reason: &str,
+        verdict: &Verdict,
         rolled_back_to: Option<&Sha>,
         published: Option<&Sha>,
     ) {
         let instance_id = self.identity().await.value.clone();
-        let reason: String = reason.chars().take(MAX_REASON_CHARS).collect();
-        let marker = Marker {
+        let evidence: String = verdict.evidence.chars().take(MAX_REASON_CHARS).collect();
+        let vote = Vote {
             sha: sha.to_string(),
             environment: environment.to_owned(),
-            instance_id,
-            reason,
+            instance_id: instance_id.clone(),
+            verdict: verdict.rule.name().to_owned(),
+            evidence,
             at: crate::state::now_unix(),
             rolled_back_to: rolled_back_to.filter(|r| *r != sha).map(Sha::to_string),
-            by: None,
         };
-        let key = crate::fleet::halt::marker_key(prefix, sha);
+        let key = crate::fleet::halt::vote_key(prefix, sha, &instance_id);
         self.metrics.add_s3_request();
-        match halts.mark(prefix, &marker).await {
+        match halts.vote(prefix, &vote).await {
             Ok(true) => tracing::warn!(
-                sha = %sha, env = environment, key = %key,
-                "halted {} for {environment} fleet-wide ({key}): {}; {}; no host of {environment} applies it until \
-                 `blog-agent unhalt {sha}`",
+                sha = %sha, env = environment, key = %key, verdict = %verdict.rule,
+                "voted to halt {} for {environment} ({key}): {verdict}; {}; it is halted for every host once \
+                 [rollout] halt_after hosts voted",
                 sha.short(),
-                marker.reason,
-                match rolled_back_to {
+                match rolled_back_to.filter(|r| *r != sha) {
                     Some(to) => format!("this host serves {} again", to.short()),
                     None => "nothing serves here".to_owned(),
                 }
             ),
             Ok(false) => {
-                tracing::info!(sha = %sha, key = %key, "{} was already halted for {environment} ({key})", sha.short())
+                tracing::info!(sha = %sha, key = %key, "this host voted to halt {} already ({key})", sha.short())
             }
-            Err(e) => {
-                tracing::warn!(sha = %sha, "could not halt {} fleet-wide: {e}; other hosts may try it too", sha.short())
-            }
+            Err(e) => tracing::warn!(sha = %sha, "could not vote to halt {}: {e}", sha.short()),
         }
-        if published == Some(sha) {
-            self.halt = Some((sha.clone(), HaltKnown::Halted(marker)));
+        if published == Some(sha) && !matches!(self.halt_known(sha), HaltKnown::Halted(_)) {
+            self.halt = Some((sha.clone(), HaltKnown::Unknown));
         }
     }
 
@@ -319,7 +325,7 @@ mod tests {
     }
 
     impl HaltSource for Counting {
-        async fn get(&self, key_prefix: &str, sha: &Sha) -> Result<Option<Marker>, HaltError> {
+        async fn read(&self, key_prefix: &str, sha: &Sha) -> Result<crate::fleet::halt::Reading, HaltError> {
             self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
                 return Err(HaltError::Unavailable {
@@ -328,10 +334,10 @@ mod tests {
                     detail: "503".into(),
                 });
             }
-            self.inner.get(key_prefix, sha).await
+            self.inner.read(key_prefix, sha).await
         }
-        async fn mark(&self, key_prefix: &str, marker: &Marker) -> Result<bool, HaltError> {
-            self.inner.mark(key_prefix, marker).await
+        async fn vote(&self, key_prefix: &str, vote: &Vote) -> Result<bool, HaltError> {
+            self.inner.vote(key_prefix, vote).await
         }
     }
 
@@ -362,27 +368,27 @@ mod tests {
         let halts = Counting::default();
         let mut f = fleet();
         // First seen before this host's wave: one read.
-        f.check_halt(&halts, PREFIX, &a, Some(&b), false).await;
+        f.check_halt(&halts, PREFIX, "staging", 2, &a, Some(&b), false).await;
         assert_eq!((halts.reads(), f.halt_known(&a)), (1, HaltKnown::Clear { rechecked: false }));
         // Idle polls while waiting: nothing read.
         for _ in 0..5 {
-            f.check_halt(&halts, PREFIX, &a, Some(&b), false).await;
+            f.check_halt(&halts, PREFIX, "staging", 2, &a, Some(&b), false).await;
         }
         assert_eq!(halts.reads(), 1);
         // A canary halts it meanwhile; the wave opens: read once more, and it is seen.
         halts.put(&a);
-        f.check_halt(&halts, PREFIX, &a, Some(&b), true).await;
+        f.check_halt(&halts, PREFIX, "staging", 2, &a, Some(&b), true).await;
         assert_eq!(halts.reads(), 2);
         assert_eq!(f.halt_of(&a).map(|m| m.instance_id.as_str()), Some("i-canary"));
         // While halted, every full pass looks again, so an unhalt is noticed.
-        f.check_halt(&halts, PREFIX, &a, Some(&b), true).await;
+        f.check_halt(&halts, PREFIX, "staging", 2, &a, Some(&b), true).await;
         assert_eq!(halts.reads(), 3);
         halts.remove(&a);
-        f.check_halt(&halts, PREFIX, &a, Some(&b), true).await;
+        f.check_halt(&halts, PREFIX, "staging", 2, &a, Some(&b), true).await;
         assert_eq!((halts.reads(), f.halt_of(&a)), (4, None));
         assert_eq!(f.halt_known(&a), HaltKnown::Clear { rechecked: true });
         // Then idle again.
-        f.check_halt(&halts, PREFIX, &a, Some(&b), true).await;
+        f.check_halt(&halts, PREFIX, "staging", 2, &a, Some(&b), true).await;
         assert_eq!(halts.reads(), 4);
         assert_eq!(
             f.metrics.render().lines().find(|l| l.starts_with("blog_agent_s3_requests_total ")),
@@ -396,15 +402,15 @@ mod tests {
         let halts = Counting::default();
         let mut f = fleet();
         for _ in 0..3 {
-            f.check_halt(&halts, PREFIX, &a, Some(&b), true).await;
+            f.check_halt(&halts, PREFIX, "staging", 2, &a, Some(&b), true).await;
         }
         assert_eq!(halts.reads(), 1);
         // A host already running the published SHA reads nothing.
         let mut f = fleet();
-        f.check_halt(&halts, PREFIX, &a, Some(&a), true).await;
+        f.check_halt(&halts, PREFIX, "staging", 2, &a, Some(&a), true).await;
         assert_eq!(halts.reads(), 1);
         // A new SHA is read again.
-        f.check_halt(&halts, PREFIX, &b, Some(&a), true).await;
+        f.check_halt(&halts, PREFIX, "staging", 2, &b, Some(&a), true).await;
         assert_eq!(halts.reads(), 2);
     }
 
@@ -414,42 +420,69 @@ mod tests {
         let halts = Counting::default();
         let mut f = fleet();
         halts.fail.store(true, std::sync::atomic::Ordering::SeqCst);
-        f.check_halt(&halts, PREFIX, &a, Some(&b), true).await;
+        f.check_halt(&halts, PREFIX, "staging", 2, &a, Some(&b), true).await;
         assert_eq!(f.halt_known(&a), HaltKnown::Unknown);
         halts.fail.store(false, std::sync::atomic::Ordering::SeqCst);
         halts.put(&a);
-        f.check_halt(&halts, PREFIX, &a, Some(&b), true).await;
+        f.check_halt(&halts, PREFIX, "staging", 2, &a, Some(&b), true).await;
         assert!(f.halt_of(&a).is_some());
         halts.fail.store(true, std::sync::atomic::Ordering::SeqCst);
-        f.check_halt(&halts, PREFIX, &a, Some(&b), true).await;
+        f.check_halt(&halts, PREFIX, "staging", 2, &a, Some(&b), true).await;
         assert!(f.halt_of(&a).is_some(), "an unreadable marker does not unhalt");
     }
 
+    fn blamed(evidence: &str) -> Verdict {
+        Verdict { rule: crate::fleet::verdict::Rule::NeverAnswered, evidence: evidence.into() }
+    }
+
     #[tokio::test]
-    async fn a_failed_release_is_halted_with_its_rollback_target_and_the_first_marker_wins() {
+    async fn a_release_blamed_here_gets_this_host_s_vote_and_is_halted_once_enough_hosts_voted() {
         let (a, b) = (sha('a'), sha('b'));
         let halts = MemoryHalts::default();
         let mut f = fleet();
-        f.halt(&halts, PREFIX, "staging", &a, "new version failed its health probe", Some(&b), Some(&a)).await;
-        let marker = halts.get(PREFIX, &a).await.unwrap().unwrap();
-        assert_eq!(marker.instance_id, "i-0abc");
-        assert_eq!(marker.environment, "staging");
-        assert_eq!(marker.rolled_back_to_sha(), Some(b.clone()));
-        assert_eq!(marker.by, None);
-        assert_eq!(f.halt_of(&a), Some(&marker), "this host knows at once");
-        // A second host's marker does not replace the first.
+        f.vote(&halts, PREFIX, "staging", &a, &blamed("HTTP 500"), Some(&b), Some(&a)).await;
+        let reading = halts.read(PREFIX, &a).await.unwrap();
+        assert_eq!(reading.votes.len(), 1);
+        let vote = &reading.votes[0];
+        assert_eq!((vote.instance_id.as_str(), vote.environment.as_str()), ("i-0abc", "staging"));
+        assert_eq!((vote.verdict.as_str(), vote.rolled_back_to.as_deref()), ("never-answered", Some(b.as_str())));
+        assert_eq!(reading.marker, None, "a host never writes the decisive marker");
+        // One vote of two: not halted; this host reads again at its next full pass.
+        assert_eq!(f.halt_known(&a), HaltKnown::Unknown);
+        f.check_halt(&halts, PREFIX, "staging", 2, &a, Some(&b), true).await;
+        assert_eq!(f.halt_of(&a), None);
+        // The same host voting again is still one vote.
+        f.vote(&halts, PREFIX, "staging", &a, &blamed("again"), Some(&b), Some(&a)).await;
+        f.check_halt(&halts, PREFIX, "staging", 2, &a, Some(&b), true).await;
+        assert_eq!(f.halt_of(&a), None);
+        // A second host: halted, with the rollback target they agree on.
         let mut other = Fleet::with_identity(Identity { value: "i-0def".into(), source: IdentitySource::InstanceId });
-        other.halt(&halts, PREFIX, "staging", &a, "x".repeat(2000).as_str(), None, None).await;
-        assert_eq!(halts.get(PREFIX, &a).await.unwrap().unwrap().instance_id, "i-0abc");
-        assert_eq!(other.halt_of(&a), None, "not the published SHA: nothing to remember");
+        other.vote(&halts, PREFIX, "staging", &a, &blamed(&"x".repeat(2000)), Some(&b), Some(&a)).await;
+        other.check_halt(&halts, PREFIX, "staging", 2, &a, Some(&b), true).await;
+        let halt = other.halt_of(&a).expect("two votes halt it");
+        assert_eq!(halt.rolled_back_to_sha(), Some(b.clone()));
+        assert!(halt.reason.starts_with("2 hosts failed it (never-answered)"), "{}", halt.reason);
+        // Evidence is bounded.
+        let long = halts.votes.lock().unwrap().values().map(|v| v.evidence.len()).max().unwrap();
+        assert_eq!(long, MAX_REASON_CHARS);
+        // Another environment's host counts for nothing here, and the other way round.
+        let c = sha('c');
+        f.vote(&halts, PREFIX, "production", &c, &blamed("x"), None, None).await;
+        other.vote(&halts, PREFIX, "production", &c, &blamed("x"), None, None).await;
+        let mut g = fleet();
+        g.check_halt(&halts, PREFIX, "staging", 2, &c, Some(&b), true).await;
+        assert_eq!(g.halt_of(&c), None);
+        let mut g = fleet();
+        g.check_halt(&halts, PREFIX, "production", 2, &c, Some(&b), true).await;
+        assert!(g.halt_of(&c).is_some());
+        // With halt_after = 1 the first vote halts, as before votes.
+        let d = sha('d');
+        f.vote(&halts, PREFIX, "staging", &d, &blamed("x"), Some(&d), None).await;
+        let mut h = fleet();
+        h.check_halt(&halts, PREFIX, "staging", 1, &d, Some(&b), true).await;
+        assert!(h.halt_of(&d).is_some());
         // A rollback target that is the failed release itself is not one.
-        let halts = MemoryHalts::default();
-        f.halt(&halts, PREFIX, "staging", &a, "crash loop", Some(&a), None).await;
-        assert_eq!(halts.get(PREFIX, &a).await.unwrap().unwrap().rolled_back_to, None);
-        // Reasons are bounded.
-        let halts = MemoryHalts::default();
-        other.halt(&halts, PREFIX, "staging", &b, &"x".repeat(2000), None, None).await;
-        assert_eq!(halts.get(PREFIX, &b).await.unwrap().unwrap().reason.len(), MAX_REASON_CHARS);
+        assert_eq!(halts.read(PREFIX, &d).await.unwrap().votes[0].rolled_back_to, None);
     }
 
     #[tokio::test]
@@ -477,16 +510,16 @@ mod tests {
         assert_eq!(f.hold_unconfirmed(&a, None), None);
         assert_eq!(f.hold_unconfirmed(&a, Some(waiting)), Some(waiting), "waiting anyway");
         // Read before the wave: once open, it still waits until a fresh read.
-        f.check_halt(&halts, PREFIX, &a, Some(&b), false).await;
+        f.check_halt(&halts, PREFIX, "staging", 2, &a, Some(&b), false).await;
         let held = f.hold_unconfirmed(&a, Some(open)).unwrap();
         assert!(!wave_open(Some(&held)), "{held:?}");
         assert_eq!(held.now, t + Duration::from_secs(30) - Duration::from_millis(1));
-        f.check_halt(&halts, PREFIX, &a, Some(&b), true).await;
+        f.check_halt(&halts, PREFIX, "staging", 2, &a, Some(&b), true).await;
         assert_eq!(f.hold_unconfirmed(&a, Some(open)), Some(open));
         // A failed read at the wave keeps it waiting.
         let mut f = fleet();
         halts.fail.store(true, std::sync::atomic::Ordering::SeqCst);
-        f.check_halt(&halts, PREFIX, &a, Some(&b), true).await;
+        f.check_halt(&halts, PREFIX, "staging", 2, &a, Some(&b), true).await;
         assert!(!wave_open(f.hold_unconfirmed(&a, Some(open)).as_ref()));
     }
 

@@ -28,6 +28,7 @@ use tokio::time::Instant;
 
 use crate::config::{Settings, TrafficMode};
 use crate::environment::{self, Environment};
+use crate::fleet::verdict::{self, Failure, History, Verdict};
 use crate::lock;
 use crate::outside::docker::ContainerInfo;
 use crate::outside::imds::TagSource;
@@ -63,11 +64,12 @@ struct Published {
     published_at: Option<SystemTime>,
 }
 
-/// A release that failed here during a pass: halted fleet-wide once the pass knows what serves.
+/// A release the judgement blamed for a failure here during a pass: voted against once the
+/// pass knows what serves.
 #[derive(Debug, Clone)]
 struct Failed {
     sha: Sha,
-    reason: String,
+    verdict: Verdict,
 }
 
 /// What a pass leaves on the host.
@@ -257,7 +259,16 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
                     let prefix = self.halt_prefix(&env.name);
                     let running = self.phase.serving().and_then(|s| Sha::parse(s).ok());
                     let open = fleet::wave_open(gate.as_ref());
-                    let check = self.fleet.check_halt(&halts, &prefix, &published.sha, running.as_ref(), open);
+                    let halt_after = self.settings.rollout.halt_after;
+                    let check = self.fleet.check_halt(
+                        &halts,
+                        &prefix,
+                        &env.name,
+                        halt_after,
+                        &published.sha,
+                        running.as_ref(),
+                        open,
+                    );
                     shutdown.race(check).await?;
                 }
                 // The decision judges the wave at the time the marker was checked (not a few
@@ -283,17 +294,19 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
             self.quarantine.note_container(snapshot.main.as_ref(), Instant::now())
         {
             let wait = self.quarantine.remaining(&sha, Instant::now()).unwrap_or_default();
+            let main = snapshot.main.as_ref();
+            let failure = Failure::CrashLoop {
+                restarts,
+                exit_code: main.and_then(|c| c.exit_code),
+                oom_killed: main.is_some_and(|c| c.oom_killed),
+            };
+            let verdict = verdict::judge(&failure, &self.history(&sha, None));
             tracing::warn!(
-                env = %env.name, sha = %sha, container = %self.settings.container.name, restarts,
-                "crash loop: Docker restarted the container {restarts} times; rolling back to the previous good version, next try in {}",
+                env = %env.name, sha = %sha, container = %self.settings.container.name, restarts, verdict = %verdict.rule,
+                "crash loop: Docker restarted the container {restarts} times; rolling back to the previous good version, next try in {}; {verdict}",
                 humantime::format_duration(Duration::from_secs(wait.as_secs()))
             );
-            let reason = format!(
-                "crash loop: Docker restarted container {} {restarts} times within {}",
-                self.settings.container.name,
-                humantime::format_duration(quarantine::CRASH_LOOP_WINDOW)
-            );
-            self.failed = Some(Failed { sha, reason });
+            self.judged(&sha, verdict);
         }
         let held = self.quarantine.held(Instant::now());
         let (settings, environment) = (&self.settings, env.name.as_str());
@@ -413,24 +426,42 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
         }
     }
 
-    /// A release that failed its own probe counts towards its quarantine, as a failed deploy,
-    /// and is halted fleet-wide at the end of the pass, unless it is the release that served
-    /// here before the pass: then what failed is this host's new container spec (a changed
-    /// config), not the release, and the fleet has no reason to stop it. A cut-over Docker
-    /// could not carry out here (the host port taken) counts towards the quarantine only.
+    /// A failure the agent counts ([`PassError::failure`]) is judged
+    /// ([`crate::fleet::verdict`]), counts towards the release's quarantine here whoever is to
+    /// blame, and becomes a halt vote at the end of the pass only when the release is.
     fn count_failure(&mut self, sha: &Sha, served_before: Option<&Sha>, failure: &PassError) {
-        let release_fault = failure.failed_release();
-        if !release_fault && !failure.failed_cut_over() {
-            return;
-        }
+        let Some(facts) = failure.failure() else { return };
+        let verdict = verdict::judge(&facts, &self.history(sha, served_before));
         self.fleet.metrics.record_deploy(false);
-        if release_fault && served_before != Some(sha) {
-            self.failed = Some(Failed { sha: sha.clone(), reason: failure.to_string() });
-        }
+        self.judged(sha, verdict);
         if let Some(Cause::FailedDeploys { times }) = self.quarantine.record_failure(sha, Instant::now()) {
             let wait = self.quarantine.remaining(sha, Instant::now()).unwrap_or_default();
             tracing::warn!(sha = %sha, "release {} failed to deploy {times} times in a row; holding it back for {} s", sha.short(), wait.as_secs());
         }
+    }
+
+    /// Acts on a verdict: the release's is voted against after the pass; this host's is only
+    /// said (it stays on this host).
+    fn judged(&mut self, sha: &Sha, verdict: Verdict) {
+        if verdict.is_release() {
+            self.failed = Some(Failed { sha: sha.clone(), verdict });
+        } else {
+            tracing::warn!(sha = %sha, verdict = %verdict.rule, "{} failed here, and the judgement is {verdict}: no halt vote, other hosts are not affected", sha.short());
+        }
+    }
+
+    /// What this host knows of `sha`, as evidence for the judgement.
+    fn history(&self, sha: &Sha, served_before: Option<&Sha>) -> History {
+        let state = crate::state::State::load(&self.settings.agent.state_dir);
+        let served_here_for =
+            state.last_good.as_ref().filter(|g| g.sha == sha.as_str()).map(|g| g.served_for(crate::state::now_unix()));
+        let published_for = self
+            .published
+            .as_ref()
+            .filter(|p| p.sha == *sha)
+            .and_then(|p| p.published_at)
+            .and_then(|at| SystemTime::now().duration_since(at).ok());
+        History { served_before_pass: served_before == Some(sha), served_here_for, published_for }
     }
 
     /// Where this environment's halt markers live.
@@ -439,7 +470,7 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
         self.settings.rollout.halt_prefix_for(key, environment)
     }
 
-    /// After a pass: halts a release that failed here (rolled back to what serves now), and
+    /// After a pass: votes against a release the judgement blamed here (with what serves now), and
     /// updates and writes the metrics.
     async fn after_pass(&mut self, phase: &Phase) {
         let serving = phase.serving().and_then(|s| Sha::parse(s).ok());
@@ -452,7 +483,7 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
             let prefix = self.halt_prefix(env);
             let published = self.published.as_ref().map(|p| p.sha.clone());
             self.fleet
-                .halt(&halts, &prefix, env, &failed.sha, &failed.reason, serving.as_ref(), published.as_ref())
+                .vote(&halts, &prefix, env, &failed.sha, &failed.verdict, serving.as_ref(), published.as_ref())
                 .await;
         }
         self.fleet.note_identity().await;

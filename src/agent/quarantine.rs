@@ -148,6 +148,7 @@ mod tests {
             ip: None,
             started_at: None,
             restart_count: restarts,
+            oom_killed: false,
         }
     }
 

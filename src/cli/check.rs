@@ -192,15 +192,15 @@ async fn check_halt(
     let prefix = settings.rollout.halt_prefix_for(key, env);
     let markers = HaltMarkers::with_aws(aws, settings.release.bucket.clone());
     let location = markers.location(&prefix, sha.as_str());
-    match markers.get(&prefix, &sha).await {
+    match markers.read(&prefix, &sha).await.map(|r| r.halt(&sha, env, settings.rollout.halt_after)) {
         Ok(None) => r.ok("release halt", format!("{} is not halted (no {location})", sha.short())),
         Ok(Some(m)) => r.ok(
             "release halt",
             format!(
                 "{} is HALTED for {env} by {}: {}; no host applies it until `blog-agent unhalt {sha}` ({location})",
                 sha.short(),
-                m.by.as_deref().unwrap_or(&m.instance_id),
-                m.reason
+                crate::sha::safe_text(m.by.as_deref().unwrap_or(&m.instance_id)),
+                crate::sha::safe_text(&m.reason)
             ),
         ),
         Err(e) => r.fail("release halt", e),

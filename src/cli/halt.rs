@@ -25,6 +25,10 @@ pub struct HaltArgs {
     /// Why, for every host's `status` and journal and for whoever runs `unhalt`.
     #[arg(long, value_name = "TEXT")]
     pub reason: String,
+    /// The release a host with nothing serving runs instead (the rollback target); without
+    /// it, such a host falls back to its own last-known-good version.
+    #[arg(long, value_name = "SHA")]
+    pub to: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -82,6 +86,17 @@ pub async fn halt(cli: &Cli, args: &HaltArgs) -> Result<(), Failure> {
             format!("--reason {}: say why in 1 to {MAX_REASON_CHARS} characters", crate::sha::safe_quote(&args.reason));
         return Err(Failure { code: exit::USAGE, message });
     }
+    let to = match &args.to {
+        None => None,
+        Some(raw) => match Sha::parse(raw) {
+            Ok(to) if to.as_str() == args.sha => {
+                let message = format!("--to {to}: the rollback target must be another release than the halted one");
+                return Err(Failure { code: exit::USAGE, message });
+            }
+            Ok(to) => Some(to),
+            Err(e) => return Err(Failure { code: exit::USAGE, message: format!("--to SHA {e}") }),
+        },
+    };
     let target = target(cli, &args.sha).await?;
     let identity = resolve_identity(Imds::new().instance_id().await.ok());
     let marker = Marker {
@@ -90,7 +105,7 @@ pub async fn halt(cli: &Cli, args: &HaltArgs) -> Result<(), Failure> {
         instance_id: identity.value,
         reason: reason.to_owned(),
         at: now_unix(),
-        rolled_back_to: None,
+        rolled_back_to: to.map(|t| t.to_string()),
         by: Some(super::operator()),
     };
     let location = target.location();
@@ -107,9 +122,9 @@ pub async fn halt(cli: &Cli, args: &HaltArgs) -> Result<(), Failure> {
             "blog-agent: {} was already halted in {} ({location}) by {} at {}: {}; that marker is kept",
             target.sha,
             target.environment,
-            first.by.as_deref().unwrap_or(&first.instance_id),
+            crate::sha::safe_text(first.by.as_deref().unwrap_or(&first.instance_id)),
             humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(first.at)),
-            first.reason
+            crate::sha::safe_text(&first.reason)
         ),
         None => eprintln!(
             "blog-agent: {} was already halted in {} ({location}); that marker is kept",
@@ -122,13 +137,27 @@ pub async fn halt(cli: &Cli, args: &HaltArgs) -> Result<(), Failure> {
 pub async fn unhalt(cli: &Cli, args: &UnhaltArgs) -> Result<(), Failure> {
     let target = target(cli, &args.sha).await?;
     let location = target.location();
-    if target.markers.clear(&target.prefix, &target.sha).await.map_err(failed)? {
-        eprintln!(
-            "blog-agent: {} unhalted in {} (removed {location}): hosts apply it again if S3 names it",
-            target.sha, target.environment
-        );
-    } else {
-        eprintln!("blog-agent: {} was not halted in {} (no {location})", target.sha, target.environment);
+    let marker = target.markers.clear(&target.prefix, &target.sha).await.map_err(failed)?;
+    let votes = target.markers.clear_votes(&target.prefix, &target.sha).await.map_err(failed)?;
+    let (sha, env) = (&target.sha, &target.environment);
+    let votes_text = match votes {
+        0 => String::new(),
+        1 => " and 1 host's halt vote".to_owned(),
+        n => format!(" and {n} hosts' halt votes"),
+    };
+    match marker {
+        Some(false) if votes == 0 => eprintln!("blog-agent: {sha} was not halted in {env} (no {location}, no votes)"),
+        Some(true) => eprintln!(
+            "blog-agent: {sha} unhalted in {env} (removed {location}{votes_text}): hosts apply it again if S3 names it"
+        ),
+        Some(false) => eprintln!(
+            "blog-agent: {sha} unhalted in {env} (removed{}): hosts apply it again if S3 names it",
+            votes_text.trim_start_matches(" and")
+        ),
+        None => eprintln!(
+            "blog-agent: {sha}: sent the removal of {location}{votes_text} in {env}; whether a marker was there \
+             could not be read (403 to HEAD: the role lacks s3:GetObject on the halt prefix)"
+        ),
     }
     Ok(())
 }

@@ -10,10 +10,20 @@
 //! The first marker wins: it is written with `If-None-Match: *`, so a second failing host (or
 //! an operator) does not overwrite the first host's reason and rollback target.
 //!
-//! IAM: `s3:PutObject`, `s3:GetObject` and `s3:DeleteObject` on `arn:aws:s3:::<bucket>/<prefix>*`
-//! only. Without `s3:ListBucket` S3 answers a read of a missing key with 403, not 404: on a key
-//! under the halt prefix, where the role may read, that 403 means "no marker", and
-//! [`HaltMarkers::get`] says `None` (see there).
+//! **Votes.** A host does not halt a release on its own evidence: it writes a [`Vote`] at
+//! `<prefix><sha>/<host id>` (JSON: environment, the [`crate::fleet::verdict`] rule, the
+//! evidence, when, what it rolled back to), and the release counts as halted once
+//! `[rollout] halt_after` distinct hosts of the environment voted ([`Reading::halt`]). An
+//! operator's `blog-agent halt` writes the marker `<prefix><sha>` itself: one decisive vote.
+//! A marker or vote of another environment never counts (two environments sharing a prefix
+//! are refused by the configuration as well). One read is one `ListObjectsV2` on
+//! `<prefix><sha>`, plus a GET for each object it lists (none in the common case).
+//!
+//! IAM: `s3:PutObject`, `s3:GetObject` and `s3:DeleteObject` on `arn:aws:s3:::<bucket>/<prefix>*`,
+//! and `s3:ListBucket` on the bucket with an `s3:prefix` condition on the halt prefix. A role
+//! without the list permission gets 403 for the list: the read falls back to a GET of the
+//! marker alone (votes then never count; logged), where S3's 403 for a missing key means "no
+//! marker" (see [`HaltMarkers::get`]).
 //!
 //! Reads and writes: the marker objects. Decides: nothing (the decision reads [`HaltSource`]).
 
@@ -35,6 +45,10 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(35);
 
 /// A marker is a few hundred bytes; a larger object is not read into memory (it still halts).
 const MAX_MARKER_BYTES: usize = 64 * 1024;
+
+/// Objects one read lists under a SHA: the marker and up to this many votes. A halt needs a
+/// few; the bound keeps a read cheap whatever is in the bucket.
+const MAX_LISTED: i32 = 100;
 
 /// The folder markers go in when the configuration names none: `halted/` beside the release
 /// key (`staging/stagebuild.txt` -> `staging/halted/`; `build.txt` -> `halted/`).
@@ -90,6 +104,84 @@ pub struct Marker {
     pub by: Option<String>,
 }
 
+/// One host's vote that a release failed here by its own fault (a [`crate::fleet::verdict`]
+/// blaming the release). Field names are the wire format.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Vote {
+    pub sha: String,
+    pub environment: String,
+    /// The voting host (its EC2 instance id, else machine id or hostname).
+    pub instance_id: String,
+    /// The rule of the judgement that blamed the release (`never-answered`, ...).
+    pub verdict: String,
+    /// What the host saw.
+    pub evidence: String,
+    /// Unix seconds.
+    pub at: u64,
+    /// What the host serves again after the failure, if anything.
+    #[serde(default)]
+    pub rolled_back_to: Option<String>,
+}
+
+/// The key of `host`'s vote on `sha` under `prefix`. The host id is reduced to the characters
+/// S3 keys and shells handle without quoting.
+pub fn vote_key(prefix: &str, sha: &Sha, host: &str) -> String {
+    let host: String =
+        host.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '_' }).collect();
+    format!("{prefix}{sha}/{host}")
+}
+
+/// What one read of a SHA's halt objects found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reading {
+    /// The decisive marker (an operator's `halt`, or an older agent's).
+    pub marker: Option<Marker>,
+    /// The hosts' votes.
+    pub votes: Vec<Vote>,
+}
+
+impl Reading {
+    /// The halt in force for `environment`, if any: the decisive marker of this environment
+    /// (or one written by hand without an environment), else `halt_after` distinct hosts of
+    /// this environment voting. Votes agree on a rollback target when the most named one is
+    /// named by a majority of the voters that name one.
+    pub fn halt(&self, sha: &Sha, environment: &str, halt_after: u32) -> Option<Marker> {
+        if let Some(marker) = self.marker.as_ref().filter(|m| m.environment.is_empty() || m.environment == environment)
+        {
+            return Some(marker.clone());
+        }
+        let mut voters: Vec<&Vote> = Vec::new();
+        for vote in self.votes.iter().filter(|v| v.environment == environment && v.sha == sha.as_str()) {
+            if !voters.iter().any(|v| v.instance_id == vote.instance_id) {
+                voters.push(vote);
+            }
+        }
+        if voters.is_empty() || (voters.len() as u32) < halt_after.max(1) {
+            return None;
+        }
+        let mut targets: Vec<(&str, usize)> = Vec::new();
+        for to in voters.iter().filter_map(|v| v.rolled_back_to.as_deref()).filter(|t| Sha::parse(t).is_ok()) {
+            match targets.iter_mut().find(|(t, _)| *t == to) {
+                Some((_, n)) => *n += 1,
+                None => targets.push((to, 1)),
+            }
+        }
+        let named: usize = targets.iter().map(|(_, n)| n).sum();
+        let agreed = targets.iter().max_by_key(|(_, n)| *n).filter(|(_, n)| n * 2 > named).map(|(t, _)| t.to_string());
+        let ids: Vec<&str> = voters.iter().map(|v| v.instance_id.as_str()).collect();
+        let first = voters.iter().min_by_key(|v| v.at).expect("at least one voter");
+        Some(Marker {
+            sha: sha.to_string(),
+            environment: environment.to_owned(),
+            instance_id: ids.join(","),
+            reason: format!("{} hosts failed it ({}): {}", voters.len(), first.verdict, first.evidence),
+            at: voters.iter().map(|v| v.at).max().unwrap_or(0),
+            rolled_back_to: agreed,
+            by: None,
+        })
+    }
+}
+
 impl Marker {
     /// [`Marker::rolled_back_to`] when it is a valid SHA (the body comes from a bucket
     /// anyone with `s3:PutObject` on the prefix can write: it is validated before it is used).
@@ -119,6 +211,7 @@ pub enum HaltError {
 fn verb(action: &str) -> &str {
     match action {
         "reading" => "read",
+        "listing" => "list",
         "writing" => "write",
         "removing" => "remove",
         other => other,
@@ -128,11 +221,11 @@ fn verb(action: &str) -> &str {
 /// The halt markers the decision and the loop use; a trait so they are unit-tested with a
 /// fake.
 pub trait HaltSource {
-    /// The marker of `sha` under `key_prefix`, or `None` when it is not halted.
-    fn get(&self, key_prefix: &str, sha: &Sha) -> impl Future<Output = Result<Option<Marker>, HaltError>> + Send;
-    /// Halts `marker.sha` unless it already is: `true` when this call wrote the marker, `false`
-    /// when one was there (and was kept).
-    fn mark(&self, key_prefix: &str, marker: &Marker) -> impl Future<Output = Result<bool, HaltError>> + Send;
+    /// The marker and votes of `sha` under `key_prefix`.
+    fn read(&self, key_prefix: &str, sha: &Sha) -> impl Future<Output = Result<Reading, HaltError>> + Send;
+    /// Records this host's vote, once per host (a second one is kept as it was): `true` when
+    /// this call wrote it.
+    fn vote(&self, key_prefix: &str, vote: &Vote) -> impl Future<Output = Result<bool, HaltError>> + Send;
 }
 
 /// The markers in the release bucket. The client is built on the first call after the region
@@ -249,6 +342,178 @@ impl HaltMarkers {
         .await
     }
 
+    /// Records `vote` at its host's key unless that host voted already (`If-None-Match: *`).
+    pub async fn vote(&self, key_prefix: &str, vote: &Vote) -> Result<bool, HaltError> {
+        const ACTION: &str = "writing";
+        let sha = Sha::parse(&vote.sha).map_err(|e| HaltError::Unavailable {
+            action: ACTION,
+            location: self.location(key_prefix, &vote.sha),
+            detail: e.to_string(),
+        })?;
+        let location =
+            &ObjectLocation { bucket: self.bucket.clone(), key: vote_key(key_prefix, &sha, &vote.instance_id) };
+        let body = serde_json::to_vec_pretty(vote).expect("a vote serializes");
+        self.call(ACTION, location, |client| async move {
+            let sent = client
+                .put_object()
+                .bucket(&location.bucket)
+                .key(&location.key)
+                .content_type("application/json")
+                .if_none_match("*")
+                .body(body.into())
+                .send()
+                .await;
+            match sent {
+                Ok(_) => Ok(true),
+                Err(err) => match classify(err, ACTION, location) {
+                    Failed::Exists => Ok(false),
+                    Failed::NotFound => Err(HaltError::NoBucket {
+                        bucket: location.bucket.clone(),
+                        action: ACTION,
+                        location: location.clone(),
+                    }),
+                    Failed::Error(e) => Err(e),
+                },
+            }
+        })
+        .await
+    }
+
+    /// The keys under `<prefix><sha>`: the marker's and the votes' (at most [`MAX_LISTED`]).
+    /// `Ok(None)` when the role may not list (403): see the module docs.
+    async fn list(&self, key_prefix: &str, sha: &Sha) -> Result<Option<Vec<String>>, HaltError> {
+        const ACTION: &str = "listing";
+        let location = &self.location(key_prefix, sha.as_str());
+        self.call(ACTION, location, |client| async move {
+            let listed = client
+                .list_objects_v2()
+                .bucket(&location.bucket)
+                .prefix(&location.key)
+                .max_keys(MAX_LISTED)
+                .send()
+                .await;
+            match listed {
+                Ok(out) => {
+                    let vote_start = format!("{}/", location.key);
+                    let keys = out
+                        .contents()
+                        .iter()
+                        .filter_map(|o| o.key())
+                        .filter(|k| *k == location.key || k.starts_with(&vote_start))
+                        .map(str::to_owned)
+                        .collect();
+                    Ok(Some(keys))
+                }
+                Err(err) => match classify(err, ACTION, location) {
+                    Failed::Error(HaltError::AccessDenied { detail, .. }) => {
+                        tracing::debug!(%location, "403 listing the halt prefix: votes cannot be read ({detail})");
+                        Ok(None)
+                    }
+                    Failed::NotFound => Err(HaltError::NoBucket {
+                        bucket: location.bucket.clone(),
+                        action: ACTION,
+                        location: location.clone(),
+                    }),
+                    Failed::Exists => Ok(Some(Vec::new())),
+                    Failed::Error(e) => Err(e),
+                },
+            }
+        })
+        .await
+    }
+
+    /// The marker and votes of `sha`: one list, then a GET of each object found. A role that
+    /// may not list reads the marker alone, as before votes existed (logged once per process).
+    pub async fn read(&self, key_prefix: &str, sha: &Sha) -> Result<Reading, HaltError> {
+        // Boxed: a list and several GETs nest deep enough to pass rustc's layout recursion
+        // limit in the callers' futures.
+        Box::pin(self.read_objects(key_prefix, sha)).await
+    }
+
+    async fn read_objects(&self, key_prefix: &str, sha: &Sha) -> Result<Reading, HaltError> {
+        static WARNED: std::sync::Once = std::sync::Once::new();
+        let Some(keys) = self.list(key_prefix, sha).await? else {
+            WARNED.call_once(|| {
+                tracing::warn!(
+                    "the instance role may not list the halt prefix (s3:ListBucket with an s3:prefix condition, \
+                     see docs/iam.md): other hosts' halt votes are not counted, only markers"
+                )
+            });
+            return Ok(Reading { marker: self.get(key_prefix, sha).await?, votes: Vec::new() });
+        };
+        let marker_key = marker_key(key_prefix, sha);
+        let mut reading = Reading::default();
+        for key in keys {
+            if key == marker_key {
+                reading.marker = self.get(key_prefix, sha).await?;
+            } else if let Some(bytes) = self.body(&key).await? {
+                match serde_json::from_slice::<Vote>(&bytes) {
+                    Ok(vote) => reading.votes.push(vote),
+                    Err(e) => tracing::debug!(key, "ignoring an object that is not a vote: {e}"),
+                }
+            }
+        }
+        Ok(reading)
+    }
+
+    /// The body of `key` (at most [`MAX_MARKER_BYTES`]); `None` when it is gone.
+    async fn body(&self, key: &str) -> Result<Option<Vec<u8>>, HaltError> {
+        const ACTION: &str = "reading";
+        let location = &ObjectLocation { bucket: self.bucket.clone(), key: key.to_owned() };
+        self.call(ACTION, location, |client| async move {
+            let output = match client.get_object().bucket(&location.bucket).key(&location.key).send().await {
+                Ok(output) => output,
+                Err(err) => {
+                    return match classify(err, ACTION, location) {
+                        Failed::NotFound | Failed::Error(HaltError::AccessDenied { .. }) => Ok(None),
+                        Failed::Exists => Ok(None),
+                        Failed::Error(e) => Err(e),
+                    }
+                }
+            };
+            let mut body = output.body;
+            let mut bytes = Vec::new();
+            while bytes.len() <= MAX_MARKER_BYTES {
+                match body.try_next().await {
+                    Ok(Some(chunk)) => bytes.extend_from_slice(&chunk),
+                    Ok(None) => break,
+                    Err(err) => {
+                        return Err(HaltError::Unavailable {
+                            action: ACTION,
+                            location: location.clone(),
+                            detail: describe(&err),
+                        })
+                    }
+                }
+            }
+            Ok(Some(bytes))
+        })
+        .await
+    }
+
+    /// Removes the votes on `sha` (an `unhalt`). Returns how many there were; none when the
+    /// role may not list.
+    pub async fn clear_votes(&self, key_prefix: &str, sha: &Sha) -> Result<usize, HaltError> {
+        let Some(keys) = self.list(key_prefix, sha).await? else { return Ok(0) };
+        let marker_key = marker_key(key_prefix, sha);
+        let mut removed = 0;
+        for key in keys.into_iter().filter(|k| *k != marker_key) {
+            let location = &ObjectLocation { bucket: self.bucket.clone(), key };
+            self.call("removing", location, |client| async move {
+                match client.delete_object().bucket(&location.bucket).key(&location.key).send().await {
+                    Ok(_) => Ok(()),
+                    Err(err) => match classify(err, "removing", location) {
+                        Failed::NotFound | Failed::Exists => Ok(()),
+                        Failed::Error(e) => Err(e),
+                    },
+                }
+            })
+            .await?;
+            removed += 1;
+        }
+        Ok(removed)
+    }
+
     /// The marker of `sha`, or `None` when there is none.
     ///
     /// `None` also for a 403: with the policy this agent documents (no `s3:ListBucket`), S3
@@ -301,18 +566,20 @@ impl HaltMarkers {
         .await
     }
 
-    /// Removes the marker of `sha`. `Ok(true)` when there was one. The removal is sent in any
-    /// case (S3 answers a DELETE of a missing key with success too), so an `unhalt` by a role
-    /// that cannot read the marker still removes it.
-    pub async fn clear(&self, key_prefix: &str, sha: &Sha) -> Result<bool, HaltError> {
+    /// Removes the marker of `sha`. `Some(true)` when there was one, `Some(false)` when there
+    /// was none, `None` when S3 would not say (a 403 to the HEAD: a role that may delete but
+    /// not read). The removal is sent in any case (S3 answers a DELETE of a missing key with
+    /// success too), so an `unhalt` by a role that cannot read the marker still removes it.
+    pub async fn clear(&self, key_prefix: &str, sha: &Sha) -> Result<Option<bool>, HaltError> {
         let location = &self.location(key_prefix, sha.as_str());
         let existed = self
             .call("reading", location, |client| async move {
                 match client.head_object().bucket(&location.bucket).key(&location.key).send().await {
-                    Ok(_) => Ok(true),
+                    Ok(_) => Ok(Some(true)),
                     Err(err) => match classify(err, "reading", location) {
-                        Failed::NotFound | Failed::Error(HaltError::AccessDenied { .. }) => Ok(false),
-                        Failed::Exists => Ok(true),
+                        Failed::NotFound => Ok(Some(false)),
+                        Failed::Error(HaltError::AccessDenied { .. }) => Ok(None),
+                        Failed::Exists => Ok(Some(true)),
                         Failed::Error(e) => Err(e),
                     },
                 }
@@ -354,12 +621,12 @@ fn parse_marker(bytes: &[u8], sha: &Sha, location: &ObjectLocation) -> Marker {
 }
 
 impl HaltSource for HaltMarkers {
-    async fn get(&self, key_prefix: &str, sha: &Sha) -> Result<Option<Marker>, HaltError> {
-        HaltMarkers::get(self, key_prefix, sha).await
+    async fn read(&self, key_prefix: &str, sha: &Sha) -> Result<Reading, HaltError> {
+        HaltMarkers::read(self, key_prefix, sha).await
     }
 
-    async fn mark(&self, key_prefix: &str, marker: &Marker) -> Result<bool, HaltError> {
-        HaltMarkers::mark(self, key_prefix, marker).await
+    async fn vote(&self, key_prefix: &str, vote: &Vote) -> Result<bool, HaltError> {
+        HaltMarkers::vote(self, key_prefix, vote).await
     }
 }
 
@@ -368,15 +635,41 @@ impl HaltSource for HaltMarkers {
 #[derive(Debug, Default)]
 pub(crate) struct MemoryHalts {
     pub(crate) markers: std::sync::Mutex<std::collections::BTreeMap<String, Marker>>,
+    pub(crate) votes: std::sync::Mutex<std::collections::BTreeMap<String, Vote>>,
+}
+
+#[cfg(test)]
+impl MemoryHalts {
+    pub(crate) async fn get(&self, key_prefix: &str, sha: &Sha) -> Result<Option<Marker>, HaltError> {
+        Ok(self.markers.lock().unwrap().get(&marker_key(key_prefix, sha)).cloned())
+    }
 }
 
 #[cfg(test)]
 impl HaltSource for MemoryHalts {
-    async fn get(&self, key_prefix: &str, sha: &Sha) -> Result<Option<Marker>, HaltError> {
-        Ok(self.markers.lock().unwrap().get(&marker_key(key_prefix, sha)).cloned())
+    async fn read(&self, key_prefix: &str, sha: &Sha) -> Result<Reading, HaltError> {
+        let marker = self.markers.lock().unwrap().get(&marker_key(key_prefix, sha)).cloned();
+        let start = format!("{}/", marker_key(key_prefix, sha));
+        let votes =
+            self.votes.lock().unwrap().iter().filter(|(k, _)| k.starts_with(&start)).map(|(_, v)| v.clone()).collect();
+        Ok(Reading { marker, votes })
     }
 
-    async fn mark(&self, key_prefix: &str, marker: &Marker) -> Result<bool, HaltError> {
+    async fn vote(&self, key_prefix: &str, vote: &Vote) -> Result<bool, HaltError> {
+        let sha = Sha::parse(&vote.sha).expect("a vote names a valid SHA");
+        let key = vote_key(key_prefix, &sha, &vote.instance_id);
+        let mut votes = self.votes.lock().unwrap();
+        if votes.contains_key(&key) {
+            return Ok(false);
+        }
+        votes.insert(key, vote.clone());
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+impl MemoryHalts {
+    pub(crate) async fn mark(&self, key_prefix: &str, marker: &Marker) -> Result<bool, HaltError> {
         let mut markers = self.markers.lock().unwrap();
         let key = format!("{key_prefix}{}", marker.sha);
         if markers.contains_key(&key) {

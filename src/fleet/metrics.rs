@@ -209,10 +209,14 @@ impl Metrics {
             Some(dir) if !dir.as_os_str().is_empty() => dir,
             _ => Path::new("."),
         };
-        crate::state::write_atomically(dir, name, self.render().as_bytes())
+        // 0644: node_exporter runs as its own user and must read it.
+        crate::state::write_atomically_as(dir, name, self.render().as_bytes(), Some(TEXTFILE_MODE))
             .map_err(|e| io::Error::new(e.source.kind(), e.to_string()))
     }
 }
+
+/// The textfile's permission bits: readable by node_exporter's own user.
+pub const TEXTFILE_MODE: u32 = 0o644;
 
 /// Unix seconds with their fraction, as the format's float.
 fn seconds(t: SystemTime) -> String {
@@ -242,6 +246,32 @@ fn escape_help(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Under the unit's `UMask=0077` the textfile must still be 0644. The umask is the
+    /// process's, so the write happens in a child (this test binary again, run under
+    /// `umask 077` by a shell) and the parent checks the mode.
+    #[test]
+    fn the_textfile_is_readable_by_other_users_under_a_strict_umask() {
+        use std::os::unix::fs::PermissionsExt;
+        const CHILD: &str = "BLOG_AGENT_TEST_UMASK_CHILD";
+        if let Some(path) = std::env::var_os(CHILD) {
+            Metrics::new().write(Path::new(&path)).unwrap();
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("blog-agent-metrics-mode-{}", std::process::id()));
+        let path = dir.join("blog_agent.prom");
+        let status = std::process::Command::new("sh")
+            .args(["-c", "umask 077 && exec \"$0\" \"$@\""])
+            .arg(std::env::current_exe().unwrap())
+            .args(["--exact", "fleet::metrics::tests::the_textfile_is_readable_by_other_users_under_a_strict_umask"])
+            .env(CHILD, &path)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(mode, 0o644, "{mode:o}");
+    }
 
     #[test]
     fn label_values_are_escaped() {

@@ -4,8 +4,10 @@
 //! - [`rollout`]: the host's seed and the rollout gate, pure functions of (seed, release
 //!   time, now);
 //! - [`halt`]: halt markers beside the release key in S3 (read, write, clear);
-//! - [`metrics`]: the node_exporter textfile the loop writes after every pass.
+//! - [`metrics`]: the node_exporter textfile the loop writes after every pass;
+//! - [`verdict`]: the one judgement of blame (the release, or this host) for every failure.
 
 pub mod halt;
 pub mod metrics;
 pub mod rollout;
+pub mod verdict;

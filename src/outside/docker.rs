@@ -88,6 +88,8 @@ pub struct ContainerInfo {
     pub started_at: Option<String>,
     /// Restarts done by Docker's restart policy; a climbing count is a crash loop.
     pub restart_count: i64,
+    /// The kernel's OOM killer ended its last run (Docker's `State.OOMKilled`).
+    pub oom_killed: bool,
 }
 
 impl ContainerInfo {
@@ -248,6 +250,7 @@ impl Engine {
                     ip,
                     started_at: state.started_at,
                     restart_count: c.restart_count.unwrap_or(0),
+                    oom_killed: state.oom_killed.unwrap_or(false),
                 }))
             }
         }

@@ -22,6 +22,19 @@ pub struct ProbeFailed {
     pub url: String,
     /// What the last attempt saw, and why probing stopped.
     pub last: String,
+    /// How probing ended: evidence for [`crate::fleet::verdict`].
+    pub end: ProbeEnd,
+}
+
+/// Why a probe stopped without a 2xx.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbeEnd {
+    /// The deadline passed while the container kept running.
+    Deadline,
+    /// The container exited, crashed or disappeared during the probe.
+    Died,
+    /// Docker could not run the container's command at all.
+    CannotRun,
 }
 
 /// One GET; returns the status code.
@@ -73,12 +86,12 @@ where
             Err(e) => e,
         };
         if let Err(gone) = still_alive().await {
-            return Err(ProbeFailed { url, last: format!("{last}; {gone}") });
+            return Err(ProbeFailed { url, last: format!("{last}; {gone}"), end: ProbeEnd::Died });
         }
         if Instant::now() + RETRY_EVERY >= deadline {
             let last =
                 format!("last: {last}; gave up after {} ([health] timeout)", humantime::format_duration(timeout));
-            return Err(ProbeFailed { url, last });
+            return Err(ProbeFailed { url, last, end: ProbeEnd::Deadline });
         }
         tokio::time::sleep(RETRY_EVERY).await;
     }

@@ -419,6 +419,7 @@ mod tests {
             ip: None,
             started_at: None,
             restart_count: 0,
+            oom_killed: false,
         }
     }
 
@@ -427,7 +428,7 @@ mod tests {
     }
 
     fn good(s: &Sha, env: &str) -> GoodRelease {
-        GoodRelease { sha: s.to_string(), digest: "d".into(), environment: env.into(), at: 0 }
+        GoodRelease { sha: s.to_string(), digest: "d".into(), environment: env.into(), at: 0, since: None }
     }
 
     fn pause(pinned: Option<&Sha>) -> Pause {

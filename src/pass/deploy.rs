@@ -28,8 +28,10 @@ pub enum DeployError {
         "new version {image} failed its health probe before cut-over; the running version was not touched: {probe}"
     )]
     CandidateUnhealthy { image: String, probe: ProbeFailed },
+    /// `bridge_ok`: the new version answered 2xx over the Docker bridge, so what failed is the
+    /// path through this host's rules or published port (see [`crate::fleet::verdict`]).
     #[error("new version {image} failed its health probe after cut-over: {probe}; {restored}")]
-    CutoverUnhealthy { image: String, probe: ProbeFailed, restored: String },
+    CutoverUnhealthy { image: String, probe: ProbeFailed, restored: String, bridge_ok: bool },
     /// Docker could not stop the old container or start the new one (its host port taken,
     /// say): this host's problem, not the release's, so it is never halted fleet-wide.
     #[error("could not start new version {image} here: {source}; {restored}")]
@@ -172,6 +174,7 @@ pub async fn probe_candidate(
         let probe = ProbeFailed {
             url: format!("candidate port {}{path}", desired.probe_port()),
             last: format!("the container has no bridge address; it is {}", status.as_deref().unwrap_or("gone")),
+            end: health::ProbeEnd::Died,
         };
         return Err(DeployError::CandidateUnhealthy { image: desired.image.clone(), probe });
     };
@@ -186,8 +189,11 @@ pub async fn probe_candidate(
 /// amounts to: the release fails its verification (and is halted fleet-wide) rather than
 /// being retried on every host as if Docker were in trouble.
 fn cannot_run(e: &EngineError, url: impl FnOnce() -> String) -> Option<ProbeFailed> {
-    e.is_command_unrunnable()
-        .then(|| ProbeFailed { url: url(), last: format!("the container cannot run its command: {e}") })
+    e.is_command_unrunnable().then(|| ProbeFailed {
+        url: url(),
+        last: format!("the container cannot run its command: {e}"),
+        end: health::ProbeEnd::CannotRun,
+    })
 }
 
 /// `Err` with the exit status when the container is no longer running, or has crashed since
@@ -261,7 +267,7 @@ pub async fn cut_over(
             let restored = roll_back(engine, name, &new_id, old).await;
             let image = desired.image.clone();
             return Err(match cannot_run(&source, || settings.health.url.to_string()) {
-                Some(probe) => DeployError::CutoverUnhealthy { image, probe, restored },
+                Some(probe) => DeployError::CutoverUnhealthy { image, probe, restored, bridge_ok: false },
                 None => DeployError::CutoverFailed { image, source, restored },
             });
         }
@@ -276,14 +282,24 @@ pub async fn cut_over(
             Ok(new_id)
         }
         Err(probe) => {
+            // Evidence for the judgement: does the new version serve over the bridge, so that
+            // only the published port failed (this host), or not at all (the release)?
+            let bridge_ok = probe.end == health::ProbeEnd::Deadline
+                && answers_on_bridge(engine, &new_id, desired.probe_port(), &settings.health.url.path).await;
             let restored = roll_back(engine, name, &new_id, old).await;
             if shutdown.is_requested() {
                 tracing::warn!(container = %name, "shutdown during cut-over: {restored}");
                 return Err(Cancelled.into());
             }
-            Err(DeployError::CutoverUnhealthy { image: desired.image.clone(), probe, restored })
+            Err(DeployError::CutoverUnhealthy { image: desired.image.clone(), probe, restored, bridge_ok })
         }
     }
+}
+
+/// One GET of container `id` over the Docker bridge: whether it answers 2xx there.
+pub async fn answers_on_bridge(engine: &Engine, id: &str, port: u16, path: &str) -> bool {
+    let Ok(Some(ip)) = engine.container(id).await.map(|c| c.and_then(|c| c.ip)) else { return false };
+    matches!(health::get_status(&ip, port, path).await, Ok(code) if (200..300).contains(&code))
 }
 
 /// Removes a `<name>-previous` of ours left by an earlier cut-over, so `old` can take the name.

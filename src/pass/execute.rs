@@ -163,6 +163,7 @@ async fn apply<T, R, C: CredentialSource>(
         digest: applied.digest.clone(),
         environment: desired.environment.clone(),
         at: now_unix(),
+        since: None,
     };
     if state.record_good(good) {
         if let Err(e) = state.save(&settings.agent.state_dir) {

@@ -27,6 +27,7 @@ use serde::Serialize;
 use crate::config::Settings;
 use crate::environment::EnvironmentError;
 use crate::fleet::halt::HaltMarkers;
+use crate::fleet::verdict::Failure;
 use crate::lock::LockError;
 use crate::outside::aws::Aws;
 use crate::outside::docker::{Engine, EngineError};
@@ -108,16 +109,29 @@ impl PassError {
         matches!(self, PassError::Cancelled(_) | PassError::Deploy(DeployError::Cancelled(_)))
     }
 
-    /// The release whose own fault this is (it failed its probe before or after cut-over),
-    /// as opposed to a failure of S3, ECR or Docker: counted towards its quarantine.
-    pub fn failed_release(&self) -> bool {
-        matches!(self, PassError::Deploy(DeployError::CandidateUnhealthy { .. } | DeployError::CutoverUnhealthy { .. }))
-    }
-
-    /// A cut-over Docker could not carry out on this host (the new container would not start):
-    /// counted towards holding the release back here, never towards a fleet halt.
-    pub fn failed_cut_over(&self) -> bool {
-        matches!(self, PassError::Deploy(DeployError::CutoverFailed { .. }))
+    /// The facts of a failure the agent counts (towards the release's local quarantine, and,
+    /// when [`crate::fleet::verdict::judge`] blames the release, a fleet halt vote): a new
+    /// version that failed its probe, could not run its command, or a cut-over Docker or
+    /// netfilter could not carry out here. `None` for trouble that is retried with backoff
+    /// and counts against nothing (S3, ECR, the registry, Docker outside a cut-over, the lock).
+    pub fn failure(&self) -> Option<Failure> {
+        use crate::outside::health::{ProbeEnd, ProbeFailed};
+        let probed = |probe: &ProbeFailed| match probe.end {
+            ProbeEnd::CannotRun => Failure::CommandCannotRun { detail: probe.to_string() },
+            end => Failure::BridgeProbe { died: end == ProbeEnd::Died, detail: probe.to_string() },
+        };
+        match self {
+            PassError::Deploy(DeployError::CandidateUnhealthy { probe, .. }) => Some(probed(probe)),
+            PassError::Deploy(DeployError::CutoverUnhealthy { probe, bridge_ok: true, .. }) => {
+                Some(Failure::HostPathProbe { detail: probe.to_string() })
+            }
+            PassError::Deploy(DeployError::CutoverUnhealthy { probe, .. }) => Some(probed(probe)),
+            PassError::Deploy(DeployError::CutoverFailed { source, .. }) => {
+                Some(Failure::Engine { detail: source.to_string() })
+            }
+            PassError::Deploy(DeployError::Route(e)) => Some(Failure::Netfilter { detail: e.to_string() }),
+            _ => None,
+        }
     }
 }
 

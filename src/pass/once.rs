@@ -221,8 +221,8 @@ async fn halt_marker<T, R, C>(
     let key = settings.release_key(environment).unwrap_or_default();
     let prefix = settings.rollout.halt_prefix_for(key, environment);
     let halts = services.halts.in_bucket(&settings.release.bucket);
-    match shutdown.race(halts.get(&prefix, sha)).await? {
-        Ok(marker) => Ok(marker),
+    match shutdown.race(halts.read(&prefix, sha)).await? {
+        Ok(reading) => Ok(reading.halt(sha, environment, settings.rollout.halt_after)),
         Err(e) => {
             tracing::warn!(sha = %sha, "cannot read the halt marker of {}: {e}; going on as if it were not halted", sha.short());
             Ok(None)

@@ -140,6 +140,7 @@ mod tests {
             ip: None,
             started_at: None,
             restart_count: 0,
+            oom_killed: false,
         }
     }
 

@@ -125,6 +125,7 @@ pub async fn switch_over(
         Ok(Ok(ip)) => ip.parse::<Ipv4Addr>().map_err(|_| ProbeFailed {
             url: format!("container {name}"),
             last: format!("its bridge address {ip} is not IPv4"),
+            end: health::ProbeEnd::Deadline,
         }),
         Ok(Err(DeployError::CandidateUnhealthy { probe, .. })) => Err(probe),
         // Docker could not start or inspect it for another reason than the image's command
@@ -172,7 +173,9 @@ pub async fn switch_over(
             None => "there was no previous version".to_owned(),
         };
         abandon(engine, name, &new_id, old).await;
-        return Err(DeployError::CutoverUnhealthy { image: spec.image.clone(), probe, restored });
+        // It answered over the bridge a moment ago: the path through the rules failed.
+        let bridge_ok = probe.end != health::ProbeEnd::Died;
+        return Err(DeployError::CutoverUnhealthy { image: spec.image.clone(), probe, restored, bridge_ok });
     }
     if let Some(old) = old {
         retire(engine, settings, old).await;
