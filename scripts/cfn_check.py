@@ -1,0 +1,524 @@
+#!/usr/bin/env python3
+"""Checks packaging/cloudformation/blog.yaml against the files it must agree with, and generates
+its user-data block from cloud-init/al2023.yaml.
+
+    python3 scripts/cfn_check.py                     # the checks: one `ok`/`FAIL` line each
+    python3 scripts/cfn_check.py --write-user-data   # regenerate the template's UserData block
+
+Run by scripts/check-cloudformation.sh (needs PyYAML; Python 3.11+ for tomllib). Exit status:
+the number of failed checks (0: all passed).
+
+How placeholders are normalised: the template is evaluated for one environment the way
+CloudFormation would (Ref, Fn::Sub, Fn::If, Fn::FindInMap, Fn::Select, Fn::Split, Fn::GetAtt),
+with the placeholder values of the JSON policies standing in for what only AWS knows: account
+123456789012, region us-east-1, partition aws, bucket blog-artifacts, KMS key id
+00000000-0000-0000-0000-000000000000, and the repository named by the RepositoryName parameter.
+The result is compared with packaging/iam-policy-<environment>.json statement by statement.
+"""
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import tomllib
+import difflib
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+TEMPLATE = ROOT / "packaging/cloudformation/blog.yaml"
+USER_DATA = ROOT / "cloud-init/al2023.yaml"
+EXAMPLE = ROOT / "packaging/config.example.toml"
+LAUNCH_TEMPLATE_JSON = ROOT / "packaging/launch-template.json"
+ENVIRONMENTS = ("staging", "production")
+MAX_USER_DATA = 16384  # EC2 rejects user-data over 16 KiB (before base64)
+
+ACCOUNT, REGION, PARTITION = "123456789012", "us-east-1", "aws"
+BUCKET, KEY_ID = "blog-artifacts", "00000000-0000-0000-0000-000000000000"
+
+
+# ---- CloudFormation YAML ------------------------------------------------------------------------
+class CfnLoader(yaml.SafeLoader):
+    """YAML with CloudFormation's short forms (!Ref X -> {"Ref": X}, !Sub -> Fn::Sub, ...)."""
+
+
+def _short_form(loader, suffix, node):
+    if isinstance(node, yaml.ScalarNode):
+        value = loader.construct_scalar(node)
+    elif isinstance(node, yaml.SequenceNode):
+        value = loader.construct_sequence(node, deep=True)
+    else:
+        value = loader.construct_mapping(node, deep=True)
+    if suffix == "Ref":
+        return {"Ref": value}
+    if suffix == "Condition":
+        return {"Condition": value}
+    if suffix == "GetAtt" and isinstance(value, str):
+        value = value.split(".", 1)
+    return {"Fn::" + suffix: value}
+
+
+CfnLoader.add_multi_constructor("!", _short_form)
+
+
+def load_template(text=None):
+    return yaml.load(TEMPLATE.read_text() if text is None else text, Loader=CfnLoader)
+
+
+class Evaluator:
+    """Evaluates a template's intrinsic functions for given parameters, with placeholders for
+    the values only AWS knows (see the module docstring)."""
+
+    def __init__(self, template, **params):
+        self.t = template
+        self.params = {k: v.get("Default") for k, v in template.get("Parameters", {}).items()}
+        self.params.update(params)
+        self.pseudo = {"AWS::AccountId": ACCOUNT, "AWS::Region": REGION,
+                       "AWS::Partition": PARTITION, "AWS::URLSuffix": "amazonaws.com",
+                       "AWS::StackName": "blog-stack"}
+
+    def resource(self, name):
+        return self.t["Resources"][name]
+
+    def condition(self, name):
+        return bool(self.ev(self.t["Conditions"][name]))
+
+    def ref(self, name):
+        if name in self.pseudo:
+            return self.pseudo[name]
+        if name in self.params:
+            if self.params[name] is None:
+                return f"<{name}>"
+            return self.params[name]
+        res = self.resource(name)  # KeyError: a reference to nothing
+        props = res.get("Properties", {})
+        kind = res["Type"]
+        if kind == "AWS::S3::Bucket":
+            return BUCKET
+        if kind == "AWS::KMS::Key":
+            return KEY_ID
+        if kind == "AWS::ECR::Repository":
+            return self.ev(props["RepositoryName"])
+        if kind == "AWS::AutoScaling::AutoScalingGroup" and "AutoScalingGroupName" in props:
+            return self.ev(props["AutoScalingGroupName"])
+        return f"<{name}>"
+
+    def getatt(self, name, attr):
+        kind = self.resource(name)["Type"]
+        if (kind, attr) == ("AWS::S3::Bucket", "Arn"):
+            return f"arn:{PARTITION}:s3:::{self.ref(name)}"
+        if (kind, attr) == ("AWS::KMS::Key", "Arn"):
+            return f"arn:{PARTITION}:kms:{REGION}:{ACCOUNT}:key/{self.ref(name)}"
+        if (kind, attr) == ("AWS::ECR::Repository", "Arn"):
+            return f"arn:{PARTITION}:ecr:{REGION}:{ACCOUNT}:repository/{self.ref(name)}"
+        if (kind, attr) == ("AWS::ECR::Repository", "RepositoryUri"):
+            return f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/{self.ref(name)}"
+        return f"<{name}.{attr}>"
+
+    def sub(self, arg):
+        text, names = (arg, {}) if isinstance(arg, str) else (arg[0], self.ev(arg[1]))
+
+        def one(m):
+            name = m.group(1)
+            if name.startswith("!"):
+                return "${" + name[1:] + "}"
+            if name in names:
+                return str(names[name])
+            if "." in name and name.split(".", 1)[0] in self.t["Resources"]:
+                return str(self.getatt(*name.split(".", 1)))
+            return str(self.ref(name))
+
+        return re.sub(r"\$\{([^}]*)\}", one, text)
+
+    def ev(self, node):
+        if isinstance(node, list):
+            return [self.ev(x) for x in node]
+        if not isinstance(node, dict):
+            return node
+        if len(node) == 1:
+            (fn, arg), = node.items()
+            if fn == "Ref":
+                return self.ref(arg)
+            if fn == "Condition":
+                return self.condition(arg)
+            if fn == "Fn::GetAtt":
+                return self.getatt(*(arg if isinstance(arg, list) else arg.split(".", 1)))
+            if fn == "Fn::Sub":
+                return self.sub(arg)
+            if fn == "Fn::If":
+                return self.ev(arg[1] if self.condition(arg[0]) else arg[2])
+            if fn == "Fn::Equals":
+                a, b = self.ev(arg)
+                return str(a) == str(b)
+            if fn == "Fn::Not":
+                return not self.ev(arg[0])
+            if fn == "Fn::And":
+                return all(self.ev(arg))
+            if fn == "Fn::Or":
+                return any(self.ev(arg))
+            if fn == "Fn::FindInMap":
+                m, k1, k2 = self.ev(arg)
+                return self.t["Mappings"][m][k1][k2]
+            if fn == "Fn::Select":
+                return self.ev(arg[1])[int(self.ev(arg[0]))]
+            if fn == "Fn::Split":
+                return self.ev(arg[1]).split(self.ev(arg[0]))
+            if fn == "Fn::Join":
+                return self.ev(arg[0]).join(str(x) for x in self.ev(arg[1]))
+            if fn == "Fn::Base64":
+                return self.ev(arg)  # kept as text, for the checks
+        return {k: self.ev(v) for k, v in node.items()}
+
+
+# ---- the user-data block -------------------------------------------------------------------------
+BEGIN = "# BEGIN user-data"
+END = "# END user-data"
+HEADER = """\
+# blog-agent on Amazon Linux 2023: the user-data of packaging/cloudformation/blog.yaml,
+# generated from cloud-init/al2023.yaml (scripts/cfn_check.py --write-user-data).
+# The environment comes from the instance tag `Environment`, set by the Auto Scaling group.
+"""
+# Names the generated Fn::Sub text may use: the template's own, and ReleaseKey (its variable map).
+SUB_VARS = {"ArtifactsBucket", "Repository.RepositoryUri", "Environment", "ReleaseKey",
+            "AgentPackageKey", "AgentPackageSha256"}
+RELEASE_KEY_EXPR = """\
+            - ReleaseKey: !If
+                - DefaultShaObjectKey
+                - !FindInMap [Environments, !Ref Environment, ShaObjectKey]
+                - !Ref ShaObjectKey
+"""
+
+
+def lifecycle_hook_name(template):
+    asg = template["Resources"]["AutoScalingGroup"]["Properties"]
+    hooks = [h for h in asg.get("LifecycleHookSpecificationList", [])
+             if h.get("LifecycleTransition") == "autoscaling:EC2_INSTANCE_LAUNCHING"]
+    if len(hooks) != 1:
+        raise ValueError(f"AutoScalingGroup has {len(hooks)} launch lifecycle hooks, expected 1")
+    return hooks[0]["LifecycleHookName"]
+
+
+def user_data_sub_text(source, hook):
+    """cloud-init/al2023.yaml as the text of the template's Fn::Sub: every CHANGE ME filled
+    from the stack, the config narrowed to the stack's environment, and the launch gate on."""
+    text = source.replace("${", "${!")  # a literal ${ in the file stays literal
+
+    def edit(pattern, replace, what):
+        nonlocal text
+        text, n = re.subn(pattern, replace, text, flags=re.M)
+        if n != 1:
+            raise ValueError(f"cloud-init/al2023.yaml: {what}: {n} matches of /{pattern}/, "
+                             "expected 1; update scripts/cfn_check.py")
+
+    edit(r"\A#cloud-config\n(?:#.*\n)+", lambda m: "#cloud-config\n" + HEADER, "header comment")
+    edit(r'^(\s*)allowed = \[.*\]$', lambda m: m[1] + 'allowed = ["${Environment}"]',
+         "[environment] allowed")
+    edit(r'^(\s*)bucket = "blog-artifacts"$', lambda m: m[1] + 'bucket = "${ArtifactsBucket}"',
+         "[release] bucket")
+    edit(r'^(\s*)\[release\.keys\]\n(?:\1[a-z]+ = ".*"\n)+',
+         lambda m: f'{m[1]}[release.keys]\n{m[1]}${{Environment}} = "${{ReleaseKey}}"\n',
+         "[release.keys]")
+    edit(r'^\s*# CHANGE ME: your account, region and repository\.\n(\s*)repository = ".*"$',
+         lambda m: m[1] + 'repository = "${Repository.RepositoryUri}"', "[image] repository")
+    edit(r'^(\s*)# CHANGE ME: the \.rpm in S3\.', lambda m: m[1] + "# The .rpm in S3 (parameter AgentPackageKey).",
+         "PKG comment")
+    edit(r'^(\s*)PKG=s3://blog-artifacts/packages/\S+$',
+         lambda m: m[1] + "PKG=s3://${ArtifactsBucket}/${AgentPackageKey}", "PKG=")
+    edit(r'^(\s*)PKG_SHA256=""$', lambda m: m[1] + 'PKG_SHA256="${AgentPackageSha256}"',
+         "PKG_SHA256=")
+    # [rollout] lifecycle_hook at the end of the config.toml that write_files writes.
+    lines = text.split("\n")
+    at = next(i for i, line in enumerate(lines)
+              if re.fullmatch(r"\s*(- )?path: /etc/blog-agent/config\.toml", line))
+    start = next(i for i in range(at, len(lines)) if lines[i].strip() == "content: |") + 1
+    indent = len(lines[start]) - len(lines[start].lstrip())
+    end = start
+    for i in range(start, len(lines)):
+        if lines[i].strip() and len(lines[i]) - len(lines[i].lstrip()) < indent:
+            break
+        if lines[i].strip():
+            end = i + 1
+    if any(line.strip() == "[rollout]" for line in lines[start:end]):
+        raise ValueError("cloud-init/al2023.yaml already has [rollout]: update scripts/cfn_check.py")
+    pad = " " * indent
+    lines[end:end] = ["", pad + "[rollout]", f'{pad}lifecycle_hook = "{hook}"']
+    text = "\n".join(lines)
+
+    if "CHANGE ME" in text:
+        raise ValueError("cloud-init/al2023.yaml has a CHANGE ME the generator does not fill: "
+                         "update scripts/cfn_check.py")
+    used = set(re.findall(r"\$\{([^!}][^}]*)\}", text))
+    if used - SUB_VARS:
+        raise ValueError(f"unexpected substitutions {sorted(used - SUB_VARS)}")
+    return text
+
+
+def user_data_block(source, hook):
+    body = user_data_sub_text(source, hook)
+    out = [BEGIN + ": generated from cloud-init/al2023.yaml by",
+           "# `python3 scripts/cfn_check.py --write-user-data`. Edit that file, then regenerate.",
+           "UserData:",
+           "  Fn::Base64: !Sub",
+           "    - |"]
+    out = ["        " + line for line in out]
+    for line in body.rstrip("\n").split("\n"):
+        out.append(("              " + line) if line else "")
+    out.append(RELEASE_KEY_EXPR.rstrip("\n"))
+    out.append("        " + END)
+    return "\n".join(out) + "\n"
+
+
+def replace_block(template_text, block):
+    lines = template_text.splitlines(keepends=True)
+    begins = [i for i, line in enumerate(lines) if line.strip().startswith(BEGIN)]
+    ends = [i for i, line in enumerate(lines) if line.strip() == END]
+    if len(begins) != 1 or len(ends) != 1 or ends[0] < begins[0]:
+        raise ValueError(f"{TEMPLATE.relative_to(ROOT)}: expected one '{BEGIN}' ... '{END}' block")
+    return "".join(lines[:begins[0]]) + block + "".join(lines[ends[0] + 1:])
+
+
+# ---- the checks ----------------------------------------------------------------------------------
+failures = 0
+
+
+def ok(what):
+    print(f"ok   {what}")
+
+
+def fail(what, detail=""):
+    global failures
+    failures += 1
+    print(f"FAIL {what}")
+    for line in str(detail).rstrip().splitlines():
+        print(f"     {line}")
+
+
+def check(what):
+    """Runs the decorated function at once: `ok WHAT` (plus what it returns), or `FAIL WHAT`
+    with the exception's text."""
+    def run(fn):
+        try:
+            extra = fn()
+        except Exception as e:  # noqa: BLE001 - every failure is reported, none stops the rest
+            fail(what, e if isinstance(e, AssertionError) else f"{type(e).__name__}: {e}")
+        else:
+            ok(what + (f" ({extra})" if extra else ""))
+        return fn
+    return run
+
+
+def as_list(x):
+    return x if isinstance(x, list) else [x]
+
+
+def normalise_statement(st):
+    st = dict(st)
+    for k in ("Action", "Resource"):
+        if k in st:
+            st[k] = as_list(st[k])
+    return st
+
+
+def example():
+    text = EXAMPLE.read_text()
+    # `# lifecycle_hook = "blog-launch"` documents an optional key: uncomment such lines.
+    return tomllib.loads(re.sub(r'(?m)^#\s*([a-z_]+ = )', r'\1', text))
+
+
+def main():
+    if sys.argv[1:] == ["--write-user-data"]:
+        text = TEMPLATE.read_text()
+        block = user_data_block(USER_DATA.read_text(), lifecycle_hook_name(load_template(text)))
+        new = replace_block(text, block)
+        if new != text:
+            TEMPLATE.write_text(new)
+            print(f"{TEMPLATE.relative_to(ROOT)}: user-data regenerated")
+        else:
+            print(f"{TEMPLATE.relative_to(ROOT)}: user-data already up to date")
+        return 0
+    if sys.argv[1:]:
+        print(__doc__, file=sys.stderr)
+        return 2
+
+    text = TEMPLATE.read_text()
+    t = load_template(text)
+    res = t["Resources"]
+    ex = example()
+    rel = TEMPLATE.relative_to(ROOT)
+
+    @check(f"{rel} user-data block is generated from {USER_DATA.relative_to(ROOT)} (up to date)")
+    def _():
+        want = replace_block(text, user_data_block(USER_DATA.read_text(), lifecycle_hook_name(t)))
+        if want != text:
+            diff = difflib.unified_diff(text.splitlines(), want.splitlines(), "template", "generated",
+                                        lineterm="", n=1)
+            raise AssertionError("run: python3 scripts/cfn_check.py --write-user-data\n"
+                                 + "\n".join(list(diff)[:40]))
+
+    @check(f"{rel} hardcodes no account, region, partition or bucket")
+    def _():
+        found = [s for s in (ACCOUNT, REGION, "arn:aws:", BUCKET) if s in text]
+        assert not found, f"literal {found}: use ${{AWS::AccountId}}, ${{AWS::Region}}, ${{AWS::Partition}}, the resources"
+
+    for env in ENVIRONMENTS:
+        @check(f"{rel} instance policy (Environment={env}) == packaging/iam-policy-{env}.json")
+        def _():
+            got = Evaluator(t, Environment=env).ev(res["InstanceRole"]["Properties"]["Policies"])
+            assert len(got) == 1, f"{len(got)} inline policies, expected 1"
+            got = got[0]["PolicyDocument"]
+            want = json.loads((ROOT / f"packaging/iam-policy-{env}.json").read_text())
+            assert got["Version"] == want["Version"], f"Version {got['Version']} != {want['Version']}"
+            g = [normalise_statement(s) for s in got["Statement"]]
+            w = [normalise_statement(s) for s in want["Statement"]]
+            if g != w:
+                dump = lambda x: json.dumps(x, indent=1, sort_keys=True).splitlines()  # noqa: E731
+                raise AssertionError("\n".join(difflib.unified_diff(
+                    dump(w), dump(g), f"iam-policy-{env}.json", "template", lineterm="", n=2)))
+
+    @check(f"{rel} ShaObjectKey=other/key.txt moves the release and halt grants with it")
+    def _():
+        ev = Evaluator(t, Environment="staging", ShaObjectKey="other/key.txt")
+        doc = ev.ev(res["InstanceRole"]["Properties"]["Policies"])[0]["PolicyDocument"]
+        by_sid = {s["Sid"]: as_list(s["Resource"]) for s in doc["Statement"]}
+        assert by_sid["ReadReleaseSha"] == [f"arn:aws:s3:::{BUCKET}/other/key.txt"], by_sid["ReadReleaseSha"]
+        assert by_sid["FleetHaltMarkers"] == [f"arn:aws:s3:::{BUCKET}/other/halted/*"], by_sid["FleetHaltMarkers"]
+
+    hook = None
+
+    @check(f"{rel} launch lifecycle hook == [rollout] lifecycle_hook of {EXAMPLE.relative_to(ROOT)}")
+    def _():
+        nonlocal hook
+        hook = lifecycle_hook_name(t)
+        spec = next(h for h in res["AutoScalingGroup"]["Properties"]["LifecycleHookSpecificationList"])
+        want = ex["rollout"]["lifecycle_hook"]
+        assert hook == want, f"hook {hook!r}, example {want!r}"
+        assert t["Outputs"]["LifecycleHookName"]["Value"] == hook, "output LifecycleHookName differs"
+        assert spec.get("DefaultResult") == "ABANDON", "DefaultResult must be ABANDON (docs/fleet.md)"
+        assert re.fullmatch(r"[A-Za-z0-9_/-]{1,255}", hook), "the agent accepts 1-255 of [A-Za-z0-9_/-]"
+
+    @check(f"{rel} group tag == [environment] tag, propagated at launch; Environment values == allowed")
+    def _():
+        key = ex["environment"]["tag"]
+        tags = [x for x in res["AutoScalingGroup"]["Properties"]["Tags"] if x["Key"] == key]
+        assert len(tags) == 1, f"no group tag {key!r}"
+        assert tags[0]["Value"] == {"Ref": "Environment"}, f"tag {key} is {tags[0]['Value']}"
+        assert tags[0]["PropagateAtLaunch"] is True, "PropagateAtLaunch must be true"
+        allowed = t["Parameters"]["Environment"]["AllowedValues"]
+        assert sorted(allowed) == sorted(ex["environment"]["allowed"]), f"{allowed} vs {ex['environment']['allowed']}"
+
+    @check(f"{rel} target group and instance security group follow [health] url and [container] ports")
+    def _():
+        url = urlsplit(ex["health"]["url"])
+        port = url.port or 80
+        host_ports = {int(p.split(":")[-2]) for p in ex["container"]["ports"]}
+        assert port in host_ports, f"[health] url port {port} not a host port of {ex['container']['ports']}"
+        tg = res["TargetGroup"]["Properties"]
+        assert tg["Port"] == port, f"TargetGroup Port {tg['Port']} != {port}"
+        assert tg.get("Protocol") == tg.get("HealthCheckProtocol", "HTTP") == url.scheme.upper(), "protocol"
+        assert str(tg.get("HealthCheckPort", "traffic-port")) in ("traffic-port", str(port)), "HealthCheckPort"
+        assert tg["HealthCheckPath"] == (url.path or "/"), f"HealthCheckPath {tg['HealthCheckPath']} != {url.path}"
+        assert tg["Matcher"]["HttpCode"] == "200-299", "the agent accepts any 2xx: Matcher 200-299"
+        ingress = res["InstanceSecurityGroup"]["Properties"]["SecurityGroupIngress"]
+        assert [(r["FromPort"], r["ToPort"]) for r in ingress] == [(port, port)], f"instance ingress {ingress}"
+        assert all(r.get("SourceSecurityGroupId") == {"Fn::GetAtt": ["LoadBalancerSecurityGroup", "GroupId"]}
+                   for r in ingress), "instance ingress must come from the load balancer's group only"
+        assert "CidrIp" not in str(ingress), "instance ingress must not be open to an address range"
+
+    @check(f"{rel} launch template MetadataOptions == {LAUNCH_TEMPLATE_JSON.relative_to(ROOT)}")
+    def _():
+        got = res["LaunchTemplate"]["Properties"]["LaunchTemplateData"]["MetadataOptions"]
+        want = json.loads(LAUNCH_TEMPLATE_JSON.read_text())["MetadataOptions"]
+        assert got == want, f"{got} != {want}"
+
+    @check(f"{rel} bucket: SSE-KMS with the stack's key and bucket key, versioned, private, TLS only")
+    def _():
+        b = res["ArtifactsBucket"]["Properties"]
+        rule = b["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]
+        assert rule["ServerSideEncryptionByDefault"] == {
+            "SSEAlgorithm": "aws:kms", "KMSMasterKeyID": {"Fn::GetAtt": ["ArtifactsKey", "Arn"]}}, rule
+        assert rule["BucketKeyEnabled"] is True, "BucketKeyEnabled"
+        assert b["VersioningConfiguration"] == {"Status": "Enabled"}, "versioning"
+        assert set(b["PublicAccessBlockConfiguration"].values()) == {True} and \
+            len(b["PublicAccessBlockConfiguration"]) == 4, "public access block"
+        st = res["ArtifactsBucketPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+        assert any(s["Effect"] == "Deny" and s["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+                   for s in st), "no Deny on aws:SecureTransport false"
+        key = res["ArtifactsKey"]["Properties"]["KeyPolicy"]["Statement"]
+        root = {"AWS": {"Fn::Sub": "arn:${AWS::Partition}:iam::${AWS::AccountId}:root"}}
+        assert any(s["Principal"] == root and s["Action"] == "kms:*" for s in key), "key policy does not delegate to IAM"
+
+    @check(f"{rel} ECR: immutable tags, scan on push, keeps the newest ReleaseImagesToKeep tagged images")
+    def _():
+        r = res["Repository"]["Properties"]
+        assert r["ImageTagMutability"] == "IMMUTABLE" and r["ImageScanningConfiguration"]["ScanOnPush"] is True
+        policy = json.loads(Evaluator(t, ReleaseImagesToKeep=7).ev(r["LifecyclePolicy"]["LifecyclePolicyText"]))
+        rules = policy["rules"]
+        assert len(rules) == 1, rules
+        sel = rules[0]["selection"]
+        assert sel == {"tagStatus": "tagged", "tagPatternList": ["*"], "countType": "imageCountMoreThan",
+                       "countNumber": 7}, sel
+        assert rules[0]["action"] == {"type": "expire"}
+
+    for env in ENVIRONMENTS:
+        rendered = {}
+
+        @check(f"{rel} user-data (Environment={env}): config.toml keys match {EXAMPLE.relative_to(ROOT)}, "
+               "values from the stack")
+        def _():
+            ev = Evaluator(t, Environment=env)
+            lt = res["LaunchTemplate"]["Properties"]["LaunchTemplateData"]
+            rendered["text"] = ev.ev(lt["UserData"])
+            doc = yaml.safe_load(rendered["text"])
+            files = [w for w in doc["write_files"] if w["path"] == "/etc/blog-agent/config.toml"]
+            assert len(files) == 1, "write_files has no /etc/blog-agent/config.toml"
+            config = tomllib.loads(files[0]["content"])
+
+            def walk(have, want, where):
+                for k, v in have.items():
+                    name = f"{where}.{k}" if where else k
+                    if k not in want:
+                        if where == "release.keys":
+                            continue
+                        raise AssertionError(f"unknown key {name}")
+                    if isinstance(v, dict) and want[k] != {}:
+                        walk(v, want[k], name)
+                    elif type(v) is not type(want[k]):
+                        raise AssertionError(f"{name}: {type(v).__name__}, example has {type(want[k]).__name__}")
+            walk(config, ex, "")
+            key = t["Mappings"]["Environments"][env]["ShaObjectKey"]
+            expect = {
+                ("environment", "allowed"): [env],
+                ("release", "bucket"): BUCKET,
+                ("release", "keys"): {env: key},
+                ("image", "repository"): f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/blog",
+                ("rollout", "lifecycle_hook"): hook,
+                ("environment", "tag"): ex["environment"]["tag"],
+                ("health", "url"): ex["health"]["url"],
+                ("container", "ports"): ex["container"]["ports"],
+            }
+            for (a, b), v in expect.items():
+                assert config.get(a, {}).get(b) == v, f"[{a}] {b} = {config.get(a, {}).get(b)!r}, expected {v!r}"
+            runcmd = "\n".join(x if isinstance(x, str) else " ".join(x) for x in doc["runcmd"])
+            assert f"PKG=s3://{BUCKET}/packages/blog-agent-" in runcmd, "PKG= is not in the stack's bucket"
+
+        if env == "staging":
+            @check(f"{rel} user-data (Environment={env}): cloud-init schema; size with 1 KiB to spare "
+               "for longer names")
+            def _():
+                assert "text" in rendered, "not rendered (see above)"
+                with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
+                    f.write(rendered["text"])
+                    f.flush()
+                    out = subprocess.run(["cloud-init", "schema", "-c", f.name], capture_output=True, text=True)
+                assert out.returncode == 0, out.stdout + out.stderr
+                size = len(rendered["text"].encode())
+                assert size < MAX_USER_DATA - 1024, f"{size} bytes: too close to EC2's {MAX_USER_DATA}"
+                return f"{len(rendered['text'].encode())} bytes"
+
+    return failures
+
+
+if __name__ == "__main__":
+    sys.exit(min(main(), 100))

@@ -1,0 +1,362 @@
+#!/usr/bin/env python3
+"""Creates packaging/cloudformation/blog.yaml as a stack on the local moto_server, checks what
+moto made of it, lists what moto created and what it skipped, then deletes the stack.
+
+    source scripts/stack-env.sh && bash scripts/stack-up.sh
+    .stack/venv/bin/python scripts/cfn_moto_check.py
+
+Starts nothing: it talks to the moto_server at AWS_ENDPOINT_URL and refuses to run when that URL
+is not a moto_server (so it can never create a stack in a real account). Lines: `ok`/`FAIL` for
+checks, `moto` for what moto does not do (not failures). Exit 1 if any check failed.
+"""
+import ast
+import base64
+import json
+import os
+import sys
+import time
+import tomllib
+import urllib.request
+from pathlib import Path
+
+import boto3
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.dont_write_bytecode = True  # no scripts/__pycache__ in the work tree
+import cfn_check  # noqa: E402  (the template loader and the evaluator of conditions)
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = "staging"
+GROUP = f"blog-{ENV}"
+failures = 0
+
+
+def ok(what):
+    print(f"ok   {what}")
+
+
+def fail(what, detail=""):
+    global failures
+    failures += 1
+    print(f"FAIL {what}")
+    for line in str(detail).rstrip().splitlines():
+        print(f"     {line}")
+
+
+def note(what):
+    print(f"moto {what}")
+
+
+def applied(cond, what, moto_note):
+    """A property moto may ignore: `ok` when moto applied it, else a `moto` line (not a failure;
+    scripts/cfn_check.py checks the template itself)."""
+    ok(what) if cond else note(moto_note)
+
+
+def api(call):
+    """The call's answer, or its error code (moto answers "not configured" for ignored properties)."""
+    try:
+        return call()
+    except Exception as e:  # noqa: BLE001
+        return getattr(e, "response", {}).get("Error", {}).get("Code", repr(e))
+
+
+def expect(cond, what, detail=""):
+    (ok if cond else lambda w: fail(w, detail))(what)
+    return cond
+
+
+def main():
+    endpoint = os.environ.get("AWS_ENDPOINT_URL", "")
+    try:
+        with urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=5) as r:
+            is_moto = r.status == 200
+    except Exception:  # noqa: BLE001
+        is_moto = False
+    if not endpoint or not is_moto:
+        print(f"cfn_moto_check: no moto_server at AWS_ENDPOINT_URL={endpoint!r} "
+              "(source scripts/stack-env.sh; bash scripts/stack-up.sh)", file=sys.stderr)
+        return 2
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    client = lambda name: boto3.client(name, endpoint_url=endpoint, region_name=region)  # noqa: E731
+    cfn, ec2, s3, kms, ecr, iam, asg, elb = (client(n) for n in (
+        "cloudformation", "ec2", "s3", "kms", "ecr", "iam", "autoscaling", "elbv2"))
+
+    text = cfn_check.TEMPLATE.read_text()
+    template = cfn_check.load_template(text)
+    suffix = f"{os.getpid()}-{int(time.time())}"
+    stack = f"blog-cfn-check-{suffix}"
+    repo_name = f"blog-cfn-check-{suffix}"
+
+    if asg.describe_auto_scaling_groups(AutoScalingGroupNames=[GROUP])["AutoScalingGroups"]:
+        fail(f"moto already has an Auto Scaling group {GROUP} (a stack left by an earlier run?)")
+        return 1
+    vpc = next(v for v in ec2.describe_vpcs()["Vpcs"] if v.get("IsDefault"))["VpcId"]
+    subnets = [s["SubnetId"] for s in ec2.describe_subnets(
+        Filters=[{"Name": "vpc-id", "Values": [vpc]}])["Subnets"]][:2]
+    params = {"Environment": ENV, "VpcId": vpc, "LoadBalancerSubnetIds": ",".join(subnets),
+              "InstanceSubnetIds": ",".join(subnets), "RepositoryName": repo_name,
+              "EnableWarmPool": "true", "MinSize": "1", "MaxSize": "3", "DesiredCapacity": "1",
+              "ReleaseImagesToKeep": "15"}
+
+    t0 = time.monotonic()
+    cfn.create_stack(StackName=stack, TemplateBody=text, Capabilities=["CAPABILITY_IAM"],
+                     Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in params.items()])
+    try:
+        check_stack(cfn, ec2, s3, kms, ecr, iam, asg, elb, template, stack, params, t0)
+    except Exception as e:  # noqa: BLE001 - reported, then the stack is still deleted
+        import traceback
+        fail(f"checking the stack stopped: {type(e).__name__}: {e}", traceback.format_exc(limit=3))
+    finally:
+        delete_stack(cfn, s3, asg, iam, stack, cfn_check.lifecycle_hook_name(template))
+    return 1 if failures else 0
+
+
+def wait(cfn, stack, want, seconds=120):
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            s = cfn.describe_stacks(StackName=stack)["Stacks"][0]
+        except cfn.exceptions.ClientError as e:
+            if want == "DELETE_COMPLETE" and "does not exist" in str(e):
+                return "DELETE_COMPLETE", None
+            raise
+        status = s["StackStatus"]
+        if status == want or status.endswith("_FAILED") or status.endswith("ROLLBACK_COMPLETE") \
+                or time.monotonic() > deadline:
+            return status, s
+        time.sleep(0.5)
+
+
+def check_stack(cfn, ec2, s3, kms, ecr, iam, asg, elb, template, stack, params, t0):
+    status, s = wait(cfn, stack, "CREATE_COMPLETE")
+    if not expect(status == "CREATE_COMPLETE", f"stack {stack}: {status} in {time.monotonic() - t0:.1f} s",
+                  json.dumps([e.get("ResourceStatusReason") for e in
+                              cfn.describe_stack_events(StackName=stack)["StackEvents"]
+                              if "FAILED" in e.get("ResourceStatus", "")], indent=1)):
+        return
+    outputs = {o["OutputKey"]: o["OutputValue"] for o in s.get("Outputs", [])}
+
+    # ---- created vs skipped --------------------------------------------------------------------
+    ev = cfn_check.Evaluator(template, **params)
+    wanted = {name: r["Type"] for name, r in template["Resources"].items()
+              if "Condition" not in r or ev.condition(r["Condition"])}
+    listed = cfn.list_stack_resources(StackName=stack)["StackResourceSummaries"]
+    # moto lists a resource it skipped as an entry with no id, no type and no physical id.
+    made = {r["LogicalResourceId"]: r for r in listed if r["LogicalResourceId"]}
+    for name in sorted(made, key=lambda n: (made[n]["ResourceType"], n)):
+        r = made[name]
+        print(f"     created {r['ResourceType']:45} {name:26} {r['PhysicalResourceId']}")
+    for name in sorted(set(wanted) - set(made)):
+        note(f"has no CloudFormation type {wanted[name]}: {name} skipped (stack still CREATE_COMPLETE)")
+
+    # ---- outputs -------------------------------------------------------------------------------
+    want_outputs = {"Bucket", "ReleaseKey", "RepositoryUri", "Region", "KmsKeyArn",
+                    "AutoScalingGroupName", "LifecycleHookName", "TargetGroupArn"}
+    expect(want_outputs <= set(outputs), "outputs for the agent's config: " + ", ".join(
+        f"{k}={outputs.get(k)}" for k in sorted(want_outputs)), f"missing {sorted(want_outputs - set(outputs))}")
+    bucket, key_arn, repo_uri = outputs.get("Bucket"), outputs.get("KmsKeyArn"), outputs.get("RepositoryUri")
+    expect(outputs.get("ReleaseKey") == "staging/stagebuild.txt", "output ReleaseKey is the staging key")
+    expect(outputs.get("AutoScalingGroupName") == GROUP, f"output AutoScalingGroupName is {GROUP}")
+
+    # ---- bucket and key ------------------------------------------------------------------------
+    enc = s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]["Rules"][0]
+    expect(enc["ApplyServerSideEncryptionByDefault"] == {"SSEAlgorithm": "aws:kms", "KMSMasterKeyID": key_arn},
+           "bucket: default encryption SSE-KMS with the stack's key", enc)
+    # Properties moto's AWS::S3::Bucket ignores (it applies BucketEncryption's algorithm and key,
+    # and Tags): checked where moto applied them, reported where it did not.
+    applied(enc.get("BucketKeyEnabled") is True, "bucket: S3 Bucket Key on",
+            "ignores BucketEncryption's BucketKeyEnabled (GetBucketEncryption: false)")
+    applied(s3.get_bucket_versioning(Bucket=bucket).get("Status") == "Enabled", "bucket: versioning on",
+            "ignores the bucket's VersioningConfiguration (versioning off)")
+    pab = api(lambda: s3.get_public_access_block(Bucket=bucket)["PublicAccessBlockConfiguration"])
+    applied(isinstance(pab, dict) and set(pab.values()) == {True} and len(pab) == 4,
+            "bucket: public access blocked", f"ignores the bucket's PublicAccessBlockConfiguration ({pab})")
+    own = api(lambda: s3.get_bucket_ownership_controls(Bucket=bucket)["OwnershipControls"]["Rules"])
+    applied(own == [{"ObjectOwnership": "BucketOwnerEnforced"}], "bucket: ACLs disabled (BucketOwnerEnforced)",
+            f"ignores the bucket's OwnershipControls ({own})")
+    lc = api(lambda: s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"])
+    applied(isinstance(lc, list) and lc and lc[0].get("NoncurrentVersionExpiration", {}).get("NoncurrentDays") == 90,
+            "bucket: noncurrent versions expire after 90 days",
+            f"ignores the bucket's LifecycleConfiguration ({lc})")
+    pol = api(lambda: json.loads(s3.get_bucket_policy(Bucket=bucket)["Policy"]))
+    applied(isinstance(pol, dict) and any(st.get("Condition") == {"Bool": {"aws:SecureTransport": "false"}}
+                                          for st in pol.get("Statement", [])),
+            "bucket policy denies requests without TLS",
+            f"has no AWS::S3::BucketPolicy type: no bucket policy ({pol})")
+    # What CI does: an SSE-KMS upload with the bucket's default key, read back.
+    sha = "3f2a9c1" + "0" * 33
+    s3.put_object(Bucket=bucket, Key="staging/stagebuild.txt", Body=sha.encode())
+    head = s3.head_object(Bucket=bucket, Key="staging/stagebuild.txt")
+    expect(head.get("ServerSideEncryption") == "aws:kms" and head.get("SSEKMSKeyId") == key_arn
+           and s3.get_object(Bucket=bucket, Key="staging/stagebuild.txt")["Body"].read().decode() == sha,
+           "bucket: a release SHA written without encryption headers is stored SSE-KMS with the key",
+           {k: head.get(k) for k in ("ServerSideEncryption", "SSEKMSKeyId")})
+    key_id = key_arn.rsplit("/", 1)[1]
+    kp = kms.get_key_policy(KeyId=key_id, PolicyName="default")["Policy"]
+    kp = kp if isinstance(kp, dict) else json.loads(kp)  # moto answers a key made by a stack with an object
+    acct = key_arn.split(":")[4]
+    expect(any(st.get("Principal") == {"AWS": f"arn:aws:iam::{acct}:root"} and st.get("Action") == "kms:*"
+               for st in kp["Statement"]), "KMS key policy delegates to IAM (account root, kms:*)", kp)
+    aliases = {a["AliasName"]: a.get("TargetKeyId") for a in kms.list_aliases(KeyId=key_id)["Aliases"]}
+    expect(aliases.get(f"alias/blog-{ENV}") == key_id, f"KMS alias alias/blog-{ENV}", aliases)
+
+    # ---- repository ----------------------------------------------------------------------------
+    repo_name = params["RepositoryName"]
+    repo = ecr.describe_repositories(repositoryNames=[repo_name])["repositories"][0]
+    expect(repo["repositoryUri"] == repo_uri and repo["imageTagMutability"] == "IMMUTABLE",
+           "ECR repository: immutable tags", repo)
+    scan = repo.get("imageScanningConfiguration", {})
+    applied(scan.get("scanOnPush") is True, "ECR repository: scan on push",
+            f"ignores the repository's ImageScanningConfiguration (imageScanningConfiguration: {scan})")
+    try:
+        lp = json.loads(ecr.get_lifecycle_policy(repositoryName=repo_name)["lifecyclePolicyText"])
+        expect(lp["rules"][0]["selection"]["countNumber"] == int(params["ReleaseImagesToKeep"]),
+               "ECR lifecycle policy keeps ReleaseImagesToKeep images", lp)
+    except ecr.exceptions.LifecyclePolicyNotFoundException:
+        note("ignores the repository's LifecyclePolicy (GetLifecyclePolicy: LifecyclePolicyNotFoundException)")
+
+    # ---- instance role: what moto resolved, against packaging/iam-policy-staging.json -----------
+    role = next(r for r in made.values() if r["LogicalResourceId"] == "InstanceRole")["PhysicalResourceId"]
+    names = iam.list_role_policies(RoleName=role)["PolicyNames"]
+    got = iam.get_role_policy(RoleName=role, PolicyName=names[0])["PolicyDocument"] if names else {}
+    if isinstance(got, str):
+        try:
+            got = json.loads(got)
+        except ValueError:  # moto keeps a stack's inline policy as Python's repr of the document
+            got = ast.literal_eval(got)
+    normal = (json.dumps(got).replace(bucket, cfn_check.BUCKET).replace(key_id, cfn_check.KEY_ID)
+              .replace(f"repository/{repo_name}", "repository/blog").replace(f":{acct}:", f":{cfn_check.ACCOUNT}:")
+              .replace(f".{os.environ.get('AWS_REGION', 'us-east-1')}.", f".{cfn_check.REGION}.")
+              .replace(f":{os.environ.get('AWS_REGION', 'us-east-1')}:", f":{cfn_check.REGION}:"))
+    want = json.loads((ROOT / f"packaging/iam-policy-{ENV}.json").read_text())
+    norm = lambda doc: [cfn_check.normalise_statement(x) for x in doc.get("Statement", [])]  # noqa: E731
+    expect(names == ["blog-agent"] and norm(json.loads(normal)) == norm(want),
+           f"instance role's policy as moto resolved it == packaging/iam-policy-{ENV}.json (names normalised)",
+           json.dumps(json.loads(normal), indent=1))
+    profiles = iam.list_instance_profiles_for_role(RoleName=role)["InstanceProfiles"]
+    expect(len(profiles) == 1, "instance profile holds the role")
+
+    # ---- launch template -----------------------------------------------------------------------
+    lt_id = made["LaunchTemplate"]["PhysicalResourceId"]
+    ver = ec2.describe_launch_template_versions(LaunchTemplateId=lt_id)["LaunchTemplateVersions"][-1]
+    data = ver["LaunchTemplateData"]
+    want_md = json.loads((ROOT / "packaging/launch-template.json").read_text())["MetadataOptions"]
+    got_md = {k: data.get("MetadataOptions", {}).get(k) for k in want_md}
+    expect(got_md == want_md, "launch template: IMDSv2 required, hop limit 1, tags in metadata", got_md)
+    user_data = base64.b64decode(data.get("UserData", "")).decode()
+    doc = yaml.safe_load(user_data) if user_data else {}
+    conf = next((w["content"] for w in doc.get("write_files", [])
+                 if w["path"] == "/etc/blog-agent/config.toml"), "")
+    config = tomllib.loads(conf) if conf else {}
+    want_conf = {("release", "bucket"): bucket, ("release", "keys"): {ENV: "staging/stagebuild.txt"},
+                 ("image", "repository"): repo_uri, ("rollout", "lifecycle_hook"): outputs.get("LifecycleHookName"),
+                 ("environment", "allowed"): [ENV]}
+    bad = {f"[{a}] {b}": config.get(a, {}).get(b) for (a, b), v in want_conf.items() if config.get(a, {}).get(b) != v}
+    expect(not bad and f"PKG=s3://{bucket}/packages/" in user_data,
+           f"launch template user-data: config.toml names this stack's bucket, key, repository and hook "
+           f"({len(user_data)} bytes)", bad)
+    expect(data.get("IamInstanceProfile", {}).get("Arn") == profiles[0]["Arn"] if profiles else False,
+           "launch template: the instance profile", data.get("IamInstanceProfile"))
+
+    # ---- group, hook, warm pool, instances -----------------------------------------------------
+    g = asg.describe_auto_scaling_groups(AutoScalingGroupNames=[GROUP])["AutoScalingGroups"]
+    if not expect(len(g) == 1, f"Auto Scaling group {GROUP}"):
+        return
+    g = g[0]
+    tg_arn = outputs.get("TargetGroupArn")
+    tags = {t["Key"]: (t["Value"], t["PropagateAtLaunch"]) for t in g["Tags"]}
+    expect(tags.get("Environment") == (ENV, True), "group tag Environment=staging, propagated at launch", tags)
+    expect(g.get("TargetGroupARNs") == [tg_arn], "group registers in the target group", g.get("TargetGroupARNs"))
+    expect(g.get("LaunchTemplate", {}).get("LaunchTemplateId") == lt_id, "group uses the launch template")
+    ids = [i["InstanceId"] for i in g["Instances"]]
+    inst = [i for r in ec2.describe_instances(InstanceIds=ids)["Reservations"] for i in r["Instances"]] if ids else []
+    itags = [{t["Key"]: t["Value"] for t in i.get("Tags", [])} for i in inst]
+    expect(len(inst) == int(params["DesiredCapacity"]) and all(t.get("Environment") == ENV for t in itags),
+           f"{len(inst)} instance(s) launched with tag Environment={ENV}", itags)
+
+    spec = template["Resources"]["AutoScalingGroup"]["Properties"]["LifecycleHookSpecificationList"][0]
+    hooks = asg.describe_lifecycle_hooks(AutoScalingGroupName=GROUP)["LifecycleHooks"]
+    if spec["LifecycleHookName"] not in [x["LifecycleHookName"] for x in hooks]:
+        note("ignores the group's LifecycleHookSpecificationList (no hook); "
+             "created through PutLifecycleHook from the same spec instead")
+        asg.put_lifecycle_hook(AutoScalingGroupName=GROUP, LifecycleHookName=spec["LifecycleHookName"],
+                               LifecycleTransition=spec["LifecycleTransition"],
+                               HeartbeatTimeout=spec["HeartbeatTimeout"], DefaultResult=spec["DefaultResult"])
+        hooks = asg.describe_lifecycle_hooks(AutoScalingGroupName=GROUP)["LifecycleHooks"]
+    h = {x["LifecycleHookName"]: x for x in hooks}.get(outputs.get("LifecycleHookName"), {})
+    expect(h.get("LifecycleTransition") == "autoscaling:EC2_INSTANCE_LAUNCHING" and h.get("HeartbeatTimeout") == 300
+           and h.get("DefaultResult") == "ABANDON",
+           f"DescribeLifecycleHooks answers hook {outputs.get('LifecycleHookName')} (what the agent reads)", hooks)
+
+    wp = asg.describe_warm_pool(AutoScalingGroupName=GROUP).get("WarmPoolConfiguration")
+    if not wp:
+        note("has no warm pool for the group (the skipped AWS::AutoScaling::WarmPool); "
+             "created through PutWarmPool from the same properties instead")
+        props = template["Resources"]["WarmPool"]["Properties"]
+        asg.put_warm_pool(AutoScalingGroupName=GROUP, PoolState=props["PoolState"], MinSize=props["MinSize"])
+        wp = asg.describe_warm_pool(AutoScalingGroupName=GROUP).get("WarmPoolConfiguration")
+    expect((wp or {}).get("PoolState") == "Stopped", "warm pool: PoolState Stopped", wp)
+
+    # ---- load balancer -------------------------------------------------------------------------
+    tg = elb.describe_target_groups(TargetGroupArns=[tg_arn])["TargetGroups"][0]
+    expect((tg["Port"], tg["HealthCheckPath"], tg["HealthCheckPort"], tg.get("Matcher", {}).get("HttpCode"))
+           == (80, "/", "traffic-port", "200-299"),
+           "target group: port 80, health check / on the traffic port, 2xx", tg)
+    lb_arn = made["LoadBalancer"]["PhysicalResourceId"]
+    listeners = elb.describe_listeners(LoadBalancerArn=lb_arn)["Listeners"]
+    expect([(x["Port"], x["Protocol"], x["DefaultActions"][0].get("TargetGroupArn")) for x in listeners]
+           == [(80, "HTTP", tg_arn)], "listener: HTTP 80 forwards to the target group", listeners)
+    sg = {x["GroupId"]: x for x in ec2.describe_security_groups(GroupIds=[
+        made["InstanceSecurityGroup"]["PhysicalResourceId"], made["LoadBalancerSecurityGroup"]["PhysicalResourceId"]]
+    )["SecurityGroups"]}
+    inst_sg = sg[made["InstanceSecurityGroup"]["PhysicalResourceId"]]["IpPermissions"]
+    lb_sg_id = made["LoadBalancerSecurityGroup"]["PhysicalResourceId"]
+    expect([(p["FromPort"], p["ToPort"], [x["GroupId"] for x in p.get("UserIdGroupPairs", [])], p.get("IpRanges"))
+            for p in inst_sg] == [(80, 80, [lb_sg_id], [])],
+           "instance security group: port 80 from the load balancer's group only", inst_sg)
+
+
+def delete_stack(cfn, s3, asg, iam, stack, hook):
+    """Empties the versioned bucket (as docs/cloudformation.md says to), removes what this script
+    added through the API (moto keeps a group's lifecycle hooks after the group is deleted),
+    deletes the stack and checks that the group and the role went."""
+    try:
+        bucket = next((r["PhysicalResourceId"] for r in cfn.list_stack_resources(StackName=stack)[
+            "StackResourceSummaries"] if r["LogicalResourceId"] == "ArtifactsBucket"), None)
+        role = next((r["PhysicalResourceId"] for r in cfn.list_stack_resources(StackName=stack)[
+            "StackResourceSummaries"] if r["LogicalResourceId"] == "InstanceRole"), None)
+    except Exception:  # noqa: BLE001
+        bucket = role = None
+    if bucket:
+        versions = s3.list_object_versions(Bucket=bucket)
+        objs = [{"Key": v["Key"], "VersionId": v["VersionId"]}
+                for v in versions.get("Versions", []) + versions.get("DeleteMarkers", [])]
+        if objs:
+            s3.delete_objects(Bucket=bucket, Delete={"Objects": objs})
+    for call in (lambda: asg.delete_warm_pool(AutoScalingGroupName=GROUP, ForceDelete=True),
+                 lambda: asg.delete_lifecycle_hook(AutoScalingGroupName=GROUP, LifecycleHookName=hook)):
+        try:
+            call()
+        except Exception:  # noqa: BLE001 - not there: nothing to remove
+            pass
+    cfn.delete_stack(StackName=stack)
+    status, _ = wait(cfn, stack, "DELETE_COMPLETE")
+    gone = not asg.describe_auto_scaling_groups(AutoScalingGroupNames=[GROUP])["AutoScalingGroups"]
+    role_gone = True
+    if role:
+        try:
+            iam.get_role(RoleName=role)
+            role_gone = False
+        except iam.exceptions.NoSuchEntityException:
+            pass
+    expect(status == "DELETE_COMPLETE" and gone and role_gone,
+           f"stack deleted after emptying the bucket: {status}; group gone: {gone}; role gone: {role_gone}")
+
+
+if __name__ == "__main__":
+    rc = main()
+    if rc != 2:
+        print("cfn_moto_check: " + ("all checks passed" if not failures else f"{failures} check(s) failed"))
+    sys.exit(rc)
