@@ -2,16 +2,20 @@
 # boot-e2e.sh: boots a Debian bookworm root with systemd as PID 1 in a container on this
 # host's dockerd, hands cloud-init a NoCloud seed that installs the built .deb and starts the
 # agent exactly as the EC2 user-data does, and checks the host ends up serving the blog
-# version named in S3 (issue 7; what it proves and what it cannot: docs/boot-e2e.md).
+# version named in S3 through the traffic switch (issue 7; what it proves and what it cannot:
+# docs/boot-e2e.md). It boots in Ubuntu's order (issue 17): docker0 exists, with
+# net.ipv4.conf.docker0.route_localnet = 0, before the package is installed.
 #
 #   bash scripts/boot-e2e.sh            # uses target/packages/blog-agent_*_amd64.deb
+#                                       # (scripts/package.sh puts it there, whatever its CARGO_TARGET_DIR)
 #   BOOT_E2E_DEB=path.deb bash scripts/boot-e2e.sh
 #   BOOT_E2E_REBUILD=1 ...              # rebuild the cached root image
 #   BOOT_E2E_KEEP=1 ...                 # leave the containers running (debugging)
 #
 # Prints one `ok ...` / `FAIL ...` line per assertion, then `N passed, M failed`; exits 1 on
 # any failure. Everything it starts carries the label blog-agent-e2e=<run id> and is removed
-# by that label on exit, whatever happens.
+# by that label on exit, whatever happens; so are the run's netfilter chains (named from the run
+# id), and docker0's route_localnet and ARP setting get back the values they had.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 
@@ -22,14 +26,20 @@ ROOT_SUITE=bookworm
 ROOT_VARIANT=minbase
 # The issue's list, plus python3-cffi-backend: python3-cryptography (cloud-init -> oauthlib)
 # depends on the virtual python3-cffi-backend-api-min/max, and debootstrap does not resolve
-# virtual packages, so without it configuring the base fails.
-ROOT_PACKAGES=systemd,systemd-sysv,dbus,cloud-init,ca-certificates,curl,locales,python3-cffi-backend
+# virtual packages, so without it configuring the base fails. iptables: the package depends on
+# it (the traffic switch runs iptables-restore).
+ROOT_PACKAGES=systemd,systemd-sysv,dbus,cloud-init,ca-certificates,curl,locales,python3-cffi-backend,iptables
 ROOT_CLOUD_CFG=tests/boot/90-blog-agent-e2e.cfg
 # Bump when the way the root is built changes (the package list and the cloud.cfg file are
 # hashed anyway).
-ROOT_RECIPE=3
+ROOT_RECIPE=4
 ENVIRONMENT=staging
 RELEASE_KEY=staging/stagebuild.txt
+HALT_PREFIX="${RELEASE_KEY%/*}/halted/"   # where a host writes a halt marker for a bad release
+# docker0's keys of the package's sysctl.d file: host-wide (the box shares the host's network
+# namespace). The test sets them to the kernel defaults before the boot and puts them back after.
+DOCKER0_LOCALNET=/proc/sys/net/ipv4/conf/docker0/route_localnet
+DOCKER0_ARP=/proc/sys/net/ipv4/neigh/docker0/retrans_time_ms
 POLL_INTERVAL=2     # [reconcile] interval in the user-data, seconds
 POLL_JITTER=1       # [reconcile] jitter (500ms), rounded up
 DEB_IN_BOX=/opt/blog-agent-e2e/blog-agent.deb
@@ -72,11 +82,14 @@ box="blog-agent-e2e-$run_id"           # the systemd "host"
 blog="blog-e2e-$run_id"                # [container] name inside it
 bucket="blog-agent-$run_id"
 repo="e2e/$run_id/blog"
+chains="E2E-${run_id##*-}"             # [traffic] chains: this run's netfilter chains
 work=$(mktemp -d "${TMPDIR:-/tmp}/blog-agent-e2e.XXXXXX")
 rootfs=""
 imds_pid=""
 probe_pid=""
 debootstrap_pid=""
+localnet_was=""                        # docker0's settings before the test changed them
+arp_was=""
 
 # debootstrap mounts proc, sys and devpts inside the root while it configures packages; an
 # interrupted run can leave them. Unmount first, and never cross into another file system.
@@ -88,6 +101,22 @@ remove_rootfs() {
   rootfs=""
 }
 
+# remove_chains PREFIX: deletes the jumps into PREFIX-{DNAT,POST,FWD,IN} (from PREROUTING,
+# OUTPUT, POSTROUTING, INPUT, DOCKER-USER), then those chains, on the host's netfilter: the box
+# shares the host's network namespace, so removing the box leaves them behind. Only that prefix.
+remove_chains() {
+  local prefix=$1 table rule chain
+  for table in nat filter; do
+    iptables -w 5 -t "$table" -S 2>/dev/null | grep -E -- "-j $prefix-(DNAT|POST|FWD|IN)\$" | sed 's/^-A /-D /' |
+      while read -r rule; do eval "iptables -w 5 -t $table $rule" >/dev/null 2>&1; done
+    for chain in DNAT POST FWD IN; do
+      iptables -w 5 -t "$table" -F "$prefix-$chain" >/dev/null 2>&1 &&
+        iptables -w 5 -t "$table" -X "$prefix-$chain" >/dev/null 2>&1
+    done
+  done
+  return 0
+}
+
 diagnostics() {
   docker inspect "$box" >/dev/null 2>&1 || return 0
   echo "---- diagnostics ($box) ----" >&2
@@ -95,6 +124,8 @@ diagnostics() {
   docker exec "$box" journalctl --no-pager -u blog-agent -n 40 2>&1 >&2
   docker exec "$box" sh -c 'tail -n 30 /var/log/cloud-init-output.log; cloud-init status --long' 2>&1 >&2
   docker exec "$box" systemctl --no-pager --failed 2>&1 >&2
+  echo "docker0: route_localnet $(cat "$DOCKER0_LOCALNET" 2>&1), retrans_time_ms $(cat "$DOCKER0_ARP" 2>&1)" >&2
+  iptables -w 5 -t nat -S "$chains-DNAT" 2>&1 >&2
   echo "---- end of diagnostics ----" >&2
 }
 
@@ -108,12 +139,17 @@ cleanup() {
   # debootstrap runs in its own process group (setsid): stop it and its dpkg/chroot children.
   [ -n "$debootstrap_pid" ] && kill -TERM -- "-$debootstrap_pid" 2>/dev/null && wait "$debootstrap_pid" 2>/dev/null
   if [ "${BOOT_E2E_KEEP:-}" = 1 ]; then
-    note "BOOT_E2E_KEEP=1: left running: docker ps --filter label=$LABEL=$run_id; work dir $work"
+    note "BOOT_E2E_KEEP=1: left running: docker ps --filter label=$LABEL=$run_id; work dir $work;" \
+      "netfilter chains $chains-*; docker0 route_localnet was $localnet_was, retrans_time_ms $arp_was"
   else
     local ids
     ids=$(docker ps -aq --filter "label=$LABEL=$run_id")
     # shellcheck disable=SC2086 # one id per word
     [ -z "$ids" ] || docker rm -f $ids >/dev/null
+    # After the box (its agent would re-assert them): the rules it wrote, then docker0's settings.
+    remove_chains "$chains"
+    [ -z "$localnet_was" ] || echo "$localnet_was" >"$DOCKER0_LOCALNET"
+    [ -z "$arp_was" ] || echo "$arp_was" >"$DOCKER0_ARP"
     ids=$(docker image ls -q "$BLOG_AGENT_TEST_REGISTRY/$repo" 2>/dev/null | sort -u)
     # shellcheck disable=SC2086
     [ -z "$ids" ] || docker rmi -f $ids >/dev/null 2>&1
@@ -152,6 +188,7 @@ for id in $(docker ps -aq --filter "label=$LABEL"); do
   old_pid=$(cut -d- -f2 <<<"$old")
   if [[ "$old_pid" =~ ^[0-9]+$ ]] && ! kill -0 "$old_pid" 2>/dev/null; then
     docker rm -f "$id" >/dev/null 2>&1 && note "removed container $id left by run $old"
+    [[ "$old" =~ ^e2e-[0-9]+-[0-9a-f]+$ ]] && remove_chains "E2E-${old##*-}"
   fi
 done
 
@@ -191,6 +228,11 @@ else
   # cloud image does.
   sed -i 's/^# *\(en_US.UTF-8 UTF-8\)/\1/' "$rootfs/etc/locale.gen"
   grep -q '^en_US.UTF-8 UTF-8' "$rootfs/etc/locale.gen" || die "en_US.UTF-8 enabled in the root's /etc/locale.gen"
+  # With /proc/sys writable (see the boot below) and the host's network namespace, the root's
+  # boot-time systemd-sysctl.service would apply all of Debian's sysctl.d (kernel.pid_max,
+  # fs.protected_*) to the test host's kernel. Masked: the only keys applied are the package's
+  # docker0 ones, by its install script and its unit's ExecStartPre, which is what is tested.
+  ln -sf /dev/null "$rootfs/etc/systemd/system/systemd-sysctl.service"
   # Smaller image; nothing in the test installs from the archive.
   rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
   if ! tar -C "$rootfs" --numeric-owner -c . | docker import \
@@ -228,7 +270,7 @@ mkdir -p "$work/seed"
 printf 'instance-id: %s\n' "$run_id" >"$work/seed/meta-data"
 sed -e "s|@RUN_ID@|$run_id|g" -e "s|@BUCKET@|$bucket|g" \
   -e "s|@REPOSITORY@|$BLOG_AGENT_TEST_REGISTRY/$repo|g" -e "s|@CONTAINER@|$blog|g" \
-  -e "s|@PORT@|$port|g" -e "s|@LABEL@|$LABEL|g" -e "s|@DEB@|$DEB_IN_BOX|g" \
+  -e "s|@PORT@|$port|g" -e "s|@LABEL@|$LABEL|g" -e "s|@DEB@|$DEB_IN_BOX|g" -e "s|@CHAINS@|$chains|g" \
   -e "s|@AWS_ENDPOINT_URL@|$AWS_ENDPOINT_URL|g" -e "s|@AWS_REGION@|$AWS_REGION|g" \
   -e "s|@AWS_ACCESS_KEY_ID@|$AWS_ACCESS_KEY_ID|g" -e "s|@AWS_SECRET_ACCESS_KEY@|$AWS_SECRET_ACCESS_KEY|g" \
   -e "s|@IMDS_ENDPOINT@|$imds|g" tests/boot/user-data.yaml.in >"$work/seed/user-data"
@@ -243,11 +285,24 @@ elif command -v cloud-init >/dev/null 2>&1; then
 fi
 
 # ---- 4. boot ----------------------------------------------------------------------------------------
+# Ubuntu's order (issue 17): the user-data installs docker.io first, so docker0 exists, with the
+# kernel's defaults, before the package. The host's dockerd made docker0; put its settings back
+# to those defaults (route_localnet 0, ARP retransmit 1000 ms), saving what they were.
+{ [ -w "$DOCKER0_LOCALNET" ] && [ -w "$DOCKER0_ARP" ]; } ||
+  die "docker0 exists and its sysctls are writable here ($DOCKER0_LOCALNET)"
+localnet_was=$(cat "$DOCKER0_LOCALNET")
+arp_was=$(cat "$DOCKER0_ARP")
+echo 0 >"$DOCKER0_LOCALNET" && echo 1000 >"$DOCKER0_ARP" || die "docker0 set to the kernel defaults"
+note "docker0: route_localnet $localnet_was -> 0, retrans_time_ms $arp_was -> 1000 (put back at the end)"
+
 # What boots systemd here without --privileged (refused on these machines): see
-# /work/shared/MACHINE-NOTES.md and docs/boot-e2e.md. SIGRTMIN+3 is systemd's "halt": `docker
-# stop` then shuts the host down cleanly, like a reboot does.
+# /work/shared/MACHINE-NOTES.md and docs/boot-e2e.md. NET_ADMIN and systempaths=unconfined (a
+# writable /proc/sys): the package and the unit set docker0's sysctls, and the agent writes
+# netfilter rules, as on a host. SIGRTMIN+3 is systemd's "halt": `docker stop` then shuts the
+# host down cleanly, like a reboot does.
 if ! out=$(docker run -d --name "$box" --label "$LABEL=$run_id" \
-  --cap-add SYS_ADMIN --security-opt seccomp=unconfined --cgroupns=host \
+  --cap-add SYS_ADMIN --cap-add NET_ADMIN --security-opt seccomp=unconfined \
+  --security-opt systempaths=unconfined --cgroupns=host \
   --tmpfs /run --tmpfs /run/lock -v /sys/fs/cgroup:/sys/fs/cgroup:rw \
   --network host --stop-signal SIGRTMIN+3 --stop-timeout 60 \
   -v /var/run/docker.sock:/run/docker.sock \
@@ -295,6 +350,20 @@ else
   fail "user-data installed the built package" "dpkg-query: ${v:-not installed}"
 fi
 
+# What runcmd recorded just before and just after `dpkg -i` (tests/boot/user-data.yaml.in).
+localnet_before=$(in_box cat /var/lib/blog-agent-e2e/route_localnet.before-install 2>&1)
+localnet_after=$(in_box cat /var/lib/blog-agent-e2e/route_localnet.after-install 2>&1)
+if [ "$localnet_before" = 0 ]; then
+  ok "Ubuntu order: docker0 existed with net.ipv4.conf.docker0.route_localnet = 0 when the package was installed"
+else
+  fail "Ubuntu order: docker0 existed with route_localnet = 0 when the package was installed" "before dpkg -i: $localnet_before"
+fi
+if [ "$localnet_after" = 1 ]; then
+  ok "the package's install script set net.ipv4.conf.docker0.route_localnet to 1 (0 before dpkg -i, 1 after)"
+else
+  fail "the package's install script sets net.ipv4.conf.docker0.route_localnet to 1" "after dpkg -i: $localnet_after"
+fi
+
 if poll 120 is_active; then
   ok "blog-agent is active (READY=1 arrived) $((SECONDS - t_boot))s after boot"
 else
@@ -320,6 +389,34 @@ if poll 60 serves "$sha1"; then
   ok "the blog serves $sha1 (from S3) on 127.0.0.1:$port"
 else
   fail "the blog serves $sha1 on 127.0.0.1:$port" "$(curl -sS --max-time 2 "http://127.0.0.1:$port/" 2>&1)"
+fi
+
+switched() { # the run's DNAT chain sends 127.0.0.1:PORT to the blog container, which publishes nothing
+  local ip rules bindings
+  ip=$(docker inspect -f '{{.NetworkSettings.IPAddress}}' "$blog" 2>/dev/null) && [ -n "$ip" ] || return 1
+  rules=$(iptables -w 5 -t nat -S "$chains-DNAT" 2>/dev/null) || return 1
+  bindings=$(docker inspect -f '{{json .HostConfig.PortBindings}}' "$blog" 2>/dev/null)
+  grep -E -- "-d 127\.0\.0\.1/32 -p tcp -m tcp --dport $port -j DNAT --to-destination ${ip//./\\.}:80\$" <<<"$rules" >/dev/null &&
+    [[ "$bindings" =~ ^(null|\{\}|)$ ]] && echo "$ip"
+}
+if ip=$(switched); then
+  ok "through the traffic switch: $chains-DNAT sends 127.0.0.1:$port to $blog at $ip:80, which publishes no port"
+else
+  fail "served through the traffic switch ($chains-DNAT -> $blog, no published port)" \
+    "$(iptables -w 5 -t nat -S "$chains-DNAT" 2>&1; docker inspect -f '{{json .HostConfig.PortBindings}}' "$blog" 2>&1)"
+fi
+
+halt_objects() { # the keys under the release key's halted/ prefix in this run's bucket
+  "$py" - "$bucket" "$HALT_PREFIX" <<'PY'
+import sys, boto3
+page = boto3.client("s3").list_objects_v2(Bucket=sys.argv[1], Prefix=sys.argv[2])
+print(" ".join(o["Key"] for o in page.get("Contents", [])))
+PY
+}
+if halts=$(halt_objects 2>&1) && [ -z "$halts" ]; then
+  ok "no halt marker: nothing under s3://$bucket/$HALT_PREFIX (the release was not judged bad)"
+else
+  fail "no halt marker under s3://$bucket/$HALT_PREFIX" "$halts"
 fi
 
 running=$(docker ps --filter "label=$LABEL=$run_id" --filter "name=^$blog\$" \
@@ -356,21 +453,29 @@ else
 fi
 
 # The hardening is in force in this container (and the agent reached docker.sock anyway: it
-# deployed above): empty capability bounding set, no_new_privs, seccomp filter, / read-only.
+# deployed above): only CAP_NET_ADMIN (bit 12) in the bounding set, no_new_privs, seccomp
+# filter, / read-only.
 sandboxed() {
   local pid st mounts
   pid=$(show MainPID)
   st=$(in_box cat "/proc/$pid/status") && mounts=$(in_box cat "/proc/$pid/mountinfo") || return 1
-  grep -q '^CapBnd:[[:space:]]*0000000000000000$' <<<"$st" && grep -q '^NoNewPrivs:[[:space:]]*1$' <<<"$st" &&
+  grep -q '^CapBnd:[[:space:]]*0000000000001000$' <<<"$st" && grep -q '^NoNewPrivs:[[:space:]]*1$' <<<"$st" &&
     grep -q '^Seccomp:[[:space:]]*2$' <<<"$st" &&
     awk '$5 == "/" && $6 ~ /^ro,/ {r++} $5 == "/etc/blog-agent" && $6 ~ /^ro,/ {c++}
          $5 == "/var/lib/blog-agent" && $6 ~ /^rw,/ {w++} END {exit !(r && c && w)}' <<<"$mounts"
 }
 if sandboxed; then
-  ok "the agent runs sandboxed: CapBnd=0, NoNewPrivs, seccomp, / and /etc/blog-agent read-only, state dir writable"
+  ok "the agent runs sandboxed: CapBnd=CAP_NET_ADMIN only, NoNewPrivs, seccomp, / and /etc/blog-agent read-only, state dir writable"
 else
   fail "the agent runs sandboxed (ProtectSystem=strict and friends)" \
     "$(in_box sh -c "grep -E 'CapBnd|NoNewPrivs|Seccomp:' /proc/$(show MainPID)/status" 2>&1)"
+fi
+# Why the unit, not the agent, sets route_localnet: in the agent's mount namespace /proc has
+# process directories only (ProcSubset=pid).
+if in_box test -e /proc/sys/net/ipv4/conf && in_box nsenter -t "$(show MainPID)" -m test ! -e /proc/sys/net/ipv4/conf; then
+  ok "the agent cannot see /proc/sys (ProcSubset=pid): route_localnet is the package's and the unit's to set"
+else
+  fail "the agent's /proc hides /proc/sys (ProcSubset=pid)" "$(in_box nsenter -t "$(show MainPID)" -m ls /proc/sys 2>&1 | head -n 3)"
 fi
 
 tag_reads=$(grep -c "GET /latest/meta-data/tags/instance/Environment HTTP/1.1\" 200 - token" "$work/imds.log")
@@ -426,6 +531,21 @@ if out=$(in_box timeout 120 systemctl restart blog-agent 2>&1) && [ "$(show Acti
 else
   fail "systemctl restart blog-agent comes back active" \
     "$out ActiveState=$(show ActiveState) MainPID=$pid_before->$(show MainPID) NRestarts=$(show NRestarts)"
+fi
+
+# ---- 6a. the unit's ExecStartPre= puts route_localnet back before the agent starts -----------------
+# As if something reset it after the install (or docker0 came back without udev): the agent
+# cannot fix it itself, the unit must. The old value is back on the next line either way.
+echo 0 >"$DOCKER0_LOCALNET"
+pid_before=$(show MainPID)
+if out=$(in_box timeout 120 systemctl restart blog-agent 2>&1) && is_active &&
+  [ "$(show MainPID)" != "$pid_before" ] && [ "$(cat "$DOCKER0_LOCALNET")" = 1 ] &&
+  [[ "$(show ExecStartPre)" == *"status=0"* ]] && poll 30 serves "$sha2"; then
+  ok "route_localnet reset to 0, then systemctl restart: ExecStartPre=+ set it to 1 before the agent started, $sha2 serves on 127.0.0.1:$port"
+else
+  fail "the unit's ExecStartPre sets route_localnet before the agent starts" \
+    "$out route_localnet=$(cat "$DOCKER0_LOCALNET") ActiveState=$(show ActiveState) ExecStartPre=$(show ExecStartPre)"
+  echo 1 >"$DOCKER0_LOCALNET"   # let the rest of the test run
 fi
 
 # ---- 6b. the watchdog: a drop-in shortens WatchdogSec (60s in the unit) so the test sees pings ----
@@ -555,6 +675,13 @@ if [ "$(docker ps -q --no-trunc --filter "name=^$blog\$")" = "$blog_id" ]; then
 else
   fail "the agent kept the running container across the reboot" \
     "$(docker ps -a --filter "label=$LABEL=$run_id" --format '{{.ID}} {{.Names}} {{.Status}}')"
+fi
+
+# ---- 9. the whole run: nothing judged bad ----------------------------------------------------------
+if halts=$(halt_objects 2>&1) && [ -z "$halts" ]; then
+  ok "no halt marker written during the whole run: nothing under s3://$bucket/$HALT_PREFIX"
+else
+  fail "no halt marker written during the whole run (s3://$bucket/$HALT_PREFIX)" "$halts"
 fi
 
 [ "$failed" = 0 ]   # the summary line is printed by cleanup, on every path

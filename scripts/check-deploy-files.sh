@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Checks the deployment files that are not Rust: the systemd unit (verify + security exposure
-# threshold), the cloud-init user-data (schema, size, config keys) and the JSON policies.
+# threshold), the cloud-init user-data (schema, size, config keys), the JSON policies and the
+# CloudFormation template.
 # Prints one line per check, `ok ...` or `FAIL ...` (details indented below), and exits 1 if
 # any check failed. Installs systemd-analyze and cloud-init from Debian when missing.
 set -uo pipefail
@@ -14,7 +15,9 @@ jsons=(packaging/iam-policy.json packaging/iam-policy-staging.json
 # before the traffic switch, plus CAP_NET_ADMIN (0.2... rounded) and AF_NETLINK (0.1) for
 # iptables. Removing any other hardening line (CapabilityBoundingSet=, RestrictNamespaces=,
 # SystemCallFilter=, PrivateDevices=, ProtectSystem=, ProtectKernel*=, ...) raises it above
-# 1.8, so the measured value is the bound. Re-measure if CI moves to another systemd.
+# 1.8, so the measured value is the bound. Re-measured after adding the ExecStartPre=+ line that
+# applies docker0's sysctl keys: still 1.8 (the score rates the main process's sandbox; a "+"
+# command runs outside it). Re-measure if CI moves to another systemd.
 max_exposure=1.8
 # EC2 rejects user-data over 16 KiB.
 max_user_data=16384
@@ -47,23 +50,41 @@ fi
 
 # ---- systemd unit ----------------------------------------------------------------------------
 # `verify` checks that ExecStart's binary exists. Rather than touch /usr/bin on this machine,
-# verify inside a throwaway root: the distribution's units, stubs for the unit's two
-# commands (/usr/bin/blog-agent, /bin/kill) and our unit. verify exits 0 on parse warnings ("..., ignoring"), so
-# any output at all is a failure. --man=no: the man page comes with the package.
+# verify inside a throwaway root: the distribution's units, stubs for the unit's three
+# commands (/usr/bin/blog-agent, /bin/kill, /usr/lib/systemd/systemd-sysctl) and our unit. verify
+# exits 0 on parse warnings ("..., ignoring"), so any output at all is a failure. --man=no: the
+# man page comes with the package.
 root=$(mktemp -d)
 trap 'rm -rf "$root"' EXIT
 mkdir -p "$root/usr/bin" "$root/usr/lib/systemd" "$root/etc/systemd/system"
 ln -s usr/bin "$root/bin"
 ln -s usr/lib "$root/lib"
 cp -a "$(readlink -f /lib/systemd/system)" "$root/usr/lib/systemd/system"
-for cmd in blog-agent kill; do
-  printf '#!/bin/sh\nexit 0\n' >"$root/usr/bin/$cmd"
-  chmod 0755 "$root/usr/bin/$cmd"
+for cmd in usr/bin/blog-agent usr/bin/kill usr/lib/systemd/systemd-sysctl; do
+  printf '#!/bin/sh\nexit 0\n' >"$root/$cmd"
+  chmod 0755 "$root/$cmd"
 done
 cp "$unit" "$root/etc/systemd/system/blog-agent.service"
 out=$(systemd-analyze verify --man=no --root="$root" blog-agent.service 2>&1)
 rc=$?
 if [ $rc -eq 0 ] && [ -z "$out" ]; then ok "systemd-analyze verify $unit"; else fail "systemd-analyze verify $unit (exit $rc)" "$out"; fi
+
+# Host prerequisites of the traffic switch: before the agent starts, docker0's keys of the
+# package's sysctl.d file (route_localnet, ARP) are applied with full privileges ("+": the agent's
+# own sandbox hides /proc/sys), and a host without docker0 yet still starts it ("-"). The command
+# must exist where the unit says on this machine's systemd (the "-" would hide a typo at runtime).
+pre=$(grep '^ExecStartPre=' "$unit")
+sysctl_cmd=/usr/lib/systemd/systemd-sysctl
+if [ "$(grep -c '^ExecStartPre=' "$unit")" = 1 ] &&
+  grep -E "^ExecStartPre=(\+-|-\+)$sysctl_cmd( |$)" <<<"$pre" >/dev/null &&
+  grep -- '--prefix=/net/ipv4/conf/docker0\( \|$\)' <<<"$pre" >/dev/null &&
+  grep -- '--prefix=/net/ipv4/neigh/docker0\( \|$\)' <<<"$pre" >/dev/null &&
+  [ -x "$sysctl_cmd" ] &&
+  grep -E '^net\.ipv4\.conf\.docker0\.route_localnet *= *1$' packaging/sysctl/60-blog-agent.conf >/dev/null; then
+  ok "$unit applies docker0's sysctl keys before the agent starts (${pre#ExecStartPre=})"
+else
+  fail "$unit applies docker0's sysctl keys before the agent starts (ExecStartPre=+-$sysctl_cmd --prefix=/net/ipv4/conf/docker0 --prefix=/net/ipv4/neigh/docker0; $sysctl_cmd executable here)" "${pre:-no ExecStartPre= line}"
+fi
 
 out=$(systemd-analyze security --offline=yes "$unit" 2>&1)
 score=$(sed -n 's/.*Overall exposure level for [^:]*: \([0-9.]*\).*/\1/p' <<<"$out")
@@ -167,6 +188,12 @@ EOF
     fail "$f completes lifecycle actions of group blog-$env only" "$out"
   fi
 done
+
+# ---- CloudFormation --------------------------------------------------------------------------
+# The environment as one template: cfn-lint, its policies and user-data against the files
+# above, and (when moto answers at AWS_ENDPOINT_URL) the stack created on moto.
+echo "== CloudFormation (scripts/check-cloudformation.sh)"
+bash scripts/check-cloudformation.sh || failures=$((failures + 1))
 
 if [ $failures -gt 0 ]; then
   echo "check-deploy-files: $failures check(s) failed"

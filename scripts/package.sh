@@ -3,12 +3,19 @@
 # .rpm, checks what is inside them, and installs the .deb on this machine as a smoke test.
 # Installs its own tools (musl target, musl-tools, rpm, cargo-auditable, cargo-deb,
 # cargo-generate-rpm).
+#
+# CARGO_TARGET_DIR is honoured for the build (e.g. CARGO_TARGET_DIR=/work/target-pkg, to keep
+# the release build out of a target dir another build is using): the binary is read from there,
+# as cargo-deb and cargo-generate-rpm do. The man pages and completions (target/assets, named so
+# in Cargo.toml's assets) and the packages (target/packages, where scripts/boot-e2e.sh looks)
+# stay under ./target either way.
 set -euo pipefail
 # Pipes into grep use `grep PAT >/dev/null`, never `grep -q`: -q exits at the first match, and a
 # writer with more to say (readelf -S prints over 4 KiB) then dies of SIGPIPE, which pipefail turns
 # into a failed check of a binary that is fine.
 cd "$(dirname "$0")/.."
 target=x86_64-unknown-linux-musl
+target_dir=${CARGO_TARGET_DIR:-target}
 out=target/packages
 ok() { printf 'ok   %s\n' "$*"; }
 fail() { printf 'FAIL %s\n' "$*"; exit 1; }
@@ -27,7 +34,7 @@ command -v cargo-generate-rpm >/dev/null || cargo install --locked --quiet cargo
 
 echo "== static release build ($target), with its dependency list embedded (cargo auditable)" >&2
 cargo auditable build --release --locked --target "$target"
-bin=target/$target/release/blog-agent
+bin=$target_dir/$target/release/blog-agent
 # Rust's musl target links static-PIE (keeps ASLR): glibc's ldd calls that "statically linked"
 # rather than "not a dynamic executable". Either way there must be no program interpreter.
 ldd_says=$(ldd "$bin" 2>&1 || true)
@@ -86,6 +93,20 @@ grep -qx /usr/lib/sysctl.d/60-blog-agent.conf <<<"$deb_list" && grep -qx /usr/li
   && ok "both packages ship the docker0 ARP setting (sysctl.d)" || fail "sysctl.d/60-blog-agent.conf missing from a package"
 grep -qE '^/(usr/)?lib/systemd/system/blog-agent.service$' <<<"$deb_list" && ok ".deb ships the systemd unit" || fail ".deb lacks the unit"
 grep -qx /usr/lib/systemd/system/blog-agent.service <<<"$rpm_list" && ok ".rpm ships the systemd unit" || fail ".rpm lacks the unit"
+# The binary packaged is the one just built and checked above (not a stale one from another
+# target dir).
+deb_bin_sum=$(dpkg-deb --fsys-tarfile "$deb" | tar -xO ./usr/bin/blog-agent | sha256sum | cut -d' ' -f1)
+[ "$deb_bin_sum" = "$(sha256sum <"$bin" | cut -d' ' -f1)" ] && ok ".deb ships $bin" || fail ".deb's /usr/bin/blog-agent is not $bin"
+# The unit as in the tree, with the ExecStartPre that applies docker0's sysctl keys.
+deb_unit=$(dpkg-deb --fsys-tarfile "$deb" | tar -x --wildcards -O '*/systemd/system/blog-agent.service')
+[ "$deb_unit" = "$(cat systemd/blog-agent.service)" ] && grep -- '^ExecStartPre=+-/usr/lib/systemd/systemd-sysctl --prefix=/net/ipv4/conf/docker0 --prefix=/net/ipv4/neigh/docker0$' <<<"$deb_unit" >/dev/null \
+  && ok ".deb's unit is systemd/blog-agent.service, with ExecStartPre applying docker0's sysctl keys" || fail ".deb's unit differs from systemd/blog-agent.service or lacks the ExecStartPre"
+
+# Dependencies: the default traffic mode ("switch") runs iptables-restore.
+deb_depends=$(dpkg-deb -f "$deb" Depends)
+grep -E '(^|, )iptables( |,|$)' <<<"$deb_depends" >/dev/null && ok ".deb depends on iptables (Depends: $deb_depends)" || fail ".deb does not depend on iptables (Depends: ${deb_depends:-none})"
+rpm_requires=$(rpm -qp --requires "$rpmfile" 2>/dev/null)
+grep -E '^iptables( |$)' <<<"$rpm_requires" >/dev/null && ok ".rpm requires iptables" || fail ".rpm does not require iptables"
 
 # Scriptlets: enabled but not started on install; stopped and disabled on removal.
 scripts=$(mktemp -d); trap 'rm -rf "$scripts"' EXIT
@@ -95,24 +116,44 @@ grep -q "deb-systemd-helper.*enable" "$scripts/postinst" && ok ".deb postinst en
 grep -qE "deb-systemd-invoke try-restart" "$scripts/postinst" && ok ".deb postinst restarts it on upgrade only if running" || fail ".deb postinst lacks try-restart"
 grep -qE "deb-systemd-invoke stop" "$scripts/prerm" && ok ".deb prerm stops the unit" || fail ".deb prerm does not stop"
 grep -q "deb-systemd-helper disable" "$scripts/postrm" && ok ".deb postrm disables the unit" || fail ".deb postrm does not disable"
+# docker0's keys of sysctl.d/60-blog-agent.conf, both prefixes (route_localnet is under conf/,
+# the ARP setting under neigh/), for a docker0 that exists before the package (Ubuntu).
+grep -F -- '"$sysctl" --prefix=/net/ipv4/conf/docker0 --prefix=/net/ipv4/neigh/docker0' "$scripts/postinst" >/dev/null \
+  && ok ".deb postinst applies docker0's conf and neigh sysctl keys" || fail ".deb postinst lacks systemd-sysctl with both docker0 prefixes"
 rpm_scripts=$(rpm -qp --scripts "$rpmfile" 2>/dev/null)
 grep -q "systemctl enable blog-agent.service" <<<"$rpm_scripts" && ok ".rpm %post enables the unit" || fail ".rpm %post"
 grep -q "disable --now blog-agent.service" <<<"$rpm_scripts" && ok ".rpm %preun stops and disables it" || fail ".rpm %preun"
 grep -q "try-restart blog-agent.service" <<<"$rpm_scripts" && ok ".rpm %postun restarts it on upgrade" || fail ".rpm %postun"
-grep -q "systemd-sysctl --prefix=/net/ipv4/neigh/docker0" <<<"$rpm_scripts" && ok ".rpm %post applies the docker0 setting" || fail ".rpm %post lacks the sysctl"
+grep -F -- "systemd-sysctl --prefix=/net/ipv4/conf/docker0 --prefix=/net/ipv4/neigh/docker0" <<<"$rpm_scripts" >/dev/null \
+  && ok ".rpm %post applies docker0's conf and neigh sysctl keys" || fail ".rpm %post lacks systemd-sysctl with both docker0 prefixes"
 
-# The install script applies the docker0 ARP setting at once. Put the kernel default back
-# first, so the check below proves the package set it, not an earlier run.
+# The install script applies docker0's settings at once when docker0 exists before the package
+# (Ubuntu's order). Put the kernel defaults back first, so the checks below prove the package set
+# them, not an earlier run. route_localnet is host-wide state another test may rely on: its old
+# value is put back right after the check.
 arp=/proc/sys/net/ipv4/neigh/docker0/retrans_time_ms
-arp_writable=false
-if [ -w "$arp" ]; then arp_writable=true; echo 1000 >"$arp"; fi
+localnet=/proc/sys/net/ipv4/conf/docker0/route_localnet
+docker0_writable=false
+localnet_was=""
+if [ -w "$arp" ] && [ -w "$localnet" ]; then
+  docker0_writable=true
+  localnet_was=$(cat "$localnet")
+  trap 'rm -rf "$scripts"; echo "$localnet_was" >"$localnet" 2>/dev/null || true' EXIT
+  echo 1000 >"$arp"
+  echo 0 >"$localnet"
+fi
 
 # Install the .deb here and run it from the installed path.
 dpkg -i "$deb" >/dev/null
-if $arp_writable; then
+if $docker0_writable; then
+  localnet_now=$(cat "$localnet")
+  echo "$localnet_was" >"$localnet"
+  trap 'rm -rf "$scripts"' EXIT
   [ "$(cat "$arp")" = 100 ] && ok "installed: docker0 ARP retransmit is 100 ms" || fail "postinst did not apply the docker0 setting ($(cat "$arp") ms)"
+  [ "$localnet_now" = 1 ] && ok "installed: net.ipv4.conf.docker0.route_localnet went from 0 to 1 (put back to $localnet_was)" \
+    || fail "postinst did not apply net.ipv4.conf.docker0.route_localnet ($localnet_now)"
 else
-  echo "package: skipped the docker0 ARP check (no docker0, or /proc/sys read-only)" >&2
+  echo "package: skipped the docker0 sysctl checks (no docker0, or /proc/sys read-only)" >&2
 fi
 /usr/bin/blog-agent --version >/dev/null && ok "installed: $(/usr/bin/blog-agent --version)" || fail "installed --version"
 for sub in sync run status check pause resume; do
