@@ -24,6 +24,36 @@ pub struct ReconcileLock {
 /// Polling interval while another process holds the lock.
 const POLL: Duration = Duration::from_millis(100);
 
+/// Serialises writes of the traffic rules and of the proven container between every process
+/// and task that makes them (a pass, `sync`, the rules keeper), without the reconcile lock: a
+/// rule repair must never wait for a pull. Held for milliseconds.
+#[derive(Debug)]
+pub struct RulesLock {
+    _file: File,
+}
+
+/// Longest a rule writer waits for another (each holds it for one iptables-restore).
+const RULES_WAIT: Duration = Duration::from_secs(10);
+
+/// Takes the rules lock in `state_dir`.
+pub async fn rules(state_dir: &Path) -> Result<RulesLock, LockError> {
+    let path = state_dir.join("rules.lock");
+    let open_err = |source| LockError::Open { path: path.clone(), source };
+    std::fs::create_dir_all(state_dir).map_err(open_err)?;
+    let file = OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(open_err)?;
+    let deadline = Instant::now() + RULES_WAIT;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(RulesLock { _file: file }),
+            Err(TryLockError::WouldBlock) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(10)).await
+            }
+            Err(TryLockError::WouldBlock) => return Err(LockError::Busy { path, secs: RULES_WAIT.as_secs() }),
+            Err(TryLockError::Error(e)) => return Err(open_err(e)),
+        }
+    }
+}
+
 /// Takes the lock in `state_dir`, waiting up to `wait`. Creates the directory if needed.
 pub async fn acquire(state_dir: &Path, wait: Duration) -> Result<ReconcileLock, LockError> {
     let path = state_dir.join("reconcile.lock");

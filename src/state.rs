@@ -40,10 +40,26 @@ impl GoodRelease {
     }
 }
 
+/// The container that last proved it serves (2xx over the Docker bridge, or through the
+/// host's port in publish mode), and so the only one the traffic rules may point at: after a
+/// crash mid-deploy, a reboot or a dockerd restart, the container under the name may be one
+/// nobody proved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proven {
+    pub container_id: String,
+    pub sha: String,
+    pub digest: String,
+    /// Unix seconds when it was proven.
+    pub at: u64,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
     pub last_good: Option<GoodRelease>,
     pub previous_good: Option<GoodRelease>,
+    /// Absent in files written before it existed: see [`State::is_proven`].
+    #[serde(default)]
+    pub proven: Option<Proven>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +125,34 @@ impl State {
         self.last_good.as_ref().filter(|g| g.environment == environment)
     }
 
+    /// Whether `container` (id, SHA label, digest label) is the proven one. A state file from
+    /// before the record existed counts the last-known-good release's container as proven
+    /// (the agent that wrote it recorded it only after proof).
+    pub fn is_proven(&self, id: &str, sha: Option<&str>, digest: Option<&str>) -> bool {
+        match &self.proven {
+            Some(p) => p.container_id == id,
+            None => self
+                .last_good
+                .as_ref()
+                .is_some_and(|g| Some(g.sha.as_str()) == sha && Some(g.digest.as_str()) == digest),
+        }
+    }
+
+    /// Records the proven container in `dir` (load, set, save: the caller holds the rules
+    /// lock). A write failure is logged: the rules still follow it in this process.
+    pub fn record_proven(dir: &Path, proven: Proven) {
+        let mut state = State::load(dir);
+        // Proven once is proven: the same container again keeps its first time (and costs no
+        // write on every poll).
+        if state.proven.as_ref().is_some_and(|p| p.container_id == proven.container_id) {
+            return;
+        }
+        state.proven = Some(proven);
+        if let Err(e) = state.save(dir) {
+            tracing::warn!(error = %e, "could not record the proven container");
+        }
+    }
+
     /// Records `release` as serving healthily. Returns whether anything changed.
     pub fn record_good(&mut self, release: GoodRelease) -> bool {
         match &mut self.last_good {
@@ -150,6 +194,24 @@ mod tests {
         assert!(s.record_good(good("bbbbbbb")));
         assert_eq!(s.last_good.as_ref().unwrap().sha, "bbbbbbb");
         assert_eq!(s.previous_good.as_ref().unwrap().sha, "aaaaaaa");
+    }
+
+    #[test]
+    fn the_proven_container_is_the_recorded_one_or_for_old_files_the_last_good() {
+        let dir = scratch("proven");
+        let mut s = State::default();
+        s.record_good(good("aaaaaaa"));
+        assert!(s.is_proven("c1", Some("aaaaaaa"), Some("sha256:aaaaaaa")), "old file: the last good release");
+        assert!(!s.is_proven("c1", Some("bbbbbbb"), Some("sha256:bbbbbbb")));
+        s.save(&dir).unwrap();
+        let proven = Proven { container_id: "c2".into(), sha: "bbbbbbb".into(), digest: "d".into(), at: 5 };
+        State::record_proven(&dir, proven.clone());
+        let s = State::load(&dir);
+        assert_eq!(s.proven, Some(proven));
+        assert_eq!(s.last_good.as_ref().unwrap().sha, "aaaaaaa", "the rest is kept");
+        assert!(s.is_proven("c2", None, None));
+        assert!(!s.is_proven("c1", Some("aaaaaaa"), Some("sha256:aaaaaaa")), "once recorded, only by id");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -446,3 +446,48 @@ fn metrics_textfile_is_valid_per_the_reference_parser() {
     assert_ne!(raw, text);
     assert!(reference_parse(&raw).is_err(), "the parser accepted an unescaped label value:\n{raw}");
 }
+
+/// Why 4 of issue 17: an operator halts the release every host runs. With the bucket's
+/// versioning on, `halt` (no `--to`) records the release before it in the release object's
+/// history, and a new instance serves that instead of staying dark. A halt with no rollback
+/// target at all (a marker written by hand) is resolved by the agent from the same history.
+#[test]
+fn a_halt_of_the_release_every_host_runs_leaves_no_new_instance_dark() {
+    let leader = Host::new("halt-history");
+    leader.s3(|c, b| async move {
+        let on = aws_sdk_s3::types::VersioningConfiguration::builder()
+            .status(aws_sdk_s3::types::BucketVersioningStatus::Enabled)
+            .build();
+        c.put_bucket_versioning().bucket(b).versioning_configuration(on).send().await.unwrap();
+    });
+    let v1 = leader.release("good");
+    let v2 = leader.release("good");
+    let run = leader.agent(&["--env", "staging", "halt", &v2, "--reason", "INC-7: wrong page"]);
+    assert_eq!(run.code, 0, "{}", run.output());
+    assert!(run.stderr.contains(&format!("a host with nothing serving runs {v1}")), "{}", run.stderr);
+    let marker = object(&leader, &format!("staging/halted/{v2}")).expect("marker");
+    let marker: serde_json::Value = serde_json::from_str(&marker).unwrap();
+    assert_eq!(marker["rolled_back_to"], v1.as_str(), "{marker}");
+
+    // A new instance with nothing serving: v1, not nothing.
+    let mut newcomer = Host::new("halt-history-new");
+    newcomer.share_release_with(&leader);
+    let run = newcomer.sync();
+    assert_eq!(run.code, 0, "{}", run.output());
+    newcomer.assert_serves(&v1);
+
+    // A marker with no rollback target (written by hand) on a newer release: the agent looks
+    // the release before it up in the history itself, passing over v2, which is halted too.
+    let v3 = leader.release("good");
+    leader.put_object(
+        &format!("staging/halted/{v3}"),
+        format!(r#"{{"sha":"{v3}","environment":"staging","instance_id":"ops","reason":"by hand","at":1}}"#)
+            .into_bytes(),
+    );
+    let mut empty = Host::new("halt-history-empty");
+    empty.share_release_with(&leader);
+    empty.write_config("[reconcile]\ninterval = \"1s\"\njitter = \"0s\"\n");
+    let agent = empty.start_agent(&[]);
+    empty.wait_deployed(&v1, Duration::from_secs(30));
+    assert!(agent.logs().contains("the release before it in"), "{}", agent.logs());
+}

@@ -230,7 +230,7 @@ fn wait_all_deployed(members: &[Member], sha: &str, deadline: Instant) {
 }
 
 #[test]
-fn a_fleet_rolls_out_in_seed_order_and_halts_a_bad_release_at_the_first_host() {
+fn a_fleet_rolls_out_in_seed_order_and_halts_a_bad_release_once_two_hosts_voted() {
     let started = Instant::now();
     let ids = spread_out_ids();
     let mut members: Vec<Member> = Vec::new();

@@ -226,3 +226,87 @@ fn dry_run_in_switch_mode_shows_the_switch_step() {
         run.stdout
     );
 }
+
+/// `sync` (or a reboot, a package upgrade) killed while it proves a new version: `<name>` is
+/// the new version nobody proved, `<name>-previous` the proven one.
+fn kill_sync_mid_probe(h: &SwitchHost, bad: &str) {
+    let mut sync = h.host.command(&["--env", "staging", "sync"]);
+    let mut sync = sync.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    wait_for("the new version to be probed under the name", SERVE, || {
+        let sha = docker(&["inspect", "-f", "{{index .Config.Labels \"io.blog-agent.sha\"}}", &h.host.container]);
+        (String::from_utf8_lossy(&sha.stdout).trim() == bad).then_some(())
+    });
+    sync.kill().unwrap();
+    sync.wait().unwrap();
+}
+
+/// Why 3 of issue 17: after `sync` was killed mid-probe and the rules were lost (a reboot),
+/// `run` points traffic at the proven old version, never at the unproven one (which answers
+/// 500), and its recovery then undoes the unproven one.
+#[test]
+fn after_a_crash_mid_switch_traffic_goes_only_to_the_proven_container() {
+    let h = SwitchHost::new("sw_crash_mid", "[reconcile]\ninterval = \"1s\"\njitter = \"0s\"\n");
+    let v1 = h.host.release("good");
+    assert_eq!(h.host.sync().code, 0);
+    let bad = h.host.release("http500");
+    kill_sync_mid_probe(&h, &bad);
+    remove_chains(&h.chains).unwrap();
+
+    let agent = h.host.start_agent(&[]);
+    let started = Instant::now();
+    let (mut served, mut wrong) = (0, Vec::new());
+    while started.elapsed() < Duration::from_secs(8) {
+        match h.host.page() {
+            Some((200, body)) if body.contains(&v1) => served += 1,
+            Some((status, body)) => wrong.push(format!("{status}: {}", body.trim())),
+            None => {} // before the rules are back
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(wrong.is_empty(), "answers not from the proven version: {wrong:?}\n{}", agent.logs());
+    assert!(served > 100, "the proven version served {served} requests");
+    // The recovery probes the unproven one, fails it and gives the name back.
+    wait_for("the unproven version to be undone", SERVE, || (h.host.label("io.blog-agent.sha") == v1).then_some(()));
+    h.host.assert_serves(&v1);
+}
+
+/// A first deploy interrupted mid-probe leaves a container nobody proved under the name: the
+/// next pass probes it before it counts as converged or last-known-good, and no traffic goes
+/// to it meanwhile.
+#[test]
+fn a_first_deploy_interrupted_mid_probe_is_probed_again_before_it_counts() {
+    let h = SwitchHost::new("sw_first_mid", "");
+    let bad = h.host.release("http500");
+    kill_sync_mid_probe(&h, &bad);
+    let run = h.host.sync();
+    assert_eq!(run.code, 1, "an unproven container is not converged: {}", run.output());
+    assert!(run.output().contains("never proven to serve; probing it"), "{}", run.output());
+    let state = std::fs::read_to_string(h.host.state_dir().join("state.json")).unwrap_or_default();
+    assert!(!state.contains(&bad), "recorded as last-known-good or proven: {state}");
+    assert!(h.host.page().is_none_or(|(status, _)| status != 500), "traffic went to the unproven container");
+}
+
+/// Rules flushed while the reconcile loop waits for the lock (a `sync` holds it): the rules
+/// keeper repairs them within seconds, without the lock.
+#[test]
+fn flushed_rules_are_repaired_while_the_loop_waits_for_the_lock() {
+    let h = SwitchHost::new("sw_flush_locked", "[reconcile]\ninterval = \"1s\"\njitter = \"0s\"\n");
+    let v1 = h.host.release("good");
+    let agent = h.host.start_agent(&[]);
+    h.host.wait_deployed(&v1, SERVE);
+    // Hold the reconcile lock as a long `sync` would.
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(h.host.state_dir().join("reconcile.lock"))
+        .unwrap();
+    lock.lock().unwrap();
+    agent.wait_log("another blog-agent is reconciling", SERVE);
+    iptables(&["-w", "5", "-t", "nat", "-F", &format!("{}-DNAT", h.chains)]);
+    let flushed = Instant::now();
+    h.host.wait_serves(&v1, Duration::from_secs(5));
+    eprintln!("repaired after {:?} with the lock held", flushed.elapsed());
+    agent.wait_log("re-asserting them for the proven container", Duration::from_secs(5));
+    drop(lock);
+}

@@ -305,6 +305,27 @@ fn sha_flag_skips_s3() {
     host.assert_serves(&sha);
 }
 
+/// A `--sha` that was never pushed (a typo of a real one) changes nothing: no pin is left
+/// behind for `run` to chase, and an operator's earlier pause is kept as it was.
+#[test]
+fn a_mistyped_sha_flag_leaves_no_pin_behind() {
+    let host = Host::new("sha_typo");
+    let good = host.release("good");
+    assert_code(&host.sync(), 0);
+    let typo = format!("{}0", &good[..good.len() - 1]);
+    let typo = if typo == good { format!("{}1", &good[..good.len() - 1]) } else { typo };
+    let run = host.agent(&["--env", "staging", "sync", "--sha", &typo]);
+    assert_code(&run, 1);
+    assert!(!host.state_dir().join("pause.json").exists(), "a pin to {typo} was left: {}", run.output());
+    assert!(!run.stderr.contains("automatic updates are now paused"), "{}", run.stderr);
+    host.assert_serves(&good);
+    // An earlier pause by hand is put back as it was.
+    assert_code(&host.agent(&["pause", "--reason", "INC-9"]), 0);
+    let before = std::fs::read_to_string(host.state_dir().join("pause.json")).unwrap();
+    assert_code(&host.agent(&["--env", "staging", "sync", "--sha", &typo]), 1);
+    assert_eq!(std::fs::read_to_string(host.state_dir().join("pause.json")).unwrap(), before);
+}
+
 #[test]
 fn concurrent_syncs_do_not_race() {
     let host = Host::new("concurrent");

@@ -16,10 +16,10 @@ pub mod fleet;
 pub mod launch_gate;
 pub mod phase;
 pub mod quarantine;
+pub mod rules_keeper;
 
-use std::net::Ipv4Addr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::mpsc;
@@ -49,8 +49,6 @@ use launch_gate::{LaunchGate, Stage};
 use phase::{Phase, Problem};
 use quarantine::{Cause, Quarantine};
 
-/// How often the traffic rules are checked in switch mode.
-const RULES_CHECK: Duration = Duration::from_secs(1);
 /// Slack on top of the sum of a pass's own bounds before it counts as hung.
 const PASS_SLACK: Duration = Duration::from_secs(180);
 
@@ -97,8 +95,6 @@ pub struct Agent<T, R, C> {
     last_why: Option<std::mem::Discriminant<Why>>,
     triggers: mpsc::Sender<&'static str>,
     events: Option<JoinHandle<()>>,
-    /// Switch mode: the address the traffic rules should point at, watched by `rules`.
-    route: Arc<Mutex<Option<Ipv4Addr>>>,
     rules: Option<JoinHandle<()>>,
     /// The chains of a `[traffic] chains` changed by SIGHUP, removed after the next pass.
     retired_routes: Option<Arc<dyn crate::pass::switch::Routes>>,
@@ -110,6 +106,9 @@ pub struct Agent<T, R, C> {
     last_decision: Option<Why>,
     /// The Auto Scaling launch hook this host completes once it serves.
     launch: LaunchGate,
+    /// A halted SHA with no rollback target, and the release before it in the release
+    /// object's history (read once per halted SHA).
+    history_target: Option<(Sha, Option<Sha>)>,
 }
 
 impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
@@ -140,13 +139,13 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
             last_why: None,
             triggers,
             events: None,
-            route: Arc::new(Mutex::new(None)),
             rules: None,
             retired_routes: None,
             fleet: Fleet::start(),
             failed: None,
             last_decision: None,
             launch,
+            history_target: None,
         };
         agent.watch_events();
         agent.watch_rules();
@@ -166,9 +165,8 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
         self.events = Some(events::watch(engine, self.settings.container.name.clone(), self.triggers.clone()));
     }
 
-    /// Switch mode: checks the traffic rules every [`RULES_CHECK`] and wakes the loop when they
-    /// are not as the last pass left them (someone flushed them, dockerd rebuilt its chains), so
-    /// they are repaired within about two seconds. Two `iptables -S` a second cost ~3 ms.
+    /// Switch mode: starts (or restarts, after a reload) the keeper of the traffic rules
+    /// ([`rules_keeper`]), which repairs them within about two seconds on its own.
     fn watch_rules(&mut self) {
         if let Some(old) = self.rules.take() {
             old.abort();
@@ -176,47 +174,38 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
         if self.settings.traffic.mode != TrafficMode::Switch {
             return;
         }
-        let (routes, route, triggers) = (self.services.routes.clone(), self.route.clone(), self.triggers.clone());
-        let ports = self.settings.container.ports.clone();
-        self.rules = Some(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(RULES_CHECK);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                let Some(to) = *route.lock().unwrap() else { continue };
-                match routes.in_place(&ports, to).await {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        tracing::warn!(to = %to, "the traffic rules were changed outside blog-agent; re-asserting them");
-                        let _ = triggers.try_send("traffic rules changed");
-                    }
-                    Err(e) => tracing::debug!(error = %e, "could not read the traffic rules"),
-                }
-            }
-        }));
+        let (engine, routes) = (self.services.engine.clone(), self.services.routes.clone());
+        self.rules = Some(rules_keeper::start(engine, routes, self.settings.clone()));
     }
 
     /// Switch mode, first pass: after a reboot the rules are gone (kernel state) while dockerd
-    /// has already restarted the blog container. Point them at it before anything that waits
-    /// on the network (IMDS, S3), so the site is back as soon as the agent runs.
+    /// has already restarted the blog container. Point them at the proven container before
+    /// anything that waits on the network (IMDS, S3) or the lock, so the site is back as soon
+    /// as the agent runs. Only the proven one: after a crash mid-deploy `<name>` may be a new
+    /// version nobody proved, with the proven one aside as `<name>-previous` (the pass's
+    /// recovery then proves or undoes the new one).
     async fn restore_route(&self) {
         if self.settings.traffic.mode != TrafficMode::Switch {
             return;
         }
-        let Some(main) = self.serving_container().await else { return };
-        if let Err(e) =
-            crate::pass::switch::ensure_route(self.services.routes.as_ref(), &self.settings.container.ports, &main)
-                .await
-        {
-            tracing::warn!(container = %main.name, "cannot point the traffic rules at the running container: {e}");
+        let name = &self.settings.container.name;
+        let engine = &self.services.engine;
+        for candidate in [name.clone(), crate::pass::snapshot::aside(name, crate::pass::snapshot::PREVIOUS)] {
+            let Ok(Some(c)) = engine.container(&candidate).await else { continue };
+            if !(c.is_managed() && c.running && crate::pass::switch::is_proven(&self.settings, &c)) {
+                continue;
+            }
+            let routes = self.services.routes.as_ref();
+            let ports = &self.settings.container.ports;
+            match crate::pass::switch::serve_from(routes, &self.settings, ports, &c).await {
+                Ok(_) => tracing::debug!(container = %c.name, "traffic rules point at the proven container"),
+                Err(e) => {
+                    tracing::warn!(container = %c.name, "cannot point the traffic rules at the proven container: {e}")
+                }
+            }
+            return;
         }
-    }
-
-    /// Switch mode: remembers where the rules should point (the running container of ours).
-    fn note_route(&self, serving: Option<&ContainerInfo>) {
-        if self.settings.traffic.mode == TrafficMode::Switch {
-            *self.route.lock().unwrap() = serving.and_then(crate::pass::switch::address);
-        }
+        tracing::info!(container = %name, "no proven container runs: the traffic rules are left as they are until one is proven");
     }
 
     /// The running container of ours under the configured name, as Docker has it now.
@@ -274,7 +263,13 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
                 // The decision judges the wave at the time the marker was checked (not a few
                 // milliseconds later), and an open wave counts only after a fresh read.
                 let gate = self.fleet.hold_unconfirmed(&published.sha, gate);
-                (gate, self.fleet.halt_of(&published.sha).cloned())
+                let mut halted = self.fleet.halt_of(&published.sha).cloned();
+                if let Some(marker) = halted.as_mut().filter(|m| m.rolled_back_to_sha().is_none()) {
+                    let location = published.location.clone();
+                    let before = shutdown.race(self.release_before(&location, &published.sha)).await?;
+                    marker.rolled_back_to = before.map(|s| s.to_string());
+                }
+                (gate, halted)
             }
             None => (None, None),
         };
@@ -400,6 +395,33 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
             tracing::info!(env = environment, sha = %sha, "warm pool: pulled {} without starting the blog", spec.image);
         }
         Ok(Outcome::Warmed { image: spec.image })
+    }
+
+    /// The release a host with nothing serving runs while `halted` is halted with no rollback
+    /// target: the newest earlier one in the release object's history (S3 versions), read once
+    /// per halted SHA. `None` without versioning, or with nothing earlier.
+    async fn release_before(&mut self, location: &ObjectLocation, halted: &Sha) -> Option<Sha> {
+        if let Some((sha, before)) = &self.history_target {
+            if sha == halted {
+                return before.clone();
+            }
+        }
+        self.fleet.metrics.add_s3_request();
+        let halts = self.services.halts.in_bucket(&self.settings.release.bucket);
+        let env = self.environment.as_ref().map(|e| e.name.clone()).unwrap_or_default();
+        let before =
+            crate::pass::once::rollback_target(&self.services.releases, &halts, &self.settings, &env, location, halted)
+                .await;
+        match &before {
+            Some(to) => {
+                tracing::info!(sha = %halted, "{} is halted with no rollback target: a host with nothing serving runs {}, the release before it in {location}'s history", halted.short(), to.short())
+            }
+            None => {
+                tracing::warn!(sha = %halted, "{} is halted with no rollback target and {location} has no earlier version (turn on bucket versioning, docs/fleet.md): a host with nothing serving has nothing to run", halted.short())
+            }
+        }
+        self.history_target = Some((halted.clone(), before.clone()));
+        before
     }
 
     /// Reads S3 (conditional GET). Returns the problem to report when S3 cannot be read; the
@@ -554,10 +576,8 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Reconciler for Agent<T
         if result.as_ref().is_err_and(|e| e.is_cancelled() || shutdown.is_requested()) {
             return Phase::Stopping;
         }
-        // What serves now, from Docker (not from what the pass hoped): needed after a failed
-        // pass for the phase, and in switch mode for the rules watcher. One inspect for both.
-        let switching = self.settings.traffic.mode == TrafficMode::Switch;
-        let serving = if switching || result.is_err() { self.serving_container().await } else { None };
+        // What serves now, from Docker (not from what the pass hoped), after a failed pass.
+        let serving = if result.is_err() { self.serving_container().await } else { None };
         let phase = match result {
             Ok(Outcome::Warmed { image }) => Phase::Warm { image },
             Ok(Outcome::Served { serving: sha, problem }) => Phase::after_pass(sha.map(|s| s.to_string()), problem),
@@ -570,7 +590,6 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Reconciler for Agent<T
         self.note(phase.problem());
         self.after_pass(&phase).await;
         self.complete_launch(&phase).await;
-        self.note_route(serving.as_ref());
         LastPass::record(&self.settings.agent.state_dir, phase.problem().map(|p| p.text.as_str()));
         self.phase = phase.clone();
         phase

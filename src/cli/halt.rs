@@ -10,7 +10,7 @@ use crate::fleet::halt::{HaltError, HaltMarkers, Marker};
 use crate::fleet::rollout::resolve_identity;
 use crate::outside::aws::Aws;
 use crate::outside::imds::Imds;
-use crate::outside::release::ObjectLocation;
+use crate::outside::release::{ObjectLocation, S3Releases};
 use crate::sha::Sha;
 use crate::state::now_unix;
 
@@ -45,6 +45,9 @@ struct Target {
     prefix: String,
     markers: HaltMarkers,
     bucket: String,
+    release_key: String,
+    releases: S3Releases,
+    settings: crate::config::Settings,
 }
 
 impl Target {
@@ -72,7 +75,9 @@ async fn target(cli: &Cli, raw_sha: &str) -> Result<Target, Failure> {
     let aws = Aws::load(&settings.image.repository.registry).await;
     let bucket = settings.release.bucket.clone();
     let markers = HaltMarkers::with_aws(&aws, bucket.clone());
-    Ok(Target { sha, environment, prefix, markers, bucket })
+    let releases = S3Releases::with_aws(&aws);
+    let release_key = release_key.to_owned();
+    Ok(Target { sha, environment, prefix, markers, bucket, release_key, releases, settings })
 }
 
 fn failed(e: HaltError) -> Failure {
@@ -98,6 +103,17 @@ pub async fn halt(cli: &Cli, args: &HaltArgs) -> Result<(), Failure> {
         },
     };
     let target = target(cli, &args.sha).await?;
+    // Without --to: the release before it in the release object's history, so that a new
+    // instance with nothing serving is not dark.
+    let to = match to {
+        Some(to) => Some(to),
+        None => {
+            let location = ObjectLocation { bucket: target.bucket.clone(), key: target.release_key.clone() };
+            let (releases, markers) = (&target.releases, &target.markers);
+            let (settings, env) = (&target.settings, target.environment.as_str());
+            crate::pass::once::rollback_target(releases, markers, settings, env, &location, &target.sha).await
+        }
+    };
     let identity = resolve_identity(Imds::new().instance_id().await.ok());
     let marker = Marker {
         sha: target.sha.to_string(),
@@ -110,8 +126,14 @@ pub async fn halt(cli: &Cli, args: &HaltArgs) -> Result<(), Failure> {
     };
     let location = target.location();
     if target.markers.mark(&target.prefix, &marker).await.map_err(failed)? {
+        let fallback = match &marker.rolled_back_to {
+            Some(to) => format!("a host with nothing serving runs {to}"),
+            None => "no rollback target: a host with nothing serving runs its own last-known-good version, if any \
+                     (name one with --to, or turn on the bucket's versioning for a history)"
+                .to_owned(),
+        };
         eprintln!(
-            "blog-agent: {} halted in {} ({location}): no host applies it until `blog-agent unhalt {}`",
+            "blog-agent: {} halted in {} ({location}): no host applies it until `blog-agent unhalt {}`; {fallback}",
             target.sha, target.environment, target.sha
         );
         return Ok(());

@@ -91,6 +91,19 @@ impl ReleaseError {
     }
 }
 
+/// One earlier version of a release object (S3 bucket versioning).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Historic {
+    pub sha: Sha,
+    /// When that version was written.
+    pub published_at: Option<SystemTime>,
+    pub version_id: String,
+}
+
+/// Versions of the release object read for its history, newest first: enough to step back
+/// over a few bad releases, few enough to stay a handful of small requests.
+pub const HISTORY_DEPTH: usize = 10;
+
 /// Where the desired SHA comes from; a trait so the loop can be unit-tested with a fake.
 pub trait ReleaseSource {
     fn fetch(
@@ -98,6 +111,35 @@ pub trait ReleaseSource {
         location: &ObjectLocation,
         if_none_match: Option<&str>,
     ) -> impl std::future::Future<Output = Result<Fetched, ReleaseError>> + Send;
+
+    /// What the object held before, newest first (at most [`HISTORY_DEPTH`] versions): empty
+    /// when the bucket keeps no versions. A source without history has none.
+    fn history(
+        &self,
+        _location: &ObjectLocation,
+    ) -> impl std::future::Future<Output = Result<Vec<Historic>, ReleaseError>> + Send {
+        async { Ok(Vec::new()) }
+    }
+}
+
+/// The newest release in `history` other than `not`: what a host with nothing serving runs
+/// when `not` is halted and nobody named a rollback target. When `not` is in the history, the
+/// answer is older than its newest appearance (the release it replaced).
+pub fn release_before(history: &[Historic], not: &Sha) -> Option<Sha> {
+    releases_before(history, not).into_iter().next()
+}
+
+/// Every release [`release_before`] could answer, best first, each once: the caller skips
+/// those that are halted too.
+pub fn releases_before(history: &[Historic], not: &Sha) -> Vec<Sha> {
+    let start = history.iter().position(|h| h.sha == *not).unwrap_or(0);
+    let mut out: Vec<Sha> = Vec::new();
+    for sha in history[start..].iter().map(|h| &h.sha).filter(|sha| *sha != not) {
+        if !out.contains(sha) {
+            out.push(sha.clone());
+        }
+    }
+    out
 }
 
 /// The real S3 reader. Its client is built on the first read after the region is known.
@@ -126,21 +168,75 @@ impl ReleaseSource for S3Releases {
             .get()
             .await
             .map_err(|source| ReleaseError::RegionUnknown { location: location.clone(), source })?;
-        tokio::time::timeout(FETCH_TIMEOUT, read(client, location, if_none_match))
+        tokio::time::timeout(FETCH_TIMEOUT, read(client, location, if_none_match, None))
             .await
             .unwrap_or_else(|_| Err(ReleaseError::TimedOut { location: location.clone(), after: FETCH_TIMEOUT }))
     }
+
+    async fn history(&self, location: &ObjectLocation) -> Result<Vec<Historic>, ReleaseError> {
+        let client = self
+            .client
+            .get()
+            .await
+            .map_err(|source| ReleaseError::RegionUnknown { location: location.clone(), source })?;
+        Box::pin(tokio::time::timeout(FETCH_TIMEOUT * 2, versions(client, location)))
+            .await
+            .unwrap_or_else(|_| Err(ReleaseError::TimedOut { location: location.clone(), after: FETCH_TIMEOUT * 2 }))
+    }
 }
 
-/// One GET, response and body.
+/// The object's versions, newest first: one ListObjectVersions, then a GET of each version
+/// (a version that is not a valid SHA is skipped: it was never deployable).
+async fn versions(client: &aws_sdk_s3::Client, location: &ObjectLocation) -> Result<Vec<Historic>, ReleaseError> {
+    let listed = client
+        .list_object_versions()
+        .bucket(&location.bucket)
+        .prefix(&location.key)
+        .max_keys(100)
+        .send()
+        .await
+        .map_err(|err| {
+            let status = err.raw_response().map(|r| r.status().as_u16());
+            let detail = describe(&err);
+            match status {
+                Some(403) => ReleaseError::AccessDenied { location: location.clone(), detail },
+                _ => ReleaseError::Unavailable { location: location.clone(), detail },
+            }
+        })?;
+    let mut versions: Vec<(String, Option<SystemTime>)> = listed
+        .versions()
+        .iter()
+        .filter(|v| v.key() == Some(location.key.as_str()))
+        .filter_map(|v| {
+            let id = v.version_id().filter(|id| *id != "null")?;
+            Some((id.to_owned(), v.last_modified().and_then(|t| SystemTime::try_from(*t).ok())))
+        })
+        .collect();
+    versions.sort_by_key(|v| std::cmp::Reverse(v.1));
+    let mut history = Vec::new();
+    for (version_id, published_at) in versions.into_iter().take(HISTORY_DEPTH) {
+        match read(client, location, None, Some(&version_id)).await {
+            Ok(Fetched::Changed(release)) => history.push(Historic { sha: release.sha, published_at, version_id }),
+            Ok(Fetched::Unchanged) | Err(ReleaseError::Invalid { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(history)
+}
+
+/// One GET (of `version`, when given), response and body.
 async fn read(
     client: &aws_sdk_s3::Client,
     location: &ObjectLocation,
     if_none_match: Option<&str>,
+    version: Option<&str>,
 ) -> Result<Fetched, ReleaseError> {
     let mut request = client.get_object().bucket(&location.bucket).key(&location.key);
     if let Some(etag) = if_none_match {
         request = request.if_none_match(etag);
+    }
+    if let Some(version) = version {
+        request = request.version_id(version);
     }
     let output = match request.send().await {
         Ok(output) => output,
@@ -191,6 +287,32 @@ async fn read(
     }
     let sha = Sha::parse(&text).map_err(|e| ReleaseError::invalid(location, e))?;
     Ok(Fetched::Changed(Release { sha, etag, published_at }))
+}
+
+#[cfg(test)]
+mod history_tests {
+    use super::*;
+
+    fn h(sha: char) -> Historic {
+        Historic { sha: Sha::parse(&sha.to_string().repeat(7)).unwrap(), published_at: None, version_id: "v".into() }
+    }
+
+    #[test]
+    fn the_release_before_a_halted_one_comes_from_its_history() {
+        let sha = |c: char| Sha::parse(&c.to_string().repeat(7)).unwrap();
+        let cases: &[(&str, &[char], char, Option<char>)] = &[
+            ("halted is the newest: the one it replaced", &['c', 'b', 'a'], 'c', Some('b')),
+            ("published twice: before its newest appearance", &['c', 'c', 'b'], 'c', Some('b')),
+            ("rolled back since: the newest other", &['b', 'c', 'a'], 'c', Some('a')),
+            ("not in the history: the newest", &['b', 'a'], 'c', Some('b')),
+            ("only itself", &['c'], 'c', None),
+            ("no history", &[], 'c', None),
+        ];
+        for (what, history, halted, want) in cases {
+            let history: Vec<Historic> = history.iter().map(|c| h(*c)).collect();
+            assert_eq!(release_before(&history, &sha(*halted)), want.map(sha), "{what}");
+        }
+    }
 }
 
 #[cfg(test)]

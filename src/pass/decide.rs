@@ -574,6 +574,7 @@ mod tests {
         let state = |last: Option<(&Sha, &str)>, prev: Option<(&Sha, &str)>| State {
             last_good: last.map(|(s, e)| good(s, e)),
             previous_good: prev.map(|(s, e)| good(s, e)),
+            proven: None,
         };
         let pub_a = Wanted::Published(a.clone());
         let cases = vec![
@@ -1042,7 +1043,7 @@ mod tests {
     fn an_expired_quarantine_lets_the_release_through() {
         let (a, b) = (sha('a'), sha('b'));
         let mut s = snap();
-        s.state = State { last_good: Some(good(&b, ENV)), previous_good: None };
+        s.state = State { last_good: Some(good(&b, ENV)), previous_good: None, proven: None };
         let now = Instant::now();
         let quarantine = HashMap::from([(a.clone(), now)]);
         let settings = settings();
@@ -1110,7 +1111,7 @@ mod tests {
         let mut s = snap();
         s.main = Some(ours("blog", "c1", &b, true));
         s.candidate = Some(ours("blog-candidate", "c2", &a, true));
-        s.state = State { last_good: Some(good(&b, ENV)), previous_good: None };
+        s.state = State { last_good: Some(good(&b, ENV)), previous_good: None, proven: None };
         let settings = settings();
         let wanted = Wanted::Published(a.clone());
         let d = decide(&Inputs {

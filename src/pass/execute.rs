@@ -23,7 +23,7 @@ use crate::outside::registry::CredentialSource;
 use crate::runtime::shutdown::Shutdown;
 use crate::sha::Sha;
 use crate::spec::{ContainerSpec, LABEL_DIGEST};
-use crate::state::{now_unix, GoodRelease, State};
+use crate::state::{now_unix, GoodRelease, Proven, State};
 
 /// What [`execute`] was asked to do beyond the decision itself.
 #[derive(Debug, Clone, Copy, Default)]
@@ -157,6 +157,17 @@ async fn apply<T, R, C: CredentialSource>(
     options: Options,
 ) -> Result<Applied, PassError> {
     let applied = carry_out(settings, services, desired, plan, current, shutdown, options).await?;
+    // What serves now has proven it (switch mode recorded it before moving traffic; this
+    // records publish mode's, and changes nothing when it is the same container).
+    State::record_proven(
+        &settings.agent.state_dir,
+        Proven {
+            container_id: applied.container_id.clone(),
+            sha: desired.sha.to_string(),
+            digest: applied.digest.clone(),
+            at: now_unix(),
+        },
+    );
     let mut state = State::load(&settings.agent.state_dir);
     let good = GoodRelease {
         sha: desired.sha.to_string(),
@@ -193,10 +204,22 @@ async fn carry_out<T, R, C: CredentialSource>(
     match plan {
         Plan::Converged => {
             let current = current.expect("converged implies a container");
+            if !switch::is_proven(settings, current) {
+                // Not the container that last proved it serves: a deploy interrupted mid-probe
+                // (kill -9, a reboot, a package upgrade) left it. It is proven before it counts
+                // as converged or last-known-good, and in switch mode before any traffic.
+                tracing::info!(container = %desired.name, "the container under the name was never proven to serve; probing it");
+                let proof = if switching {
+                    switch::prove_over_bridge(engine, settings, current).await
+                } else {
+                    deploy::check_serving(settings, settings.health.timeout).await.map(drop)
+                };
+                proof.map_err(|probe| DeployError::CandidateUnhealthy { image: desired.image.clone(), probe })?;
+            }
             if switching {
                 // The rules are kernel state others can change (a flush, a dockerd restart,
                 // a restart that gave the container a new address): re-assert them.
-                switch::ensure_route(routes, &desired.ports, current).await.map_err(DeployError::from)?;
+                switch::serve_from(routes, settings, &desired.ports, current).await.map_err(DeployError::from)?;
             }
             if options.probe_converged {
                 deploy::check_serving(settings, settings.health.timeout)

@@ -72,8 +72,39 @@ pub fn release_location(settings: &Settings, env: &str) -> ObjectLocation {
     }
 }
 
-/// Runs one pass.
+/// Runs one pass. A `--sha` pin that is not applied (the image cannot be pulled, the pass
+/// fails or is interrupted) leaves the pause as it was before: a mistyped SHA must not leave
+/// the host pinned to a release that does not exist.
 pub async fn sync_once<T: TagSource, R: ReleaseSource, C: CredentialSource>(
+    settings: &Settings,
+    request: &SyncRequest,
+    services: &Services<T, R, C>,
+    shutdown: &Shutdown,
+) -> Result<SyncReport, PassError> {
+    let dir = &settings.agent.state_dir;
+    let before = match (&request.sha, request.dry_run) {
+        (Some(_), false) => Some(Pause::load(dir)),
+        _ => None,
+    };
+    let result = sync_pass(settings, request, services, shutdown).await;
+    if let (Some(before), Err(e), Some(pinned)) = (before, &result, &request.sha) {
+        let restored = match &before {
+            Some(pause) => pause.save(dir).map(drop),
+            None => Pause::clear(dir).map(drop),
+        };
+        match restored {
+            Ok(()) => {
+                tracing::warn!(sha = %pinned, "the pin to {} was not applied ({e}); automatic updates are as they were before", pinned.short())
+            }
+            Err(err) => {
+                tracing::error!(sha = %pinned, "the pin to {} was not applied, and the pause could not be put back: {err}", pinned.short())
+            }
+        }
+    }
+    result
+}
+
+async fn sync_pass<T: TagSource, R: ReleaseSource, C: CredentialSource>(
     settings: &Settings,
     request: &SyncRequest,
     services: &Services<T, R, C>,
@@ -211,7 +242,7 @@ pub async fn sync_once<T: TagSource, R: ReleaseSource, C: CredentialSource>(
 
 /// The halt marker of `sha`, or `None`. A marker that cannot be read does not stop a manual
 /// sync: it is logged, and the release is applied as before halts existed.
-async fn halt_marker<T, R, C>(
+async fn halt_marker<T, R: crate::outside::release::ReleaseSource, C>(
     settings: &Settings,
     services: &Services<T, R, C>,
     environment: &str,
@@ -222,12 +253,55 @@ async fn halt_marker<T, R, C>(
     let prefix = settings.rollout.halt_prefix_for(key, environment);
     let halts = services.halts.in_bucket(&settings.release.bucket);
     match shutdown.race(halts.read(&prefix, sha)).await? {
-        Ok(reading) => Ok(reading.halt(sha, environment, settings.rollout.halt_after)),
+        Ok(reading) => {
+            let mut halt = reading.halt(sha, environment, settings.rollout.halt_after);
+            if let Some(marker) = halt.as_mut().filter(|m| m.rolled_back_to_sha().is_none()) {
+                // No rollback target named: the release before it in the object's history.
+                let location = release_location(settings, environment);
+                let before = rollback_target(&services.releases, &halts, settings, environment, &location, sha);
+                marker.rolled_back_to = shutdown.race(before).await?.map(|s| s.to_string());
+            }
+            Ok(halt)
+        }
         Err(e) => {
             tracing::warn!(sha = %sha, "cannot read the halt marker of {}: {e}; going on as if it were not halted", sha.short());
             Ok(None)
         }
     }
+}
+
+/// The release a host with nothing serving runs while `halted` is halted and nobody named a
+/// rollback target: the newest earlier release in the release object's history (S3 versions)
+/// that is not halted itself. `None` without versioning or with nothing fit; a read that fails
+/// is logged and counts as no history.
+pub async fn rollback_target(
+    releases: &impl crate::outside::release::ReleaseSource,
+    halts: &impl crate::fleet::halt::HaltSource,
+    settings: &Settings,
+    environment: &str,
+    location: &ObjectLocation,
+    halted: &Sha,
+) -> Option<Sha> {
+    let history = match releases.history(location).await {
+        Ok(history) => history,
+        Err(e) => {
+            tracing::warn!(sha = %halted, "cannot read the history of {location} for a rollback target: {e}");
+            return None;
+        }
+    };
+    let key = settings.release_key(environment).unwrap_or_default();
+    let prefix = settings.rollout.halt_prefix_for(key, environment);
+    for candidate in crate::outside::release::releases_before(&history, halted) {
+        match halts.read(&prefix, &candidate).await {
+            Ok(reading) if reading.halt(&candidate, environment, settings.rollout.halt_after).is_some() => continue,
+            Ok(_) => return Some(candidate),
+            Err(e) => {
+                tracing::warn!(sha = %candidate, "cannot read the halt of {}: {e}", candidate.short());
+                return None;
+            }
+        }
+    }
+    None
 }
 
 /// When `run` would still wait for this host's wave of `sha` (published at `published_at`):

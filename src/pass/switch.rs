@@ -24,6 +24,7 @@ use crate::outside::health::{self, ProbeFailed};
 use crate::outside::netfilter::{Mapping, Netfilter, Target};
 use crate::runtime::shutdown::Shutdown;
 use crate::spec::ContainerSpec;
+use crate::state::{Proven, State};
 
 /// After the switch, the health URL (through the new rules) must answer within this long, or
 /// the switch is undone. The new version was already proven over the bridge, so this only
@@ -148,8 +149,23 @@ pub async fn switch_over(
         }
     };
     let from = old.and_then(address);
-    if let Err(e) = routes.point(&spec.ports, to).await {
+    let new = match engine.container(&new_id).await {
+        Ok(Some(new)) => new,
+        Ok(None) => {
+            put_back(engine, name, old).await;
+            return Err(EngineError::NotFound { op: "inspect container", target: name.clone() }.into());
+        }
+        Err(e) => {
+            abandon(engine, name, &new_id, old).await;
+            return Err(e.into());
+        }
+    };
+    // Proven over the bridge a moment ago: recorded as the proven container, then traffic.
+    if let Err(e) = serve_from(routes, settings, &spec.ports, &new).await {
         abandon(engine, name, &new_id, old).await;
+        if let Some(old) = old {
+            let _ = serve_from(routes, settings, &spec.ports, old).await;
+        }
         return Err(DeployError::Route(e));
     }
     tracing::info!(
@@ -165,9 +181,9 @@ pub async fn switch_over(
     })
     .await;
     if let Err(probe) = through {
-        let restored = match from {
-            Some(back) => match routes.point(&spec.ports, back).await {
-                Ok(()) => "traffic moved back to the previous version".to_owned(),
+        let restored = match old.filter(|_| from.is_some()) {
+            Some(back) => match serve_from(routes, settings, &spec.ports, back).await {
+                Ok(_) => "traffic moved back to the previous version".to_owned(),
                 Err(e) => format!("moving traffic back failed too: {e}"),
             },
             None => "there was no previous version".to_owned(),
@@ -216,22 +232,72 @@ async fn put_back(engine: &Engine, name: &str, old: Option<&ContainerInfo>) {
     }
 }
 
-/// Points the rules at `container` if they point elsewhere (after a restart gave it a new
-/// address, a dockerd restart, or someone flushing the rules). Returns whether it changed them.
-pub async fn ensure_route(
+/// Records `container` as the proven one and points the rules at it if they point elsewhere
+/// (after a restart gave it a new address, a dockerd restart, or someone flushing the rules),
+/// under the rules lock ([`crate::lock::rules`]): the one way traffic moves to a container.
+/// Call it only for a container that just answered 2xx over the bridge, or that is the proven
+/// one already ([`is_proven`]). Returns whether it changed the rules.
+pub async fn serve_from(
     routes: &dyn Routes,
+    settings: &Settings,
     ports: &[PortMapping],
     container: &ContainerInfo,
 ) -> Result<bool, RouteError> {
     let Some(to) = address(container) else {
         return Err(RouteError(format!("container {} has no IPv4 bridge address", container.name)));
     };
+    let dir = &settings.agent.state_dir;
+    let _lock = crate::lock::rules(dir).await.map_err(|e| RouteError(e.to_string()))?;
+    State::record_proven(dir, proven(container));
     if routes.in_place(ports, to).await? {
         return Ok(false);
     }
     routes.point(ports, to).await?;
     tracing::info!(container = %container.name, to = %to, "traffic rules re-asserted: {} to {to}", ports_text(ports));
     Ok(true)
+}
+
+/// The proven-container record of `container`, as of now.
+pub fn proven(container: &ContainerInfo) -> Proven {
+    let label = |key: &str| container.labels.get(key).cloned().unwrap_or_default();
+    Proven {
+        container_id: container.id.clone(),
+        sha: label(crate::spec::LABEL_SHA),
+        digest: label(crate::spec::LABEL_DIGEST),
+        at: crate::state::now_unix(),
+    }
+}
+
+/// Whether `container` is the one the state records as proven.
+pub fn is_proven(settings: &Settings, container: &ContainerInfo) -> bool {
+    let label = |key: &str| container.labels.get(key).map(String::as_str);
+    State::load(&settings.agent.state_dir).is_proven(
+        &container.id,
+        label(crate::spec::LABEL_SHA),
+        label(crate::spec::LABEL_DIGEST),
+    )
+}
+
+/// Probes `container` over the bridge once it runs (it is not the proven one: a deploy
+/// interrupted mid-probe left it, or dockerd started it), so it can be proven before traffic.
+pub async fn prove_over_bridge(
+    engine: &Engine,
+    settings: &Settings,
+    container: &ContainerInfo,
+) -> Result<(), ProbeFailed> {
+    let port = settings.container.ports.first().map(|p| p.container_port).unwrap_or(80);
+    let Some(ip) = address(container) else {
+        return Err(ProbeFailed {
+            url: format!("container {}", container.name),
+            last: "it has no bridge address".into(),
+            end: health::ProbeEnd::Died,
+        });
+    };
+    health::wait_healthy(&ip.to_string(), port, &settings.health.url.path, settings.health.timeout, || {
+        deploy::still_running(engine, &container.id, container.restart_count)
+    })
+    .await
+    .map(|code| tracing::info!(container = %container.name, status = code, "proved the unproven container over the bridge"))
 }
 
 /// Proves a new version an interrupted switch left under `<name>` beside `-previous`, over the
@@ -264,7 +330,9 @@ pub async fn prove_interrupted(
     };
     match healthy {
         Ok(ip) => {
-            routes.point(ports, ip).await?;
+            if let Some(new) = &new {
+                serve_from(routes, settings, ports, new).await?;
+            }
             tracing::info!(container = %name, to = %ip, "the new version left by an interrupted switch is healthy: traffic to it, retiring the previous one");
             if let Some(previous) = previous {
                 retire(engine, settings, &previous).await;
@@ -273,16 +341,17 @@ pub async fn prove_interrupted(
         Err(why) => {
             tracing::warn!(container = %name, "the new version left by an interrupted switch is unhealthy ({why}); restoring the previous one");
             abandon(engine, name, new_id, previous.as_ref()).await;
-            if let Some(back) = previous.as_ref().and_then(address) {
-                routes.point(ports, back).await?;
+            if let Some(back) = previous.as_ref().filter(|p| address(p).is_some()) {
+                serve_from(routes, settings, ports, back).await?;
             }
         }
     }
     Ok(())
 }
 
-/// Starts a stopped container of the right spec, points the rules at its (possibly new)
-/// address, and waits until it serves through them.
+/// Starts a stopped container of the right spec, proves it over the bridge unless it is the
+/// proven one, points the rules at its (possibly new) address, and waits until it serves
+/// through them.
 pub async fn restart(
     engine: &Engine,
     routes: &dyn Routes,
@@ -296,7 +365,15 @@ pub async fn restart(
         .container(&container.id)
         .await?
         .ok_or_else(|| EngineError::NotFound { op: "inspect container", target: container.name.clone() })?;
-    ensure_route(routes, ports, &started).await?;
+    if !is_proven(settings, &started) {
+        shutdown.race(prove_over_bridge(engine, settings, &started)).await?.map_err(|probe| {
+            DeployError::CandidateUnhealthy {
+                image: container.labels.get(crate::spec::LABEL_SHA).cloned().unwrap_or_default(),
+                probe,
+            }
+        })?;
+    }
+    serve_from(routes, settings, ports, &started).await?;
     deploy::wait_restarted(engine, settings, container, shutdown).await
 }
 
