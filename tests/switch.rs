@@ -310,3 +310,61 @@ fn flushed_rules_are_repaired_while_the_loop_waits_for_the_lock() {
     agent.wait_log("re-asserting them for the proven container", Duration::from_secs(5));
     drop(lock);
 }
+
+/// Puts a sysctl back as it was when dropped.
+struct RestoreSysctl {
+    path: &'static str,
+    value: String,
+}
+
+impl Drop for RestoreSysctl {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::write(self.path, &self.value) {
+            eprintln!("restoring {}: {e}", self.path);
+        }
+    }
+}
+
+/// Why 1 of issue 17: a host whose loopback path is broken (docker0's route_localnet 0, and
+/// /proc/sys hidden from the agent as under its unit) fails the probe through its rules. The
+/// new version answered over the bridge, so the judgement blames the host: no halt vote, even
+/// where one vote would halt the release for every host, and the status names the cause.
+#[test]
+fn a_host_whose_loopback_path_is_broken_blames_itself_and_halts_nothing() {
+    let h = SwitchHost::new(
+        "sw_no_localnet",
+        "[reconcile]\ninterval = \"1s\"\njitter = \"0s\"\n[rollout]\nhalt_after = 1\n",
+    );
+    const PATH: &str = "/proc/sys/net/ipv4/conf/docker0/route_localnet";
+    let _restore = RestoreSysctl { path: PATH, value: std::fs::read_to_string(PATH).unwrap() };
+    std::fs::write(PATH, "0").unwrap();
+    h.host.release("good");
+
+    // `blog-agent run` with /proc/sys hidden, as ProcSubset=pid does under the unit.
+    let agent = h.host.command(&["--debug", "--env", "staging", "run"]);
+    let mut cmd = std::process::Command::new("unshare");
+    cmd.args(["-m", "sh", "-c", "mount -t tmpfs tmpfs /proc/sys && exec \"$0\" \"$@\""])
+        .arg(agent.get_program())
+        .args(agent.get_args());
+    for (k, v) in agent.get_envs() {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
+    }
+    let log = h.host.path().join("hidden-proc.log");
+    cmd.stdout(std::process::Stdio::null()).stderr(std::fs::File::create(&log).unwrap());
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _agent = KillOnDrop(cmd.spawn().unwrap());
+    let logs = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_for("the host's own verdict", SERVE, || logs().contains("this host (host-path)").then_some(()));
+    let text = logs();
+    assert!(text.contains("net.ipv4.conf.docker0.route_localnet = 1"), "{text}");
+    assert_eq!(h.host.staging_halt_markers(), 0, "the release was voted against for this host's sysctl:\n{text}");
+}

@@ -283,6 +283,13 @@ async fn check_traffic_switch(r: &mut Report, settings: &Settings) {
                      sets it: `sysctl -w net.ipv4.conf.{bridge}.route_localnet=1`"
                 ),
             ),
+            None if !std::path::Path::new("/proc/sys/net").exists() => r.skip(
+                "route_localnet",
+                &format!(
+                    "{bridge}: /proc/sys is hidden here (the unit's ProcSubset=pid); the unit's ExecStartPre sets it at \
+                     every start; run `blog-agent check` from a shell to read it"
+                ),
+            ),
             None => r.skip("route_localnet", &format!("cannot read it for {bridge}: is it up?")),
         }
     }

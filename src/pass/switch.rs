@@ -180,7 +180,16 @@ pub async fn switch_over(
         deploy::still_running(engine, &new_id, 0)
     })
     .await;
-    if let Err(probe) = through {
+    if let Err(mut probe) = through {
+        // The new version answered over the bridge: what failed is this host's path. The usual
+        // cause on loopback is the bridge's route_localnet, which the agent cannot see under
+        // its unit; say where to look (this reaches STATUS= and the journal).
+        if mappings(&spec.ports).iter().any(Mapping::takes_loopback) {
+            probe.last.push_str(
+                "; the new version answers over the bridge, so this host's path is at fault: loopback clients need \
+                 net.ipv4.conf.docker0.route_localnet = 1 (`blog-agent check`)",
+            );
+        }
         let restored = match old.filter(|_| from.is_some()) {
             Some(back) => match serve_from(routes, settings, &spec.ports, back).await {
                 Ok(_) => "traffic moved back to the previous version".to_owned(),
