@@ -112,6 +112,29 @@ fn sigterm_leaves_the_site_up_and_a_foreign_container_is_replaced() {
     host.wait_deployed(&v1, SERVE);
 }
 
+/// A SIGHUP that renames `[container] name` (publish mode: the old container holds the host
+/// port) moves the running container to the new name instead of orphaning it: no redeploy,
+/// no second container, the site never stops.
+#[test]
+fn sighup_that_renames_the_container_moves_it_instead_of_orphaning_it() {
+    let mut host = Host::new("run_rename");
+    host.write_config(SLOW);
+    let v1 = host.release("good");
+    let mut agent = host.start_agent(&[]);
+    host.wait_deployed(&v1, SERVE);
+    let (id, _, _) = host.container_state().unwrap();
+
+    let old = host.container.clone();
+    host.container = format!("{old}-renamed");
+    host.write_config(SLOW);
+    agent.signal("HUP");
+    host.wait_deployed(&v1, SERVE);
+    assert_eq!(host.container_state().unwrap().0, id, "the same container, renamed");
+    assert!(!exists(&old), "{old} is gone");
+    assert!(agent.logs().contains(&format!("renamed {old} to {}", host.container)), "{}", agent.logs());
+    agent.assert_alive();
+}
+
 #[test]
 fn sighup_applies_a_port_change_and_ignores_a_broken_config() {
     let mut host = Host::new("run_sighup");

@@ -106,6 +106,9 @@ pub struct Agent<T, R, C> {
     last_decision: Option<Why>,
     /// The Auto Scaling launch hook this host completes once it serves.
     launch: LaunchGate,
+    /// The `[container] name` before a reload changed it: the container under it is renamed
+    /// at the next pass, not orphaned (in publish mode it would keep the host ports).
+    renamed_from: Option<String>,
     /// A halted SHA with no rollback target, and the release before it in the release
     /// object's history (read once per halted SHA).
     history_target: Option<(Sha, Option<Sha>)>,
@@ -146,6 +149,7 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
             last_decision: None,
             launch,
             history_target: None,
+            renamed_from: None,
         };
         agent.watch_events();
         agent.watch_rules();
@@ -206,6 +210,29 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
             return;
         }
         tracing::info!(container = %name, "no proven container runs: the traffic rules are left as they are until one is proven");
+    }
+
+    /// After a reload renamed `[container] name`: the container of ours under the old name takes
+    /// the new one (the name is not part of its spec, so it is converged as it is, and its
+    /// traffic never stops), unless something already holds the new name. Call under the lock.
+    async fn adopt_renamed(&mut self) {
+        let Some(old) = self.renamed_from.take() else { return };
+        let new = &self.settings.container.name;
+        let engine = &self.services.engine;
+        let (Ok(Some(c)), Ok(taken)) = (engine.container(&old).await, engine.container(new).await) else { return };
+        if !c.is_managed() {
+            return;
+        }
+        if let Some(taken) = taken {
+            tracing::warn!(container = %old, "[container] name changed to {new}, but {} already holds that name: {old} is left as it is; remove it when the new one serves", taken.name);
+            return;
+        }
+        match engine.rename(&c.id, new).await {
+            Ok(()) => tracing::info!(container = %new, "[container] name changed: renamed {old} to {new}"),
+            Err(e) => {
+                tracing::warn!(container = %old, "[container] name changed, but renaming {old} to {new} failed: {e}")
+            }
+        }
     }
 
     /// The running container of ours under the configured name, as Docker has it now.
@@ -282,6 +309,7 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
         // `pause` that happened meanwhile is seen.
         let _lock =
             shutdown.race(lock::acquire(&self.settings.agent.state_dir, self.settings.agent.lock_timeout)).await??;
+        self.adopt_renamed().await;
         let engine = &self.services.engine;
         let snapshot = snapshot::observe(engine, &self.settings).await?;
         self.paused_by = snapshot.pause.as_ref().map(|p| p.by.clone());
@@ -602,6 +630,9 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Reconciler for Agent<T
             Ok(settings) => {
                 tracing::info!(config = %self.config_path.display(), "configuration reloaded");
                 let renamed = settings.container.name != self.settings.container.name;
+                if renamed {
+                    self.renamed_from = Some(self.settings.container.name.clone());
+                }
                 if settings.traffic.chains != self.settings.traffic.chains {
                     // New chains from now on; the old ones are removed after the next pass
                     // has pointed the new ones at the container.
