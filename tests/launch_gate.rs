@@ -172,6 +172,31 @@ fn a_warm_pool_instance_pulls_the_image_and_starts_the_blog_only_when_it_leaves_
     assert!(!agent.logs().contains("pulling "), "{}", agent.logs());
 }
 
+/// A warm instance can sit in the pool through many releases: it prunes the images it pulled
+/// as a serving host does (`[reconcile] keep_images`), keeping the release it would start.
+#[test]
+fn a_warm_pool_instance_prunes_old_images() {
+    let asg = FakeAutoScaling::start(GROUP, HOOK, Duration::from_secs(60), "ABANDON");
+    let id = "i-0warm00000000006";
+    asg.set_state(id, "Warmed:Pending:Wait");
+    let (host, imds) = gated_host("gate-warm-prune", id, &asg);
+    host.write_config(&format!(
+        "[reconcile]\ninterval = \"1s\"\nkeep_images = 1\n[rollout]\nlifecycle_hook = \"{HOOK}\"\n"
+    ));
+    imds.set_target_lifecycle_state("Warmed:Running");
+    let v1 = host.release("good");
+    let agent = start(&host);
+    wait_for("v1 pulled", Duration::from_secs(60), || image_present(&host, &v1).then_some(()));
+    let v2 = host.release("good");
+    wait_for("v2 pulled", Duration::from_secs(60), || image_present(&host, &v2).then_some(()));
+    let v3 = host.release("good");
+    wait_for("v3 pulled", Duration::from_secs(60), || image_present(&host, &v3).then_some(()));
+    wait_for("the oldest image pruned", Duration::from_secs(30), || (!image_present(&host, &v1)).then_some(()));
+    assert!(image_present(&host, &v3), "the release it would start is kept");
+    assert!(host.containers().is_empty(), "a warm instance started {:?}", host.containers());
+    drop(agent);
+}
+
 #[test]
 fn an_instance_outside_any_group_deploys_with_no_gate() {
     let asg = FakeAutoScaling::start(GROUP, HOOK, Duration::from_secs(60), "ABANDON");

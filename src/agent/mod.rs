@@ -421,6 +421,9 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
                 .map_err(PassError::Deploy)?;
         if pulled {
             tracing::info!(env = environment, sha = %sha, "warm pool: pulled {} without starting the blog", spec.image);
+            // A warm instance can sit in the pool through many releases: prune as a deploy
+            // does, keeping the release it would start.
+            crate::pass::deploy::prune_images(&self.services.engine, &self.settings, Some(sha.as_str())).await;
         }
         Ok(Outcome::Warmed { image: spec.image })
     }
