@@ -14,6 +14,10 @@ with the placeholder values of the JSON policies standing in for what only AWS k
 123456789012, region us-east-1, partition aws, bucket blog-artifacts, KMS key id
 00000000-0000-0000-0000-000000000000, and the repository named by the RepositoryName parameter.
 The result is compared with packaging/iam-policy-<environment>.json statement by statement.
+The optional publisher role (CircleCiOrgId set) is evaluated the same way, with the organization
+and project ids of packaging/iam-trust-circleci.json, and compared with
+packaging/iam-policy-publisher.json (its inline policy) and packaging/iam-trust-circleci.json (its
+trust policy; the identity provider's ARN is arn:aws:iam::123456789012:oidc-provider/<its Url>).
 """
 import json
 import re
@@ -32,6 +36,8 @@ TEMPLATE = ROOT / "packaging/cloudformation/blog.yaml"
 USER_DATA = ROOT / "cloud-init/al2023.yaml"
 EXAMPLE = ROOT / "packaging/config.example.toml"
 LAUNCH_TEMPLATE_JSON = ROOT / "packaging/launch-template.json"
+PUBLISHER_POLICY = ROOT / "packaging/iam-policy-publisher.json"
+PUBLISHER_TRUST = ROOT / "packaging/iam-trust-circleci.json"
 ENVIRONMENTS = ("staging", "production")
 MAX_USER_DATA = 16384  # EC2 rejects user-data over 16 KiB (before base64)
 
@@ -103,6 +109,9 @@ class Evaluator:
             return self.ev(props["RepositoryName"])
         if kind == "AWS::AutoScaling::AutoScalingGroup" and "AutoScalingGroupName" in props:
             return self.ev(props["AutoScalingGroupName"])
+        if kind == "AWS::IAM::OIDCProvider":
+            url = self.ev(props["Url"]).removeprefix("https://")
+            return f"arn:{PARTITION}:iam::{ACCOUNT}:oidc-provider/{url}"
         return f"<{name}>"
 
     def getatt(self, name, attr):
@@ -321,6 +330,27 @@ def normalise_statement(st):
     return st
 
 
+def same_policy(got, want, name):
+    """Two policy documents equal statement by statement (Action and Resource as lists)."""
+    assert got["Version"] == want["Version"], f"Version {got['Version']} != {want['Version']}"
+    g = [normalise_statement(s) for s in got["Statement"]]
+    w = [normalise_statement(s) for s in want["Statement"]]
+    if g != w:
+        dump = lambda x: json.dumps(x, indent=1, sort_keys=True).splitlines()  # noqa: E731
+        raise AssertionError("\n".join(difflib.unified_diff(dump(w), dump(g), name, "template",
+                                                            lineterm="", n=2)))
+
+
+def publisher_placeholders(trust):
+    """The CircleCI organization and project ids of packaging/iam-trust-circleci.json."""
+    (st,) = trust["Statement"]
+    sub = next(iter(st["Condition"]["StringLike"].values()))
+    m = re.fullmatch(r"org/([0-9a-f-]{36})/project/([0-9a-f-]{36})/user/\*", sub)
+    if not m:
+        raise ValueError(f"{PUBLISHER_TRUST.name}: sub {sub!r} is not org/<org>/project/<project>/user/*")
+    return m[1], m[2]
+
+
 def example():
     text = EXAMPLE.read_text()
     # `# lifecycle_hook = "blog-launch"` documents an optional key: uncomment such lines.
@@ -376,6 +406,60 @@ def main():
                 dump = lambda x: json.dumps(x, indent=1, sort_keys=True).splitlines()  # noqa: E731
                 raise AssertionError("\n".join(difflib.unified_diff(
                     dump(w), dump(g), f"iam-policy-{env}.json", "template", lineterm="", n=2)))
+
+    # ---- CI's publisher role (CircleCiOrgId set) ------------------------------------------------
+    trust_json = json.loads(PUBLISHER_TRUST.read_text())
+    org, project = publisher_placeholders(trust_json)
+    ci = {"CircleCiOrgId": org, "CircleCiProjectId": project}
+
+    def publisher_policy(ev):
+        got = ev.ev(res["PublisherRole"]["Properties"]["Policies"])
+        assert len(got) == 1, f"{len(got)} inline policies, expected 1"
+        return got[0]["PolicyDocument"]
+
+    for env in ENVIRONMENTS:
+        @check(f"{rel} publisher policy (Environment={env}, CircleCiOrgId set) == "
+               f"{PUBLISHER_POLICY.relative_to(ROOT)}")
+        def _():
+            got = publisher_policy(Evaluator(t, Environment=env, **ci))
+            same_policy(got, json.loads(PUBLISHER_POLICY.read_text()), PUBLISHER_POLICY.name)
+
+    for given in ("", f"arn:aws:iam::{ACCOUNT}:oidc-provider/oidc.circleci.com/org/{org}"):
+        what = "CircleCiOidcProviderArn given" if given else "the stack's identity provider"
+        @check(f"{rel} publisher trust ({what}) == {PUBLISHER_TRUST.relative_to(ROOT)}")
+        def _():
+            ev = Evaluator(t, Environment="staging", CircleCiOidcProviderArn=given, **ci)
+            assert ev.condition("CreatePublisher"), "CreatePublisher is false with CircleCiOrgId set"
+            assert ev.condition("CreateCircleCiProvider") == (not given), "CreateCircleCiProvider"
+            got = json.loads(ev.ev(res["PublisherRole"]["Properties"]["AssumeRolePolicyDocument"]))
+            same_policy(got, trust_json, PUBLISHER_TRUST.name)
+            if not given:
+                props = ev.ev(res["CircleCiOidcProvider"]["Properties"])
+                assert props == {"Url": f"https://oidc.circleci.com/org/{org}", "ClientIdList": [org]}, props
+
+    @check(f"{rel} CircleCiOrgId empty: no identity provider, no publisher role, no output; project required")
+    def _():
+        ev = Evaluator(t, Environment="production")
+        assert not ev.condition("CreatePublisher") and not ev.condition("CreateCircleCiProvider")
+        assert res["PublisherRole"].get("Condition") == "CreatePublisher", "PublisherRole's Condition"
+        assert res["CircleCiOidcProvider"].get("Condition") == "CreateCircleCiProvider", "provider's Condition"
+        assert t["Outputs"]["PublisherRoleArn"].get("Condition") == "CreatePublisher", "output's Condition"
+        rule = t["Rules"]["CircleCiProjectWithOrganization"]
+        assert rule["RuleCondition"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "CircleCiOrgId"}, ""]}]}, rule
+        assert rule["Assertions"][0]["Assert"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "CircleCiProjectId"}, ""]}]}, rule
+
+    @check(f"{rel} ShaObjectKey=other/key.txt moves the publisher's grants of that environment only")
+    def _():
+        for env, other in (("staging", "production/prodbuild.txt"), ("production", "staging/stagebuild.txt")):
+            doc = publisher_policy(Evaluator(t, Environment=env, ShaObjectKey="other/key.txt", **ci))
+            by_sid = {s["Sid"]: s for s in doc["Statement"]}
+            want = [f"arn:aws:s3:::{BUCKET}/other/key.txt", f"arn:aws:s3:::{BUCKET}/{other}"]
+            got = sorted(as_list(by_sid["PublishRelease"]["Resource"]))
+            assert got == sorted(want), f"Environment={env}: PublishRelease on {got}"
+            halts = sorted(as_list(by_sid["ReadHaltMarkers"]["Resource"]))
+            want = sorted([f"arn:aws:s3:::{BUCKET}/other/halted/*",
+                           f"arn:aws:s3:::{BUCKET}/{other.split('/')[0]}/halted/*"])
+            assert halts == want, f"Environment={env}: ReadHaltMarkers on {halts}"
 
     @check(f"{rel} ShaObjectKey=other/key.txt moves the release and halt grants with it")
     def _():

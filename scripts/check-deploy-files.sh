@@ -194,6 +194,9 @@ done
 # above, and (when moto answers at AWS_ENDPOINT_URL) the stack created on moto.
 echo "== CloudFormation (scripts/check-cloudformation.sh)"
 bash scripts/check-cloudformation.sh || failures=$((failures + 1))
+# ---- CI (the pipeline's own half) -------------------------------------------------------------
+echo "== CI configs and the publisher role (scripts/check-ci-config.sh)"
+bash scripts/check-ci-config.sh || failures=$((failures + 1))
 
 if [ $failures -gt 0 ]; then
   echo "check-deploy-files: $failures check(s) failed"

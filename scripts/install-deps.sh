@@ -35,6 +35,12 @@ if ! "$venv/bin/python" -c 'import prometheus_client.parser' >/dev/null 2>&1; th
   echo "install-deps: prometheus_client into $venv" >&2
   "$venv/bin/pip" install -q 'prometheus_client>=0.20,<1'
 fi
+# JSON Schema validation of the reference CI configs, offline: scripts/check-ci-config.sh runs
+# check-jsonschema with the CircleCI and GitHub Actions schemas it bundles (--builtin-schema).
+if [ ! -x "$venv/bin/check-jsonschema" ]; then
+  echo "install-deps: check-jsonschema into $venv" >&2
+  "$venv/bin/pip" install -q 'check-jsonschema>=0.29,<1'
+fi
 
 # Supply-chain tools (docs/build.md, "Supply chain"): cargo-deny is a stage of scripts/test.sh,
 # cargo-auditable builds the packaged binary, cargo-nextest runs the tests (scripts/test.sh
