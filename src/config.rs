@@ -65,6 +65,9 @@ pub struct ReleaseSettings {
     pub bucket: String,
     /// Environment name -> S3 key of the object holding the desired SHA.
     pub keys: BTreeMap<String, String>,
+    /// The KMS key `publish` encrypts the release object with (SSE-KMS); `None`: the bucket's
+    /// default encryption.
+    pub kms_key: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -285,6 +288,7 @@ struct RawEnvironment {
 struct RawRelease {
     bucket: Option<String>,
     keys: Option<BTreeMap<String, String>>,
+    kms_key: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -657,7 +661,17 @@ impl Validator<'_> {
                 "every allowed environment needs the S3 key of its release file",
             ));
         }
-        Ok(ReleaseSettings { bucket, keys })
+        if let Some(key) = &raw.kms_key {
+            if key.trim().is_empty() || key.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(self.invalid(
+                    "[release] kms_key",
+                    key,
+                    "expected a KMS key id, ARN or alias such as \"alias/blog-releases\"; leave it unset for the \
+                     bucket's default encryption",
+                ));
+            }
+        }
+        Ok(ReleaseSettings { bucket, keys, kms_key: raw.kms_key })
     }
 
     fn repository(&self, raw: Option<String>) -> Result<Repository, ConfigError> {

@@ -9,6 +9,7 @@
 //! - [`config`] (validated settings), [`spec`] (the container a release runs as), [`sha`],
 //!   [`environment`] (which environment this host serves), [`state`] and [`lock`] (what the
 //!   host remembers, and who may change it), [`host_status`] (what `status` reports).
+//! - [`pipeline`]: the CI half: `publish`, `releases`, `rollback`, `promote`.
 //! - [`runtime`]: process plumbing (backoff, shutdown, signals, systemd notify, logging).
 //! - [`cli`]: commands and exit codes; `main.rs` only parses arguments and calls it.
 
@@ -21,6 +22,7 @@ pub mod host_status;
 pub mod lock;
 pub mod outside;
 pub mod pass;
+pub mod pipeline;
 pub mod runtime;
 pub mod sha;
 pub mod spec;

@@ -60,6 +60,8 @@ struct Published {
     etag: Option<String>,
     /// S3's Last-Modified of the object: the start of the release's staged rollout.
     published_at: Option<SystemTime>,
+    /// The image digest `blog-agent publish` recorded: the release runs only as that image.
+    digest: Option<String>,
 }
 
 /// A release the judgement blamed for a failure here during a pass: voted against once the
@@ -369,7 +371,9 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
         if self.launch.holds_blog_back().await {
             return self.warm_up(environment, &target, shutdown).await;
         }
-        let options = Options { probe_converged: false, rescue: true };
+        let pinned = self.published.as_ref().and_then(|p| Some((p.sha.clone(), p.digest.clone()?)));
+        let published_digest = pinned.as_ref().map(|(sha, digest)| (sha, digest.as_str()));
+        let options = Options { probe_converged: false, rescue: true, published_digest };
         let served_before = snapshot.serving_sha().and_then(|s| Sha::parse(s).ok());
         let result = execute::execute_decision(
             settings,
@@ -468,7 +472,9 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
                     tracing::info!(env = %env.name, sha = %release.sha, "desired release {} for {}", release.sha, env.name);
                 }
                 let published_at = release.published_at;
-                self.published = Some(Published { location, sha: release.sha, etag: release.etag, published_at });
+                let digest = release.provenance.digest;
+                self.published =
+                    Some(Published { location, sha: release.sha, etag: release.etag, published_at, digest });
                 Ok(None)
             }
             Ok(Fetched::Unchanged) => {

@@ -67,7 +67,8 @@ impl From<&PassError> for Problem {
             | PassError::Deploy(DeployError::CutoverFailed { source: e, .. }) => ProblemKind::Engine(discriminant(e)),
             PassError::Deploy(DeployError::Registry(e)) => ProblemKind::Registry(discriminant(e)),
             PassError::Deploy(DeployError::CandidateUnhealthy { image, .. })
-            | PassError::Deploy(DeployError::CutoverUnhealthy { image, .. }) => {
+            | PassError::Deploy(DeployError::CutoverUnhealthy { image, .. })
+            | PassError::Deploy(DeployError::DigestMismatch { image, .. }) => {
                 ProblemKind::ReleaseUnhealthy(image.clone())
             }
             PassError::Deploy(DeployError::RestartUnhealthy { .. }) | PassError::Unhealthy { .. } => {

@@ -4,6 +4,7 @@ mod assets;
 mod check;
 mod halt;
 mod pause;
+mod publish;
 mod run;
 mod status;
 mod sync;
@@ -102,6 +103,28 @@ pub enum Command {
     ///
     /// Example: blog-agent run   (normally started by systemd: blog-agent.service)
     Run(run::RunArgs),
+    /// Publish a release (CI): check `<repository>:SHA` is in ECR and read its digest, refuse a
+    /// SHA halted for the environment, then write SHA (and the digest hosts must run) to the
+    /// environment's release object as a conditional write: two publishes at once cannot
+    /// silently overwrite each other. Exit 1 with one line, and nothing written, on any failure.
+    ///
+    /// Example: blog-agent --env staging publish 3f2a9c1d0e
+    Publish(publish::PublishArgs),
+    /// List what was published to an environment, newest first (the release object's S3
+    /// versions): SHA, digest, time, publisher, pipeline, halted.
+    ///
+    /// Example: blog-agent --env production releases --json
+    Releases(publish::ReleasesArgs),
+    /// Publish again the release before the current one (or --to SHA), with the digest it was
+    /// published with, through the same checks as `publish`.
+    ///
+    /// Example: blog-agent --env production rollback
+    Rollback(publish::RollbackArgs),
+    /// Publish to --to the exact digest --from has for SHA, once it has been published there
+    /// for --soak; refuses a release halted in --from or never published there.
+    ///
+    /// Example: blog-agent promote 3f2a9c1d0e --from staging --to production --soak 30m
+    Promote(publish::PromoteArgs),
     /// Write the man page and shell completions into a directory (used by packaging).
     #[command(hide = true)]
     GenerateAssets(assets::AssetsArgs),
@@ -165,6 +188,10 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Resume => pause::resume(&cli),
             Command::Halt(args) => halt::halt(&cli, args).await,
             Command::Unhalt(args) => halt::unhalt(&cli, args).await,
+            Command::Publish(args) => publish::publish(&cli, args).await,
+            Command::Releases(args) => publish::releases(&cli, args).await,
+            Command::Rollback(args) => publish::rollback(&cli, args).await,
+            Command::Promote(args) => publish::promote(&cli, args).await,
             Command::GenerateAssets(args) => assets::run(args),
         }
     });

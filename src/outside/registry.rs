@@ -67,6 +67,12 @@ pub enum RegistryError {
     Malformed,
     #[error("cannot ask ECR for a registry token: {0}")]
     RegionUnknown(#[from] RegionUnknown),
+    #[error("ECR repository {repository:?} does not exist (check [image] repository)")]
+    NoRepository { repository: String },
+    #[error("ECR DescribeImages on {repository:?} was denied: the role needs ecr:DescribeImages on it ({detail})")]
+    DescribeDenied { repository: String, detail: String },
+    #[error("ECR DescribeImages on {repository:?} failed: {detail}")]
+    DescribeFailed { repository: String, detail: String },
 }
 
 /// Where registry credentials come from.
@@ -122,6 +128,47 @@ impl Ecr {
         creds.expires_at = data.expires_at().and_then(|t| SystemTime::try_from(*t).ok());
         Ok(creds)
     }
+}
+
+impl Ecr {
+    /// The manifest digest ECR holds for `repository:tag` (DescribeImages); `Ok(None)` when
+    /// the repository has no such tag.
+    pub async fn image_digest(
+        &self,
+        repository: &crate::config::Repository,
+        tag: &str,
+    ) -> Result<Option<String>, RegistryError> {
+        use aws_sdk_ecr::error::ProvideErrorMetadata;
+        let client = self.client.get().await?;
+        let name = repository.path.clone();
+        let id = aws_sdk_ecr::types::ImageIdentifier::builder().image_tag(tag).build();
+        let described = client
+            .describe_images()
+            .repository_name(&name)
+            .set_registry_id(registry_account(&repository.registry))
+            .image_ids(id)
+            .send()
+            .await;
+        match described {
+            Ok(out) => Ok(out.image_details().iter().find_map(|d| d.image_digest().map(str::to_owned))),
+            Err(err) => match err.code() {
+                Some("ImageNotFoundException") => Ok(None),
+                Some("RepositoryNotFoundException") => Err(RegistryError::NoRepository { repository: name }),
+                Some("AccessDeniedException") => {
+                    Err(RegistryError::DescribeDenied { repository: name, detail: describe(&err) })
+                }
+                _ => Err(RegistryError::DescribeFailed { repository: name, detail: describe(&err) }),
+            },
+        }
+    }
+}
+
+/// The AWS account of an ECR registry host (`123456789012.dkr.ecr.<region>...`); `None` for
+/// any other registry (the caller's own account).
+pub fn registry_account(registry_host: &str) -> Option<String> {
+    let (account, rest) = registry_host.split_once('.')?;
+    (rest.starts_with("dkr.ecr") && account.len() == 12 && account.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| account.to_owned())
 }
 
 impl CredentialSource for Ecr {
@@ -196,6 +243,13 @@ mod tests {
         // Any other registry: the host's region.
         assert_eq!(region("127.0.0.1:5000"), None);
         assert_eq!(region("registry.example.com"), None);
+    }
+
+    #[test]
+    fn the_registry_account_is_read_from_an_ecr_host_only() {
+        assert_eq!(registry_account("123456789012.dkr.ecr.us-east-1.amazonaws.com").as_deref(), Some("123456789012"));
+        assert_eq!(registry_account("127.0.0.1:5000"), None);
+        assert_eq!(registry_account("registry.example.com"), None);
     }
 
     #[test]

@@ -48,6 +48,60 @@ pub struct Release {
     /// When the object was written (its `Last-Modified`, S3's clock): the start of the
     /// release's staged rollout ([`crate::fleet::rollout::gate`]). `None` if S3 did not say.
     pub published_at: Option<SystemTime>,
+    /// What `blog-agent publish` recorded beside the SHA; empty for an object written by hand.
+    pub provenance: Provenance,
+}
+
+/// What `blog-agent publish` records with a release, as S3 user metadata of the release
+/// object (`x-amz-meta-blog-*`), so the body stays the bare SHA every reader understands
+/// (older agents, the user-data scripts of old): an older agent ignores the metadata, a
+/// newer one runs exactly `digest`. An object written by hand (`aws s3 cp`) has none, and is
+/// deployed by tag as before.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Provenance {
+    /// The image's manifest digest in ECR (`sha256:...`) when it was published.
+    pub digest: Option<String>,
+    /// Who published it (the CI role's session, or the operator).
+    pub by: Option<String>,
+    /// The pipeline run that published it (CI's build URL or id).
+    pub pipeline: Option<String>,
+    /// RFC 3339 time of the publish, as the publisher's clock had it.
+    pub at: Option<String>,
+}
+
+/// The metadata keys of [`Provenance`] (S3 lowercases user metadata keys).
+pub const META_DIGEST: &str = "blog-digest";
+pub const META_BY: &str = "blog-published-by";
+pub const META_PIPELINE: &str = "blog-pipeline";
+pub const META_AT: &str = "blog-published-at";
+
+impl Provenance {
+    /// From an object's user metadata; a digest that is not `sha256:<64 hex>` is dropped (the
+    /// bucket is not trusted with what a host pulls).
+    pub fn from_metadata(meta: Option<&std::collections::HashMap<String, String>>) -> Provenance {
+        let get = |k: &str| meta.and_then(|m| m.get(k)).map(|v| crate::sha::safe_text(v.trim()));
+        Provenance {
+            digest: get(META_DIGEST).filter(|d| is_digest(d)),
+            by: get(META_BY),
+            pipeline: get(META_PIPELINE),
+            at: get(META_AT),
+        }
+    }
+
+    /// The user metadata that records it.
+    pub fn to_metadata(&self) -> Vec<(&'static str, String)> {
+        [(META_DIGEST, &self.digest), (META_BY, &self.by), (META_PIPELINE, &self.pipeline), (META_AT, &self.at)]
+            .into_iter()
+            .filter_map(|(k, v)| v.clone().map(|v| (k, v)))
+            .collect()
+    }
+}
+
+/// `sha256:` and 64 lowercase hex digits: an image manifest digest.
+pub fn is_digest(value: &str) -> bool {
+    value
+        .strip_prefix("sha256:")
+        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
 }
 
 /// Outcome of a (possibly conditional) read.
@@ -98,6 +152,7 @@ pub struct Historic {
     /// When that version was written.
     pub published_at: Option<SystemTime>,
     pub version_id: String,
+    pub provenance: Provenance,
 }
 
 /// Versions of the release object read for its history, newest first: enough to step back
@@ -185,6 +240,108 @@ impl ReleaseSource for S3Releases {
     }
 }
 
+/// What a write of the release object expects to find, so that two publishers never overwrite
+/// each other silently (S3 conditional writes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expect {
+    /// No object yet (`If-None-Match: *`).
+    Absent,
+    /// The object as read, by its ETag (`If-Match`).
+    ETag(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error(
+        "{location} changed since it was read (another publish at the same time?): nothing was written; \
+         run the command again to publish over the new release, or check `blog-agent releases`"
+    )]
+    Conflict { location: ObjectLocation },
+    #[error("bucket {bucket:?} does not exist (writing {location}): check [release] bucket")]
+    NoBucket { bucket: String, location: ObjectLocation },
+    #[error(
+        "access denied writing {location}: the publisher role needs s3:PutObject on it and kms:GenerateDataKey \
+         on its KMS key ({detail})"
+    )]
+    AccessDenied { location: ObjectLocation, detail: String },
+    #[error("cannot write {location}: {detail}")]
+    Unavailable { location: ObjectLocation, detail: String },
+    #[error("cannot write {location}: {source}")]
+    RegionUnknown { location: ObjectLocation, source: RegionUnknown },
+    #[error("writing {location} timed out after {after:?}")]
+    TimedOut { location: ObjectLocation, after: Duration },
+}
+
+impl S3Releases {
+    /// The ETag of the object (HEAD); `None` when there is none.
+    pub async fn etag(&self, location: &ObjectLocation) -> Result<Option<String>, ReleaseError> {
+        let client = self
+            .client
+            .get()
+            .await
+            .map_err(|source| ReleaseError::RegionUnknown { location: location.clone(), source })?;
+        match client.head_object().bucket(&location.bucket).key(&location.key).send().await {
+            Ok(out) => Ok(out.e_tag().map(str::to_owned)),
+            Err(err) if err.raw_response().is_some_and(|r| r.status().as_u16() == 404) => Ok(None),
+            Err(err) => Err(ReleaseError::Unavailable { location: location.clone(), detail: describe(&err) }),
+        }
+    }
+
+    /// Writes `sha` (the body, as CI always did: the SHA and a newline) with its provenance as
+    /// user metadata, encrypted with `kms_key` (SSE-KMS; `None`: the bucket's default), only if
+    /// the object is still as `expect` says.
+    pub async fn write(
+        &self,
+        location: &ObjectLocation,
+        sha: &Sha,
+        provenance: &Provenance,
+        kms_key: Option<&str>,
+        expect: &Expect,
+    ) -> Result<(), WriteError> {
+        let client = self
+            .client
+            .get()
+            .await
+            .map_err(|source| WriteError::RegionUnknown { location: location.clone(), source })?;
+        let mut request = client
+            .put_object()
+            .bucket(&location.bucket)
+            .key(&location.key)
+            .content_type("text/plain")
+            .body(format!("{sha}\n").into_bytes().into());
+        for (k, v) in provenance.to_metadata() {
+            request = request.metadata(k, v);
+        }
+        if let Some(key) = kms_key {
+            request =
+                request.server_side_encryption(aws_sdk_s3::types::ServerSideEncryption::AwsKms).ssekms_key_id(key);
+        }
+        request = match expect {
+            Expect::Absent => request.if_none_match("*"),
+            Expect::ETag(etag) => request.if_match(etag),
+        };
+        let sent = tokio::time::timeout(FETCH_TIMEOUT, request.send())
+            .await
+            .map_err(|_| WriteError::TimedOut { location: location.clone(), after: FETCH_TIMEOUT })?;
+        let Err(err) = sent else { return Ok(()) };
+        let status = err.raw_response().map(|r| r.status().as_u16());
+        let detail = describe(&err);
+        let code = err.as_service_error().and_then(|e| e.code()).unwrap_or_default().to_owned();
+        Err(match (code.as_str(), status) {
+            ("PreconditionFailed" | "ConditionalRequestConflict", _) | (_, Some(412 | 409)) => {
+                WriteError::Conflict { location: location.clone() }
+            }
+            ("NoSuchBucket", _) | (_, Some(404)) => {
+                WriteError::NoBucket { bucket: location.bucket.clone(), location: location.clone() }
+            }
+            (code, status) if code == "AccessDenied" || code.starts_with("KMS") || status == Some(403) => {
+                WriteError::AccessDenied { location: location.clone(), detail }
+            }
+            _ => WriteError::Unavailable { location: location.clone(), detail },
+        })
+    }
+}
+
 /// The object's versions, newest first: one ListObjectVersions, then a GET of each version
 /// (a version that is not a valid SHA is skipped: it was never deployable).
 async fn versions(client: &aws_sdk_s3::Client, location: &ObjectLocation) -> Result<Vec<Historic>, ReleaseError> {
@@ -216,7 +373,9 @@ async fn versions(client: &aws_sdk_s3::Client, location: &ObjectLocation) -> Res
     let mut history = Vec::new();
     for (version_id, published_at) in versions.into_iter().take(HISTORY_DEPTH) {
         match read(client, location, None, Some(&version_id)).await {
-            Ok(Fetched::Changed(release)) => history.push(Historic { sha: release.sha, published_at, version_id }),
+            Ok(Fetched::Changed(release)) => {
+                history.push(Historic { sha: release.sha, published_at, version_id, provenance: release.provenance })
+            }
             Ok(Fetched::Unchanged) | Err(ReleaseError::Invalid { .. }) => {}
             Err(e) => return Err(e),
         }
@@ -266,6 +425,7 @@ async fn read(
     };
     let etag = output.e_tag().map(str::to_owned);
     let published_at = output.last_modified().and_then(|t| SystemTime::try_from(*t).ok());
+    let provenance = Provenance::from_metadata(output.metadata());
     let declared = output.content_length().unwrap_or(0).max(0) as usize;
     let mut body = output.body;
     let mut bytes = Vec::new();
@@ -286,7 +446,7 @@ async fn read(
         });
     }
     let sha = Sha::parse(&text).map_err(|e| ReleaseError::invalid(location, e))?;
-    Ok(Fetched::Changed(Release { sha, etag, published_at }))
+    Ok(Fetched::Changed(Release { sha, etag, published_at, provenance }))
 }
 
 #[cfg(test)]
@@ -294,7 +454,12 @@ mod history_tests {
     use super::*;
 
     fn h(sha: char) -> Historic {
-        Historic { sha: Sha::parse(&sha.to_string().repeat(7)).unwrap(), published_at: None, version_id: "v".into() }
+        Historic {
+            sha: Sha::parse(&sha.to_string().repeat(7)).unwrap(),
+            published_at: None,
+            version_id: "v".into(),
+            provenance: Provenance::default(),
+        }
     }
 
     #[test]

@@ -40,8 +40,26 @@ pub enum DeployError {
     Route(#[from] super::switch::RouteError),
     #[error("container {container} did not come back healthy after a start: {probe}")]
     RestartUnhealthy { container: String, probe: ProbeFailed },
+    #[error(
+        "{image} is {got} on this host, but it was published as {published}: the tag was pushed again after it was \
+         published; not running it (publish the new content under its own SHA, or roll back)"
+    )]
+    DigestMismatch { image: String, published: String, got: String },
     #[error(transparent)]
     Cancelled(#[from] Cancelled),
+}
+
+/// Refuses `image` (the pulled or local image of `desired`) unless it is exactly the one
+/// published: a tag moved after publish changes nothing on any host.
+pub fn check_digest(desired: &ContainerSpec, image: &ImageInfo, published: &str) -> Result<(), DeployError> {
+    match image.digest.as_deref() {
+        Some(got) if got == published => Ok(()),
+        got => Err(DeployError::DigestMismatch {
+            image: desired.image.clone(),
+            published: published.to_owned(),
+            got: got.unwrap_or("without a registry digest").to_owned(),
+        }),
+    }
 }
 
 /// Removes a leftover of an interrupted deploy (the decision checked it is ours).

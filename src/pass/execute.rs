@@ -27,12 +27,15 @@ use crate::state::{now_unix, GoodRelease, Proven, State};
 
 /// What [`execute`] was asked to do beyond the decision itself.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Options {
+pub struct Options<'a> {
     /// Probe the health URL even when nothing had to change (a one-off `sync` reports health;
     /// the loop relies on Docker events instead).
     pub probe_converged: bool,
     /// When the main step fails and nothing serves, deploy the decision's fallback.
     pub rescue: bool,
+    /// The published release and the image digest `blog-agent publish` recorded for it: that
+    /// release runs only as exactly that image.
+    pub published_digest: Option<(&'a Sha, &'a str)>,
 }
 
 /// How a pass ended when it did not fail outright.
@@ -86,7 +89,7 @@ pub async fn execute_decision<T, R, C: CredentialSource>(
     decision: Decision,
     redecide: impl Fn(&Snapshot) -> Decision,
     shutdown: &Shutdown,
-    options: Options,
+    options: Options<'_>,
 ) -> Result<Done, PassError> {
     let engine = &services.engine;
     let (mut snapshot, mut decision) = (snapshot, decision);
@@ -154,7 +157,7 @@ async fn apply<T, R, C: CredentialSource>(
     plan: &Plan,
     current: Option<&crate::outside::docker::ContainerInfo>,
     shutdown: &Shutdown,
-    options: Options,
+    options: Options<'_>,
 ) -> Result<Applied, PassError> {
     let applied = carry_out(settings, services, desired, plan, current, shutdown, options).await?;
     // What serves now has proven it (switch mode recorded it before moving traffic; this
@@ -195,7 +198,7 @@ async fn carry_out<T, R, C: CredentialSource>(
     plan: &Plan,
     current: Option<&crate::outside::docker::ContainerInfo>,
     shutdown: &Shutdown,
-    options: Options,
+    options: Options<'_>,
 ) -> Result<Applied, PassError> {
     let engine = &services.engine;
     let routes = services.routes.as_ref();
@@ -248,6 +251,9 @@ async fn carry_out<T, R, C: CredentialSource>(
             let prepared = async {
                 let (image, pulled) =
                     deploy::ensure_image(engine, settings, desired, &services.credentials, shutdown).await?;
+                if let Some((_, published)) = options.published_digest.filter(|(sha, _)| **sha == desired.sha) {
+                    deploy::check_digest(desired, &image, published)?;
+                }
                 let digest = image.digest.clone().unwrap_or_else(|| image.id.clone());
                 // The candidate protects a serving version from a bad release. With nothing
                 // under the name there is nothing to protect: the real container is probed

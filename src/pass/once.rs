@@ -130,6 +130,7 @@ async fn sync_pass<T: TagSource, R: ReleaseSource, C: CredentialSource>(
     };
     // Read S3 only now: after waiting for the lock, the object may have moved on.
     let mut published_at = None;
+    let mut published_digest = None;
     let wanted = match &request.sha {
         Some(sha) => Wanted::Operator(sha.clone()),
         None => {
@@ -137,6 +138,7 @@ async fn sync_pass<T: TagSource, R: ReleaseSource, C: CredentialSource>(
             match shutdown.race(services.releases.fetch(&location, None)).await?? {
                 Fetched::Changed(release) => {
                     published_at = release.published_at;
+                    published_digest = release.provenance.digest;
                     Wanted::Published(release.sha)
                 }
                 // An unconditional GET cannot be answered 304 by a well-behaved S3; an
@@ -185,7 +187,11 @@ async fn sync_pass<T: TagSource, R: ReleaseSource, C: CredentialSource>(
                 halted: marker.as_ref(),
             })
         };
-        let options = Options { probe_converged: true, rescue: false };
+        let published_digest = match (&wanted, &published_digest) {
+            (Wanted::Published(sha), Some(digest)) => Some((sha, digest.as_str())),
+            _ => None,
+        };
+        let options = Options { probe_converged: true, rescue: false, published_digest };
         let done =
             execute::execute_decision(settings, services, &env.name, snapshot, decision, redecide, shutdown, options)
                 .await?;

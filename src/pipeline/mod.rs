@@ -1,0 +1,352 @@
+//! The CI half of the pipeline, from the same binary and config as the hosts: `publish` a
+//! release, list what was published (`releases`), `rollback` and `promote`.
+//!
+//! A publish checks that `<repository>:<sha>` exists in ECR and reads its manifest digest
+//! (DescribeImages), refuses a SHA halted for the environment, and writes the release object
+//! as a conditional write (`If-Match` the ETag it read, `If-None-Match: *` for the first), so
+//! two pipelines publishing at once cannot silently overwrite each other: one wins, the other
+//! fails and says so. The body stays the bare SHA (every reader, old or new, understands it);
+//! the digest, who, when and which pipeline go in the object's user metadata
+//! ([`Provenance`]). Hosts then run exactly that digest. Any failure leaves the object as it
+//! was.
+//!
+//! History is the release object's own S3 versions (the bucket's versioning on): `releases`
+//! lists them, `rollback` publishes the one before the current, `promote` publishes to one
+//! environment the exact digest another one has, after a soak time there.
+//!
+//! Reads: ECR, the release objects and their versions, halt markers and votes. Writes: one
+//! release object per command.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+
+use crate::config::Settings;
+use crate::fleet::halt::{HaltError, HaltMarkers};
+use crate::outside::aws::Aws;
+use crate::outside::registry::{Ecr, RegistryError};
+use crate::outside::release::{
+    Expect, Fetched, Historic, ObjectLocation, Provenance, ReleaseError, ReleaseSource, S3Releases, WriteError,
+};
+use crate::sha::Sha;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("{image} is not in ECR: push it first (a typo, or a push that failed?); nothing was written")]
+    NotInEcr { image: String },
+    #[error("{0}; nothing was written")]
+    Registry(#[from] RegistryError),
+    #[error(
+        "{image} is {now} in ECR, but it was published as {published}: the tag was pushed again after it was \
+         published; nothing was written (publish the new content under its own SHA)"
+    )]
+    DigestMoved { image: String, published: String, now: String },
+    #[error(
+        "{sha} is halted for {environment} by {by}: {reason}; `blog-agent --env {environment} unhalt {sha}` \
+         first if it is fit after all; nothing was written"
+    )]
+    Halted { sha: Sha, environment: String, by: String, reason: String },
+    #[error("cannot read the halts of {sha} ({0}); nothing was written", sha = .1)]
+    HaltUnknown(Box<HaltError>, Sha),
+    #[error("{0}; nothing was written")]
+    Read(ReleaseError),
+    #[error(transparent)]
+    Write(#[from] WriteError),
+    #[error("{environment} has no release key in [release.keys] of the configuration")]
+    UnknownEnvironment { environment: String },
+    #[error("{sha} was never published to {environment} ({location} and its versions): nothing to {what}")]
+    NeverPublished { sha: Sha, environment: String, location: ObjectLocation, what: &'static str },
+    /// `detail`: when it was published there, how long ago, and when it may be promoted.
+    #[error("{sha} has not soaked in {environment} yet: {detail}; nothing was written")]
+    Soaking { sha: Sha, environment: String, detail: String },
+    #[error(
+        "{location} has no earlier release that is not halted (the bucket keeps {count} versions of it{hint}); \
+         name one with --to"
+    )]
+    NothingToRollBackTo { location: ObjectLocation, count: usize, hint: &'static str },
+}
+
+impl PublishError {
+    /// A refusal of what was asked (as opposed to AWS trouble): the pipeline should stop, not
+    /// retry. All exit 1 today; the split is for messages and tests.
+    pub fn is_refusal(&self) -> bool {
+        !matches!(self, PublishError::Registry(_) | PublishError::Read(_) | PublishError::HaltUnknown(..))
+    }
+}
+
+/// What a publish did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Published {
+    pub environment: String,
+    pub sha: String,
+    pub digest: String,
+    pub location: String,
+    /// The release it replaced, if any.
+    pub replaced: Option<String>,
+    /// It was published already, with this digest: nothing was written.
+    pub unchanged: bool,
+}
+
+/// One published release, for `releases`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReleaseEntry {
+    pub sha: String,
+    pub digest: Option<String>,
+    /// RFC 3339, S3's time of the write.
+    pub published_at: Option<String>,
+    pub published_by: Option<String>,
+    pub pipeline: Option<String>,
+    pub halted: bool,
+    /// The release the environment's hosts follow now (the newest).
+    pub current: bool,
+}
+
+/// The history of one environment's release object.
+#[derive(Debug, Clone, Serialize)]
+pub struct History {
+    pub environment: String,
+    pub location: String,
+    /// Newest first.
+    pub releases: Vec<ReleaseEntry>,
+    /// The bucket keeps no versions of the object: only the current release is known.
+    pub versioning_off: bool,
+}
+
+/// The clients the pipeline commands use.
+pub struct Pipeline {
+    settings: Settings,
+    releases: S3Releases,
+    ecr: Ecr,
+    halts: HaltMarkers,
+}
+
+/// Who is publishing: `BLOG_AGENT_PUBLISHER`, else the operator (user@host).
+fn publisher() -> String {
+    std::env::var("BLOG_AGENT_PUBLISHER").ok().filter(|v| !v.trim().is_empty()).unwrap_or_else(crate::cli::operator)
+}
+
+/// Which pipeline run is publishing: `BLOG_AGENT_PIPELINE`, else CircleCI's build URL, else
+/// GitHub Actions' run URL.
+fn pipeline_run() -> Option<String> {
+    let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+    var("BLOG_AGENT_PIPELINE").or_else(|| var("CIRCLE_BUILD_URL")).or_else(|| {
+        Some(format!(
+            "{}/{}/actions/runs/{}",
+            var("GITHUB_SERVER_URL")?,
+            var("GITHUB_REPOSITORY")?,
+            var("GITHUB_RUN_ID")?
+        ))
+    })
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+impl Pipeline {
+    pub async fn connect(settings: Settings) -> Pipeline {
+        let registry = settings.image.repository.registry.clone();
+        let aws: Arc<Aws> = Aws::load(&registry).await;
+        Pipeline {
+            releases: S3Releases::with_aws(&aws),
+            ecr: Ecr::for_registry(&aws, &registry),
+            halts: HaltMarkers::with_aws(&aws, settings.release.bucket.clone()),
+            settings,
+        }
+    }
+
+    fn location(&self, environment: &str) -> Result<ObjectLocation, PublishError> {
+        let key = self
+            .settings
+            .release_key(environment)
+            .ok_or_else(|| PublishError::UnknownEnvironment { environment: environment.to_owned() })?;
+        Ok(ObjectLocation { bucket: self.settings.release.bucket.clone(), key: key.to_owned() })
+    }
+
+    /// The halt in force for `sha` in `environment`, if any.
+    async fn halt_of(&self, environment: &str, sha: &Sha) -> Result<Option<crate::fleet::halt::Marker>, PublishError> {
+        let key = self.settings.release_key(environment).unwrap_or_default();
+        let prefix = self.settings.rollout.halt_prefix_for(key, environment);
+        let reading =
+            self.halts.read(&prefix, sha).await.map_err(|e| PublishError::HaltUnknown(Box::new(e), sha.clone()))?;
+        Ok(reading.halt(sha, environment, self.settings.rollout.halt_after))
+    }
+
+    /// Publishes `sha` to `environment`. `digest`: the digest it must have (a rollback or a
+    /// promotion carries the one published before); `None`: whatever ECR has for the tag.
+    pub async fn publish(&self, environment: &str, sha: &Sha, digest: Option<&str>) -> Result<Published, PublishError> {
+        let location = self.location(environment)?;
+        let repository = &self.settings.image.repository;
+        let image = repository.reference(sha.as_str());
+        let now = self
+            .ecr
+            .image_digest(repository, sha.as_str())
+            .await?
+            .ok_or(PublishError::NotInEcr { image: image.clone() })?;
+        if let Some(published) = digest.filter(|d| *d != now) {
+            return Err(PublishError::DigestMoved { image, published: published.to_owned(), now });
+        }
+        if let Some(halt) = self.halt_of(environment, sha).await? {
+            return Err(PublishError::Halted {
+                sha: sha.clone(),
+                environment: environment.to_owned(),
+                by: crate::sha::safe_text(halt.by.as_deref().unwrap_or(&halt.instance_id)),
+                reason: crate::sha::safe_text(&halt.reason),
+            });
+        }
+        let (expect, replaced) = match self.releases.fetch(&location, None).await {
+            Ok(Fetched::Changed(current)) => {
+                if current.sha == *sha && current.provenance.digest.as_deref() == Some(now.as_str()) {
+                    return Ok(Published {
+                        environment: environment.to_owned(),
+                        sha: sha.to_string(),
+                        digest: now,
+                        location: location.to_string(),
+                        replaced: None,
+                        unchanged: true,
+                    });
+                }
+                let etag = current.etag.clone().unwrap_or_default();
+                (Expect::ETag(etag), Some(current.sha.to_string()))
+            }
+            Ok(Fetched::Unchanged) => {
+                return Err(PublishError::Read(ReleaseError::UnexpectedNotModified { location }));
+            }
+            Err(ReleaseError::NotFound { .. }) => (Expect::Absent, None),
+            // An object that is not a SHA (written by hand) is replaced, but only as it is.
+            Err(ReleaseError::Invalid { .. }) => (self.etag_of(&location).await?, None),
+            Err(e) => return Err(PublishError::Read(e)),
+        };
+        let provenance = Provenance {
+            digest: Some(now.clone()),
+            by: Some(publisher()),
+            pipeline: pipeline_run(),
+            at: Some(rfc3339(SystemTime::now())),
+        };
+        let kms_key = self.settings.release.kms_key.as_deref();
+        self.releases.write(&location, sha, &provenance, kms_key, &expect).await?;
+        Ok(Published {
+            environment: environment.to_owned(),
+            sha: sha.to_string(),
+            digest: now,
+            location: location.to_string(),
+            replaced,
+            unchanged: false,
+        })
+    }
+
+    /// The ETag of an object whose body is not a SHA (read again through its history).
+    async fn etag_of(&self, location: &ObjectLocation) -> Result<Expect, PublishError> {
+        match self.releases.etag(location).await.map_err(PublishError::Read)? {
+            Some(etag) => Ok(Expect::ETag(etag)),
+            None => Ok(Expect::Absent),
+        }
+    }
+
+    /// What was published to `environment`, newest first: the object's versions, or only the
+    /// current object when the bucket keeps none.
+    async fn published(&self, environment: &str) -> Result<(ObjectLocation, Vec<Historic>, bool), PublishError> {
+        let location = self.location(environment)?;
+        let history = self.releases.history(&location).await.map_err(PublishError::Read)?;
+        if !history.is_empty() {
+            return Ok((location, history, false));
+        }
+        match self.releases.fetch(&location, None).await {
+            Ok(Fetched::Changed(current)) => {
+                let only = Historic {
+                    sha: current.sha,
+                    published_at: current.published_at,
+                    version_id: "null".into(),
+                    provenance: current.provenance,
+                };
+                Ok((location, vec![only], true))
+            }
+            Ok(Fetched::Unchanged) => Err(PublishError::Read(ReleaseError::UnexpectedNotModified { location })),
+            Err(ReleaseError::NotFound { .. }) => Ok((location, Vec::new(), true)),
+            Err(e) => Err(PublishError::Read(e)),
+        }
+    }
+
+    /// `releases`: the history of `environment`, with each release's halt.
+    pub async fn history(&self, environment: &str) -> Result<History, PublishError> {
+        let (location, published, versioning_off) = self.published(environment).await?;
+        let mut releases = Vec::new();
+        for (i, h) in published.iter().enumerate() {
+            releases.push(ReleaseEntry {
+                sha: h.sha.to_string(),
+                digest: h.provenance.digest.clone(),
+                published_at: h.published_at.map(rfc3339),
+                published_by: h.provenance.by.clone(),
+                pipeline: h.provenance.pipeline.clone(),
+                halted: self.halt_of(environment, &h.sha).await?.is_some(),
+                current: i == 0,
+            });
+        }
+        Ok(History { environment: environment.to_owned(), location: location.to_string(), releases, versioning_off })
+    }
+
+    /// `rollback`: publishes `to`, else the newest release before the current one that is not
+    /// halted, with the digest it was published with.
+    pub async fn rollback(&self, environment: &str, to: Option<&Sha>) -> Result<Published, PublishError> {
+        let (location, published, versioning_off) = self.published(environment).await?;
+        let target = match to {
+            Some(to) => to.clone(),
+            None => {
+                let current = published.first().map(|h| h.sha.clone());
+                let mut found = None;
+                if let Some(current) = &current {
+                    for candidate in crate::outside::release::releases_before(&published, current) {
+                        if self.halt_of(environment, &candidate).await?.is_none() {
+                            found = Some(candidate);
+                            break;
+                        }
+                    }
+                }
+                found.ok_or(PublishError::NothingToRollBackTo {
+                    location: location.clone(),
+                    count: published.len(),
+                    hint: if versioning_off { ": turn on the bucket's versioning" } else { "" },
+                })?
+            }
+        };
+        let digest = published.iter().find(|h| h.sha == target).and_then(|h| h.provenance.digest.clone());
+        self.publish(environment, &target, digest.as_deref()).await
+    }
+
+    /// `promote`: publishes `sha` to `to` with the exact digest `from` has for it, once it has
+    /// been there `soak`; refuses a release halted in `from` or never published there.
+    pub async fn promote(&self, sha: &Sha, from: &str, to: &str, soak: Duration) -> Result<Published, PublishError> {
+        let (location, published, _) = self.published(from).await?;
+        let Some(entry) = published.iter().find(|h| h.sha == *sha) else {
+            return Err(PublishError::NeverPublished {
+                sha: sha.clone(),
+                environment: from.to_owned(),
+                location,
+                what: "promote",
+            });
+        };
+        if let Some(halt) = self.halt_of(from, sha).await? {
+            return Err(PublishError::Halted {
+                sha: sha.clone(),
+                environment: from.to_owned(),
+                by: crate::sha::safe_text(halt.by.as_deref().unwrap_or(&halt.instance_id)),
+                reason: crate::sha::safe_text(&halt.reason),
+            });
+        }
+        if let Some(at) = entry.published_at {
+            let ago = SystemTime::now().duration_since(at).unwrap_or_default();
+            if ago < soak {
+                let detail = format!(
+                    "published there at {} ({} ago), --soak {}: promote it from {}",
+                    rfc3339(at),
+                    humantime::format_duration(Duration::from_secs(ago.as_secs())),
+                    humantime::format_duration(soak),
+                    rfc3339(at + soak)
+                );
+                return Err(PublishError::Soaking { sha: sha.clone(), environment: from.to_owned(), detail });
+            }
+        }
+        self.publish(to, sha, entry.provenance.digest.as_deref()).await
+    }
+}
