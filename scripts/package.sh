@@ -85,7 +85,7 @@ for f in /usr/bin/blog-agent /usr/share/doc/blog-agent/config.example.toml \
   grep -qx "$f" <<<"$deb_list" && grep -qx "$f" <<<"$rpm_list" && ok "both packages ship $f" || fail "$f missing from a package"
 done
 # cargo-deb compresses man pages, as Debian policy asks.
-for page in blog-agent blog-agent-sync blog-agent-run blog-agent-status blog-agent-check blog-agent-pause blog-agent-resume blog-agent-halt blog-agent-unhalt; do
+for page in blog-agent blog-agent-sync blog-agent-run blog-agent-status blog-agent-check blog-agent-pause blog-agent-resume blog-agent-halt blog-agent-unhalt blog-agent-publish blog-agent-releases blog-agent-rollback blog-agent-promote; do
   grep -qE "^/usr/share/man/man1/$page\.1(\.gz)?$" <<<"$deb_list" && grep -qx "/usr/share/man/man1/$page.1" <<<"$rpm_list" \
     && ok "both packages ship man page $page(1)" || fail "man page $page(1) missing from a package"
 done

@@ -143,6 +143,11 @@ pub struct PublishedStatus {
     pub read_at: String,
     /// RFC 3339: the object's Last-Modified, when CI published it (the rollout's start).
     pub published_at: Option<String>,
+    /// The image digest `blog-agent publish` recorded: hosts run exactly this image.
+    pub digest: Option<String>,
+    /// Who published it, and from which pipeline run.
+    pub published_by: Option<String>,
+    pub pipeline: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -263,6 +268,9 @@ pub async fn gather(
                             etag: release.etag,
                             read_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
                             published_at: release.published_at.map(rfc3339),
+                            digest: release.provenance.digest.clone(),
+                            published_by: release.provenance.by.clone(),
+                            pipeline: release.provenance.pipeline.clone(),
                         })
                     }
                     Ok(Fetched::Unchanged) => {}
@@ -435,9 +443,14 @@ pub fn render_text(s: &Status) -> String {
     line(
         "desired",
         match (&s.desired, &s.desired_error) {
-            (Some(d), _) => {
-                format!("{} ({}, etag {}, read {})", d.sha, d.uri, d.etag.as_deref().unwrap_or("-"), d.read_at)
-            }
+            (Some(d), _) => format!(
+                "{} ({}, etag {}, read {}){}",
+                d.sha,
+                d.uri,
+                d.etag.as_deref().unwrap_or("-"),
+                d.read_at,
+                d.digest.as_deref().map(|digest| format!("; published as {digest}")).unwrap_or_default()
+            ),
             (None, Some(err)) => format!("UNKNOWN: {err}"),
             _ => "unknown".into(),
         },
@@ -710,6 +723,9 @@ mod tests {
             etag: None,
             read_at: "2025-06-15T12:00:00Z".into(),
             published_at: Some("2025-06-15T11:57:00Z".into()),
+            digest: Some(format!("sha256:{}", "ab".repeat(32))),
+            published_by: Some("ci@build".into()),
+            pipeline: None,
         });
         let now = humantime::parse_rfc3339("2025-06-15T12:00:00Z").unwrap();
         assert_eq!(rollout_text(&s, now), "bbbbbbb applies at 12:03:10 UTC (seed 0.41, spread 15m; in 3m 10s)");

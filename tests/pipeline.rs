@@ -111,6 +111,10 @@ fn publish_writes_the_sha_and_its_digest_and_a_host_runs_exactly_that_image() {
     assert_eq!(run.code, 0, "{}", run.output());
     host.assert_serves(&sha);
     assert_eq!(host.label("io.blog-agent.digest"), digest);
+    let status = host.agent(&["--env", "staging", "status", "--json"]);
+    let status: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    assert_eq!(status["desired"]["digest"], digest.as_str(), "{status}");
+    assert_eq!(status["container"]["digest"], digest.as_str(), "{status}");
 }
 
 #[test]

@@ -562,6 +562,8 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
         };
         let sha = serving.as_ref().map(Sha::as_str).unwrap_or("none");
         metrics.set_release(env.as_deref().unwrap_or("unknown"), sha, state);
+        let proven = crate::state::State::load(&self.settings.agent.state_dir).proven;
+        metrics.set_digest(proven.filter(|p| p.sha == sha && !p.digest.is_empty()).map(|p| (p.sha, p.digest)));
         metrics.record_pass(phase.is_converged(), SystemTime::now());
         let halted = self.published.as_ref().filter(|p| self.fleet.halt_of(&p.sha).is_some());
         metrics.set_halted(halted.map(|p| p.sha.to_string()).into_iter().collect());

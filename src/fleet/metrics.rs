@@ -31,6 +31,8 @@ struct ReleaseInfo {
 #[derive(Debug, Default)]
 struct Gauges {
     release: Option<ReleaseInfo>,
+    /// The serving release's image digest: (SHA, digest).
+    digest: Option<(String, String)>,
     converged: Option<bool>,
     last_pass: Option<SystemTime>,
     halted: BTreeSet<String>,
@@ -81,6 +83,11 @@ impl Metrics {
     pub fn set_release(&self, environment: &str, sha: &str, state: &str) {
         self.gauges().release =
             Some(ReleaseInfo { environment: environment.to_owned(), sha: sha.to_owned(), state: state.to_owned() });
+    }
+
+    /// The image digest the serving release runs as (from the proven container's record).
+    pub fn set_digest(&self, serving: Option<(String, String)>) {
+        self.gauges().digest = serving;
     }
 
     /// The halted SHAs this host knows of (replaces the previous set).
@@ -146,6 +153,17 @@ impl Metrics {
             "gauge",
             "The release this host is on (value 1): environment, SHA and state.",
             &release,
+        );
+        let digest: Vec<_> = g
+            .digest
+            .iter()
+            .map(|(sha, digest)| (vec![("sha", sha.as_str()), ("digest", digest.as_str())], "1".to_owned()))
+            .collect();
+        family(
+            "blog_agent_release_digest_info",
+            "gauge",
+            "The image digest the serving release runs as (value 1): SHA and manifest digest.",
+            &digest,
         );
         let converged: Vec<_> = g.converged.iter().map(|c| (vec![], u8::from(*c).to_string())).collect();
         family(
@@ -297,6 +315,7 @@ mod tests {
         let text = Metrics::new().render();
         for name in [
             "blog_agent_release_info",
+            "blog_agent_release_digest_info",
             "blog_agent_converged",
             "blog_agent_last_pass_timestamp_seconds",
             "blog_agent_deploys_total",
