@@ -384,6 +384,7 @@ fn metrics_textfile_is_valid_per_the_reference_parser() {
     // Label values with every character the format escapes.
     let environment = "stag\"ing\\with\nnewline";
     m.set_release(environment, "3f2a9c1", "serving");
+    m.set_digest(Some(("3f2a9c1".into(), format!("sha256:{}", "ab".repeat(32)))));
     m.record_pass(true, SystemTime::UNIX_EPOCH + Duration::from_millis(1_750_000_000_250));
     m.record_deploy(true);
     m.record_deploy(false);
@@ -403,6 +404,7 @@ fn metrics_textfile_is_valid_per_the_reference_parser() {
     let families = families.as_array().unwrap();
     let expected_types = [
         ("blog_agent_release_info", "gauge"),
+        ("blog_agent_release_digest_info", "gauge"),
         ("blog_agent_converged", "gauge"),
         ("blog_agent_last_pass_timestamp_seconds", "gauge"),
         // The parser names a counter family without its `_total`; its samples keep it.
@@ -426,6 +428,11 @@ fn metrics_textfile_is_valid_per_the_reference_parser() {
         .collect();
     let want = vec![
         ("blog_agent_release_info", json!({"environment": environment, "sha": "3f2a9c1", "state": "serving"}), 1.0),
+        (
+            "blog_agent_release_digest_info",
+            json!({"sha": "3f2a9c1", "digest": format!("sha256:{}", "ab".repeat(32))}),
+            1.0,
+        ),
         ("blog_agent_converged", json!({}), 1.0),
         ("blog_agent_last_pass_timestamp_seconds", json!({}), 1_750_000_000.25),
         ("blog_agent_deploys_total", json!({"result": "success"}), 1.0),

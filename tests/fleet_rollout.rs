@@ -195,20 +195,6 @@ fn nanos(t: SystemTime) -> u128 {
     t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_nanos()
 }
 
-/// The halt votes on `sha` (one object per host under `staging/halted/<sha>/`), as JSON.
-fn votes(leader: &Host, sha: &str) -> Vec<serde_json::Value> {
-    let prefix = format!("staging/halted/{sha}/");
-    leader.s3(|c, b| async move {
-        let listed = c.list_objects_v2().bucket(&b).prefix(prefix).send().await.unwrap();
-        let mut votes = Vec::new();
-        for key in listed.contents().iter().filter_map(|o| o.key()) {
-            let out = c.get_object().bucket(&b).key(key).send().await.unwrap();
-            votes.push(serde_json::from_slice(&out.body.collect().await.unwrap().to_vec()).unwrap());
-        }
-        votes
-    })
-}
-
 /// The decisive halt marker of `sha` (an operator's), if there is one.
 fn marker(leader: &Host, sha: &str) -> Option<serde_json::Value> {
     let key = format!("staging/halted/{sha}");
@@ -318,7 +304,7 @@ fn a_fleet_rolls_out_in_seed_order_and_halts_a_bad_release_once_two_hosts_voted(
     leader.put_release("staging", &crash);
     let t1 = published_at(leader);
     let voted = wait_for("two hosts' halt votes on the crashing release", SPREAD + SLACK, || {
-        let votes = votes(leader, &crash);
+        let votes = leader.staging_votes(&crash);
         (votes.len() >= 2).then_some(votes)
     });
     // Every host sees the halt, and every wave opens (plus a few polls) without another try.

@@ -19,21 +19,6 @@ const SERVE: Duration = Duration::from_secs(30);
 /// whether it voted, and a vote that must not be written would show at once.
 const FAST_ONE_VOTE: &str = "[reconcile]\ninterval = \"1s\"\njitter = \"0s\"\n[rollout]\nhalt_after = 1\n";
 
-/// The halt votes on `sha` in the staging prefix, as JSON.
-fn staging_votes(host: &Host, sha: &str) -> Vec<serde_json::Value> {
-    let prefix = format!("staging/halted/{sha}/");
-    host.s3(|c, b| async move {
-        let listed = c.list_objects_v2().bucket(&b).prefix(prefix).send().await.unwrap();
-        let mut votes = Vec::new();
-        for key in listed.contents().iter().filter_map(|o| o.key()) {
-            let out = c.get_object().bucket(&b).key(key).send().await.unwrap();
-            votes.push(serde_json::from_slice(&out.body.collect().await.unwrap().to_vec()).unwrap());
-        }
-        votes
-    })
-}
-
-/// Asserts the page of `sha` is served on every probe for `window`.
 fn assert_keeps_serving(host: &Host, sha: &str, window: Duration) {
     let end = Instant::now() + window;
     while Instant::now() < end {
@@ -218,7 +203,7 @@ fn crash_looping_release_is_rolled_back_with_backoff() {
     assert_keeps_serving(&host, &v1, Duration::from_secs(3));
     // It crash-looped right after its first deploy here: the release's fault, so this host
     // votes to halt it, with the version it went back to.
-    let votes = wait_for("the halt vote", SERVE, || Some(staging_votes(&host, &bad)).filter(|v| !v.is_empty()));
+    let votes = wait_for("the halt vote", SERVE, || Some(host.staging_votes(&bad)).filter(|v| !v.is_empty()));
     let vote = &votes[0];
     assert_eq!(vote["rolled_back_to"], v1.as_str(), "{vote}");
     assert_eq!(vote["verdict"], "crash-loop-after-deploy", "{vote}");
@@ -591,7 +576,7 @@ fn a_release_whose_command_cannot_run_is_halted_fleet_wide() {
     assert_keeps_serving(&host, &v1, Duration::from_secs(3));
     let tries = agent.logs().matches(&format!("deploying {v2} as")).count();
     assert_eq!(tries, 1, "tried once, then halted:\n{}", agent.logs());
-    let votes = staging_votes(&host, &v2);
+    let votes = host.staging_votes(&v2);
     assert_eq!(votes[0]["verdict"], "command-cannot-run", "{votes:?}");
     agent.assert_alive();
 }

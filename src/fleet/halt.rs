@@ -312,9 +312,26 @@ impl HaltMarkers {
     /// Halts `marker.sha` for good unless a marker is already there (the first one wins).
     /// `Ok(true)`: written by this call; `Ok(false)`: one was there, and was kept.
     pub async fn mark(&self, key_prefix: &str, marker: &Marker) -> Result<bool, HaltError> {
+        let location = self.location(key_prefix, &marker.sha);
+        self.put_new(&location, serde_json::to_vec_pretty(marker).expect("a marker serializes")).await
+    }
+
+    /// Records `vote` at its host's key unless that host voted already (`If-None-Match: *`).
+    pub async fn vote(&self, key_prefix: &str, vote: &Vote) -> Result<bool, HaltError> {
+        let sha = Sha::parse(&vote.sha).map_err(|e| HaltError::Unavailable {
+            action: "writing",
+            location: self.location(key_prefix, &vote.sha),
+            detail: e.to_string(),
+        })?;
+        let location =
+            ObjectLocation { bucket: self.bucket.clone(), key: vote_key(key_prefix, &sha, &vote.instance_id) };
+        self.put_new(&location, serde_json::to_vec_pretty(vote).expect("a vote serializes")).await
+    }
+
+    /// Writes `body` at `location` unless an object is there (`If-None-Match: *`): `Ok(true)`
+    /// written, `Ok(false)` one was there and was kept.
+    async fn put_new(&self, location: &ObjectLocation, body: Vec<u8>) -> Result<bool, HaltError> {
         const ACTION: &str = "writing";
-        let location = &self.location(key_prefix, &marker.sha);
-        let body = serde_json::to_vec_pretty(marker).expect("a marker serializes");
         self.call(ACTION, location, |client| async move {
             let sent = client
                 .put_object()
@@ -330,43 +347,6 @@ impl HaltMarkers {
                 Err(err) => match classify(err, ACTION, location) {
                     Failed::Exists => Ok(false),
                     // A 404 to a PUT is the bucket's.
-                    Failed::NotFound => Err(HaltError::NoBucket {
-                        bucket: location.bucket.clone(),
-                        action: ACTION,
-                        location: location.clone(),
-                    }),
-                    Failed::Error(e) => Err(e),
-                },
-            }
-        })
-        .await
-    }
-
-    /// Records `vote` at its host's key unless that host voted already (`If-None-Match: *`).
-    pub async fn vote(&self, key_prefix: &str, vote: &Vote) -> Result<bool, HaltError> {
-        const ACTION: &str = "writing";
-        let sha = Sha::parse(&vote.sha).map_err(|e| HaltError::Unavailable {
-            action: ACTION,
-            location: self.location(key_prefix, &vote.sha),
-            detail: e.to_string(),
-        })?;
-        let location =
-            &ObjectLocation { bucket: self.bucket.clone(), key: vote_key(key_prefix, &sha, &vote.instance_id) };
-        let body = serde_json::to_vec_pretty(vote).expect("a vote serializes");
-        self.call(ACTION, location, |client| async move {
-            let sent = client
-                .put_object()
-                .bucket(&location.bucket)
-                .key(&location.key)
-                .content_type("application/json")
-                .if_none_match("*")
-                .body(body.into())
-                .send()
-                .await;
-            match sent {
-                Ok(_) => Ok(true),
-                Err(err) => match classify(err, ACTION, location) {
-                    Failed::Exists => Ok(false),
                     Failed::NotFound => Err(HaltError::NoBucket {
                         bucket: location.bucket.clone(),
                         action: ACTION,
@@ -456,7 +436,8 @@ impl HaltMarkers {
         Ok(reading)
     }
 
-    /// The body of `key` (at most [`MAX_MARKER_BYTES`]); `None` when it is gone.
+    /// The body of `key` (at most [`MAX_MARKER_BYTES`] + a chunk); `None` when it is gone (or
+    /// a 403: see [`HaltMarkers::get`]).
     async fn body(&self, key: &str) -> Result<Option<Vec<u8>>, HaltError> {
         const ACTION: &str = "reading";
         let location = &ObjectLocation { bucket: self.bucket.clone(), key: key.to_owned() };
@@ -465,8 +446,11 @@ impl HaltMarkers {
                 Ok(output) => output,
                 Err(err) => {
                     return match classify(err, ACTION, location) {
-                        Failed::NotFound | Failed::Error(HaltError::AccessDenied { .. }) => Ok(None),
-                        Failed::Exists => Ok(None),
+                        Failed::NotFound | Failed::Exists => Ok(None),
+                        Failed::Error(HaltError::AccessDenied { detail, .. }) => {
+                            tracing::debug!(%location, "403 reading {location}: no such object ({detail})");
+                            Ok(None)
+                        }
                         Failed::Error(e) => Err(e),
                     }
                 }
@@ -525,45 +509,8 @@ impl HaltMarkers {
     /// `aws s3 cp /dev/null ...`) still halts: its existence is what counts, and the reason
     /// says what was found.
     pub async fn get(&self, key_prefix: &str, sha: &Sha) -> Result<Option<Marker>, HaltError> {
-        const ACTION: &str = "reading";
-        let location = &self.location(key_prefix, sha.as_str());
-        self.call(ACTION, location, |client| async move {
-            let output = match client.get_object().bucket(&location.bucket).key(&location.key).send().await {
-                Ok(output) => output,
-                Err(err) => {
-                    return match classify(err, ACTION, location) {
-                        Failed::NotFound => Ok(None),
-                        Failed::Error(HaltError::AccessDenied { detail, .. }) => {
-                            tracing::debug!(%location, "403 reading the halt marker: no marker ({detail})");
-                            Ok(None)
-                        }
-                        Failed::Exists => Err(HaltError::Unavailable {
-                            action: ACTION,
-                            location: location.clone(),
-                            detail: "unexpected precondition answer to a plain GET".into(),
-                        }),
-                        Failed::Error(e) => Err(e),
-                    }
-                }
-            };
-            let mut body = output.body;
-            let mut bytes = Vec::new();
-            while bytes.len() <= MAX_MARKER_BYTES {
-                match body.try_next().await {
-                    Ok(Some(chunk)) => bytes.extend_from_slice(&chunk),
-                    Ok(None) => break,
-                    Err(err) => {
-                        return Err(HaltError::Unavailable {
-                            action: ACTION,
-                            location: location.clone(),
-                            detail: describe(&err),
-                        })
-                    }
-                }
-            }
-            Ok(Some(parse_marker(&bytes, sha, location)))
-        })
-        .await
+        let location = self.location(key_prefix, sha.as_str());
+        Ok(self.body(&location.key).await?.map(|bytes| parse_marker(&bytes, sha, &location)))
     }
 
     /// Removes the marker of `sha`. `Some(true)` when there was one, `Some(false)` when there

@@ -68,6 +68,15 @@ pub enum PublishError {
 }
 
 impl PublishError {
+    fn halted(sha: &Sha, environment: &str, halt: &crate::fleet::halt::Marker) -> PublishError {
+        PublishError::Halted {
+            sha: sha.clone(),
+            environment: environment.to_owned(),
+            by: crate::sha::safe_text(halt.by.as_deref().unwrap_or(&halt.instance_id)),
+            reason: crate::sha::safe_text(&halt.reason),
+        }
+    }
+
     /// A refusal of what was asked (as opposed to AWS trouble): the pipeline should stop, not
     /// retry. All exit 1 today; the split is for messages and tests.
     pub fn is_refusal(&self) -> bool {
@@ -188,12 +197,7 @@ impl Pipeline {
             return Err(PublishError::DigestMoved { image, published: published.to_owned(), now });
         }
         if let Some(halt) = self.halt_of(environment, sha).await? {
-            return Err(PublishError::Halted {
-                sha: sha.clone(),
-                environment: environment.to_owned(),
-                by: crate::sha::safe_text(halt.by.as_deref().unwrap_or(&halt.instance_id)),
-                reason: crate::sha::safe_text(&halt.reason),
-            });
+            return Err(PublishError::halted(sha, environment, &halt));
         }
         let (expect, replaced) = match self.releases.fetch(&location, None).await {
             Ok(Fetched::Changed(current)) => {
@@ -327,12 +331,7 @@ impl Pipeline {
             });
         };
         if let Some(halt) = self.halt_of(from, sha).await? {
-            return Err(PublishError::Halted {
-                sha: sha.clone(),
-                environment: from.to_owned(),
-                by: crate::sha::safe_text(halt.by.as_deref().unwrap_or(&halt.instance_id)),
-                reason: crate::sha::safe_text(&halt.reason),
-            });
+            return Err(PublishError::halted(sha, from, &halt));
         }
         if let Some(at) = entry.published_at {
             let ago = SystemTime::now().duration_since(at).unwrap_or_default();

@@ -520,6 +520,21 @@ impl Host {
     }
 
     /// How many halt markers staging's default halt prefix holds.
+    /// The halt votes on `sha` in the staging prefix (one object per host under
+    /// `staging/halted/<sha>/`), as JSON.
+    pub fn staging_votes(&self, sha: &str) -> Vec<serde_json::Value> {
+        let prefix = format!("staging/halted/{sha}/");
+        self.s3(|c, b| async move {
+            let listed = c.list_objects_v2().bucket(&b).prefix(prefix).send().await.unwrap();
+            let mut votes = Vec::new();
+            for key in listed.contents().iter().filter_map(|o| o.key()) {
+                let out = c.get_object().bucket(&b).key(key).send().await.unwrap();
+                votes.push(serde_json::from_slice(&out.body.collect().await.unwrap().to_vec()).unwrap());
+            }
+            votes
+        })
+    }
+
     pub fn staging_halt_markers(&self) -> i32 {
         self.s3(|c, b| async move {
             c.list_objects_v2().bucket(b).prefix("staging/halted/").send().await.unwrap().key_count().unwrap_or(0)
