@@ -1,19 +1,39 @@
 #!/usr/bin/env python3
 """Creates packaging/cloudformation/blog.yaml as a stack on the local moto_server, checks what
-moto made of it, lists what moto created and what it skipped, then deletes the stack.
+moto made of it, lists what moto created and what it skipped, runs the agent against it, then
+deletes the stack.
 
     source scripts/stack-env.sh && bash scripts/stack-up.sh
-    .stack/venv/bin/python scripts/cfn_moto_check.py
+    .stack/venv/bin/python scripts/cfn_moto_check.py [--require-agent]
 
-Starts nothing: it talks to the moto_server at AWS_ENDPOINT_URL and refuses to run when that URL
-is not a moto_server (so it can never create a stack in a real account). Lines: `ok`/`FAIL` for
-checks, `moto` for what moto does not do (not failures). Exit 1 if any check failed.
+The agent part: a config written from the stack's outputs, an image registered in the stack's
+repository, then `blog-agent publish`, `releases --json` and `check` against the stack's bucket,
+key, repository and group. The binary is BLOG_AGENT_BIN, else target/debug/blog-agent, else
+target/x86_64-unknown-linux-musl/release/blog-agent; with none, that part is a `skip` line
+(a FAIL with --require-agent).
+
+Starts nothing but a small instance-metadata stand-in on 127.0.0.1 for the agent: it talks to
+the moto_server at AWS_ENDPOINT_URL and refuses to run when that URL is not a moto_server (so it
+can never create a stack in a real account), and to the local registry at
+BLOG_AGENT_TEST_REGISTRY. Lines: `ok`/`FAIL` for checks, `moto` for what moto does not do (not
+failures), `skip` for what could not run here. Exit 1 if any check failed.
 """
+import argparse
 import ast
 import base64
+import gzip
+import hashlib
+import http.server
+import io
 import json
 import os
+import shutil
+import socket
+import subprocess
 import sys
+import tarfile
+import tempfile
+import threading
 import time
 import tomllib
 import urllib.request
@@ -68,6 +88,10 @@ def expect(cond, what, detail=""):
 
 
 def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--require-agent", action="store_true",
+                    help="no blog-agent binary is a failure, not a skip (scripts/test.sh, after the build)")
+    args = ap.parse_args()
     endpoint = os.environ.get("AWS_ENDPOINT_URL", "")
     try:
         with urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=5) as r:
@@ -105,11 +129,12 @@ def main():
                      Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in params.items()])
     try:
         check_stack(cfn, ec2, s3, kms, ecr, iam, asg, elb, template, stack, params, t0)
+        check_agent(cfn, s3, ecr, asg, stack, args.require_agent)
     except Exception as e:  # noqa: BLE001 - reported, then the stack is still deleted
         import traceback
         fail(f"checking the stack stopped: {type(e).__name__}: {e}", traceback.format_exc(limit=3))
     finally:
-        delete_stack(cfn, s3, asg, iam, stack, cfn_check.lifecycle_hook_name(template))
+        delete_stack(cfn, s3, ecr, asg, iam, stack, cfn_check.lifecycle_hook_name(template))
     return 1 if failures else 0
 
 
@@ -318,23 +343,273 @@ def check_stack(cfn, ec2, s3, kms, ecr, iam, asg, elb, template, stack, params, 
            "instance security group: port 80 from the load balancer's group only", inst_sg)
 
 
-def delete_stack(cfn, s3, asg, iam, stack, hook):
-    """Empties the versioned bucket (as docs/cloudformation.md says to), removes what this script
-    added through the API (moto keeps a group's lifecycle hooks after the group is deleted),
-    deletes the stack and checks that the group and the role went."""
+# ---- the agent against the stack ---------------------------------------------------------------
+MANIFEST_MEDIA = "application/vnd.docker.distribution.manifest.v2+json"
+
+
+def agent_binary():
+    """(path, None), or (None, why there is none): BLOG_AGENT_BIN, else the debug build, else
+    the static release build."""
+    given = os.environ.get("BLOG_AGENT_BIN")
+    tried = [Path(given)] if given else [ROOT / "target/debug/blog-agent",
+                                         ROOT / "target/x86_64-unknown-linux-musl/release/blog-agent"]
+    for path in tried:
+        if path.is_file() and os.access(path, os.X_OK):
+            return path, None
+    if given:
+        return None, f"BLOG_AGENT_BIN={given} is not an executable file"
+    return None, ("no blog-agent binary (target/debug/blog-agent or target/x86_64-unknown-linux-musl/release/"
+                  "blog-agent; not built yet): build it, or set BLOG_AGENT_BIN")
+
+
+def minimal_manifest():
+    """A small valid image manifest (schema 2): a config blob and one layer, an empty tar."""
+    tar = io.BytesIO()
+    with tarfile.open(fileobj=tar, mode="w"):
+        pass
+    layer = gzip.compress(tar.getvalue(), mtime=0)
+    config = json.dumps({"architecture": "amd64", "os": "linux", "config": {}, "rootfs": {
+        "type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(tar.getvalue()).hexdigest()]}}).encode()
+    blob = lambda media, data: {"mediaType": media, "size": len(data),  # noqa: E731
+                                "digest": "sha256:" + hashlib.sha256(data).hexdigest()}
+    return json.dumps({"schemaVersion": 2, "mediaType": MANIFEST_MEDIA,
+                       "config": blob("application/vnd.docker.container.image.v1+json", config),
+                       "layers": [blob("application/vnd.docker.image.rootfs.diff.tar.gzip", layer)]}).encode()
+
+
+def register_image(ecr, registry, repo_name, sha):
+    """CI's push: a tiny image built and pushed to the local registry as REGISTRY/REPO:SHA
+    (scripts/publish-image.sh), and that exact manifest registered in the stack's ECR repository
+    with its digest (PutImage; moto keeps no layers), as tests/pipeline.rs does. Without Docker
+    or the registry, a minimal manifest made here is registered instead. Returns (digest, why the
+    image is not in the registry or None)."""
+    manifest, why = None, None
+    if not registry:
+        why = "BLOG_AGENT_TEST_REGISTRY is not set"
+    elif not shutil.which("docker"):
+        why = "no docker command"
+    else:
+        r = subprocess.run(["bash", str(ROOT / "scripts/publish-image.sh"), sha, "good", registry, repo_name],
+                           capture_output=True, text=True, timeout=300)
+        if r.returncode != 0:
+            why = f"scripts/publish-image.sh failed: {(r.stderr.strip().splitlines() or ['?'])[-1]}"
+        else:
+            creds = f"{os.environ.get('ECR_TOKEN_USER', 'AWS')}:{os.environ.get('ECR_TOKEN_PASSWORD', '')}"
+            req = urllib.request.Request(f"http://{registry}/v2/{repo_name}/manifests/{sha}", headers={
+                "Accept": MANIFEST_MEDIA, "Authorization": "Basic " + base64.b64encode(creds.encode()).decode()})
+            try:
+                with urllib.request.urlopen(req, timeout=30) as resp:
+                    manifest = resp.read()
+            except Exception as e:  # noqa: BLE001
+                why = f"GET {req.full_url}: {e}"
+    if manifest is None:
+        manifest = minimal_manifest()
+    digest = "sha256:" + hashlib.sha256(manifest).hexdigest()
+    put = ecr.put_image(repositoryName=repo_name, imageManifest=manifest.decode(),
+                        imageManifestMediaType=MANIFEST_MEDIA, imageTag=sha, imageDigest=digest)
+    expect(put["image"]["imageId"]["imageDigest"] == digest,
+           f"ECR PutImage {repo_name}:{sha[:12]} in the stack's repository: {digest[:19]}... "
+           + ("(the manifest the local registry serves)" if why is None else "(a minimal manifest made here)"),
+           put["image"]["imageId"])
+    return digest, why
+
+
+class FakeImds:
+    """Instance metadata on 127.0.0.1 for the agent's launch-gate check: an IMDSv2 token and the
+    instance id of the stack's group's instance (nothing else: region and credentials come from
+    the environment). The agent reaches no other metadata service."""
+
+    def __init__(self, instance_id):
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def reply(self, status, body="", headers=()):
+                data = body.encode()
+                self.send_response(status)
+                for k, v in headers:
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_PUT(self):  # noqa: N802
+                ttl = self.headers.get("X-aws-ec2-metadata-token-ttl-seconds")
+                if self.path == "/latest/api/token" and ttl:
+                    self.reply(200, "cfn-check-token", [("X-aws-ec2-metadata-token-ttl-seconds", ttl)])
+                else:
+                    self.reply(400)
+
+            def do_GET(self):  # noqa: N802
+                if self.headers.get("X-aws-ec2-metadata-token") != "cfn-check-token":
+                    self.reply(401)
+                elif self.path == "/latest/meta-data/instance-id":
+                    self.reply(200, instance_id)
+                else:
+                    self.reply(404)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def check_agent(cfn, s3, ecr, asg, stack, require):
+    """The real agent against what the stack made: a config from the stack's outputs, an image
+    registered in its repository, then `publish` (the object lands in its bucket, SSE-KMS with its
+    key, with the digest), `releases --json` (lists it) and `check` (its S3, ECR, registry and
+    launch-gate lines pass; Docker and port lines are reported, not asserted)."""
+    binary, why = agent_binary()
+    if binary is None:
+        if require:
+            fail(f"the agent against the stack: {why}")
+        else:
+            print(f"skip the agent against the stack (publish, releases, check): {why}")
+        return
+    status, s = wait(cfn, stack, "CREATE_COMPLETE", seconds=5)
+    if status != "CREATE_COMPLETE":
+        return  # reported by check_stack
+    out = {o["OutputKey"]: o["OutputValue"] for o in s.get("Outputs", [])}
+    bucket, key, key_arn, repo_uri, hook = (out.get(k) for k in (
+        "Bucket", "ReleaseKey", "KmsKeyArn", "RepositoryUri", "LifecycleHookName"))
+    repo_name = repo_uri.split("/", 1)[1]  # the URI's path: the ECR repository name
+    registry = os.environ.get("BLOG_AGENT_TEST_REGISTRY", "")
+    built = time.strftime("%Y-%m-%d %H:%M", time.localtime(binary.stat().st_mtime))
+    ok(f"the agent against the stack: {binary.relative_to(ROOT) if binary.is_relative_to(ROOT) else binary} "
+       f"(built {built})")
+
+    # The release history needs versioning, which moto did not apply from the template.
+    if s3.get_bucket_versioning(Bucket=bucket).get("Status") != "Enabled":
+        print("     (moto left versioning off, see above: turned on through PutBucketVersioning, "
+              "as the template's VersioningConfiguration asks)")
+        s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+
+    sha = hashlib.sha1(f"cfn-check {stack}".encode()).hexdigest()
+    digest, not_in_registry = register_image(ecr, registry, repo_name, sha)
+    if not_in_registry:
+        print(f"skip image in the local registry: {not_in_registry}; `check`'s registry line not asserted")
+
+    group = out.get("AutoScalingGroupName", GROUP)
+    instances = asg.describe_auto_scaling_groups(AutoScalingGroupNames=[group])["AutoScalingGroups"]
+    instance_id = next((i["InstanceId"] for g in instances for i in g["Instances"]), None)
+    imds = FakeImds(instance_id or "i-00000000000000000")
+    work = Path(tempfile.mkdtemp(prefix="cfn-agent-check."))
     try:
-        bucket = next((r["PhysicalResourceId"] for r in cfn.list_stack_resources(StackName=stack)[
-            "StackResourceSummaries"] if r["LogicalResourceId"] == "ArtifactsBucket"), None)
-        role = next((r["PhysicalResourceId"] for r in cfn.list_stack_resources(StackName=stack)[
-            "StackResourceSummaries"] if r["LogicalResourceId"] == "InstanceRole"), None)
+        port = free_port()
+        cfg = work / "config.toml"
+        cfg.write_text(
+            f'[environment]\nallowed = ["{ENV}"]\n'
+            f'[release]\nbucket = "{bucket}"\nkms_key = "{key_arn}"\n'
+            f'[release.keys]\n{ENV} = "{key}"\n'
+            f'[image]\nrepository = "{registry or "127.0.0.1:9"}/{repo_name}"\n'
+            f'[container]\nname = "cfn-check-{os.getpid()}"\nports = ["127.0.0.1:{port}:80"]\n'
+            f'[health]\nurl = "http://127.0.0.1:{port}/"\n'
+            f'[agent]\nstate_dir = "{work / "state"}"\n'
+            f'[traffic]\nmode = "publish"\n'
+            f'[rollout]\nlifecycle_hook = "{hook}"\n')
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("AWS_PROFILE", "BLOG_AGENT_CONFIG", "RUST_LOG", "JOURNAL_STREAM")}
+        env["AWS_EC2_METADATA_SERVICE_ENDPOINT"] = imds.endpoint
+
+        def agent(*argv):
+            r = subprocess.run([str(binary), "--config", str(cfg), "--env", ENV, *argv], env=env,
+                               stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=180)
+            return r.returncode, r.stdout, r.stderr
+
+        # publish
+        rc, stdout, stderr = agent("publish", sha)
+        expect(rc == 0 and f"published {sha}" in stderr and digest in stderr,
+               f"blog-agent publish {sha[:12]}: exit {rc}", stdout + stderr)
+        head = api(lambda: s3.head_object(Bucket=bucket, Key=key))
+        head = head if isinstance(head, dict) else {}
+        body = api(lambda: s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode())
+        meta = head.get("Metadata", {})
+        expect(body == f"{sha}\n" and head.get("ServerSideEncryption") == "aws:kms"
+               and head.get("SSEKMSKeyId") == key_arn and meta.get("blog-digest") == digest,
+               f"publish: s3://{bucket}/{key} holds the SHA, SSE-KMS with the stack's key, "
+               f"blog-digest {digest[:19]}...",
+               {"body": body, "ServerSideEncryption": head.get("ServerSideEncryption"),
+                "SSEKMSKeyId": head.get("SSEKMSKeyId"), "Metadata": meta})
+
+        # releases --json
+        rc, stdout, stderr = agent("releases", "--json")
+        try:
+            hist = json.loads(stdout)
+        except ValueError:
+            hist = {}
+        first = (hist.get("releases") or [{}])[0]
+        expect(rc == 0 and first.get("sha") == sha and first.get("digest") == digest and first.get("current")
+               and hist.get("versioning_off") is False,
+               f"blog-agent releases --json: exit {rc}, newest {str(first.get('sha'))[:12]} current, "
+               f"{len(hist.get('releases') or [])} release(s)", stdout + stderr)
+
+        # check: its lines, `ok|FAIL|skip name: detail`
+        rc, stdout, stderr = agent("check")
+        lines = {}
+        for line in stdout.splitlines():
+            word, _, rest = line.partition(" ")
+            name, _, detail = rest.strip().partition(": ")
+            lines[name] = (word, detail)
+        print(f"     blog-agent check (exit {rc}):")
+        for line in (stdout + stderr).rstrip().splitlines():
+            print(f"       {line}")
+        want = {
+            "config": lambda d: d == str(cfg),
+            "environment": lambda d: d.startswith(ENV),
+            "aws region": lambda d: d == os.environ.get("AWS_REGION", "us-east-1"),
+            "aws credentials": lambda d: True,
+            "s3 object": lambda d: bucket in d and key in d,
+            "release sha": lambda d: d == sha,
+            "release halt": lambda d: "is not halted" in d,
+            "ecr token": lambda d: True,
+            "launch gate": lambda d: f'"{hook}"' in d and f'"{group}"' in d and str(instance_id) in d,
+        }
+        if not not_in_registry:
+            want["registry"] = lambda d: f"{repo_name}:{sha}" in d and digest in d
+        bad = {n: lines.get(n) for n, good in want.items()
+               if not (lines.get(n, ("", ""))[0] == "ok" and good(lines[n][1]))}
+        others = [n for n in lines if n not in want]
+        expect(not bad,
+               f"blog-agent check: ok {', '.join(want)} (not asserted: {', '.join(others)})",
+               json.dumps(bad, indent=1))
+    finally:
+        imds.close()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def delete_stack(cfn, s3, ecr, asg, iam, stack, hook):
+    """Empties the versioned bucket and the repository (as docs/cloudformation.md says to),
+    removes what this script added through the API (moto keeps a group's lifecycle hooks after
+    the group is deleted), deletes the stack and checks that the group and the role went."""
+    try:
+        ids = {r["LogicalResourceId"]: r["PhysicalResourceId"]
+               for r in cfn.list_stack_resources(StackName=stack)["StackResourceSummaries"]}
     except Exception:  # noqa: BLE001
-        bucket = role = None
-    if bucket:
-        versions = s3.list_object_versions(Bucket=bucket)
+        ids = {}
+    bucket, role, repo = ids.get("ArtifactsBucket"), ids.get("InstanceRole"), ids.get("Repository")
+    while bucket:  # every version and delete marker, 1000 at a time
+        page = s3.list_object_versions(Bucket=bucket, MaxKeys=1000)
         objs = [{"Key": v["Key"], "VersionId": v["VersionId"]}
-                for v in versions.get("Versions", []) + versions.get("DeleteMarkers", [])]
-        if objs:
-            s3.delete_objects(Bucket=bucket, Delete={"Objects": objs})
+                for v in page.get("Versions", []) + page.get("DeleteMarkers", [])]
+        if not objs:
+            break
+        s3.delete_objects(Bucket=bucket, Delete={"Objects": objs, "Quiet": True})
+    if repo:
+        try:
+            images = ecr.list_images(repositoryName=repo)["imageIds"]
+            if images:
+                ecr.batch_delete_image(repositoryName=repo, imageIds=images)
+        except Exception:  # noqa: BLE001 - no repository: nothing to empty
+            pass
     for call in (lambda: asg.delete_warm_pool(AutoScalingGroupName=GROUP, ForceDelete=True),
                  lambda: asg.delete_lifecycle_hook(AutoScalingGroupName=GROUP, LifecycleHookName=hook)):
         try:

@@ -65,6 +65,10 @@ else
   echo "== dockerd restart test (alone)" >&2
   cargo test --no-fail-fast --test dockerd_restart "$@"
 fi
+# The agent built above against what the CloudFormation template makes (on moto): publish into
+# the stack's bucket with its KMS key, releases, check.
+echo "== the agent against the CloudFormation stack on moto" >&2
+"${BLOG_AGENT_VENV:-.stack/venv}/bin/python" scripts/cfn_moto_check.py --require-agent
 
 # The slow stage: static release binary, .deb and .rpm, contents, install smoke test.
 echo "== packaging" >&2
