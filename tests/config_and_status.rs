@@ -350,3 +350,27 @@ fn check_as_non_root_does_not_blame_another_process_for_a_privileged_port() {
     assert!(!line.contains("another process"), "{line}");
     assert!(line.starts_with("skip") && line.contains("ports below 1024 need root"), "{line}");
 }
+
+/// Why 5 of issue 17: two environments whose release keys share a folder would keep their
+/// halts in one place, and a staging halt would act as production's. The configuration is
+/// refused (exit 78) naming both keys and the setting that separates them.
+#[test]
+fn two_environments_whose_halts_share_a_folder_are_a_config_error() {
+    let host = Host::new("cfg_shared_halts");
+    host.write_config("[release.keys]\nstaging = \"releases/staging.txt\"\nproduction = \"releases/production.txt\"\n");
+    let run = host.agent(&["--env", "staging", "status"]);
+    assert_eq!(run.code, 78, "{}", run.output());
+    for part in [
+        "[rollout] halt_prefix",
+        "[release.keys] production = \"releases/production.txt\"",
+        "[release.keys] staging = \"releases/staging.txt\"",
+        "halt_prefix = \"releases/halted/{environment}/\"",
+    ] {
+        assert!(run.stderr.contains(part), "{part} not in {}", run.stderr);
+    }
+    host.write_config(
+        "[release.keys]\nstaging = \"releases/staging.txt\"\nproduction = \"releases/production.txt\"\n\
+         [rollout]\nhalt_prefix = \"releases/halted/{environment}/\"\n",
+    );
+    assert_ne!(host.agent(&["--env", "staging", "status"]).code, 78);
+}

@@ -498,3 +498,19 @@ fn a_halt_of_the_release_every_host_runs_leaves_no_new_instance_dark() {
     empty.wait_deployed(&v1, Duration::from_secs(30));
     assert!(agent.logs().contains("the release before it in"), "{}", agent.logs());
 }
+
+/// Marker text comes from a bucket anyone with write access to the prefix can fill: `status`
+/// and the journal print it with control characters escaped, never raw (terminal escapes).
+#[test]
+fn a_marker_s_text_cannot_drive_the_terminal() {
+    let host = Host::new("halt-escapes");
+    let sha = host.release("good");
+    let body = format!(
+        r#"{{"sha":"{sha}","environment":"staging","instance_id":"i-1\u001b]0;owned\u0007","reason":"bad \u001b[2J\u001b[31mred","at":1,"by":"ops\u001b[1m"}}"#
+    );
+    host.put_object(&format!("staging/halted/{sha}"), body.into_bytes());
+    let run = host.agent(&["--env", "staging", "status"]);
+    assert!(run.stdout.contains("halted"), "{}", run.stdout);
+    assert!(!run.output().contains('\u{1b}') && !run.output().contains('\u{7}'), "{:?}", run.output());
+    assert!(run.stdout.contains("bad \\u{1b}[2J"), "{}", run.stdout);
+}
