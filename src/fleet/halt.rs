@@ -708,6 +708,31 @@ mod tests {
         assert_eq!(parse_marker(bad, &sha("3f2a9c1"), &location).rolled_back_to_sha(), None);
     }
 
+    /// `unhalt` by a role that may delete but not read: S3 answers the HEAD 403 and the DELETE
+    /// 204. The marker may well have been there: "not halted" would be a lie.
+    #[tokio::test]
+    async fn a_removal_whose_head_is_refused_does_not_claim_there_was_nothing() {
+        use aws_credential_types::provider::SharedCredentialsProvider;
+        let endpoint = crate::outside::loopback::serve(|head| {
+            if head.starts_with("HEAD ") {
+                "HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_owned()
+            } else {
+                "HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n".to_owned()
+            }
+        })
+        .await;
+        let sdk = aws_config::SdkConfig::builder()
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new("us-east-1"))
+            .endpoint_url(endpoint)
+            .credentials_provider(SharedCredentialsProvider::new(aws_credential_types::Credentials::new(
+                "testing", "testing", None, None, "test",
+            )))
+            .build();
+        let markers = HaltMarkers::with_aws(&Aws::from_sdk(&sdk), "b");
+        assert_eq!(markers.clear("staging/halted/", &sha("3f2a9c1")).await.unwrap(), None);
+    }
+
     #[tokio::test]
     async fn memory_halts_keep_the_first_marker() {
         let halts = MemoryHalts::default();
