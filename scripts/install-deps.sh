@@ -17,6 +17,8 @@ command -v iptables-restore >/dev/null 2>&1 && command -v iptables-legacy >/dev/
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 command -v nft >/dev/null 2>&1 || need_apt+=(nftables)
 command -v debootstrap >/dev/null 2>&1 || need_apt+=(debootstrap)
+# Signed releases: tests sign with Debian's minisign CLI, as CI does ([release] public_key).
+command -v minisign >/dev/null 2>&1 || need_apt+=(minisign)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "install-deps: apt-get install ${need_apt[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive

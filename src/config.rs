@@ -68,6 +68,9 @@ pub struct ReleaseSettings {
     /// The KMS key `publish` encrypts the release object with (SSE-KMS); `None`: the bucket's
     /// default encryption.
     pub kms_key: Option<String>,
+    /// Minisign public key (base64): hosts deploy only releases signed with its secret key
+    /// ([`crate::signature`]); `None`: unsigned releases are deployed as before.
+    pub public_key: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -289,6 +292,7 @@ struct RawRelease {
     bucket: Option<String>,
     keys: Option<BTreeMap<String, String>>,
     kms_key: Option<String>,
+    public_key: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -671,7 +675,18 @@ impl Validator<'_> {
                 ));
             }
         }
-        Ok(ReleaseSettings { bucket, keys, kms_key: raw.kms_key })
+        if let Some(key) = &raw.public_key {
+            if !crate::signature::valid_public_key(key.trim()) {
+                return Err(self.invalid(
+                    "[release] public_key",
+                    key,
+                    "expected a minisign public key: the base64 line of the .pub file (`minisign -G` makes one), \
+                     e.g. \"RWQf6LRCGA9i53mlYecO4IzT51TGPpvWucNSCh1CBM0QTaLn73Y7GFO3\"",
+                ));
+            }
+        }
+        let public_key = raw.public_key.map(|k| k.trim().to_owned());
+        Ok(ReleaseSettings { bucket, keys, kms_key: raw.kms_key, public_key })
     }
 
     fn repository(&self, raw: Option<String>) -> Result<Repository, ConfigError> {

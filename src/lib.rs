@@ -25,5 +25,6 @@ pub mod pass;
 pub mod pipeline;
 pub mod runtime;
 pub mod sha;
+pub mod signature;
 pub mod spec;
 pub mod state;

@@ -266,3 +266,60 @@ fn promote_moves_production_to_staging_s_digest_after_the_soak_and_refuses_the_r
     assert_eq!(refused.code, 1, "{}", refused.output());
     assert!(refused.stderr.contains("is halted for staging"), "{}", refused.stderr);
 }
+
+/// A minisign key pair made with Debian's CLI, as CI would: (public key line, secret key file).
+fn key_pair(host: &Host, name: &str) -> (String, std::path::PathBuf) {
+    let (public, secret) = (host.path().join(format!("{name}.pub")), host.path().join(format!("{name}.key")));
+    let out = Command::new("minisign")
+        .args(["-G", "-W", "-f", "-p"])
+        .arg(&public)
+        .arg("-s")
+        .arg(&secret)
+        .output()
+        .expect("minisign (scripts/install-deps.sh installs it)");
+    assert!(out.status.success(), "minisign -G: {}", String::from_utf8_lossy(&out.stderr));
+    let key = std::fs::read_to_string(&public).unwrap().lines().nth(1).unwrap().trim().to_owned();
+    (key, secret)
+}
+
+/// Issue 18 item 5: with `[release] public_key`, hosts deploy only releases signed with its
+/// secret key: a SHA written into the bucket by someone with write access alone is refused,
+/// and so is a release signed with another key; publish signs with the key CI holds.
+#[test]
+fn with_a_public_key_hosts_run_only_signed_releases() {
+    let mut host = Host::new("pipe-signed");
+    let (public, secret) = key_pair(&host, "ci");
+    let (_, other) = key_pair(&host, "intruder");
+    host.write_config("");
+    let config = std::fs::read_to_string(&host.config).unwrap();
+    let config = config.replacen("[release]\n", &format!("[release]\npublic_key = \"{public}\"\n"), 1);
+    std::fs::write(&host.config, config).unwrap();
+
+    let (v1, _) = build_and_push(&host, "good");
+    // Without the key, publish refuses rather than publish what hosts would reject.
+    let unsigned = publish(&host, "staging", &v1);
+    assert_eq!(unsigned.code, 1, "{}", unsigned.output());
+    assert!(unsigned.stderr.contains("BLOG_AGENT_SIGNING_KEY"), "{}", unsigned.stderr);
+    host.extra_env.push(("BLOG_AGENT_SIGNING_KEY".into(), secret.display().to_string()));
+    let run = publish(&host, "staging", &v1);
+    assert_eq!(run.code, 0, "{}", run.output());
+    assert!(release_object(&host, "staging").unwrap().1.contains_key("blog-signature"));
+    assert_eq!(host.sync().code, 0);
+    host.assert_serves(&v1);
+
+    // Someone with write access to the bucket only: a bare SHA, unsigned.
+    let (v2, _) = build_and_push(&host, "good");
+    host.put_release("staging", &v2);
+    let run = host.sync();
+    assert_eq!(run.code, 1, "{}", run.output());
+    assert!(run.stderr.contains("carries no signature"), "{}", run.stderr);
+    host.assert_serves(&v1);
+
+    // Signed with another key: refused too (publish itself checks its key against the hosts').
+    host.extra_env.retain(|(k, _)| k != "BLOG_AGENT_SIGNING_KEY");
+    host.extra_env.push(("BLOG_AGENT_SIGNING_KEY".into(), other.display().to_string()));
+    let run = publish(&host, "staging", &v2);
+    assert_eq!(run.code, 1, "{}", run.output());
+    assert!(run.stderr.contains("does not verify with [release] public_key"), "{}", run.stderr);
+    host.assert_serves(&v1);
+}

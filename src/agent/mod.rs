@@ -468,6 +468,12 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
         self.fleet.metrics.add_s3_request();
         match shutdown.race(fetch).await? {
             Ok(Fetched::Changed(release)) => {
+                if let Err(e) =
+                    release.check_signature(self.settings.release.public_key.as_deref(), &env.name, &location)
+                {
+                    // Kept as before: the last verified release stays the desired one.
+                    return Ok(Some(Problem::from(&PassError::Release(e))));
+                }
                 if self.published.as_ref().map(|p| &p.sha) != Some(&release.sha) {
                     tracing::info!(env = %env.name, sha = %release.sha, "desired release {} for {}", release.sha, env.name);
                 }
@@ -647,7 +653,7 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Reconciler for Agent<T
                 if settings.traffic.chains != self.settings.traffic.chains {
                     // New chains from now on; the old ones are removed after the next pass
                     // has pointed the new ones at the container.
-                    match crate::outside::netfilter::Netfilter::with_prefix(&settings.traffic.chains) {
+                    match crate::pass::switch::netfilter(&settings, &self.services.engine) {
                         Ok(netfilter) => {
                             let old = std::mem::replace(&mut self.services.routes, Arc::new(netfilter));
                             self.retired_routes = Some(old);

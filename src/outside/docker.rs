@@ -214,6 +214,15 @@ impl Engine {
             .map_err(|e| EngineError::Unreachable { detail: detail(&e) })
     }
 
+    /// Whether dockerd runs with `live-restore` (`GET /info`): containers then keep running
+    /// while the daemon itself stops, restarts or is upgraded.
+    pub async fn live_restore(&self) -> Result<bool, EngineError> {
+        bounded("info", "daemon", self.docker.info())
+            .await?
+            .map(|info| info.live_restore_enabled.unwrap_or(false))
+            .map_err(api("info", "daemon"))
+    }
+
     /// The negotiated API version, for diagnostics.
     pub fn api_version(&self) -> String {
         self.docker.client_version().to_string()

@@ -30,6 +30,20 @@
 //! The filter table is committed before the nat table, so traffic is never DNATed before its
 //! FORWARD accept exists.
 //!
+//! **Whose rules they are.** With an owner ([`Netfilter::with_owner`], the agent's
+//! `[container] name`), every rule in the own chains carries the comment `blog-agent:NAME`
+//! (`-m comment`; the jumps from the built-in chains carry none: they are the same for whoever
+//! owns the chains). Before it writes or removes anything, or says the rules are in place, the
+//! agent reads the comments in its chains ([`Netfilter::other_owners`], pure): rules of another
+//! agent (a second blog on this host left on the same `[traffic] chains`) are refused with
+//! [`NetfilterError::Owned`] instead of being rewritten, which would start two agents rewriting
+//! each other's rules forever. Rules with no comment (an agent from before the mark) are taken
+//! over silently. Whether a named owner is still there is asked of [`OwnerLookup`] (Docker: does
+//! its container exist?): the rules of an agent whose container is gone (renamed by
+//! `[container] name`, removed) are taken over, with one log line. Two agents applying to empty
+//! chains at the same instant both see no owner; the later write wins and the other agent refuses
+//! from its next check on.
+//!
 //! **Why iptables-restore, not `nft` or netlink.**
 //! - *Atomic per table*: one `COMMIT` is one kernel transaction on both backends (one nf_tables
 //!   netlink batch, or one legacy table replace).
@@ -67,10 +81,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::future::Future;
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Chain-name prefix of the production agent.
@@ -80,6 +97,9 @@ pub const DEFAULT_BRIDGE: &str = "docker0";
 /// Docker's chain for user rules in the filter table: evaluated first in `FORWARD`, never
 /// flushed by dockerd (it creates it if absent, so creating it first is fine).
 pub const DOCKER_USER: &str = "DOCKER-USER";
+
+/// The comment that marks a rule as the agent's whose container is named after the colon.
+pub const OWNER_MARK: &str = "blog-agent:";
 
 /// iptables chain names hold at most 28 characters (29 with the NUL); the longest suffix we add
 /// is five ("-DNAT", "-POST").
@@ -96,6 +116,9 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 const LOOPBACK_NET: &str = "127.0.0.0/8";
 /// Per-interface IPv4 sysctls, of the network namespace of the process that opens them.
 const SYSCTL_CONF: &str = "/proc/sys/net/ipv4/conf";
+/// An owner is a Docker container name (`[container] name`: at most 100 characters); the
+/// comment match holds 255.
+const MAX_OWNER_LEN: usize = 100;
 
 /// One host port sent to a container port: `[container] ports` entry `HOST_IP:HOST_PORT:PORT`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -210,6 +233,16 @@ pub enum NetfilterError {
     BadPrefix { prefix: String, reason: &'static str },
     #[error("bridge interface name {name:?} is not usable: {reason}")]
     BadBridge { name: String, reason: &'static str },
+    #[error("rule owner {name:?} is not usable: {reason}")]
+    BadOwner { name: String, reason: &'static str },
+    /// The own chains hold the rules of another agent that is still on this host.
+    #[error(
+        "[traffic] chains = \"{prefix}\": chains {prefix}-* hold the traffic rules of another blog-agent on this host \
+         (comment \"blog-agent:{owner}\", container {owner}); not taking them over, or the two agents would rewrite \
+         each other's rules forever: give each agent on a host its own [traffic] chains (if that agent is gone, \
+         remove its container {owner} and this agent takes the chains over)"
+    )]
+    Owned { prefix: String, owner: String },
     #[error("could not run `{command}` (table {table}): {source}")]
     Spawn {
         command: String,
@@ -369,14 +402,36 @@ struct Desired {
     jumps: Vec<(&'static str, String)>,
 }
 
+/// Tells whether the agent named in rules of the own chains (by its container name) is still on
+/// this host: while it is, its rules are its own. Docker in production (`pass::switch`).
+pub trait OwnerLookup: Send + Sync {
+    fn is_present<'a>(&'a self, container: &'a str) -> Pin<Box<dyn Future<Output = bool> + Send + 'a>>;
+}
+
+/// Who the rules belong to: the container name in the mark, and how to tell whether another
+/// owner is still there (none: every other owner counts as present).
+#[derive(Clone)]
+struct Owner {
+    name: String,
+    lookup: Option<Arc<dyn OwnerLookup>>,
+}
+
+impl fmt::Debug for Owner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Owner").field("name", &self.name).field("lookup", &self.lookup.is_some()).finish()
+    }
+}
+
 /// The agent's netfilter rules for one set of host ports.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Netfilter {
     prefix: String,
     chains: Chains,
     bridge: String,
     backend: Backend,
     timeout: Duration,
+    /// `None`: rules unmarked and anyone's taken over (tests, and readers such as `status`).
+    owner: Option<Owner>,
 }
 
 impl Default for Netfilter {
@@ -394,6 +449,7 @@ impl Netfilter {
             bridge: DEFAULT_BRIDGE.to_owned(),
             backend: Backend::System,
             timeout: COMMAND_TIMEOUT,
+            owner: None,
         }
     }
 
@@ -431,6 +487,31 @@ impl Netfilter {
         self
     }
 
+    /// Marks every rule as written by the agent whose container is `container` (`[container]
+    /// name`), and refuses chains holding another agent's rules ([`NetfilterError::Owned`]).
+    /// `lookup` tells whether another owner is still on the host; without one, every owner
+    /// named in the rules counts as present.
+    pub fn with_owner(
+        mut self,
+        container: &str,
+        lookup: Option<Arc<dyn OwnerLookup>>,
+    ) -> Result<Netfilter, NetfilterError> {
+        let bad = |reason| NetfilterError::BadOwner { name: container.to_owned(), reason };
+        if container.is_empty() || container.len() > MAX_OWNER_LEN {
+            return Err(bad("it must be 1 to 100 characters long"));
+        }
+        if !container.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)) {
+            return Err(bad("only letters, digits, '_', '.' and '-' are allowed (a Docker container name)"));
+        }
+        self.owner = Some(Owner { name: container.to_owned(), lookup });
+        Ok(self)
+    }
+
+    /// The container name the rules are marked with, if any.
+    pub fn owner(&self) -> Option<&str> {
+        self.owner.as_ref().map(|o| o.name.as_str())
+    }
+
     pub fn prefix(&self) -> &str {
         &self.prefix
     }
@@ -447,7 +528,28 @@ impl Netfilter {
         self.backend
     }
 
+    /// `rule` (matches, then `-j ...`) with the owner's comment as its last match, written as
+    /// `iptables -S` prints it.
+    fn marked(&self, rule: String) -> String {
+        let Some(owner) = &self.owner else { return rule };
+        match rule.find("-j ") {
+            Some(at) => format!("{}-m comment --comment \"{OWNER_MARK}{}\" {}", &rule[..at], owner.name, &rule[at..]),
+            None => rule,
+        }
+    }
+
     fn desired(&self, mappings: &[Mapping], target: Target) -> [Desired; 2] {
+        let [filter, nat] = self.desired_unmarked(mappings, target);
+        let mark = |mut d: Desired| {
+            for (_, rules) in &mut d.own {
+                *rules = std::mem::take(rules).into_iter().map(|r| self.marked(r)).collect();
+            }
+            d
+        };
+        [mark(filter), mark(nat)]
+    }
+
+    fn desired_unmarked(&self, mappings: &[Mapping], target: Target) -> [Desired; 2] {
         let c = &self.chains;
         let bridge = &self.bridge;
         let loopback = mappings.iter().any(Mapping::takes_loopback);
@@ -559,6 +661,57 @@ impl Netfilter {
         }
     }
 
+    /// The agents other than this one whose mark is on a rule in the own chains (their
+    /// container names, sorted): pure. Unmarked rules (an agent from before the mark, or a
+    /// rule added by hand) name no one.
+    pub fn other_owners(&self, observed: &Observed) -> Vec<String> {
+        let mine = self.owner();
+        let mut found = BTreeSet::new();
+        for table in [Table::Filter, Table::Nat] {
+            let state = observed.table(table);
+            for chain in self.chains.of(table) {
+                for spec in state.rules_in(chain) {
+                    if let Some(owner) = owner_of(spec).filter(|o| Some(*o) != mine) {
+                        found.insert(owner.to_owned());
+                    }
+                }
+            }
+        }
+        found.into_iter().collect()
+    }
+
+    /// Fails with [`NetfilterError::Owned`] when the own chains hold rules of another agent still
+    /// on this host. Rules of an owner that is gone are taken over (logged once per apply).
+    /// Without an owner of its own, this Netfilter claims nothing and refuses nothing.
+    async fn claim(&self, observed: &Observed) -> Result<(), NetfilterError> {
+        let Some(me) = &self.owner else { return Ok(()) };
+        for other in self.other_owners(observed) {
+            let present = match &me.lookup {
+                Some(lookup) => lookup.is_present(&other).await,
+                None => true,
+            };
+            if present {
+                return Err(NetfilterError::Owned { prefix: self.prefix.clone(), owner: other });
+            }
+            tracing::info!(
+                chains = %self.prefix, previous_owner = %other,
+                "chains {}-* hold rules of {OWNER_MARK}{other}, whose container is gone from this host: taking them over",
+                self.prefix
+            );
+        }
+        Ok(())
+    }
+
+    /// Whether the chains are this agent's to write: `Err(Owned)` when another agent's rules
+    /// are in them (see [`Netfilter::with_owner`]).
+    pub async fn check_owner(&self) -> Result<(), NetfilterError> {
+        if self.owner.is_none() {
+            return Ok(());
+        }
+        let observed = self.observe().await?;
+        self.claim(&observed).await
+    }
+
     /// Reads both tables.
     pub async fn observe(&self) -> Result<Observed, NetfilterError> {
         let (filter, nat) = tokio::try_join!(self.observe_table(Table::Filter), self.observe_table(Table::Nat))?;
@@ -581,6 +734,7 @@ impl Netfilter {
             self.ensure_route_localnet().await?;
         }
         let observed = self.observe().await?;
+        self.claim(&observed).await?;
         let rules = self.render(mappings, target, &observed);
         for table in [Table::Filter, Table::Nat] {
             let text = rules.text(table);
@@ -595,11 +749,14 @@ impl Netfilter {
     /// Whether `apply(mappings, target)` would change nothing: every rule and jump in place, no
     /// duplicate, and `route_localnet` on where loopback needs it (when readable). For the
     /// re-assertion loop: cheap (two `iptables -S`), and true means leave the kernel alone.
+    /// `Err(Owned)` when another agent's rules are in the chains, as for `apply`.
     pub async fn in_place(&self, mappings: &[Mapping], target: Target) -> Result<bool, NetfilterError> {
         if mappings.iter().any(Mapping::takes_loopback) && self.route_localnet().await == Some(false) {
             return Ok(false);
         }
-        Ok(self.render(mappings, target, &self.observe().await?).is_empty())
+        let observed = self.observe().await?;
+        self.claim(&observed).await?;
+        Ok(self.render(mappings, target, &observed).is_empty())
     }
 
     /// The address our DNAT rules currently send traffic to (`None`: no rules, e.g. someone
@@ -621,6 +778,7 @@ impl Netfilter {
     /// (another prefix, or dockerd's own `userland-proxy=false` mode).
     pub async fn remove(&self) -> Result<(), NetfilterError> {
         let observed = self.observe().await?;
+        self.claim(&observed).await?;
         let rules = self.render_removal(&observed);
         for table in [Table::Nat, Table::Filter] {
             let text = rules.text(table);
@@ -768,6 +926,14 @@ fn render_table(desired: &Desired, state: &TableState) -> String {
 fn jumps_to(spec: &str, chain: &str) -> bool {
     let words: Vec<&str> = spec.split_whitespace().collect();
     words.windows(2).any(|w| (w[0] == "-j" || w[0] == "-g") && w[1] == chain)
+}
+
+/// The container name in a rule's `blog-agent:NAME` comment, as `iptables -S` prints it
+/// (`-m comment --comment "blog-agent:NAME"`).
+fn owner_of(spec: &str) -> Option<&str> {
+    let words: Vec<&str> = spec.split_whitespace().collect();
+    let comment = words.windows(2).find(|w| w[0] == "--comment").map(|w| w[1])?;
+    comment.trim_matches('"').strip_prefix(OWNER_MARK).filter(|name| !name.is_empty())
 }
 
 fn parse_dnat(spec: &str) -> Option<Dnat> {
@@ -1104,6 +1270,176 @@ mod tests {
         );
         assert_eq!(nf.dnat_rules(&mixed)[1].host_ip, Some(Ipv4Addr::LOCALHOST));
         assert!(matches!(nf.target_of(&mixed), Err(NetfilterError::MixedTargets { .. })));
+    }
+
+    const MARK_A: &str = "-m comment --comment \"blog-agent:blog-a\"";
+
+    fn owned(name: &str) -> Netfilter {
+        Netfilter::new().with_owner(name, None).unwrap()
+    }
+
+    /// A host where the agent of container `blog-a` applied the first case (8080:80).
+    fn applied_by_a(to: &str) -> Observed {
+        let m = [Mapping::new(None, 8080, 80)];
+        let text = owned("blog-a").render(&m, Target::new(to.parse().unwrap()), &Observed::default());
+        let mut o = applied(docker_host(), to);
+        for table in [Table::Filter, Table::Nat] {
+            let state = match table {
+                Table::Nat => &mut o.nat,
+                Table::Filter => &mut o.filter,
+            };
+            let own = Chains::new(DEFAULT_PREFIX);
+            state.rules.retain(|(c, _)| !own.of(table).contains(&c.as_str()));
+            let rendered = match table {
+                Table::Nat => &text.nat,
+                Table::Filter => &text.filter,
+            };
+            for line in rendered.lines().filter_map(|l| l.strip_prefix("-A ")) {
+                let (chain, spec) = line.split_once(' ').unwrap();
+                state.rules.push((chain.to_owned(), spec.to_owned()));
+            }
+        }
+        o
+    }
+
+    #[test]
+    fn an_owner_marks_every_rule_in_its_chains_and_no_jump() {
+        let m = [Mapping::new(None, 8080, 80), Mapping::new(Some(Ipv4Addr::new(192, 0, 2, 2)), 443, 8443)];
+        let got = owned("blog-a").render(&m, Target::new(ADDR), &docker_host());
+        let text = got.to_string();
+        let rules: Vec<&str> = text.lines().filter(|l| l.starts_with("-A ")).collect();
+        assert_eq!(rules.len(), 6, "{got}");
+        for rule in &rules {
+            assert!(rule.contains(&format!(" {MARK_A} -j ")), "the mark is the last match: {rule}");
+        }
+        for jump in got.to_string().lines().filter(|l| l.starts_with("-I ")) {
+            assert!(!jump.contains("--comment"), "jumps are the same for any owner: {jump}");
+        }
+        assert!(got.nat.contains(&format!(
+            "-A BLOG-AGENT-DNAT -p tcp -m tcp --dport 8080 {MARK_A} -j DNAT --to-destination 172.17.0.2:80\n"
+        )));
+        // Read back, the DNAT rule still parses, and the marked rules are in place.
+        let now = applied_by_a("172.17.0.2");
+        assert!(owned("blog-a").render(&m[..1], Target::new(ADDR), &now).is_empty());
+        assert_eq!(owned("blog-a").target_of(&now).unwrap(), Some(Target::new(ADDR)));
+        assert!(owned("blog-a").render_removal(&now).nat.contains("-X BLOG-AGENT-DNAT"));
+    }
+
+    #[test]
+    fn tells_whose_rules_are_in_the_chains() {
+        let cases: Vec<(&str, Netfilter, Observed, Vec<&str>)> = vec![
+            ("no rules at all", owned("blog-a"), docker_host(), vec![]),
+            ("our own marked rules", owned("blog-a"), applied_by_a("172.17.0.2"), vec![]),
+            (
+                "unmarked rules of an agent from before the mark: no one's, taken over silently",
+                owned("blog-b"),
+                applied(docker_host(), "172.17.0.2"),
+                vec![],
+            ),
+            ("another agent's rules", owned("blog-b"), applied_by_a("172.17.0.2"), vec!["blog-a"]),
+            (
+                "read without an owner of its own: every mark is another's",
+                nf(),
+                applied_by_a("172.17.0.2"),
+                vec!["blog-a"],
+            ),
+            (
+                "a second owner in one chain (the losing write of a race)",
+                owned("blog-a"),
+                with(
+                    applied_by_a("172.17.0.2"),
+                    Table::Filter,
+                    "-A BLOG-AGENT-IN -m comment --comment \"blog-agent:blog-c\" -j DROP\n",
+                ),
+                vec!["blog-c"],
+            ),
+            (
+                "another agent's mark in someone else's chains is not ours to judge",
+                Netfilter::with_prefix("BLOG-B").unwrap().with_owner("blog-b", None).unwrap(),
+                applied_by_a("172.17.0.2"),
+                vec![],
+            ),
+            (
+                "a comment that is not a blog-agent mark names no one",
+                owned("blog-a"),
+                with(
+                    docker_host(),
+                    Table::Nat,
+                    "-N BLOG-AGENT-POST\n-A BLOG-AGENT-POST -m comment --comment \"by hand\" -j RETURN\n",
+                ),
+                vec![],
+            ),
+        ];
+        for (name, nf, observed, want) in cases {
+            assert_eq!(nf.other_owners(&observed), want, "{name}");
+        }
+        // Taking over (unmarked rules, or a gone owner's) is a plain rewrite of our chains.
+        let m = [Mapping::new(None, 8080, 80)];
+        let legacy = owned("blog-b").render(&m, Target::new(ADDR), &applied(docker_host(), "172.17.0.2"));
+        assert!(legacy.nat.contains("--comment \"blog-agent:blog-b\""), "{legacy}");
+        assert_eq!(legacy.to_string().matches("-I ").count(), 0, "no jump added: {legacy}");
+    }
+
+    /// A stand-in for Docker: the containers present on the host.
+    struct Present(Vec<&'static str>);
+
+    impl OwnerLookup for Present {
+        fn is_present<'a>(&'a self, container: &'a str) -> Pin<Box<dyn Future<Output = bool> + Send + 'a>> {
+            Box::pin(async move { self.0.contains(&container) })
+        }
+    }
+
+    #[tokio::test]
+    async fn refuses_a_present_owner_and_takes_over_a_gone_one() {
+        let theirs = applied_by_a("172.17.0.2");
+        let lookup = |names: Vec<&'static str>| Some(Arc::new(Present(names)) as Arc<dyn OwnerLookup>);
+        let cases: Vec<(&str, Netfilter, &Observed, Result<(), &str>)> = vec![
+            (
+                "blog-a's container runs",
+                Netfilter::new().with_owner("blog-b", lookup(vec!["blog-a"])).unwrap(),
+                &theirs,
+                Err("blog-a"),
+            ),
+            ("no way to ask: present", owned("blog-b"), &theirs, Err("blog-a")),
+            (
+                "blog-a is gone (renamed, removed)",
+                Netfilter::new().with_owner("blog-b", lookup(vec![])).unwrap(),
+                &theirs,
+                Ok(()),
+            ),
+            ("our own rules", owned("blog-a"), &theirs, Ok(())),
+            ("no owner of its own: claims nothing, refuses nothing (cleanup)", nf(), &theirs, Ok(())),
+        ];
+        for (name, nf, observed, want) in cases {
+            match (nf.claim(observed).await, want) {
+                (Ok(()), Ok(())) => {}
+                (Err(NetfilterError::Owned { prefix, owner }), Err(other)) => {
+                    assert_eq!((prefix.as_str(), owner.as_str()), ("BLOG-AGENT", other), "{name}");
+                }
+                (got, want) => panic!("{name}: got {got:?}, want {want:?}"),
+            }
+        }
+        let e = NetfilterError::Owned { prefix: "BLOG-AGENT".into(), owner: "blog-a".into() }.to_string();
+        assert!(
+            e.starts_with(
+                "[traffic] chains = \"BLOG-AGENT\": chains BLOG-AGENT-* hold the traffic rules of another \
+                           blog-agent on this host (comment \"blog-agent:blog-a\", container blog-a)"
+            ),
+            "{e}"
+        );
+        assert!(e.contains("give each agent on a host its own [traffic] chains"), "{e}");
+    }
+
+    #[test]
+    fn an_owner_is_a_container_name() {
+        assert_eq!(owned("blog_1.x-y").owner(), Some("blog_1.x-y"));
+        for bad in ["", "a b", "a\"b", "x;y", &"x".repeat(101)] {
+            assert!(Netfilter::new().with_owner(bad, None).is_err(), "{bad:?}");
+        }
+        assert_eq!(owner_of("-j DNAT"), None);
+        assert_eq!(owner_of("-m comment --comment \"blog-agent:x\" -j DROP"), Some("x"));
+        assert_eq!(owner_of("-m comment --comment blog-agent:x -j DROP"), Some("x"));
+        assert_eq!(owner_of("-m comment --comment \"blog-agent:\" -j DROP"), None);
     }
 
     #[test]

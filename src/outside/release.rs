@@ -67,6 +67,9 @@ pub struct Provenance {
     pub pipeline: Option<String>,
     /// RFC 3339 time of the publish, as the publisher's clock had it.
     pub at: Option<String>,
+    /// Base64 of the minisign signature over environment, SHA and digest
+    /// ([`crate::signature`]), when the publisher signs.
+    pub signature: Option<String>,
 }
 
 /// The metadata keys of [`Provenance`] (S3 lowercases user metadata keys).
@@ -74,6 +77,7 @@ pub const META_DIGEST: &str = "blog-digest";
 pub const META_BY: &str = "blog-published-by";
 pub const META_PIPELINE: &str = "blog-pipeline";
 pub const META_AT: &str = "blog-published-at";
+pub const META_SIGNATURE: &str = "blog-signature";
 
 impl Provenance {
     /// From an object's user metadata; a digest that is not `sha256:<64 hex>` is dropped (the
@@ -85,15 +89,22 @@ impl Provenance {
             by: get(META_BY),
             pipeline: get(META_PIPELINE),
             at: get(META_AT),
+            signature: get(META_SIGNATURE),
         }
     }
 
     /// The user metadata that records it.
     pub fn to_metadata(&self) -> Vec<(&'static str, String)> {
-        [(META_DIGEST, &self.digest), (META_BY, &self.by), (META_PIPELINE, &self.pipeline), (META_AT, &self.at)]
-            .into_iter()
-            .filter_map(|(k, v)| v.clone().map(|v| (k, v)))
-            .collect()
+        [
+            (META_DIGEST, &self.digest),
+            (META_BY, &self.by),
+            (META_PIPELINE, &self.pipeline),
+            (META_AT, &self.at),
+            (META_SIGNATURE, &self.signature),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.clone().map(|v| (k, v)))
+        .collect()
     }
 }
 
@@ -137,6 +148,24 @@ pub enum ReleaseError {
         "S3 answered 304 Not Modified for {location} to a read without If-None-Match: the endpoint is misbehaving"
     )]
     UnexpectedNotModified { location: ObjectLocation },
+    #[error("{location}: {source}; nothing was changed")]
+    Signature { location: ObjectLocation, source: crate::signature::SignatureError },
+}
+
+impl Release {
+    /// With `[release] public_key` set, the release must carry a signature by its secret key
+    /// over `environment`, its SHA and digest ([`crate::signature`]); without, anything goes.
+    pub fn check_signature(
+        &self,
+        public_key: Option<&str>,
+        environment: &str,
+        location: &ObjectLocation,
+    ) -> Result<(), ReleaseError> {
+        let Some(key) = public_key else { return Ok(()) };
+        let p = &self.provenance;
+        crate::signature::verify(key, environment, &self.sha, p.digest.as_deref(), p.signature.as_deref())
+            .map_err(|source| ReleaseError::Signature { location: location.clone(), source })
+    }
 }
 
 impl ReleaseError {

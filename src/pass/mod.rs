@@ -64,15 +64,16 @@ impl RealServices {
     pub async fn connect(settings: &Settings, engine: Engine) -> RealServices {
         let registry = &settings.image.repository.registry;
         let aws = Aws::load(registry).await;
+        let routes = Arc::new(
+            switch::netfilter(settings, &engine)
+                .expect("[traffic] chains and [container] name are validated with the config"),
+        );
         Services {
             tags: Imds::new(),
             releases: S3Releases::with_aws(&aws),
             credentials: Ecr::for_registry(&aws, registry),
             engine,
-            routes: Arc::new(
-                crate::outside::netfilter::Netfilter::with_prefix(&settings.traffic.chains)
-                    .expect("[traffic] chains is validated with the config"),
-            ),
+            routes,
             halts: HaltMarkers::with_aws(&aws, settings.release.bucket.clone()),
             autoscaling: Arc::new(crate::outside::autoscaling::AutoScaling::with_aws(&aws)),
         }
@@ -129,6 +130,9 @@ impl PassError {
             PassError::Deploy(DeployError::CutoverFailed { source, .. }) => {
                 Some(Failure::Engine { detail: source.to_string() })
             }
+            // Another agent's chains: this host's configuration, which no retry changes and no
+            // release is to blame for.
+            PassError::Deploy(DeployError::Route(switch::RouteError::Taken(_))) => None,
             PassError::Deploy(DeployError::Route(e)) => Some(Failure::Netfilter { detail: e.to_string() }),
             _ => None,
         }

@@ -137,6 +137,7 @@ async fn sync_pass<T: TagSource, R: ReleaseSource, C: CredentialSource>(
             let location = release_location(settings, &env.name);
             match shutdown.race(services.releases.fetch(&location, None)).await?? {
                 Fetched::Changed(release) => {
+                    release.check_signature(settings.release.public_key.as_deref(), &env.name, &location)?;
                     published_at = release.published_at;
                     published_digest = release.provenance.digest;
                     Wanted::Published(release.sha)

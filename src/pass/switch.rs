@@ -15,13 +15,14 @@
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::deploy::{self, DeployError};
 use crate::config::{PortMapping, Settings};
 use crate::outside::docker::{ContainerInfo, Engine, EngineError, Role};
 use crate::outside::health::{self, ProbeFailed};
-use crate::outside::netfilter::{Mapping, Netfilter, Target};
+use crate::outside::netfilter::{Mapping, Netfilter, NetfilterError, OwnerLookup, Target};
 use crate::runtime::shutdown::Shutdown;
 use crate::spec::ContainerSpec;
 use crate::state::{Proven, State};
@@ -47,12 +48,65 @@ pub trait Routes: Send + Sync {
     fn current(&self) -> RouteFuture<'_, Option<Ipv4Addr>>;
     /// Removes every rule, chain and jump of ours (switching to `publish`).
     fn remove(&self) -> RouteFuture<'_, ()>;
+    /// Fails ([`RouteError::Taken`]) when the chains hold another agent's rules: checked before
+    /// a deploy starts a container that could never get traffic.
+    fn check_owner(&self) -> RouteFuture<'_, ()> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
-/// A netfilter operation failed; the text names the command and what it said.
+/// A netfilter operation failed, or was refused; the text names the command and what it said,
+/// or the other owner.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("traffic switch: {0}")]
-pub struct RouteError(pub String);
+pub enum RouteError {
+    #[error("traffic switch: {0}")]
+    Failed(String),
+    /// `[traffic] chains` hold another agent's rules ([`NetfilterError::Owned`]): this host's
+    /// configuration, which neither a retry nor another release changes.
+    #[error("traffic switch: {0}")]
+    Taken(String),
+}
+
+impl From<NetfilterError> for RouteError {
+    fn from(e: NetfilterError) -> RouteError {
+        match e {
+            NetfilterError::Owned { .. } => RouteError::Taken(e.to_string()),
+            e => RouteError::Failed(e.to_string()),
+        }
+    }
+}
+
+/// The real routes of `settings`: chains `[traffic] chains`, rules marked with `[container]
+/// name`, and Docker (`engine`) to tell whether another owner named in them is still on this
+/// host.
+pub fn netfilter(settings: &Settings, engine: &Engine) -> Result<Netfilter, NetfilterError> {
+    let lookup: Arc<dyn OwnerLookup> = Arc::new(engine.clone());
+    Netfilter::with_prefix(&settings.traffic.chains)?.with_owner(&settings.container.name, Some(lookup))
+}
+
+/// Another agent is on this host while a container of its own is, under its name or one of the
+/// names a deploy puts aside (`-previous`, `-next`, `-candidate`). When Docker cannot answer,
+/// it counts as present: its rules are left alone.
+impl OwnerLookup for Engine {
+    fn is_present<'a>(&'a self, container: &'a str) -> Pin<Box<dyn Future<Output = bool> + Send + 'a>> {
+        use super::snapshot::{aside, CANDIDATE, NEXT, PREVIOUS};
+        Box::pin(async move {
+            let names =
+                [container.to_owned(), aside(container, PREVIOUS), aside(container, NEXT), aside(container, CANDIDATE)];
+            for name in names {
+                match self.container(&name).await {
+                    Ok(Some(c)) if c.is_managed() => return true,
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::debug!(container = %name, error = %e, "cannot tell whether the other rules' owner is here");
+                        return true;
+                    }
+                }
+            }
+            false
+        })
+    }
+}
 
 /// The config's port mappings as netfilter's (IPv4 only: the config refuses others in switch
 /// mode).
@@ -71,22 +125,19 @@ pub fn mappings(ports: &[PortMapping]) -> Vec<Mapping> {
 
 impl Routes for Netfilter {
     fn point<'a>(&'a self, ports: &'a [PortMapping], to: Ipv4Addr) -> RouteFuture<'a, ()> {
-        Box::pin(
-            async move { self.apply(&mappings(ports), Target::new(to)).await.map_err(|e| RouteError(e.to_string())) },
-        )
+        Box::pin(async move { Ok(self.apply(&mappings(ports), Target::new(to)).await?) })
     }
     fn in_place<'a>(&'a self, ports: &'a [PortMapping], to: Ipv4Addr) -> RouteFuture<'a, bool> {
-        Box::pin(async move {
-            Netfilter::in_place(self, &mappings(ports), Target::new(to)).await.map_err(|e| RouteError(e.to_string()))
-        })
+        Box::pin(async move { Ok(Netfilter::in_place(self, &mappings(ports), Target::new(to)).await?) })
     }
     fn current(&self) -> RouteFuture<'_, Option<Ipv4Addr>> {
-        Box::pin(async move {
-            Netfilter::current(self).await.map(|t| t.map(|t| t.addr)).map_err(|e| RouteError(e.to_string()))
-        })
+        Box::pin(async move { Ok(Netfilter::current(self).await?.map(|t| t.addr)) })
     }
     fn remove(&self) -> RouteFuture<'_, ()> {
-        Box::pin(async move { Netfilter::remove(self).await.map_err(|e| RouteError(e.to_string())) })
+        Box::pin(async move { Ok(Netfilter::remove(self).await?) })
+    }
+    fn check_owner(&self) -> RouteFuture<'_, ()> {
+        Box::pin(async move { Ok(Netfilter::check_owner(self).await?) })
     }
 }
 
@@ -109,6 +160,9 @@ pub async fn switch_over(
     shutdown: &Shutdown,
 ) -> Result<String, DeployError> {
     let name = &spec.name;
+    // Chains another agent's rules are in would refuse the switch at its end: refuse before a
+    // container is started for nothing.
+    routes.check_owner().await?;
     let mut old = old;
     if let Some(current) = old {
         deploy::clear_stale_previous(engine, name, current).await?;
@@ -253,10 +307,10 @@ pub async fn serve_from(
     container: &ContainerInfo,
 ) -> Result<bool, RouteError> {
     let Some(to) = address(container) else {
-        return Err(RouteError(format!("container {} has no IPv4 bridge address", container.name)));
+        return Err(RouteError::Failed(format!("container {} has no IPv4 bridge address", container.name)));
     };
     let dir = &settings.agent.state_dir;
-    let _lock = crate::lock::rules(dir).await.map_err(|e| RouteError(e.to_string()))?;
+    let _lock = crate::lock::rules(dir).await.map_err(|e| RouteError::Failed(e.to_string()))?;
     State::record_proven(dir, proven(container));
     if routes.in_place(ports, to).await? {
         return Ok(false);
@@ -396,7 +450,7 @@ pub struct NoRoutes;
 
 impl Routes for NoRoutes {
     fn point<'a>(&'a self, _ports: &'a [PortMapping], _to: Ipv4Addr) -> RouteFuture<'a, ()> {
-        Box::pin(async { Err(RouteError("traffic switching is not available on this host".into())) })
+        Box::pin(async { Err(RouteError::Failed("traffic switching is not available on this host".into())) })
     }
     fn in_place<'a>(&'a self, _ports: &'a [PortMapping], _to: Ipv4Addr) -> RouteFuture<'a, bool> {
         Box::pin(async { Ok(false) })

@@ -53,6 +53,13 @@ pub enum PublishError {
     Read(ReleaseError),
     #[error(transparent)]
     Write(#[from] WriteError),
+    #[error(
+        "hosts require signed releases ([release] public_key), and BLOG_AGENT_SIGNING_KEY names no minisign \
+         secret key to sign with; nothing was written"
+    )]
+    Unsigned,
+    #[error("{0}; nothing was written")]
+    Signing(String),
     #[error("{environment} has no release key in [release.keys] of the configuration")]
     UnknownEnvironment { environment: String },
     #[error("{sha} was never published to {environment} ({location} and its versions): nothing to {what}")]
@@ -227,6 +234,7 @@ impl Pipeline {
             by: Some(publisher()),
             pipeline: pipeline_run(),
             at: Some(rfc3339(SystemTime::now())),
+            signature: self.sign(environment, sha, &now)?,
         };
         let kms_key = self.settings.release.kms_key.as_deref();
         self.releases.write(&location, sha, &provenance, kms_key, &expect).await?;
@@ -238,6 +246,31 @@ impl Pipeline {
             replaced,
             unchanged: false,
         })
+    }
+
+    /// Signs the release with `BLOG_AGENT_SIGNING_KEY` (a minisign secret key file;
+    /// `BLOG_AGENT_SIGNING_PASSWORD` when it is encrypted). Without one: unsigned, unless hosts
+    /// require signatures (`[release] public_key`), which is refused rather than published for
+    /// hosts to reject.
+    fn sign(&self, environment: &str, sha: &Sha, digest: &str) -> Result<Option<String>, PublishError> {
+        let key = std::env::var_os("BLOG_AGENT_SIGNING_KEY").filter(|k| !k.is_empty());
+        let Some(key) = key else {
+            if self.settings.release.public_key.is_some() {
+                return Err(PublishError::Unsigned);
+            }
+            return Ok(None);
+        };
+        let password = std::env::var("BLOG_AGENT_SIGNING_PASSWORD").ok();
+        let signature =
+            crate::signature::sign(std::path::Path::new(&key), password.as_deref(), environment, sha, digest)
+                .map_err(PublishError::Signing)?;
+        if let Some(public_key) = &self.settings.release.public_key {
+            // A key that does not match the hosts' would publish a release every host refuses.
+            crate::signature::verify(public_key, environment, sha, Some(digest), Some(&signature)).map_err(|e| {
+                PublishError::Signing(format!("the signature does not verify with [release] public_key: {e}"))
+            })?;
+        }
+        Ok(Some(signature))
     }
 
     /// The ETag of an object whose body is not a SHA (read again through its history).
