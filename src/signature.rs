@@ -7,11 +7,14 @@
 //! The signature covers the environment, so a staging signature cannot be replayed into
 //! production, and the digest, so a re-pushed tag is refused as well.
 //!
-//! Format: minisign's (Ed25519, prehashed), so Debian's `minisign` CLI makes and checks the
-//! same signatures. `publish` signs with that CLI (`BLOG_AGENT_SIGNING_KEY`, the secret key
-//! file; `BLOG_AGENT_SIGNING_PASSWORD` when it is encrypted); hosts verify with the
-//! dependency-free `minisign-verify`. The signature file travels base64-encoded in the release
-//! object's metadata (`blog-signature`).
+//! Format: minisign's, in its legacy mode (`minisign -S -l`: Ed25519 over the message itself,
+//! plus minisign's global signature over the signature and its trusted comment), so Debian's
+//! `minisign` CLI makes and checks the same signatures. `publish` signs with that CLI
+//! (`BLOG_AGENT_SIGNING_KEY`, the secret key file; `BLOG_AGENT_SIGNING_PASSWORD` when it is
+//! encrypted); hosts verify with the Ed25519 of the TLS stack already in the binary (aws-lc-rs):
+//! the message is a few dozen bytes, so minisign's prehashed mode (BLAKE2b first, for large
+//! files) would only add a hash to the binary. The signature file travels base64-encoded in the
+//! release object's metadata (`blog-signature`).
 
 use std::io::Write;
 use std::path::Path;
@@ -54,19 +57,81 @@ pub fn verify(
     };
     let invalid =
         |detail: String| SignatureError::Invalid { environment: environment.to_owned(), sha: sha.to_string(), detail };
-    let key = minisign_verify::PublicKey::from_base64(public_key).map_err(|e| invalid(format!("public key: {e}")))?;
+    let key =
+        PublicKey::parse(public_key).ok_or_else(|| invalid("[release] public_key is not a minisign key".into()))?;
     let text = base64::engine::general_purpose::STANDARD
         .decode(signature.trim())
         .ok()
         .and_then(|b| String::from_utf8(b).ok())
         .ok_or_else(|| invalid("the signature is not base64 of a minisign signature file".into()))?;
-    let signature = minisign_verify::Signature::decode(&text).map_err(|e| invalid(e.to_string()))?;
-    key.verify(&message(environment, sha, digest), &signature, false).map_err(|e| invalid(e.to_string()))
+    let signature = SignatureFile::parse(&text).map_err(|e| invalid(e.to_owned()))?;
+    key.verify(&message(environment, sha, digest), &signature).map_err(|e| invalid(e.to_owned()))
+}
+
+/// A minisign public key: algorithm `Ed`, 8 bytes of key id, 32 bytes of Ed25519 key.
+struct PublicKey {
+    id: [u8; 8],
+    key: [u8; 32],
+}
+
+impl PublicKey {
+    fn parse(base64: &str) -> Option<PublicKey> {
+        let bytes = base64::engine::general_purpose::STANDARD.decode(base64.trim()).ok()?;
+        if bytes.len() != 42 || &bytes[..2] != b"Ed" {
+            return None;
+        }
+        Some(PublicKey { id: bytes[2..10].try_into().ok()?, key: bytes[10..].try_into().ok()? })
+    }
+
+    fn verify(&self, message: &[u8], sig: &SignatureFile) -> Result<(), &'static str> {
+        use aws_lc_rs::signature::{UnparsedPublicKey, ED25519};
+        if sig.id != self.id {
+            return Err("it was made with another key (its key id differs)");
+        }
+        let key = UnparsedPublicKey::new(&ED25519, &self.key);
+        key.verify(message, &sig.signature).map_err(|_| "the signature does not match")?;
+        // minisign's global signature binds the trusted comment to the signature.
+        let mut global = sig.signature.to_vec();
+        global.extend_from_slice(sig.trusted_comment.as_bytes());
+        key.verify(&global, &sig.global).map_err(|_| "the trusted comment's signature does not match")
+    }
+}
+
+/// A minisign signature file (four lines): untrusted comment, `Ed` + key id + signature,
+/// `trusted comment: ...`, the global signature.
+struct SignatureFile {
+    id: [u8; 8],
+    signature: [u8; 64],
+    trusted_comment: String,
+    global: [u8; 64],
+}
+
+impl SignatureFile {
+    fn parse(text: &str) -> Result<SignatureFile, &'static str> {
+        let b64 = |line: &str| base64::engine::general_purpose::STANDARD.decode(line.trim()).ok();
+        let mut lines = text.lines();
+        let (_untrusted, sig, trusted, global) = (lines.next(), lines.next(), lines.next(), lines.next());
+        let sig = sig.and_then(b64).filter(|b| b.len() == 74).ok_or("not a minisign signature")?;
+        match &sig[..2] {
+            b"Ed" => {}
+            b"ED" => return Err("a prehashed signature: sign with `minisign -S -l`, as `blog-agent publish` does"),
+            _ => return Err("an unknown signature algorithm"),
+        }
+        let trusted_comment =
+            trusted.and_then(|t| t.strip_prefix("trusted comment: ")).ok_or("no trusted comment line")?.to_owned();
+        let global = global.and_then(b64).filter(|b| b.len() == 64).ok_or("no global signature")?;
+        Ok(SignatureFile {
+            id: sig[2..10].try_into().map_err(|_| "not a minisign signature")?,
+            signature: sig[10..74].try_into().map_err(|_| "not a minisign signature")?,
+            trusted_comment,
+            global: global.try_into().map_err(|_| "no global signature")?,
+        })
+    }
 }
 
 /// Whether `public_key` is a minisign public key (for the config's validation).
 pub fn valid_public_key(public_key: &str) -> bool {
-    minisign_verify::PublicKey::from_base64(public_key).is_ok()
+    PublicKey::parse(public_key).is_some()
 }
 
 /// Signs the release with the minisign CLI and the secret key file `key`: base64 of the
@@ -79,7 +144,7 @@ pub fn sign(key: &Path, password: Option<&str>, environment: &str, sha: &Sha, di
         std::fs::write(&file, message(environment, sha, digest)).map_err(|e| e.to_string())?;
         let sig = dir.join("release.minisig");
         let mut child = Command::new("minisign")
-            .arg("-S")
+            .args(["-S", "-l"])
             .arg("-s")
             .arg(key)
             .arg("-m")
