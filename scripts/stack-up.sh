@@ -18,12 +18,15 @@ wait_for() { # wait_for WHAT SECONDS CMD...
   done
 }
 
-# Docker Engine
+# Docker Engine. BLOG_AGENT_DOCKERD_FLAGS: extra dockerd flags, word-split (empty for the suite;
+# tests/dockerd_restart.rs and bench/dockerd-restart.sh start it with --live-restore for a
+# while, then put the plain one back).
 if ! docker info >/dev/null 2>&1; then
   # A daemon still shutting down holds its pid file: a new one would exit at once.
   wait_for "the previous dockerd to exit" 60 bash -c '! pgrep -x dockerd'
-  echo "stack-up: starting dockerd (log: $dir/dockerd.log)" >&2
-  setsid nohup dockerd >>"$dir/dockerd.log" 2>&1 </dev/null &
+  echo "stack-up: starting dockerd ${BLOG_AGENT_DOCKERD_FLAGS:+$BLOG_AGENT_DOCKERD_FLAGS }(log: $dir/dockerd.log)" >&2
+  # shellcheck disable=SC2086 # the flags are words on purpose
+  setsid nohup dockerd ${BLOG_AGENT_DOCKERD_FLAGS:-} >>"$dir/dockerd.log" 2>&1 </dev/null &
   wait_for dockerd 60 docker info
 fi
 

@@ -18,16 +18,18 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
 use std::os::unix::net::UnixListener;
+use std::pin::Pin;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use blog_agent::outside::netfilter::{Backend, Mapping, Netfilter, Target};
+use blog_agent::outside::netfilter::{Backend, Mapping, Netfilter, NetfilterError, OwnerLookup, Target};
 use common::*;
 
 /// Requests per client in a switching run, one every 10 ms (as the issue's measurement).
@@ -734,6 +736,76 @@ fn remove_leaves_no_chain_or_jump_and_resets_route_localnet_when_last() {
     drop(other);
 }
 
+/// Issue 19, item 4, on the real kernel: rules marked with their owner read back as in place;
+/// unmarked ones (an agent from before the mark) are taken over silently; another owner's are
+/// refused, left exactly as they are, and taken over once that owner is gone.
+#[test]
+fn marked_rules_are_in_place_unmarked_ones_are_taken_over_and_another_owners_are_refused() {
+    struct Gone;
+    impl OwnerLookup for Gone {
+        fn is_present<'a>(&'a self, _: &'a str) -> Pin<Box<dyn Future<Output = bool> + Send + 'a>> {
+            Box::pin(async { false })
+        }
+    }
+    let mut env = Env::host("owner");
+    let (image, sha) = env.busybox_image();
+    let a = Target::new(env.container("a", &image, &[]));
+    let port = free_port();
+    let mappings = [Mapping::new(None, port, 80)];
+    let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
+    let serves = || get(addr, "/").ok().and_then(|(_, body)| version_of(&body)) == Some(sha.clone());
+    let prefix = env.nf.prefix().to_owned();
+    let owned = |name: &str, lookup: Option<Arc<dyn OwnerLookup>>| {
+        Netfilter::with_prefix(&prefix).unwrap().with_owner(name, lookup).unwrap()
+    };
+    let dnat = || sh_ok("iptables", &["-w", "5", "-t", "nat", "-S", &format!("{prefix}-DNAT")]);
+
+    // An agent from before the mark wrote the rules (no owner: nothing marked).
+    env.apply(&mappings, a);
+    assert!(!dnat().contains("--comment"), "{}", dnat());
+    let one = owned("blog-one", None);
+    assert!(
+        env.rt.block_on(one.in_place(&mappings, a)).unwrap(),
+        "unmarked rules with the same traffic are in place (and marked on the way: no re-assertion to report)"
+    );
+    assert!(dnat().contains("-m comment --comment \"blog-agent:blog-one\" -j DNAT"), "{}", dnat());
+    assert!(env.rt.block_on(one.in_place(&mappings, a)).unwrap(), "marked rules read back as rendered");
+    // Unmarked rules to another target are rewritten (marked) by apply, not refused.
+    env.apply(&mappings, Target::new(Ipv4Addr::new(172, 17, 255, 254)));
+    assert!(!env.rt.block_on(one.in_place(&mappings, a)).unwrap());
+    env.rt.block_on(one.apply(&mappings, a)).unwrap();
+    assert!(env.rt.block_on(one.in_place(&mappings, a)).unwrap());
+    assert!(dnat().contains("-m comment --comment \"blog-agent:blog-one\" -j DNAT"), "{}", dnat());
+    for chain in [&env.nf.chains().forward, &env.nf.chains().input] {
+        let rules = sh_ok("iptables", &["-w", "5", "-S", chain]);
+        assert!(rules.lines().skip(1).all(|l| l.contains("blog-agent:blog-one")), "{rules}");
+    }
+    assert!(serves());
+
+    // A second agent on the same chains: refused on every operation, nothing changed.
+    let before = rules_mentioning(&prefix);
+    let two = owned("blog-two", None);
+    for (what, got) in [
+        ("apply", env.rt.block_on(two.apply(&mappings, a))),
+        ("in_place", env.rt.block_on(two.in_place(&mappings, a)).map(drop)),
+        ("remove", env.rt.block_on(two.remove())),
+        ("check_owner", env.rt.block_on(two.check_owner())),
+    ] {
+        match got {
+            Err(NetfilterError::Owned { owner, .. }) => assert_eq!(owner, "blog-one", "{what}"),
+            other => panic!("{what}: {other:?}"),
+        }
+    }
+    assert_eq!(rules_mentioning(&prefix), before, "the other agent's rules are untouched");
+    assert!(serves());
+
+    // Once the owner is gone (its container removed or renamed), they are taken over.
+    let two = owned("blog-two", Some(Arc::new(Gone)));
+    env.rt.block_on(two.apply(&mappings, a)).unwrap();
+    assert!(dnat().contains("blog-agent:blog-two") && !dnat().contains("blog-agent:blog-one"), "{}", dnat());
+    assert!(serves());
+}
+
 // ---- both backends, in a namespace laid out like a Docker host ----------------------------
 
 /// A Docker-like host inside network namespaces: `h` with a bridge `bab0` (10.213.3.1/24, the
@@ -873,7 +945,10 @@ fn inner_namespace_host() {
         .unwrap()
         .with_bridge("bab0")
         .unwrap()
-        .with_backend(backend);
+        .with_backend(backend)
+        // Marked rules, so both backends show they print the mark as it is rendered.
+        .with_owner("inner", None)
+        .unwrap();
     let client_ns = std::env::var("BA_NS_CLIENT").unwrap();
     let mut env = Env::bare("inner");
     env.nf = nf;

@@ -368,3 +368,80 @@ fn a_host_whose_loopback_path_is_broken_blames_itself_and_halts_nothing() {
     assert!(text.contains("net.ipv4.conf.docker0.route_localnet = 1"), "{text}");
     assert_eq!(h.host.staging_halt_markers(), 0, "the release was voted against for this host's sysctl:\n{text}");
 }
+
+/// Issue 19, item 4: a second agent on this host (another blog, its own container name) left on
+/// the first one's `[traffic] chains` refuses them, naming the other owner and the key, instead
+/// of the two rewriting each other's rules forever; the first keeps serving throughout, its
+/// rules untouched, and its keeper never sees them changed.
+#[test]
+fn a_second_agent_on_the_same_chains_refuses_them_and_the_first_keeps_serving() {
+    let fast = "[reconcile]\ninterval = \"1s\"\njitter = \"0s\"\n";
+    let first = SwitchHost::new("sw_owner_1", fast);
+    let v1 = first.host.release("good");
+    let mut agent1 = first.host.start_agent(&[]);
+    first.host.wait_deployed(&v1, SERVE);
+    let rules = first.dnat_rules();
+    assert!(rules.contains(&format!("--comment \"blog-agent:{}\"", first.host.container)), "marked: {rules}");
+
+    // The second host's own container name, bucket and port; the first's chains. Its Drop
+    // removes its containers; the chains are the first's to remove.
+    let second = Host::new("sw_owner_2");
+    second.write_config(&format!("{fast}[traffic]\nmode = \"switch\"\nchains = \"{}\"\n", first.chains));
+    second.release("good");
+    let stop = Arc::new(AtomicBool::new(false));
+    let client = load(first.host.port, stop.clone(), 3000);
+
+    let refusal = format!("[traffic] chains = \"{}\"", first.chains);
+    let owner = format!("container {}", first.host.container);
+    let run = second.sync();
+    eprintln!("second agent's sync: {}", run.stderr.trim());
+    assert_eq!(run.code, 1, "{}", run.output());
+    assert!(run.stderr.contains(&refusal) && run.stderr.contains(&owner), "{}", run.output());
+    assert!(second.containers().is_empty(), "no container started for nothing: {:?}", second.containers());
+
+    let agent2 = second.start_agent(&[]);
+    agent2.wait_log(&refusal, SERVE);
+    // A few of its retries go by.
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, Ordering::SeqCst);
+    let (sent, failed, seen) = client.join().unwrap();
+    assert_eq!(failed, 0, "{failed} of {sent} requests to the first host failed (seen {seen:?})\n{}", agent2.logs());
+    assert_eq!(seen, std::slice::from_ref(&v1));
+    assert_eq!(first.dnat_rules(), rules, "the first agent's rules are untouched");
+    assert!(second.containers().is_empty(), "{:?}", second.containers());
+    let logs = agent2.logs();
+    assert!(logs.contains(&owner), "{logs}");
+    assert_eq!(second.staging_halt_markers(), 0, "a halt vote against the release for this host's config: {logs}");
+    assert!(!agent1.logs().contains("changed outside blog-agent"), "{}", agent1.logs());
+    agent1.assert_alive();
+}
+
+/// Issue 19, item 4, the upgrade: rules written by an agent from before the owner's mark (no
+/// comment) are taken over silently by the new one: marked, never reported as changed outside
+/// blog-agent, never refused.
+#[test]
+fn rules_of_an_agent_from_before_the_mark_are_taken_over_silently() {
+    let h = SwitchHost::new("sw_upgrade", "[reconcile]\ninterval = \"5m\"\njitter = \"0s\"\n");
+    let v1 = h.host.release("good");
+    assert_eq!(h.host.sync().code, 0);
+    // What the previous version wrote: the same rules, unmarked.
+    let ip: std::net::Ipv4Addr =
+        docker_ok(&["inspect", "-f", "{{.NetworkSettings.IPAddress}}", &h.host.container]).parse().unwrap();
+    let old = blog_agent::outside::netfilter::Netfilter::with_prefix(&h.chains).unwrap();
+    let port = h.host.port;
+    let mapping = blog_agent::outside::netfilter::Mapping::new(Some(std::net::Ipv4Addr::LOCALHOST), port, 80);
+    remove_chains(&h.chains).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(old.apply(&[mapping], blog_agent::outside::netfilter::Target::new(ip))).unwrap();
+    assert!(!h.dnat_rules().contains("--comment"), "{}", h.dnat_rules());
+    h.host.assert_serves(&v1);
+
+    let agent = h.host.start_agent(&[]);
+    let mark = format!("--comment \"blog-agent:{}\"", h.host.container);
+    wait_for("the rules marked as the new agent's", SERVE, || h.dnat_rules().contains(&mark).then_some(()));
+    // Its keeper has checked them a few times since.
+    std::thread::sleep(Duration::from_secs(2));
+    let logs = agent.logs();
+    assert!(!logs.contains("changed outside blog-agent") && !logs.contains("another blog-agent"), "{logs}");
+    h.host.assert_serves(&v1);
+}

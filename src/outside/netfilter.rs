@@ -735,7 +735,11 @@ impl Netfilter {
         }
         let observed = self.observe().await?;
         self.claim(&observed).await?;
-        let rules = self.render(mappings, target, &observed);
+        self.write(&self.render(mappings, target, &observed)).await
+    }
+
+    /// Commits each non-empty table of `rules`, filter first.
+    async fn write(&self, rules: &Ruleset) -> Result<(), NetfilterError> {
         for table in [Table::Filter, Table::Nat] {
             let text = rules.text(table);
             if !text.is_empty() {
@@ -750,13 +754,32 @@ impl Netfilter {
     /// duplicate, and `route_localnet` on where loopback needs it (when readable). For the
     /// re-assertion loop: cheap (two `iptables -S`), and true means leave the kernel alone.
     /// `Err(Owned)` when another agent's rules are in the chains, as for `apply`.
+    ///
+    /// Rules exactly as an agent from before the owner's mark wrote them (the same traffic, no
+    /// comment) are in place: they are marked here, in one transaction that sends every
+    /// connection where it went already, so an upgrade takes them over silently instead of
+    /// reporting them as changed outside the agent.
     pub async fn in_place(&self, mappings: &[Mapping], target: Target) -> Result<bool, NetfilterError> {
         if mappings.iter().any(Mapping::takes_loopback) && self.route_localnet().await == Some(false) {
             return Ok(false);
         }
         let observed = self.observe().await?;
         self.claim(&observed).await?;
-        Ok(self.render(mappings, target, &observed).is_empty())
+        let rules = self.render(mappings, target, &observed);
+        if rules.is_empty() {
+            return Ok(true);
+        }
+        if self.owner.is_some() && self.unmarked().render(mappings, target, &observed).is_empty() {
+            tracing::debug!(chains = %self.prefix, "marking the rules an earlier blog-agent wrote as this agent's");
+            self.write(&rules).await?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// This Netfilter without an owner: what an agent from before the mark renders.
+    fn unmarked(&self) -> Netfilter {
+        Netfilter { owner: None, ..self.clone() }
     }
 
     /// The address our DNAT rules currently send traffic to (`None`: no rules, e.g. someone
