@@ -925,7 +925,7 @@ fn render_table(desired: &Desired, state: &TableState) -> String {
     }
     for (from, spec) in &desired.jumps {
         if !seen.contains_key(&(*from, spec.as_str())) {
-            body.push_str(&format!("-I {from} 1 {spec}\n"));
+            body.push_str(&format!("-I {from} {} {spec}\n", jump_position(from, state, &own)));
             change = true;
         }
     }
@@ -942,6 +942,22 @@ fn render_table(desired: &Desired, state: &TableState) -> String {
         format!("{head}{body}COMMIT\n")
     } else {
         String::new()
+    }
+}
+
+/// Where a missing jump into our chains goes in `from`: first, except in `DOCKER-USER`, the
+/// operator's own chain for forwarded traffic: there it goes after the operator's rules (a DROP
+/// of an abusive client for the blog ports must win over our ACCEPT) and before Docker's closing
+/// `-j RETURN`. Counted on the rules that stay (this change deletes stale jumps into our chains).
+fn jump_position(from: &str, state: &TableState, own: &[&str]) -> usize {
+    if from != DOCKER_USER {
+        return 1;
+    }
+    let staying: Vec<&str> =
+        state.rules_in(DOCKER_USER).filter(|spec| !own.iter().any(|c| jumps_to(spec, c))).collect();
+    match staying.iter().position(|spec| *spec == "-j RETURN") {
+        Some(at) => at + 1,
+        None => staying.len() + 1,
     }
 }
 
@@ -1078,6 +1094,24 @@ mod tests {
     const GUARD: &str =
         "-A BLOG-AGENT-IN -d 127.0.0.0/8 -i docker0 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP\n";
     const MASQ: &str = "-A BLOG-AGENT-POST -s 127.0.0.0/8 -o docker0 -m conntrack --ctstate DNAT -j MASQUERADE\n";
+
+    #[test]
+    fn the_forward_jump_goes_after_the_operator_s_own_rules_and_before_docker_s_return() {
+        let m = [Mapping::new(None, 80, 80)];
+        let target = Target::new(Ipv4Addr::new(172, 17, 0, 2));
+        let mut o = docker_host();
+        // The operator blocks a client in DOCKER-USER, above Docker's RETURN.
+        let drop = "-s 203.0.113.7/32 -p tcp -m tcp --dport 80 -j DROP".to_owned();
+        let at = o.filter.rules.iter().position(|(c, s)| c == "DOCKER-USER" && s == "-j RETURN").unwrap();
+        o.filter.rules.insert(at, ("DOCKER-USER".into(), drop));
+        let got = nf().render(&m, target, &o);
+        assert!(got.filter.contains("-I DOCKER-USER 2 -j BLOG-AGENT-FWD\n"), "{}", got.filter);
+        // Only the RETURN: first, as before.
+        let plain = nf().render(&m, target, &docker_host());
+        assert!(plain.filter.contains("-I DOCKER-USER 1 -j BLOG-AGENT-FWD\n"), "{}", plain.filter);
+        // INPUT's jump stays first.
+        assert!(got.filter.contains("-I INPUT 1 -j BLOG-AGENT-IN\n"), "{}", got.filter);
+    }
 
     #[test]
     fn renders_the_whole_rule_set_for_each_kind_of_mapping() {
