@@ -396,7 +396,8 @@ switched() { # the run's DNAT chain sends 127.0.0.1:PORT to the blog container, 
   ip=$(docker inspect -f '{{.NetworkSettings.IPAddress}}' "$blog" 2>/dev/null) && [ -n "$ip" ] || return 1
   rules=$(iptables -w 5 -t nat -S "$chains-DNAT" 2>/dev/null) || return 1
   bindings=$(docker inspect -f '{{json .HostConfig.PortBindings}}' "$blog" 2>/dev/null)
-  grep -E -- "-d 127\.0\.0\.1/32 -p tcp -m tcp --dport $port -j DNAT --to-destination ${ip//./\\.}:80\$" <<<"$rules" >/dev/null &&
+  # The rule carries its owner's mark (`-m comment --comment "blog-agent:<container>"`).
+  grep -E -- "-d 127\.0\.0\.1/32 -p tcp -m tcp --dport $port -m comment --comment \"blog-agent:$blog\" -j DNAT --to-destination ${ip//./\\.}:80\$" <<<"$rules" >/dev/null &&
     [[ "$bindings" =~ ^(null|\{\}|)$ ]] && echo "$ip"
 }
 if ip=$(switched); then
