@@ -234,8 +234,22 @@ pub async fn gather(
                             key: crate::fleet::halt::marker_key(&prefix, &release.sha),
                         };
                         let halt_after = settings.rollout.halt_after;
-                        let reading = halts.read(&prefix, &release.sha).await;
-                        Some((reading.map(|r| r.halt(&release.sha, &env.name, halt_after)), uri))
+                        let mut halt = halts
+                            .read(&prefix, &release.sha)
+                            .await
+                            .map(|r| r.halt(&release.sha, &env.name, halt_after));
+                        // As the agent does: no rollback target named, the release before it in
+                        // the release object's history.
+                        if let Ok(Some(marker)) = halt.as_mut() {
+                            if marker.rolled_back_to_sha().is_none() {
+                                let sha = &release.sha;
+                                let before = crate::pass::once::rollback_target(
+                                    releases, halts, settings, &env.name, &location, sha,
+                                );
+                                marker.rolled_back_to = before.await.map(|s| s.to_string());
+                            }
+                        }
+                        Some((halt, uri))
                     }
                     _ => None,
                 };
@@ -519,6 +533,14 @@ pub fn render_text(s: &Status) -> String {
         ),
         (None, Some(err)) => line("halted", format!("UNKNOWN: {err}")),
         (None, None) => {}
+    }
+    if s.target.is_none() && s.halt.is_some() {
+        line(
+            "target",
+            "none: S3's release is halted, and there is no rollback target, no earlier release in the release \
+             object's history and no last-known-good version here (`blog-agent halt <sha> --to <good sha>` names one)"
+                .into(),
+        );
     }
     if let Some(t) = s.target.as_ref().filter(|t| t.source != TargetSource::S3) {
         let why = match t.source {
