@@ -482,17 +482,7 @@ impl HaltMarkers {
         let marker_key = marker_key(key_prefix, sha);
         let mut removed = 0;
         for key in keys.into_iter().filter(|k| *k != marker_key) {
-            let location = &ObjectLocation { bucket: self.bucket.clone(), key };
-            self.call("removing", location, |client| async move {
-                match client.delete_object().bucket(&location.bucket).key(&location.key).send().await {
-                    Ok(_) => Ok(()),
-                    Err(err) => match classify(err, "removing", location) {
-                        Failed::NotFound | Failed::Exists => Ok(()),
-                        Failed::Error(e) => Err(e),
-                    },
-                }
-            })
-            .await?;
+            self.delete(&ObjectLocation { bucket: self.bucket.clone(), key }).await?;
             removed += 1;
         }
         Ok(removed)
@@ -532,6 +522,12 @@ impl HaltMarkers {
                 }
             })
             .await?;
+        self.delete(location).await?;
+        Ok(existed)
+    }
+
+    /// Deletes `location`; one already gone is no error.
+    async fn delete(&self, location: &ObjectLocation) -> Result<(), HaltError> {
         self.call("removing", location, |client| async move {
             match client.delete_object().bucket(&location.bucket).key(&location.key).send().await {
                 Ok(_) => Ok(()),
@@ -541,8 +537,7 @@ impl HaltMarkers {
                 },
             }
         })
-        .await?;
-        Ok(existed)
+        .await
     }
 }
 
