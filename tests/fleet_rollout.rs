@@ -55,11 +55,13 @@ fn spread_out_ids() -> Vec<(String, f64)> {
 
 /// One host of the fleet: the harness host, its metadata stand-in, its agent.
 struct Member {
+    /// First, so it is dropped first: a failing test prints its log before the host's
+    /// directory (which holds the log) is removed.
+    agent: Option<AgentProcess>,
     host: Host,
     _imds: FakeImds,
     instance_id: String,
     seed: f64,
-    agent: Option<AgentProcess>,
 }
 
 impl Member {
@@ -76,7 +78,7 @@ impl Member {
             SPREAD.as_secs(),
             host.path().join("metrics/blog_agent.prom").display()
         ));
-        Member { host, _imds: imds, instance_id: instance_id.to_owned(), seed: seed(instance_id), agent: None }
+        Member { agent: None, host, _imds: imds, instance_id: instance_id.to_owned(), seed: seed(instance_id) }
     }
 
     fn start(&mut self) {

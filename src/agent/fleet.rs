@@ -11,7 +11,11 @@
 //! ([`Fleet::hold_unconfirmed`]): a local pass (a Docker event) in between, or a read that
 //! failed, keeps it waiting. (With no spread there is no wave: the read at first sight is the
 //! one, and if it failed the release counts as not halted; it still has to pass its own probes
-//! here.) A marker is written once per failure.
+//! here.) A host that voted against the published SHA reads the votes on each full pass until
+//! the release is halted: it holds the release back meanwhile, possibly for its whole
+//! quarantine, and without those reads it would only learn of the halt the other hosts' votes
+//! made when the quarantine ran out and it tried the release again. A vote is written once per
+//! failure.
 //!
 //! Reads and writes: halt markers (through [`HaltSource`]), the metrics textfile. Decides:
 //! nothing; [`crate::pass::decide`] reads [`Fleet::halt_of`].
@@ -62,6 +66,9 @@ pub struct Fleet {
     metrics_error: Option<String>,
     /// ECR calls already added to the metrics.
     ecr_calls_seen: u64,
+    /// The release this host voted to halt (its vote is in S3): its votes are read on each full
+    /// pass while it is the published SHA and not halted yet.
+    voted: Option<Sha>,
 }
 
 impl Fleet {
@@ -84,7 +91,14 @@ impl Fleet {
     }
 
     fn with(identity: IdentityState) -> Fleet {
-        Fleet { identity, halt: None, metrics: Arc::new(Metrics::new()), metrics_error: None, ecr_calls_seen: 0 }
+        Fleet {
+            identity,
+            halt: None,
+            metrics: Arc::new(Metrics::new()),
+            metrics_error: None,
+            ecr_calls_seen: 0,
+            voted: None,
+        }
     }
 
     /// This host's identity, waiting for it if it is still being resolved.
@@ -175,7 +189,7 @@ impl Fleet {
         }
         let read = match &current {
             HaltKnown::Unknown | HaltKnown::Halted(_) => true,
-            HaltKnown::Clear { rechecked } => !rechecked && wave_open,
+            HaltKnown::Clear { rechecked } => (!rechecked && wave_open) || self.voted.as_ref() == Some(published),
         };
         if !read {
             return;
@@ -242,7 +256,11 @@ impl Fleet {
         };
         let key = crate::fleet::halt::vote_key(prefix, sha, &instance_id);
         self.metrics.add_s3_request();
-        match halts.vote(prefix, &vote).await {
+        let written = halts.vote(prefix, &vote).await;
+        if written.is_ok() {
+            self.voted = Some(sha.clone());
+        }
+        match written {
             Ok(true) => tracing::warn!(
                 sha = %sha, env = environment, key = %key, verdict = %verdict.rule,
                 "voted to halt {} for {environment} ({key}): {verdict}; {}; it is halted for every host once \
@@ -462,6 +480,16 @@ mod tests {
         let halt = other.halt_of(&a).expect("two votes halt it");
         assert_eq!(halt.rolled_back_to_sha(), Some(b.clone()));
         assert!(halt.reason.starts_with("2 hosts failed it (never-answered)"), "{}", halt.reason);
+        // The first voter learns it at its next full pass, though it read the votes since its
+        // wave opened and holds the release back in its quarantine (it tries nothing).
+        f.check_halt(&halts, PREFIX, "staging", 2, &a, Some(&b), true).await;
+        assert!(f.halt_of(&a).is_some(), "a voter keeps reading the votes until the release is halted");
+        // A host that did not vote and already read since its wave opened does not read again.
+        let quiet = Counting::default();
+        let mut g = fleet();
+        g.check_halt(&quiet, PREFIX, "staging", 2, &a, Some(&b), true).await;
+        g.check_halt(&quiet, PREFIX, "staging", 2, &a, Some(&b), true).await;
+        assert_eq!(quiet.reads(), 1);
         // Evidence is bounded.
         let long = halts.votes.lock().unwrap().values().map(|v| v.evidence.len()).max().unwrap();
         assert_eq!(long, MAX_REASON_CHARS);
