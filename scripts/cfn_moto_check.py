@@ -49,19 +49,8 @@ import cfn_check  # noqa: E402  (the template loader and the evaluator of condit
 ROOT = Path(__file__).resolve().parent.parent
 ENV = "staging"
 GROUP = f"blog-{ENV}"
-failures = 0
-
-
-def ok(what):
-    print(f"ok   {what}")
-
-
-def fail(what, detail=""):
-    global failures
-    failures += 1
-    print(f"FAIL {what}")
-    for line in str(detail).rstrip().splitlines():
-        print(f"     {line}")
+# The `ok`/`FAIL` lines and their count (cfn_check.failures) are cfn_check's.
+ok, fail = cfn_check.ok, cfn_check.fail
 
 
 def note(what):
@@ -135,7 +124,7 @@ def main():
         fail(f"checking the stack stopped: {type(e).__name__}: {e}", traceback.format_exc(limit=3))
     finally:
         delete_stack(cfn, s3, ecr, asg, iam, stack, cfn_check.lifecycle_hook_name(template))
-    return 1 if failures else 0
+    return 1 if cfn_check.failures else 0
 
 
 def wait(cfn, stack, want, seconds=120):
@@ -633,5 +622,6 @@ def delete_stack(cfn, s3, ecr, asg, iam, stack, hook):
 if __name__ == "__main__":
     rc = main()
     if rc != 2:
-        print("cfn_moto_check: " + ("all checks passed" if not failures else f"{failures} check(s) failed"))
+        n = cfn_check.failures
+        print("cfn_moto_check: " + (f"{n} check(s) failed" if n else "all checks passed"))
     sys.exit(rc)

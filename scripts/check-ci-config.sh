@@ -16,14 +16,8 @@ workflow=packaging/github-actions/blog.yml
 policy=packaging/iam-policy-publisher.json
 trust=packaging/iam-trust-circleci.json
 
-failures=0
-ok() { echo "ok   $*"; }
-fail() {
-  echo "FAIL $1"
-  # shellcheck disable=SC2001 # indents every line of the detail
-  [ -n "${2:-}" ] && sed 's/^/     /' <<<"$2"
-  failures=$((failures + 1))
-}
+# shellcheck source=scripts/lib/checks.sh
+source scripts/lib/checks.sh
 
 # ---- tools ---------------------------------------------------------------------------------
 if [ ! -x "$venv/bin/check-jsonschema" ]; then
@@ -411,8 +405,4 @@ EOF
 rc=$?
 failures=$((failures + rc))
 
-if [ $failures -gt 0 ]; then
-  echo "check-ci-config: $failures check(s) failed"
-  exit 1
-fi
-echo "check-ci-config: all checks passed"
+finish check-ci-config

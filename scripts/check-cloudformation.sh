@@ -17,14 +17,8 @@ cd "$(dirname "$0")/.." || exit 1
 template=packaging/cloudformation/blog.yaml
 venv=${BLOG_AGENT_VENV:-$(pwd)/.stack/venv}
 
-failures=0
-ok() { echo "ok   $*"; }
-fail() {
-  echo "FAIL $1"
-  # shellcheck disable=SC2001 # indents every line of the detail
-  [ -n "${2:-}" ] && sed 's/^/     /' <<<"$2"
-  failures=$((failures + 1))
-}
+# shellcheck source=scripts/lib/checks.sh
+source scripts/lib/checks.sh
 
 # ---- tools ---------------------------------------------------------------------------------
 if [ ! -x "$venv/bin/cfn-lint" ]; then
@@ -32,16 +26,7 @@ if [ ! -x "$venv/bin/cfn-lint" ]; then
   { python3 -m venv "$venv" && "$venv/bin/pip" install -q 'moto[server]'; } >&2 ||
     { echo "FAIL cannot install cfn-lint into $venv"; exit 1; }
 fi
-if ! command -v cloud-init >/dev/null 2>&1; then
-  echo "check-cloudformation: apt-get install cloud-init" >&2
-  export DEBIAN_FRONTEND=noninteractive
-  compgen -G '/var/lib/apt/lists/*_Packages*' >/dev/null || apt-get update -qq >&2
-  if ! apt-get install -y -qq --no-install-recommends cloud-init >/dev/null 2>&1; then
-    apt-get update -qq >&2
-    apt-get install -y -qq --no-install-recommends cloud-init >/dev/null ||
-      { echo "FAIL cannot install cloud-init"; exit 1; }
-  fi
-fi
+command -v cloud-init >/dev/null 2>&1 || apt_install check-cloudformation cloud-init
 
 # ---- cfn-lint ------------------------------------------------------------------------------
 # Exit status is a bit mask: 2 errors, 4 warnings, 8 informational. Errors and warnings fail.
@@ -76,8 +61,4 @@ else
     "(source scripts/stack-env.sh after scripts/stack-up.sh)"
 fi
 
-if [ $failures -gt 0 ]; then
-  echo "check-cloudformation: $failures check(s) failed"
-  exit 1
-fi
-echo "check-cloudformation: all checks passed"
+finish check-cloudformation

@@ -22,31 +22,15 @@ max_exposure=1.8
 # EC2 rejects user-data over 16 KiB.
 max_user_data=16384
 
-failures=0
-ok() { echo "ok   $*"; }
-fail() {
-  echo "FAIL $1"
-  # shellcheck disable=SC2001 # indents every line of the detail
-  [ -n "${2:-}" ] && sed 's/^/     /' <<<"$2"
-  failures=$((failures + 1))
-}
+# shellcheck source=scripts/lib/checks.sh
+source scripts/lib/checks.sh
 
 # ---- tools ---------------------------------------------------------------------------------
 need=()
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 command -v cloud-init >/dev/null 2>&1 || need+=(cloud-init)
 /usr/bin/python3 -c 'import yaml, tomllib' >/dev/null 2>&1 || need+=(python3 python3-yaml)
-if [ ${#need[@]} -gt 0 ]; then
-  echo "check-deploy-files: apt-get install ${need[*]}" >&2
-  export DEBIAN_FRONTEND=noninteractive
-  # Refresh the package lists only if they are missing or the install fails with them.
-  compgen -G '/var/lib/apt/lists/*_Packages*' >/dev/null || apt-get update -qq >&2
-  if ! apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null 2>&1; then
-    apt-get update -qq >&2
-    apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null ||
-      { echo "FAIL cannot install ${need[*]}"; exit 1; }
-  fi
-fi
+[ ${#need[@]} -eq 0 ] || apt_install check-deploy-files "${need[@]}"
 
 # ---- systemd unit ----------------------------------------------------------------------------
 # `verify` checks that ExecStart's binary exists. Rather than touch /usr/bin on this machine,
@@ -198,8 +182,4 @@ bash scripts/check-cloudformation.sh || failures=$((failures + 1))
 echo "== CI configs and the publisher role (scripts/check-ci-config.sh)"
 bash scripts/check-ci-config.sh || failures=$((failures + 1))
 
-if [ $failures -gt 0 ]; then
-  echo "check-deploy-files: $failures check(s) failed"
-  exit 1
-fi
-echo "check-deploy-files: all checks passed"
+finish check-deploy-files
