@@ -162,11 +162,7 @@ def cleanup_docker():
 
 
 def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+    return page.free_ports(1)[0]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,11 +19,12 @@ probes to the container's bridge address). Every wait is bounded.
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import time
+
+import page  # bench/page.py, beside this file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 AGENT = os.environ["BENCH_AGENT"]
@@ -93,28 +94,6 @@ def stop_dockerd():
 def start_dockerd(flags):
     env = dict(os.environ, BLOG_AGENT_DOCKERD_FLAGS=flags)
     sh("bash", os.path.join(ROOT, "scripts/stack-up.sh"), env=env, timeout=180)
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def get(port):
-    """(status, body) of GET / on 127.0.0.1:port, or None."""
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
-            s.sendall(b"GET / HTTP/1.0\r\nHost: blog\r\n\r\n")
-            data = b""
-            while chunk := s.recv(65536):
-                data += chunk
-    except OSError:
-        return None
-    parts = data.split(b" ", 2)
-    return (int(parts[1]), data.decode(errors="replace")) if len(parts) > 1 and parts[1].isdigit() else None
 
 
 def publish():
@@ -211,7 +190,7 @@ def one_restart(mode, flags, port, i):
     up = time.monotonic() - t0
     up_wall = int(time.time())
     wait_until("the agent's converged pass after the restart", 90, lambda: last_success() >= up_wall)
-    wait_until("the blog to serve again", 60, lambda: (get(port) or (0,))[0] == 200)
+    wait_until("the blog to serve again", 60, lambda: page.get(port, 2, "bench-dockerd-restart")[0])
     time.sleep(2)
     client.send_signal(signal.SIGTERM)
     client.wait(30)
@@ -235,7 +214,7 @@ def measure(mode, flags):
     start_dockerd(flags)
     assert live_restore() == (mode == "on"), f"dockerd should run with live-restore {mode}"
     cleanup()
-    port = free_port()
+    port = page.free_ports(1)[0]
     cfg = config(port)
     sha = publish()
     env = dict(os.environ, AWS_EC2_METADATA_SERVICE_ENDPOINT="http://127.0.0.1:9")
@@ -243,7 +222,8 @@ def measure(mode, flags):
     agent = subprocess.Popen([AGENT, "--config", cfg, "--log-format", "json", "run"], stdout=subprocess.DEVNULL,
                              stderr=agent_log, stdin=subprocess.DEVNULL, env=env)
     try:
-        wait_until(f"{sha[:12]} served by the agent", 90, lambda: sha in ((get(port) or (0, ""))[1]))
+        wait_until(f"{sha[:12]} served by the agent", 90,
+                   lambda: page.get(port, 2, "bench-dockerd-restart") == (True, sha))
         wait_until("the agent's first converged pass", 60, last_success)
         return [one_restart(mode, flags, port, i) for i in range(RUNS)]
     finally:

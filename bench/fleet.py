@@ -30,7 +30,6 @@ import json
 import os
 import re
 import secrets
-import socket
 import subprocess
 import sys
 import threading
@@ -222,25 +221,6 @@ textfile = "{self.metrics_path}"
             return open(self.log_path, errors="replace").read()
         except OSError:
             return ""
-
-
-def free_ports(n):
-    """n free ports below the kernel's ephemeral range: a port from that range can be taken by
-    any outgoing connection (an agent's to moto) between this check and Docker's bind."""
-    low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
-    ports = []
-    for port in range(max(1024, low - 20000), low):
-        s = socket.socket()
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        finally:
-            s.close()
-        ports.append(port)
-        if len(ports) == n:
-            return ports
-    raise RuntimeError(f"fewer than {n} free ports below {low}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -483,8 +463,8 @@ class Fleet:
             self.s3.head_bucket(Bucket=BUCKET)
         except Exception:
             self.s3.create_bucket(Bucket=BUCKET)
-        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET):
-            for obj in page.get("Contents", []):
+        for listing in self.s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET):
+            for obj in listing.get("Contents", []):
                 self.s3.delete_object(Bucket=BUCKET, Key=obj["Key"])
         log("publishing three releases (good, good, crash)")
         self.g1, self.g2, self.bad = self.publish("good"), self.publish("good"), self.publish("crash")
@@ -493,7 +473,7 @@ class Fleet:
         self.creations = Events(os.path.join(self.work, "creations.jsonl"), [
             "type=container", "event=create", f"label={LABEL}={LABEL_VALUE}"])
         self.image_events = Events(os.path.join(self.work, "pulls.jsonl"), ["type=image", "event=pull"])
-        ports = free_ports(self.n)
+        ports = page.free_ports(self.n)
         for i in range(self.n):
             h = Host(i, self.work, self.agent, self.interval, self.spread)
             h.port = ports[i]
@@ -825,7 +805,7 @@ def render(r, trials=None):
         f"| idle: S3 requests per second (sum of `blog_agent_s3_requests_total`) | N / interval = "
         f"{ratio(n, interval)} = {idle['s3_per_s_model']:g} | {idle['s3_per_s']:g} ({idle['s3_requests']:g} in "
         f"{idle['window_s']:g} s) |",
-        f"| idle: how moto answered the release key | all 304 | "
+        "| idle: how moto answered the release key | all 304 | "
         + (", ".join(f"{v} x {k}" for k, v in sorted(statuses.items())) if answered else "(moto log not read)")
         + " |",
         f"| idle: ECR calls, deploys | 0, 0 | {idle['ecr_calls']:g}, {idle['deploys']:g} |",
