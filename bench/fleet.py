@@ -17,7 +17,9 @@ all read one release key in one bucket and pull one repository. The stages:
    container of G2 (`docker events`) against its wave, published_at + seed x spread; the fleet
    finishes within spread + one interval; applies per minute against N / spread.
 4. halt: a crashing release B with the same spread: how many hosts created a container of B
-   against N x (detection + interval) / spread; the halt marker; every port still serves G2.
+   against (halt_after - 1) + N x (detection + interval) / spread; the hosts' votes under
+   `staging/halted/<B>/` (halted once `[rollout] halt_after`, the default 2, hosts voted), no
+   operator's marker; every port still serves G2.
 
 Everything talks to 127.0.0.1 only. Containers carry the label blog-agent-bench=fleet; the
 agents' pids are written to WORK/agents.pid so bench/fleet.sh can stop them whatever happens
@@ -45,6 +47,9 @@ REPO_NAME = "blog-fleet-bench"
 BUCKET = "blog-fleet-bench"
 KEY = "staging/stagebuild.txt"
 HALT_PREFIX = "staging/halted/"
+# `[rollout] halt_after`, the agent's default (the bench's config does not set it): distinct
+# hosts' votes that halt a release.
+HALT_AFTER = 2
 IMDS_TOKEN = "fleet-bench-imds-token"
 METRIC_RE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)$")
 
@@ -394,11 +399,20 @@ class Fleet:
         return self.s3.head_object(Bucket=BUCKET, Key=KEY)["LastModified"].timestamp()
 
     def marker(self, sha):
+        """An operator's decisive marker `<prefix><sha>` (hosts never write one), or None."""
         try:
             body = self.s3.get_object(Bucket=BUCKET, Key=HALT_PREFIX + sha)["Body"].read()
         except self.s3.exceptions.NoSuchKey:
             return None
         return json.loads(body)
+
+    def votes(self, sha):
+        """The hosts' votes to halt sha: `<prefix><sha>/<instance id>`, one per host."""
+        listed = self.s3.list_objects_v2(Bucket=BUCKET, Prefix=f"{HALT_PREFIX}{sha}/").get("Contents", [])
+        return [json.loads(self.s3.get_object(Bucket=BUCKET, Key=o["Key"])["Body"].read()) for o in listed]
+
+    def halted(self, sha):
+        return self.marker(sha) is not None or len(self.votes(sha)) >= HALT_AFTER
 
     def publish(self, kind):
         sha = secrets.token_hex(20)
@@ -410,8 +424,8 @@ class Fleet:
         """{host index: first time its port served sha}; polls every port about once a second."""
         first = {}
         while len(first) < len(self.hosts) and time.time() < deadline:
-            if self.marker(sha):
-                raise RuntimeError(f"{sha} was halted: {self.marker(sha)}")
+            if self.halted(sha):
+                raise RuntimeError(f"{sha} was halted: {self.marker(sha) or self.votes(sha)}")
             for h in self.hosts:
                 if h.i not in first and served(h.port, timeout=3) == sha:
                     first[h.i] = time.time()
@@ -599,10 +613,18 @@ class Fleet:
         prober.start()
         t_pub = self.put_release(self.bad)
         t_put = time.time()
-        marker_seen = wait_until("the halt marker", self.spread + self.interval + 120,
-                                 lambda: time.time() if self.marker(self.bad) else None, every=0.25)
-        marker = self.marker(self.bad)
-        # Every wave opens, plus one interval and a margin for the host's read of the marker.
+        # When the first vote appeared, and when the halt_after-th did (the release is halted).
+        seen = {}
+
+        def count_votes():
+            for k in range(1, len(self.votes(self.bad)) + 1):
+                seen.setdefault(k, time.time())
+            return seen.get(HALT_AFTER)
+
+        halted_at = wait_until(f"{HALT_AFTER} hosts' halt votes", self.spread + self.interval + 120, count_votes,
+                               every=0.25)
+        first_vote = seen[1]
+        # Every wave opens, plus one interval and a margin for the host's read of the votes.
         last_wave = t_pub + max(h.seed for h in self.hosts) * self.spread
         wait_until("every wave to open", self.spread + 60, lambda: time.time() >= last_wave + self.interval + 5)
         halted_key = f'blog_agent_halted{{sha="{self.bad}"}}'
@@ -614,22 +636,29 @@ class Fleet:
         b = self.sums()
         tried = sorted(created, key=lambda i: created[i])
         first_try = created[tried[0]] if tried else None
-        detection = marker_seen - first_try if first_try else None
+        detection = first_vote - first_try if first_try else None
         first_wave = t_pub + min(h.seed for h in self.hosts) * self.spread
         waves = sorted(t_pub + h.seed * self.spread for h in self.hosts)
-        model = self.n * (detection + self.interval) / self.spread if detection is not None else None
+        model = (HALT_AFTER - 1 + self.n * (detection + self.interval) / self.spread
+                 if detection is not None else None)
+        votes = self.votes(self.bad)
         self.results["halt"] = {
             "published_at": t_pub,
             "hosts_tried": len(tried),
             "creations": creations,
             "tried_seeds": [round(next(h.seed for h in self.hosts if h.i == i), 4) for i in tried],
             "detection_s": round(detection, 1) if detection is not None else None,
-            "marker_after_first_wave_s": round(marker_seen - first_wave, 1),
+            "halt_after": HALT_AFTER,
+            "halted_after_first_wave_s": round(halted_at - first_wave, 1),
+            "halted_after_first_vote_s": round(halted_at - first_vote, 1),
             "model_hosts": round(model, 1) if model is not None else None,
-            "waves_open_before_marker": sum(1 for w in waves if w < marker_seen),
-            "waves_open_before_marker_minus_interval": sum(1 for w in waves if w < marker_seen - self.interval),
-            "marker": {k: marker.get(k) for k in ("sha", "instance_id", "rolled_back_to", "reason")} if marker else None,
-            "marker_rolled_back_to_g2": bool(marker and marker.get("rolled_back_to") == self.g2),
+            "waves_open_before_halt": sum(1 for w in waves if w < halted_at),
+            "waves_open_before_halt_minus_interval": sum(1 for w in waves if w < halted_at - self.interval),
+            "votes": [{k: v.get(k) for k in ("instance_id", "verdict", "rolled_back_to", "evidence")} for v in votes],
+            "voters_tried_it": all(any(h.instance_id == v.get("instance_id") and h.i in created for h in self.hosts)
+                                   for v in votes),
+            "votes_rolled_back_to_g2": bool(votes) and all(v.get("rolled_back_to") == self.g2 for v in votes),
+            "operator_marker": self.marker(self.bad) is not None,
             "hosts_knowing_halt": know,
             "probe_rounds": prober.rounds,
             "probe_requests": prober.requests,
@@ -823,20 +852,25 @@ def render(r, trials=None):
         f"{roll['applies_per_minute_model']:g} | {', '.join(str(x) for x in spread_bins)}"
         + (f" (then {', '.join(str(x) for x in per_min[len(spread_bins):])})" if per_min[len(spread_bins):] else "")
         + " |",
-        f"| rollout: S3 requests | polls + 2 halt-marker reads per host = {roll['s3_requests_model']} | "
+        f"| rollout: S3 requests | polls + 2 halt reads (one listing each) per host = {roll['s3_requests_model']} | "
         f"{roll['s3_requests']:g} |",
         f"| rollout: ECR calls, image pulls from the registry | ≤ {n} (one dockerd here: see below) | "
         f"{roll['ecr_calls']:g}, {roll['pulls']} |",
-        f"| crashing release B: hosts that created a container of it | N x (detection + interval) / spread = "
-        f"{n} x ({halt['detection_s']} + {interval:g}) / {spread:g} = {halt['model_hosts']} | "
-        f"**{halt['hosts_tried']}** (seed {', '.join(f'{s:.4f}' for s in halt['tried_seeds'])}) |",
-        f"| B: detection: its first container to the halt marker (the first wave to it) | 10-40 s on EC2 "
-        f"(pull + probe) | {halt['detection_s']} s ({halt['marker_after_first_wave_s']} s) |",
-        f"| B: waves open before the marker existed (bounds on who can try it) | | "
-        f"{halt['waves_open_before_marker_minus_interval']}-{halt['waves_open_before_marker']} |",
-        f"| B: halt marker `staging/halted/<sha>` | exists, rolled back to G2 | "
-        f"{'yes' if halt['marker'] else 'no'}, rolled back to G2: "
-        f"{'yes' if halt['marker_rolled_back_to_g2'] else 'no'} |",
+        f"| crashing release B: hosts that created a container of it | (halt_after - 1) + N x (detection + "
+        f"interval) / spread = {halt['halt_after'] - 1} + {n} x ({halt['detection_s']} + {interval:g}) / {spread:g} "
+        f"= {halt['model_hosts']} | **{halt['hosts_tried']}** (seed {', '.join(f'{s:.4f}' for s in halt['tried_seeds'])}) |",
+        f"| B: detection: its first container to the first vote | 10-40 s on EC2 (pull + probe) | "
+        f"{halt['detection_s']} s |",
+        f"| B: halted ({halt['halt_after']} votes): after the first vote (after the first wave) | the next voter's wave "
+        f"+ detection | {halt['halted_after_first_vote_s']} s ({halt['halted_after_first_wave_s']} s) |",
+        f"| B: waves open before it was halted (bounds on who can try it) | | "
+        f"{halt['waves_open_before_halt_minus_interval']}-{halt['waves_open_before_halt']} |",
+        f"| B: votes `staging/halted/<sha>/<instance id>` | ≥ {halt['halt_after']}, each by a host that tried it, "
+        f"rolled back to G2; no operator's marker | {len(halt['votes'])} "
+        f"({', '.join(sorted({v['verdict'] for v in halt['votes']}))}), by hosts that tried it: "
+        f"{'yes' if halt['voters_tried_it'] else 'no'}, rolled back to G2: "
+        f"{'yes' if halt['votes_rolled_back_to_g2'] else 'no'}; marker: "
+        f"{'yes' if halt['operator_marker'] else 'none'} |",
         f"| B: hosts that know it is halted (`blog_agent_halted`) | {n} | {halt['hosts_knowing_halt']} |",
         f"| B: GETs of every port during B's rollout not answered by G2 | 0 | {halt['probe_failures']} of "
         f"{halt['probe_requests']} |",
@@ -850,11 +884,13 @@ def render(r, trials=None):
         f"{idle['agent_rss_mib_total']} MiB resident in all (at most {idle['agent_rss_mib_max']} MiB each).",
         "",
         f"The crashing release reached {halt['hosts_tried']} host{'' if halt['hosts_tried'] == 1 else 's'} "
-        f"where the model's formula says {halt['model_hosts']}. Only hosts whose wave",
-        "opened before the marker existed can try it: N x (the first host's wait for its next poll +",
-        f"detection) / spread, {halt['waves_open_before_marker']} waves here. Of those, a host tries it only if "
-        "its own first poll after its",
-        "wave also comes before the marker. So the formula, which adds a whole interval for every host, is",
+        f"where the model's formula says {halt['model_hosts']}. It is halted by the vote of the",
+        f"{halt['halt_after']} hosts `halt_after` asks for, so only hosts whose wave opened before that last "
+        "vote can try it:",
+        f"the {halt['halt_after'] - 1} before the last voter, and N x (the last voter's wait for its next poll +",
+        f"detection) / spread more, {halt['waves_open_before_halt']} waves here. Of those, a host tries it only "
+        "if its own first poll after its",
+        "wave also comes before the halt. So the formula, which adds a whole interval for every host, is",
         f"an upper bound. Detection is {halt['detection_s']} s here because the image is on local disk and "
         "the container",
         "exits at once. On EC2, with 10-40 s of detection, proportionally more hosts try it.",
