@@ -364,6 +364,12 @@ impl Settings {
     pub fn release_key(&self, env: &str) -> Option<&str> {
         self.release.keys.get(env).map(String::as_str)
     }
+
+    /// Where `env`'s halt markers and votes live: beside its release key, or under
+    /// `[rollout] halt_prefix`. (Validation gives every allowed environment a release key.)
+    pub fn halt_prefix(&self, env: &str) -> String {
+        self.rollout.halt_prefix_for(self.release_key(env).unwrap_or_default(), env)
+    }
 }
 
 struct Validator<'a> {

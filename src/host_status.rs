@@ -227,8 +227,7 @@ pub async fn gather(
                 let fetched = releases.fetch(&location, None).await;
                 let marker = match &fetched {
                     Ok(Fetched::Changed(release)) => {
-                        let key = settings.release_key(&env.name).unwrap_or_default();
-                        let prefix = settings.rollout.halt_prefix_for(key, &env.name);
+                        let prefix = settings.halt_prefix(&env.name);
                         let uri = crate::outside::release::ObjectLocation {
                             bucket: settings.release.bucket.clone(),
                             key: crate::fleet::halt::marker_key(&prefix, &release.sha),

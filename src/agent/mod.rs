@@ -274,7 +274,7 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
                 let gate = shutdown.race(self.fleet.gate(spread, published.published_at)).await?;
                 if kind == PassKind::Full {
                     let halts = self.services.halts.in_bucket(&self.settings.release.bucket);
-                    let prefix = self.halt_prefix(&env.name);
+                    let prefix = self.settings.halt_prefix(&env.name);
                     let running = self.phase.serving().and_then(|s| Sha::parse(s).ok());
                     let open = fleet::wave_open(gate.as_ref());
                     let halt_after = self.settings.rollout.halt_after;
@@ -529,12 +529,6 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
         History { served_before_pass: served_before == Some(sha), served_here_for, published_for }
     }
 
-    /// Where this environment's halt markers live.
-    fn halt_prefix(&self, environment: &str) -> String {
-        let key = self.settings.release_key(environment).unwrap_or_default();
-        self.settings.rollout.halt_prefix_for(key, environment)
-    }
-
     /// After a pass: votes against a release the judgement blamed here (with what serves now), and
     /// updates and writes the metrics.
     async fn after_pass(&mut self, phase: &Phase) {
@@ -545,7 +539,7 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
                 self.fleet.metrics.record_rollback();
             }
             let halts = self.services.halts.in_bucket(&self.settings.release.bucket);
-            let prefix = self.halt_prefix(env);
+            let prefix = self.settings.halt_prefix(env);
             let published = self.published.as_ref().map(|p| p.sha.clone());
             self.fleet
                 .vote(&halts, &prefix, env, &failed.sha, &failed.verdict, serving.as_ref(), published.as_ref())

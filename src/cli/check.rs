@@ -195,8 +195,7 @@ async fn check_halt(
     sha: &str,
 ) {
     let Ok(sha) = crate::sha::Sha::parse(sha) else { return };
-    let key = settings.release_key(env).unwrap_or_default();
-    let prefix = settings.rollout.halt_prefix_for(key, env);
+    let prefix = settings.halt_prefix(env);
     let markers = HaltMarkers::with_aws(aws, settings.release.bucket.clone());
     let location = markers.location(&prefix, sha.as_str());
     match markers.read(&prefix, &sha).await.map(|r| r.halt(&sha, env, settings.rollout.halt_after)) {

@@ -69,14 +69,13 @@ async fn target(cli: &Cli, raw_sha: &str) -> Result<Target, Failure> {
             message: e.to_string(),
         })?
         .name;
+    let prefix = settings.halt_prefix(&environment);
     // Config validation gives every allowed environment a release key.
-    let release_key = settings.release_key(&environment).unwrap_or_default();
-    let prefix = settings.rollout.halt_prefix_for(release_key, &environment);
+    let release_key = settings.release_key(&environment).unwrap_or_default().to_owned();
     let aws = Aws::load(&settings.image.repository.registry).await;
     let bucket = settings.release.bucket.clone();
     let markers = HaltMarkers::with_aws(&aws, bucket.clone());
     let releases = S3Releases::with_aws(&aws);
-    let release_key = release_key.to_owned();
     Ok(Target { sha, environment, prefix, markers, bucket, release_key, releases, settings })
 }
 

@@ -256,8 +256,7 @@ async fn halt_marker<T, R: crate::outside::release::ReleaseSource, C>(
     sha: &Sha,
     shutdown: &Shutdown,
 ) -> Result<Option<Marker>, PassError> {
-    let key = settings.release_key(environment).unwrap_or_default();
-    let prefix = settings.rollout.halt_prefix_for(key, environment);
+    let prefix = settings.halt_prefix(environment);
     let halts = services.halts.in_bucket(&settings.release.bucket);
     match shutdown.race(halts.read(&prefix, sha)).await? {
         Ok(reading) => {
@@ -296,8 +295,7 @@ pub async fn rollback_target(
             return None;
         }
     };
-    let key = settings.release_key(environment).unwrap_or_default();
-    let prefix = settings.rollout.halt_prefix_for(key, environment);
+    let prefix = settings.halt_prefix(environment);
     for candidate in crate::outside::release::releases_before(&history, halted) {
         match halts.read(&prefix, &candidate).await {
             Ok(reading) if reading.halt(&candidate, environment, settings.rollout.halt_after).is_some() => continue,

@@ -182,8 +182,7 @@ impl Pipeline {
 
     /// The halt in force for `sha` in `environment`, if any.
     async fn halt_of(&self, environment: &str, sha: &Sha) -> Result<Option<crate::fleet::halt::Marker>, PublishError> {
-        let key = self.settings.release_key(environment).unwrap_or_default();
-        let prefix = self.settings.rollout.halt_prefix_for(key, environment);
+        let prefix = self.settings.halt_prefix(environment);
         let reading =
             self.halts.read(&prefix, sha).await.map_err(|e| PublishError::HaltUnknown(Box::new(e), sha.clone()))?;
         Ok(reading.halt(sha, environment, self.settings.rollout.halt_after))
