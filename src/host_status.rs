@@ -232,22 +232,15 @@ pub async fn gather(
                             bucket: settings.release.bucket.clone(),
                             key: crate::fleet::halt::marker_key(&prefix, &release.sha),
                         };
-                        let halt_after = settings.rollout.halt_after;
-                        let mut halt = halts
-                            .read(&prefix, &release.sha)
-                            .await
-                            .map(|r| r.halt(&release.sha, &env.name, halt_after));
-                        // As the agent does: no rollback target named, the release before it in
-                        // the release object's history.
-                        if let Ok(Some(marker)) = halt.as_mut() {
-                            if marker.rolled_back_to_sha().is_none() {
-                                let sha = &release.sha;
-                                let before = crate::pass::once::rollback_target(
-                                    releases, halts, settings, &env.name, &location, sha,
-                                );
-                                marker.rolled_back_to = before.await.map(|s| s.to_string());
-                            }
-                        }
+                        let halt = crate::pass::once::halt_in_force(
+                            releases,
+                            halts,
+                            settings,
+                            &env.name,
+                            &location,
+                            &release.sha,
+                        )
+                        .await;
                         Some((halt, uri))
                     }
                     _ => None,

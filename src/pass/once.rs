@@ -256,24 +256,36 @@ async fn halt_marker<T, R: crate::outside::release::ReleaseSource, C>(
     sha: &Sha,
     shutdown: &Shutdown,
 ) -> Result<Option<Marker>, PassError> {
-    let prefix = settings.halt_prefix(environment);
     let halts = services.halts.in_bucket(&settings.release.bucket);
-    match shutdown.race(halts.read(&prefix, sha)).await? {
-        Ok(reading) => {
-            let mut halt = reading.halt(sha, environment, settings.rollout.halt_after);
-            if let Some(marker) = halt.as_mut().filter(|m| m.rolled_back_to_sha().is_none()) {
-                // No rollback target named: the release before it in the object's history.
-                let location = release_location(settings, environment);
-                let before = rollback_target(&services.releases, &halts, settings, environment, &location, sha);
-                marker.rolled_back_to = shutdown.race(before).await?.map(|s| s.to_string());
-            }
-            Ok(halt)
-        }
+    let location = release_location(settings, environment);
+    match shutdown.race(halt_in_force(&services.releases, &halts, settings, environment, &location, sha)).await? {
+        Ok(halt) => Ok(halt),
         Err(e) => {
             tracing::warn!(sha = %sha, "cannot read the halt marker of {}: {e}; going on as if it were not halted", sha.short());
             Ok(None)
         }
     }
+}
+
+/// The halt in force for `sha` in `environment` (the operator's marker, or `[rollout]
+/// halt_after` hosts' votes), with the rollback target a host with nothing serving runs: the
+/// one it names, else [`rollback_target`] from the history of the release object at `location`.
+/// What `sync` and `status` go by; `run` does the same with its reads cached per SHA.
+pub async fn halt_in_force(
+    releases: &impl crate::outside::release::ReleaseSource,
+    halts: &impl crate::fleet::halt::HaltSource,
+    settings: &Settings,
+    environment: &str,
+    location: &ObjectLocation,
+    sha: &Sha,
+) -> Result<Option<Marker>, crate::fleet::halt::HaltError> {
+    let reading = halts.read(&settings.halt_prefix(environment), sha).await?;
+    let mut halt = reading.halt(sha, environment, settings.rollout.halt_after);
+    if let Some(marker) = halt.as_mut().filter(|m| m.rolled_back_to_sha().is_none()) {
+        let before = rollback_target(releases, halts, settings, environment, location, sha).await;
+        marker.rolled_back_to = before.map(|s| s.to_string());
+    }
+    Ok(halt)
 }
 
 /// The release a host with nothing serving runs while `halted` is halted and nobody named a
