@@ -14,9 +14,11 @@ use crate::fleet::rollout::{self, Gate, IdentitySource};
 use crate::outside::docker::Engine;
 use crate::outside::imds::TagSource;
 use crate::outside::netfilter::Netfilter;
-use crate::outside::release::{Fetched, ReleaseSource};
-use crate::pass::once::release_location;
-use crate::sha::Sha;
+use crate::outside::release::{Provenance, ReleaseSource};
+use crate::pass::decide::{self, RolloutGate, Wanted, Why};
+use crate::pass::desired::{Catalog, HaltRead, Published, Trust};
+use crate::pass::snapshot::Snapshot;
+use crate::sha::safe_text;
 use crate::spec::{LABEL_DIGEST, LABEL_SHA};
 use crate::state::{LastPass, Pause, State, StateReadError};
 
@@ -110,6 +112,8 @@ pub struct PortTarget {
 pub struct TargetStatus {
     pub sha: String,
     pub source: TargetSource,
+    /// The decision's own reason ([`crate::pass::decide::Why`]), in words.
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -126,6 +130,12 @@ pub enum TargetSource {
     /// S3's release is halted: what the host runs, else the halting host's rollback target,
     /// else the last good one.
     Halted,
+    /// S3's release is refused here (unsigned, a bad signature, a replay): what the host runs,
+    /// else the newest verified release.
+    Refused,
+    /// S3 is unreadable: the last-known-good version.
+    #[serde(rename = "last-good")]
+    LastGood,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -148,6 +158,11 @@ pub struct PublishedStatus {
     /// Who published it, and from which pipeline run.
     pub published_by: Option<String>,
     pub pipeline: Option<String>,
+    /// It passed verification (`[release] public_key`: signature, no replay; always without a
+    /// key): hosts may run it.
+    pub verified: bool,
+    /// Why hosts refuse it, when they do, with the fix.
+    pub refused: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -217,36 +232,10 @@ pub async fn gather(
         halt: None,
         halt_error: None,
     };
-    let mut last_good = None;
-    let mut published_at = None;
     let env_and_release = async {
         let env = environment::resolve(env_flag, settings, tags).await;
         let release = match &env {
-            Ok(env) => {
-                let location = release_location(settings, &env.name);
-                let fetched = releases.fetch(&location, None).await;
-                let marker = match &fetched {
-                    Ok(Fetched::Changed(release)) => {
-                        let prefix = settings.halt_prefix(&env.name);
-                        let uri = crate::outside::release::ObjectLocation {
-                            bucket: settings.release.bucket.clone(),
-                            key: crate::fleet::halt::marker_key(&prefix, &release.sha),
-                        };
-                        let halt = crate::pass::once::halt_in_force(
-                            releases,
-                            halts,
-                            settings,
-                            &env.name,
-                            &location,
-                            &release.sha,
-                        )
-                        .await;
-                        Some((halt, uri))
-                    }
-                    _ => None,
-                };
-                Some((location, fetched, marker))
-            }
+            Ok(env) => Some(crate::pass::desired::read_once(releases, halts, settings, &env.name).await),
             Err(_) => None,
         };
         (env, release)
@@ -262,39 +251,59 @@ pub async fn gather(
     }
     .to_owned();
     status.rollout.seed = identity.seed();
-    match env {
+    let mut desired = None;
+    let mut marker = None;
+    let env = match env {
         Ok(env) => {
-            if let Some((location, fetched, marker)) = release {
-                match fetched {
-                    Ok(Fetched::Changed(release)) => {
-                        published_at = release.published_at;
-                        status.desired = Some(PublishedStatus {
-                            sha: release.sha.to_string(),
-                            uri: location.to_string(),
-                            etag: release.etag,
-                            read_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
-                            published_at: release.published_at.map(rfc3339),
-                            digest: release.provenance.digest.clone(),
-                            published_by: release.provenance.by.clone(),
-                            pipeline: release.provenance.pipeline.clone(),
-                        })
+            match release {
+                Some(Ok((d, halt))) => {
+                    let (p, verified) = match &d.published {
+                        Published::Verified(v) => (&v.provenance, Some(v)),
+                        Published::Refused { .. } => (&Provenance::default(), None),
+                    };
+                    let refused = match &d.published {
+                        Published::Refused { refusal, .. } => Some(safe_text(&refusal.to_string())),
+                        Published::Verified(_) => None,
+                    };
+                    let read = d.published.sha();
+                    status.desired = Some(PublishedStatus {
+                        sha: read.to_string(),
+                        uri: d.location.to_string(),
+                        etag: d.etag.clone(),
+                        read_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+                        published_at: verified.and_then(|v| v.published_at).map(rfc3339),
+                        digest: p.digest.clone(),
+                        published_by: p.by.clone(),
+                        pipeline: p.pipeline.clone(),
+                        verified: verified.is_some(),
+                        refused,
+                    });
+                    let prefix = settings.halt_prefix(&env.name);
+                    let uri = crate::outside::release::ObjectLocation {
+                        bucket: settings.release.bucket.clone(),
+                        key: crate::fleet::halt::marker_key(&prefix, read),
+                    };
+                    match halt {
+                        HaltRead::Halted(m) => {
+                            status.halt = Some(halt_status(m.clone(), uri.to_string()));
+                            marker = Some(m);
+                        }
+                        HaltRead::Unreadable(e) => status.halt_error = Some(e),
+                        HaltRead::Clear | HaltRead::NotNeeded => {}
                     }
-                    Ok(Fetched::Unchanged) => {}
-                    Err(e) => status.desired_error = Some(e.to_string()),
+                    desired = Some(d);
                 }
-                match marker {
-                    Some((Ok(Some(marker)), uri)) => status.halt = Some(halt_status(marker, uri.to_string())),
-                    Some((Err(e), _)) => status.halt_error = Some(e.to_string()),
-                    _ => {}
-                }
+                Some(Err(e)) => status.desired_error = Some(e.to_string()),
+                None => {}
             }
-            if let Ok(state) = &state {
-                last_good = state.last_good_in(&env.name).map(|g| g.sha.clone());
-            }
-            status.environment = Some(EnvironmentStatus { name: env.name, source: env.source.to_string() });
+            status.environment = Some(EnvironmentStatus { name: env.name.clone(), source: env.source.to_string() });
+            Some(env)
         }
-        Err(e) => status.environment_error = Some(e.to_string()),
-    }
+        Err(e) => {
+            status.environment_error = Some(e.to_string());
+            None
+        }
+    };
     // The container's bridge address, for the traffic lines below (one inspect serves both).
     let mut serving_address = None;
     if let Some(engine) = engine {
@@ -350,60 +359,85 @@ pub async fn gather(
             Err(e) => status.traffic.error = Some(e.to_string()),
         }
     }
-    status.last_good_sha = state.ok().and_then(|s| s.last_good).map(|g| g.sha);
-    let running = status.container.as_ref().filter(|c| c.managed).and_then(|c| c.sha.as_deref());
-    if let (Some(desired), Some(at)) = (&status.desired, published_at.filter(|_| !settings.rollout.spread.is_zero())) {
-        let spread = settings.rollout.spread;
+    status.last_good_sha = state.as_ref().ok().and_then(|s| s.last_good.clone()).map(|g| g.sha);
+    let running = status.container.as_ref().filter(|c| c.managed).and_then(|c| c.sha.clone());
+    let published = desired.as_ref().and_then(|d| d.published.verified());
+    let published_at = published.and_then(|v| v.published_at).filter(|_| !settings.rollout.spread.is_zero());
+    let spread = settings.rollout.spread;
+    if let (Some(published), Some(at)) = (published, published_at) {
         status.rollout.applies_at = Some(rfc3339(rollout::apply_at(at, identity.seed(), spread)));
-        let new_here = running != Some(desired.sha.as_str());
+        let new_here = running.as_deref() != Some(published.sha.as_str());
         status.rollout.waiting = new_here
             && matches!(
                 rollout::gate(at, identity.seed(), spread, SystemTime::now(), running.is_none()),
                 Gate::Wait { .. }
             );
     }
-    let halted = status.halt.as_ref().map(|h| h.rolled_back_to.as_deref().filter(|r| Sha::parse(r).is_ok()));
-    status.target = meant_to_run(
-        status.desired.as_ref().map(|d| d.sha.as_str()),
-        status.paused.as_ref(),
-        running,
-        last_good.as_deref(),
-        halted,
-        status.rollout.waiting,
-    );
+    // What the host is meant to run is the decision's own answer, on what Docker and the state
+    // directory show now; without Docker it is what a host with nothing serving would run.
+    if let Some(env) = &env {
+        let snapshot = match engine {
+            Some(engine) => crate::pass::snapshot::observe(engine, settings).await.ok(),
+            None => None,
+        };
+        let snapshot = snapshot.unwrap_or_else(|| Snapshot {
+            name: settings.container.name.clone(),
+            state: state.as_ref().ok().cloned().unwrap_or_default(),
+            pause: status.paused.clone(),
+            ..Default::default()
+        });
+        let trust = Trust::new(settings, &env.name);
+        let (last_good, pause) = (snapshot.state.last_good_in(&env.name), snapshot.pause.as_ref());
+        let catalog = match &desired {
+            Some(d) => d.catalog(trust, last_good, pause),
+            None => {
+                let mut catalog = Catalog::new(trust.required());
+                catalog.add_local(trust, last_good, pause);
+                catalog
+            }
+        };
+        let wanted = desired.as_ref().map(|d| d.wanted()).unwrap_or(Wanted::Unknown);
+        let gate = published_at.map(|at| RolloutGate {
+            seed: identity.seed(),
+            spread,
+            published_at: at,
+            now: SystemTime::now(),
+        });
+        let decision = decide::decide(&decide::Inputs {
+            settings,
+            environment: &env.name,
+            wanted: &wanted,
+            snapshot: &snapshot,
+            quarantine: &Default::default(),
+            now: tokio::time::Instant::now(),
+            rollout: gate,
+            halted: marker.as_ref(),
+            halt_unconfirmed: false,
+            catalog: &catalog,
+        });
+        let pinned = snapshot.pause.as_ref().and_then(|p| p.pinned_sha.as_deref());
+        status.target = target_status(&decision, pinned);
+    }
     status.converged = match (&status.target, &status.container) {
-        (Some(t), Some(c)) => running == Some(t.sha.as_str()) && c.health.ok,
+        (Some(t), Some(c)) => running.as_deref() == Some(t.sha.as_str()) && c.health.ok,
         _ => false,
     };
     status
 }
 
-/// The version the host is meant to run: S3's, unless updates are paused; then the pinned
-/// one (`sync --sha`: what the operator asked for), else the one the container carries, else
-/// the last good one. While the state cannot be read, S3's is the best guess (`state_error`
-/// says so). Not paused, the fleet may hold S3's back, as the agent's decision does:
-/// `halted` (Some, with the marker's rollback target) keeps what runs, else takes the rollback
-/// target, else the last good one; `waiting` (this host's wave is not open) keeps what runs.
-fn meant_to_run(
-    desired: Option<&str>,
-    pause: Option<&Pause>,
-    running: Option<&str>,
-    last_good: Option<&str>,
-    halted: Option<Option<&str>>,
-    waiting: bool,
-) -> Option<TargetStatus> {
-    let (sha, source) = match (pause, halted) {
-        (None, Some(rolled_back_to)) => {
-            let desired = desired?;
-            let other = |s: &&str| *s != desired;
-            (running.or(rolled_back_to.filter(other)).or(last_good.filter(other))?, TargetSource::Halted)
-        }
-        (None, None) if waiting => (running?, TargetSource::Rollout),
-        (None, None) => (desired?, TargetSource::S3),
-        (Some(Pause { pinned_sha: Some(pinned), .. }), _) => (pinned.as_str(), TargetSource::Pinned),
-        (Some(_), _) => (running.or(last_good)?, TargetSource::Paused),
+/// The decision's target and reason, as `status` reports them.
+fn target_status(decision: &decide::Decision, pinned: Option<&str>) -> Option<TargetStatus> {
+    let target = decision.target.as_ref()?;
+    let source = match &decision.why {
+        Why::Published | Why::Operator => TargetSource::S3,
+        Why::Paused { .. } if pinned == Some(target.as_str()) => TargetSource::Pinned,
+        Why::Paused { .. } => TargetSource::Paused,
+        Why::Waiting { .. } | Why::Confirming { .. } => TargetSource::Rollout,
+        Why::Halted { .. } => TargetSource::Halted,
+        Why::Refused { .. } => TargetSource::Refused,
+        Why::LastGood | Why::NothingKnown | Why::Quarantined { .. } | Why::Unverified { .. } => TargetSource::LastGood,
     };
-    Some(TargetStatus { sha: sha.to_owned(), source })
+    Some(TargetStatus { sha: target.to_string(), source, reason: safe_text(&decision.why.to_string()) })
 }
 
 fn halt_status(marker: Marker, uri: String) -> HaltStatus {
@@ -449,14 +483,16 @@ pub fn render_text(s: &Status) -> String {
     line(
         "desired",
         match (&s.desired, &s.desired_error) {
-            (Some(d), _) => format!(
-                "{} ({}, etag {}, read {}){}",
-                d.sha,
-                d.uri,
-                d.etag.as_deref().unwrap_or("-"),
-                d.read_at,
-                d.digest.as_deref().map(|digest| format!("; published as {digest}")).unwrap_or_default()
-            ),
+            (Some(d), _) => {
+                format!(
+                    "{} ({}, etag {}, read {}){}",
+                    d.sha,
+                    d.uri,
+                    d.etag.as_deref().unwrap_or("-"),
+                    d.read_at,
+                    d.digest.as_deref().map(|digest| format!("; published as {digest}")).unwrap_or_default()
+                ) + &d.refused.as_deref().map(|r| format!("; REFUSED: {r}")).unwrap_or_default()
+            }
             (None, Some(err)) => format!("UNKNOWN: {err}"),
             _ => "unknown".into(),
         },
@@ -526,7 +562,9 @@ pub fn render_text(s: &Status) -> String {
         (None, Some(err)) => line("halted", format!("UNKNOWN: {err}")),
         (None, None) => {}
     }
-    if s.target.is_none() && s.halt.is_some() {
+    if let (None, Some(refused)) = (&s.target, s.desired.as_ref().and_then(|d| d.refused.as_deref())) {
+        line("target", format!("none: S3's release is refused ({refused}), and no verified release is known here"));
+    } else if s.target.is_none() && s.halt.is_some() {
         line(
             "target",
             "none: S3's release is halted, and there is no rollback target, no earlier release in the release \
@@ -535,13 +573,7 @@ pub fn render_text(s: &Status) -> String {
         );
     }
     if let Some(t) = s.target.as_ref().filter(|t| t.source != TargetSource::S3) {
-        let why = match t.source {
-            TargetSource::Pinned => "pinned by `blog-agent sync --sha`",
-            TargetSource::Rollout => "keeping this version until this host's rollout wave",
-            TargetSource::Halted => "S3's release is halted",
-            _ => "paused: holding this version",
-        };
-        line("target", format!("{} ({why})", t.sha));
+        line("target", format!("{} ({})", t.sha, t.reason));
     }
     let unknown = || if s.state_error.is_some() { "unknown (state unreadable)".into() } else { "-".into() };
     line("last good", s.last_good_sha.clone().unwrap_or_else(unknown));
@@ -606,92 +638,6 @@ fn fmt_unix(secs: u64) -> String {
 mod tests {
     use super::*;
 
-    fn pause(pinned: Option<&str>) -> Pause {
-        Pause { by: "alice (uid 1000)".into(), reason: None, at: 0, pinned_sha: pinned.map(str::to_owned) }
-    }
-
-    /// A pinned host must be compared with its pin, not with S3 (it showed "converged: false"
-    /// and `status` exited 1 on a host doing exactly what the operator asked).
-    #[test]
-    fn paused_or_pinned_hosts_are_compared_with_what_they_are_meant_to_run() {
-        let target = |sha: &str, source| Some(TargetStatus { sha: sha.into(), source });
-        let (s3, pin, run, good) = (Some("aaaaaaa"), Some("bbbbbbb"), Some("ccccccc"), Some("ddddddd"));
-        let cases = [
-            ("not paused: S3", s3, None, run, good, target("aaaaaaa", TargetSource::S3)),
-            ("not paused, S3 unknown", None, None, run, good, None),
-            (
-                "pinned: the pin, whatever S3 and the container say",
-                s3,
-                Some(pause(pin)),
-                run,
-                good,
-                target("bbbbbbb", TargetSource::Pinned),
-            ),
-            ("pinned, S3 unreadable", None, Some(pause(pin)), run, good, target("bbbbbbb", TargetSource::Pinned)),
-            ("paused: what runs", s3, Some(pause(None)), run, good, target("ccccccc", TargetSource::Paused)),
-            (
-                "paused, nothing runs: last good",
-                s3,
-                Some(pause(None)),
-                None,
-                good,
-                target("ddddddd", TargetSource::Paused),
-            ),
-            ("paused, nothing to go on", s3, Some(pause(None)), None, None, None),
-        ];
-        for (name, desired, pause, running, last_good, want) in cases {
-            assert_eq!(meant_to_run(desired, pause.as_ref(), running, last_good, None, false), want, "{name}");
-        }
-    }
-
-    /// The fleet holds S3's release back as the agent's decision does: `status` must not call
-    /// a waiting or halted host unconverged.
-    #[test]
-    fn waiting_and_halted_hosts_are_compared_with_what_they_keep() {
-        let target = |sha: &str, source| Some(TargetStatus { sha: sha.into(), source });
-        let (s3, run, good, back) = (Some("aaaaaaa"), Some("ccccccc"), Some("ddddddd"), Some("bbbbbbb"));
-        type Case<'a> = (&'a str, Option<Pause>, Option<&'a str>, Option<Option<&'a str>>, bool, Option<TargetStatus>);
-        let cases: Vec<Case> = vec![
-            ("waiting: what runs", None, run, None, true, target("ccccccc", TargetSource::Rollout)),
-            ("waiting, nothing runs (cannot happen: no wait)", None, None, None, true, None),
-            ("halted: what runs", None, run, Some(back), false, target("ccccccc", TargetSource::Halted)),
-            (
-                "halted, nothing runs: the rollback target",
-                None,
-                None,
-                Some(back),
-                false,
-                target("bbbbbbb", TargetSource::Halted),
-            ),
-            (
-                "halted, nothing runs, no target: last good",
-                None,
-                None,
-                Some(None),
-                false,
-                target("ddddddd", TargetSource::Halted),
-            ),
-            ("halted beats waiting", None, run, Some(None), true, target("ccccccc", TargetSource::Halted)),
-            ("paused beats both", Some(pause(None)), run, Some(back), true, target("ccccccc", TargetSource::Paused)),
-            (
-                "pinned beats both",
-                Some(pause(Some("eeeeeee"))),
-                run,
-                Some(back),
-                true,
-                target("eeeeeee", TargetSource::Pinned),
-            ),
-        ];
-        for (name, pause, running, halted, waiting, want) in cases {
-            assert_eq!(meant_to_run(s3, pause.as_ref(), running, good, halted, waiting), want, "{name}");
-        }
-        assert_eq!(
-            meant_to_run(s3, None, None, Some("aaaaaaa"), Some(Some("aaaaaaa")), false),
-            None,
-            "never the halted one"
-        );
-    }
-
     fn status() -> Status {
         Status {
             schema_version: SCHEMA_VERSION,
@@ -740,6 +686,8 @@ mod tests {
             digest: Some(format!("sha256:{}", "ab".repeat(32))),
             published_by: Some("ci@build".into()),
             pipeline: None,
+            verified: true,
+            refused: None,
         });
         let now = humantime::parse_rfc3339("2025-06-15T12:00:00Z").unwrap();
         assert_eq!(rollout_text(&s, now), "bbbbbbb applies at 12:03:10 UTC (seed 0.41, spread 15m; in 3m 10s)");
@@ -760,7 +708,11 @@ mod tests {
             at: 1_750_000_000,
             rolled_back_to: Some("aaaaaaa".into()),
         });
-        s.target = Some(TargetStatus { sha: "aaaaaaa".into(), source: TargetSource::Halted });
+        s.target = Some(TargetStatus {
+            sha: "aaaaaaa".into(),
+            source: TargetSource::Halted,
+            reason: "release bbbbbbb is halted for this environment".into(),
+        });
         let text = render_text(&s);
         assert!(
             text.contains(
@@ -769,7 +721,7 @@ mod tests {
             ),
             "{text}"
         );
-        assert!(text.contains("target         aaaaaaa (S3's release is halted)"), "{text}");
+        assert!(text.contains("target         aaaaaaa (release bbbbbbb is halted for this environment)"), "{text}");
         let json = serde_json::to_value(&s).unwrap();
         assert_eq!(json["target"]["source"], "halted");
         assert_eq!(json["halt"]["rolled_back_to"], "aaaaaaa");
@@ -814,16 +766,13 @@ mod tests {
 
     #[test]
     fn a_pinned_target_is_shown() {
-        let s =
-            Status { target: Some(TargetStatus { sha: "bbbbbbb".into(), source: TargetSource::Pinned }), ..status() };
-        assert!(
-            render_text(&s).contains("target         bbbbbbb (pinned by `blog-agent sync --sha`)"),
-            "{}",
-            render_text(&s)
-        );
+        let reason = "automatic updates paused by alice (pinned to bbbbbbb by blog-agent sync --sha)";
+        let target = TargetStatus { sha: "bbbbbbb".into(), source: TargetSource::Pinned, reason: reason.into() };
+        let s = Status { target: Some(target), ..status() };
+        assert!(render_text(&s).contains(&format!("target         bbbbbbb ({reason})")), "{}", render_text(&s));
         assert_eq!(
             serde_json::to_value(&s).unwrap()["target"],
-            serde_json::json!({"sha": "bbbbbbb", "source": "pinned"})
+            serde_json::json!({"sha": "bbbbbbb", "source": "pinned", "reason": reason})
         );
     }
 }

@@ -1,11 +1,15 @@
 //! Signed releases (`[release] public_key`): hosts deploy only a release object whose
-//! signature, made with the key CI holds, covers its environment, SHA and image digest.
+//! signature, made with the key CI holds, covers its environment, SHA, image digest and the
+//! time it was published.
 //!
 //! Threat model (docs/iam.md): someone with write access to the release bucket alone (a leaked
 //! host or CI role, a bucket policy mistake) can write any SHA into a release object; with a
 //! public key configured, hosts refuse it, because only the holder of the secret key can sign.
 //! The signature covers the environment, so a staging signature cannot be replayed into
-//! production, and the digest, so a re-pushed tag is refused as well.
+//! production; the digest, so a re-pushed tag is refused as well; and the publication time
+//! (`blog-published-at`), so an older signed release copied over a newer one is recognised as
+//! a replay ([`crate::pass::desired`]). A signature without a time (message `v1`) verifies
+//! and counts as older than any timed one.
 //!
 //! Format: minisign's, in its legacy mode (`minisign -S -l`: Ed25519 over the message itself,
 //! plus minisign's global signature over the signature and its trusted comment), so Debian's
@@ -24,12 +28,20 @@ use base64::Engine as _;
 
 use crate::sha::Sha;
 
-/// The bytes a release's signature covers.
-pub fn message(environment: &str, sha: &Sha, digest: &str) -> Vec<u8> {
-    format!("blog-agent release v1\nenvironment {environment}\nsha {sha}\ndigest {digest}\n").into_bytes()
+/// The bytes a release's signature covers. `published_at`: the RFC 3339 time the publisher
+/// recorded (`blog-published-at`), signed as it is written; `None` gives the untimed `v1`
+/// message older publishers signed.
+pub fn message(environment: &str, sha: &Sha, digest: &str, published_at: Option<&str>) -> Vec<u8> {
+    match published_at {
+        Some(at) => {
+            format!("blog-agent release v2\nenvironment {environment}\nsha {sha}\ndigest {digest}\npublished-at {at}\n")
+                .into_bytes()
+        }
+        None => format!("blog-agent release v1\nenvironment {environment}\nsha {sha}\ndigest {digest}\n").into_bytes(),
+    }
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum SignatureError {
     #[error(
         "release {sha} for {environment} carries no signature, and [release] public_key requires one: not \
@@ -44,14 +56,17 @@ pub enum SignatureError {
 }
 
 /// Checks `signature` (base64 of a minisign signature file) over the release, with
-/// `public_key` (minisign's base64 public key, validated with the config).
+/// `public_key` (minisign's base64 public key, validated with the config). The signature is
+/// checked over the timed message when the release records a time, else over the untimed one:
+/// the answer says which, since only a timed signature can order two releases.
 pub fn verify(
     public_key: &str,
     environment: &str,
     sha: &Sha,
     digest: Option<&str>,
+    published_at: Option<&str>,
     signature: Option<&str>,
-) -> Result<(), SignatureError> {
+) -> Result<Signed, SignatureError> {
     let (Some(digest), Some(signature)) = (digest, signature) else {
         return Err(SignatureError::Missing { environment: environment.to_owned(), sha: sha.to_string() });
     };
@@ -65,7 +80,36 @@ pub fn verify(
         .and_then(|b| String::from_utf8(b).ok())
         .ok_or_else(|| invalid("the signature is not base64 of a minisign signature file".into()))?;
     let signature = SignatureFile::parse(&text).map_err(|e| invalid(e.to_owned()))?;
-    key.verify(&message(environment, sha, digest), &signature).map_err(|e| invalid(e.to_owned()))
+    if let Some(at) = published_at {
+        if key.verify(&message(environment, sha, digest, Some(at)), &signature).is_ok() {
+            return Ok(Signed::At(at.to_owned()));
+        }
+    }
+    key.verify(&message(environment, sha, digest, None), &signature).map_err(|e| invalid(e.to_owned()))?;
+    Ok(Signed::Untimed)
+}
+
+/// What a verified signature covers besides environment, SHA and digest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Signed {
+    /// The publication time, as recorded (RFC 3339).
+    At(String),
+    /// No time: an older publisher's signature; older than any timed one.
+    Untimed,
+}
+
+impl Signed {
+    /// Unix seconds of the signed time; `None` for an untimed signature or a time that does
+    /// not parse (which then orders as untimed).
+    pub fn unix(&self) -> Option<u64> {
+        match self {
+            Signed::At(at) => humantime::parse_rfc3339(at)
+                .ok()
+                .and_then(|t| t.duration_since(std::time::SystemTime::UNIX_EPOCH).ok())
+                .map(|d| d.as_secs()),
+            Signed::Untimed => None,
+        }
+    }
 }
 
 /// A minisign public key: algorithm `Ed`, 8 bytes of key id, 32 bytes of Ed25519 key.
@@ -134,14 +178,22 @@ pub fn valid_public_key(public_key: &str) -> bool {
     PublicKey::parse(public_key).is_some()
 }
 
-/// Signs the release with the minisign CLI and the secret key file `key`: base64 of the
-/// signature file, for the release object's metadata.
-pub fn sign(key: &Path, password: Option<&str>, environment: &str, sha: &Sha, digest: &str) -> Result<String, String> {
+/// Signs the release, published at `published_at` (RFC 3339, as written into the object's
+/// metadata), with the minisign CLI and the secret key file `key`: base64 of the signature
+/// file, for the release object's metadata.
+pub fn sign(
+    key: &Path,
+    password: Option<&str>,
+    environment: &str,
+    sha: &Sha,
+    digest: &str,
+    published_at: &str,
+) -> Result<String, String> {
     let dir = std::env::temp_dir().join(format!("blog-agent-sign-{}-{}", std::process::id(), fastrand::u64(..)));
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let result = (|| {
         let file = dir.join("release");
-        std::fs::write(&file, message(environment, sha, digest)).map_err(|e| e.to_string())?;
+        std::fs::write(&file, message(environment, sha, digest, Some(published_at))).map_err(|e| e.to_string())?;
         let sig = dir.join("release.minisig");
         let mut child = Command::new("minisign")
             .args(["-S", "-l"])
@@ -180,8 +232,13 @@ mod tests {
     fn the_message_names_environment_sha_and_digest() {
         let sha = Sha::parse("3f2a9c1").unwrap();
         assert_eq!(
-            message("staging", &sha, "sha256:ab"),
+            message("staging", &sha, "sha256:ab", None),
             b"blog-agent release v1\nenvironment staging\nsha 3f2a9c1\ndigest sha256:ab\n".to_vec()
+        );
+        assert_eq!(
+            message("staging", &sha, "sha256:ab", Some("2026-12-07T20:00:00Z")),
+            b"blog-agent release v2\nenvironment staging\nsha 3f2a9c1\ndigest sha256:ab\npublished-at 2026-12-07T20:00:00Z\n"
+                .to_vec()
         );
     }
 
@@ -191,10 +248,13 @@ mod tests {
         let key = "RWQf6LRCGA9i53mlYecO4IzT51TGPpvWucNSCh1CBM0QTaLn73Y7GFO3";
         assert!(valid_public_key(key));
         assert!(!valid_public_key("not a key"));
-        assert!(matches!(verify(key, "staging", &sha, None, Some("x")), Err(SignatureError::Missing { .. })));
-        assert!(matches!(verify(key, "staging", &sha, Some("sha256:ab"), None), Err(SignatureError::Missing { .. })));
+        assert!(matches!(verify(key, "staging", &sha, None, None, Some("x")), Err(SignatureError::Missing { .. })));
         assert!(matches!(
-            verify(key, "staging", &sha, Some("sha256:ab"), Some("!!")),
+            verify(key, "staging", &sha, Some("sha256:ab"), None, None),
+            Err(SignatureError::Missing { .. })
+        ));
+        assert!(matches!(
+            verify(key, "staging", &sha, Some("sha256:ab"), None, Some("!!")),
             Err(SignatureError::Invalid { .. })
         ));
     }

@@ -309,7 +309,7 @@ mod tests {
         assert_eq!(State::load(&dir), State::default());
         std::fs::remove_file(&dir).unwrap();
 
-        let pause = Pause { by: "alice (uid 1000)".into(), reason: None, at: 1, pinned_sha: None };
+        let pause = Pause { by: "alice (uid 1000)".into(), reason: None, at: 1, pinned_sha: None, pinned_digest: None };
         pause.save(&dir).unwrap();
         assert_eq!(Pause::read(&dir).unwrap(), Some(pause));
         std::fs::write(dir.join(PAUSE_FILE), b"{oops").unwrap();
@@ -329,6 +329,10 @@ pub struct Pause {
     pub at: u64,
     /// The version pinned by `sync --sha`, if that is what paused.
     pub pinned_sha: Option<String>,
+    /// The digest the pinned version was verified with ([`crate::pass::desired::Catalog`]):
+    /// with signatures required, a pin without one does not run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pinned_digest: Option<String>,
 }
 
 const PAUSE_FILE: &str = "pause.json";
@@ -356,6 +360,7 @@ impl Pause {
                     reason: Some("unreadable pause file".into()),
                     at: 0,
                     pinned_sha: None,
+                    pinned_digest: None,
                 }))
             }
         }

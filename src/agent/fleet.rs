@@ -8,8 +8,8 @@
 //! is halted, its marker is read again on each full pass, so an `unhalt` is noticed within an
 //! interval. A marker read that fails is retried on the next full pass. A host that serves
 //! something applies a new release only after a successful read since its wave opened
-//! ([`Fleet::hold_unconfirmed`]): a local pass (a Docker event) in between, or a read that
-//! failed, keeps it waiting. (With no spread there is no wave: the read at first sight is the
+//! ([`Fleet::halt_confirmed`], the decision's `halt_unconfirmed`): a local pass (a Docker
+//! event) in between, or a read that failed, keeps it waiting. (With no spread there is no wave: the read at first sight is the
 //! one, and if it failed the release counts as not halted; it still has to pass its own probes
 //! here.) A host that voted against the published SHA reads the votes on each full pass until
 //! the release is halted: it holds the release back meanwhile, possibly for its whole
@@ -17,8 +17,9 @@
 //! made when the quarantine ran out and it tried the release again. A vote is written once per
 //! failure.
 //!
-//! Reads and writes: halt markers (through [`HaltSource`]), the metrics textfile. Decides:
-//! nothing; [`crate::pass::decide`] reads [`Fleet::halt_of`].
+//! Reads and writes: halt markers and votes (through [`crate::pass::desired::read_halt_at`] and
+//! [`HaltSource`]), the metrics textfile. Decides: when to read; what the halt means is
+//! [`crate::pass::decide`]'s, from [`Fleet::halt_of`] and [`Fleet::halt_confirmed`].
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -145,17 +146,10 @@ impl Fleet {
         }
     }
 
-    /// `gate`, or, when this host's wave of `sha` is open but its halt marker has not been read
-    /// since, the same gate a moment before the wave opens: the decision keeps what runs until
-    /// the next full pass reads the marker.
-    pub fn hold_unconfirmed(&self, sha: &Sha, gate: Option<RolloutGate>) -> Option<RolloutGate> {
-        let gate = gate?;
-        if !wave_open(Some(&gate)) || self.halt_known(sha) == (HaltKnown::Clear { rechecked: true }) {
-            return Some(gate);
-        }
-        let opens = rollout::apply_at(gate.published_at, gate.seed, gate.spread);
-        let now = opens.checked_sub(Duration::from_millis(1)).unwrap_or(opens);
-        Some(RolloutGate { now, ..gate })
+    /// Whether `sha`'s halt was read since this host's wave of it opened (or no read is
+    /// needed: the host runs it already).
+    pub fn halt_confirmed(&self, sha: &Sha) -> bool {
+        self.halt_known(sha) == (HaltKnown::Clear { rechecked: true })
     }
 
     /// What this host knows of `sha`'s halt.
@@ -195,7 +189,7 @@ impl Fleet {
             return;
         }
         self.metrics.add_s3_request();
-        let next = match halts.read(prefix, published).await.map(|r| r.halt(published, environment, halt_after)) {
+        let next = match crate::pass::desired::read_halt_at(halts, prefix, environment, halt_after, published).await {
             Ok(Some(marker)) => {
                 if !matches!(current, HaltKnown::Halted(_)) {
                     let who = safe_text(marker.by.as_deref().unwrap_or(&marker.instance_id));
@@ -528,27 +522,21 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_open_wave_waits_for_a_fresh_read_of_the_marker() {
+    async fn an_open_wave_needs_a_fresh_read_of_the_marker() {
         let (a, b) = (sha('a'), sha('b'));
         let halts = Counting::default();
         let mut f = fleet();
-        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_750_000_000);
-        let waiting = RolloutGate { seed: 0.5, spread: Duration::from_secs(60), published_at: t, now: t };
-        let open = RolloutGate { now: t + Duration::from_secs(30), ..waiting };
-        assert_eq!(f.hold_unconfirmed(&a, None), None);
-        assert_eq!(f.hold_unconfirmed(&a, Some(waiting)), Some(waiting), "waiting anyway");
-        // Read before the wave: once open, it still waits until a fresh read.
+        assert!(!f.halt_confirmed(&a), "never read");
+        // Read before the wave: once open, it is unconfirmed until a fresh read.
         f.check_halt(&halts, PREFIX, "staging", 2, &a, Some(&b), false).await;
-        let held = f.hold_unconfirmed(&a, Some(open)).unwrap();
-        assert!(!wave_open(Some(&held)), "{held:?}");
-        assert_eq!(held.now, t + Duration::from_secs(30) - Duration::from_millis(1));
+        assert!(!f.halt_confirmed(&a));
         f.check_halt(&halts, PREFIX, "staging", 2, &a, Some(&b), true).await;
-        assert_eq!(f.hold_unconfirmed(&a, Some(open)), Some(open));
-        // A failed read at the wave keeps it waiting.
+        assert!(f.halt_confirmed(&a));
+        // A failed read at the wave leaves it unconfirmed.
         let mut f = fleet();
         halts.fail.store(true, std::sync::atomic::Ordering::SeqCst);
         f.check_halt(&halts, PREFIX, "staging", 2, &a, Some(&b), true).await;
-        assert!(!wave_open(f.hold_unconfirmed(&a, Some(open)).as_ref()));
+        assert!(!f.halt_confirmed(&a));
     }
 
     #[test]

@@ -33,8 +33,9 @@ use crate::lock;
 use crate::outside::docker::ContainerInfo;
 use crate::outside::imds::TagSource;
 use crate::outside::registry::CredentialSource;
-use crate::outside::release::{Fetched, ObjectLocation, ReleaseSource};
+use crate::outside::release::{Fetched, ReleaseSource};
 use crate::pass::decide::{self, Inputs, Wanted, Why};
+use crate::pass::desired::{self, Accepted, Catalog, Desired, Published, Trust};
 use crate::pass::execute::{self, Options};
 use crate::pass::snapshot;
 use crate::pass::{Action, PassError, Services};
@@ -51,18 +52,6 @@ use quarantine::{Cause, Quarantine};
 
 /// Slack on top of the sum of a pass's own bounds before it counts as hung.
 const PASS_SLACK: Duration = Duration::from_secs(180);
-
-/// The desired release as last read from S3.
-#[derive(Debug, Clone)]
-struct Published {
-    location: ObjectLocation,
-    sha: Sha,
-    etag: Option<String>,
-    /// S3's Last-Modified of the object: the start of the release's staged rollout.
-    published_at: Option<SystemTime>,
-    /// The image digest `blog-agent publish` recorded: the release runs only as that image.
-    digest: Option<String>,
-}
 
 /// A release the judgement blamed for a failure here during a pass: voted against once the
 /// pass knows what serves.
@@ -87,7 +76,8 @@ pub struct Agent<T, R, C> {
     env_flag: Option<String>,
     services: Services<T, R, C>,
     environment: Option<Environment>,
-    published: Option<Published>,
+    /// The release object as last read, verified ([`crate::pass::desired`]).
+    desired: Option<Desired>,
     quarantine: Quarantine,
     phase: Phase,
     /// Who paused automatic updates, if they are paused.
@@ -111,9 +101,9 @@ pub struct Agent<T, R, C> {
     /// The `[container] name` before a reload changed it: the container under it is renamed
     /// at the next pass, not orphaned (in publish mode it would keep the host ports).
     renamed_from: Option<String>,
-    /// A halted SHA with no rollback target, and the release before it in the release
-    /// object's history (read once per halted SHA).
-    history_target: Option<(Sha, Option<Sha>)>,
+    /// A halted SHA and its verified rollback target, once resolved (a resolution that failed
+    /// is not kept: it is tried again at the next pass).
+    rollback_target: Option<(Sha, Option<String>)>,
 }
 
 impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
@@ -137,7 +127,7 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
             env_flag,
             services,
             environment: None,
-            published: None,
+            desired: None,
             quarantine: Quarantine::default(),
             phase: Phase::Starting,
             paused_by: None,
@@ -150,7 +140,7 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
             failed: None,
             last_decision: None,
             launch,
-            history_target: None,
+            rollback_target: None,
             renamed_from: None,
         };
         agent.watch_events();
@@ -269,7 +259,8 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
             problem = self.read_release(&env, shutdown).await?;
         }
         let spread = self.settings.rollout.spread;
-        let (gate, halted) = match self.published.clone() {
+        let published = self.desired.as_ref().and_then(|d| d.published.verified()).cloned();
+        let (gate, halted, halt_unconfirmed) = match published {
             Some(published) => {
                 let gate = shutdown.race(self.fleet.gate(spread, published.published_at)).await?;
                 if kind == PassKind::Full {
@@ -289,21 +280,20 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
                     );
                     shutdown.race(check).await?;
                 }
-                // The decision judges the wave at the time the marker was checked (not a few
-                // milliseconds later), and an open wave counts only after a fresh read.
-                let gate = self.fleet.hold_unconfirmed(&published.sha, gate);
+                // An open wave counts only after a fresh read of the halt (a canary may have
+                // halted the release meanwhile): the decision holds what runs until then.
+                let unconfirmed =
+                    gate.is_some() && fleet::wave_open(gate.as_ref()) && !self.fleet.halt_confirmed(&published.sha);
                 let mut halted = self.fleet.halt_of(&published.sha).cloned();
-                if let Some(marker) = halted.as_mut().filter(|m| m.rolled_back_to_sha().is_none()) {
-                    let location = published.location.clone();
-                    let before = shutdown.race(self.release_before(&location, &published.sha)).await?;
-                    marker.rolled_back_to = before.map(|s| s.to_string());
+                if let Some(marker) = halted.as_mut() {
+                    shutdown.race(self.resolve_rollback_target(&env.name, marker)).await?;
                 }
-                (gate, halted)
+                (gate, halted, unconfirmed)
             }
-            None => (None, None),
+            None => (None, None, false),
         };
-        let wanted = match &self.published {
-            Some(p) => Wanted::Published(p.sha.clone()),
+        let wanted = match &self.desired {
+            Some(desired) => desired.wanted(),
             None => Wanted::Unknown,
         };
 
@@ -335,6 +325,16 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
         }
         let held = self.quarantine.held(Instant::now());
         let (settings, environment) = (&self.settings, env.name.as_str());
+        let trust = Trust::new(settings, environment);
+        let (last_good, pause) = (snapshot.state.last_good_in(environment), snapshot.pause.as_ref());
+        let catalog = match &self.desired {
+            Some(desired) => desired.catalog(trust, last_good, pause),
+            None => {
+                let mut catalog = Catalog::new(trust.required());
+                catalog.add_local(trust, last_good, pause);
+                catalog
+            }
+        };
         let decide_on = |snapshot: &snapshot::Snapshot| {
             decide::decide(&Inputs {
                 settings,
@@ -345,6 +345,8 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
                 now: Instant::now(),
                 rollout: gate,
                 halted: halted.as_ref(),
+                halt_unconfirmed,
+                catalog: &catalog,
             })
         };
         let decision = decide_on(&snapshot);
@@ -356,8 +358,14 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
             tracing::info!(env = %env.name, "{}: staying on {target}", decision.why);
         }
         self.last_why = Some(why);
-        if let Why::Quarantined { release, .. } = &decision.why {
-            problem = Some(Problem::quarantined(release.as_str(), decision.why.to_string()));
+        match &decision.why {
+            Why::Quarantined { release, .. } => {
+                problem = Some(Problem::quarantined(release.as_str(), decision.why.to_string()))
+            }
+            Why::Refused { release, .. } | Why::Unverified { release } => {
+                problem = Some(Problem::refused(release.as_str(), decision.why.to_string()))
+            }
+            _ => {}
         }
         let Some(target) = decision.target.clone() else {
             return match problem {
@@ -369,11 +377,9 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
             };
         };
         if self.launch.holds_blog_back().await {
-            return self.warm_up(environment, &target, shutdown).await;
+            return self.warm_up(environment, &target, catalog.digest(&target), shutdown).await;
         }
-        let pinned = self.published.as_ref().and_then(|p| Some((p.sha.clone(), p.digest.clone()?)));
-        let published_digest = pinned.as_ref().map(|(sha, digest)| (sha, digest.as_str()));
-        let options = Options { probe_converged: false, rescue: true, published_digest };
+        let options = Options { probe_converged: false, rescue: true, catalog: Some(&catalog) };
         let served_before = snapshot.serving_sha().and_then(|s| Sha::parse(s).ok());
         let result = execute::execute_decision(
             settings,
@@ -416,11 +422,17 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
     }
 
     /// A warm-pool instance's pass: the target's image on disk, nothing started or removed.
-    async fn warm_up(&self, environment: &str, sha: &Sha, shutdown: &Shutdown) -> Result<Outcome, PassError> {
+    async fn warm_up(
+        &self,
+        environment: &str,
+        sha: &Sha,
+        digest: Option<&str>,
+        shutdown: &Shutdown,
+    ) -> Result<Outcome, PassError> {
         let spec = crate::spec::ContainerSpec::new(&self.settings, environment, sha);
-        let credentials = &self.services.credentials;
+        let (engine, credentials) = (&self.services.engine, &self.services.credentials);
         let (_, pulled) =
-            crate::pass::deploy::ensure_image(&self.services.engine, &self.settings, &spec, credentials, shutdown)
+            crate::pass::deploy::ensure_image(engine, &self.settings, &spec, digest, credentials, shutdown)
                 .await
                 .map_err(PassError::Deploy)?;
         if pulled {
@@ -432,55 +444,77 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
         Ok(Outcome::Warmed { image: spec.image })
     }
 
-    /// The release a host with nothing serving runs while `halted` is halted with no rollback
-    /// target: the newest earlier one in the release object's history (S3 versions), read once
-    /// per halted SHA. `None` without versioning, or with nothing earlier.
-    async fn release_before(&mut self, location: &ObjectLocation, halted: &Sha) -> Option<Sha> {
-        if let Some((sha, before)) = &self.history_target {
-            if sha == halted {
-                return before.clone();
+    /// Fills in the rollback target of the published release's halt (what a host with nothing
+    /// serving runs): a verified release, resolved once per halted SHA
+    /// ([`desired::resolve_rollback_target`]); a resolution that failed is tried again at the
+    /// next pass.
+    async fn resolve_rollback_target(&mut self, environment: &str, marker: &mut crate::fleet::halt::Marker) {
+        if let Some((sha, target)) = &self.rollback_target {
+            if sha.as_str() == marker.sha {
+                marker.rolled_back_to = target.clone();
+                return;
             }
         }
+        let Some(desired) = self.desired.as_mut() else { return };
         self.fleet.metrics.add_s3_request();
         let halts = self.services.halts.in_bucket(&self.settings.release.bucket);
-        let env = self.environment.as_ref().map(|e| e.name.clone()).unwrap_or_default();
-        let before =
-            crate::pass::once::rollback_target(&self.services.releases, &halts, &self.settings, &env, location, halted)
-                .await;
-        match &before {
-            Some(to) => {
-                tracing::info!(sha = %halted, "{} is halted with no rollback target: a host with nothing serving runs {}, the release before it in {location}'s history", halted.short(), to.short())
+        let releases = &self.services.releases;
+        let resolved =
+            desired::resolve_rollback_target(desired, releases, &halts, &self.settings, environment, marker).await;
+        let Ok(halted) = Sha::parse(&marker.sha) else { return };
+        let location = &desired.location;
+        match (&resolved, &marker.rolled_back_to) {
+            (Ok(()), Some(to)) => {
+                tracing::info!(sha = %halted, "{} is halted: a host with nothing serving runs {to}, a verified release of {location}", halted.short())
             }
-            None => {
-                tracing::warn!(sha = %halted, "{} is halted with no rollback target and {location} has no earlier version (turn on bucket versioning, docs/fleet.md): a host with nothing serving has nothing to run", halted.short())
+            (Ok(()), None) => {
+                tracing::warn!(sha = %halted, "{} is halted and {location} has no earlier verified release that is not halted (turn on bucket versioning, docs/fleet.md): a host with nothing serving has nothing to run", halted.short())
+            }
+            (Err(e), _) => {
+                tracing::warn!(sha = %halted, "{} is halted; its rollback target is unknown for now ({e}): trying again at the next pass", halted.short());
+                return;
             }
         }
-        self.history_target = Some((halted.clone(), before.clone()));
-        before
+        self.rollback_target = Some((halted, marker.rolled_back_to.clone()));
     }
 
-    /// Reads S3 (conditional GET). Returns the problem to report when S3 cannot be read; the
-    /// last SHA read stays the desired one meanwhile.
+    /// Reads S3 (conditional GET) and verifies what changed ([`Desired::verify`]). Returns the
+    /// problem to report when S3 cannot be read; the last release read stays the desired one
+    /// meanwhile. A history that could not be read is read again: the next read is
+    /// unconditional.
     async fn read_release(&mut self, env: &Environment, shutdown: &Shutdown) -> Result<Option<Problem>, PassError> {
         let location = crate::pass::once::release_location(&self.settings, &env.name);
-        let etag = self.published.as_ref().filter(|p| p.location == location).and_then(|p| p.etag.clone());
+        let trust = Trust::new(&self.settings, &env.name);
+        let etag = self
+            .desired
+            .as_ref()
+            .filter(|d| d.location == location && (d.history.is_some() || !trust.required()))
+            .and_then(|d| d.etag.clone());
         let fetch = self.services.releases.fetch(&location, etag.as_deref());
         self.fleet.metrics.add_s3_request();
         match shutdown.race(fetch).await? {
             Ok(Fetched::Changed(release)) => {
-                if let Err(e) =
-                    release.check_signature(self.settings.release.public_key.as_deref(), &env.name, &location)
-                {
-                    // Kept as before: the last verified release stays the desired one.
-                    return Ok(Some(Problem::from(&PassError::Release(e))));
+                let dir = &self.settings.agent.state_dir;
+                let accepted = Accepted::load(dir, &env.name);
+                let releases = &self.services.releases;
+                let desired = Desired::verify(releases, trust, location, release, accepted.as_ref()).await;
+                let before = self.desired.as_ref().map(|d| &d.published);
+                match &desired.published {
+                    Published::Verified(v) => {
+                        if before.and_then(|p| p.verified()).map(|b| &b.sha) != Some(&v.sha) {
+                            tracing::info!(env = %env.name, sha = %v.sha, "desired release {} for {}", v.sha, env.name);
+                        }
+                        if let Err(e) = Accepted::record(dir, &env.name, v) {
+                            tracing::warn!("cannot record the accepted release: {e}");
+                        }
+                    }
+                    refused @ Published::Refused { sha, refusal } => {
+                        if before != Some(refused) {
+                            tracing::warn!(env = %env.name, sha = %sha, "{refusal}");
+                        }
+                    }
                 }
-                if self.published.as_ref().map(|p| &p.sha) != Some(&release.sha) {
-                    tracing::info!(env = %env.name, sha = %release.sha, "desired release {} for {}", release.sha, env.name);
-                }
-                let published_at = release.published_at;
-                let digest = release.provenance.digest;
-                self.published =
-                    Some(Published { location, sha: release.sha, etag: release.etag, published_at, digest });
+                self.desired = Some(desired);
                 Ok(None)
             }
             Ok(Fetched::Unchanged) => {
@@ -521,8 +555,9 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
         let served_here_for =
             state.last_good.as_ref().filter(|g| g.sha == sha.as_str()).map(|g| g.served_for(crate::state::now_unix()));
         let published_for = self
-            .published
+            .desired
             .as_ref()
+            .and_then(|d| d.published.verified())
             .filter(|p| p.sha == *sha)
             .and_then(|p| p.published_at)
             .and_then(|at| SystemTime::now().duration_since(at).ok());
@@ -540,7 +575,7 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
             }
             let halts = self.services.halts.in_bucket(&self.settings.release.bucket);
             let prefix = self.settings.halt_prefix(env);
-            let published = self.published.as_ref().map(|p| p.sha.clone());
+            let published = self.desired.as_ref().map(|d| d.published.sha().clone());
             self.fleet
                 .vote(&halts, &prefix, env, &failed.sha, &failed.verdict, serving.as_ref(), published.as_ref())
                 .await;
@@ -565,8 +600,9 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
         let proven = crate::state::State::load(&self.settings.agent.state_dir).proven;
         metrics.set_digest(proven.filter(|p| p.sha == sha && !p.digest.is_empty()).map(|p| (p.sha, p.digest)));
         metrics.record_pass(phase.is_converged(), SystemTime::now());
-        let halted = self.published.as_ref().filter(|p| self.fleet.halt_of(&p.sha).is_some());
-        metrics.set_halted(halted.map(|p| p.sha.to_string()).into_iter().collect());
+        let published = self.desired.as_ref().map(|d| d.published.sha());
+        let halted = published.filter(|sha| self.fleet.halt_of(sha).is_some());
+        metrics.set_halted(halted.map(Sha::to_string).into_iter().collect());
         metrics.set_rollout_wait(match why {
             Some(Why::Waiting { remaining, .. }) => *remaining,
             _ => Duration::ZERO,
@@ -657,7 +693,8 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Reconciler for Agent<T
                 }
                 self.settings = settings;
                 self.environment = None;
-                self.published = None;
+                self.desired = None;
+                self.rollback_target = None;
                 self.fleet.forget_halt();
                 if renamed {
                     self.watch_events();

@@ -33,6 +33,8 @@ pub enum ProblemKind {
     Route,
     /// A release held back (crash loop, failed cut-overs).
     Quarantined(String),
+    /// A release that may not run here (unsigned, bad signature, replay, unverified).
+    Refused(String),
     NothingToRun,
     State,
     Cancelled,
@@ -50,6 +52,10 @@ impl Problem {
         Problem { kind: ProblemKind::Quarantined(sha.to_owned()), text }
     }
 
+    pub fn refused(sha: &str, text: String) -> Problem {
+        Problem { kind: ProblemKind::Refused(sha.to_owned()), text }
+    }
+
     /// Same kind of failure as `other`.
     pub fn same_as(&self, other: &Problem) -> bool {
         self.kind == other.kind
@@ -62,6 +68,7 @@ impl From<&PassError> for Problem {
             PassError::Environment(e) => ProblemKind::Environment(discriminant(e)),
             PassError::Release(e) => ProblemKind::Release(discriminant(e)),
             PassError::Lock(_) => ProblemKind::Lock,
+            PassError::Unverified { sha, .. } => ProblemKind::Refused(sha.to_string()),
             PassError::Engine(e)
             | PassError::Deploy(DeployError::Engine(e))
             | PassError::Deploy(DeployError::CutoverFailed { source: e, .. }) => ProblemKind::Engine(discriminant(e)),

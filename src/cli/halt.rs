@@ -45,7 +45,6 @@ struct Target {
     prefix: String,
     markers: HaltMarkers,
     bucket: String,
-    release_key: String,
     releases: S3Releases,
     settings: crate::config::Settings,
 }
@@ -71,12 +70,11 @@ async fn target(cli: &Cli, raw_sha: &str) -> Result<Target, Failure> {
         .name;
     let prefix = settings.halt_prefix(&environment);
     // Config validation gives every allowed environment a release key.
-    let release_key = settings.release_key(&environment).unwrap_or_default().to_owned();
     let aws = Aws::load(&settings.image.repository.registry).await;
     let bucket = settings.release.bucket.clone();
     let markers = HaltMarkers::with_aws(&aws, bucket.clone());
     let releases = S3Releases::with_aws(&aws);
-    Ok(Target { sha, environment, prefix, markers, bucket, release_key, releases, settings })
+    Ok(Target { sha, environment, prefix, markers, bucket, releases, settings })
 }
 
 fn failed(e: HaltError) -> Failure {
@@ -107,10 +105,15 @@ pub async fn halt(cli: &Cli, args: &HaltArgs) -> Result<(), Failure> {
     let to = match to {
         Some(to) => Some(to),
         None => {
-            let location = ObjectLocation { bucket: target.bucket.clone(), key: target.release_key.clone() };
             let (releases, markers) = (&target.releases, &target.markers);
             let (settings, env) = (&target.settings, target.environment.as_str());
-            crate::pass::once::rollback_target(releases, markers, settings, env, &location, &target.sha).await
+            match crate::pass::desired::rollback_target(releases, markers, settings, env, &target.sha).await {
+                Ok(to) => to,
+                Err(e) => {
+                    eprintln!("blog-agent: no rollback target recorded ({e}); hosts look for one themselves");
+                    None
+                }
+            }
         }
     };
     let identity = resolve_identity(Imds::new().instance_id().await.ok());

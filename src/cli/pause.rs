@@ -14,7 +14,8 @@ pub struct PauseArgs {
 
 pub fn pause(cli: &Cli, args: &PauseArgs) -> Result<(), Failure> {
     let settings = super::load_settings(cli)?;
-    let pause = Pause { by: operator(), reason: args.reason.clone(), at: now_unix(), pinned_sha: None };
+    let pause =
+        Pause { by: operator(), reason: args.reason.clone(), at: now_unix(), pinned_sha: None, pinned_digest: None };
     pause.save(&settings.agent.state_dir).map_err(|e| Failure { code: exit::FAILED, message: e.to_string() })?;
     eprintln!(
         "blog-agent: automatic updates paused by {}; the running version is kept (and repaired). `blog-agent resume` to follow S3 again",

@@ -128,14 +128,15 @@ pub async fn releases(cli: &Cli, args: &ReleasesArgs) -> Result<(), Failure> {
         println!("releases of {} ({}), newest first:", history.environment, history.location);
         for r in &history.releases {
             println!(
-                "{} {}  {}  {}  {}{}{}",
+                "{} {}  {}  {}  {}{}{}{}",
                 if r.current { "*" } else { " " },
                 r.sha,
                 r.digest.as_deref().unwrap_or("(no digest: written by hand)"),
                 r.published_at.as_deref().unwrap_or("?"),
                 r.published_by.as_deref().unwrap_or("?"),
                 r.pipeline.as_deref().map(|p| format!("  {p}")).unwrap_or_default(),
-                if r.halted { "  HALTED" } else { "" }
+                if r.halted { "  HALTED" } else { "" },
+                if r.verified { "" } else { "  UNSIGNED (hosts refuse it)" }
             );
         }
     }

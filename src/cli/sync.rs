@@ -56,9 +56,12 @@ pub async fn run(cli: &Cli, args: &SyncArgs) -> Result<(), Failure> {
         crate::state::LastPass::record(&settings.agent.state_dir, error.as_deref());
     }
     let report = result.map_err(failed)?;
+    // The release S3 names was refused: whatever serves is the newest verified one, and the
+    // command says it did not do what S3 asks.
+    let refused = report.refused.clone().map(|why| Failure { code: exit::FAILED, message: why });
     if args.json {
         println!("{}", serde_json::to_string(&report).expect("report serializes"));
-        return Ok(());
+        return refused.map_or(Ok(()), Err);
     }
     if let Some(plan) = &report.plan {
         println!("dry run: {} {} in {} (nothing was changed)", report.container, report.sha, report.environment);
@@ -74,5 +77,5 @@ pub async fn run(cli: &Cli, args: &SyncArgs) -> Result<(), Failure> {
     if args.sha.is_some() && !args.dry_run {
         eprintln!("blog-agent: automatic updates are now paused; run `blog-agent resume` to follow S3 again");
     }
-    Ok(())
+    refused.map_or(Ok(()), Err)
 }

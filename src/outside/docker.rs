@@ -282,8 +282,9 @@ impl Engine {
         }
     }
 
-    /// Pulls `repository:tag` with registry credentials. Each stream item can carry an error
-    /// (bad credentials, unknown tag, registry gone mid-pull); the first one ends the pull.
+    /// Pulls `repository:tag`, or `repository@tag` when `tag` is a digest (`sha256:...`), with
+    /// registry credentials. Each stream item can carry an error (bad credentials, unknown tag,
+    /// registry gone mid-pull); the first one ends the pull.
     pub async fn pull(
         &self,
         repository: &str,
@@ -292,7 +293,10 @@ impl Engine {
         creds: &RegistryCredentials,
         timeout: Duration,
     ) -> Result<ImageInfo, EngineError> {
-        let reference = format!("{repository}:{tag}");
+        let reference = match tag.starts_with("sha256:") {
+            true => format!("{repository}@{tag}"),
+            false => format!("{repository}:{tag}"),
+        };
         let auth = docker_auth(registry, creds);
         let options = CreateImageOptions {
             from_image: Some(repository.to_owned()),
@@ -334,6 +338,16 @@ impl Engine {
             image: reference.clone(),
             detail: "pull reported success but the image is not present".into(),
         })
+    }
+
+    /// Tags the local image `source` as `repository:tag` (moving the tag if it named another
+    /// image).
+    pub async fn tag(&self, source: &str, repository: &str, tag: &str) -> Result<(), EngineError> {
+        let options =
+            bollard::query_parameters::TagImageOptions { repo: Some(repository.to_owned()), tag: Some(tag.to_owned()) };
+        bounded("tag image", source, self.docker.tag_image(source, Some(options)))
+            .await?
+            .map_err(api("tag image", source))
     }
 
     /// Creates a container of `spec` named `name`. A serving container gets the restart policy

@@ -82,14 +82,20 @@ pub const META_SIGNATURE: &str = "blog-signature";
 impl Provenance {
     /// From an object's user metadata; a digest that is not `sha256:<64 hex>` is dropped (the
     /// bucket is not trusted with what a host pulls).
+    ///
+    /// The time and the signature are kept exactly as written, never cut or escaped: the
+    /// signature is checked over them. They are printable ASCII when a publisher wrote them
+    /// (RFC 3339, base64); anything else is dropped (the signature then fails to verify).
     pub fn from_metadata(meta: Option<&std::collections::HashMap<String, String>>) -> Provenance {
-        let get = |k: &str| meta.and_then(|m| m.get(k)).map(|v| crate::sha::safe_text(v.trim()));
+        let raw = |k: &str| meta.and_then(|m| m.get(k)).map(|v| v.trim().to_owned());
+        let get = |k: &str| raw(k).map(|v| crate::sha::safe_text(&v));
+        let printable = |v: &String| v.bytes().all(|b| b.is_ascii_graphic());
         Provenance {
             digest: get(META_DIGEST).filter(|d| is_digest(d)),
             by: get(META_BY),
             pipeline: get(META_PIPELINE),
-            at: get(META_AT),
-            signature: get(META_SIGNATURE),
+            at: raw(META_AT).filter(printable),
+            signature: raw(META_SIGNATURE).filter(printable),
         }
     }
 
@@ -148,24 +154,6 @@ pub enum ReleaseError {
         "S3 answered 304 Not Modified for {location} to a read without If-None-Match: the endpoint is misbehaving"
     )]
     UnexpectedNotModified { location: ObjectLocation },
-    #[error("{location}: {source}; nothing was changed")]
-    Signature { location: ObjectLocation, source: crate::signature::SignatureError },
-}
-
-impl Release {
-    /// With `[release] public_key` set, the release must carry a signature by its secret key
-    /// over `environment`, its SHA and digest ([`crate::signature`]); without, anything goes.
-    pub fn check_signature(
-        &self,
-        public_key: Option<&str>,
-        environment: &str,
-        location: &ObjectLocation,
-    ) -> Result<(), ReleaseError> {
-        let Some(key) = public_key else { return Ok(()) };
-        let p = &self.provenance;
-        crate::signature::verify(key, environment, &self.sha, p.digest.as_deref(), p.signature.as_deref())
-            .map_err(|source| ReleaseError::Signature { location: location.clone(), source })
-    }
 }
 
 impl ReleaseError {

@@ -6,7 +6,9 @@
 //! (crash loop or repeated failed cut-overs: the last good one instead); the rescue when the
 //! target cannot be had and nothing serves; and the repair of an interrupted deploy's
 //! leftovers; and the fleet's say over S3's release: its staged rollout (not before this host's
-//! wave, [`crate::fleet::rollout`]) and its halt ([`crate::fleet::halt`]). It reads a
+//! wave, [`crate::fleet::rollout`]) and its halt ([`crate::fleet::halt`]); and trust: nothing
+//! outside the [`Catalog`] of verified releases is deployed ([`crate::pass::desired`]), and a
+//! refused release object leaves what runs. It reads a
 //! [`Snapshot`] and never touches Docker, S3 or the clock: `now` is an argument. `sync`,
 //! `sync --dry-run` and `run` all carry out (or print) the same [`Decision`].
 
@@ -22,6 +24,7 @@ use crate::config::{Settings, TrafficMode};
 use crate::fleet::halt::Marker;
 use crate::fleet::rollout::{self, Gate};
 use crate::outside::docker::ContainerInfo;
+use crate::pass::desired::Catalog;
 use crate::sha::Sha;
 use crate::spec::ContainerSpec;
 
@@ -33,6 +36,10 @@ pub enum Wanted {
     /// `sync --sha`: an operator's explicit choice. It pauses updates itself, so a pause does
     /// not hold it back.
     Operator(Sha),
+    /// The SHA the S3 object names, refused (unsigned, bad signature, a replay): it never
+    /// runs; `newest` is the newest verified release of the object's history, for a host with
+    /// nothing serving.
+    Refused { release: Sha, reason: String, newest: Option<Sha> },
     /// S3 has not been read successfully yet.
     Unknown,
 }
@@ -49,8 +56,14 @@ pub struct Inputs<'a> {
     /// The published release's staged rollout; `None`: no wave to wait for (a manual `sync`,
     /// `[rollout] spread` zero, or S3 gave no publication time).
     pub rollout: Option<RolloutGate>,
-    /// The halt marker of the published SHA, when it is halted for this environment.
+    /// The halt marker of the published SHA, when it is halted for this environment, with
+    /// its rollback target verified ([`crate::pass::desired::resolve_rollback_target`]).
     pub halted: Option<&'a Marker>,
+    /// The published SHA's halt has not been read since this host's wave opened (a canary may
+    /// have halted it meanwhile): a host that serves something keeps it until a read.
+    pub halt_unconfirmed: bool,
+    /// The releases that may be deployed, and the digest each is pulled by.
+    pub catalog: &'a Catalog,
 }
 
 /// When this host's wave of a published release opens: see [`rollout::gate`].
@@ -81,6 +94,15 @@ pub enum Why {
     Quarantined { release: Sha, retry_in: Duration },
     /// S3 unreadable and nothing ever served here: nothing to run yet.
     NothingKnown,
+    /// S3 names `release`, which may not run (`reason`: unsigned, bad signature, replay): the
+    /// host keeps what it runs, or with nothing takes the newest verified release.
+    Refused { release: Sha, reason: String },
+    /// The target `release` is not a verified release of the environment (signatures are
+    /// required): nothing is deployed.
+    Unverified { release: Sha },
+    /// S3 names `release` and this host's wave is open, but the release's halt has not been
+    /// read since: the host keeps what it runs until the next read.
+    Confirming { release: Sha },
     /// S3 names `release`, but this host's rollout wave opens only at `until` (`remaining`
     /// from now): the host stays on what it runs meanwhile.
     Waiting { release: Sha, until: SystemTime, remaining: Duration },
@@ -113,6 +135,17 @@ impl fmt::Display for Why {
                 retry_in.as_secs()
             ),
             Why::NothingKnown => f.write_str("no release known yet: S3 unreadable and nothing has served here"),
+            Why::Refused { release, reason } => write!(f, "release {} is refused: {reason}", release.short()),
+            Why::Unverified { release } => write!(
+                f,
+                "{} is not a signed release of this environment ([release] public_key): not deploying it",
+                release.short()
+            ),
+            Why::Confirming { release } => write!(
+                f,
+                "this host's wave of {} is open; its halt is read again before it is applied",
+                release.short()
+            ),
             Why::Waiting { release, until, remaining } => write!(
                 f,
                 "release {} rolls out in waves: this host's turn is at {} (in {} s)",
@@ -176,6 +209,10 @@ pub fn decide(inputs: &Inputs<'_>) -> Decision {
     let (mut target, mut why) = match inputs.wanted {
         Wanted::Operator(sha) => (Some(sha.clone()), Why::Operator),
         Wanted::Published(sha) => (Some(sha.clone()), Why::Published),
+        Wanted::Refused { release, reason, newest } => (
+            main_sha.and_then(|s| Sha::parse(s).ok()).or_else(|| newest.clone()).or_else(|| last_good.clone()),
+            Why::Refused { release: release.clone(), reason: reason.clone() },
+        ),
         Wanted::Unknown => match &last_good {
             Some(good) => (Some(good.clone()), Why::LastGood),
             None => (None, Why::NothingKnown),
@@ -211,11 +248,16 @@ pub fn decide(inputs: &Inputs<'_>) -> Decision {
                 running.or_else(|| rolled_back_to.clone()).or_else(|| last_good.clone().filter(|g| g != published));
             why = Why::Halted { release: published.clone(), reason: marker.reason.clone(), rolled_back_to };
         } else if let (Some(gate), Some(running)) = (inputs.rollout, running.filter(|r| r != published)) {
-            if let Gate::Wait { until, remaining } =
-                rollout::gate(gate.published_at, gate.seed, gate.spread, gate.now, false)
-            {
-                why = Why::Waiting { release: published.clone(), until, remaining };
-                target = Some(running);
+            match rollout::gate(gate.published_at, gate.seed, gate.spread, gate.now, false) {
+                Gate::Wait { until, remaining } => {
+                    why = Why::Waiting { release: published.clone(), until, remaining };
+                    target = Some(running);
+                }
+                Gate::Now if inputs.halt_unconfirmed => {
+                    why = Why::Confirming { release: published.clone() };
+                    target = Some(running);
+                }
+                Gate::Now => {}
             }
         }
     }
@@ -236,7 +278,15 @@ pub fn decide(inputs: &Inputs<'_>) -> Decision {
         }
     }
 
-    // 4. The main step, and what to fall back to if it fails on a dark host.
+    // 4. Nothing unverified is deployed: what runs may stay, anything else must be in the
+    //    catalog of verified releases.
+    let running = main_sha.and_then(|s| Sha::parse(s).ok());
+    if let Some(unverified) = target.clone().filter(|t| Some(t) != running.as_ref() && !inputs.catalog.allows(t)) {
+        why = Why::Unverified { release: unverified };
+        target = None;
+    }
+
+    // 5. The main step, and what to fall back to if it fails on a dark host.
     let Some(target_sha) = target.clone() else {
         return Decision { target, why, recovery, plan: None, blocked: None, fallback: None };
     };
@@ -253,7 +303,9 @@ pub fn decide(inputs: &Inputs<'_>) -> Decision {
     let quarantined = |sha: &Sha| inputs.quarantine.get(sha).is_some_and(|until| *until > inputs.now);
     let halted = |sha: &Sha| inputs.halted.is_some_and(|m| m.sha == sha.as_str());
     let fallback = match &step {
-        Plan::Deploy { .. } => last_good.filter(|g| *g != target_sha && !quarantined(g) && !halted(g)),
+        Plan::Deploy { .. } => {
+            last_good.filter(|g| *g != target_sha && !quarantined(g) && !halted(g) && inputs.catalog.allows(g))
+        }
         _ => None,
     };
     Decision { target, why, recovery, plan: Some(step), blocked, fallback }
@@ -432,7 +484,13 @@ mod tests {
     }
 
     fn pause(pinned: Option<&Sha>) -> Pause {
-        Pause { by: "alice".into(), reason: None, at: 0, pinned_sha: pinned.map(|s| s.to_string()) }
+        Pause {
+            by: "alice".into(),
+            reason: None,
+            at: 0,
+            pinned_sha: pinned.map(|s| s.to_string()),
+            pinned_digest: None,
+        }
     }
 
     fn snap() -> Snapshot {
@@ -452,6 +510,8 @@ mod tests {
         fallback: Option<Sha>,
         rollout: Option<RolloutGate>,
         halted: Option<Marker>,
+        halt_unconfirmed: bool,
+        catalog: Catalog,
     }
 
     fn case(name: &'static str, wanted: Wanted, snapshot: Snapshot) -> Case {
@@ -468,6 +528,8 @@ mod tests {
             fallback: None,
             rollout: None,
             halted: None,
+            halt_unconfirmed: false,
+            catalog: Catalog::open(),
         }
     }
 
@@ -528,6 +590,20 @@ mod tests {
             self.halted = Some(marker);
             self
         }
+        /// The halt was not read since the wave opened.
+        fn unconfirmed(mut self) -> Case {
+            self.halt_unconfirmed = true;
+            self
+        }
+        /// Signatures required; only `verified` may be deployed.
+        fn verified(mut self, verified: &[&Sha]) -> Case {
+            let mut catalog = Catalog::new(true);
+            for sha in verified {
+                catalog.add_for_tests(sha);
+            }
+            self.catalog = catalog;
+            self
+        }
     }
 
     fn why_name(why: &Why) -> &'static str {
@@ -540,6 +616,9 @@ mod tests {
             Why::NothingKnown => "nothing-known",
             Why::Waiting { .. } => "waiting",
             Why::Halted { .. } => "halted",
+            Why::Refused { .. } => "refused",
+            Why::Unverified { .. } => "unverified",
+            Why::Confirming { .. } => "confirming",
         }
     }
 
@@ -577,6 +656,7 @@ mod tests {
             proven: None,
         };
         let pub_a = Wanted::Published(a.clone());
+        let refused_a = Wanted::Refused { release: a.clone(), reason: "unsigned".into(), newest: Some(c.clone()) };
         let cases = vec![
             // The plain cases.
             case("empty host, S3 names a", pub_a.clone(), snap()).expect(
@@ -1012,6 +1092,91 @@ mod tests {
             )
             .halted(marker(&a, Some(&c)))
             .expect(Some(b.clone()), "paused", Some("converged")),
+            // The wave is open but the halt was not read since: keep what runs until a read.
+            case(
+                "wave open, halt unconfirmed: stays on what runs",
+                pub_a.clone(),
+                with(&|s| s.main = Some(ours("blog", "c1", &b, true))),
+            )
+            .wave_open()
+            .unconfirmed()
+            .expect(Some(b.clone()), "confirming", Some("converged")),
+            case("wave open, halt unconfirmed, nothing serving: no wait", pub_a.clone(), snap())
+                .wave_open()
+                .unconfirmed()
+                .expect(Some(a.clone()), "published", Some("deploy:none")),
+            case(
+                "no wave (no spread), halt unconfirmed: applied",
+                pub_a.clone(),
+                with(&|s| s.main = Some(ours("blog", "c1", &b, true))),
+            )
+            .unconfirmed()
+            .expect(Some(a.clone()), "published", Some("deploy:new")),
+            // Trust: a refused release object never runs; what runs stays.
+            case(
+                "refused: stays on what runs",
+                refused_a.clone(),
+                with(&|s| s.main = Some(ours("blog", "c1", &b, true))),
+            )
+            .verified(&[&b, &c])
+            .expect(Some(b.clone()), "refused", Some("converged")),
+            case("refused, nothing serving: the newest verified release", refused_a.clone(), snap())
+                .verified(&[&b, &c])
+                .expect(Some(c.clone()), "refused", Some("deploy:none")),
+            case(
+                "refused, nothing serving, no verified history: last good when it was verified",
+                Wanted::Refused { release: a.clone(), reason: "unsigned".into(), newest: None },
+                with(&|s| s.state = state(Some((&b, ENV)), None)),
+            )
+            .verified(&[&b])
+            .expect(Some(b.clone()), "refused", Some("deploy:none")),
+            case(
+                "refused, nothing serving, the last good was never verified: nothing runs",
+                Wanted::Refused { release: a.clone(), reason: "unsigned".into(), newest: None },
+                with(&|s| s.state = state(Some((&b, ENV)), None)),
+            )
+            .verified(&[])
+            .expect(None, "unverified", None),
+            // Nothing outside the catalog is deployed, on any path.
+            case(
+                "halted, nothing serving: an unverified rollback target is not run",
+                pub_a.clone(),
+                with(&|s| s.state = state(Some((&b, ENV)), None)),
+            )
+            .halted(marker(&a, Some(&c)))
+            .verified(&[&a, &b])
+            .expect(None, "unverified", None),
+            case(
+                "an operator's unverified sha is not deployed",
+                Wanted::Operator(c.clone()),
+                with(&|s| s.main = Some(ours("blog", "c1", &b, true))),
+            )
+            .verified(&[&a, &b])
+            .expect(None, "unverified", None),
+            case(
+                "a pin that was never verified is not deployed",
+                pub_a.clone(),
+                with(&|s| s.pause = Some(pause(Some(&c)))),
+            )
+            .verified(&[&a])
+            .expect(None, "unverified", None),
+            case(
+                "an unverified container that runs is kept (never lose the running site)",
+                pub_a.clone(),
+                with(&|s| {
+                    s.pause = Some(pause(None));
+                    s.main = Some(ours("blog", "c1", &c, true))
+                }),
+            )
+            .verified(&[&a])
+            .expect(Some(c.clone()), "paused", Some("converged")),
+            case(
+                "a failed deploy's fallback must be verified too",
+                pub_a.clone(),
+                with(&|s| s.state = state(Some((&b, ENV)), None)),
+            )
+            .verified(&[&a])
+            .expect(Some(a.clone()), "published", Some("deploy:none")),
         ];
         assert!(cases.len() >= 55, "the table covers every rule");
         let now = Instant::now();
@@ -1028,6 +1193,8 @@ mod tests {
                 now,
                 rollout: case.rollout,
                 halted: case.halted.as_ref(),
+                halt_unconfirmed: case.halt_unconfirmed,
+                catalog: &case.catalog,
             });
             let name = case.name;
             assert_eq!(d.target, case.target, "{name}: target");
@@ -1057,6 +1224,8 @@ mod tests {
             now,
             rollout: None,
             halted: None,
+            halt_unconfirmed: false,
+            catalog: &Catalog::open(),
         });
         assert_eq!(d.target, Some(a));
         assert_eq!(d.why, Why::Published);
@@ -1070,6 +1239,7 @@ mod tests {
         let settings = settings();
         let wanted = Wanted::Published(a.clone());
         let none = HashMap::new();
+        let open = Catalog::open();
         let inputs = |rollout, halted| Inputs {
             settings: &settings,
             environment: ENV,
@@ -1079,6 +1249,8 @@ mod tests {
             now: Instant::now(),
             rollout,
             halted,
+            halt_unconfirmed: false,
+            catalog: &open,
         };
         let d = decide(&inputs(Some(gate_at(T0 + 10)), None));
         assert_eq!(
@@ -1123,6 +1295,8 @@ mod tests {
             now: Instant::now(),
             rollout: None,
             halted: None,
+            halt_unconfirmed: false,
+            catalog: &Catalog::open(),
         });
         let text = describe(&d, &settings, ENV, false).join("\n");
         for needle in ["remove blog-candidate", "pull", "blog-previous", "last-known-good"] {

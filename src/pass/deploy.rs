@@ -110,23 +110,35 @@ pub async fn prove_interrupted(
 
 /// Makes sure the image is on disk, pulling it with fresh registry credentials if not.
 /// Returns the image and whether it was pulled.
+///
+/// With the digest it was published with, the image is had by that digest
+/// (`repository@sha256:...`) and tagged `repository:sha` here, so a tag pushed again after
+/// publishing changes nothing: the host runs the published content, not the tag's new one.
 pub async fn ensure_image(
     engine: &Engine,
     settings: &Settings,
     desired: &ContainerSpec,
+    digest: Option<&str>,
     creds: &impl CredentialSource,
     shutdown: &Shutdown,
 ) -> Result<(ImageInfo, bool), DeployError> {
     let repo = settings.image.repository.to_string();
-    if let Some(image) = engine.image(&desired.image, &repo).await? {
+    let wanted = match digest {
+        Some(digest) => format!("{repo}@{digest}"),
+        None => desired.image.clone(),
+    };
+    if let Some(image) = engine.image(&wanted, &repo).await? {
+        if digest.is_some() {
+            engine.tag(&wanted, &repo, desired.sha.as_str()).await?;
+        }
         return Ok((image, false));
     }
-    tracing::info!(image = %desired.image, "pulling {}", desired.image);
+    tracing::info!(image = %wanted, "pulling {wanted}");
     let creds_source = creds;
     let creds = shutdown.race(creds_source.credentials()).await??;
     let pull = engine.pull(
         &repo,
-        desired.sha.as_str(),
+        digest.unwrap_or(desired.sha.as_str()),
         &settings.image.repository.registry,
         &creds,
         settings.image.pull_timeout,
@@ -142,7 +154,10 @@ pub async fn ensure_image(
             return Err(e.into());
         }
     };
-    tracing::info!(image = %desired.image, digest = image.digest.as_deref().unwrap_or("unknown"), "pulled {}", desired.image);
+    if digest.is_some() {
+        engine.tag(&wanted, &repo, desired.sha.as_str()).await?;
+    }
+    tracing::info!(image = %desired.image, digest = image.digest.as_deref().unwrap_or("unknown"), "pulled {wanted}");
     Ok((image, true))
 }
 

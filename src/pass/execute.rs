@@ -20,6 +20,7 @@ use crate::config::{Settings, TrafficMode};
 use crate::fleet::halt::Marker;
 use crate::outside::docker::{Engine, EngineError};
 use crate::outside::registry::CredentialSource;
+use crate::pass::desired::Catalog;
 use crate::runtime::shutdown::Shutdown;
 use crate::sha::Sha;
 use crate::spec::{ContainerSpec, LABEL_DIGEST};
@@ -33,9 +34,9 @@ pub struct Options<'a> {
     pub probe_converged: bool,
     /// When the main step fails and nothing serves, deploy the decision's fallback.
     pub rescue: bool,
-    /// The published release and the image digest `blog-agent publish` recorded for it: that
-    /// release runs only as exactly that image.
-    pub published_digest: Option<(&'a Sha, &'a str)>,
+    /// The verified releases with the digest each was published with: a release with a known
+    /// digest is pulled by it and runs only as exactly that image.
+    pub catalog: Option<&'a Catalog>,
 }
 
 /// How a pass ended when it did not fail outright.
@@ -53,6 +54,8 @@ pub struct Done {
 pub struct FleetInputs<'a> {
     pub rollout: Option<RolloutGate>,
     pub halted: Option<&'a Marker>,
+    /// See [`Inputs::halt_unconfirmed`].
+    pub halt_unconfirmed: bool,
 }
 
 /// Reads the host and decides. Shared by the real pass and `--dry-run`.
@@ -63,6 +66,7 @@ pub async fn observe_and_decide(
     wanted: &Wanted,
     quarantine: &HashMap<Sha, Instant>,
     fleet: FleetInputs<'_>,
+    catalog: &Catalog,
 ) -> Result<(Snapshot, Decision), EngineError> {
     let snapshot = snapshot::observe(engine, settings).await?;
     let decision = decide::decide(&Inputs {
@@ -74,6 +78,8 @@ pub async fn observe_and_decide(
         now: Instant::now(),
         rollout: fleet.rollout,
         halted: fleet.halted,
+        halt_unconfirmed: fleet.halt_unconfirmed,
+        catalog,
     });
     Ok((snapshot, decision))
 }
@@ -249,9 +255,10 @@ async fn carry_out<T, R, C: CredentialSource>(
         Plan::Deploy { reason, .. } => {
             tracing::info!(container = %desired.name, %reason, "deploying {} as {}: {reason}", desired.sha, desired.name);
             let prepared = async {
+                let published = options.catalog.and_then(|c| c.digest(&desired.sha));
                 let (image, pulled) =
-                    deploy::ensure_image(engine, settings, desired, &services.credentials, shutdown).await?;
-                if let Some((_, published)) = options.published_digest.filter(|(sha, _)| **sha == desired.sha) {
+                    deploy::ensure_image(engine, settings, desired, published, &services.credentials, shutdown).await?;
+                if let Some(published) = published {
                     deploy::check_digest(desired, &image, published)?;
                 }
                 let digest = image.digest.clone().unwrap_or_else(|| image.id.clone());

@@ -13,6 +13,7 @@
 
 pub mod decide;
 pub mod deploy;
+pub mod desired;
 pub mod execute;
 pub mod once;
 pub mod plan;
@@ -99,6 +100,11 @@ pub enum PassError {
     Blocked(String),
     #[error("{0}")]
     NothingToRun(decide::Why),
+    #[error(
+        "{sha} is not a signed release of {environment} ([release] public_key): no verified version of the release          object names it with its digest; signed releases: {}; nothing was changed",
+        if signed.is_empty() { "none known".to_owned() } else { signed.join(", ") }
+    )]
+    Unverified { sha: Sha, environment: String, signed: Vec<String> },
     #[error(transparent)]
     Cancelled(#[from] Cancelled),
     #[error("{0}")]

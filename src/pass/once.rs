@@ -1,7 +1,9 @@
-//! One reconcile pass (`blog-agent sync`): environment -> desired SHA (and its halt marker)
-//! -> lock -> observe -> decide -> execute (see [`crate::pass`]). A manual sync does not wait
-//! for this host's rollout wave: it deploys now, and says so when the host would have waited. Everything that can be refused (environment, SHA) is checked before the lock
-//! is taken or Docker is touched, so bad input changes nothing.
+//! One reconcile pass (`blog-agent sync`): environment -> lock -> the verified desired release
+//! and its halt ([`crate::pass::desired`]) -> observe -> decide -> execute (see
+//! [`crate::pass`]). A manual sync does not wait for this host's rollout wave: it deploys
+//! now, and says so when the host would have waited. Everything that can be refused
+//! (environment, a pin that is not a verified release) is checked before the lock is taken or
+//! Docker is touched, so bad input changes nothing.
 
 use std::collections::HashMap;
 
@@ -11,13 +13,13 @@ use serde::Serialize;
 
 use crate::config::Settings;
 use crate::environment::{self, Environment};
-use crate::fleet::halt::Marker;
 use crate::fleet::rollout::{self, Gate};
 use crate::lock;
 use crate::outside::imds::TagSource;
 use crate::outside::registry::CredentialSource;
-use crate::outside::release::{Fetched, ObjectLocation, ReleaseError, ReleaseSource};
+use crate::outside::release::{ObjectLocation, ReleaseSource};
 use crate::pass::decide::{self, Wanted, Why};
+use crate::pass::desired::{self, Accepted, Catalog, HaltRead, Trust};
 use crate::pass::execute::{self, FleetInputs, Options};
 use crate::pass::plan::Plan;
 use crate::pass::{Action, PassError, Services};
@@ -61,6 +63,10 @@ pub struct SyncReport {
     /// Set when S3's release is halted for the environment: what that changed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub halted: Option<String>,
+    /// Set when S3's release is refused here (unsigned, a bad signature, a replay): why, and
+    /// what stays.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
 }
 
 /// Where the release file for `env` lives.
@@ -112,62 +118,78 @@ async fn sync_pass<T: TagSource, R: ReleaseSource, C: CredentialSource>(
 ) -> Result<SyncReport, PassError> {
     let env: Environment =
         shutdown.race(environment::resolve(request.environment.as_deref(), settings, &services.tags)).await??;
-    if let (Some(pinned), false) = (&request.sha, request.dry_run) {
+    let dir = &settings.agent.state_dir;
+    let trust = Trust::new(settings, &env.name);
+    let halts = services.halts.in_bucket(&settings.release.bucket);
+    // A pin must name a verified release: checked before anything is written.
+    let pin_catalog = match &request.sha {
+        Some(pinned) => Some(pin_catalog(settings, services, &halts, &env.name, pinned, shutdown).await?),
+        None => None,
+    };
+    if let (Some(pinned), Some(catalog), false) = (&request.sha, &pin_catalog, request.dry_run) {
         // Before the lock: a `run` waiting for it must already see the pause when it gets it.
         let pause = Pause {
             by: request.operator.clone(),
             reason: Some(format!("pinned to {} by blog-agent sync --sha", pinned.short())),
             at: now_unix(),
             pinned_sha: Some(pinned.to_string()),
+            pinned_digest: catalog.digest(pinned).map(str::to_owned),
         };
-        pause.save(&settings.agent.state_dir).map_err(|e| PassError::State(e.to_string()))?;
+        pause.save(dir).map_err(|e| PassError::State(e.to_string()))?;
         tracing::warn!(sha = %pinned, "automatic updates paused; `blog-agent resume` follows S3 again");
     }
     let _lock = if request.dry_run {
         None
     } else {
-        Some(shutdown.race(lock::acquire(&settings.agent.state_dir, settings.agent.lock_timeout)).await??)
+        Some(shutdown.race(lock::acquire(dir, settings.agent.lock_timeout)).await??)
     };
     // Read S3 only now: after waiting for the lock, the object may have moved on.
-    let mut published_at = None;
-    let mut published_digest = None;
-    let wanted = match &request.sha {
-        Some(sha) => Wanted::Operator(sha.clone()),
-        None => {
-            let location = release_location(settings, &env.name);
-            match shutdown.race(services.releases.fetch(&location, None)).await?? {
-                Fetched::Changed(release) => {
-                    release.check_signature(settings.release.public_key.as_deref(), &env.name, &location)?;
-                    published_at = release.published_at;
-                    published_digest = release.provenance.digest;
-                    Wanted::Published(release.sha)
-                }
-                // An unconditional GET cannot be answered 304 by a well-behaved S3; an
-                // S3-compatible endpoint that does has told us nothing.
-                Fetched::Unchanged => {
-                    return Err(PassError::Release(ReleaseError::Unavailable {
-                        location,
-                        detail: "answered 304 Not Modified to an unconditional GET".into(),
-                    }))
+    let (wanted, desired, halt) = match (&request.sha, pin_catalog) {
+        (Some(sha), Some(catalog)) => (Wanted::Operator(sha.clone()), Err(catalog), None),
+        _ => {
+            let read = desired::read_once(&services.releases, &halts, settings, &env.name);
+            let (desired, halt) = shutdown.race(read).await??;
+            if let (Some(verified), false) = (desired.published.verified(), request.dry_run) {
+                if let Err(e) = Accepted::record(dir, &env.name, verified) {
+                    tracing::warn!("cannot record the accepted release: {e}");
                 }
             }
+            let halt = match halt {
+                HaltRead::Halted(marker) => Some(marker),
+                HaltRead::Unreadable(e) => {
+                    let sha = desired.published.sha();
+                    tracing::warn!(sha = %sha, "cannot read the halt of {}: {e}; going on as if it were not halted", sha.short());
+                    None
+                }
+                HaltRead::Clear | HaltRead::NotNeeded => None,
+            };
+            (desired.wanted(), Ok(desired), halt)
         }
     };
-    // A halted release is not applied by a manual sync either (`sync --sha` overrides a halt).
-    let marker = match &wanted {
-        Wanted::Published(sha) => halt_marker(settings, services, &env.name, sha, shutdown).await?,
-        _ => None,
+    let local = crate::state::State::load(dir);
+    let pause = Pause::load(dir);
+    let catalog = match &desired {
+        Ok(desired) => desired.catalog(trust, local.last_good_in(&env.name), pause.as_ref()),
+        Err(catalog) => catalog.clone(),
+    };
+    let published_at = match &desired {
+        Ok(d) => d.published.verified().and_then(|v| v.published_at),
+        Err(_) => None,
     };
     let no_quarantine = HashMap::new();
-    let fleet = FleetInputs { rollout: None, halted: marker.as_ref() };
+    let fleet = FleetInputs { rollout: None, halted: halt.as_ref(), halt_unconfirmed: false };
     let (snapshot, decision) =
-        execute::observe_and_decide(settings, &services.engine, &env.name, &wanted, &no_quarantine, fleet).await?;
+        execute::observe_and_decide(settings, &services.engine, &env.name, &wanted, &no_quarantine, fleet, &catalog)
+            .await?;
     let rollout = match (&wanted, published_at) {
         (Wanted::Published(sha), Some(at)) => skipped_wave(settings, sha, at, snapshot.main_sha(), shutdown).await?,
         _ => None,
     };
     if let Some(note) = &rollout {
         tracing::info!("{note}");
+    }
+    if let Why::Refused { .. } = &decision.why {
+        tracing::warn!(env = %env.name, "{}", decision.why);
     }
     let Some(sha) = decision.target.clone() else { return Err(PassError::NothingToRun(decision.why)) };
     let span = tracing::info_span!("sync", env = %env.name, sha = %sha);
@@ -185,14 +207,12 @@ async fn sync_pass<T: TagSource, R: ReleaseSource, C: CredentialSource>(
                 quarantine: &no_quarantine,
                 now: tokio::time::Instant::now(),
                 rollout: None,
-                halted: marker.as_ref(),
+                halted: halt.as_ref(),
+                halt_unconfirmed: false,
+                catalog: &catalog,
             })
         };
-        let published_digest = match (&wanted, &published_digest) {
-            (Wanted::Published(sha), Some(digest)) => Some((sha, digest.as_str())),
-            _ => None,
-        };
-        let options = Options { probe_converged: true, rescue: false, published_digest };
+        let options = Options { probe_converged: true, rescue: false, catalog: Some(&catalog) };
         let done =
             execute::execute_decision(settings, services, &env.name, snapshot, decision, redecide, shutdown, options)
                 .await?;
@@ -211,6 +231,10 @@ async fn sync_pass<T: TagSource, R: ReleaseSource, C: CredentialSource>(
             decision.why,
             sha.short()
         )),
+        _ => None,
+    };
+    let refused = match &decision.why {
+        Why::Refused { .. } => Some(format!("{}: staying on {}", decision.why, sha.short())),
         _ => None,
     };
     let (action, container_id, plan) = match applied {
@@ -244,81 +268,44 @@ async fn sync_pass<T: TagSource, R: ReleaseSource, C: CredentialSource>(
         plan,
         rollout,
         halted,
+        refused,
     })
 }
 
-/// The halt marker of `sha`, or `None`. A marker that cannot be read does not stop a manual
-/// sync: it is logged, and the release is applied as before halts existed.
-async fn halt_marker<T, R: crate::outside::release::ReleaseSource, C>(
+/// The verified releases an operator's `sync --sha` may pin: the release object's verified
+/// versions, and what this host recorded itself. With signatures required, a SHA outside them
+/// is refused naming the ones that are signed; without, anything goes (S3 is read for the
+/// digests it knows, and an unreadable S3 stops nothing).
+async fn pin_catalog<T, R: ReleaseSource, C>(
     settings: &Settings,
     services: &Services<T, R, C>,
+    halts: &impl crate::fleet::halt::HaltSource,
     environment: &str,
-    sha: &Sha,
+    pinned: &Sha,
     shutdown: &Shutdown,
-) -> Result<Option<Marker>, PassError> {
-    let halts = services.halts.in_bucket(&settings.release.bucket);
-    let location = release_location(settings, environment);
-    match shutdown.race(halt_in_force(&services.releases, &halts, settings, environment, &location, sha)).await? {
-        Ok(halt) => Ok(halt),
-        Err(e) => {
-            tracing::warn!(sha = %sha, "cannot read the halt marker of {}: {e}; going on as if it were not halted", sha.short());
-            Ok(None)
+) -> Result<Catalog, PassError> {
+    let trust = Trust::new(settings, environment);
+    let local = crate::state::State::load(&settings.agent.state_dir);
+    let read = shutdown.race(desired::read_once(&services.releases, halts, settings, environment)).await?;
+    let catalog = match read {
+        Ok((mut desired, _)) => {
+            desired.ensure_history(&services.releases, trust).await;
+            desired.catalog(trust, local.last_good_in(environment), None)
         }
-    }
-}
-
-/// The halt in force for `sha` in `environment` (the operator's marker, or `[rollout]
-/// halt_after` hosts' votes), with the rollback target a host with nothing serving runs: the
-/// one it names, else [`rollback_target`] from the history of the release object at `location`.
-/// What `sync` and `status` go by; `run` does the same with its reads cached per SHA.
-pub async fn halt_in_force(
-    releases: &impl crate::outside::release::ReleaseSource,
-    halts: &impl crate::fleet::halt::HaltSource,
-    settings: &Settings,
-    environment: &str,
-    location: &ObjectLocation,
-    sha: &Sha,
-) -> Result<Option<Marker>, crate::fleet::halt::HaltError> {
-    let reading = halts.read(&settings.halt_prefix(environment), sha).await?;
-    let mut halt = reading.halt(sha, environment, settings.rollout.halt_after);
-    if let Some(marker) = halt.as_mut().filter(|m| m.rolled_back_to_sha().is_none()) {
-        let before = rollback_target(releases, halts, settings, environment, location, sha).await;
-        marker.rolled_back_to = before.map(|s| s.to_string());
-    }
-    Ok(halt)
-}
-
-/// The release a host with nothing serving runs while `halted` is halted and nobody named a
-/// rollback target: the newest earlier release in the release object's history (S3 versions)
-/// that is not halted itself. `None` without versioning or with nothing fit; a read that fails
-/// is logged and counts as no history.
-pub async fn rollback_target(
-    releases: &impl crate::outside::release::ReleaseSource,
-    halts: &impl crate::fleet::halt::HaltSource,
-    settings: &Settings,
-    environment: &str,
-    location: &ObjectLocation,
-    halted: &Sha,
-) -> Option<Sha> {
-    let history = match releases.history(location).await {
-        Ok(history) => history,
-        Err(e) => {
-            tracing::warn!(sha = %halted, "cannot read the history of {location} for a rollback target: {e}");
-            return None;
+        Err(e) if trust.required() => {
+            let location = release_location(settings, environment);
+            tracing::warn!("cannot read {location}: {e}; only this host's own records can verify the pin");
+            let mut catalog = Catalog::new(true);
+            catalog.add_local(trust, local.last_good_in(environment), None);
+            catalog
         }
+        Err(_) => Catalog::open(),
     };
-    let prefix = settings.halt_prefix(environment);
-    for candidate in crate::outside::release::releases_before(&history, halted) {
-        match halts.read(&prefix, &candidate).await {
-            Ok(reading) if reading.halt(&candidate, environment, settings.rollout.halt_after).is_some() => continue,
-            Ok(_) => return Some(candidate),
-            Err(e) => {
-                tracing::warn!(sha = %candidate, "cannot read the halt of {}: {e}", candidate.short());
-                return None;
-            }
-        }
+    if !catalog.allows(pinned) {
+        let signed = catalog.shas();
+        return Err(PassError::Unverified { sha: pinned.clone(), environment: environment.to_owned(), signed });
     }
-    None
+    Ok(catalog)
 }
 
 /// When `run` would still wait for this host's wave of `sha` (published at `published_at`):

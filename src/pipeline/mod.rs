@@ -29,6 +29,7 @@ use crate::outside::registry::{Ecr, RegistryError};
 use crate::outside::release::{
     Expect, Fetched, Historic, ObjectLocation, Provenance, ReleaseError, ReleaseSource, S3Releases, WriteError,
 };
+use crate::pass::desired::Trust;
 use crate::sha::Sha;
 
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +63,11 @@ pub enum PublishError {
     Signing(String),
     #[error("{environment} has no release key in [release.keys] of the configuration")]
     UnknownEnvironment { environment: String },
+    #[error(
+        "{sha} is not a signed release of {environment}: no version of {location} names it with a signature that \
+         verifies with [release] public_key; signed releases there: {signed}; nothing was written"
+    )]
+    Unverified { sha: Sha, environment: String, location: ObjectLocation, signed: String },
     #[error("{sha} was never published to {environment} ({location} and its versions): nothing to {what}")]
     NeverPublished { sha: Sha, environment: String, location: ObjectLocation, what: &'static str },
     /// `detail`: when it was published there, how long ago, and when it may be promoted.
@@ -114,6 +120,9 @@ pub struct ReleaseEntry {
     pub published_by: Option<String>,
     pub pipeline: Option<String>,
     pub halted: bool,
+    /// Its signature verifies with `[release] public_key` (always, without a key): hosts may
+    /// run it.
+    pub verified: bool,
     /// The release the environment's hosts follow now (the newest).
     pub current: bool,
 }
@@ -207,7 +216,13 @@ impl Pipeline {
         }
         let (expect, replaced) = match self.releases.fetch(&location, None).await {
             Ok(Fetched::Changed(current)) => {
-                if current.sha == *sha && current.provenance.digest.as_deref() == Some(now.as_str()) {
+                // Already the release, unless its signature does not verify with the key hosts
+                // hold (a rotated key, or a signature written by someone else): then it is
+                // signed anew, or the hosts would stay on a release they refuse.
+                let trusted = Trust::new(&self.settings, environment)
+                    .verify(&current.sha, &current.provenance, current.published_at)
+                    .is_ok();
+                if current.sha == *sha && current.provenance.digest.as_deref() == Some(now.as_str()) && trusted {
                     return Ok(Published {
                         environment: environment.to_owned(),
                         sha: sha.to_string(),
@@ -228,12 +243,15 @@ impl Pipeline {
             Err(ReleaseError::Invalid { .. }) => (self.etag_of(&location).await?, None),
             Err(e) => return Err(PublishError::Read(e)),
         };
+        // The signed time orders releases for the hosts' replay rule: every write (publish,
+        // rollback, promote) is signed with a fresh one, so it is followed.
+        let at = rfc3339(SystemTime::now());
         let provenance = Provenance {
             digest: Some(now.clone()),
             by: Some(publisher()),
             pipeline: pipeline_run(),
-            at: Some(rfc3339(SystemTime::now())),
-            signature: self.sign(environment, sha, &now)?,
+            signature: self.sign(environment, sha, &now, &at)?,
+            at: Some(at),
         };
         let kms_key = self.settings.release.kms_key.as_deref();
         self.releases.write(&location, sha, &provenance, kms_key, &expect).await?;
@@ -251,7 +269,7 @@ impl Pipeline {
     /// `BLOG_AGENT_SIGNING_PASSWORD` when it is encrypted). Without one: unsigned, unless hosts
     /// require signatures (`[release] public_key`), which is refused rather than published for
     /// hosts to reject.
-    fn sign(&self, environment: &str, sha: &Sha, digest: &str) -> Result<Option<String>, PublishError> {
+    fn sign(&self, environment: &str, sha: &Sha, digest: &str, at: &str) -> Result<Option<String>, PublishError> {
         let key = std::env::var_os("BLOG_AGENT_SIGNING_KEY").filter(|k| !k.is_empty());
         let Some(key) = key else {
             if self.settings.release.public_key.is_some() {
@@ -261,13 +279,13 @@ impl Pipeline {
         };
         let password = std::env::var("BLOG_AGENT_SIGNING_PASSWORD").ok();
         let signature =
-            crate::signature::sign(std::path::Path::new(&key), password.as_deref(), environment, sha, digest)
+            crate::signature::sign(std::path::Path::new(&key), password.as_deref(), environment, sha, digest, at)
                 .map_err(PublishError::Signing)?;
         if let Some(public_key) = &self.settings.release.public_key {
             // A key that does not match the hosts' would publish a release every host refuses.
-            crate::signature::verify(public_key, environment, sha, Some(digest), Some(&signature)).map_err(|e| {
-                PublishError::Signing(format!("the signature does not verify with [release] public_key: {e}"))
-            })?;
+            crate::signature::verify(public_key, environment, sha, Some(digest), Some(at), Some(&signature)).map_err(
+                |e| PublishError::Signing(format!("the signature does not verify with [release] public_key: {e}")),
+            )?;
         }
         Ok(Some(signature))
     }
@@ -304,10 +322,39 @@ impl Pipeline {
         }
     }
 
+    /// The versions of `history` that verify with `[release] public_key` for `environment`
+    /// (all of them without a key), newest first.
+    fn verified(&self, environment: &str, history: &[Historic]) -> Vec<Historic> {
+        let trust = Trust::new(&self.settings, environment);
+        history.iter().filter(|h| trust.verify(&h.sha, &h.provenance, h.published_at).is_ok()).cloned().collect()
+    }
+
+    fn unverified(
+        &self,
+        sha: &Sha,
+        environment: &str,
+        location: &ObjectLocation,
+        verified: &[Historic],
+    ) -> PublishError {
+        let mut signed: Vec<String> = Vec::new();
+        for h in verified {
+            if !signed.contains(&h.sha.to_string()) {
+                signed.push(h.sha.to_string());
+            }
+        }
+        PublishError::Unverified {
+            sha: sha.clone(),
+            environment: environment.to_owned(),
+            location: location.clone(),
+            signed: if signed.is_empty() { "none".to_owned() } else { signed.join(", ") },
+        }
+    }
+
     /// `releases`: the history of `environment`, with each release's halt.
     pub async fn history(&self, environment: &str) -> Result<History, PublishError> {
         let (location, published, versioning_off) = self.published(environment).await?;
         let mut releases = Vec::new();
+        let trust = Trust::new(&self.settings, environment);
         for (i, h) in published.iter().enumerate() {
             releases.push(ReleaseEntry {
                 sha: h.sha.to_string(),
@@ -316,6 +363,7 @@ impl Pipeline {
                 published_by: h.provenance.by.clone(),
                 pipeline: h.provenance.pipeline.clone(),
                 halted: self.halt_of(environment, &h.sha).await?.is_some(),
+                verified: trust.verify(&h.sha, &h.provenance, h.published_at).is_ok(),
                 current: i == 0,
             });
         }
@@ -325,7 +373,13 @@ impl Pipeline {
     /// `rollback`: publishes `to`, else the newest release before the current one that is not
     /// halted, with the digest it was published with.
     pub async fn rollback(&self, environment: &str, to: Option<&Sha>) -> Result<Published, PublishError> {
-        let (location, published, versioning_off) = self.published(environment).await?;
+        let (location, all, versioning_off) = self.published(environment).await?;
+        // Only verified versions are candidates: a rollback is signed with CI's key, and must
+        // never lend that signature to a version nobody signed.
+        let published = self.verified(environment, &all);
+        if let Some(to) = to.filter(|to| !published.iter().any(|h| h.sha == **to)) {
+            return Err(self.unverified(to, environment, &location, &published));
+        }
         let target = match to {
             Some(to) => to.clone(),
             None => {
@@ -353,7 +407,11 @@ impl Pipeline {
     /// `promote`: publishes `sha` to `to` with the exact digest `from` has for it, once it has
     /// been there `soak`; refuses a release halted in `from` or never published there.
     pub async fn promote(&self, sha: &Sha, from: &str, to: &str, soak: Duration) -> Result<Published, PublishError> {
-        let (location, published, _) = self.published(from).await?;
+        let (location, all, _) = self.published(from).await?;
+        let published = self.verified(from, &all);
+        if all.iter().any(|h| h.sha == *sha) && !published.iter().any(|h| h.sha == *sha) {
+            return Err(self.unverified(sha, from, &location, &published));
+        }
         let Some(entry) = published.iter().find(|h| h.sha == *sha) else {
             return Err(PublishError::NeverPublished {
                 sha: sha.clone(),

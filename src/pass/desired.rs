@@ -1,0 +1,683 @@
+//! What should this host run: the release object, its signature, its history and the halt of
+//! the published release, read and verified once into one typed answer that every command
+//! goes by (`run`, `sync`, `sync --dry-run`, `status`, `check`).
+//!
+//! Reads: the release object and its S3 versions ([`ReleaseSource`]), the halt folder
+//! ([`HaltSource`]), `accepted.json` in the state directory. Writes: `accepted.json` (the
+//! newest signed publication this host took as desired, for the replay rule). Decides:
+//! which releases are *verified*; which of them runs is [`crate::pass::decide`]'s.
+//!
+//! With `[release] public_key` set, a SHA is verified only when a version of the release
+//! object names it with its digest and a signature over environment, SHA, digest and the
+//! publication time that verifies with the key. That one rule covers every path that picks a
+//! release: the published one, a halt's rollback target and the history fallback (only
+//! verified versions are candidates), an operator's `sync --sha` (it must name a verified
+//! SHA), last-known-good (recorded with the digest it was verified with). The [`Catalog`] is
+//! that set; the decision runs nothing outside it. Without a key every SHA is verified (the
+//! bucket is trusted), and digests still pin what is pulled.
+//!
+//! **Replays.** Anyone who can write the release object can copy an older version over it
+//! (`copy-object` with a version id): its signature still verifies. The current version is
+//! refused ([`Refusal::Replay`]) when its signed publication time is older than the newest
+//! this host already accepted, or older than a later version in the object's history. A
+//! refused release changes nothing here: the host keeps what it runs, and a host with nothing
+//! runs the newest verified release of the history.
+//!
+//! S3 cost: an unchanged object is one conditional GET. A changed one is read whole; with a
+//! key its history is read once too (one `ListObjectVersions` and a GET per version, at most
+//! [`crate::outside::release::HISTORY_DEPTH`]), for the replay rule. Without a key the
+//! history is read only when a halt needs a rollback target. A history read that fails is
+//! retried at the next read, never remembered as "no history".
+
+use std::path::Path;
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Settings;
+use crate::fleet::halt::{HaltError, HaltSource, Marker};
+use crate::outside::release::{Historic, ObjectLocation, Provenance, Release, ReleaseError, ReleaseSource};
+use crate::sha::{safe_text, Sha};
+use crate::signature::{SignatureError, Signed};
+use crate::state::{write_atomically, GoodRelease, Pause, StateError};
+
+/// A release that may run here: its signature verified (when a key is configured).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    pub sha: Sha,
+    /// The image digest it runs as (`sha256:...`); `None` only without a key, for an object
+    /// written by hand.
+    pub digest: Option<String>,
+    /// The signed publication time (Unix seconds); `None` without a key or for an untimed
+    /// signature, which orders as the oldest.
+    pub signed_at: Option<u64>,
+    /// S3's Last-Modified of the version: the start of its staged rollout.
+    pub published_at: Option<SystemTime>,
+    pub provenance: Provenance,
+}
+
+/// Why a version of the release object may not run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("{0}")]
+    Signature(#[from] SignatureError),
+    #[error(
+        "release {sha} for {environment} was signed as published at {signed}, before {newer_sha} (signed at \
+         {newer_signed}) that {seen}: an older release copied over the release object (a replay); not deploying \
+         it (to go back on purpose, `blog-agent rollback` signs it anew)"
+    )]
+    Replay { environment: String, sha: Sha, signed: String, newer_sha: Sha, newer_signed: String, seen: &'static str },
+}
+
+/// Checks releases against `[release] public_key` for one environment.
+#[derive(Debug, Clone, Copy)]
+pub struct Trust<'a> {
+    pub public_key: Option<&'a str>,
+    pub environment: &'a str,
+}
+
+impl<'a> Trust<'a> {
+    pub fn new(settings: &'a Settings, environment: &'a str) -> Trust<'a> {
+        Trust { public_key: settings.release.public_key.as_deref(), environment }
+    }
+
+    /// Signatures are required.
+    pub fn required(&self) -> bool {
+        self.public_key.is_some()
+    }
+
+    /// `sha` with `provenance` (one version of the release object), verified.
+    pub fn verify(
+        &self,
+        sha: &Sha,
+        provenance: &Provenance,
+        published_at: Option<SystemTime>,
+    ) -> Result<Verified, Refusal> {
+        let signed_at = match self.public_key {
+            None => None,
+            Some(key) => {
+                let p = provenance;
+                let signed = crate::signature::verify(
+                    key,
+                    self.environment,
+                    sha,
+                    p.digest.as_deref(),
+                    p.at.as_deref(),
+                    p.signature.as_deref(),
+                )?;
+                match signed {
+                    Signed::At(_) => signed.unix(),
+                    Signed::Untimed => None,
+                }
+            }
+        };
+        Ok(Verified {
+            sha: sha.clone(),
+            digest: provenance.digest.clone(),
+            signed_at,
+            published_at,
+            provenance: provenance.clone(),
+        })
+    }
+
+    /// The versions of `history` (newest first) that verify, in the same order.
+    pub fn verified_history(&self, history: &[Historic]) -> Vec<Verified> {
+        history.iter().filter_map(|h| self.verify(&h.sha, &h.provenance, h.published_at).ok()).collect()
+    }
+
+    /// The replay rule (see the module docs): `Err` when `current` was signed before what this
+    /// host `accepted`, or before a version of `history` (newest first; the current version
+    /// itself may be in it). Without a key there is no signed time to go by.
+    pub fn check_replay(
+        &self,
+        current: &Verified,
+        accepted: Option<&Accepted>,
+        history: &[Verified],
+    ) -> Result<(), Refusal> {
+        if !self.required() {
+            return Ok(());
+        }
+        let replay = |newer_sha: &Sha, newer: Option<u64>, seen: &'static str| Refusal::Replay {
+            environment: self.environment.to_owned(),
+            sha: current.sha.clone(),
+            signed: fmt_signed(current.signed_at),
+            newer_sha: newer_sha.clone(),
+            newer_signed: fmt_signed(newer),
+            seen,
+        };
+        if let Some(accepted) = accepted.filter(|a| a.environment == self.environment) {
+            if let Ok(sha) = Sha::parse(&accepted.sha) {
+                if current.signed_at < Some(accepted.signed_at) {
+                    return Err(replay(&sha, Some(accepted.signed_at), "this host accepted already"));
+                }
+            }
+        }
+        match history.iter().filter(|h| h.signed_at > current.signed_at).max_by_key(|h| h.signed_at) {
+            Some(newer) => Err(replay(&newer.sha, newer.signed_at, "a later version of the release object names")),
+            None => Ok(()),
+        }
+    }
+}
+
+fn fmt_signed(at: Option<u64>) -> String {
+    match at {
+        Some(secs) => {
+            humantime::format_rfc3339_seconds(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs)).to_string()
+        }
+        None => "no time (an untimed signature)".to_owned(),
+    }
+}
+
+/// The newest signed publication this host took as desired, per environment: a release
+/// signed before it is a replay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Accepted {
+    pub environment: String,
+    pub sha: String,
+    /// Unix seconds of its signed publication time.
+    pub signed_at: u64,
+}
+
+const ACCEPTED_FILE: &str = "accepted.json";
+
+impl Accepted {
+    /// What this host accepted for `environment`; `None` when nothing (or the file is
+    /// unreadable: then only the history guards against replays, and it is logged).
+    pub fn load(dir: &Path, environment: &str) -> Option<Accepted> {
+        let path = dir.join(ACCEPTED_FILE);
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), "cannot read {}: {e}; replays are judged by the history alone", ACCEPTED_FILE);
+                return None;
+            }
+        };
+        let all: Vec<Accepted> = serde_json::from_slice(&bytes).unwrap_or_default();
+        all.into_iter().find(|a| a.environment == environment)
+    }
+
+    /// Records `release` as accepted for `environment` when it was signed later than what is
+    /// recorded. Returns whether the file changed.
+    pub fn record(dir: &Path, environment: &str, release: &Verified) -> Result<bool, StateError> {
+        let Some(signed_at) = release.signed_at else { return Ok(false) };
+        let mut all: Vec<Accepted> = std::fs::read(dir.join(ACCEPTED_FILE))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        if all.iter().any(|a| a.environment == environment && a.signed_at >= signed_at) {
+            return Ok(false);
+        }
+        all.retain(|a| a.environment != environment);
+        all.push(Accepted { environment: environment.to_owned(), sha: release.sha.to_string(), signed_at });
+        write_atomically(dir, ACCEPTED_FILE, &serde_json::to_vec_pretty(&all).expect("accepted serializes"))?;
+        Ok(true)
+    }
+}
+
+/// The release object's current version, as this host may take it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Published {
+    Verified(Verified),
+    /// Named by the object but not to be run: why.
+    Refused {
+        sha: Sha,
+        refusal: Refusal,
+    },
+}
+
+impl Published {
+    pub fn sha(&self) -> &Sha {
+        match self {
+            Published::Verified(v) => &v.sha,
+            Published::Refused { sha, .. } => sha,
+        }
+    }
+
+    pub fn verified(&self) -> Option<&Verified> {
+        match self {
+            Published::Verified(v) => Some(v),
+            Published::Refused { .. } => None,
+        }
+    }
+}
+
+/// One read of the release object, verified: what [`crate::pass::decide`] is asked to run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Desired {
+    pub location: ObjectLocation,
+    /// The object's ETag, for the next conditional GET.
+    pub etag: Option<String>,
+    pub published: Published,
+    /// The verified versions of the object's history, newest first (the current one
+    /// included); `None` when not read yet or the read failed (read again when needed).
+    pub history: Option<Vec<Verified>>,
+}
+
+impl Desired {
+    /// Verifies `release` (just read from `location`): its signature, then the replay rule
+    /// against what this host `accepted` and the object's history (read here when a key is
+    /// configured or the release is refused: a host with nothing serving needs the newest
+    /// verified one).
+    pub async fn verify(
+        releases: &impl ReleaseSource,
+        trust: Trust<'_>,
+        location: ObjectLocation,
+        release: Release,
+        accepted: Option<&Accepted>,
+    ) -> Desired {
+        let etag = release.etag.clone();
+        let checked = trust.verify(&release.sha, &release.provenance, release.published_at);
+        let history =
+            if trust.required() || checked.is_err() { read_history(releases, trust, &location).await } else { None };
+        let published = match checked {
+            Ok(verified) => match trust.check_replay(&verified, accepted, history.as_deref().unwrap_or_default()) {
+                Ok(()) => Published::Verified(verified),
+                Err(refusal) => Published::Refused { sha: release.sha, refusal },
+            },
+            Err(refusal) => Published::Refused { sha: release.sha, refusal },
+        };
+        Desired { location, etag, published, history }
+    }
+
+    /// The history, read now if it is not known yet (a failure leaves it unknown, to be read
+    /// again next time).
+    pub async fn ensure_history(&mut self, releases: &impl ReleaseSource, trust: Trust<'_>) -> Option<&[Verified]> {
+        if self.history.is_none() {
+            self.history = read_history(releases, trust, &self.location).await;
+        }
+        self.history.as_deref()
+    }
+
+    /// What the decision is asked to run.
+    pub fn wanted(&self) -> crate::pass::decide::Wanted {
+        use crate::pass::decide::Wanted;
+        match &self.published {
+            Published::Verified(v) => Wanted::Published(v.sha.clone()),
+            Published::Refused { sha, refusal } => {
+                Wanted::Refused { release: sha.clone(), reason: refusal.to_string(), newest: self.newest_verified() }
+            }
+        }
+    }
+
+    /// The newest verified release of the history other than a refused current one: what a
+    /// host with nothing serving runs while the current version is refused.
+    pub fn newest_verified(&self) -> Option<Sha> {
+        let refused = match &self.published {
+            Published::Refused { sha, .. } => Some(sha),
+            Published::Verified(_) => None,
+        };
+        let history = self.history.as_deref().unwrap_or_default();
+        // The newest by signed time, so a replayed old version never outranks the release it
+        // was copied over.
+        let mut candidates: Vec<&Verified> = history.iter().filter(|h| Some(&h.sha) != refused).collect();
+        candidates.sort_by_key(|h| std::cmp::Reverse(h.signed_at));
+        candidates.first().map(|h| h.sha.clone())
+    }
+
+    /// Every release this host may run for the environment.
+    pub fn catalog(&self, trust: Trust<'_>, last_good: Option<&GoodRelease>, pause: Option<&Pause>) -> Catalog {
+        let mut catalog = Catalog::new(trust.required());
+        if let Some(v) = self.published.verified() {
+            catalog.add(&v.sha, v.digest.as_deref());
+        }
+        for v in self.history.as_deref().unwrap_or_default() {
+            catalog.add(&v.sha, v.digest.as_deref());
+        }
+        catalog.add_local(trust, last_good, pause);
+        catalog
+    }
+}
+
+async fn read_history(
+    releases: &impl ReleaseSource,
+    trust: Trust<'_>,
+    location: &ObjectLocation,
+) -> Option<Vec<Verified>> {
+    match releases.history(location).await {
+        Ok(history) => Some(trust.verified_history(&history)),
+        Err(e) => {
+            tracing::warn!("cannot read the history of {location}: {e}; reading it again at the next pass");
+            None
+        }
+    }
+}
+
+/// The releases this host may run, with the digest each is pulled by. With signatures
+/// required, only SHAs a verified version of the release object names (and the local records
+/// of such: last-known-good and an operator's pin, each with the digest it was verified with);
+/// without, every SHA, pulled by digest where one is known.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Catalog {
+    required: bool,
+    releases: Vec<(Sha, Option<String>)>,
+}
+
+impl Catalog {
+    pub fn new(required: bool) -> Catalog {
+        Catalog { required, releases: Vec::new() }
+    }
+
+    /// A catalog that allows anything (no key configured, nothing known).
+    pub fn open() -> Catalog {
+        Catalog::new(false)
+    }
+
+    fn add(&mut self, sha: &Sha, digest: Option<&str>) {
+        match self.releases.iter_mut().find(|(s, _)| s == sha) {
+            Some((_, known @ None)) => *known = digest.map(str::to_owned),
+            Some(_) => {}
+            None => self.releases.push((sha.clone(), digest.map(str::to_owned))),
+        }
+    }
+
+    /// Adds what this host recorded itself: last-known-good and an operator's pin, each only
+    /// with the digest it was verified with when signatures are required.
+    pub fn add_local(&mut self, trust: Trust<'_>, last_good: Option<&GoodRelease>, pause: Option<&Pause>) {
+        let digest_ok = |d: Option<&str>| !trust.required() || d.is_some_and(crate::outside::release::is_digest);
+        if let Some(good) = last_good.filter(|g| g.environment == trust.environment) {
+            let digest = Some(good.digest.as_str()).filter(|d| !d.is_empty());
+            if let (Ok(sha), true) = (Sha::parse(&good.sha), digest_ok(digest)) {
+                self.add(&sha, digest.filter(|d| crate::outside::release::is_digest(d)));
+            }
+        }
+        if let Some(pause) = pause {
+            let digest = pause.pinned_digest.as_deref();
+            if let (Some(Ok(sha)), true) = (pause.pinned_sha.as_deref().map(Sha::parse), digest_ok(digest)) {
+                self.add(&sha, digest);
+            }
+        }
+    }
+
+    #[cfg(test)]
+    pub fn add_for_tests(&mut self, sha: &Sha) {
+        self.add(sha, Some(&format!("sha256:{}", "0".repeat(64))));
+    }
+
+    /// Whether `sha` may be deployed here.
+    pub fn allows(&self, sha: &Sha) -> bool {
+        !self.required || self.releases.iter().any(|(s, _)| s == sha)
+    }
+
+    /// The digest `sha` is pulled by, when known.
+    pub fn digest(&self, sha: &Sha) -> Option<&str> {
+        self.releases.iter().find(|(s, _)| s == sha).and_then(|(_, d)| d.as_deref())
+    }
+
+    pub fn required(&self) -> bool {
+        self.required
+    }
+
+    /// The SHAs it holds, for an error that lists them.
+    pub fn shas(&self) -> Vec<String> {
+        self.releases.iter().map(|(s, _)| s.to_string()).collect()
+    }
+}
+
+/// The halt in force for `sha` in `environment` (the operator's marker, or `[rollout]
+/// halt_after` hosts' votes), without its rollback target resolved.
+pub async fn read_halt(
+    halts: &impl HaltSource,
+    settings: &Settings,
+    environment: &str,
+    sha: &Sha,
+) -> Result<Option<Marker>, HaltError> {
+    read_halt_at(halts, &settings.halt_prefix(environment), environment, settings.rollout.halt_after, sha).await
+}
+
+/// [`read_halt`] with the halt folder and `[rollout] halt_after` given (the `run` loop keeps
+/// them from its settings).
+pub async fn read_halt_at(
+    halts: &impl HaltSource,
+    prefix: &str,
+    environment: &str,
+    halt_after: u32,
+    sha: &Sha,
+) -> Result<Option<Marker>, HaltError> {
+    let reading = halts.read(prefix, sha).await?;
+    Ok(reading.halt(sha, environment, halt_after))
+}
+
+/// Fills in `marker`'s rollback target (what a host with nothing serving runs while its SHA
+/// is halted) with a verified release: the one the marker names when the history verifies
+/// it, else the newest verified release before the halted one that is not halted itself.
+/// `Ok(None)` target when nothing fits; `Err` when the history or a candidate's halt could
+/// not be read (nothing is remembered: the caller asks again next time).
+pub async fn resolve_rollback_target(
+    desired: &mut Desired,
+    releases: &impl ReleaseSource,
+    halts: &impl HaltSource,
+    settings: &Settings,
+    environment: &str,
+    marker: &mut Marker,
+) -> Result<(), String> {
+    let trust = Trust::new(settings, environment);
+    let halted = Sha::parse(&marker.sha).map_err(|e| e.to_string())?;
+    let Some(history) = desired.ensure_history(releases, trust).await.map(<[Verified]>::to_vec) else {
+        marker.rolled_back_to = None;
+        return Err(format!("the history of {} could not be read", desired.location));
+    };
+    let catalog = desired.catalog(trust, None, None);
+    if let Some(named) = marker.rolled_back_to_sha() {
+        if named != halted && catalog.allows(&named) {
+            marker.rolled_back_to = Some(named.to_string());
+            return Ok(());
+        }
+        tracing::warn!(
+            sha = %halted, named = %safe_text(&named.to_string()),
+            "the halt of {} names {} as its rollback target, which no verified version of {} names: ignoring it",
+            halted.short(), named.short(), desired.location
+        );
+    }
+    marker.rolled_back_to =
+        newest_unhalted_before(halts, settings, environment, &history, &halted).await?.map(|sha| sha.to_string());
+    Ok(())
+}
+
+/// The newest release of `verified` (the release object's verified history, newest first)
+/// before `halted` that is not halted itself. `Err` when a candidate's halt cannot be read.
+async fn newest_unhalted_before(
+    halts: &impl HaltSource,
+    settings: &Settings,
+    environment: &str,
+    verified: &[Verified],
+    halted: &Sha,
+) -> Result<Option<Sha>, String> {
+    let candidates: Vec<Historic> = verified
+        .iter()
+        .map(|v| Historic {
+            sha: v.sha.clone(),
+            published_at: v.published_at,
+            version_id: String::new(),
+            provenance: v.provenance.clone(),
+        })
+        .collect();
+    for candidate in crate::outside::release::releases_before(&candidates, halted) {
+        match read_halt(halts, settings, environment, &candidate).await {
+            Ok(Some(_)) => continue,
+            Ok(None) => return Ok(Some(candidate)),
+            Err(e) => return Err(format!("cannot read the halt of {}: {e}", candidate.short())),
+        }
+    }
+    Ok(None)
+}
+
+/// The rollback target an operator's `halt` records when it names none: the newest verified
+/// release before `halted` in the release object's history that is not halted itself, the
+/// same rule hosts apply to a halt that names none.
+pub async fn rollback_target(
+    releases: &impl ReleaseSource,
+    halts: &impl HaltSource,
+    settings: &Settings,
+    environment: &str,
+    halted: &Sha,
+) -> Result<Option<Sha>, String> {
+    let location = crate::pass::once::release_location(settings, environment);
+    let history = releases.history(&location).await.map_err(|e| e.to_string())?;
+    let verified = Trust::new(settings, environment).verified_history(&history);
+    newest_unhalted_before(halts, settings, environment, &verified, halted).await
+}
+
+/// Reads and verifies the release object once (an unconditional GET), with the halt of the
+/// published release and its rollback target: what `sync`, `status` and `check` go by.
+/// `run` reads the same way through its own cache ([`Desired::verify`], [`read_halt`],
+/// [`resolve_rollback_target`]).
+pub async fn read_once(
+    releases: &impl ReleaseSource,
+    halts: &impl HaltSource,
+    settings: &Settings,
+    environment: &str,
+) -> Result<(Desired, HaltRead), ReleaseError> {
+    let location = crate::pass::once::release_location(settings, environment);
+    let release = match releases.fetch(&location, None).await? {
+        crate::outside::release::Fetched::Changed(release) => release,
+        crate::outside::release::Fetched::Unchanged => {
+            return Err(ReleaseError::UnexpectedNotModified { location });
+        }
+    };
+    let trust = Trust::new(settings, environment);
+    let accepted = Accepted::load(&settings.agent.state_dir, environment);
+    let mut desired = Desired::verify(releases, trust, location, release, accepted.as_ref()).await;
+    let halt = match desired.published.verified().map(|v| v.sha.clone()) {
+        None => HaltRead::NotNeeded,
+        Some(sha) => match read_halt(halts, settings, environment, &sha).await {
+            Ok(None) => HaltRead::Clear,
+            Ok(Some(mut marker)) => {
+                let target =
+                    resolve_rollback_target(&mut desired, releases, halts, settings, environment, &mut marker).await;
+                if let Err(e) = target {
+                    tracing::warn!(sha = %sha, "{} is halted; no rollback target for now: {e}", sha.short());
+                }
+                HaltRead::Halted(marker)
+            }
+            Err(e) => HaltRead::Unreadable(e.to_string()),
+        },
+    };
+    Ok((desired, halt))
+}
+
+/// What one read of the published release's halt found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HaltRead {
+    /// The published release is refused: its halt does not matter.
+    NotNeeded,
+    Clear,
+    /// Halted, with its verified rollback target filled in (or none).
+    Halted(Marker),
+    /// The halt folder could not be read: why.
+    Unreadable(String),
+}
+
+impl HaltRead {
+    pub fn marker(&self) -> Option<&Marker> {
+        match self {
+            HaltRead::Halted(m) => Some(m),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ENV: &str = "staging";
+
+    fn sha(c: char) -> Sha {
+        Sha::parse(&c.to_string().repeat(40)).unwrap()
+    }
+
+    fn v(c: char, signed_at: Option<u64>) -> Verified {
+        Verified {
+            sha: sha(c),
+            digest: Some(format!("sha256:{}", "0".repeat(64))),
+            signed_at,
+            published_at: None,
+            provenance: Provenance::default(),
+        }
+    }
+
+    const KEY: &str = "RWQf6LRCGA9i53mlYecO4IzT51TGPpvWucNSCh1CBM0QTaLn73Y7GFO3";
+
+    #[test]
+    fn a_release_signed_before_one_already_accepted_or_a_later_version_is_a_replay() {
+        let signed = Trust { public_key: Some(KEY), environment: ENV };
+        let unsigned = Trust { public_key: None, environment: ENV };
+        let accepted = |c: char, at: u64| Accepted { environment: ENV.into(), sha: sha(c).to_string(), signed_at: at };
+        let other_env = Accepted { environment: "production".into(), sha: sha('c').to_string(), signed_at: 300 };
+        type Case = (&'static str, Verified, Option<Accepted>, Vec<Verified>, Option<&'static str>);
+        let cases: Vec<Case> = vec![
+            (
+                "newest signed: taken",
+                v('c', Some(300)),
+                Some(accepted('b', 200)),
+                vec![v('c', Some(300)), v('b', Some(200))],
+                None,
+            ),
+            ("re-read of the accepted one", v('b', Some(200)), Some(accepted('b', 200)), vec![], None),
+            ("older than accepted", v('a', Some(100)), Some(accepted('b', 200)), vec![], Some("this host accepted")),
+            (
+                "copied over a newer version (new host)",
+                v('a', Some(100)),
+                None,
+                vec![v('a', Some(100)), v('b', Some(200)), v('a', Some(100))],
+                Some("a later version"),
+            ),
+            ("untimed after timed", v('a', None), None, vec![v('a', None), v('b', Some(200))], Some("a later version")),
+            ("another environment's record does not count", v('a', Some(100)), Some(other_env), vec![], None),
+            ("no history, nothing accepted", v('a', Some(100)), None, vec![], None),
+        ];
+        for (what, current, accepted, history, want) in cases {
+            let got = signed.check_replay(&current, accepted.as_ref(), &history);
+            match (got, want) {
+                (Ok(()), None) => {}
+                (Err(e), Some(needle)) => assert!(e.to_string().contains(needle), "{what}: {e}"),
+                (got, want) => panic!("{what}: got {got:?}, want {want:?}"),
+            }
+            // Without a key there is no signed time: nothing is a replay.
+            assert_eq!(unsigned.check_replay(&current, accepted.as_ref(), &history), Ok(()), "{what} (no key)");
+        }
+    }
+
+    #[test]
+    fn the_catalog_holds_only_verified_releases_and_local_records_with_their_digest() {
+        let trust = Trust { public_key: Some(KEY), environment: ENV };
+        let desired = Desired {
+            location: ObjectLocation { bucket: "b".into(), key: "staging/stagebuild.txt".into() },
+            etag: None,
+            published: Published::Refused {
+                sha: sha('d'),
+                refusal: Refusal::Signature(SignatureError::Missing { environment: ENV.into(), sha: "d".into() }),
+            },
+            history: Some(vec![v('c', Some(300)), v('b', Some(200))]),
+        };
+        let digest = format!("sha256:{}", "1".repeat(64));
+        let good = |c: char, digest: &str| GoodRelease {
+            sha: sha(c).to_string(),
+            digest: digest.into(),
+            environment: ENV.into(),
+            at: 0,
+            since: None,
+        };
+        let pin = |c: char, digest: Option<&str>| Pause {
+            by: "alice".into(),
+            reason: None,
+            at: 0,
+            pinned_sha: Some(sha(c).to_string()),
+            pinned_digest: digest.map(str::to_owned),
+        };
+        let catalog = desired.catalog(trust, Some(&good('e', &digest)), Some(&pin('f', None)));
+        assert!(catalog.allows(&sha('c')) && catalog.allows(&sha('b')), "verified history");
+        assert!(!catalog.allows(&sha('d')), "the refused current version");
+        assert!(catalog.allows(&sha('e')), "last-known-good recorded with its digest");
+        assert_eq!(catalog.digest(&sha('e')), Some(digest.as_str()));
+        assert!(!catalog.allows(&sha('f')), "a pin recorded without a digest");
+        let catalog = desired.catalog(trust, Some(&good('e', "")), Some(&pin('f', Some(&digest))));
+        assert!(!catalog.allows(&sha('e')), "last-known-good without a digest");
+        assert!(catalog.allows(&sha('f')), "a pin with its digest");
+        assert_eq!(desired.newest_verified(), Some(sha('c')));
+        // Without a key anything goes, and known digests still pin the pull.
+        let open = desired.catalog(Trust { public_key: None, environment: ENV }, None, None);
+        assert!(open.allows(&sha('d')) && open.digest(&sha('c')).is_some());
+    }
+}
