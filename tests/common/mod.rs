@@ -10,6 +10,7 @@
 pub mod autoscaling;
 pub mod http;
 pub mod imds;
+pub mod release;
 pub mod services;
 
 use std::io::{Read, Write};
