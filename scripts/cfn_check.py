@@ -467,7 +467,10 @@ def main():
         doc = ev.ev(res["InstanceRole"]["Properties"]["Policies"])[0]["PolicyDocument"]
         by_sid = {s["Sid"]: as_list(s["Resource"]) for s in doc["Statement"]}
         assert by_sid["ReadReleaseSha"] == [f"arn:aws:s3:::{BUCKET}/other/key.txt"], by_sid["ReadReleaseSha"]
-        assert by_sid["FleetHaltMarkers"] == [f"arn:aws:s3:::{BUCKET}/other/halted/*"], by_sid["FleetHaltMarkers"]
+        assert by_sid["ReadHaltMarkersAndVotes"] == [f"arn:aws:s3:::{BUCKET}/other/halted/*"], \
+            by_sid["ReadHaltMarkersAndVotes"]
+        assert by_sid["WriteOwnHaltVote"] == [f"arn:aws:s3:::{BUCKET}/other/halted/*/${{aws:userid}}"], \
+            by_sid["WriteOwnHaltVote"]
 
     hook = None
 
