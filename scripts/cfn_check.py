@@ -482,7 +482,7 @@ def main():
         assert by_sid["ReadReleaseSha"] == [f"arn:aws:s3:::{BUCKET}/other/key.txt"], by_sid["ReadReleaseSha"]
         assert by_sid["ReadHaltMarkersAndVotes"] == [f"arn:aws:s3:::{BUCKET}/other/halted/*"], \
             by_sid["ReadHaltMarkersAndVotes"]
-        assert by_sid["WriteOwnHaltVote"] == [f"arn:aws:s3:::{BUCKET}/other/halted/*/${{aws:userid}}"], \
+        assert by_sid["WriteOwnHaltVote"] == [f"arn:aws:s3:::{BUCKET}/other/halted/{'?' * 40}/${{aws:userid}}"], \
             by_sid["WriteOwnHaltVote"]
 
     hook = None

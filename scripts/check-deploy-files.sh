@@ -125,14 +125,15 @@ for f in "${jsons[@]}"; do
   if out=$(python3 -m json.tool "$f" 2>&1 >/dev/null); then ok "json $f"; else fail "json $f" "$out"; fi
 done
 # A host reads the halt markers and every host's votes under its halt prefix (GetObject on
-# <folder>/halted/*) and writes only its own vote: PutObject on <folder>/halted/*/${aws:userid}
-# (its caller identity, AROA...:i-... for an instance profile), nothing else. No statement may
+# <folder>/halted/*) and writes only its own vote: PutObject on <folder>/halted/<40 ?>/${aws:userid}
+# (its caller identity, AROA...:i-... for an instance profile; the SHA as 40 single-character
+# wildcards, so that under one SHA a host can write one key only), nothing else. No statement may
 # grant a delete (s3:Delete*), a wildcard action (s3:*, s3:Put*, *), or an S3 write other than
 # that PutObject: the decisive marker <folder>/halted/<sha> and unhalt are the operators'.
 host_halt_grants() {
   local f=$1
   shift
-  local what="$f: reads $(printf '%s/halted/* ' "$@")and writes only its own vote (halted/*/\${aws:userid}), deletes nothing"
+  local what="$f: reads $(printf '%s/halted/* ' "$@")and writes only its own vote (halted/<40 ?>/\${aws:userid}), deletes nothing"
   local out
   if out=$(/usr/bin/python3 - "$f" "$@" <<'EOF' 2>&1
 import json, sys
@@ -140,7 +141,7 @@ path, folders = sys.argv[1], sys.argv[2:]
 policy = json.load(open(path))
 arn = "arn:aws:s3:::blog-artifacts/"
 reads = {"s3:GetObject", "s3:GetObjectVersion", "s3:ListBucket", "s3:ListBucketVersions"}
-votes = sorted(f"{arn}{f}/halted/*/${{aws:userid}}" for f in folders)
+votes = sorted(f"{arn}{f}/halted/{'?' * 40}/${{aws:userid}}" for f in folders)
 halts = {f"{arn}{f}/halted/*" for f in folders}
 put, get = False, set()
 for st in policy["Statement"]:
