@@ -243,7 +243,7 @@ EOF
 echo "== CloudFormation (scripts/check-cloudformation.sh)"
 bash scripts/check-cloudformation.sh || failures=$((failures + 1))
 # ---- CI (the pipeline's own half) -------------------------------------------------------------
-echo "== CI configs and the publisher role (scripts/check-ci-config.sh)"
+echo "== CI configs and the publisher roles (scripts/check-ci-config.sh)"
 bash scripts/check-ci-config.sh || failures=$((failures + 1))
 
 finish check-deploy-files
