@@ -15,9 +15,10 @@ with the placeholder values of the JSON policies standing in for what only AWS k
 00000000-0000-0000-0000-000000000000, and the repository named by the RepositoryName parameter.
 The result is compared with packaging/iam-policy-<environment>.json statement by statement.
 The optional publisher role (CircleCiOrgId set) is evaluated the same way, with the organization
-and project ids of packaging/iam-trust-circleci.json, and compared with
-packaging/iam-policy-publisher.json (its inline policy) and packaging/iam-trust-circleci.json (its
-trust policy; the identity provider's ARN is arn:aws:iam::123456789012:oidc-provider/<its Url>).
+and project ids and the repository (vcs-origin) of packaging/iam-trust-circleci.json, and compared
+with packaging/iam-policy-publisher-<environment>.json (its inline policy) and
+packaging/iam-trust-circleci.json (its trust policy, the same for both environments; the
+identity provider's ARN is arn:aws:iam::123456789012:oidc-provider/<its Url>).
 """
 import json
 import re
@@ -36,7 +37,7 @@ TEMPLATE = ROOT / "packaging/cloudformation/blog.yaml"
 USER_DATA = ROOT / "cloud-init/al2023.yaml"
 EXAMPLE = ROOT / "packaging/config.example.toml"
 LAUNCH_TEMPLATE_JSON = ROOT / "packaging/launch-template.json"
-PUBLISHER_POLICY = ROOT / "packaging/iam-policy-publisher.json"
+PUBLISHER_POLICY = {env: ROOT / f"packaging/iam-policy-publisher-{env}.json" for env in ("staging", "production")}
 PUBLISHER_TRUST = ROOT / "packaging/iam-trust-circleci.json"
 ENVIRONMENTS = ("staging", "production")
 MAX_USER_DATA = 16384  # EC2 rejects user-data over 16 KiB (before base64)
@@ -341,14 +342,20 @@ def same_policy(got, want, name):
                                                             lineterm="", n=2)))
 
 
+SUB_PATTERN = (r"org/([0-9a-f-]{36})/project/([0-9a-f-]{36})/user/\?{8}-\?{4}-\?{4}-\?{4}-\?{12}"
+               r"/vcs-origin/([A-Za-z0-9.-]+/[A-Za-z0-9._-]+/[A-Za-z0-9._-]+)/vcs-ref/refs/heads/main")
+
+
 def publisher_placeholders(trust):
-    """The CircleCI organization and project ids of packaging/iam-trust-circleci.json."""
+    """The CircleCI organization and project ids and the repository (vcs-origin) of
+    packaging/iam-trust-circleci.json."""
     (st,) = trust["Statement"]
     sub = next(iter(st["Condition"]["StringLike"].values()))
-    m = re.fullmatch(r"org/([0-9a-f-]{36})/project/([0-9a-f-]{36})/user/\*", sub)
+    m = re.fullmatch(SUB_PATTERN, sub)
     if not m:
-        raise ValueError(f"{PUBLISHER_TRUST.name}: sub {sub!r} is not org/<org>/project/<project>/user/*")
-    return m[1], m[2]
+        raise ValueError(f"{PUBLISHER_TRUST.name}: sub {sub!r} is not "
+                         "org/<org>/project/<project>/user/<36 ?>/vcs-origin/<host/owner/repo>/vcs-ref/refs/heads/main")
+    return m[1], m[2], m[3]
 
 
 def example():
@@ -409,8 +416,8 @@ def main():
 
     # ---- CI's publisher role (CircleCiOrgId set) ------------------------------------------------
     trust_json = json.loads(PUBLISHER_TRUST.read_text())
-    org, project = publisher_placeholders(trust_json)
-    ci = {"CircleCiOrgId": org, "CircleCiProjectId": project}
+    org, project, origin = publisher_placeholders(trust_json)
+    ci = {"CircleCiOrgId": org, "CircleCiProjectId": project, "CircleCiVcsOrigin": origin}
 
     def publisher_policy(ev):
         got = ev.ev(res["PublisherRole"]["Properties"]["Policies"])
@@ -419,16 +426,17 @@ def main():
 
     for env in ENVIRONMENTS:
         @check(f"{rel} publisher policy (Environment={env}, CircleCiOrgId set) == "
-               f"{PUBLISHER_POLICY.relative_to(ROOT)}")
+               f"{PUBLISHER_POLICY[env].relative_to(ROOT)}")
         def _():
             got = publisher_policy(Evaluator(t, Environment=env, **ci))
-            same_policy(got, json.loads(PUBLISHER_POLICY.read_text()), PUBLISHER_POLICY.name)
+            same_policy(got, json.loads(PUBLISHER_POLICY[env].read_text()), PUBLISHER_POLICY[env].name)
 
-    for given in ("", f"arn:aws:iam::{ACCOUNT}:oidc-provider/oidc.circleci.com/org/{org}"):
+    for env, given in (("staging", ""), ("production", ""),
+                       ("staging", f"arn:aws:iam::{ACCOUNT}:oidc-provider/oidc.circleci.com/org/{org}")):
         what = "CircleCiOidcProviderArn given" if given else "the stack's identity provider"
-        @check(f"{rel} publisher trust ({what}) == {PUBLISHER_TRUST.relative_to(ROOT)}")
+        @check(f"{rel} publisher trust (Environment={env}, {what}) == {PUBLISHER_TRUST.relative_to(ROOT)}")
         def _():
-            ev = Evaluator(t, Environment="staging", CircleCiOidcProviderArn=given, **ci)
+            ev = Evaluator(t, Environment=env, CircleCiOidcProviderArn=given, **ci)
             assert ev.condition("CreatePublisher"), "CreatePublisher is false with CircleCiOrgId set"
             assert ev.condition("CreateCircleCiProvider") == (not given), "CreateCircleCiProvider"
             got = json.loads(ev.ev(res["PublisherRole"]["Properties"]["AssumeRolePolicyDocument"]))
@@ -437,7 +445,8 @@ def main():
                 props = ev.ev(res["CircleCiOidcProvider"]["Properties"])
                 assert props == {"Url": f"https://oidc.circleci.com/org/{org}", "ClientIdList": [org]}, props
 
-    @check(f"{rel} CircleCiOrgId empty: no identity provider, no publisher role, no output; project required")
+    @check(f"{rel} CircleCiOrgId empty: no identity provider, no publisher role, no output; "
+           "project and repository required")
     def _():
         ev = Evaluator(t, Environment="production")
         assert not ev.condition("CreatePublisher") and not ev.condition("CreateCircleCiProvider")
@@ -446,19 +455,23 @@ def main():
         assert t["Outputs"]["PublisherRoleArn"].get("Condition") == "CreatePublisher", "output's Condition"
         rule = t["Rules"]["CircleCiProjectWithOrganization"]
         assert rule["RuleCondition"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "CircleCiOrgId"}, ""]}]}, rule
-        assert rule["Assertions"][0]["Assert"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "CircleCiProjectId"}, ""]}]}, rule
+        asserts = [a["Assert"] for a in rule["Assertions"]]
+        for name in ("CircleCiProjectId", "CircleCiVcsOrigin"):
+            assert {"Fn::Not": [{"Fn::Equals": [{"Ref": name}, ""]}]} in asserts, f"{name} not required: {rule}"
 
-    @check(f"{rel} ShaObjectKey=other/key.txt moves the publisher's grants of that environment only")
+    @check(f"{rel} ShaObjectKey=other/key.txt moves the publisher's own release and halt grants; "
+           "production's reads of staging stay on staging's default key")
     def _():
-        for env, other in (("staging", "production/prodbuild.txt"), ("production", "staging/stagebuild.txt")):
+        for env, reads in (("staging", []), ("production", ["staging/stagebuild.txt"])):
             doc = publisher_policy(Evaluator(t, Environment=env, ShaObjectKey="other/key.txt", **ci))
             by_sid = {s["Sid"]: s for s in doc["Statement"]}
-            want = [f"arn:aws:s3:::{BUCKET}/other/key.txt", f"arn:aws:s3:::{BUCKET}/{other}"]
-            got = sorted(as_list(by_sid["PublishRelease"]["Resource"]))
-            assert got == sorted(want), f"Environment={env}: PublishRelease on {got}"
+            got = as_list(by_sid["PublishRelease"]["Resource"])
+            assert got == [f"arn:aws:s3:::{BUCKET}/other/key.txt"], f"Environment={env}: PublishRelease on {got}"
+            got = as_list(by_sid.get("ReadStagingRelease", {}).get("Resource", []))
+            assert got == [f"arn:aws:s3:::{BUCKET}/{k}" for k in reads], f"Environment={env}: ReadStagingRelease on {got}"
             halts = sorted(as_list(by_sid["ReadHaltMarkers"]["Resource"]))
-            want = sorted([f"arn:aws:s3:::{BUCKET}/other/halted/*",
-                           f"arn:aws:s3:::{BUCKET}/{other.split('/')[0]}/halted/*"])
+            want = sorted([f"arn:aws:s3:::{BUCKET}/other/halted/*"] +
+                          [f"arn:aws:s3:::{BUCKET}/{k.split('/')[0]}/halted/*" for k in reads])
             assert halts == want, f"Environment={env}: ReadHaltMarkers on {halts}"
 
     @check(f"{rel} ShaObjectKey=other/key.txt moves the release and halt grants with it")
@@ -467,7 +480,10 @@ def main():
         doc = ev.ev(res["InstanceRole"]["Properties"]["Policies"])[0]["PolicyDocument"]
         by_sid = {s["Sid"]: as_list(s["Resource"]) for s in doc["Statement"]}
         assert by_sid["ReadReleaseSha"] == [f"arn:aws:s3:::{BUCKET}/other/key.txt"], by_sid["ReadReleaseSha"]
-        assert by_sid["FleetHaltMarkers"] == [f"arn:aws:s3:::{BUCKET}/other/halted/*"], by_sid["FleetHaltMarkers"]
+        assert by_sid["ReadHaltMarkersAndVotes"] == [f"arn:aws:s3:::{BUCKET}/other/halted/*"], \
+            by_sid["ReadHaltMarkersAndVotes"]
+        assert by_sid["WriteOwnHaltVote"] == [f"arn:aws:s3:::{BUCKET}/other/halted/{'?' * 40}/${{aws:userid}}"], \
+            by_sid["WriteOwnHaltVote"]
 
     hook = None
 

@@ -2,8 +2,10 @@
 # Checks the CI half of the release pipeline, offline: the reference CircleCI config
 # (packaging/circleci/config.yml) and GitHub Actions workflow (packaging/github-actions/blog.yml)
 # against their schemas (check-jsonschema's bundled copies) and against what the pipeline must
-# do, and the publisher role's IAM files (packaging/iam-policy-publisher.json,
-# packaging/iam-trust-circleci.json).
+# do, and the publisher roles' IAM files: one policy per environment
+# (packaging/iam-policy-publisher-{staging,production}.json), CircleCI's trust
+# (packaging/iam-trust-circleci.json) and GitHub's, one per environment
+# (packaging/iam-trust-github-{staging,production}.json).
 # Prints one line per check, `ok ...` or `FAIL ...` (details indented below), and exits 1 if
 # any check failed. check-jsonschema comes from PyPI into .stack/venv (installed the way
 # scripts/install-deps.sh does when missing).
@@ -13,8 +15,9 @@ cd "$(dirname "$0")/.." || exit 1
 venv=${BLOG_AGENT_VENV:-$(pwd)/.stack/venv}
 circleci=packaging/circleci/config.yml
 workflow=packaging/github-actions/blog.yml
-policy=packaging/iam-policy-publisher.json
-trust=packaging/iam-trust-circleci.json
+policies=(packaging/iam-policy-publisher-staging.json packaging/iam-policy-publisher-production.json)
+trusts=(packaging/iam-trust-circleci.json packaging/iam-trust-github-staging.json
+  packaging/iam-trust-github-production.json)
 
 # shellcheck source=scripts/lib/checks.sh
 source scripts/lib/checks.sh
@@ -42,21 +45,30 @@ for pair in "vendor.circle-ci $circleci" "vendor.github-workflows $workflow"; do
 done
 
 # ---- JSON ----------------------------------------------------------------------------------
-for f in "$policy" "$trust"; do
+for f in "${policies[@]}" "${trusts[@]}"; do
   if out=$("$venv/bin/python" -m json.tool "$f" 2>&1 >/dev/null); then ok "json $f"; else fail "json $f" "$out"; fi
 done
 
-# ---- what the policy, the trust and the pipelines say ---------------------------------------
+# ---- what the policies, the trusts and the pipelines say ------------------------------------
 # One `ok`/`FAIL` line per check; exit status: the number of failed checks.
-"$venv/bin/python" - "$circleci" "$workflow" "$policy" "$trust" <<'EOF'
+"$venv/bin/python" - "$circleci" "$workflow" "${policies[@]}" "${trusts[@]}" <<'EOF'
 import json, os, re, subprocess, sys, tempfile, tomllib
 import yaml
 
-circleci_path, workflow_path, policy_path, trust_path = sys.argv[1:5]
+(circleci_path, workflow_path, staging_policy, production_policy,
+ circle_trust, gh_staging_trust, gh_production_trust) = sys.argv[1:8]
+POLICY = {"staging": staging_policy, "production": production_policy}
 BUCKET = "blog-artifacts"
-RELEASE_KEYS = ["staging/stagebuild.txt", "production/prodbuild.txt"]
-HALT_PREFIXES = ["staging/halted/*", "production/halted/*"]
+RELEASE_KEY = {"staging": "staging/stagebuild.txt", "production": "production/prodbuild.txt"}
+HALTS = {"staging": "staging/halted/*", "production": "production/halted/*"}
+# What each role may read: its own environment; production's promote also reads staging's
+# release object, its versions and its halts.
+READ_ENVS = {"staging": ["staging"], "production": ["production", "staging"]}
 READS = {"s3:GetObject", "s3:GetObjectVersion", "s3:ListBucket", "s3:ListBucketVersions"}
+ECR_PUSH = {"ecr:BatchCheckLayerAvailability", "ecr:InitiateLayerUpload", "ecr:UploadLayerPart",
+            "ecr:CompleteLayerUpload", "ecr:PutImage", "ecr:BatchGetImage", "ecr:DescribeImages"}
+# ECR per role: staging builds and pushes the image; production only checks its digest.
+ECR = {"staging": ECR_PUSH, "production": {"ecr:DescribeImages"}}
 failures = 0
 
 
@@ -94,118 +106,152 @@ def s3_arn(key):
     return f"arn:aws:s3:::{BUCKET}/{key}"
 
 
-# ---- the publisher policy -------------------------------------------------------------------
-@check(f"{policy_path} grants no s3:DeleteObject (nor s3:Delete*, s3:*, *), denies nothing")
+# ---- the publisher policies: one role per environment ---------------------------------------
+for env, policy_path in POLICY.items():
+    other = "production" if env == "staging" else "staging"
+    keys = [RELEASE_KEY[e] for e in READ_ENVS[env]]
+    halts = [HALTS[e] for e in READ_ENVS[env]]
+
+    @check(f"{policy_path} grants no s3:DeleteObject (nor s3:Delete*, s3:*, *), denies nothing")
+    def _():
+        for s in statements(policy_path):
+            assert s["Effect"] == "Allow", f"{s.get('Sid')}: Effect {s['Effect']}"
+            bad = [a for a in s["Action"] if a.lower().startswith("s3:delete") or "*" in a]
+            assert not bad, f"{s.get('Sid')}: {bad}"
+
+    @check(f"{policy_path} writes only {RELEASE_KEY[env]} (no halt marker, nothing of {other})")
+    def _():
+        writes = set()
+        for s in statements(policy_path):
+            w = [a for a in s["Action"] if a.startswith("s3:") and a not in READS]
+            if w:
+                assert s["Resource"] == [s3_arn(RELEASE_KEY[env])], f"{s.get('Sid')}: {w} on {s['Resource']}"
+                writes |= set(w)
+        assert writes == {"s3:PutObject"}, f"writes {sorted(writes)}: publish needs s3:PutObject on {RELEASE_KEY[env]}"
+
+    @check(f"{policy_path} reads {', '.join(keys)} (and versions) and {', '.join(halts)}, nothing else in S3"
+           + (f"; nothing of {other}" if env == "staging" else ""))
+    def _():
+        grants = {(a, r) for s in statements(policy_path) for a in s["Action"] for r in s["Resource"]
+                  if a in ("s3:GetObject", "s3:GetObjectVersion")}
+        want = {("s3:GetObject", s3_arn(k)) for k in keys + halts} | \
+               {("s3:GetObjectVersion", s3_arn(k)) for k in keys} | \
+               {("s3:GetObject", s3_arn("packages/blog-agent_*"))}
+        assert grants == want, f"missing {sorted(want - grants)}, extra {sorted(grants - want)}"
+        if env == "staging":
+            text = open(policy_path).read()
+            assert f"{other}/" not in text, f"names {other}/"
+
+    @check(f"{policy_path} lists only {', '.join(keys)} (and versions) and {', '.join(halts)}")
+    def _():
+        lists = {}
+        for s in statements(policy_path):
+            acts = [a for a in s["Action"] if a in ("s3:ListBucket", "s3:ListBucketVersions")]
+            if not acts:
+                continue
+            assert s["Resource"] == [f"arn:aws:s3:::{BUCKET}"], f"{s.get('Sid')}: {s['Resource']}"
+            prefixes = as_list(s.get("Condition", {}).get("StringLike", {}).get("s3:prefix", []))
+            assert prefixes, f"{s.get('Sid')}: no s3:prefix condition: lists the whole bucket"
+            others = set(s.get("Condition", {})) - {"StringLike"}
+            assert not others, f"{s.get('Sid')}: unexpected conditions {others}"
+            for a in acts:
+                lists.setdefault(a, set()).update(prefixes)
+        assert lists.get("s3:ListBucketVersions") == set(keys), \
+            f"ListBucketVersions on {lists.get('s3:ListBucketVersions')}, expected the release keys {keys} (history)"
+        assert lists.get("s3:ListBucket") == set(keys + halts), \
+            f"ListBucket on {lists.get('s3:ListBucket')}, expected {keys + halts}"
+
+    @check(f"{policy_path} uses the KMS key only through S3 (kms:ViaService), GenerateDataKey and Decrypt")
+    def _():
+        got = set()
+        for s in statements(policy_path):
+            kms = [a for a in s["Action"] if a.startswith("kms:")]
+            if kms:
+                via = s.get("Condition", {}).get("StringEquals", {}).get("kms:ViaService")
+                assert via == "s3.us-east-1.amazonaws.com", f"{s.get('Sid')}: kms:ViaService {via!r}"
+                assert all(r.startswith("arn:aws:kms:") and ":key/" in r for r in s["Resource"]), s["Resource"]
+                got |= set(kms)
+        assert got == {"kms:GenerateDataKey", "kms:Decrypt"}, f"kms actions {sorted(got)}"
+
+    @check(f"{policy_path} ECR: {'push and describe' if env == 'staging' else 'DescribeImages only, no push'}"
+           " on the repository; nothing else on *")
+    def _():
+        got = set()
+        for s in statements(policy_path):
+            if "*" in s["Resource"]:
+                assert env == "staging" and s["Action"] == ["ecr:GetAuthorizationToken"], f"{s.get('Sid')}: {s['Action']} on *"
+            ecr = set(a for a in s["Action"] if a.startswith("ecr:")) - {"ecr:GetAuthorizationToken"}
+            if ecr:
+                assert s["Resource"] == ["arn:aws:ecr:us-east-1:123456789012:repository/blog"], s["Resource"]
+                got |= ecr
+        assert got == ECR[env], f"missing {sorted(ECR[env] - got)}, extra {sorted(got - ECR[env])}"
+
+    @check(f"{policy_path} uses the placeholders of packaging/iam-policy.json (bucket, key, repository)")
+    def _():
+        def arns(path, prefix):
+            return {r for s in statements(path) for r in s["Resource"] if r.startswith(prefix)}
+        for prefix in ("arn:aws:kms:", "arn:aws:ecr:"):
+            mine, hosts = arns(policy_path, prefix), arns("packaging/iam-policy.json", prefix)
+            assert mine == hosts, f"{sorted(mine)} != {sorted(hosts)}"
+        buckets = {r.split(":::")[1].split("/")[0] for s in statements(policy_path)
+                   for r in s["Resource"] if r.startswith("arn:aws:s3:::")}
+        assert buckets == {BUCKET}, f"buckets {buckets}"
+
+
+# ---- the trust policies ---------------------------------------------------------------------
+UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+ANY_UUID = "????????-????-????-????-????????????"
+
+
+@check(f"{circle_trust} trusts one CircleCI organization's jobs of one project, main branch only, "
+       f"with no * in sub")
 def _():
-    for s in statements(policy_path):
-        assert s["Effect"] == "Allow", f"{s.get('Sid')}: Effect {s['Effect']}"
-        bad = [a for a in s["Action"] if a.lower().startswith("s3:delete") or "*" in a]
-        assert not bad, f"{s.get('Sid')}: {bad}"
-
-
-@check(f"{policy_path} writes only the release keys {RELEASE_KEYS}, and both")
-def _():
-    writes = set()
-    for s in statements(policy_path):
-        w = [a for a in s["Action"] if a.startswith("s3:") and a not in READS]
-        if w:
-            outside = [r for r in s["Resource"] if r not in map(s3_arn, RELEASE_KEYS)]
-            assert not outside, f"{s.get('Sid')}: {w} on {outside}"
-            writes |= {(a, r) for a in w for r in s["Resource"]}
-    missing = [k for k in RELEASE_KEYS if ("s3:PutObject", s3_arn(k)) not in writes]
-    assert not missing, f"no s3:PutObject on {missing}: publish and promote could not write them"
-
-
-@check(f"{policy_path} reads the release keys, their versions and the halt markers")
-def _():
-    grants = {(a, r) for s in statements(policy_path) for a in s["Action"] for r in s["Resource"]}
-    want = [("s3:GetObject", s3_arn(k)) for k in RELEASE_KEYS + HALT_PREFIXES] + \
-           [("s3:GetObjectVersion", s3_arn(k)) for k in RELEASE_KEYS]
-    missing = [w for w in want if w not in grants]
-    assert not missing, f"missing {missing}"
-
-
-@check(f"{policy_path} lists only the release keys (and versions) and the halt prefixes")
-def _():
-    lists = {}
-    for s in statements(policy_path):
-        acts = [a for a in s["Action"] if a in ("s3:ListBucket", "s3:ListBucketVersions")]
-        if not acts:
-            continue
-        assert s["Resource"] == [f"arn:aws:s3:::{BUCKET}"], f"{s.get('Sid')}: {s['Resource']}"
-        prefixes = as_list(s.get("Condition", {}).get("StringLike", {}).get("s3:prefix", []))
-        assert prefixes, f"{s.get('Sid')}: no s3:prefix condition: lists the whole bucket"
-        others = set(s.get("Condition", {})) - {"StringLike"}
-        assert not others, f"{s.get('Sid')}: unexpected conditions {others}"
-        outside = [p for p in prefixes if p not in RELEASE_KEYS + HALT_PREFIXES]
-        assert not outside, f"{s.get('Sid')}: s3:prefix {outside}"
-        for a in acts:
-            lists.setdefault(a, set()).update(prefixes)
-        if "s3:ListBucketVersions" in acts:
-            assert set(prefixes) <= set(RELEASE_KEYS), f"{s.get('Sid')}: versions of {prefixes}"
-    assert lists.get("s3:ListBucketVersions") == set(RELEASE_KEYS), \
-        f"ListBucketVersions on {lists.get('s3:ListBucketVersions')}, expected the release keys (history)"
-    assert lists.get("s3:ListBucket") == set(RELEASE_KEYS + HALT_PREFIXES), \
-        f"ListBucket on {lists.get('s3:ListBucket')}, expected the release keys and halt prefixes"
-
-
-@check(f"{policy_path} uses the KMS key only through S3 (kms:ViaService), GenerateDataKey and Decrypt")
-def _():
-    got = set()
-    for s in statements(policy_path):
-        kms = [a for a in s["Action"] if a.startswith("kms:")]
-        if kms:
-            via = s.get("Condition", {}).get("StringEquals", {}).get("kms:ViaService")
-            assert via == "s3.us-east-1.amazonaws.com", f"{s.get('Sid')}: kms:ViaService {via!r}"
-            assert all(r.startswith("arn:aws:kms:") and ":key/" in r for r in s["Resource"]), s["Resource"]
-            got |= set(kms)
-    assert got == {"kms:GenerateDataKey", "kms:Decrypt"}, f"kms actions {sorted(got)}"
-
-
-@check(f"{policy_path} ECR: push and describe on the repository only; nothing else on *")
-def _():
-    push = {"ecr:BatchCheckLayerAvailability", "ecr:InitiateLayerUpload", "ecr:UploadLayerPart",
-            "ecr:CompleteLayerUpload", "ecr:PutImage", "ecr:BatchGetImage", "ecr:DescribeImages"}
-    got = set()
-    for s in statements(policy_path):
-        if "*" in s["Resource"]:
-            assert s["Action"] == ["ecr:GetAuthorizationToken"], f"{s.get('Sid')}: {s['Action']} on *"
-        ecr = set(a for a in s["Action"] if a.startswith("ecr:")) - {"ecr:GetAuthorizationToken"}
-        if ecr:
-            assert s["Resource"] == ["arn:aws:ecr:us-east-1:123456789012:repository/blog"], s["Resource"]
-            got |= ecr
-    assert got == push, f"missing {sorted(push - got)}, extra {sorted(got - push)}"
-
-
-@check(f"{policy_path} uses the placeholders of packaging/iam-policy.json (bucket, key, repository)")
-def _():
-    def arns(path, prefix):
-        return {r for s in statements(path) for r in s["Resource"] if r.startswith(prefix)}
-    for prefix in ("arn:aws:kms:", "arn:aws:ecr:"):
-        mine, hosts = arns(policy_path, prefix), arns("packaging/iam-policy.json", prefix)
-        assert mine == hosts, f"{sorted(mine)} != {sorted(hosts)}"
-    buckets = {r.split(":::")[1].split("/")[0] for s in statements(policy_path)
-               for r in s["Resource"] if r.startswith("arn:aws:s3:::")}
-    assert buckets == {BUCKET}, f"buckets {buckets}"
-
-
-# ---- the trust policy -----------------------------------------------------------------------
-@check(f"{trust_path} trusts CircleCI's OIDC provider of one organization, for one project")
-def _():
-    (s,) = load_json(trust_path)["Statement"]
+    (s,) = load_json(circle_trust)["Statement"]
     fed = s["Principal"]["Federated"]
-    m = re.fullmatch(r"arn:aws:iam::123456789012:oidc-provider/oidc\.circleci\.com/org/([0-9a-f-]{36})", fed)
+    m = re.fullmatch(rf"arn:aws:iam::123456789012:oidc-provider/oidc\.circleci\.com/org/({UUID})", fed)
     assert m, f"Federated {fed}"
     org = m[1]
-    assert s["Action"] == "sts:AssumeRoleWithWebIdentity", s["Action"]
+    p = f"oidc.circleci.com/org/{org}"
+    assert s["Effect"] == "Allow" and s["Action"] == "sts:AssumeRoleWithWebIdentity", s["Action"]
     cond = s["Condition"]
-    assert cond.get("StringEquals", {}).get(f"oidc.circleci.com/org/{org}:aud") == org, \
-        "aud must equal the organization id (StringEquals)"
-    sub = cond.get("StringLike", {}).get(f"oidc.circleci.com/org/{org}:sub", "")
-    assert re.fullmatch(rf"org/{org}/project/[0-9a-f-]{{36}}/user/\*.*", sub), \
-        f"sub {sub!r}: must name the organization and one project (any project of the org could publish)"
-    return f"org {org}, project {sub.split('/')[3]}"
+    assert set(cond) == {"StringEquals", "StringLike"}, f"operators {sorted(cond)}: no IfExists, no ForAllValues"
+    eq = cond["StringEquals"]
+    assert eq.get(f"{p}:aud") == org, "aud must equal the organization id (StringEquals)"
+    project = eq.get(f"{p}:oidc.circleci.com/project-id", "")
+    assert re.fullmatch(UUID, project), f"project-id {project!r}: one project (StringEquals)"
+    assert set(eq) == {f"{p}:aud", f"{p}:oidc.circleci.com/project-id"}, \
+        f"StringEquals keys {sorted(eq)}: a key IAM does not evaluate (context-ids) fails every job"
+    (key, sub), = cond["StringLike"].items()
+    assert key == f"{p}:sub", key
+    # The user is 36 single-character wildcards and the origin is named: with a * there, a
+    # branch named x/vcs-ref/refs/heads/main would match.
+    m = re.fullmatch(rf"org/{org}/project/{project}/user/{re.escape(ANY_UUID)}/vcs-origin/([\w.-]+/[\w.-]+/[\w.-]+)"
+                     r"/vcs-ref/refs/heads/main", sub)
+    assert m and "*" not in sub, f"sub {sub!r}: org/<org>/project/<project>/user/<36 ?>/vcs-origin/<repo>/vcs-ref/refs/heads/main"
+    return f"org {org}, project {project}, {m[1]} main"
 
+
+def github_trust(path, subs):
+    (s,) = load_json(path)["Statement"]
+    g = "token.actions.githubusercontent.com"
+    assert s["Principal"]["Federated"] == f"arn:aws:iam::123456789012:oidc-provider/{g}", s["Principal"]
+    assert s["Effect"] == "Allow" and s["Action"] == "sts:AssumeRoleWithWebIdentity", s["Action"]
+    assert set(s["Condition"]) == {"StringEquals"}, f"operators {sorted(s['Condition'])}: StringEquals only, no wildcard"
+    eq = s["Condition"]["StringEquals"]
+    assert eq.get(f"{g}:aud") == "sts.amazonaws.com", f"aud {eq.get(f'{g}:aud')!r}"
+    assert eq.get(f"{g}:ref") == "refs/heads/main", f"ref {eq.get(f'{g}:ref')!r}: main only"
+    assert sorted(as_list(eq.get(f"{g}:sub"))) == sorted(subs), f"sub {eq.get(f'{g}:sub')!r}, expected {subs}"
+    assert set(eq) == {f"{g}:aud", f"{g}:ref", f"{g}:sub"}, sorted(eq)
+
+
+@check(f"{gh_staging_trust} trusts main's build job and the staging environment of one repository")
+def _():
+    github_trust(gh_staging_trust, ["repo:OWNER/blog:ref:refs/heads/main", "repo:OWNER/blog:environment:staging"])
+
+
+@check(f"{gh_production_trust} trusts the production environment of one repository only, on main")
+def _():
+    github_trust(gh_production_trust, ["repo:OWNER/blog:environment:production"])
 
 # ---- the pipelines --------------------------------------------------------------------------
 cc = yaml.safe_load(open(circleci_path))
@@ -315,6 +361,44 @@ def _():
     assert re.search(r'blog-agent promote [^\n]*"\$SHA"[\\\n ]*--from staging --to production --soak 30m',
                      runs["promote-production"]), "promote"
     assert gh["env"]["SHA"] == "${{ github.sha }}"
+
+
+ROLE_VAR = {"staging": "BLOG_STAGING_PUBLISHER_ROLE_ARN", "production": "BLOG_PRODUCTION_PUBLISHER_ROLE_ARN"}
+JOB_ENV = {"build-and-push": "staging", "publish-staging": "staging", "promote-production": "production"}
+
+
+@check(f"{circleci_path}: build-and-push and publish-staging take the staging role and context, "
+       "promote-production the production role and a context of its own")
+def _():
+    param = cc["commands"]["aws-login"].get("parameters", {}).get("role_arn", {})
+    assert param and "default" not in param, "aws-login: parameter role_arn, without a default"
+    assert set(cc["jobs"]) == set(JOB_ENV), f"jobs {sorted(cc['jobs'])}: which role does each take?"
+    for job, env in JOB_ENV.items():
+        roles = [s["aws-login"].get("role_arn") if isinstance(s, dict) else None
+                 for s in cc["jobs"][job]["steps"] if s == "aws-login" or (isinstance(s, dict) and "aws-login" in s)]
+        assert roles == ["${%s}" % ROLE_VAR[env]], f"{job}: aws-login role_arn {roles}, expected ${{{ROLE_VAR[env]}}}"
+    (wf,) = cc["workflows"].values()
+    contexts = {}
+    for j in wf["jobs"]:
+        name, spec = (j, {}) if isinstance(j, str) else next(iter(j.items()))
+        contexts[name] = spec.get("context")
+    staging = {contexts[j] for j, e in JOB_ENV.items() if e == "staging"}
+    assert len(staging) == 1 and contexts["promote-production"] not in staging, \
+        f"contexts {contexts}: production's must be its own (restricted to a security group)"
+    return f"contexts {staging.pop()}, {contexts['promote-production']}"
+
+
+@check(f"{workflow_path}: build-and-push and publish-staging (environment staging) take the staging role, "
+       "promote-production (environment production) the production role")
+def _():
+    for job, env in JOB_ENV.items():
+        spec = gh["jobs"][job]
+        roles = [st.get("with", {}).get("role-to-assume") for st in spec["steps"]
+                 if "configure-aws-credentials" in st.get("uses", "")]
+        assert roles == ["${{ vars.%s }}" % ROLE_VAR[env]], f"{job}: role-to-assume {roles}"
+        if job != "build-and-push":
+            assert spec.get("environment") == env, f"{job}: environment {spec.get('environment')!r}, expected {env}"
+    assert "environment" not in gh["jobs"]["build-and-push"], "build-and-push: trusted by sub ref:refs/heads/main"
 
 
 def run_scripts():

@@ -3,7 +3,8 @@
 # block is generated from cloud-init/al2023.yaml (and that renders to valid user-data); its
 # instance policy equals packaging/iam-policy-<environment>.json after normalising the
 # placeholders, and the optional CI publisher role's policy and trust equal
-# packaging/iam-policy-publisher.json and packaging/iam-trust-circleci.json; the launch hook, environment tag, health check path and port, and metadata
+# packaging/iam-policy-publisher-<environment>.json and packaging/iam-trust-circleci.json; the
+# launch hook, environment tag, health check path and port, and metadata
 # options follow packaging/config.example.toml and packaging/launch-template.json
 # (scripts/cfn_check.py). When a moto_server answers at AWS_ENDPOINT_URL (scripts/stack-env.sh
 # after scripts/stack-up.sh), also creates the stack there, checks it and deletes it

@@ -10,7 +10,8 @@ cd "$(dirname "$0")/.." || exit 1
 unit=systemd/blog-agent.service
 cloud_inits=(cloud-init/ubuntu.yaml cloud-init/al2023.yaml)
 jsons=(packaging/iam-policy.json packaging/iam-policy-staging.json
-  packaging/iam-policy-production.json packaging/launch-template.json)
+  packaging/iam-policy-production.json packaging/iam-policy-operator.json
+  packaging/launch-template.json)
 # `systemd-analyze security --offline=yes` scores the unit 1.8 (systemd 252, Debian 12): 1.6
 # before the traffic switch, plus CAP_NET_ADMIN (0.2... rounded) and AF_NETLINK (0.1) for
 # iptables. Removing any other hardening line (CapabilityBoundingSet=, RestrictNamespaces=,
@@ -123,34 +124,63 @@ done
 for f in "${jsons[@]}"; do
   if out=$(python3 -m json.tool "$f" 2>&1 >/dev/null); then ok "json $f"; else fail "json $f" "$out"; fi
 done
+# A host reads the halt markers and every host's votes under its halt prefix (GetObject on
+# <folder>/halted/*) and writes only its own vote: PutObject on <folder>/halted/<40 ?>/${aws:userid}
+# (its caller identity, AROA...:i-... for an instance profile; the SHA as 40 single-character
+# wildcards, so that under one SHA a host can write one key only), nothing else. No statement may
+# grant a delete (s3:Delete*), a wildcard action (s3:*, s3:Put*, *), or an S3 write other than
+# that PutObject: the decisive marker <folder>/halted/<sha> and unhalt are the operators'.
+host_halt_grants() {
+  local f=$1
+  shift
+  local what="$f: reads $(printf '%s/halted/* ' "$@")and writes only its own vote (halted/<40 ?>/\${aws:userid}), deletes nothing"
+  local out
+  if out=$(/usr/bin/python3 - "$f" "$@" <<'EOF' 2>&1
+import json, sys
+path, folders = sys.argv[1], sys.argv[2:]
+policy = json.load(open(path))
+arn = "arn:aws:s3:::blog-artifacts/"
+reads = {"s3:GetObject", "s3:GetObjectVersion", "s3:ListBucket", "s3:ListBucketVersions"}
+votes = sorted(f"{arn}{f}/halted/{'?' * 40}/${{aws:userid}}" for f in folders)
+halts = {f"{arn}{f}/halted/*" for f in folders}
+put, get = False, set()
+for st in policy["Statement"]:
+    sid = st.get("Sid")
+    if st["Effect"] != "Allow":
+        sys.exit(f"{sid}: Effect {st['Effect']}")
+    actions = st["Action"] if isinstance(st["Action"], list) else [st["Action"]]
+    resources = st["Resource"] if isinstance(st["Resource"], list) else [st["Resource"]]
+    bad = [a for a in actions if "*" in a or a.lower().startswith("s3:delete")]
+    if bad:
+        sys.exit(f"{sid}: {bad}")
+    writes = [a for a in actions if a.startswith("s3:") and a not in reads]
+    if writes:
+        if writes != ["s3:PutObject"] or sorted(resources) != votes:
+            sys.exit(f"{sid}: {writes} on {resources}; a host may only s3:PutObject its own vote, {votes}")
+        put = True
+    if "s3:GetObject" in actions:
+        get |= halts & set(resources)
+if not put:
+    sys.exit(f"no s3:PutObject on {votes}: the host cannot vote")
+if get != halts:
+    sys.exit(f"no s3:GetObject on {sorted(halts - get)}: the host cannot read markers and votes")
+EOF
+  ); then
+    ok "$what"
+  else
+    fail "$what" "$out"
+  fi
+}
 # One role per environment: each policy names only its own release key.
 for env in staging production; do
   f=packaging/iam-policy-$env.json
   other=$([ $env = staging ] && echo production/prodbuild.txt || echo staging/stagebuild.txt)
   own=$([ $env = staging ] && echo staging/stagebuild.txt || echo production/prodbuild.txt)
   if grep -q "$own" "$f" && ! grep -q "$other" "$f"; then ok "$f grants only $own"; else fail "$f grants only $own"; fi
-  # Halt markers: read, write and remove under the environment's own halted/ prefix only.
-  own_halt="$(dirname "$own")/halted/*"
+  # Halt objects: read under the environment's own halted/ prefix; write only this host's vote.
+  host_halt_grants "$f" "$(dirname "$own")"
   other_halt="$(dirname "$other")/halted/"
-  if out=$(/usr/bin/python3 - "$f" "$own_halt" <<'EOF' 2>&1
-import json, sys
-policy, prefix = json.load(open(sys.argv[1])), sys.argv[2]
-want = {"s3:GetObject", "s3:PutObject", "s3:DeleteObject"}
-for st in policy["Statement"]:
-    actions = st["Action"] if isinstance(st["Action"], list) else [st["Action"]]
-    resources = st["Resource"] if isinstance(st["Resource"], list) else [st["Resource"]]
-    if {"s3:PutObject", "s3:DeleteObject"} & set(actions):
-        if resources != [f"arn:aws:s3:::blog-artifacts/{prefix}"]:
-            sys.exit(f"{st.get('Sid')}: writes to {resources}, expected only {prefix}")
-        want -= set(actions)
-if want:
-    sys.exit(f"no grant of {sorted(want)} on {prefix}")
-EOF
-  ) && ! grep -q "$other_halt" "$f"; then
-    ok "$f writes only $own_halt"
-  else
-    fail "$f writes only $own_halt" "$out"
-  fi
+  if grep -q "$other_halt" "$f"; then fail "$f names $other_halt (another environment's halt prefix)"; fi
   # Launch gate: complete and heartbeat the lifecycle action of the environment's own group only.
   if out=$(/usr/bin/python3 - "$f" "blog-$env" <<'EOF' 2>&1
 import json, sys
@@ -173,13 +203,47 @@ EOF
   fi
 done
 
+# The shared role of packaging/iam-policy.json: both environments' halt prefixes, the same rules.
+host_halt_grants packaging/iam-policy.json staging production
+
+# The operators' policy: the decisive marker and unhalt (put and delete under the halt prefixes,
+# nothing else written or deleted; no s3:DeleteObjectVersion, so history stays), reads of the
+# release objects' history for halt's rollback target.
+f=packaging/iam-policy-operator.json
+what="$f: writes and deletes only under staging/halted/* and production/halted/*; no version deletes"
+if out=$(/usr/bin/python3 - "$f" <<'EOF' 2>&1
+import json, sys
+policy = json.load(open(sys.argv[1]))
+arn = "arn:aws:s3:::blog-artifacts/"
+halts = sorted(f"{arn}{e}/halted/*" for e in ("staging", "production"))
+reads = {"s3:GetObject", "s3:GetObjectVersion", "s3:ListBucket", "s3:ListBucketVersions"}
+want = {"s3:PutObject", "s3:DeleteObject"}
+for st in policy["Statement"]:
+    sid = st.get("Sid")
+    if st["Effect"] != "Allow":
+        sys.exit(f"{sid}: Effect {st['Effect']}")
+    actions = st["Action"] if isinstance(st["Action"], list) else [st["Action"]]
+    resources = st["Resource"] if isinstance(st["Resource"], list) else [st["Resource"]]
+    bad = [a for a in actions if "*" in a or a == "s3:DeleteObjectVersion"]
+    if bad:
+        sys.exit(f"{sid}: {bad}")
+    writes = {a for a in actions if a.startswith("s3:") and a not in reads}
+    if writes:
+        if not writes <= want or sorted(resources) != halts:
+            sys.exit(f"{sid}: {sorted(writes)} on {resources}; expected only {sorted(want)} on {halts}")
+        want -= writes
+if want:
+    sys.exit(f"no grant of {sorted(want)} on {halts}: halt or unhalt cannot work")
+EOF
+); then ok "$what"; else fail "$what" "$out"; fi
+
 # ---- CloudFormation --------------------------------------------------------------------------
 # The environment as one template: cfn-lint, its policies and user-data against the files
 # above, and (when moto answers at AWS_ENDPOINT_URL) the stack created on moto.
 echo "== CloudFormation (scripts/check-cloudformation.sh)"
 bash scripts/check-cloudformation.sh || failures=$((failures + 1))
 # ---- CI (the pipeline's own half) -------------------------------------------------------------
-echo "== CI configs and the publisher role (scripts/check-ci-config.sh)"
+echo "== CI configs and the publisher roles (scripts/check-ci-config.sh)"
 bash scripts/check-ci-config.sh || failures=$((failures + 1))
 
 finish check-deploy-files
