@@ -504,7 +504,7 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
                         if before.and_then(|p| p.verified()).map(|b| &b.sha) != Some(&v.sha) {
                             tracing::info!(env = %env.name, sha = %v.sha, "desired release {} for {}", v.sha, env.name);
                         }
-                        if let Err(e) = Accepted::record(dir, &env.name, v) {
+                        if let Err(e) = Accepted::record(dir, trust, v) {
                             tracing::warn!("cannot record the accepted release: {e}");
                         }
                     }

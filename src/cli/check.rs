@@ -14,7 +14,8 @@ use crate::outside::docker::Engine;
 use crate::outside::imds::Imds;
 use crate::outside::netfilter::{Mapping, Netfilter};
 use crate::outside::registry::{CredentialSource, Ecr};
-use crate::outside::release::{Fetched, ReleaseError, ReleaseSource, S3Releases};
+use crate::outside::release::{ReleaseError, S3Releases};
+use crate::pass::desired::{self, Desired, HaltRead, Published};
 use crate::pass::once::release_location;
 
 #[derive(Debug, Args)]
@@ -100,38 +101,38 @@ pub async fn run(cli: &Cli, _args: &CheckArgs) -> Result<(), Failure> {
     // One connection serves the registry check (Docker asks the registry for us) and the
     // Docker and port checks below.
     let engine = Engine::connect().await;
-    let sha = match &env {
+    // The release as the agent goes by it: read and verified once ([`crate::pass::desired`]).
+    let (sha, digest) = match &env {
         Some(env) => {
             let location = release_location(&settings, &env.name);
-            match S3Releases::with_aws(&aws).fetch(&location, None).await {
-                Ok(Fetched::Changed(release)) => {
+            let releases = S3Releases::with_aws(&aws);
+            let halts = HaltMarkers::with_aws(&aws, settings.release.bucket.clone());
+            match desired::read_once(&releases, &halts, &settings, &env.name).await {
+                Ok((desired, halt)) => {
                     r.ok("s3 object", &location);
-                    r.ok("release sha", &release.sha);
-                    Some(release.sha.to_string())
-                }
-                Ok(Fetched::Unchanged) => {
-                    r.ok("s3 object", &location);
-                    None
+                    let sha = desired.published.sha().clone();
+                    r.ok("release sha", &sha);
+                    check_verified(&mut r, &settings, &desired);
+                    check_halt(&mut r, &settings, &env.name, &sha, &halt);
+                    let digest = desired.published.verified().and_then(|v| v.digest.clone());
+                    (Some(sha.to_string()), digest)
                 }
                 Err(e @ ReleaseError::Invalid { .. }) => {
                     r.ok("s3 object", &location);
                     r.fail("release sha", e);
-                    None
+                    (None, None)
                 }
                 Err(e) => {
                     r.fail("s3 object", s3_failure(&e));
-                    None
+                    (None, None)
                 }
             }
         }
         None => {
             r.skip("s3 object", "environment unknown");
-            None
+            (None, None)
         }
     };
-    if let (Some(sha), Some(env)) = (&sha, &env) {
-        check_halt(&mut r, &settings, &aws, &env.name, sha).await;
-    }
     // The ECR token does not depend on S3: it is checked whatever S3 said. The registry line
     // needs the SHA to look for, and says so rather than vanishing.
     let creds = match Ecr::for_registry(&aws, &settings.image.repository.registry).credentials().await {
@@ -149,7 +150,11 @@ pub async fn run(cli: &Cli, _args: &CheckArgs) -> Result<(), Failure> {
         (Some(_), None, _) => r.skip("registry", "needs an ECR token (see above)"),
         (Some(_), Some(_), Err(_)) => r.skip("registry", "Docker unreachable (it asks the registry on our behalf)"),
         (Some(sha), Some(creds), Ok(engine)) => {
-            let reference = settings.image.repository.reference(sha);
+            // Hosts pull a published release by its digest.
+            let reference = match &digest {
+                Some(digest) => format!("{}@{digest}", settings.image.repository),
+                None => settings.image.repository.reference(sha),
+            };
             match engine.registry_has(&reference, &settings.image.repository.registry, creds).await {
                 Ok(digest) => r.ok("registry", format!("{reference} present ({digest})")),
                 Err(e) => {
@@ -185,22 +190,44 @@ pub async fn run(cli: &Cli, _args: &CheckArgs) -> Result<(), Failure> {
     }
 }
 
-/// The release's halt marker: a halt is reported (hosts keep what they run), not a failure of
-/// this host; a marker that cannot be read is.
-async fn check_halt(
-    r: &mut Report,
-    settings: &Settings,
-    aws: &std::sync::Arc<crate::outside::aws::Aws>,
-    env: &str,
-    sha: &str,
-) {
-    let Ok(sha) = crate::sha::Sha::parse(sha) else { return };
+/// The release's signature and the replay rule: a release the agent refuses fails the check,
+/// with why and the fix (`[release] public_key` unset: nothing to verify).
+fn check_verified(r: &mut Report, settings: &Settings, desired: &Desired) {
+    const NAME: &str = "release signature";
+    match (&desired.published, &settings.release.public_key) {
+        (Published::Verified(_), None) => r.skip(NAME, "[release] public_key is not set: releases are not verified"),
+        (Published::Verified(v), Some(_)) => r.ok(
+            NAME,
+            match v.signed_at {
+                Some(at) => format!(
+                    "{} verifies with [release] public_key (signed as published at {})",
+                    v.sha.short(),
+                    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(at))
+                ),
+                None => format!("{} verifies with [release] public_key (an untimed signature)", v.sha.short()),
+            },
+        ),
+        (Published::Refused { refusal, .. }, _) => r.fail(
+            NAME,
+            format!(
+                "{}; hosts keep what they run and new ones run the newest verified release ({}): publish it again \
+                 with `blog-agent publish` and BLOG_AGENT_SIGNING_KEY",
+                crate::sha::safe_text(&refusal.to_string()),
+                desired.newest_verified().map(|s| s.to_string()).unwrap_or_else(|| "none known".into())
+            ),
+        ),
+    }
+}
+
+/// The release's halt: a halt is reported (hosts keep what they run), not a failure of this
+/// host; a halt folder that cannot be read is.
+fn check_halt(r: &mut Report, settings: &Settings, env: &str, sha: &crate::sha::Sha, halt: &HaltRead) {
     let prefix = settings.halt_prefix(env);
-    let markers = HaltMarkers::with_aws(aws, settings.release.bucket.clone());
-    let location = markers.location(&prefix, sha.as_str());
-    match markers.read(&prefix, &sha).await.map(|r| r.halt(&sha, env, settings.rollout.halt_after)) {
-        Ok(None) => r.ok("release halt", format!("{} is not halted (no {location})", sha.short())),
-        Ok(Some(m)) => r.ok(
+    let location = format!("s3://{}/{}", settings.release.bucket, crate::fleet::halt::marker_key(&prefix, sha));
+    match halt {
+        HaltRead::NotNeeded => r.skip("release halt", "the release is refused: its halt does not matter"),
+        HaltRead::Clear => r.ok("release halt", format!("{} is not halted (no {location})", sha.short())),
+        HaltRead::Halted(m) => r.ok(
             "release halt",
             format!(
                 "{} is HALTED for {env} by {}: {}; no host applies it until `blog-agent unhalt {sha}` ({location})",
@@ -209,7 +236,7 @@ async fn check_halt(
                 crate::sha::safe_text(&m.reason)
             ),
         ),
-        Err(e) => r.fail("release halt", e),
+        HaltRead::Unreadable(e) => r.fail("release halt", e),
     }
 }
 

@@ -246,7 +246,11 @@ pub fn decide(inputs: &Inputs<'_>) -> Decision {
             let rolled_back_to = marker.rolled_back_to_sha().filter(|s| s != published);
             target =
                 running.or_else(|| rolled_back_to.clone()).or_else(|| last_good.clone().filter(|g| g != published));
-            why = Why::Halted { release: published.clone(), reason: marker.reason.clone(), rolled_back_to };
+            why = Why::Halted {
+                release: published.clone(),
+                reason: crate::sha::safe_text(&marker.reason),
+                rolled_back_to,
+            };
         } else if let (Some(gate), Some(running)) = (inputs.rollout, running.filter(|r| r != published)) {
             match rollout::gate(gate.published_at, gate.seed, gate.spread, gate.now, false) {
                 Gate::Wait { until, remaining } => {

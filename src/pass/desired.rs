@@ -67,7 +67,18 @@ pub enum Refusal {
          it (to go back on purpose, `blog-agent rollback` signs it anew)"
     )]
     Replay { environment: String, sha: Sha, signed: String, newer_sha: Sha, newer_signed: String, seen: &'static str },
+    #[error(
+        "release {sha} for {environment} is signed as published at {signed}, more than {ahead} ahead of this \
+         host's clock: taking it would make every release published before that time a replay here; not \
+         deploying it (check the publisher's clock and this host's: `timedatectl`)"
+    )]
+    FromTheFuture { environment: String, sha: Sha, signed: String, ahead: String },
 }
+
+/// How far ahead of this host's clock a signed publication time may be: clocks drift, but a
+/// release signed hours ahead (a compromised or misconfigured publisher) would otherwise
+/// freeze the environment, every genuine release after it counting as older.
+pub const MAX_SIGNED_AHEAD: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// Checks releases against `[release] public_key` for one environment.
 #[derive(Debug, Clone, Copy)]
@@ -133,9 +144,18 @@ impl<'a> Trust<'a> {
         current: &Verified,
         accepted: Option<&Accepted>,
         history: &[Verified],
+        now: SystemTime,
     ) -> Result<(), Refusal> {
-        if !self.required() {
-            return Ok(());
+        let Some(key) = self.public_key else { return Ok(()) };
+        let now_unix = now.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let believable = |at: Option<u64>| at.is_none_or(|at| at <= now_unix + MAX_SIGNED_AHEAD.as_secs());
+        if !believable(current.signed_at) {
+            return Err(Refusal::FromTheFuture {
+                environment: self.environment.to_owned(),
+                sha: current.sha.clone(),
+                signed: fmt_signed(current.signed_at),
+                ahead: humantime::format_duration(MAX_SIGNED_AHEAD).to_string(),
+            });
         }
         let replay = |newer_sha: &Sha, newer: Option<u64>, seen: &'static str| Refusal::Replay {
             environment: self.environment.to_owned(),
@@ -145,14 +165,17 @@ impl<'a> Trust<'a> {
             newer_signed: fmt_signed(newer),
             seen,
         };
-        if let Some(accepted) = accepted.filter(|a| a.environment == self.environment) {
+        // A record made under another key does not count: after a key rotation, the new key's
+        // releases start the order afresh.
+        if let Some(accepted) = accepted.filter(|a| a.environment == self.environment && a.key == key) {
             if let Ok(sha) = Sha::parse(&accepted.sha) {
                 if current.signed_at < Some(accepted.signed_at) {
                     return Err(replay(&sha, Some(accepted.signed_at), "this host accepted already"));
                 }
             }
         }
-        match history.iter().filter(|h| h.signed_at > current.signed_at).max_by_key(|h| h.signed_at) {
+        let newer = history.iter().filter(|h| believable(h.signed_at) && h.signed_at > current.signed_at);
+        match newer.max_by_key(|h| h.signed_at) {
             Some(newer) => Err(replay(&newer.sha, newer.signed_at, "a later version of the release object names")),
             None => Ok(()),
         }
@@ -176,6 +199,9 @@ pub struct Accepted {
     pub sha: String,
     /// Unix seconds of its signed publication time.
     pub signed_at: u64,
+    /// The `[release] public_key` it verified with.
+    #[serde(default)]
+    pub key: String,
 }
 
 const ACCEPTED_FILE: &str = "accepted.json";
@@ -199,17 +225,19 @@ impl Accepted {
 
     /// Records `release` as accepted for `environment` when it was signed later than what is
     /// recorded. Returns whether the file changed.
-    pub fn record(dir: &Path, environment: &str, release: &Verified) -> Result<bool, StateError> {
-        let Some(signed_at) = release.signed_at else { return Ok(false) };
+    pub fn record(dir: &Path, trust: Trust<'_>, release: &Verified) -> Result<bool, StateError> {
+        let (Some(signed_at), Some(key)) = (release.signed_at, trust.public_key) else { return Ok(false) };
+        let environment = trust.environment;
         let mut all: Vec<Accepted> = std::fs::read(dir.join(ACCEPTED_FILE))
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
-        if all.iter().any(|a| a.environment == environment && a.signed_at >= signed_at) {
+        if all.iter().any(|a| a.environment == environment && a.key == key && a.signed_at >= signed_at) {
             return Ok(false);
         }
         all.retain(|a| a.environment != environment);
-        all.push(Accepted { environment: environment.to_owned(), sha: release.sha.to_string(), signed_at });
+        let (sha, key) = (release.sha.to_string(), key.to_owned());
+        all.push(Accepted { environment: environment.to_owned(), sha, signed_at, key });
         write_atomically(dir, ACCEPTED_FILE, &serde_json::to_vec_pretty(&all).expect("accepted serializes"))?;
         Ok(true)
     }
@@ -271,10 +299,13 @@ impl Desired {
         let history =
             if trust.required() || checked.is_err() { read_history(releases, trust, &location).await } else { None };
         let published = match checked {
-            Ok(verified) => match trust.check_replay(&verified, accepted, history.as_deref().unwrap_or_default()) {
-                Ok(()) => Published::Verified(verified),
-                Err(refusal) => Published::Refused { sha: release.sha, refusal },
-            },
+            Ok(verified) => {
+                match trust.check_replay(&verified, accepted, history.as_deref().unwrap_or_default(), SystemTime::now())
+                {
+                    Ok(()) => Published::Verified(verified),
+                    Err(refusal) => Published::Refused { sha: release.sha, refusal },
+                }
+            }
             Err(refusal) => Published::Refused { sha: release.sha, refusal },
         };
         Desired { location, etag, published, history }
@@ -603,8 +634,15 @@ mod tests {
     fn a_release_signed_before_one_already_accepted_or_a_later_version_is_a_replay() {
         let signed = Trust { public_key: Some(KEY), environment: ENV };
         let unsigned = Trust { public_key: None, environment: ENV };
-        let accepted = |c: char, at: u64| Accepted { environment: ENV.into(), sha: sha(c).to_string(), signed_at: at };
-        let other_env = Accepted { environment: "production".into(), sha: sha('c').to_string(), signed_at: 300 };
+        let accepted = |c: char, at: u64| Accepted {
+            environment: ENV.into(),
+            sha: sha(c).to_string(),
+            signed_at: at,
+            key: KEY.into(),
+        };
+        let other_env = Accepted { environment: "production".into(), ..accepted('c', 300) };
+        let other_key = Accepted { key: "RWQ-an-earlier-key".into(), ..accepted('c', 300) };
+        let now = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1000);
         type Case = (&'static str, Verified, Option<Accepted>, Vec<Verified>, Option<&'static str>);
         let cases: Vec<Case> = vec![
             (
@@ -625,17 +663,38 @@ mod tests {
             ),
             ("untimed after timed", v('a', None), None, vec![v('a', None), v('b', Some(200))], Some("a later version")),
             ("another environment's record does not count", v('a', Some(100)), Some(other_env), vec![], None),
+            (
+                "a record under an earlier key does not count (rotation)",
+                v('a', Some(100)),
+                Some(other_key),
+                vec![],
+                None,
+            ),
+            (
+                "signed far ahead of this host's clock",
+                v('a', Some(1000 + 3601)),
+                None,
+                vec![],
+                Some("ahead of this host's clock"),
+            ),
+            (
+                "a version signed far ahead does not make the current one a replay",
+                v('a', Some(100)),
+                None,
+                vec![v('a', Some(100)), v('f', Some(1000 + 3601))],
+                None,
+            ),
             ("no history, nothing accepted", v('a', Some(100)), None, vec![], None),
         ];
         for (what, current, accepted, history, want) in cases {
-            let got = signed.check_replay(&current, accepted.as_ref(), &history);
+            let got = signed.check_replay(&current, accepted.as_ref(), &history, now);
             match (got, want) {
                 (Ok(()), None) => {}
                 (Err(e), Some(needle)) => assert!(e.to_string().contains(needle), "{what}: {e}"),
                 (got, want) => panic!("{what}: got {got:?}, want {want:?}"),
             }
             // Without a key there is no signed time: nothing is a replay.
-            assert_eq!(unsigned.check_replay(&current, accepted.as_ref(), &history), Ok(()), "{what} (no key)");
+            assert_eq!(unsigned.check_replay(&current, accepted.as_ref(), &history, now), Ok(()), "{what} (no key)");
         }
     }
 

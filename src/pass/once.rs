@@ -150,7 +150,7 @@ async fn sync_pass<T: TagSource, R: ReleaseSource, C: CredentialSource>(
             let read = desired::read_once(&services.releases, &halts, settings, &env.name);
             let (desired, halt) = shutdown.race(read).await??;
             if let (Some(verified), false) = (desired.published.verified(), request.dry_run) {
-                if let Err(e) = Accepted::record(dir, &env.name, verified) {
+                if let Err(e) = Accepted::record(dir, trust, verified) {
                     tracing::warn!("cannot record the accepted release: {e}");
                 }
             }

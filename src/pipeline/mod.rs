@@ -97,6 +97,17 @@ impl PublishError {
     }
 }
 
+/// Whether a release object that already names the SHA and digest is written again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rewrite {
+    /// `publish`: written only when it names another release, or its signature does not
+    /// verify (a key rotation): a pipeline that runs twice writes once.
+    IfChanged,
+    /// `rollback`, `promote`: an operator's decision, signed with a fresh time, so hosts
+    /// follow it even over a replayed copy of the same release.
+    Always,
+}
+
 /// What a publish did.
 #[derive(Debug, Clone, Serialize)]
 pub struct Published {
@@ -200,6 +211,16 @@ impl Pipeline {
     /// Publishes `sha` to `environment`. `digest`: the digest it must have (a rollback or a
     /// promotion carries the one published before); `None`: whatever ECR has for the tag.
     pub async fn publish(&self, environment: &str, sha: &Sha, digest: Option<&str>) -> Result<Published, PublishError> {
+        self.write_release(environment, sha, digest, Rewrite::IfChanged).await
+    }
+
+    async fn write_release(
+        &self,
+        environment: &str,
+        sha: &Sha,
+        digest: Option<&str>,
+        rewrite: Rewrite,
+    ) -> Result<Published, PublishError> {
         let location = self.location(environment)?;
         let repository = &self.settings.image.repository;
         let image = repository.reference(sha.as_str());
@@ -222,7 +243,8 @@ impl Pipeline {
                 let trusted = Trust::new(&self.settings, environment)
                     .verify(&current.sha, &current.provenance, current.published_at)
                     .is_ok();
-                if current.sha == *sha && current.provenance.digest.as_deref() == Some(now.as_str()) && trusted {
+                let same = current.sha == *sha && current.provenance.digest.as_deref() == Some(now.as_str());
+                if same && trusted && rewrite == Rewrite::IfChanged {
                     return Ok(Published {
                         environment: environment.to_owned(),
                         sha: sha.to_string(),
@@ -401,7 +423,9 @@ impl Pipeline {
             }
         };
         let digest = published.iter().find(|h| h.sha == target).and_then(|h| h.provenance.digest.clone());
-        self.publish(environment, &target, digest.as_deref()).await
+        // Always written, with a fresh signed time: the version rolled back to may be the
+        // current object already (a replay of it), which hosts refuse until it is signed anew.
+        self.write_release(environment, &target, digest.as_deref(), Rewrite::Always).await
     }
 
     /// `promote`: publishes `sha` to `to` with the exact digest `from` has for it, once it has
@@ -436,6 +460,6 @@ impl Pipeline {
                 return Err(PublishError::Soaking { sha: sha.clone(), environment: from.to_owned(), detail });
             }
         }
-        self.publish(to, sha, entry.provenance.digest.as_deref()).await
+        self.write_release(to, sha, entry.provenance.digest.as_deref(), Rewrite::Always).await
     }
 }

@@ -100,4 +100,3 @@ pub fn key_pair(host: &Host, name: &str) -> (String, std::path::PathBuf) {
     let key = std::fs::read_to_string(&public).unwrap().lines().nth(1).unwrap().trim().to_owned();
     (key, secret)
 }
-
