@@ -418,8 +418,12 @@ pub async fn gather(
         let pinned = snapshot.pause.as_ref().and_then(|p| p.pinned_sha.as_deref());
         status.target = target_status(&decision, pinned);
     }
+    // With the release object unreadable or invalid this host cannot know it runs what it
+    // should: it keeps serving (the target says what), but it is not called converged.
     status.converged = match (&status.target, &status.container) {
-        (Some(t), Some(c)) => running.as_deref() == Some(t.sha.as_str()) && c.health.ok,
+        (Some(t), Some(c)) => {
+            running.as_deref() == Some(t.sha.as_str()) && c.health.ok && status.desired_error.is_none()
+        }
         _ => false,
     };
     status

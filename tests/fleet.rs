@@ -496,7 +496,11 @@ fn a_halt_of_the_release_every_host_runs_leaves_no_new_instance_dark() {
     empty.write_config("[reconcile]\ninterval = \"1s\"\njitter = \"0s\"\n");
     let agent = empty.start_agent(&[]);
     empty.wait_deployed(&v1, Duration::from_secs(30));
-    assert!(agent.logs().contains("the release before it in"), "{}", agent.logs());
+    assert!(
+        agent.logs().contains("a host with nothing serving runs") && agent.logs().contains("a verified release of"),
+        "{}",
+        agent.logs()
+    );
 }
 
 /// Marker text comes from a bucket anyone with write access to the prefix can fill: `status`

@@ -617,6 +617,10 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
         let stage = match phase {
             Phase::Warm { .. } => Stage::Warm,
             Phase::Converged { .. } => Stage::Launch,
+            // S3's release is refused (a replay, a bad signature) and this host serves the
+            // newest verified one: the trouble is the bucket's, not this instance's, and
+            // holding it out of service would only shrink the group.
+            Phase::Degraded { problem, .. } if matches!(problem.kind, phase::ProblemKind::Refused(_)) => Stage::Launch,
             _ => return,
         };
         let health = self.settings.health.clone();

@@ -124,7 +124,7 @@ pub async fn halt(cli: &Cli, args: &HaltArgs) -> Result<(), Failure> {
         reason: reason.to_owned(),
         at: now_unix(),
         rolled_back_to: to.map(|t| t.to_string()),
-        by: Some(super::operator()),
+        by: Some(crate::runtime::operator::operator()),
     };
     let location = target.location();
     if target.markers.mark(&target.prefix, &marker).await.map_err(failed)? {

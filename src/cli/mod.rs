@@ -163,11 +163,6 @@ pub fn check_env_flag(cli: &Cli, settings: &Settings) -> Result<(), Failure> {
     }
 }
 
-/// Who is running this command, for the pause record.
-pub fn operator() -> String {
-    pause::operator()
-}
-
 /// Runs the parsed command and returns the process exit code.
 pub fn run(cli: Cli) -> ExitCode {
     crate::runtime::logging::init(cli.log_format, cli.log_target, cli.debug);

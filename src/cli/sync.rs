@@ -30,7 +30,7 @@ pub async fn run(cli: &Cli, args: &SyncArgs) -> Result<(), Failure> {
     };
     super::check_env_flag(cli, &settings)?;
     let request =
-        SyncRequest { environment: cli.environment.clone(), sha, dry_run: args.dry_run, operator: super::operator() };
+        SyncRequest { environment: cli.environment.clone(), sha, dry_run: args.dry_run, operator: crate::runtime::operator::operator() };
     let failed = |e: PassError| {
         let code = match &e {
             PassError::Environment(env) if env.is_usage() => exit::USAGE,

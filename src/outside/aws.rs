@@ -187,11 +187,7 @@ pub fn custom_s3_endpoint() -> bool {
     ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"].iter().any(|v| std::env::var_os(v).is_some_and(|s| !s.is_empty()))
 }
 
-/// Renders an SDK error with its whole chain on one line (the SDK's own `Display` says only
-/// "service error").
-pub fn describe(err: &(dyn std::error::Error + 'static)) -> String {
-    aws_smithy_types::error::display::DisplayErrorContext(err).to_string().replace('\n', " ")
-}
+pub use super::describe;
 
 #[cfg(test)]
 mod tests {

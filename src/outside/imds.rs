@@ -113,7 +113,7 @@ impl Imds {
             Ok(Err(SdkImdsError::ErrorResponse(resp))) => {
                 Err(format!("HTTP {} for {path}", resp.response().status().as_u16()))
             }
-            Ok(Err(other)) => Err(crate::outside::aws::describe(&other)),
+            Ok(Err(other)) => Err(crate::outside::describe(&other)),
         }
     }
 }

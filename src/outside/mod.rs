@@ -16,3 +16,9 @@ pub mod netfilter;
 pub mod pull_progress;
 pub mod registry;
 pub mod release;
+
+/// Renders an SDK error with its whole chain on one line (the SDK's own `Display` says only
+/// "service error"). Every module that talks to AWS shows its errors through it.
+pub fn describe(err: &(dyn std::error::Error + 'static)) -> String {
+    aws_smithy_types::error::display::DisplayErrorContext(err).to_string().replace('\n', " ")
+}

@@ -698,6 +698,80 @@ mod tests {
         }
     }
 
+    /// A release source whose history read fails as many times as asked, then answers.
+    struct FlakyHistory {
+        history: Vec<Historic>,
+        failures: std::sync::atomic::AtomicUsize,
+        reads: std::sync::atomic::AtomicUsize,
+    }
+
+    impl ReleaseSource for FlakyHistory {
+        async fn fetch(
+            &self,
+            _location: &ObjectLocation,
+            _if_none_match: Option<&str>,
+        ) -> Result<crate::outside::release::Fetched, ReleaseError> {
+            unreachable!("the history is all this test reads")
+        }
+
+        async fn history(&self, location: &ObjectLocation) -> Result<Vec<Historic>, ReleaseError> {
+            use std::sync::atomic::Ordering::SeqCst;
+            self.reads.fetch_add(1, SeqCst);
+            if self.failures.load(SeqCst) > 0 {
+                self.failures.fetch_sub(1, SeqCst);
+                return Err(ReleaseError::Unavailable { location: location.clone(), detail: "503 SlowDown".into() });
+            }
+            Ok(self.history.clone())
+        }
+    }
+
+    /// Issue 22, 8: one failed history read was remembered as "no rollback target" for the
+    /// life of `run`, and an empty host under a halt stayed dark until the agent restarted.
+    #[tokio::test]
+    async fn a_failed_history_read_is_read_again_never_remembered_as_no_history() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let settings = Settings::parse(
+            "[release]\nbucket = \"b\"\n[image]\nrepository = \"127.0.0.1:5000/blog\"\n[environment]\nname = \"staging\"\n",
+            Path::new("test.toml"),
+        )
+        .unwrap();
+        let historic = |c: char| Historic {
+            sha: sha(c),
+            published_at: None,
+            version_id: c.to_string(),
+            provenance: Provenance::default(),
+        };
+        let releases = FlakyHistory {
+            history: vec![historic('b'), historic('a')],
+            failures: std::sync::atomic::AtomicUsize::new(1),
+            reads: Default::default(),
+        };
+        let halts = crate::fleet::halt::MemoryHalts::default();
+        let mut desired = Desired {
+            location: ObjectLocation { bucket: "b".into(), key: "staging/stagebuild.txt".into() },
+            etag: None,
+            published: Published::Verified(v('b', None)),
+            history: None,
+        };
+        let halted = |desired_marker: Option<&str>| Marker {
+            sha: sha('b').to_string(),
+            environment: ENV.into(),
+            instance_id: "i-1".into(),
+            reason: "bad".into(),
+            at: 1,
+            rolled_back_to: desired_marker.map(str::to_owned),
+            by: None,
+        };
+        let mut marker = halted(None);
+        let first = resolve_rollback_target(&mut desired, &releases, &halts, &settings, ENV, &mut marker).await;
+        assert!(first.is_err(), "the failure is an error, not an answer");
+        assert_eq!((marker.rolled_back_to.as_deref(), desired.history.as_ref()), (None, None));
+        let mut marker = halted(None);
+        resolve_rollback_target(&mut desired, &releases, &halts, &settings, ENV, &mut marker).await.unwrap();
+        assert_eq!(marker.rolled_back_to, Some(sha('a').to_string()), "read again, and answered");
+        assert_eq!(releases.reads.load(SeqCst), 2);
+    }
+
     #[test]
     fn the_catalog_holds_only_verified_releases_and_local_records_with_their_digest() {
         let trust = Trust { public_key: Some(KEY), environment: ENV };

@@ -1,8 +1,9 @@
 //! Process plumbing every command shares: backoff and jitter, the shutdown request, Unix
-//! signals, the systemd notify protocol, and logging.
+//! signals, the systemd notify protocol, logging, and who runs a command.
 
 pub mod backoff;
 pub mod logging;
+pub mod operator;
 pub mod shutdown;
 pub mod signals;
 pub mod systemd;
