@@ -1,6 +1,6 @@
 //! One module per external system, each with its own error type naming what it touched:
 //! AWS SDK setup and region (`aws`), instance metadata (`imds`), the release object in S3
-//! (`release`), ECR credentials (`registry`), the Docker Engine (`docker`, with
+//! (`release`), ECR credentials (`registry`), the caller's AWS identity (`sts`), the Docker Engine (`docker`, with
 //! `pull_progress` for a terminal), the HTTP health probe (`health`), netfilter (`netfilter`)
 //! and the Auto Scaling group's lifecycle hooks (`autoscaling`).
 //! Unit tests share one loopback HTTP stand-in (`loopback`).
@@ -16,3 +16,4 @@ pub mod netfilter;
 pub mod pull_progress;
 pub mod registry;
 pub mod release;
+pub mod sts;
