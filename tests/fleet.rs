@@ -104,11 +104,13 @@ fn vote(sha: &str, env: &str, host: &str) -> Vote {
     Vote {
         sha: sha.into(),
         environment: env.into(),
+        voter: host.into(),
         instance_id: host.into(),
         verdict: "never-answered".into(),
         evidence: "http://172.17.0.9:80/ did not answer 2xx (HTTP 500)".into(),
         at: 1_750_000_000,
         rolled_back_to: Some("1a2b3c4".into()),
+        key_voter: None,
     }
 }
 
@@ -514,3 +516,4 @@ fn a_marker_s_text_cannot_drive_the_terminal() {
     assert!(!run.output().contains('\u{1b}') && !run.output().contains('\u{7}'), "{:?}", run.output());
     assert!(run.stdout.contains("bad \\u{1b}[2J"), "{}", run.stdout);
 }
+
