@@ -230,8 +230,8 @@ pub enum HaltError {
     #[error("bucket {bucket:?} does not exist ({action} {location}): check [release] bucket")]
     NoBucket { bucket: String, action: &'static str, location: ObjectLocation },
     #[error(
-        "access denied {action} {location}: the instance role needs s3:PutObject, s3:GetObject and s3:DeleteObject \
-         on the halt prefix ({detail})"
+        "access denied {action} {location}: the instance role needs s3:PutObject and s3:GetObject on the halt \
+         prefix, an operator's unhalt s3:DeleteObject too ({detail})"
     )]
     AccessDenied { action: &'static str, location: ObjectLocation, detail: String },
     #[error("cannot {verb} {location}: {detail}", verb = verb(action))]
