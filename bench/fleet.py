@@ -179,6 +179,10 @@ class Host:
         self.port = None
         self.imds = None
         self.proc = None
+        # The credentials of this host's instance-profile session (`<role>:<instance id>`): a
+        # vote is keyed by its writer's AWS caller identity, so hosts sharing one set of
+        # credentials would share one vote.
+        self.credentials = None
 
     def write_config(self, registry):
         with open(self.config, "w") as f:
@@ -213,6 +217,9 @@ textfile = "{self.metrics_path}"
         for k in ("AWS_EC2_METADATA_DISABLED", "AWS_PROFILE", "RUST_LOG", "JOURNAL_STREAM", "NOTIFY_SOCKET"):
             env.pop(k, None)
         env["AWS_EC2_METADATA_SERVICE_ENDPOINT"] = f"http://127.0.0.1:{self.imds.server_address[1]}"
+        env["AWS_ACCESS_KEY_ID"] = self.credentials["AccessKeyId"]
+        env["AWS_SECRET_ACCESS_KEY"] = self.credentials["SecretAccessKey"]
+        env["AWS_SESSION_TOKEN"] = self.credentials["SessionToken"]
         self.proc = subprocess.Popen(
             [self.agent, "--config", self.config, "--env", "staging", "run"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(self.log_path, "w"), env=env,
@@ -366,6 +373,8 @@ class Fleet:
         import boto3
 
         self.s3 = boto3.client("s3")
+        self.sts = boto3.client("sts")
+        self.iam = boto3.client("iam")
         self.hosts = []
         self.results = {
             "n": self.n,
@@ -393,6 +402,20 @@ class Fleet:
             total["rollbacks"] += m.get("blog_agent_rollbacks_total", 0)
         return total
 
+    def instance_profile(self, instance_id):
+        """Credentials of a session of the hosts' role named `instance_id`, as EC2 gives an
+        instance profile (the role is created first: moto names an unknown role's session with a
+        new role id on every call)."""
+        role = "bench-fleet-host"
+        try:
+            self.iam.create_role(RoleName=role, AssumeRolePolicyDocument=json.dumps({
+                "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole",
+                                                        "Principal": {"Service": "ec2.amazonaws.com"}}]}))
+        except self.iam.exceptions.EntityAlreadyExistsException:
+            pass
+        arn = f"arn:aws:iam::123456789012:role/{role}"
+        return self.sts.assume_role(RoleArn=arn, RoleSessionName=instance_id)["Credentials"]
+
     def put_release(self, sha):
         self.s3.put_object(Bucket=BUCKET, Key=KEY, Body=(sha + "\n").encode(), ServerSideEncryption="aws:kms",
                            SSEKMSKeyId="ec0a605d-17e9-4ac8-a2e3-e299c1ee1a93")
@@ -407,7 +430,7 @@ class Fleet:
         return json.loads(body)
 
     def vote_keys(self, sha):
-        """The keys of the hosts' votes to halt sha, `<prefix><sha>/<instance id>`: one listing
+        """The keys of the hosts' votes to halt sha, `<prefix><sha>/<caller identity>`: one listing
         (what the bench polls, so it adds one request per poll to moto's load, as the marker GET
         did)."""
         listed = self.s3.list_objects_v2(Bucket=BUCKET, Prefix=f"{HALT_PREFIX}{sha}/").get("Contents", [])
@@ -498,6 +521,7 @@ class Fleet:
             h = Host(i, self.work, self.agent, self.interval, self.spread)
             h.port = ports[i]
             h.imds = start_imds(h.instance_id)
+            h.credentials = self.instance_profile(h.instance_id)
             h.write_config(self.registry)
             self.hosts.append(h)
         self.load = Load(lambda: [h.proc.pid for h in self.hosts if h.proc])
@@ -871,7 +895,7 @@ def render(r, trials=None):
         f"+ detection | {halt['halted_after_first_vote_s']} s ({halt['halted_after_first_wave_s']} s) |",
         f"| B: waves open before it was halted (bounds on who can try it) | | "
         f"{halt['waves_open_before_halt_minus_interval']}-{halt['waves_open_before_halt']} |",
-        f"| B: votes `staging/halted/<sha>/<instance id>` | ≥ {halt['halt_after']}, each by a host that tried it, "
+        f"| B: votes `staging/halted/<sha>/<caller identity>` | ≥ {halt['halt_after']}, each by a host that tried it, "
         f"rolled back to G2; no operator's marker | {len(halt['votes'])} "
         f"({', '.join(sorted({v['verdict'] for v in halt['votes']}))}), by hosts that tried it: "
         f"{'yes' if halt['voters_tried_it'] else 'no'}, rolled back to G2: "

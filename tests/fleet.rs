@@ -17,7 +17,8 @@ use blog_agent::fleet::halt::{prefix_for, HaltError, HaltMarkers, HaltSource, Ma
 use blog_agent::fleet::metrics::Metrics;
 use blog_agent::outside::aws::Aws;
 use blog_agent::sha::Sha;
-use common::{unique_sha, Host};
+use common::imds::FakeImds;
+use common::{unique_sha, wait_for, AgentProcess, Host};
 
 /// The agent's AWS setup pointed at the host's S3 (moto), as the binary builds it from the
 /// environment there.
@@ -104,11 +105,13 @@ fn vote(sha: &str, env: &str, host: &str) -> Vote {
     Vote {
         sha: sha.into(),
         environment: env.into(),
+        voter: host.into(),
         instance_id: host.into(),
         verdict: "never-answered".into(),
         evidence: "http://172.17.0.9:80/ did not answer 2xx (HTTP 500)".into(),
         at: 1_750_000_000,
         rolled_back_to: Some("1a2b3c4".into()),
+        key_voter: None,
     }
 }
 
@@ -517,4 +520,108 @@ fn a_marker_s_text_cannot_drive_the_terminal() {
     assert!(run.stdout.contains("halted"), "{}", run.stdout);
     assert!(!run.output().contains('\u{1b}') && !run.output().contains('\u{7}'), "{:?}", run.output());
     assert!(run.stdout.contains("bad \\u{1b}[2J"), "{}", run.stdout);
+}
+
+/// The keys under `start`, sorted.
+fn keys_under(host: &Host, start: &str) -> Vec<String> {
+    let start = start.to_owned();
+    let mut keys: Vec<String> = host.s3(|c, b| async move {
+        let listed = c.list_objects_v2().bucket(b).prefix(start).send().await.unwrap();
+        listed.contents().iter().filter_map(|o| o.key()).map(str::to_owned).collect()
+    });
+    keys.sort();
+    keys
+}
+
+/// Issue 22, point 4: a vote is its host's by construction. Two hosts, each with the
+/// credentials of its own instance-profile session (`<role id>:i-...`), run the real binary
+/// and vote against a crashing release: each vote lands at `<prefix><sha>/<its UserId>` and
+/// names that UserId. Then one host's credentials write a second vote under another key, its
+/// body naming the writer (and another instance id): with `halt_after = 3` that is still two
+/// voters, not three.
+#[test]
+fn each_host_votes_under_its_own_caller_identity_and_a_forged_key_is_no_second_vote() {
+    const HALT_AFTER: u32 = 3;
+    let leader = Host::new("votes-by-key");
+    let config = format!("[reconcile]\ninterval = \"1s\"\njitter = \"0s\"\n[rollout]\nhalt_after = {HALT_AFTER}\n");
+    let mut hosts = Vec::new();
+    for name in ["votes-by-key-a", "votes-by-key-b"] {
+        let mut host = Host::new(name);
+        host.share_release_with(&leader);
+        host.write_config(&config);
+        let instance_id = format!("i-0{}", &unique_sha(name)[..16]);
+        let imds = FakeImds::start(&[("Environment", "staging")]);
+        imds.set_instance_id(&instance_id);
+        host.imds_endpoint = Some(imds.endpoint.clone());
+        let assumed = host.assume_instance_role(&instance_id);
+        assert!(assumed.user_id.starts_with("AROA") && assumed.user_id.ends_with(&format!(":{instance_id}")));
+        hosts.push((host, imds, instance_id, assumed));
+    }
+    let good = leader.release("good");
+    let agents: Vec<AgentProcess> = hosts.iter().map(|(host, ..)| host.start_agent(&[])).collect();
+    for (host, ..) in &hosts {
+        host.wait_deployed(&good, Duration::from_secs(60));
+    }
+    let crash = leader.release("crash");
+    let parsed = Sha::parse(&crash).unwrap();
+    let prefix = "staging/halted/";
+    let vote_start = format!("{prefix}{crash}/");
+    let keys = wait_for("both hosts' votes", Duration::from_secs(90), || {
+        Some(keys_under(&leader, &vote_start)).filter(|keys| keys.len() >= 2)
+    });
+
+    // Each vote is at its writer's UserId, unchanged (`:` and all), and names it.
+    let mut want: Vec<String> = hosts.iter().map(|(.., a)| format!("{vote_start}{}", a.user_id)).collect();
+    want.sort();
+    assert_eq!(keys, want, "one vote per host, at the key its credentials name");
+    for ((_, _, instance_id, assumed), agent) in hosts.iter().zip(&agents) {
+        let body = object(&leader, &format!("{vote_start}{}", assumed.user_id)).unwrap();
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!((&body["voter"], &body["instance_id"]), (&json!(assumed.user_id), &json!(instance_id)), "{body}");
+        assert!(agent.logs().contains(&format!("AWS caller identity {}", assumed.user_id)), "{}", agent.logs());
+    }
+
+    // Host A's credentials cast a second vote under a key of their choosing, the body naming A
+    // (its own vote, with another instance id).
+    let (_, _, _, a) = &hosts[0];
+    let genuine = object(&leader, &format!("{vote_start}{}", a.user_id)).unwrap();
+    let mut forged: serde_json::Value = serde_json::from_str(&genuine).unwrap();
+    forged["instance_id"] = json!("i-0f0f0f0f0f0f0f0f0");
+    let role_id = a.user_id.split_once(':').unwrap().0;
+    let forged_key = format!("{vote_start}{role_id}:i-0f0f0f0f0f0f0f0f0");
+    let creds = aws_sdk_s3::config::Credentials::new(
+        &a.access_key_id,
+        &a.secret_access_key,
+        Some(a.session_token.clone()),
+        None,
+        "host-a",
+    );
+    let config = aws_sdk_s3::config::Builder::new()
+        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+        .region(aws_sdk_s3::config::Region::new("us-east-1"))
+        .endpoint_url(leader.s3_endpoint.clone())
+        .credentials_provider(creds)
+        .force_path_style(true)
+        .build();
+    runtime().block_on(async {
+        aws_sdk_s3::Client::from_conf(config)
+            .put_object()
+            .bucket(&leader.bucket)
+            .key(&forged_key)
+            .body(serde_json::to_vec(&forged).unwrap().into())
+            .send()
+            .await
+            .unwrap();
+    });
+    assert_eq!(keys_under(&leader, &vote_start).len(), 3);
+
+    // The read the hosts make counts two voters: the forged key is ignored.
+    let markers = HaltMarkers::with_aws(&aws(&leader), leader.bucket.clone());
+    let reading = runtime().block_on(markers.read(prefix, &parsed)).unwrap();
+    assert_eq!(reading.halt(&parsed, "staging", HALT_AFTER), None, "a forged key made a third voter: {reading:?}");
+    let halt = reading.halt(&parsed, "staging", 2).expect("the hosts' own two votes count");
+    assert!(halt.reason.starts_with("2 hosts failed it"), "{}", halt.reason);
+    for (host, ..) in &hosts {
+        host.assert_serves(&good);
+    }
 }

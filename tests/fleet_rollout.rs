@@ -1,13 +1,15 @@
 //! A local fleet: six `blog-agent run` processes on this machine, each its own host (container
-//! name, host port, state dir, label, and EC2 instance id through its own instance metadata
-//! stand-in), all reading one release key in one bucket and pulling from one repository, with
+//! name, host port, state dir, label, EC2 instance id through its own instance metadata
+//! stand-in, and the credentials of its own instance-profile session `<role id>:<instance id>`,
+//! which key its halt votes), all reading one release key in one bucket and pulling from one repository, with
 //! `[rollout] spread = "20s"` and a 1 s poll interval. Proves, in one run:
 //!
 //! 1. a good release is applied in the order of the hosts' seeds, none before its wave, and
 //!    reaches every host within spread + a few intervals;
 //! 2. a crashing release is tried by at most `[rollout] halt_after` (2, the default) hosts + 1
 //!    (the others never create a container of it) and is halted by their votes: one object per
-//!    voting host in the bucket, each with its verdict and the SHA the host rolled back to;
+//!    voting host in the bucket, at its caller identity, each with its verdict and the SHA the
+//!    host rolled back to;
 //! 3. a host started during the halt serves that rolled-back-to SHA;
 //! 4. a release halted by an operator is applied by no host, and `blog-agent unhalt` lets it go
 //!    on to every host.
@@ -73,6 +75,7 @@ impl Member {
         let imds = FakeImds::start(&[("Environment", "staging")]);
         imds.set_instance_id(instance_id);
         host.imds_endpoint = Some(imds.endpoint.clone());
+        host.assume_instance_role(instance_id);
         host.write_config(&format!(
             "[reconcile]\ninterval = \"1s\"\n[rollout]\nspread = \"{}s\"\n[metrics]\ntextfile = \"{}\"\n",
             SPREAD.as_secs(),
@@ -326,6 +329,7 @@ fn a_fleet_rolls_out_in_seed_order_and_halts_a_bad_release_once_two_hosts_voted(
     assert_eq!(marker(leader, &crash), None, "hosts vote; only an operator writes the marker");
     for vote in &voted {
         let voter = vote["instance_id"].as_str().unwrap();
+        assert!(vote["voter"].as_str().unwrap().ends_with(&format!(":{voter}")), "keyed by its session: {vote}");
         assert!(
             members.iter().filter(|m| tried.contains(&m.host.id)).any(|m| m.instance_id == voter),
             "a vote names a host that tried it: {vote}"

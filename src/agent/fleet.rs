@@ -15,7 +15,9 @@
 //! the release is halted: it holds the release back meanwhile, possibly for its whole
 //! quarantine, and without those reads it would only learn of the halt the other hosts' votes
 //! made when the quarantine ran out and it tried the release again. A vote is written once per
-//! failure.
+//! failure, under this host's AWS caller identity ([`crate::outside::sts`], asked on the first
+//! vote and kept): while STS cannot say who this host is, no vote is written (the next failure
+//! asks again), never one under a key guessed from the instance id.
 //!
 //! Reads and writes: halt markers and votes (through [`crate::pass::desired::read_halt_at`] and
 //! [`HaltSource`]), the metrics textfile. Decides: when to read; what the halt means is
@@ -26,13 +28,13 @@ use std::time::{Duration, SystemTime};
 
 use tokio::task::JoinHandle;
 
-use crate::fleet::halt::{HaltSource, Marker, Vote};
+use crate::fleet::halt::{vote_key, HaltSource, Marker, Vote};
 use crate::fleet::metrics::Metrics;
 use crate::fleet::rollout::{self, Gate, Identity};
 use crate::fleet::verdict::Verdict;
+use crate::outside::sts::CallerSource;
 use crate::pass::decide::RolloutGate;
-use crate::sha::safe_text;
-use crate::sha::Sha;
+use crate::sha::{safe_quote, safe_text, Sha};
 
 /// Longest reason written into a marker (the error that failed the release).
 const MAX_REASON_CHARS: usize = 500;
@@ -226,10 +228,14 @@ impl Fleet {
     /// through its own quarantine. Logged once; a vote already there (this host's earlier one)
     /// is kept. What this host knows of the published SHA's halt is read again at the next
     /// full pass, which then counts this vote too.
+    ///
+    /// The vote's key and its `voter` are `caller`'s `UserId`. When `caller` cannot say, or
+    /// names an identity that is no safe key segment, nothing is written (logged).
     #[allow(clippy::too_many_arguments)]
     pub async fn vote(
         &mut self,
         halts: &impl HaltSource,
+        caller: &impl CallerSource,
         prefix: &str,
         environment: &str,
         sha: &Sha,
@@ -237,18 +243,40 @@ impl Fleet {
         rolled_back_to: Option<&Sha>,
         published: Option<&Sha>,
     ) {
+        let voter = match caller.caller_identity().await {
+            Ok(identity) => identity.user_id,
+            Err(e) => {
+                tracing::warn!(
+                    sha = %sha,
+                    "not voting to halt {}: this host's AWS identity, which names its vote, is unknown ({e}); \
+                     asking again at the next failure",
+                    sha.short()
+                );
+                return;
+            }
+        };
+        let Some(key) = vote_key(prefix, sha, &voter) else {
+            tracing::warn!(
+                sha = %sha, voter = %safe_text(&voter),
+                "not voting to halt {}: the AWS caller identity {} is not a safe S3 key segment (letters, digits \
+                 and -_.:+=,@ only), and a rewritten key would not be this host's",
+                sha.short(), safe_quote(&voter)
+            );
+            return;
+        };
         let instance_id = self.identity().await.value.clone();
         let evidence: String = verdict.evidence.chars().take(MAX_REASON_CHARS).collect();
         let vote = Vote {
             sha: sha.to_string(),
             environment: environment.to_owned(),
-            instance_id: instance_id.clone(),
+            voter,
+            instance_id,
             verdict: verdict.rule.name().to_owned(),
             evidence,
             at: crate::state::now_unix(),
             rolled_back_to: rolled_back_to.filter(|r| *r != sha).map(Sha::to_string),
+            key_voter: None,
         };
-        let key = crate::fleet::halt::vote_key(prefix, sha, &instance_id);
         self.metrics.add_s3_request();
         let written = halts.vote(prefix, &vote).await;
         if written.is_ok() {
@@ -317,8 +345,26 @@ mod tests {
     use super::*;
     use crate::fleet::halt::{HaltError, MemoryHalts};
     use crate::fleet::rollout::IdentitySource;
+    use crate::outside::sts::{CallerIdentity, StsError};
 
     const PREFIX: &str = "staging/halted/";
+
+    /// STS as a host sees it: its instance profile's `UserId`, or no answer (`None`).
+    struct Caller(Option<&'static str>);
+
+    const I_0ABC: Caller = Caller(Some("AROAEXAMPLE:i-0abc"));
+    const I_0DEF: Caller = Caller(Some("AROAEXAMPLE:i-0def"));
+
+    impl CallerSource for Caller {
+        async fn caller_identity(&self) -> Result<CallerIdentity, StsError> {
+            match self.0 {
+                Some(id) => {
+                    Ok(CallerIdentity { user_id: id.into(), arn: format!("arn:aws:sts::1:assumed-role/r/{id}") })
+                }
+                None => Err(StsError::Unavailable { detail: "connection refused".into() }),
+            }
+        }
+    }
 
     fn sha(c: char) -> Sha {
         Sha::parse(&c.to_string().repeat(40)).unwrap()
@@ -452,11 +498,15 @@ mod tests {
         let (a, b) = (sha('a'), sha('b'));
         let halts = MemoryHalts::default();
         let mut f = fleet();
-        f.vote(&halts, PREFIX, "staging", &a, &blamed("HTTP 500"), Some(&b), Some(&a)).await;
+        f.vote(&halts, &I_0ABC, PREFIX, "staging", &a, &blamed("HTTP 500"), Some(&b), Some(&a)).await;
         let reading = halts.read(PREFIX, &a).await.unwrap();
         assert_eq!(reading.votes.len(), 1);
         let vote = &reading.votes[0];
         assert_eq!((vote.instance_id.as_str(), vote.environment.as_str()), ("i-0abc", "staging"));
+        assert_eq!(
+            (vote.voter.as_str(), vote.key_voter.as_deref()),
+            ("AROAEXAMPLE:i-0abc", Some("AROAEXAMPLE:i-0abc"))
+        );
         assert_eq!((vote.verdict.as_str(), vote.rolled_back_to.as_deref()), ("never-answered", Some(b.as_str())));
         assert_eq!(reading.marker, None, "a host never writes the decisive marker");
         // One vote of two: not halted; this host reads again at its next full pass.
@@ -464,12 +514,12 @@ mod tests {
         f.check_halt(&halts, PREFIX, "staging", 2, &a, Some(&b), true).await;
         assert_eq!(f.halt_of(&a), None);
         // The same host voting again is still one vote.
-        f.vote(&halts, PREFIX, "staging", &a, &blamed("again"), Some(&b), Some(&a)).await;
+        f.vote(&halts, &I_0ABC, PREFIX, "staging", &a, &blamed("again"), Some(&b), Some(&a)).await;
         f.check_halt(&halts, PREFIX, "staging", 2, &a, Some(&b), true).await;
         assert_eq!(f.halt_of(&a), None);
         // A second host: halted, with the rollback target they agree on.
         let mut other = Fleet::with_identity(Identity { value: "i-0def".into(), source: IdentitySource::InstanceId });
-        other.vote(&halts, PREFIX, "staging", &a, &blamed(&"x".repeat(2000)), Some(&b), Some(&a)).await;
+        other.vote(&halts, &I_0DEF, PREFIX, "staging", &a, &blamed(&"x".repeat(2000)), Some(&b), Some(&a)).await;
         other.check_halt(&halts, PREFIX, "staging", 2, &a, Some(&b), true).await;
         let halt = other.halt_of(&a).expect("two votes halt it");
         assert_eq!(halt.rolled_back_to_sha(), Some(b.clone()));
@@ -489,8 +539,8 @@ mod tests {
         assert_eq!(long, MAX_REASON_CHARS);
         // Another environment's host counts for nothing here, and the other way round.
         let c = sha('c');
-        f.vote(&halts, PREFIX, "production", &c, &blamed("x"), None, None).await;
-        other.vote(&halts, PREFIX, "production", &c, &blamed("x"), None, None).await;
+        f.vote(&halts, &I_0ABC, PREFIX, "production", &c, &blamed("x"), None, None).await;
+        other.vote(&halts, &I_0DEF, PREFIX, "production", &c, &blamed("x"), None, None).await;
         let mut g = fleet();
         g.check_halt(&halts, PREFIX, "staging", 2, &c, Some(&b), true).await;
         assert_eq!(g.halt_of(&c), None);
@@ -499,12 +549,30 @@ mod tests {
         assert!(g.halt_of(&c).is_some());
         // With halt_after = 1 the first vote halts, as before votes.
         let d = sha('d');
-        f.vote(&halts, PREFIX, "staging", &d, &blamed("x"), Some(&d), None).await;
+        f.vote(&halts, &I_0ABC, PREFIX, "staging", &d, &blamed("x"), Some(&d), None).await;
         let mut h = fleet();
         h.check_halt(&halts, PREFIX, "staging", 1, &d, Some(&b), true).await;
         assert!(h.halt_of(&d).is_some());
         // A rollback target that is the failed release itself is not one.
         assert_eq!(halts.read(PREFIX, &d).await.unwrap().votes[0].rolled_back_to, None);
+    }
+
+    #[tokio::test]
+    async fn no_vote_is_written_while_sts_cannot_say_who_this_host_is() {
+        let a = sha('a');
+        let halts = MemoryHalts::default();
+        let mut f = fleet();
+        f.vote(&halts, &Caller(None), PREFIX, "staging", &a, &blamed("HTTP 500"), None, Some(&a)).await;
+        assert!(halts.votes.lock().unwrap().is_empty(), "no vote under a guessed key");
+        assert_eq!(f.voted, None);
+        // An identity that is no safe key segment is refused, not rewritten.
+        f.vote(&halts, &Caller(Some("AROAEXAMPLE:i/0abc")), PREFIX, "staging", &a, &blamed("x"), None, None).await;
+        assert!(halts.votes.lock().unwrap().is_empty());
+        // STS answers at the next failure: the vote is written under the identity.
+        f.vote(&halts, &I_0ABC, PREFIX, "staging", &a, &blamed("HTTP 500"), None, Some(&a)).await;
+        let keys: Vec<String> = halts.votes.lock().unwrap().keys().cloned().collect();
+        assert_eq!(keys, [format!("{PREFIX}{a}/AROAEXAMPLE:i-0abc")]);
+        assert_eq!(f.voted, Some(a));
     }
 
     #[tokio::test]

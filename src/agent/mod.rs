@@ -577,7 +577,16 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
             let prefix = self.settings.halt_prefix(env);
             let published = self.desired.as_ref().map(|d| d.published.sha().clone());
             self.fleet
-                .vote(&halts, &prefix, env, &failed.sha, &failed.verdict, serving.as_ref(), published.as_ref())
+                .vote(
+                    &halts,
+                    &*self.services.caller,
+                    &prefix,
+                    env,
+                    &failed.sha,
+                    &failed.verdict,
+                    serving.as_ref(),
+                    published.as_ref(),
+                )
                 .await;
         }
         self.fleet.note_identity().await;

@@ -29,8 +29,12 @@ pub async fn run(cli: &Cli, args: &SyncArgs) -> Result<(), Failure> {
         None => None,
     };
     super::check_env_flag(cli, &settings)?;
-    let request =
-        SyncRequest { environment: cli.environment.clone(), sha, dry_run: args.dry_run, operator: crate::runtime::operator::operator() };
+    let request = SyncRequest {
+        environment: cli.environment.clone(),
+        sha,
+        dry_run: args.dry_run,
+        operator: crate::runtime::operator::operator(),
+    };
     let failed = |e: PassError| {
         let code = match &e {
             PassError::Environment(env) if env.is_usage() => exit::USAGE,

@@ -11,19 +11,30 @@
 //! an operator) does not overwrite the first host's reason and rollback target.
 //!
 //! **Votes.** A host does not halt a release on its own evidence: it writes a [`Vote`] at
-//! `<prefix><sha>/<host id>` (JSON: environment, the [`crate::fleet::verdict`] rule, the
-//! evidence, when, what it rolled back to), and the release counts as halted once
-//! `[rollout] halt_after` distinct hosts of the environment voted ([`Reading::halt`]). An
-//! operator's `blog-agent halt` writes the marker `<prefix><sha>` itself: one decisive vote.
-//! A marker or vote of another environment never counts (two environments sharing a prefix
-//! are refused by the configuration as well). One read is one `ListObjectsV2` on
-//! `<prefix><sha>`, plus a GET for each object it lists (none in the common case).
+//! `<prefix><sha>/<voter>` (JSON: environment, the voter, the instance id, the
+//! [`crate::fleet::verdict`] rule, the evidence, when, what it rolled back to), and the release
+//! counts as halted once `[rollout] halt_after` distinct voters of the environment voted
+//! ([`Reading::halt`]). An operator's `blog-agent halt` writes the marker `<prefix><sha>`
+//! itself: one decisive vote. A marker or vote of another environment never counts (two
+//! environments sharing a prefix are refused by the configuration as well). One read is one
+//! `ListObjectsV2` on `<prefix><sha>`, plus a GET for each object it lists (none in the common
+//! case).
 //!
-//! IAM: `s3:PutObject`, `s3:GetObject` and `s3:DeleteObject` on `arn:aws:s3:::<bucket>/<prefix>*`,
-//! and `s3:ListBucket` on the bucket with an `s3:prefix` condition on the halt prefix. A role
-//! without the list permission gets 403 for the list: the read falls back to a GET of the
-//! marker alone (votes then never count; logged), where S3's 403 for a missing key means "no
-//! marker" (see [`HaltMarkers::get`]).
+//! **A vote is its writer's.** The voter is the writer's AWS caller identity, the `UserId` of
+//! `sts:GetCallerIdentity` ([`crate::outside::sts`]; `AROA...:i-0abc...` for an instance
+//! profile), exactly as IAM spells `${aws:userid}`: a bucket policy can then let each host
+//! write only `<prefix>*/${aws:userid}`. Votes are counted by the voter their *key* names; a
+//! vote whose body names another voter than its key is ignored (logged by the reader), so one
+//! host's credentials cannot cast a second vote under another key. A voter with a character
+//! outside `[A-Za-z0-9-_.:+=,@]` (or `.`, `..`) is refused, never rewritten: a rewritten key
+//! would no longer match `${aws:userid}`.
+//!
+//! IAM: hosts need `s3:PutObject` and `s3:GetObject` on `arn:aws:s3:::<bucket>/<prefix>*`
+//! (the policy may narrow `s3:PutObject` to their own vote keys) and `s3:ListBucket` on the
+//! bucket with an `s3:prefix` condition on the halt prefix; they never delete there. Only the
+//! operator's `unhalt` needs `s3:DeleteObject`. A role without the list permission gets 403
+//! for the list: the read falls back to a GET of the marker alone (votes then never count;
+//! logged), where S3's 403 for a missing key means "no marker" (see [`HaltMarkers::get`]).
 //!
 //! Reads and writes: the marker objects. Decides: nothing (the decision reads [`HaltSource`]).
 
@@ -37,7 +48,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::outside::aws::{describe, Aws, RegionUnknown, Regional};
 use crate::outside::release::ObjectLocation;
-use crate::sha::{safe_quote, Sha};
+use crate::sha::{safe_quote, safe_text, Sha};
 
 /// Bound on one marker read, write or removal, response and body together; the same reasoning
 /// as [`crate::outside::release::FETCH_TIMEOUT`] (the SDK's own 30 s, plus time for a small body).
@@ -110,7 +121,11 @@ pub struct Marker {
 pub struct Vote {
     pub sha: String,
     pub environment: String,
-    /// The voting host (its EC2 instance id, else machine id or hostname).
+    /// The writer's AWS caller identity (`UserId`), which is also its key's last segment. A
+    /// body without one (an agent that keyed votes by instance id) never counts.
+    #[serde(default)]
+    pub voter: String,
+    /// The voting host (its EC2 instance id, else machine id or hostname): for people.
     pub instance_id: String,
     /// The rule of the judgement that blamed the release (`never-answered`, ...).
     pub verdict: String,
@@ -121,14 +136,28 @@ pub struct Vote {
     /// What the host serves again after the failure, if anything.
     #[serde(default)]
     pub rolled_back_to: Option<String>,
+    /// The voter the key this vote was read from names (its last segment); set by the reader,
+    /// never written. `None` for a vote not read from a key: it does not count.
+    #[serde(skip)]
+    pub key_voter: Option<String>,
 }
 
-/// The key of `host`'s vote on `sha` under `prefix`. The host id is reduced to the characters
-/// S3 keys and shells handle without quoting.
-pub fn vote_key(prefix: &str, sha: &Sha, host: &str) -> String {
-    let host: String =
-        host.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '_' }).collect();
-    format!("{prefix}{sha}/{host}")
+/// Can `voter` be a vote key's last segment as it is? The characters of IAM user ids and role
+/// session names (`:` joins them), all of which S3 keys and `${aws:userid}` take literally; no
+/// `/` (it would make a folder), no `.` or `..` alone (path tools collapse them).
+pub fn safe_voter(voter: &str) -> bool {
+    !voter.is_empty()
+        && voter != "."
+        && voter != ".."
+        && voter
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '+' | '=' | ',' | '@'))
+}
+
+/// The key of `voter`'s vote on `sha` under `prefix`: `<prefix><sha>/<voter>`, the voter
+/// unchanged. `None` when [`safe_voter`] refuses it.
+pub fn vote_key(prefix: &str, sha: &Sha, voter: &str) -> Option<String> {
+    safe_voter(voter).then(|| format!("{prefix}{sha}/{voter}"))
 }
 
 /// What one read of a SHA's halt objects found.
@@ -136,26 +165,32 @@ pub fn vote_key(prefix: &str, sha: &Sha, host: &str) -> String {
 pub struct Reading {
     /// The decisive marker (an operator's `halt`, or an older agent's).
     pub marker: Option<Marker>,
-    /// The hosts' votes.
+    /// The hosts' votes, each with [`Vote::key_voter`] set.
     pub votes: Vec<Vote>,
 }
 
 impl Reading {
     /// The halt in force for `environment`, if any: the decisive marker of this environment
-    /// (or one written by hand without an environment), else `halt_after` distinct hosts of
-    /// this environment voting. Votes agree on a rollback target when the most named one is
-    /// named by a majority of the voters that name one.
+    /// (or one written by hand without an environment), else `halt_after` distinct voters of
+    /// this environment. A voter is the identity a vote's key names, and a vote counts only
+    /// when its body names the same one (see the module docs); one voter's first vote in the
+    /// list is the one used. Votes agree on a rollback target when the most named one is named
+    /// by a majority of the voters that name one.
     pub fn halt(&self, sha: &Sha, environment: &str, halt_after: u32) -> Option<Marker> {
         if let Some(marker) = self.marker.as_ref().filter(|m| m.environment.is_empty() || m.environment == environment)
         {
             return Some(marker.clone());
         }
-        let mut voters: Vec<&Vote> = Vec::new();
+        let mut voters: Vec<(&str, &Vote)> = Vec::new();
         for vote in self.votes.iter().filter(|v| v.environment == environment && v.sha == sha.as_str()) {
-            if !voters.iter().any(|v| v.instance_id == vote.instance_id) {
-                voters.push(vote);
+            let Some(voter) = vote.key_voter.as_deref().filter(|k| *k == vote.voter && safe_voter(k)) else {
+                continue;
+            };
+            if !voters.iter().any(|(v, _)| *v == voter) {
+                voters.push((voter, vote));
             }
         }
+        let voters: Vec<&Vote> = voters.into_iter().map(|(_, vote)| vote).collect();
         if voters.is_empty() || (voters.len() as u32) < halt_after.max(1) {
             return None;
         }
@@ -195,8 +230,8 @@ pub enum HaltError {
     #[error("bucket {bucket:?} does not exist ({action} {location}): check [release] bucket")]
     NoBucket { bucket: String, action: &'static str, location: ObjectLocation },
     #[error(
-        "access denied {action} {location}: the instance role needs s3:PutObject, s3:GetObject and s3:DeleteObject \
-         on the halt prefix ({detail})"
+        "access denied {action} {location}: the instance role needs s3:PutObject and s3:GetObject on the halt \
+         prefix, an operator's unhalt s3:DeleteObject too ({detail})"
     )]
     AccessDenied { action: &'static str, location: ObjectLocation, detail: String },
     #[error("cannot {verb} {location}: {detail}", verb = verb(action))]
@@ -205,6 +240,11 @@ pub enum HaltError {
     RegionUnknown { action: &'static str, location: ObjectLocation, source: RegionUnknown },
     #[error("{action} {location} timed out: no complete answer within {after:?}")]
     TimedOut { action: &'static str, location: ObjectLocation, after: Duration },
+    #[error(
+        "refusing to vote under {location}/: the caller identity {voter:?} is not a safe S3 key segment \
+         (letters, digits and -_.:+=,@ only)"
+    )]
+    UnsafeVoter { voter: String, location: ObjectLocation },
 }
 
 /// "reading" -> "read", for "cannot read ...".
@@ -223,8 +263,8 @@ fn verb(action: &str) -> &str {
 pub trait HaltSource {
     /// The marker and votes of `sha` under `key_prefix`.
     fn read(&self, key_prefix: &str, sha: &Sha) -> impl Future<Output = Result<Reading, HaltError>> + Send;
-    /// Records this host's vote, once per host (a second one is kept as it was): `true` when
-    /// this call wrote it.
+    /// Records a vote at its voter's key ([`vote_key`] of [`Vote::voter`]), once per voter (a
+    /// second one is kept as it was): `true` when this call wrote it.
     fn vote(&self, key_prefix: &str, vote: &Vote) -> impl Future<Output = Result<bool, HaltError>> + Send;
 }
 
@@ -316,15 +356,21 @@ impl HaltMarkers {
         self.put_new(&location, serde_json::to_vec_pretty(marker).expect("a marker serializes")).await
     }
 
-    /// Records `vote` at its host's key unless that host voted already (`If-None-Match: *`).
+    /// Records `vote` at its voter's key unless that voter voted already (`If-None-Match: *`);
+    /// a voter [`safe_voter`] refuses is an error, and nothing is written.
     pub async fn vote(&self, key_prefix: &str, vote: &Vote) -> Result<bool, HaltError> {
         let sha = Sha::parse(&vote.sha).map_err(|e| HaltError::Unavailable {
             action: "writing",
             location: self.location(key_prefix, &vote.sha),
             detail: e.to_string(),
         })?;
-        let location =
-            ObjectLocation { bucket: self.bucket.clone(), key: vote_key(key_prefix, &sha, &vote.instance_id) };
+        let Some(key) = vote_key(key_prefix, &sha, &vote.voter) else {
+            return Err(HaltError::UnsafeVoter {
+                voter: vote.voter.clone(),
+                location: self.location(key_prefix, &vote.sha),
+            });
+        };
+        let location = ObjectLocation { bucket: self.bucket.clone(), key };
         self.put_new(&location, serde_json::to_vec_pretty(vote).expect("a vote serializes")).await
     }
 
@@ -422,15 +468,35 @@ impl HaltMarkers {
             return Ok(Reading { marker: self.get(key_prefix, sha).await?, votes: Vec::new() });
         };
         let marker_key = marker_key(key_prefix, sha);
+        let vote_start = format!("{marker_key}/");
         let mut reading = Reading::default();
         for key in keys {
             if key == marker_key {
                 reading.marker = self.get(key_prefix, sha).await?;
-            } else if let Some(bytes) = self.body(&key).await? {
-                match serde_json::from_slice::<Vote>(&bytes) {
-                    Ok(vote) => reading.votes.push(vote),
-                    Err(e) => tracing::debug!(key, "ignoring an object that is not a vote: {e}"),
+                continue;
+            }
+            let Some(voter) = key.strip_prefix(&vote_start).filter(|v| safe_voter(v)) else {
+                tracing::debug!(key = %safe_text(&key), "ignoring an object whose key names no voter");
+                continue;
+            };
+            let Some(bytes) = self.body(&key).await? else { continue };
+            match serde_json::from_slice::<Vote>(&bytes) {
+                Ok(vote) if vote.voter == voter => {
+                    reading.votes.push(Vote { key_voter: Some(voter.to_owned()), ..vote })
                 }
+                Ok(vote) if vote.voter.is_empty() => {
+                    tracing::debug!(
+                        key,
+                        "ignoring a halt vote that names no voter (an agent that keyed votes by host id)"
+                    )
+                }
+                Ok(vote) => tracing::warn!(
+                    key, voter, body_voter = %safe_text(&vote.voter),
+                    "ignoring the halt vote at {key}: its body names voter {}, its key {voter}; a vote counts only \
+                     at its writer's own key",
+                    safe_quote(&vote.voter)
+                ),
+                Err(e) => tracing::debug!(key, "ignoring an object that is not a vote: {e}"),
             }
         }
         Ok(reading)
@@ -592,14 +658,22 @@ impl HaltSource for MemoryHalts {
     async fn read(&self, key_prefix: &str, sha: &Sha) -> Result<Reading, HaltError> {
         let marker = self.markers.lock().unwrap().get(&marker_key(key_prefix, sha)).cloned();
         let start = format!("{}/", marker_key(key_prefix, sha));
-        let votes =
-            self.votes.lock().unwrap().iter().filter(|(k, _)| k.starts_with(&start)).map(|(_, v)| v.clone()).collect();
+        let votes = self
+            .votes
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|(k, v)| Some(Vote { key_voter: Some(k.strip_prefix(&start)?.to_owned()), ..v.clone() }))
+            .collect();
         Ok(Reading { marker, votes })
     }
 
     async fn vote(&self, key_prefix: &str, vote: &Vote) -> Result<bool, HaltError> {
         let sha = Sha::parse(&vote.sha).expect("a vote names a valid SHA");
-        let key = vote_key(key_prefix, &sha, &vote.instance_id);
+        let Some(key) = vote_key(key_prefix, &sha, &vote.voter) else {
+            let location = ObjectLocation { bucket: "memory".into(), key: marker_key(key_prefix, &sha) };
+            return Err(HaltError::UnsafeVoter { voter: vote.voter.clone(), location });
+        };
         let mut votes = self.votes.lock().unwrap();
         if votes.contains_key(&key) {
             return Ok(false);
@@ -726,6 +800,117 @@ mod tests {
             .build();
         let markers = HaltMarkers::with_aws(&Aws::from_sdk(&sdk), "b");
         assert_eq!(markers.clear("staging/halted/", &sha("3f2a9c1")).await.unwrap(), None);
+    }
+
+    /// A vote on 3f2a9c1 for staging read from the key naming `key` (`None`: not read from a
+    /// key), whose body names `voter`.
+    fn cast(key: Option<&str>, voter: &str, instance_id: &str) -> Vote {
+        Vote {
+            sha: "3f2a9c1".into(),
+            environment: "staging".into(),
+            voter: voter.into(),
+            instance_id: instance_id.into(),
+            verdict: "never-answered".into(),
+            evidence: "HTTP 500".into(),
+            at: 1,
+            rolled_back_to: None,
+            key_voter: key.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn votes_are_counted_by_the_voter_their_key_names() {
+        const A: &str = "AROAEXAMPLE:i-0aaa";
+        const B: &str = "AROAEXAMPLE:i-0bbb";
+        let cases: &[(&str, Vec<Vote>, u32, Option<usize>)] = &[
+            ("two voters", vec![cast(Some(A), A, "i-0aaa"), cast(Some(B), B, "i-0bbb")], 2, Some(2)),
+            ("one voter listed twice", vec![cast(Some(A), A, "i-0aaa"), cast(Some(A), A, "i-0aaa")], 2, None),
+            (
+                "a forged second vote: A's body under B's key",
+                vec![cast(Some(A), A, "i-0aaa"), cast(Some(B), A, "i-0aaa")],
+                2,
+                None,
+            ),
+            ("a forged vote alone", vec![cast(Some(B), A, "i-0aaa")], 1, None),
+            (
+                "the body's instance id does not make the voter",
+                vec![cast(Some(A), A, "i-0same"), cast(Some(B), B, "i-0same")],
+                2,
+                Some(2),
+            ),
+            (
+                "a body naming no voter (keyed by host id)",
+                vec![cast(Some(A), A, "i-0aaa"), cast(Some("i-0bbb"), "", "i-0bbb")],
+                2,
+                None,
+            ),
+            ("a vote not read from a key", vec![cast(Some(A), A, "i-0aaa"), cast(None, B, "i-0bbb")], 2, None),
+            ("an unsafe key voter", vec![cast(Some(A), A, "i-0aaa"), cast(Some("x/y"), "x/y", "i-0bbb")], 2, None),
+            ("an empty key voter", vec![cast(Some(""), "", "i-0aaa")], 1, None),
+            ("one voter is enough at halt_after 1", vec![cast(Some(A), A, "i-0aaa")], 1, Some(1)),
+            ("halt_after 0 still needs a voter", vec![cast(Some(B), A, "i-0aaa")], 0, None),
+        ];
+        for (what, votes, halt_after, want) in cases {
+            let reading = Reading { marker: None, votes: votes.clone() };
+            let halt = reading.halt(&sha("3f2a9c1"), "staging", *halt_after);
+            let voters = halt.as_ref().map(|m| m.reason.split(' ').next().unwrap().parse::<usize>().unwrap());
+            assert_eq!(voters, *want, "{what}: {halt:?}");
+        }
+        // The decisive marker halts whatever the votes.
+        let marker = Marker {
+            sha: "3f2a9c1".into(),
+            environment: "staging".into(),
+            instance_id: "ops".into(),
+            reason: "operator".into(),
+            at: 1,
+            rolled_back_to: None,
+            by: Some("ops".into()),
+        };
+        let reading = Reading { marker: Some(marker.clone()), votes: vec![cast(Some(B), A, "i-0aaa")] };
+        assert_eq!(reading.halt(&sha("3f2a9c1"), "staging", 2), Some(marker));
+    }
+
+    #[test]
+    fn a_vote_key_ends_in_the_voter_as_it_is_or_is_refused() {
+        let s = sha("3f2a9c1");
+        let cases: &[(&str, Option<&str>)] = &[
+            ("AROAEXAMPLEID:i-0abc123", Some("staging/halted/3f2a9c1/AROAEXAMPLEID:i-0abc123")),
+            ("AIDAEXAMPLEUSER", Some("staging/halted/3f2a9c1/AIDAEXAMPLEUSER")),
+            ("123456789012:ops+1=a,b@example.com", Some("staging/halted/3f2a9c1/123456789012:ops+1=a,b@example.com")),
+            ("AROA:a/b", None),
+            ("", None),
+            (".", None),
+            ("..", None),
+            ("AROA:i 0abc", None),
+            ("AROA:i-0abc\n", None),
+            ("AROA:i-0äbc", None),
+            ("AROA:%2F", None),
+        ];
+        for (voter, want) in cases {
+            assert_eq!(vote_key("staging/halted/", &s, voter).as_deref(), *want, "{voter:?}");
+        }
+    }
+
+    #[test]
+    fn vote_json_names_the_voter_and_never_the_key() {
+        let vote = cast(Some("AROAEXAMPLE:i-0aaa"), "AROAEXAMPLE:i-0aaa", "i-0aaa");
+        let json = serde_json::to_value(&vote).unwrap();
+        assert_eq!(json["voter"], "AROAEXAMPLE:i-0aaa");
+        assert!(json.get("key_voter").is_none(), "{json}");
+        let back: Vote = serde_json::from_value(json).unwrap();
+        assert_eq!(back, Vote { key_voter: None, ..vote });
+    }
+
+    #[tokio::test]
+    async fn memory_halts_key_votes_by_voter() {
+        let halts = MemoryHalts::default();
+        assert!(halts.vote("staging/halted/", &cast(None, "AROAEXAMPLE:i-0aaa", "i-0aaa")).await.unwrap());
+        assert!(!halts.vote("staging/halted/", &cast(None, "AROAEXAMPLE:i-0aaa", "i-0other")).await.unwrap());
+        let err = halts.vote("staging/halted/", &cast(None, "a/b", "i-0aaa")).await.unwrap_err();
+        assert!(matches!(err, HaltError::UnsafeVoter { .. }), "{err}");
+        let reading = halts.read("staging/halted/", &sha("3f2a9c1")).await.unwrap();
+        assert_eq!(reading.votes.len(), 1);
+        assert_eq!(reading.votes[0].key_voter.as_deref(), Some("AROAEXAMPLE:i-0aaa"));
     }
 
     #[tokio::test]

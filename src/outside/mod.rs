@@ -1,8 +1,8 @@
 //! One module per external system, each with its own error type naming what it touched:
 //! AWS SDK setup and region (`aws`), instance metadata (`imds`), the release object in S3
-//! (`release`), ECR credentials (`registry`), the Docker Engine (`docker`, with
-//! `pull_progress` for a terminal), the HTTP health probe (`health`), netfilter (`netfilter`)
-//! and the Auto Scaling group's lifecycle hooks (`autoscaling`).
+//! (`release`), ECR credentials (`registry`), the caller's AWS identity (`sts`), the Docker
+//! Engine (`docker`, with `pull_progress` for a terminal), the HTTP health probe (`health`),
+//! netfilter (`netfilter`) and the Auto Scaling group's lifecycle hooks (`autoscaling`).
 //! Unit tests share one loopback HTTP stand-in (`loopback`).
 
 pub mod autoscaling;
@@ -16,6 +16,7 @@ pub mod netfilter;
 pub mod pull_progress;
 pub mod registry;
 pub mod release;
+pub mod sts;
 
 /// Renders an SDK error with its whole chain on one line (the SDK's own `Display` says only
 /// "service error"). Every module that talks to AWS shows its errors through it.

@@ -53,6 +53,8 @@ pub struct Services<T, R, C> {
     pub halts: HaltMarkers,
     /// The Auto Scaling group's lifecycle hooks (the launch gate of `run`).
     pub autoscaling: Arc<crate::outside::autoscaling::AutoScaling>,
+    /// Who this host is to AWS: its halt votes' key (asked on the first vote, then kept).
+    pub caller: Arc<crate::outside::sts::Sts>,
 }
 
 /// The real services.
@@ -77,6 +79,7 @@ impl RealServices {
             routes,
             halts: HaltMarkers::with_aws(&aws, settings.release.bucket.clone()),
             autoscaling: Arc::new(crate::outside::autoscaling::AutoScaling::with_aws(&aws)),
+            caller: Arc::new(crate::outside::sts::Sts::with_aws(&aws)),
         }
     }
 }

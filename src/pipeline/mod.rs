@@ -159,7 +159,10 @@ pub struct Pipeline {
 
 /// Who is publishing: `BLOG_AGENT_PUBLISHER`, else the operator (user@host).
 fn publisher() -> String {
-    std::env::var("BLOG_AGENT_PUBLISHER").ok().filter(|v| !v.trim().is_empty()).unwrap_or_else(crate::runtime::operator::operator)
+    std::env::var("BLOG_AGENT_PUBLISHER")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .unwrap_or_else(crate::runtime::operator::operator)
 }
 
 /// Which pipeline run is publishing: `BLOG_AGENT_PIPELINE`, else CircleCI's build URL, else

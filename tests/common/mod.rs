@@ -12,6 +12,7 @@ pub mod http;
 pub mod imds;
 pub mod release;
 pub mod services;
+pub mod sts;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -299,6 +300,7 @@ impl Host {
             .env("AWS_REGION", "us-east-1")
             .env("AWS_ACCESS_KEY_ID", "testing")
             .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env_remove("AWS_SESSION_TOKEN")
             .env_remove("AWS_PROFILE")
             .env_remove("JOURNAL_STREAM")
             .env_remove("RUST_LOG")
