@@ -577,7 +577,11 @@ pub fn render_text(s: &Status) -> String {
         );
     }
     if let Some(t) = s.target.as_ref().filter(|t| t.source != TargetSource::S3) {
-        line("target", format!("{} ({})", t.sha, t.reason));
+        let why = match t.source {
+            TargetSource::Pinned => "pinned by `blog-agent sync --sha`",
+            _ => t.reason.as_str(),
+        };
+        line("target", format!("{} ({why})", t.sha));
     }
     let unknown = || if s.state_error.is_some() { "unknown (state unreadable)".into() } else { "-".into() };
     line("last good", s.last_good_sha.clone().unwrap_or_else(unknown));
@@ -773,7 +777,11 @@ mod tests {
         let reason = "automatic updates paused by alice (pinned to bbbbbbb by blog-agent sync --sha)";
         let target = TargetStatus { sha: "bbbbbbb".into(), source: TargetSource::Pinned, reason: reason.into() };
         let s = Status { target: Some(target), ..status() };
-        assert!(render_text(&s).contains(&format!("target         bbbbbbb ({reason})")), "{}", render_text(&s));
+        assert!(
+            render_text(&s).contains("target         bbbbbbb (pinned by `blog-agent sync --sha`)"),
+            "{}",
+            render_text(&s)
+        );
         assert_eq!(
             serde_json::to_value(&s).unwrap()["target"],
             serde_json::json!({"sha": "bbbbbbb", "source": "pinned", "reason": reason})
