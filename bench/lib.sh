@@ -41,3 +41,50 @@ start_proxy() {
   fi
   proxy_port=$(cat "$dir/proxy.port")
 }
+
+# push_release SHA REPO BUCKET: registers the registry's exact manifest of REPO:SHA in moto's
+# ECR (so `publish` reads the digest hosts pull) and creates BUCKET if it is missing.
+push_release() {
+  "$venv/bin/python" - "$1" "$2" "$3" <<'EOF'
+import base64, hashlib, os, sys, urllib.request, boto3
+sha, repo, bucket = sys.argv[1], sys.argv[2], sys.argv[3]
+media = "application/vnd.docker.distribution.manifest.v2+json"
+req = urllib.request.Request(f"http://{os.environ['BLOG_AGENT_TEST_REGISTRY']}/v2/{repo}/manifests/{sha}",
+                             headers={"Accept": media})
+auth = base64.b64encode(f"{os.environ['ECR_TOKEN_USER']}:{os.environ['ECR_TOKEN_PASSWORD']}".encode()).decode()
+req.add_header("Authorization", f"Basic {auth}")
+manifest = urllib.request.urlopen(req).read()
+ecr = boto3.client("ecr", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+try:
+    ecr.create_repository(repositoryName=repo)
+except ecr.exceptions.RepositoryAlreadyExistsException:
+    pass
+ecr.put_image(repositoryName=repo, imageManifest=manifest.decode(), imageManifestMediaType=media,
+              imageTag=sha, imageDigest="sha256:" + hashlib.sha256(manifest).hexdigest())
+s3 = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+try:
+    s3.create_bucket(Bucket=bucket)
+except s3.exceptions.BucketAlreadyOwnedByYou:
+    pass
+EOF
+}
+
+# count_calls LOG: one line naming the S3 and ECR calls bench/proxy.py logged in LOG.
+count_calls() {
+  "$venv/bin/python" - "$1" <<'EOF'
+import collections, json, sys
+counts = collections.Counter()
+for line in open(sys.argv[1]):
+    r = json.loads(line)
+    target = r.get("amz_target") or ""
+    if target:
+        counts["ECR " + target.split(".")[-1]] += 1
+    elif "list-type=2" in r["path"]:
+        counts["S3 ListObjectsV2"] += 1
+    elif "versions" in r["path"]:
+        counts["S3 ListObjectVersions"] += 1
+    else:
+        counts["S3 " + r["method"]] += 1
+print(", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
+EOF
+}

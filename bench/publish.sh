@@ -27,28 +27,7 @@ shas=()
 for _ in 1 2; do
   sha=$(head -c 20 /dev/urandom | od -An -tx1 | tr -d ' \n')
   bash scripts/publish-image.sh "$sha" good "$BLOG_AGENT_TEST_REGISTRY" "$repo" >/dev/null
-  "$venv/bin/python" - "$sha" "$repo" <<'EOF'
-import base64, hashlib, os, sys, urllib.request, boto3
-sha, repo = sys.argv[1], sys.argv[2]
-media = "application/vnd.docker.distribution.manifest.v2+json"
-req = urllib.request.Request(f"http://{os.environ['BLOG_AGENT_TEST_REGISTRY']}/v2/{repo}/manifests/{sha}",
-                             headers={"Accept": media})
-auth = base64.b64encode(f"{os.environ['ECR_TOKEN_USER']}:{os.environ['ECR_TOKEN_PASSWORD']}".encode()).decode()
-req.add_header("Authorization", f"Basic {auth}")
-manifest = urllib.request.urlopen(req).read()
-ecr = boto3.client("ecr", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
-try:
-    ecr.create_repository(repositoryName=repo)
-except ecr.exceptions.RepositoryAlreadyExistsException:
-    pass
-ecr.put_image(repositoryName=repo, imageManifest=manifest.decode(), imageManifestMediaType=media,
-              imageTag=sha, imageDigest="sha256:" + hashlib.sha256(manifest).hexdigest())
-s3 = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
-try:
-    s3.create_bucket(Bucket="blog-bench-publish")
-except s3.exceptions.BucketAlreadyOwnedByYou:
-    pass
-EOF
+  push_release "$sha" "$repo" "$bucket"
   shas+=("$sha")
 done
 
@@ -77,21 +56,7 @@ done
 median=$(printf '%s\n' "${times[@]}" | sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }')
 min=$(printf '%s\n' "${times[@]}" | sort -n | head -1)
 max=$(printf '%s\n' "${times[@]}" | sort -n | tail -1)
-calls=$("$venv/bin/python" - "$work/calls.log" <<'EOF'
-import collections, json, sys
-counts = collections.Counter()
-for line in open(sys.argv[1]):
-    r = json.loads(line)
-    target = r.get("amz_target") or ""
-    if target:
-        counts["ECR " + target.split(".")[-1]] += 1
-    elif "list-type=2" in r["path"]:
-        counts["S3 ListObjectsV2"] += 1
-    else:
-        counts["S3 " + r["method"]] += 1
-print(", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
-EOF
-)
+calls=$(count_calls "$work/calls.log")
 echo "| publish (each a real write, alternating two releases) | runs | median | min | max | calls per publish |"
 echo "|---|---|---|---|---|---|"
 echo "| \`blog-agent --env staging publish SHA\` against moto on 127.0.0.1 | $runs | ${median} ms | ${min} ms | ${max} ms | $calls |"

@@ -62,17 +62,30 @@ pub enum Refusal {
     #[error("{0}")]
     Signature(#[from] SignatureError),
     #[error(
-        "release {sha} for {environment} was signed as published at {signed}, before {newer_sha} (signed at \
-         {newer_signed}) that {seen}: an older release copied over the release object (a replay); not deploying \
-         it (to go back on purpose, `blog-agent rollback` signs it anew)"
+        "release {} for {} was signed as published at {}, before {} (signed at {}) that {}: an older release \
+         copied over the release object (a replay); not deploying it (to go back on purpose, `blog-agent \
+         rollback` signs it anew)",
+        .0.sha, .0.environment, .0.signed, .0.newer_sha, .0.newer_signed, .0.seen
     )]
-    Replay { environment: String, sha: Sha, signed: String, newer_sha: Sha, newer_signed: String, seen: &'static str },
+    Replay(Box<Replay>),
     #[error(
         "release {sha} for {environment} is signed as published at {signed}, more than {ahead} ahead of this \
          host's clock: taking it would make every release published before that time a replay here; not \
          deploying it (check the publisher's clock and this host's: `timedatectl`)"
     )]
     FromTheFuture { environment: String, sha: Sha, signed: String, ahead: String },
+}
+
+/// What a replay refusal names: the release, when it was signed, and the newer one it is older
+/// than.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replay {
+    pub environment: String,
+    pub sha: Sha,
+    pub signed: String,
+    pub newer_sha: Sha,
+    pub newer_signed: String,
+    pub seen: &'static str,
 }
 
 /// How far ahead of this host's clock a signed publication time may be: clocks drift, but a
@@ -157,13 +170,15 @@ impl<'a> Trust<'a> {
                 ahead: humantime::format_duration(MAX_SIGNED_AHEAD).to_string(),
             });
         }
-        let replay = |newer_sha: &Sha, newer: Option<u64>, seen: &'static str| Refusal::Replay {
-            environment: self.environment.to_owned(),
-            sha: current.sha.clone(),
-            signed: fmt_signed(current.signed_at),
-            newer_sha: newer_sha.clone(),
-            newer_signed: fmt_signed(newer),
-            seen,
+        let replay = |newer_sha: &Sha, newer: Option<u64>, seen: &'static str| {
+            Refusal::Replay(Box::new(Replay {
+                environment: self.environment.to_owned(),
+                sha: current.sha.clone(),
+                signed: fmt_signed(current.signed_at),
+                newer_sha: newer_sha.clone(),
+                newer_signed: fmt_signed(newer),
+                seen,
+            }))
         };
         // A record made under another key does not count: after a key rotation, the new key's
         // releases start the order afresh.
