@@ -311,6 +311,101 @@ fn flushed_rules_are_repaired_while_the_loop_waits_for_the_lock() {
     drop(lock);
 }
 
+/// Issue 22, item 1: the proven container removed while the loop waits for the lock (a `sync`
+/// holds it). Docker may give its bridge address to the next container before anyone proved
+/// it, so the keeper sends the host port nowhere within seconds; once the loop deploys and
+/// proves a container again, the rules point at it.
+#[test]
+fn a_removed_proven_container_s_address_gets_no_traffic_until_a_container_is_proven() {
+    let h = SwitchHost::new("sw_gone", "[reconcile]\ninterval = \"1s\"\njitter = \"0s\"\n");
+    let v1 = h.host.release("good");
+    let agent = h.host.start_agent(&[]);
+    h.host.wait_deployed(&v1, SERVE);
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(h.host.state_dir().join("reconcile.lock"))
+        .unwrap();
+    lock.lock().unwrap();
+    agent.wait_log("another blog-agent is reconciling", SERVE);
+    let old_ip = docker_ok(&["inspect", "-f", "{{.NetworkSettings.IPAddress}}", &h.host.container]);
+    docker_ok(&["rm", "-f", &h.host.container]);
+    let removed = Instant::now();
+    wait_for("the rules to send the port nowhere", Duration::from_secs(5), || {
+        (!h.dnat_rules().contains("--to-destination")).then_some(())
+    });
+    eprintln!("withheld {:?} after the removal", removed.elapsed());
+    agent.wait_log("is gone or stopped: the traffic rules send", Duration::from_secs(5));
+    assert!(h.host.page().is_none(), "the port still answers with the proven container gone");
+    assert!(!h.dnat_rules().contains(&old_ip), "{}", h.dnat_rules());
+
+    drop(lock);
+    h.host.wait_deployed(&v1, SERVE);
+    let ip = docker_ok(&["inspect", "-f", "{{.NetworkSettings.IPAddress}}", &h.host.container]);
+    assert!(h.dnat_rules().contains(&format!("--to-destination {ip}:80")), "{}", h.dnat_rules());
+}
+
+/// Issue 22, item 1, without the keeper (`sync` alone): the proven container was removed and the
+/// next release fails its probe. Its container may get the removed one's address from Docker;
+/// the stale rule must not send it traffic while it is probed. A later release that passes its
+/// probe gets the traffic.
+#[test]
+fn a_release_deployed_after_the_proven_container_was_removed_gets_no_traffic_before_its_proof() {
+    let h = SwitchHost::new("sw_gone_sync", "");
+    let v1 = h.host.release("good");
+    assert_eq!(h.host.sync().code, 0);
+    h.host.release("http500");
+    docker_ok(&["rm", "-f", &h.host.container]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (stop, port) = (stop.clone(), h.host.port);
+        std::thread::spawn(move || {
+            let mut wrong = Vec::new();
+            while !stop.load(Ordering::SeqCst) {
+                if let Some(status) = quick_status(port).filter(|status| *status != 200) {
+                    wrong.push(status);
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            wrong
+        })
+    };
+    let run = h.host.sync();
+    stop.store(true, Ordering::SeqCst);
+    let wrong = watcher.join().unwrap();
+    assert_eq!(run.code, 1, "{}", run.output());
+    assert!(
+        wrong.is_empty(),
+        "the unproven release answered {} requests on the host port (first: {:?})\n{}",
+        wrong.len(),
+        wrong.first(),
+        run.output()
+    );
+    assert!(!h.dnat_rules().contains("--to-destination"), "{}", h.dnat_rules());
+
+    // A release that proves itself gets the traffic.
+    h.host.put_release("staging", &v1);
+    let run = h.host.sync();
+    assert_eq!(run.code, 0, "{}", run.output());
+    h.host.assert_serves(&v1);
+}
+
+/// The status of one GET of the host port, giving up on a connection not made within 300 ms: a
+/// SYN the stale rule sent to the removed container's address before the rules changed is
+/// retransmitted after a second along its conntrack entry, to whatever holds that address by
+/// then; an abandoned attempt is not (the rule is about new connections).
+fn quick_status(port: u16) -> Option<u16> {
+    use std::io::{Read, Write};
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET / HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    text.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// Puts a sysctl back as it was when dropped.
 struct RestoreSysctl {
     path: &'static str,

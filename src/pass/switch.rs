@@ -44,7 +44,10 @@ pub trait Routes: Send + Sync {
     fn point<'a>(&'a self, ports: &'a [PortMapping], to: Ipv4Addr) -> RouteFuture<'a, ()>;
     /// Whether every rule for `ports` to `to` is in place (nothing flushed, nothing stale).
     fn in_place<'a>(&'a self, ports: &'a [PortMapping], to: Ipv4Addr) -> RouteFuture<'a, bool>;
-    /// The address the rules point at now (`None`: no rules).
+    /// Sends `ports` nowhere (no DNAT), in one atomic change that keeps the chains and jumps:
+    /// for a proven container that is gone, whose address Docker may give to another.
+    fn withhold<'a>(&'a self, ports: &'a [PortMapping]) -> RouteFuture<'a, ()>;
+    /// The address the rules point at now (`None`: no rules, or withheld).
     fn current(&self) -> RouteFuture<'_, Option<Ipv4Addr>>;
     /// Removes every rule, chain and jump of ours (switching to `publish`).
     fn remove(&self) -> RouteFuture<'_, ()>;
@@ -130,6 +133,9 @@ impl Routes for Netfilter {
     fn in_place<'a>(&'a self, ports: &'a [PortMapping], to: Ipv4Addr) -> RouteFuture<'a, bool> {
         Box::pin(async move { Ok(Netfilter::in_place(self, &mappings(ports), Target::new(to)).await?) })
     }
+    fn withhold<'a>(&'a self, ports: &'a [PortMapping]) -> RouteFuture<'a, ()> {
+        Box::pin(async move { Ok(Netfilter::withhold(self, &mappings(ports)).await?) })
+    }
     fn current(&self) -> RouteFuture<'_, Option<Ipv4Addr>> {
         Box::pin(async move { Ok(Netfilter::current(self).await?.map(|t| t.addr)) })
     }
@@ -144,6 +150,74 @@ impl Routes for Netfilter {
 /// The bridge address of a container, as the rules want it.
 pub fn address(container: &ContainerInfo) -> Option<Ipv4Addr> {
     container.ip.as_deref().and_then(|ip| ip.parse().ok())
+}
+
+/// Where a container is now: Docker, or a fake in unit tests.
+pub trait Addresses: Send + Sync + 'static {
+    /// The bridge address of running container `id`; `None` when it is gone or stopped.
+    fn address_of(&self, id: &str) -> impl Future<Output = Result<Option<Ipv4Addr>, String>> + Send;
+}
+
+impl Addresses for Engine {
+    async fn address_of(&self, id: &str) -> Result<Option<Ipv4Addr>, String> {
+        match self.container(id).await {
+            Ok(Some(c)) if c.running => Ok(address(&c)),
+            Ok(_) => Ok(None),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+/// What [`keep_rules`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kept {
+    /// Nothing: the rules were as the record wants them, or nothing is recorded as proven.
+    Unchanged,
+    /// The rules point at the proven container's address again.
+    Pointed(Ipv4Addr),
+    /// The proven container is gone or stopped: the rules send the host ports nowhere.
+    Withheld,
+}
+
+/// Makes the rules follow the proven container the state file records, under the rules lock
+/// ([`crate::lock::rules`]): at its address while it runs (after a flush, a dockerd restart, a
+/// restart that gave it a new address), and nowhere once it is gone or stopped, because Docker
+/// may give that address to the next container before anyone proved it. Traffic comes back
+/// when a container is proven again ([`serve_from`]). With nothing recorded the rules are left
+/// as they are: this never chooses a container. When Docker cannot answer, nothing changes.
+pub async fn keep_rules(
+    addresses: &impl Addresses,
+    routes: &dyn Routes,
+    settings: &Settings,
+) -> Result<Kept, RouteError> {
+    let dir = &settings.agent.state_dir;
+    let _lock = crate::lock::rules(dir).await.map_err(|e| RouteError::Failed(e.to_string()))?;
+    let Some(proven) = State::load(dir).proven else { return Ok(Kept::Unchanged) };
+    let short = &proven.container_id[..proven.container_id.len().min(12)];
+    let ports = &settings.container.ports;
+    match addresses.address_of(&proven.container_id).await.map_err(RouteError::Failed)? {
+        Some(to) => {
+            if routes.in_place(ports, to).await? {
+                return Ok(Kept::Unchanged);
+            }
+            tracing::warn!(
+                container = %proven.container_id, to = %to,
+                "the traffic rules were changed outside blog-agent; re-asserting them for the proven container {short}"
+            );
+            routes.point(ports, to).await?;
+            Ok(Kept::Pointed(to))
+        }
+        None => {
+            let Some(from) = routes.current().await? else { return Ok(Kept::Unchanged) };
+            tracing::warn!(
+                container = %proven.container_id, from = %from,
+                "the proven container {short} is gone or stopped: the traffic rules send {} nowhere until a container is proven (its address {from} may go to another container)",
+                ports_text(ports)
+            );
+            routes.withhold(ports).await?;
+            Ok(Kept::Withheld)
+        }
+    }
 }
 
 /// Replaces `old` (if any) with a new container of `spec`, moving traffic only once the new one
@@ -163,6 +237,9 @@ pub async fn switch_over(
     // Chains another agent's rules are in would refuse the switch at its end: refuse before a
     // container is started for nothing.
     routes.check_owner().await?;
+    // The rules may still send traffic to the address of a proven container that is gone; the
+    // new container may get that address from Docker, and must get no traffic before its proof.
+    keep_rules(engine, routes, settings).await?;
     let mut old = old;
     if let Some(current) = old {
         deploy::clear_stale_previous(engine, name, current).await?;
@@ -454,6 +531,10 @@ impl Routes for NoRoutes {
     }
     fn in_place<'a>(&'a self, _ports: &'a [PortMapping], _to: Ipv4Addr) -> RouteFuture<'a, bool> {
         Box::pin(async { Ok(false) })
+    }
+    /// There are no rules to send anywhere.
+    fn withhold<'a>(&'a self, _ports: &'a [PortMapping]) -> RouteFuture<'a, ()> {
+        Box::pin(async { Ok(()) })
     }
     fn current(&self) -> RouteFuture<'_, Option<Ipv4Addr>> {
         Box::pin(async { Ok(None) })
