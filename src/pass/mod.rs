@@ -133,6 +133,9 @@ impl PassError {
             // Another agent's chains: this host's configuration, which no retry changes and no
             // release is to blame for.
             PassError::Deploy(DeployError::Route(switch::RouteError::Taken(_))) => None,
+            // The state dir refused the record (a full disk): no release is to blame, and the
+            // cut-over did not happen; retried with backoff like the other trouble of this host.
+            PassError::Deploy(DeployError::Route(switch::RouteError::Unrecorded { .. })) => None,
             PassError::Deploy(DeployError::Route(e)) => Some(Failure::Netfilter { detail: e.to_string() }),
             _ => None,
         }

@@ -25,7 +25,7 @@ use crate::outside::health::{self, ProbeFailed};
 use crate::outside::netfilter::{Mapping, Netfilter, NetfilterError, OwnerLookup, Target};
 use crate::runtime::shutdown::Shutdown;
 use crate::spec::ContainerSpec;
-use crate::state::{Proven, State};
+use crate::state::{Proven, State, StateError};
 
 /// After the switch, the health URL (through the new rules) must answer within this long, or
 /// the switch is undone. The new version was already proven over the bridge, so this only
@@ -68,6 +68,17 @@ pub enum RouteError {
     /// configuration, which neither a retry nor another release changes.
     #[error("traffic switch: {0}")]
     Taken(String),
+    /// The state file could not record `container` as the proven one: the rules are not moved
+    /// to a container the record does not name (the keeper follows the record, and a later
+    /// pass would take it for unproven).
+    #[error(
+        "traffic switch: not moving traffic to container {container}, which could not be recorded as proven: {source}"
+    )]
+    Unrecorded {
+        container: String,
+        #[source]
+        source: Arc<StateError>,
+    },
 }
 
 impl From<NetfilterError> for RouteError {
@@ -377,6 +388,11 @@ async fn put_back(engine: &Engine, name: &str, old: Option<&ContainerInfo>) {
 /// under the rules lock ([`crate::lock::rules`]): the one way traffic moves to a container.
 /// Call it only for a container that just answered 2xx over the bridge, or that is the proven
 /// one already ([`is_proven`]). Returns whether it changed the rules.
+///
+/// The record comes first: when it cannot be written ([`RouteError::Unrecorded`]) the rules
+/// stay where they are, so they never name another container than the state file does (the
+/// keeper, following the file, would move traffic back, or to a container since removed).
+/// Pointing at the container already recorded needs no write.
 pub async fn serve_from(
     routes: &dyn Routes,
     settings: &Settings,
@@ -388,7 +404,8 @@ pub async fn serve_from(
     };
     let dir = &settings.agent.state_dir;
     let _lock = crate::lock::rules(dir).await.map_err(|e| RouteError::Failed(e.to_string()))?;
-    State::record_proven(dir, proven(container));
+    State::write_proven(dir, proven(container))
+        .map_err(|e| RouteError::Unrecorded { container: container.name.clone(), source: Arc::new(e) })?;
     if routes.in_place(ports, to).await? {
         return Ok(false);
     }
@@ -541,5 +558,109 @@ impl Routes for NoRoutes {
     }
     fn remove(&self) -> RouteFuture<'_, ()> {
         Box::pin(async { Ok(()) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::spec::{LABEL_DIGEST, LABEL_SHA};
+
+    /// Rules in memory: where they point.
+    #[derive(Default)]
+    struct MemoryRoutes(Mutex<Option<Ipv4Addr>>);
+
+    impl Routes for MemoryRoutes {
+        fn point<'a>(&'a self, _ports: &'a [PortMapping], to: Ipv4Addr) -> RouteFuture<'a, ()> {
+            *self.0.lock().unwrap() = Some(to);
+            Box::pin(async { Ok(()) })
+        }
+        fn in_place<'a>(&'a self, _ports: &'a [PortMapping], to: Ipv4Addr) -> RouteFuture<'a, bool> {
+            let here = *self.0.lock().unwrap() == Some(to);
+            Box::pin(async move { Ok(here) })
+        }
+        fn withhold<'a>(&'a self, _ports: &'a [PortMapping]) -> RouteFuture<'a, ()> {
+            *self.0.lock().unwrap() = None;
+            Box::pin(async { Ok(()) })
+        }
+        fn current(&self) -> RouteFuture<'_, Option<Ipv4Addr>> {
+            let to = *self.0.lock().unwrap();
+            Box::pin(async move { Ok(to) })
+        }
+        fn remove(&self) -> RouteFuture<'_, ()> {
+            *self.0.lock().unwrap() = None;
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    /// Both containers run, at their own addresses.
+    struct Running(HashMap<String, Ipv4Addr>);
+
+    impl Addresses for Running {
+        async fn address_of(&self, id: &str) -> Result<Option<Ipv4Addr>, String> {
+            Ok(self.0.get(id).copied())
+        }
+    }
+
+    fn container(id: &str, ip: &str) -> ContainerInfo {
+        ContainerInfo {
+            id: id.into(),
+            name: "blog".into(),
+            running: true,
+            status: "running".into(),
+            exit_code: None,
+            labels: HashMap::from([(LABEL_SHA.into(), "aaaaaaa".into()), (LABEL_DIGEST.into(), "d".into())]),
+            ip: Some(ip.into()),
+            started_at: None,
+            restart_count: 0,
+            oom_killed: false,
+        }
+    }
+
+    fn settings(dir: &std::path::Path) -> Settings {
+        let text = format!(
+            "[release]\nbucket = \"b\"\n[image]\nrepository = \"123456789012.dkr.ecr.us-east-1.amazonaws.com/blog\"\n\
+             [agent]\nstate_dir = \"{}\"\n[traffic]\nmode = \"switch\"\n",
+            dir.display()
+        );
+        Settings::parse(&text, std::path::Path::new("/etc/blog-agent/config.toml")).unwrap()
+    }
+
+    /// Issue 22, item 2: the rules follow what is recorded, or the cut-over does not happen. A
+    /// state file that cannot be written leaves the old container proven and serving (the
+    /// keeper, which follows the record, then has nothing to move back); once it can be
+    /// written, the new one is recorded and gets the traffic.
+    #[tokio::test]
+    async fn a_failed_record_of_the_proven_container_moves_no_traffic() {
+        let dir = std::env::temp_dir().join(format!("blog-agent-switch-record-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let settings = settings(&dir);
+        let (old, new) = (container("old", "172.17.0.2"), container("new", "172.17.0.3"));
+        let routes = MemoryRoutes::default();
+        let ports = settings.container.ports.clone();
+        serve_from(&routes, &settings, &ports, &old).await.unwrap();
+        assert_eq!(*routes.0.lock().unwrap(), address(&old));
+
+        crate::state::fail_writes_in(&dir, true);
+        let err = serve_from(&routes, &settings, &ports, &new).await.unwrap_err();
+        assert!(matches!(err, RouteError::Unrecorded { .. }), "{err}");
+        assert!(err.to_string().contains("cannot write state file"), "{err}");
+        assert_eq!(*routes.0.lock().unwrap(), address(&old), "the traffic stays with the recorded container");
+        assert!(is_proven(&settings, &old) && !is_proven(&settings, &new));
+        let docker =
+            Running(HashMap::from([("old".into(), address(&old).unwrap()), ("new".into(), address(&new).unwrap())]));
+        assert_eq!(keep_rules(&docker, &routes, &settings).await.unwrap(), Kept::Unchanged, "record and rules agree");
+        // Moving back to the recorded container needs no write: it always works.
+        assert!(!serve_from(&routes, &settings, &ports, &old).await.unwrap());
+
+        crate::state::fail_writes_in(&dir, false);
+        serve_from(&routes, &settings, &ports, &new).await.unwrap();
+        assert_eq!(*routes.0.lock().unwrap(), address(&new));
+        assert!(is_proven(&settings, &new));
+        assert_eq!(keep_rules(&docker, &routes, &settings).await.unwrap(), Kept::Unchanged);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
