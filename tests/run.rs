@@ -245,6 +245,33 @@ fn a_crash_loop_of_kills_from_outside_is_this_host_s_and_halts_nothing() {
     assert_eq!(host.staging_halt_markers(), 0, "{v2} was voted against for kills from outside:\n{logs}");
 }
 
+/// Issue 22, item 3: the candidate of a new release killed from outside during its probe (what
+/// the OOM killer does) is this host's trouble, as a crash loop of kills is: no halt vote, even
+/// where one vote would halt the release for every host; the next try deploys it.
+#[test]
+fn a_candidate_killed_during_its_probe_is_this_host_s_and_halts_nothing() {
+    let host = Host::new("run_cand_killed");
+    host.write_config(FAST_ONE_VOTE);
+    let v1 = host.release("good");
+    let agent = host.start_agent(&[]);
+    host.wait_deployed(&v1, SERVE);
+    // Answers only 4 s after it starts: time to kill its candidate mid-probe.
+    let v2 = host.release("slow");
+    let candidate = format!("{}-candidate", host.container);
+    let pid = wait_for("the candidate's process", SERVE, || {
+        let out = docker(&["inspect", "-f", "{{.State.Pid}}", &candidate]);
+        String::from_utf8_lossy(&out.stdout).trim().parse::<u32>().ok().filter(|p| *p > 0)
+    });
+    let killed = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
+    assert!(killed.success());
+    agent.wait_log("this host (killed-from-outside)", SERVE);
+    let logs = agent.logs();
+    assert!(logs.contains("no halt vote, other hosts are not affected"), "{logs}");
+    assert!(host.staging_votes(&v2).is_empty(), "{v2} was voted against for a kill from outside:\n{logs}");
+    host.wait_deployed(&v2, SERVE);
+    assert_eq!(host.staging_halt_markers(), 0, "{}", agent.logs());
+}
+
 #[test]
 fn sigterm_during_a_pull_exits_promptly_and_leaves_the_site_up() {
     let mut host = Host::new("run_term_pull");

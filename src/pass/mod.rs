@@ -119,7 +119,15 @@ impl PassError {
         use crate::outside::health::{ProbeEnd, ProbeFailed};
         let probed = |probe: &ProbeFailed| match probe.end {
             ProbeEnd::CannotRun => Failure::CommandCannotRun { detail: probe.to_string() },
-            end => Failure::BridgeProbe { died: end == ProbeEnd::Died, detail: probe.to_string() },
+            ProbeEnd::Died(exit) => Failure::BridgeProbe {
+                died: true,
+                exit_code: exit.code,
+                oom_killed: exit.oom_killed,
+                detail: probe.to_string(),
+            },
+            ProbeEnd::Deadline => {
+                Failure::BridgeProbe { died: false, exit_code: None, oom_killed: false, detail: probe.to_string() }
+            }
         };
         match self {
             PassError::Deploy(DeployError::CandidateUnhealthy { probe, .. }) => Some(probed(probe)),
@@ -172,4 +180,34 @@ pub struct Applied {
     pub action: Action,
     pub container_id: String,
     pub digest: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fleet::verdict::{judge, History, Rule};
+    use crate::outside::health::{Exit, ProbeEnd, ProbeFailed};
+
+    fn candidate(end: ProbeEnd) -> PassError {
+        let probe = ProbeFailed { url: "http://172.17.0.9:80/".into(), last: "connect: refused".into(), end };
+        PassError::Deploy(DeployError::CandidateUnhealthy { image: "blog:aaaaaaa".into(), probe })
+    }
+
+    /// Issue 22, item 3: how the candidate ended during its probe reaches the judgement. Killed
+    /// from outside (SIGKILL, the OOM killer) is this host's; its own exit is the release's.
+    #[test]
+    fn how_a_candidate_ended_during_its_probe_reaches_the_judgement() {
+        let cases = [
+            ("SIGKILL from outside", Exit { code: Some(137), oom_killed: false }, Rule::KilledFromOutside),
+            ("the OOM killer", Exit { code: Some(137), oom_killed: true }, Rule::KilledFromOutside),
+            ("its own exit", Exit { code: Some(1), oom_killed: false }, Rule::CrashedBeforeServing),
+            ("gone, exit unknown", Exit::default(), Rule::CrashedBeforeServing),
+        ];
+        for (what, exit, rule) in cases {
+            let facts = candidate(ProbeEnd::Died(exit)).failure().expect("a failed probe is counted");
+            assert_eq!(judge(&facts, &History::default()).rule, rule, "{what}: {facts:?}");
+        }
+        let facts = candidate(ProbeEnd::Deadline).failure().unwrap();
+        assert_eq!(judge(&facts, &History::default()).rule, Rule::NeverAnswered);
+    }
 }

@@ -341,7 +341,7 @@ pub async fn switch_over(
         };
         abandon(engine, name, &new_id, old).await;
         // It answered over the bridge a moment ago: the path through the rules failed.
-        let bridge_ok = probe.end != health::ProbeEnd::Died;
+        let bridge_ok = !matches!(probe.end, health::ProbeEnd::Died(_));
         return Err(DeployError::CutoverUnhealthy { image: spec.image.clone(), probe, restored, bridge_ok });
     }
     if let Some(old) = old {
@@ -447,7 +447,7 @@ pub async fn prove_over_bridge(
         return Err(ProbeFailed {
             url: format!("container {}", container.name),
             last: "it has no bridge address".into(),
-            end: health::ProbeEnd::Died,
+            end: health::ProbeEnd::Died(container.exit()),
         });
     };
     health::wait_healthy(&ip.to_string(), port, &settings.health.url.path, settings.health.timeout, || {
