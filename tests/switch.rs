@@ -270,6 +270,35 @@ fn after_a_crash_mid_switch_traffic_goes_only_to_the_proven_container() {
     h.host.assert_serves(&v1);
 }
 
+/// Issue 22, item 4: the recovery of an interrupted switch that finds the new version unhealthy
+/// (and restores the proven one) is a failed deploy of that release: it counts towards the
+/// release's quarantine, so the quarantine (3 failures in a row) comes after two more deploys,
+/// not three, and the pass ends instead of deploying the release again at once.
+#[test]
+fn a_failed_recovery_of_an_interrupted_switch_counts_towards_the_quarantine() {
+    // One host's vote never halts a release by default (halt_after = 2): the vote shows the
+    // judgement, and the quarantine count goes on.
+    let h = SwitchHost::new("sw_recovery_counts", "[reconcile]\ninterval = \"1s\"\njitter = \"0s\"\n");
+    let text = std::fs::read_to_string(&h.host.config).unwrap().replace("timeout = \"10s\"", "timeout = \"2s\"");
+    std::fs::write(&h.host.config, text).unwrap();
+    let v1 = h.host.release("good");
+    assert_eq!(h.host.sync().code, 0);
+    let bad = h.host.release("http500");
+    kill_sync_mid_probe(&h, &bad);
+
+    let agent = h.host.start_agent(&[]);
+    agent.wait_log("failed to deploy 3 times in a row", Duration::from_secs(60));
+    let logs = agent.logs();
+    let quarantined = logs.find("failed to deploy 3 times in a row").unwrap();
+    let deploy = format!("deploying {bad} as");
+    let deploys = logs[..quarantined].matches(&deploy).count();
+    assert_eq!(deploys, 2, "deploys of {bad} before its quarantine, after the failed recovery:\n{logs}");
+    // Judged as a failed deploy of it (a vote: it never answered), before it is deployed again.
+    let voted = logs.find(&format!("voted to halt {}", &bad[..12])).expect("a vote against the release");
+    assert!(voted < logs.find(&deploy).unwrap(), "{logs}");
+    h.host.wait_deployed(&v1, SERVE);
+}
+
 /// A first deploy interrupted mid-probe leaves a container nobody proved under the name: the
 /// next pass probes it before it counts as converged or last-known-good, and no traffic goes
 /// to it meanwhile.

@@ -78,8 +78,17 @@ pub async fn restore_previous(engine: &Engine, name: &str, id: &str, start: bool
     Ok(())
 }
 
+/// The proof of a new version an interrupted deploy left under the name failed, and the
+/// previous version was put back: a failed deploy of that release, judged and counted as one.
+#[derive(Debug)]
+pub struct FailedProof {
+    pub probe: ProbeFailed,
+    /// It answered 2xx over the bridge: only this host's path to it failed.
+    pub bridge_ok: bool,
+}
+
 /// Proves a new version an interrupted deploy left under `name` beside `-previous`: healthy,
-/// `-previous` is removed; not, `-previous` is put back.
+/// `-previous` is removed; not, `-previous` is put back and the failed proof returned.
 pub async fn prove_interrupted(
     engine: &Engine,
     settings: &Settings,
@@ -87,7 +96,7 @@ pub async fn prove_interrupted(
     new_id: &str,
     new_restarts: i64,
     previous_id: &str,
-) -> Result<(), EngineError> {
+) -> Result<Option<FailedProof>, EngineError> {
     let url = &settings.health.url;
     let healthy = health::wait_healthy(&url.host, url.port, &url.path, settings.health.timeout, || {
         still_running(engine, new_id, new_restarts)
@@ -96,14 +105,18 @@ pub async fn prove_interrupted(
     match healthy {
         Ok(_) => {
             tracing::info!(container = %name, "the new version left by an interrupted deploy is healthy; removing the previous one");
-            engine.remove(previous_id).await
+            engine.remove(previous_id).await.map(|()| None)
         }
         Err(probe) => {
             tracing::warn!(container = %name, %probe, "the new version left by an interrupted deploy is unhealthy; restoring the previous one");
+            // As after a cut-over: does it serve over the bridge, so only the port failed?
+            let port = settings.container.ports.first().map(|p| p.container_port).unwrap_or(80);
+            let bridge_ok = probe.end == health::ProbeEnd::Deadline
+                && answers_on_bridge(engine, new_id, port, &settings.health.url.path).await;
             let previous = engine.container(previous_id).await?;
             let restored = roll_back(engine, name, new_id, previous.as_ref()).await;
             tracing::warn!(container = %name, "{restored}");
-            Ok(())
+            Ok(Some(FailedProof { probe, bridge_ok }))
         }
     }
 }

@@ -93,6 +93,20 @@ pub enum PassError {
     Engine(#[from] EngineError),
     #[error(transparent)]
     Deploy(#[from] DeployError),
+    /// The new version an interrupted deploy left under the name failed its proof, and the
+    /// previous one serves again: a failed deploy of `release`, judged and counted as one. The
+    /// pass ends here rather than deploying it again at once.
+    #[error(
+        "the new version {} that an interrupted deploy left failed its proof ({}); the previous version was put back",
+        release.short(),
+        failed.probe
+    )]
+    Interrupted {
+        release: Sha,
+        /// The release that served before that deploy (`-previous`), if it carries one.
+        previous: Option<Sha>,
+        failed: deploy::FailedProof,
+    },
     #[error("container {container} runs the desired version but is not healthy: {detail}")]
     Unhealthy { container: String, detail: String },
     #[error("{0}")]
@@ -131,10 +145,12 @@ impl PassError {
         };
         match self {
             PassError::Deploy(DeployError::CandidateUnhealthy { probe, .. }) => Some(probed(probe)),
-            PassError::Deploy(DeployError::CutoverUnhealthy { probe, bridge_ok: true, .. }) => {
+            PassError::Deploy(DeployError::CutoverUnhealthy { probe, bridge_ok: true, .. })
+            | PassError::Interrupted { failed: deploy::FailedProof { probe, bridge_ok: true }, .. } => {
                 Some(Failure::HostPathProbe { detail: probe.to_string() })
             }
-            PassError::Deploy(DeployError::CutoverUnhealthy { probe, .. }) => Some(probed(probe)),
+            PassError::Deploy(DeployError::CutoverUnhealthy { probe, .. })
+            | PassError::Interrupted { failed: deploy::FailedProof { probe, .. }, .. } => Some(probed(probe)),
             PassError::Deploy(DeployError::CutoverFailed { source, .. }) => {
                 Some(Failure::Engine { detail: source.to_string() })
             }
@@ -145,6 +161,16 @@ impl PassError {
             // cut-over did not happen; retried with backoff like the other trouble of this host.
             PassError::Deploy(DeployError::Route(switch::RouteError::Unrecorded { .. })) => None,
             PassError::Deploy(DeployError::Route(e)) => Some(Failure::Netfilter { detail: e.to_string() }),
+            _ => None,
+        }
+    }
+
+    /// For a failed proof of what an interrupted deploy left ([`PassError::Interrupted`]): the
+    /// release that failed, and the one that served before it. The failure is that release's,
+    /// whatever the pass's target was.
+    pub fn interrupted(&self) -> Option<(&Sha, Option<&Sha>)> {
+        match self {
+            PassError::Interrupted { release, previous, .. } => Some((release, previous.as_ref())),
             _ => None,
         }
     }
@@ -209,5 +235,34 @@ mod tests {
         }
         let facts = candidate(ProbeEnd::Deadline).failure().unwrap();
         assert_eq!(judge(&facts, &History::default()).rule, Rule::NeverAnswered);
+    }
+
+    /// Issue 22, item 4: the failed proof of what an interrupted deploy left is a failed deploy
+    /// of that release (not of the pass's target), judged as the candidate's or the cut-over's.
+    #[test]
+    fn a_failed_proof_of_an_interrupted_deploy_is_its_release_s_failure() {
+        let (new, old) = (Sha::parse(&"b".repeat(40)).unwrap(), Sha::parse(&"a".repeat(40)).unwrap());
+        let interrupted = |end, bridge_ok| {
+            let probe = ProbeFailed { url: "http://172.17.0.9:80/".into(), last: "HTTP 500".into(), end };
+            PassError::Interrupted {
+                release: new.clone(),
+                previous: Some(old.clone()),
+                failed: deploy::FailedProof { probe, bridge_ok },
+            }
+        };
+        let e = interrupted(ProbeEnd::Deadline, false);
+        assert_eq!(e.interrupted(), Some((&new, Some(&old))));
+        assert!(e.to_string().contains("interrupted deploy"), "{e}");
+        let cases = [
+            (interrupted(ProbeEnd::Deadline, false), Rule::NeverAnswered),
+            (interrupted(ProbeEnd::Died(Exit { code: Some(1), oom_killed: false }), false), Rule::CrashedBeforeServing),
+            (interrupted(ProbeEnd::Died(Exit { code: Some(137), oom_killed: true }), false), Rule::KilledFromOutside),
+            (interrupted(ProbeEnd::Deadline, true), Rule::HostPath),
+        ];
+        for (e, rule) in cases {
+            let facts = e.failure().expect("counted as a failed deploy");
+            assert_eq!(judge(&facts, &History::default()).rule, rule, "{e}");
+        }
+        assert_eq!(candidate(ProbeEnd::Deadline).interrupted(), None);
     }
 }

@@ -18,7 +18,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::deploy::{self, DeployError};
+use super::deploy::{self, DeployError, FailedProof};
 use crate::config::{PortMapping, Settings};
 use crate::outside::docker::{ContainerInfo, Engine, EngineError, Role};
 use crate::outside::health::{self, ProbeFailed};
@@ -459,14 +459,14 @@ pub async fn prove_over_bridge(
 
 /// Proves a new version an interrupted switch left under `<name>` beside `-previous`, over the
 /// bridge. Healthy: traffic to it, `-previous` retired. Not: it goes, `-previous` gets its
-/// name and traffic back.
+/// name and traffic back, and the failed proof is returned (a failed deploy of that release).
 pub async fn prove_interrupted(
     engine: &Engine,
     routes: &dyn Routes,
     settings: &Settings,
     new_id: &str,
     previous_id: &str,
-) -> Result<(), DeployError> {
+) -> Result<Option<FailedProof>, DeployError> {
     let name = &settings.container.name;
     let ports = &settings.container.ports;
     let new = engine.container(new_id).await?;
@@ -481,9 +481,12 @@ pub async fn prove_interrupted(
             || deploy::still_running(engine, new_id, new.as_ref().map(|c| c.restart_count).unwrap_or(0)),
         )
         .await
-        .map(|_| ip)
-        .map_err(|p| p.to_string()),
-        None => Err("it has no bridge address".to_owned()),
+        .map(|_| ip),
+        None => Err(ProbeFailed {
+            url: format!("container {name}"),
+            last: "it has no bridge address".into(),
+            end: health::ProbeEnd::Died(new.as_ref().map(ContainerInfo::exit).unwrap_or_default()),
+        }),
     };
     match healthy {
         Ok(ip) => {
@@ -494,16 +497,18 @@ pub async fn prove_interrupted(
             if let Some(previous) = previous {
                 retire(engine, settings, &previous).await;
             }
+            Ok(None)
         }
-        Err(why) => {
-            tracing::warn!(container = %name, "the new version left by an interrupted switch is unhealthy ({why}); restoring the previous one");
+        Err(probe) => {
+            tracing::warn!(container = %name, "the new version left by an interrupted switch is unhealthy ({probe}); restoring the previous one");
             abandon(engine, name, new_id, previous.as_ref()).await;
             if let Some(back) = previous.as_ref().filter(|p| address(p).is_some()) {
                 serve_from(routes, settings, ports, back).await?;
             }
+            // Probed over the bridge, before any traffic: as a candidate's probe.
+            Ok(Some(FailedProof { probe, bridge_ok: false }))
         }
     }
-    Ok(())
 }
 
 /// Starts a stopped container of the right spec, proves it over the bridge unless it is the
