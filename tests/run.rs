@@ -225,15 +225,15 @@ fn a_crash_loop_of_kills_from_outside_is_this_host_s_and_halts_nothing() {
     host.wait_deployed(&v2, SERVE);
     for n in 1..=3 {
         let pid = wait_for("the container's process", SERVE, || {
-            let pid = docker_ok(&["inspect", "-f", "{{.State.Pid}}", &host.container]);
-            pid.trim().parse::<u32>().ok().filter(|p| *p > 0)
+            let pid = inspect(&host.container, "{{.State.Pid}}")?;
+            pid.parse::<u32>().ok().filter(|p| *p > 0)
         });
         let killed = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
         assert!(killed.success());
         // Docker's restart policy brings it back, as after the OOM killer.
         wait_for("Docker to restart it", SERVE, || {
-            let count = docker_ok(&["inspect", "-f", "{{.RestartCount}} {{.State.Running}}", &host.container]);
-            (count.trim() == format!("{n} true")).then_some(())
+            let count = inspect(&host.container, "{{.RestartCount}} {{.State.Running}}")?;
+            (count == format!("{n} true")).then_some(())
         });
         eprintln!("kill {n}: pid {pid} killed, restarted by Docker");
     }
@@ -259,8 +259,7 @@ fn a_candidate_killed_during_its_probe_is_this_host_s_and_halts_nothing() {
     let v2 = host.release("slow");
     let candidate = format!("{}-candidate", host.container);
     let pid = wait_for("the candidate's process", SERVE, || {
-        let out = docker(&["inspect", "-f", "{{.State.Pid}}", &candidate]);
-        String::from_utf8_lossy(&out.stdout).trim().parse::<u32>().ok().filter(|p| *p > 0)
+        inspect(&candidate, "{{.State.Pid}}")?.parse::<u32>().ok().filter(|p| *p > 0)
     });
     let killed = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
     assert!(killed.success());
