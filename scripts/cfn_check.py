@@ -236,6 +236,8 @@ def user_data_sub_text(source, hook):
          "PKG comment")
     edit(r'^(\s*)PKG=s3://blog-artifacts/packages/\S+$',
          lambda m: m[1] + "PKG=s3://${ArtifactsBucket}/${AgentPackageKey}", "PKG=")
+    edit(r"^(\s*)# CHANGE ME: the package's SHA-256 \(`sha256sum FILE`\)\.",
+         lambda m: m[1] + "# The package's SHA-256 (parameter AgentPackageSha256).", "PKG_SHA256 comment")
     edit(r'^(\s*)PKG_SHA256=""$', lambda m: m[1] + 'PKG_SHA256="${AgentPackageSha256}"',
          "PKG_SHA256=")
     # [rollout] lifecycle_hook at the end of the config.toml that write_files writes.
@@ -617,7 +619,69 @@ def main():
                 assert size < MAX_USER_DATA - 1024, f"{size} bytes: too close to EC2's {MAX_USER_DATA}"
                 return f"{len(rendered['text'].encode())} bytes"
 
+    @check(f"{rel} AgentPackageSha256 is required: no default, exactly 64 hex digits")
+    def _():
+        p = t["Parameters"]["AgentPackageSha256"]
+        assert "Default" not in p, f"Default {p['Default']!r}: a stack without it would trust whoever writes packages/"
+        pattern = re.compile(p.get("AllowedPattern", ""))
+        good = "0123456789abcdef" * 4
+        for value, want in (("", False), (good, True), (good[:-1], False), (good + "0", False),
+                            (good.upper(), False), ("g" * 64, False), (f"{good}\n", False)):
+            # CloudFormation matches AllowedPattern against the whole value.
+            got = pattern.fullmatch(value) is not None
+            assert got == want, f"AllowedPattern {pattern.pattern!r} {'accepts' if got else 'refuses'} {value!r}"
+
+    @check(f"{rel} user-data installs the package only when it matches AgentPackageSha256")
+    def _():
+        return install_refusals(lambda sha: Evaluator(t, Environment="staging", AgentPackageSha256=sha).ev(
+            res["LaunchTemplate"]["Properties"]["LaunchTemplateData"]["UserData"]))
+
     return failures
+
+
+def install_refusals(user_data_for):
+    """Runs the install step of the user-data (its first runcmd entry) under sh, with stand-ins
+    for `aws` (copies a fake package), `dnf`/`apt-get` (record the install), `cloud-init`, `snap`
+    and `sleep`: with the package's own SHA-256 it installs; with none, a malformed one or
+    another package's, it must not. `user_data_for(sha)` renders the user-data for a checksum."""
+    import hashlib
+    import os
+    package = b"not really an rpm\n"
+    right = hashlib.sha256(package).hexdigest()
+    cases = (("the package's own SHA-256", right, True), ("no SHA-256", "", False),
+             ("a malformed SHA-256", "abc", False), ("another package's SHA-256", hashlib.sha256(b"x").hexdigest(), False))
+    seen = []
+    for what, sha, installs in cases:
+        doc = yaml.safe_load(user_data_for(sha))
+        script = doc["runcmd"][0]
+        with tempfile.TemporaryDirectory() as work:
+            bin_dir, log = Path(work, "bin"), Path(work, "installed")
+            bin_dir.mkdir()
+            Path(work, "package").write_bytes(package)
+            stubs = {
+                "aws": f'for last; do :; done; cp "{work}/package" "$last"',
+                "dnf": f'echo "$@" >> "{log}"',
+                "apt-get": f'echo "$@" >> "{log}"',
+                "cloud-init": "echo us-east-1",
+                "snap": "exit 0",
+                "sleep": "exit 0",
+            }
+            for name, body in stubs.items():
+                stub = bin_dir / name
+                stub.write_text(f"#!/bin/sh\n{body}\n")
+                stub.chmod(0o755)
+            # The Ubuntu user-data calls the snap's aws by its path.
+            script = script.replace("/snap/bin/aws", "aws")
+            env = {"PATH": f"{bin_dir}:{os.environ.get('PATH', '/usr/bin:/bin')}", "TMPDIR": work}
+            out = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True, timeout=60)
+            installed = log.exists()
+        if installed != installs:
+            raise AssertionError(f"with {what} ({sha!r}) the package was {'' if installed else 'not '}installed "
+                                 f"(exit {out.returncode}):\n{out.stdout}{out.stderr}")
+        if not installs and out.returncode == 0:
+            raise AssertionError(f"with {what} the script refused but exited 0: cloud-init would go on")
+        seen.append(f"{what}: {'installed' if installed else 'refused'}")
+    return "; ".join(seen)
 
 
 if __name__ == "__main__":

@@ -118,6 +118,22 @@ EOF
   else
     fail "$f config.toml keys match packaging/config.example.toml" "$out"
   fi
+  # Whoever can write the bucket's packages/ must not get root on a new host: the install step,
+  # run with stand-ins for aws, dnf/apt-get and cloud-init, installs only a package matching
+  # PKG_SHA256, and refuses (exit non-zero) without one.
+  if out=$(/usr/bin/python3 - "$f" <<'EOF' 2>&1
+import re, sys
+sys.path.insert(0, "scripts")
+from cfn_check import install_refusals
+text = open(sys.argv[1]).read()
+pin = lambda sha: re.sub(r'(?m)^(\s*)PKG_SHA256=""$', lambda m: f'{m[1]}PKG_SHA256="{sha}"', text, count=1)
+print(install_refusals(pin))
+EOF
+  ); then
+    ok "$f installs the package only when it matches PKG_SHA256 ($out)"
+  else
+    fail "$f installs the package only when it matches PKG_SHA256" "$out"
+  fi
 done
 
 # ---- JSON --------------------------------------------------------------------------------

@@ -69,6 +69,26 @@ pub struct StateError {
     pub source: std::io::Error,
 }
 
+#[cfg(test)]
+thread_local! {
+    /// State dirs whose state file [`State::save`] refuses to write (this thread only).
+    static FAIL_WRITES: std::cell::RefCell<Vec<PathBuf>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Makes [`State::save`] into `dir` fail (or work again) on this thread: what a full disk or a
+/// read-only state dir does to a write, for tests of what a failed write leaves. Reading is
+/// unaffected. Root ignores file modes, so the tests cannot get there with `chmod`.
+#[cfg(test)]
+pub fn fail_writes_in(dir: &Path, fail: bool) {
+    FAIL_WRITES.with(|dirs| {
+        let mut dirs = dirs.borrow_mut();
+        dirs.retain(|d| d != dir);
+        if fail {
+            dirs.push(dir.to_owned());
+        }
+    });
+}
+
 /// A state file that exists (or may) but could not be read: permissions, I/O. "Absent" is
 /// not an error; see the `read` functions.
 #[derive(Debug, thiserror::Error)]
@@ -116,6 +136,11 @@ impl State {
     }
 
     pub fn save(&self, dir: &Path) -> Result<(), StateError> {
+        #[cfg(test)]
+        if FAIL_WRITES.with(|dirs| dirs.borrow().iter().any(|d| d == dir)) {
+            let source = std::io::Error::other("write refused by the test");
+            return Err(StateError { path: dir.join(FILE), source });
+        }
         write_atomically(dir, FILE, &serde_json::to_vec_pretty(self).expect("state serializes"))
     }
 
@@ -139,16 +164,23 @@ impl State {
     }
 
     /// Records the proven container in `dir` (load, set, save: the caller holds the rules
-    /// lock). A write failure is logged: the rules still follow it in this process.
-    pub fn record_proven(dir: &Path, proven: Proven) {
+    /// lock). Returns whether it wrote: proven once is proven, so the same container again
+    /// keeps its first time and costs no write. Traffic moves to a container only after this
+    /// succeeded ([`crate::pass::switch::serve_from`]): the keeper follows the record.
+    pub fn write_proven(dir: &Path, proven: Proven) -> Result<bool, StateError> {
         let mut state = State::load(dir);
-        // Proven once is proven: the same container again keeps its first time (and costs no
-        // write on every poll).
         if state.proven.as_ref().is_some_and(|p| p.container_id == proven.container_id) {
-            return;
+            return Ok(false);
         }
         state.proven = Some(proven);
-        if let Err(e) = state.save(dir) {
+        state.save(dir).map(|()| true)
+    }
+
+    /// [`State::write_proven`] where traffic does not depend on the record (publish mode: the
+    /// container holds the host ports itself): a failed write is logged, and the next pass
+    /// proves the container again before it counts.
+    pub fn record_proven(dir: &Path, proven: Proven) {
+        if let Err(e) = State::write_proven(dir, proven) {
             tracing::warn!(error = %e, "could not record the proven container");
         }
     }

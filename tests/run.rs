@@ -225,15 +225,15 @@ fn a_crash_loop_of_kills_from_outside_is_this_host_s_and_halts_nothing() {
     host.wait_deployed(&v2, SERVE);
     for n in 1..=3 {
         let pid = wait_for("the container's process", SERVE, || {
-            let pid = docker_ok(&["inspect", "-f", "{{.State.Pid}}", &host.container]);
-            pid.trim().parse::<u32>().ok().filter(|p| *p > 0)
+            let pid = inspect(&host.container, "{{.State.Pid}}")?;
+            pid.parse::<u32>().ok().filter(|p| *p > 0)
         });
         let killed = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
         assert!(killed.success());
         // Docker's restart policy brings it back, as after the OOM killer.
         wait_for("Docker to restart it", SERVE, || {
-            let count = docker_ok(&["inspect", "-f", "{{.RestartCount}} {{.State.Running}}", &host.container]);
-            (count.trim() == format!("{n} true")).then_some(())
+            let count = inspect(&host.container, "{{.RestartCount}} {{.State.Running}}")?;
+            (count == format!("{n} true")).then_some(())
         });
         eprintln!("kill {n}: pid {pid} killed, restarted by Docker");
     }
@@ -243,6 +243,32 @@ fn a_crash_loop_of_kills_from_outside_is_this_host_s_and_halts_nothing() {
     assert!(logs.contains("this host (killed-from-outside)"), "{logs}");
     assert!(logs.contains("no halt vote, other hosts are not affected"), "{logs}");
     assert_eq!(host.staging_halt_markers(), 0, "{v2} was voted against for kills from outside:\n{logs}");
+}
+
+/// Issue 22, item 3: the candidate of a new release killed from outside during its probe (what
+/// the OOM killer does) is this host's trouble, as a crash loop of kills is: no halt vote, even
+/// where one vote would halt the release for every host; the next try deploys it.
+#[test]
+fn a_candidate_killed_during_its_probe_is_this_host_s_and_halts_nothing() {
+    let host = Host::new("run_cand_killed");
+    host.write_config(FAST_ONE_VOTE);
+    let v1 = host.release("good");
+    let agent = host.start_agent(&[]);
+    host.wait_deployed(&v1, SERVE);
+    // Answers only 4 s after it starts: time to kill its candidate mid-probe.
+    let v2 = host.release("slow");
+    let candidate = format!("{}-candidate", host.container);
+    let pid = wait_for("the candidate's process", SERVE, || {
+        inspect(&candidate, "{{.State.Pid}}")?.parse::<u32>().ok().filter(|p| *p > 0)
+    });
+    let killed = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
+    assert!(killed.success());
+    agent.wait_log("this host (killed-from-outside)", SERVE);
+    let logs = agent.logs();
+    assert!(logs.contains("no halt vote, other hosts are not affected"), "{logs}");
+    assert!(host.staging_votes(&v2).is_empty(), "{v2} was voted against for a kill from outside:\n{logs}");
+    host.wait_deployed(&v2, SERVE);
+    assert_eq!(host.staging_halt_markers(), 0, "{}", agent.logs());
 }
 
 #[test]

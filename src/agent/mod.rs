@@ -415,7 +415,9 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
                 Ok(Outcome::Served { serving: done.applied.map(|a| a.sha), problem })
             }
             Err(e) => {
-                self.count_failure(&target, served_before.as_ref(), &e);
+                // A failed proof of what an interrupted deploy left is that release's failure.
+                let (sha, before) = e.interrupted().unwrap_or((&target, served_before.as_ref()));
+                self.count_failure(sha, before, &e);
                 Err(e)
             }
         }

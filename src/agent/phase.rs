@@ -81,6 +81,7 @@ impl From<&PassError> for Problem {
             PassError::Deploy(DeployError::RestartUnhealthy { .. }) | PassError::Unhealthy { .. } => {
                 ProblemKind::Unhealthy
             }
+            PassError::Interrupted { release, .. } => ProblemKind::ReleaseUnhealthy(release.to_string()),
             PassError::Blocked(_) => ProblemKind::Blocked,
             PassError::Deploy(DeployError::Route(_)) => ProblemKind::Route,
             PassError::NothingToRun(_) => ProblemKind::NothingToRun,

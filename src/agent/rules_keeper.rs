@@ -1,44 +1,30 @@
 //! The data plane's own keeper (switch mode): every [`CHECK_EVERY`] it points the traffic
-//! rules at the proven container ([`crate::state::Proven`]) if they do not already, whatever
-//! the reconcile loop is doing (a 10-minute pull, a wait for the reconcile lock, a backoff).
+//! rules at the proven container ([`crate::state::Proven`]) if they do not already, or nowhere
+//! once that container is gone or stopped ([`switch::keep_rules`]), whatever the reconcile loop
+//! is doing (a 10-minute pull, a wait for the reconcile lock, a backoff).
 //!
 //! It reads the proven container from the state file and its address from Docker on every
-//! tick, so a flush, a dockerd restart or a new address is repaired within about two seconds.
+//! tick, so a flush, a dockerd restart or a new address is repaired within about two seconds,
+//! and a removed container's address stops getting traffic as fast (Docker hands it to the next
+//! container it starts, which nobody proved).
 //! It takes no reconcile lock; rule writes are serialised with every other writer (a pass, a
 //! `sync` in another process) by the rules lock ([`crate::lock::rules`]), held for the check
 //! and the write only. It never chooses a container: what is proven is the passes' business.
 //!
 //! Cost: one state file read, one container inspect and two `iptables -S` a second.
 
-use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
 use crate::config::Settings;
-use crate::outside::docker::Engine;
-use crate::pass::switch::{self, Routes};
-use crate::state::State;
+use crate::pass::switch::{self, Kept, Routes};
+
+pub use crate::pass::switch::Addresses;
 
 /// How often the rules are checked.
 pub const CHECK_EVERY: Duration = Duration::from_secs(1);
-
-/// Where a container is now: Docker, or a fake in the keeper's unit tests.
-pub trait Addresses: Send + Sync + 'static {
-    /// The bridge address of running container `id`; `None` when it is gone or stopped.
-    fn address_of(&self, id: &str) -> impl std::future::Future<Output = Result<Option<Ipv4Addr>, String>> + Send;
-}
-
-impl Addresses for Engine {
-    async fn address_of(&self, id: &str) -> Result<Option<Ipv4Addr>, String> {
-        match self.container(id).await {
-            Ok(Some(c)) if c.running => Ok(switch::address(&c)),
-            Ok(_) => Ok(None),
-            Err(e) => Err(e.to_string()),
-        }
-    }
-}
 
 /// Starts the keeper. Abort the handle to stop it (on SIGHUP a new one takes the new settings).
 pub fn start(engine: impl Addresses, routes: Arc<dyn Routes>, settings: Settings) -> JoinHandle<()> {
@@ -63,34 +49,21 @@ pub fn start(engine: impl Addresses, routes: Arc<dyn Routes>, settings: Settings
     })
 }
 
-/// One check: `Ok(true)` when it had to rewrite the rules.
+/// One check ([`switch::keep_rules`]): `Ok(true)` when it had to rewrite the rules.
 async fn keep(addresses: &impl Addresses, routes: &dyn Routes, settings: &Settings) -> Result<bool, String> {
-    let dir = &settings.agent.state_dir;
-    let _lock = crate::lock::rules(dir).await.map_err(|e| e.to_string())?;
-    let Some(proven) = State::load(dir).proven else { return Ok(false) };
-    // Gone or stopped: the loop's Docker events deal with that; nothing to point at.
-    let Some(to) = addresses.address_of(&proven.container_id).await? else { return Ok(false) };
-    let ports = &settings.container.ports;
-    if routes.in_place(ports, to).await.map_err(|e| e.to_string())? {
-        return Ok(false);
-    }
-    tracing::warn!(
-        container = %proven.container_id, to = %to,
-        "the traffic rules were changed outside blog-agent; re-asserting them for the proven container {}",
-        &proven.container_id[..proven.container_id.len().min(12)]
-    );
-    routes.point(ports, to).await.map_err(|e| e.to_string())?;
-    Ok(true)
+    let kept = switch::keep_rules(addresses, routes, settings).await.map_err(|e| e.to_string())?;
+    Ok(kept != Kept::Unchanged)
 }
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
     use std::sync::Mutex;
 
     use super::*;
     use crate::config::PortMapping;
     use crate::pass::switch::RouteFuture;
-    use crate::state::Proven;
+    use crate::state::{Proven, State};
 
     /// Rules in memory: where they point, and how many writes.
     #[derive(Default)]
@@ -108,6 +81,10 @@ mod tests {
         fn in_place<'a>(&'a self, _ports: &'a [PortMapping], to: Ipv4Addr) -> RouteFuture<'a, bool> {
             let here = *self.to.lock().unwrap() == Some(to);
             Box::pin(async move { Ok(here) })
+        }
+        fn withhold<'a>(&'a self, _ports: &'a [PortMapping]) -> RouteFuture<'a, ()> {
+            *self.to.lock().unwrap() = None;
+            Box::pin(async { Ok(()) })
         }
         fn current(&self) -> RouteFuture<'_, Option<Ipv4Addr>> {
             let to = *self.to.lock().unwrap();
@@ -180,11 +157,21 @@ mod tests {
         tick().await;
         assert_eq!(*routes.to.lock().unwrap(), Some(a));
         assert!(!routes.writes.lock().unwrap().contains(&Ipv4Addr::new(172, 17, 0, 66)));
-        // The proven container is gone: nothing to point at, the rules are left alone.
+        // The proven container is gone: Docker may give its address to the next container
+        // before anyone proved it, so the rules send the blog ports nowhere within a check...
         docker.0.lock().unwrap().remove("c2");
-        let writes = routes.writes.lock().unwrap().len();
         tick().await;
-        assert_eq!(routes.writes.lock().unwrap().len(), writes);
+        assert_eq!(*routes.to.lock().unwrap(), None, "no traffic to the gone container's address");
+        // ...even when another container now holds that address.
+        docker.0.lock().unwrap().insert("next".into(), a);
+        tick().await;
+        tick().await;
+        assert_eq!(*routes.to.lock().unwrap(), None);
+        // Once a container is proven again, the rules point at it.
+        docker.0.lock().unwrap().insert("c3".into(), b);
+        State::record_proven(&dir, proven("c3"));
+        tick().await;
+        assert_eq!(*routes.to.lock().unwrap(), Some(b));
         keeper.abort();
         std::fs::remove_dir_all(&dir).unwrap();
     }

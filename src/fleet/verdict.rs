@@ -66,7 +66,8 @@ pub enum Rule {
     DockerHere,
     /// The traffic rules could not be written here (iptables, netfilter).
     NetfilterHere,
-    /// The container was killed from outside (SIGKILL, the OOM killer), not by its own exit.
+    /// The container was killed from outside (SIGKILL, the OOM killer), not by its own exit:
+    /// during its probe, or in a crash loop.
     KilledFromOutside,
     /// The release crash-loops here after serving here for a while.
     ServedHereBefore,
@@ -120,8 +121,9 @@ impl fmt::Display for Rule {
 pub enum Failure {
     /// The new version was probed over the Docker bridge (the candidate, the switch's new
     /// container, or a publish-mode first deploy checked over the bridge after its port
-    /// failed) and never answered 2xx. `died`: it exited or crashed during the probe.
-    BridgeProbe { died: bool, detail: String },
+    /// failed) and never answered 2xx. `died`: it exited or crashed during the probe, with
+    /// Docker's exit code and `OOMKilled` of that end.
+    BridgeProbe { died: bool, exit_code: Option<i64>, oom_killed: bool, detail: String },
     /// Docker refused to start the image's command.
     CommandCannotRun { detail: String },
     /// The new version answered 2xx over the bridge but not through the host's rules or
@@ -178,16 +180,29 @@ impl fmt::Display for Verdict {
 /// Exit code of a process killed by SIGKILL (128 + 9): the OOM killer, `kill -9`.
 const SIGKILL_EXIT: i64 = 137;
 
+/// Whether a process ended by a kill from outside: the OOM killer (`OOMKilled`), or SIGKILL
+/// (`kill -9`, which the OOM killer also sends). A release's own exit never looks like this.
+fn killed_from_outside(exit_code: Option<i64>, oom_killed: bool) -> bool {
+    oom_killed || exit_code == Some(SIGKILL_EXIT)
+}
+
 /// Judges `failure` of a release with `history` on this host.
 pub fn judge(failure: &Failure, history: &History) -> Verdict {
     let verdict = |rule: Rule, evidence: &str| Verdict { rule, evidence: evidence.to_owned() };
     match failure {
+        // Killed during its probe (the candidate, the switch's new container): what ended it
+        // was this host's memory or someone on it, as for a crash loop of kills.
+        Failure::BridgeProbe { died: true, exit_code, oom_killed, detail }
+            if killed_from_outside(*exit_code, *oom_killed) =>
+        {
+            verdict(Rule::KilledFromOutside, detail)
+        }
         // What fails for the release that served here a moment ago is this host's new spec.
         Failure::BridgeProbe { detail, .. } | Failure::CommandCannotRun { detail } if history.served_before_pass => {
             verdict(Rule::SpecChangedHere, detail)
         }
-        Failure::BridgeProbe { died: true, detail } => verdict(Rule::CrashedBeforeServing, detail),
-        Failure::BridgeProbe { died: false, detail } => verdict(Rule::NeverAnswered, detail),
+        Failure::BridgeProbe { died: true, detail, .. } => verdict(Rule::CrashedBeforeServing, detail),
+        Failure::BridgeProbe { died: false, detail, .. } => verdict(Rule::NeverAnswered, detail),
         Failure::CommandCannotRun { detail } => verdict(Rule::CommandCannotRun, detail),
         Failure::HostPathProbe { detail } => verdict(Rule::HostPath, detail),
         Failure::Engine { detail } => verdict(Rule::DockerHere, detail),
@@ -198,7 +213,7 @@ pub fn judge(failure: &Failure, history: &History) -> Verdict {
                 exit_code.map(|c| c.to_string()).unwrap_or_else(|| "unknown".into()),
                 if *oom_killed { " (OOM-killed)" } else { "" }
             );
-            let rule = if *oom_killed || *exit_code == Some(SIGKILL_EXIT) {
+            let rule = if killed_from_outside(*exit_code, *oom_killed) {
                 Rule::KilledFromOutside
             } else if history.served_before_pass || history.served_here_for.is_some_and(|d| d >= SERVED_HERE_AFTER) {
                 Rule::ServedHereBefore
@@ -219,7 +234,12 @@ mod tests {
     const MIN: Duration = Duration::from_secs(60);
 
     fn bridge(died: bool) -> Failure {
-        Failure::BridgeProbe { died, detail: "probe".into() }
+        Failure::BridgeProbe { died, exit_code: died.then_some(1), oom_killed: false, detail: "probe".into() }
+    }
+
+    /// The new version ended during its probe with `exit_code` / `OOMKilled`.
+    fn ended(exit_code: Option<i64>, oom_killed: bool) -> Failure {
+        Failure::BridgeProbe { died: true, exit_code, oom_killed, detail: "probe".into() }
     }
 
     fn crash(exit_code: Option<i64>, oom_killed: bool) -> Failure {
@@ -237,6 +257,17 @@ mod tests {
         let cases: &[(&str, Failure, History, Rule, Blame)] = &[
             ("never answered over the bridge", bridge(false), fresh, Rule::NeverAnswered, Blame::Release),
             ("exited during its probe", bridge(true), fresh, Rule::CrashedBeforeServing, Blame::Release),
+            ("exit unknown during its probe", ended(None, false), fresh, Rule::CrashedBeforeServing, Blame::Release),
+            ("SIGKILLed during its probe", ended(Some(137), false), fresh, Rule::KilledFromOutside, Blame::Host),
+            ("OOM-killed during its probe", ended(Some(137), true), fresh, Rule::KilledFromOutside, Blame::Host),
+            ("OOM-killed, exit unknown", ended(None, true), fresh, Rule::KilledFromOutside, Blame::Host),
+            (
+                "the release that served before, SIGKILLed during its probe",
+                ended(Some(137), false),
+                served_before,
+                Rule::KilledFromOutside,
+                Blame::Host,
+            ),
             (
                 "command cannot run",
                 Failure::CommandCannotRun { detail: "exec".into() },

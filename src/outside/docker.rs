@@ -93,6 +93,11 @@ pub struct ContainerInfo {
 }
 
 impl ContainerInfo {
+    /// How it last ended, as evidence for the judgement ([`crate::fleet::verdict`]).
+    pub fn exit(&self) -> crate::outside::health::Exit {
+        crate::outside::health::Exit { code: self.exit_code, oom_killed: self.oom_killed }
+    }
+
     /// Carries blog-agent's `managed` label: ours to replace, restore or remove.
     pub fn is_managed(&self) -> bool {
         self.labels.get(LABEL_MANAGED).is_some_and(|v| v == "true")

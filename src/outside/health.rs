@@ -31,10 +31,28 @@ pub struct ProbeFailed {
 pub enum ProbeEnd {
     /// The deadline passed while the container kept running.
     Deadline,
-    /// The container exited, crashed or disappeared during the probe.
-    Died,
+    /// The container exited, crashed or disappeared during the probe, and how it last ended
+    /// (whether it exited on its own or was killed from outside is the judgement's business).
+    Died(Exit),
     /// Docker could not run the container's command at all.
     CannotRun,
+}
+
+/// How a container last ended, as Docker reports it (`State.ExitCode`, `State.OOMKilled`);
+/// unknown when it is gone or cannot be inspected.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Exit {
+    pub code: Option<i64>,
+    pub oom_killed: bool,
+}
+
+/// A probed container that no longer runs, as the probe's `still_alive` saw it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{why}")]
+pub struct Stopped {
+    /// Its state in words, for the error message.
+    pub why: String,
+    pub exit: Exit,
 }
 
 /// One GET; returns the status code.
@@ -65,7 +83,7 @@ pub async fn get_status(host: &str, port: u16, path: &str) -> Result<u16, String
 }
 
 /// Probes until a 2xx or `timeout`. `still_alive` is asked between attempts so a container
-/// that has exited fails the probe at once instead of at the deadline.
+/// that has exited fails the probe at once instead of at the deadline, with how it ended.
 pub async fn wait_healthy<F, Fut>(
     host: &str,
     port: u16,
@@ -75,7 +93,7 @@ pub async fn wait_healthy<F, Fut>(
 ) -> Result<u16, ProbeFailed>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<(), String>>,
+    Fut: std::future::Future<Output = Result<(), Stopped>>,
 {
     let deadline = Instant::now() + timeout;
     let url = format!("http://{host}:{port}{path}");
@@ -86,7 +104,7 @@ where
             Err(e) => e,
         };
         if let Err(gone) = still_alive().await {
-            return Err(ProbeFailed { url, last: format!("{last}; {gone}"), end: ProbeEnd::Died });
+            return Err(ProbeFailed { url, last: format!("{last}; {gone}"), end: ProbeEnd::Died(gone.exit) });
         }
         if Instant::now() + RETRY_EVERY >= deadline {
             let last =

@@ -538,7 +538,7 @@ impl Netfilter {
         }
     }
 
-    fn desired(&self, mappings: &[Mapping], target: Target) -> [Desired; 2] {
+    fn desired(&self, mappings: &[Mapping], target: Option<Target>) -> [Desired; 2] {
         let [filter, nat] = self.desired_unmarked(mappings, target);
         let mark = |mut d: Desired| {
             for (_, rules) in &mut d.own {
@@ -549,7 +549,9 @@ impl Netfilter {
         [mark(filter), mark(nat)]
     }
 
-    fn desired_unmarked(&self, mappings: &[Mapping], target: Target) -> [Desired; 2] {
+    /// `target` `None`: every chain and jump as for a target, with no DNAT at all (see
+    /// [`Netfilter::withhold`]).
+    fn desired_unmarked(&self, mappings: &[Mapping], target: Option<Target>) -> [Desired; 2] {
         let c = &self.chains;
         let bridge = &self.bridge;
         let loopback = mappings.iter().any(Mapping::takes_loopback);
@@ -579,7 +581,8 @@ impl Netfilter {
 
         let mut dnat = Vec::new();
         let mut post = Vec::new();
-        for m in mappings {
+        let targeted = mappings.iter().filter_map(|m| target.map(|t| (m, t)));
+        for (m, target) in targeted {
             let dst = m.bound().map(|ip| format!("-d {ip}/32 ")).unwrap_or_default();
             dnat.push(format!(
                 "{dst}-p tcp -m tcp --dport {} -j DNAT --to-destination {}:{}",
@@ -609,6 +612,16 @@ impl Netfilter {
     /// whatever is in place (`--dry-run`), render against `Observed::default()` (a host with
     /// no rules: it then also declares `DOCKER-USER`).
     pub fn render(&self, mappings: &[Mapping], target: Target, observed: &Observed) -> Ruleset {
+        self.render_to(mappings, Some(target), observed)
+    }
+
+    /// The rule set of [`Netfilter::withhold`]: as [`Netfilter::render`], with the DNAT chain
+    /// declared (so flushed) and left empty. Pure.
+    pub fn render_withheld(&self, mappings: &[Mapping], observed: &Observed) -> Ruleset {
+        self.render_to(mappings, None, observed)
+    }
+
+    fn render_to(&self, mappings: &[Mapping], target: Option<Target>, observed: &Observed) -> Ruleset {
         let [filter, nat] = self.desired(mappings, target);
         Ruleset {
             filter: render_table(&filter, observed.table(Table::Filter)),
@@ -730,12 +743,27 @@ impl Netfilter {
     /// Sets `route_localnet` on the bridge first when a mapping takes loopback clients (a bridge
     /// that does not exist yet is logged and skipped: apply again once dockerd has created it).
     pub async fn apply(&self, mappings: &[Mapping], target: Target) -> Result<(), NetfilterError> {
+        self.apply_to(mappings, Some(target)).await
+    }
+
+    /// Sends the host ports of `mappings` nowhere: the DNAT chain is emptied in one transaction
+    /// and every other chain and jump stays, so pointing them at a container later is again one
+    /// atomic change. A new connection to a host port then reaches the host itself, where
+    /// nothing listens on it in switch mode: it is refused at once. For a serving container
+    /// that is gone, whose bridge address Docker may hand to a container nobody proved (the
+    /// nat table cannot REJECT; a refused connection is what a REJECT would give). Established
+    /// connections keep their conntrack entry.
+    pub async fn withhold(&self, mappings: &[Mapping]) -> Result<(), NetfilterError> {
+        self.apply_to(mappings, None).await
+    }
+
+    async fn apply_to(&self, mappings: &[Mapping], target: Option<Target>) -> Result<(), NetfilterError> {
         if mappings.iter().any(Mapping::takes_loopback) {
             self.ensure_route_localnet().await?;
         }
         let observed = self.observe().await?;
         self.claim(&observed).await?;
-        self.write(&self.render(mappings, target, &observed)).await
+        self.write(&self.render_to(mappings, target, &observed)).await
     }
 
     /// Commits each non-empty table of `rules`, filter first.
@@ -1225,6 +1253,33 @@ mod tests {
             ),
             "no jump re-inserted"
         );
+    }
+
+    /// A proven container that is gone: its address may go to a container nobody proved.
+    #[test]
+    fn withholding_empties_only_the_dnat_chain_and_pointing_again_is_one_change() {
+        let m = [Mapping::new(None, 8080, 80)];
+        let now = applied(docker_host(), "172.17.0.2");
+        let withheld = nf().render_withheld(&m, &now);
+        assert_eq!(withheld.filter, "", "the FORWARD accept and the guard stay");
+        assert_eq!(withheld.nat, format!("{HEAD_NAT}{MASQ}COMMIT\n"), "declared (flushed), no DNAT, no jump touched");
+
+        // As the kernel has it afterwards: nothing more to do, and pointing again is one change.
+        let mut after = now.clone();
+        after.nat.rules.retain(|(c, _)| c != "BLOG-AGENT-DNAT");
+        assert!(nf().render_withheld(&m, &after).is_empty());
+        assert_eq!(nf().target_of(&after).unwrap(), None);
+        let back = nf().render(&m, Target::new(Ipv4Addr::new(172, 17, 0, 3)), &after);
+        assert_eq!(
+            back.nat,
+            format!(
+                "{HEAD_NAT}-A BLOG-AGENT-DNAT -p tcp -m tcp --dport 8080 -j DNAT --to-destination 172.17.0.3:80\n{MASQ}COMMIT\n"
+            )
+        );
+        assert_eq!(back.filter, "");
+        // On a host with no rules of ours at all, it lays out the chains and jumps, with no DNAT.
+        let fresh = nf().render_withheld(&m, &docker_host());
+        assert_eq!(fresh.nat, format!("{HEAD_NAT}{JUMPS_NAT}{MASQ}COMMIT\n"));
     }
 
     #[test]

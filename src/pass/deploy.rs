@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use crate::config::Settings;
 use crate::outside::docker::{ContainerInfo, Engine, EngineError, ImageInfo, Role};
-use crate::outside::health::{self, ProbeFailed};
+use crate::outside::health::{self, ProbeFailed, Stopped};
 use crate::outside::registry::{CredentialSource, RegistryError};
 use crate::runtime::shutdown::{Cancelled, Shutdown};
 use crate::spec::ContainerSpec;
@@ -78,8 +78,17 @@ pub async fn restore_previous(engine: &Engine, name: &str, id: &str, start: bool
     Ok(())
 }
 
+/// The proof of a new version an interrupted deploy left under the name failed, and the
+/// previous version was put back: a failed deploy of that release, judged and counted as one.
+#[derive(Debug)]
+pub struct FailedProof {
+    pub probe: ProbeFailed,
+    /// It answered 2xx over the bridge: only this host's path to it failed.
+    pub bridge_ok: bool,
+}
+
 /// Proves a new version an interrupted deploy left under `name` beside `-previous`: healthy,
-/// `-previous` is removed; not, `-previous` is put back.
+/// `-previous` is removed; not, `-previous` is put back and the failed proof returned.
 pub async fn prove_interrupted(
     engine: &Engine,
     settings: &Settings,
@@ -87,7 +96,7 @@ pub async fn prove_interrupted(
     new_id: &str,
     new_restarts: i64,
     previous_id: &str,
-) -> Result<(), EngineError> {
+) -> Result<Option<FailedProof>, EngineError> {
     let url = &settings.health.url;
     let healthy = health::wait_healthy(&url.host, url.port, &url.path, settings.health.timeout, || {
         still_running(engine, new_id, new_restarts)
@@ -96,14 +105,18 @@ pub async fn prove_interrupted(
     match healthy {
         Ok(_) => {
             tracing::info!(container = %name, "the new version left by an interrupted deploy is healthy; removing the previous one");
-            engine.remove(previous_id).await
+            engine.remove(previous_id).await.map(|()| None)
         }
         Err(probe) => {
             tracing::warn!(container = %name, %probe, "the new version left by an interrupted deploy is unhealthy; restoring the previous one");
+            // As after a cut-over: does it serve over the bridge, so only the port failed?
+            let port = settings.container.ports.first().map(|p| p.container_port).unwrap_or(80);
+            let bridge_ok = probe.end == health::ProbeEnd::Deadline
+                && answers_on_bridge(engine, new_id, port, &settings.health.url.path).await;
             let previous = engine.container(previous_id).await?;
             let restored = roll_back(engine, name, new_id, previous.as_ref()).await;
             tracing::warn!(container = %name, "{restored}");
-            Ok(())
+            Ok(Some(FailedProof { probe, bridge_ok }))
         }
     }
 }
@@ -203,11 +216,11 @@ pub async fn probe_candidate(
     }
     let info = engine.container(id).await?;
     let Some(ip) = info.as_ref().and_then(|c| c.ip.clone()) else {
-        let status = info.map(|c| format!("{} (exit code {})", c.status, c.exit_code.unwrap_or(-1)));
+        let status = info.as_ref().map(|c| format!("{} (exit code {})", c.status, c.exit_code.unwrap_or(-1)));
         let probe = ProbeFailed {
             url: format!("candidate port {}{path}", desired.probe_port()),
             last: format!("the container has no bridge address; it is {}", status.as_deref().unwrap_or("gone")),
-            end: health::ProbeEnd::Died,
+            end: health::ProbeEnd::Died(info.map(|c| c.exit()).unwrap_or_default()),
         };
         return Err(DeployError::CandidateUnhealthy { image: desired.image.clone(), probe });
     };
@@ -231,17 +244,24 @@ fn cannot_run(e: &EngineError, url: impl FnOnce() -> String) -> Option<ProbeFail
 
 /// `Err` with the exit status when the container is no longer running, or has crashed since
 /// `restarts_before`: under `unless-stopped` Docker reports a crash-looping container as
-/// running, so a rising restart count is how a crash shows during a probe.
-pub async fn still_running(engine: &Engine, id: &str, restarts_before: i64) -> Result<(), String> {
+/// running, so a rising restart count is how a crash shows during a probe. The exit code and
+/// `OOMKilled` go with it: a kill from outside is this host's, not the release's.
+pub async fn still_running(engine: &Engine, id: &str, restarts_before: i64) -> Result<(), Stopped> {
+    let exit = |c: &ContainerInfo| {
+        format!("exit code {}{}", c.exit_code.unwrap_or(-1), if c.oom_killed { ", OOM-killed" } else { "" })
+    };
     match engine.container(id).await {
-        Ok(Some(c)) if c.status == "restarting" || c.restart_count > restarts_before => Err(format!(
-            "the container keeps crashing (Docker restarted it {} times, exit code {})",
-            c.restart_count - restarts_before,
-            c.exit_code.unwrap_or(-1)
-        )),
+        Ok(Some(c)) if c.status == "restarting" || c.restart_count > restarts_before => Err(Stopped {
+            why: format!(
+                "the container keeps crashing (Docker restarted it {} times, {})",
+                c.restart_count - restarts_before,
+                exit(&c)
+            ),
+            exit: c.exit(),
+        }),
         Ok(Some(c)) if c.running => Ok(()),
-        Ok(Some(c)) => Err(format!("the container is {} (exit code {})", c.status, c.exit_code.unwrap_or(-1))),
-        Ok(None) => Err("container disappeared".into()),
+        Ok(Some(c)) => Err(Stopped { why: format!("the container is {} ({})", c.status, exit(&c)), exit: c.exit() }),
+        Ok(None) => Err(Stopped { why: "container disappeared".into(), exit: Default::default() }),
         Err(_) => Ok(()), // cannot tell: keep probing until the deadline
     }
 }

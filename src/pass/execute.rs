@@ -100,7 +100,16 @@ pub async fn execute_decision<T, R, C: CredentialSource>(
     let engine = &services.engine;
     let (mut snapshot, mut decision) = (snapshot, decision);
     if !decision.recovery.is_empty() {
-        recover(settings, engine, services.routes.as_ref(), &decision.recovery).await?;
+        let failed = recover(settings, engine, services.routes.as_ref(), &decision.recovery).await?;
+        // The new version an interrupted deploy left failed its proof: a failed deploy of its
+        // release, which ends the pass as one does (judged, counted towards its quarantine)
+        // instead of deploying it again at once. One of unknown release changes nothing.
+        let sha_of = |c: &Option<crate::outside::docker::ContainerInfo>| {
+            c.as_ref().and_then(|c| c.labels.get(crate::spec::LABEL_SHA)).and_then(|s| Sha::parse(s).ok())
+        };
+        if let (Some(failed), Some(release)) = (failed, sha_of(&snapshot.main)) {
+            return Err(PassError::Interrupted { release, previous: sha_of(&snapshot.previous), failed });
+        }
         snapshot = snapshot::observe(engine, settings).await?;
         decision = redecide(&snapshot);
     }
@@ -131,28 +140,30 @@ pub async fn execute_decision<T, R, C: CredentialSource>(
     Ok(Done { decision, applied: Some(applied), rescued_from: Some(failure) })
 }
 
-/// Carries out the recovery steps, in order.
+/// Carries out the recovery steps, in order. Returns the failed proof of a new version an
+/// interrupted deploy left, when the previous one was put back instead.
 async fn recover(
     settings: &Settings,
     engine: &Engine,
     routes: &dyn Routes,
     steps: &[Recovery],
-) -> Result<(), PassError> {
+) -> Result<Option<deploy::FailedProof>, PassError> {
     let name = &settings.container.name;
     let switching = settings.traffic.mode == TrafficMode::Switch;
+    let mut failed = None;
     for step in steps {
         match step {
             Recovery::Remove { container, id } => deploy::remove_leftover(engine, container, id).await?,
             Recovery::RestorePrevious { id, start } => deploy::restore_previous(engine, name, id, *start).await?,
-            Recovery::ProveInterrupted { new_id, new_restarts, previous_id } if switching => {
-                switch::prove_interrupted(engine, routes, settings, new_id, previous_id).await?
+            Recovery::ProveInterrupted { new_id, previous_id, .. } if switching => {
+                failed = switch::prove_interrupted(engine, routes, settings, new_id, previous_id).await?
             }
             Recovery::ProveInterrupted { new_id, new_restarts, previous_id } => {
-                deploy::prove_interrupted(engine, settings, name, new_id, *new_restarts, previous_id).await?
+                failed = deploy::prove_interrupted(engine, settings, name, new_id, *new_restarts, previous_id).await?
             }
         }
     }
-    Ok(())
+    Ok(failed)
 }
 
 /// Carries out the main step for `desired`, then records it as last-known-good and prunes.

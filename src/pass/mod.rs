@@ -97,6 +97,20 @@ pub enum PassError {
     Engine(#[from] EngineError),
     #[error(transparent)]
     Deploy(#[from] DeployError),
+    /// The new version an interrupted deploy left under the name failed its proof, and the
+    /// previous one serves again: a failed deploy of `release`, judged and counted as one. The
+    /// pass ends here rather than deploying it again at once.
+    #[error(
+        "the new version {} that an interrupted deploy left failed its proof ({}); the previous version was put back",
+        release.short(),
+        failed.probe
+    )]
+    Interrupted {
+        release: Sha,
+        /// The release that served before that deploy (`-previous`), if it carries one.
+        previous: Option<Sha>,
+        failed: deploy::FailedProof,
+    },
     #[error("container {container} runs the desired version but is not healthy: {detail}")]
     Unhealthy { container: String, detail: String },
     #[error("{0}")]
@@ -128,21 +142,44 @@ impl PassError {
         use crate::outside::health::{ProbeEnd, ProbeFailed};
         let probed = |probe: &ProbeFailed| match probe.end {
             ProbeEnd::CannotRun => Failure::CommandCannotRun { detail: probe.to_string() },
-            end => Failure::BridgeProbe { died: end == ProbeEnd::Died, detail: probe.to_string() },
+            ProbeEnd::Died(exit) => Failure::BridgeProbe {
+                died: true,
+                exit_code: exit.code,
+                oom_killed: exit.oom_killed,
+                detail: probe.to_string(),
+            },
+            ProbeEnd::Deadline => {
+                Failure::BridgeProbe { died: false, exit_code: None, oom_killed: false, detail: probe.to_string() }
+            }
         };
         match self {
             PassError::Deploy(DeployError::CandidateUnhealthy { probe, .. }) => Some(probed(probe)),
-            PassError::Deploy(DeployError::CutoverUnhealthy { probe, bridge_ok: true, .. }) => {
+            PassError::Deploy(DeployError::CutoverUnhealthy { probe, bridge_ok: true, .. })
+            | PassError::Interrupted { failed: deploy::FailedProof { probe, bridge_ok: true }, .. } => {
                 Some(Failure::HostPathProbe { detail: probe.to_string() })
             }
-            PassError::Deploy(DeployError::CutoverUnhealthy { probe, .. }) => Some(probed(probe)),
+            PassError::Deploy(DeployError::CutoverUnhealthy { probe, .. })
+            | PassError::Interrupted { failed: deploy::FailedProof { probe, .. }, .. } => Some(probed(probe)),
             PassError::Deploy(DeployError::CutoverFailed { source, .. }) => {
                 Some(Failure::Engine { detail: source.to_string() })
             }
             // Another agent's chains: this host's configuration, which no retry changes and no
             // release is to blame for.
             PassError::Deploy(DeployError::Route(switch::RouteError::Taken(_))) => None,
+            // The state dir refused the record (a full disk): no release is to blame, and the
+            // cut-over did not happen; retried with backoff like the other trouble of this host.
+            PassError::Deploy(DeployError::Route(switch::RouteError::Unrecorded { .. })) => None,
             PassError::Deploy(DeployError::Route(e)) => Some(Failure::Netfilter { detail: e.to_string() }),
+            _ => None,
+        }
+    }
+
+    /// For a failed proof of what an interrupted deploy left ([`PassError::Interrupted`]): the
+    /// release that failed, and the one that served before it. The failure is that release's,
+    /// whatever the pass's target was.
+    pub fn interrupted(&self) -> Option<(&Sha, Option<&Sha>)> {
+        match self {
+            PassError::Interrupted { release, previous, .. } => Some((release, previous.as_ref())),
             _ => None,
         }
     }
@@ -178,4 +215,63 @@ pub struct Applied {
     pub action: Action,
     pub container_id: String,
     pub digest: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fleet::verdict::{judge, History, Rule};
+    use crate::outside::health::{Exit, ProbeEnd, ProbeFailed};
+
+    fn candidate(end: ProbeEnd) -> PassError {
+        let probe = ProbeFailed { url: "http://172.17.0.9:80/".into(), last: "connect: refused".into(), end };
+        PassError::Deploy(DeployError::CandidateUnhealthy { image: "blog:aaaaaaa".into(), probe })
+    }
+
+    /// Issue 22, item 3: how the candidate ended during its probe reaches the judgement. Killed
+    /// from outside (SIGKILL, the OOM killer) is this host's; its own exit is the release's.
+    #[test]
+    fn how_a_candidate_ended_during_its_probe_reaches_the_judgement() {
+        let cases = [
+            ("SIGKILL from outside", Exit { code: Some(137), oom_killed: false }, Rule::KilledFromOutside),
+            ("the OOM killer", Exit { code: Some(137), oom_killed: true }, Rule::KilledFromOutside),
+            ("its own exit", Exit { code: Some(1), oom_killed: false }, Rule::CrashedBeforeServing),
+            ("gone, exit unknown", Exit::default(), Rule::CrashedBeforeServing),
+        ];
+        for (what, exit, rule) in cases {
+            let facts = candidate(ProbeEnd::Died(exit)).failure().expect("a failed probe is counted");
+            assert_eq!(judge(&facts, &History::default()).rule, rule, "{what}: {facts:?}");
+        }
+        let facts = candidate(ProbeEnd::Deadline).failure().unwrap();
+        assert_eq!(judge(&facts, &History::default()).rule, Rule::NeverAnswered);
+    }
+
+    /// Issue 22, item 4: the failed proof of what an interrupted deploy left is a failed deploy
+    /// of that release (not of the pass's target), judged as the candidate's or the cut-over's.
+    #[test]
+    fn a_failed_proof_of_an_interrupted_deploy_is_its_release_s_failure() {
+        let (new, old) = (Sha::parse(&"b".repeat(40)).unwrap(), Sha::parse(&"a".repeat(40)).unwrap());
+        let interrupted = |end, bridge_ok| {
+            let probe = ProbeFailed { url: "http://172.17.0.9:80/".into(), last: "HTTP 500".into(), end };
+            PassError::Interrupted {
+                release: new.clone(),
+                previous: Some(old.clone()),
+                failed: deploy::FailedProof { probe, bridge_ok },
+            }
+        };
+        let e = interrupted(ProbeEnd::Deadline, false);
+        assert_eq!(e.interrupted(), Some((&new, Some(&old))));
+        assert!(e.to_string().contains("interrupted deploy"), "{e}");
+        let cases = [
+            (interrupted(ProbeEnd::Deadline, false), Rule::NeverAnswered),
+            (interrupted(ProbeEnd::Died(Exit { code: Some(1), oom_killed: false }), false), Rule::CrashedBeforeServing),
+            (interrupted(ProbeEnd::Died(Exit { code: Some(137), oom_killed: true }), false), Rule::KilledFromOutside),
+            (interrupted(ProbeEnd::Deadline, true), Rule::HostPath),
+        ];
+        for (e, rule) in cases {
+            let facts = e.failure().expect("counted as a failed deploy");
+            assert_eq!(judge(&facts, &History::default()).rule, rule, "{e}");
+        }
+        assert_eq!(candidate(ProbeEnd::Deadline).interrupted(), None);
+    }
 }

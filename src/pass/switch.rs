@@ -18,14 +18,14 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::deploy::{self, DeployError};
+use super::deploy::{self, DeployError, FailedProof};
 use crate::config::{PortMapping, Settings};
 use crate::outside::docker::{ContainerInfo, Engine, EngineError, Role};
 use crate::outside::health::{self, ProbeFailed};
 use crate::outside::netfilter::{Mapping, Netfilter, NetfilterError, OwnerLookup, Target};
 use crate::runtime::shutdown::Shutdown;
 use crate::spec::ContainerSpec;
-use crate::state::{Proven, State};
+use crate::state::{Proven, State, StateError};
 
 /// After the switch, the health URL (through the new rules) must answer within this long, or
 /// the switch is undone. The new version was already proven over the bridge, so this only
@@ -44,7 +44,10 @@ pub trait Routes: Send + Sync {
     fn point<'a>(&'a self, ports: &'a [PortMapping], to: Ipv4Addr) -> RouteFuture<'a, ()>;
     /// Whether every rule for `ports` to `to` is in place (nothing flushed, nothing stale).
     fn in_place<'a>(&'a self, ports: &'a [PortMapping], to: Ipv4Addr) -> RouteFuture<'a, bool>;
-    /// The address the rules point at now (`None`: no rules).
+    /// Sends `ports` nowhere (no DNAT), in one atomic change that keeps the chains and jumps:
+    /// for a proven container that is gone, whose address Docker may give to another.
+    fn withhold<'a>(&'a self, ports: &'a [PortMapping]) -> RouteFuture<'a, ()>;
+    /// The address the rules point at now (`None`: no rules, or withheld).
     fn current(&self) -> RouteFuture<'_, Option<Ipv4Addr>>;
     /// Removes every rule, chain and jump of ours (switching to `publish`).
     fn remove(&self) -> RouteFuture<'_, ()>;
@@ -65,6 +68,17 @@ pub enum RouteError {
     /// configuration, which neither a retry nor another release changes.
     #[error("traffic switch: {0}")]
     Taken(String),
+    /// The state file could not record `container` as the proven one: the rules are not moved
+    /// to a container the record does not name (the keeper follows the record, and a later
+    /// pass would take it for unproven).
+    #[error(
+        "traffic switch: not moving traffic to container {container}, which could not be recorded as proven: {source}"
+    )]
+    Unrecorded {
+        container: String,
+        #[source]
+        source: Arc<StateError>,
+    },
 }
 
 impl From<NetfilterError> for RouteError {
@@ -130,6 +144,9 @@ impl Routes for Netfilter {
     fn in_place<'a>(&'a self, ports: &'a [PortMapping], to: Ipv4Addr) -> RouteFuture<'a, bool> {
         Box::pin(async move { Ok(Netfilter::in_place(self, &mappings(ports), Target::new(to)).await?) })
     }
+    fn withhold<'a>(&'a self, ports: &'a [PortMapping]) -> RouteFuture<'a, ()> {
+        Box::pin(async move { Ok(Netfilter::withhold(self, &mappings(ports)).await?) })
+    }
     fn current(&self) -> RouteFuture<'_, Option<Ipv4Addr>> {
         Box::pin(async move { Ok(Netfilter::current(self).await?.map(|t| t.addr)) })
     }
@@ -144,6 +161,74 @@ impl Routes for Netfilter {
 /// The bridge address of a container, as the rules want it.
 pub fn address(container: &ContainerInfo) -> Option<Ipv4Addr> {
     container.ip.as_deref().and_then(|ip| ip.parse().ok())
+}
+
+/// Where a container is now: Docker, or a fake in unit tests.
+pub trait Addresses: Send + Sync + 'static {
+    /// The bridge address of running container `id`; `None` when it is gone or stopped.
+    fn address_of(&self, id: &str) -> impl Future<Output = Result<Option<Ipv4Addr>, String>> + Send;
+}
+
+impl Addresses for Engine {
+    async fn address_of(&self, id: &str) -> Result<Option<Ipv4Addr>, String> {
+        match self.container(id).await {
+            Ok(Some(c)) if c.running => Ok(address(&c)),
+            Ok(_) => Ok(None),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+/// What [`keep_rules`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kept {
+    /// Nothing: the rules were as the record wants them, or nothing is recorded as proven.
+    Unchanged,
+    /// The rules point at the proven container's address again.
+    Pointed(Ipv4Addr),
+    /// The proven container is gone or stopped: the rules send the host ports nowhere.
+    Withheld,
+}
+
+/// Makes the rules follow the proven container the state file records, under the rules lock
+/// ([`crate::lock::rules`]): at its address while it runs (after a flush, a dockerd restart, a
+/// restart that gave it a new address), and nowhere once it is gone or stopped, because Docker
+/// may give that address to the next container before anyone proved it. Traffic comes back
+/// when a container is proven again ([`serve_from`]). With nothing recorded the rules are left
+/// as they are: this never chooses a container. When Docker cannot answer, nothing changes.
+pub async fn keep_rules(
+    addresses: &impl Addresses,
+    routes: &dyn Routes,
+    settings: &Settings,
+) -> Result<Kept, RouteError> {
+    let dir = &settings.agent.state_dir;
+    let _lock = crate::lock::rules(dir).await.map_err(|e| RouteError::Failed(e.to_string()))?;
+    let Some(proven) = State::load(dir).proven else { return Ok(Kept::Unchanged) };
+    let short = &proven.container_id[..proven.container_id.len().min(12)];
+    let ports = &settings.container.ports;
+    match addresses.address_of(&proven.container_id).await.map_err(RouteError::Failed)? {
+        Some(to) => {
+            if routes.in_place(ports, to).await? {
+                return Ok(Kept::Unchanged);
+            }
+            tracing::warn!(
+                container = %proven.container_id, to = %to,
+                "the traffic rules were changed outside blog-agent; re-asserting them for the proven container {short}"
+            );
+            routes.point(ports, to).await?;
+            Ok(Kept::Pointed(to))
+        }
+        None => {
+            let Some(from) = routes.current().await? else { return Ok(Kept::Unchanged) };
+            tracing::warn!(
+                container = %proven.container_id, from = %from,
+                "the proven container {short} is gone or stopped: the traffic rules send {} nowhere until a container is proven (its address {from} may go to another container)",
+                ports_text(ports)
+            );
+            routes.withhold(ports).await?;
+            Ok(Kept::Withheld)
+        }
+    }
 }
 
 /// Replaces `old` (if any) with a new container of `spec`, moving traffic only once the new one
@@ -163,6 +248,9 @@ pub async fn switch_over(
     // Chains another agent's rules are in would refuse the switch at its end: refuse before a
     // container is started for nothing.
     routes.check_owner().await?;
+    // The rules may still send traffic to the address of a proven container that is gone; the
+    // new container may get that address from Docker, and must get no traffic before its proof.
+    keep_rules(engine, routes, settings).await?;
     let mut old = old;
     if let Some(current) = old {
         deploy::clear_stale_previous(engine, name, current).await?;
@@ -253,7 +341,7 @@ pub async fn switch_over(
         };
         abandon(engine, name, &new_id, old).await;
         // It answered over the bridge a moment ago: the path through the rules failed.
-        let bridge_ok = probe.end != health::ProbeEnd::Died;
+        let bridge_ok = !matches!(probe.end, health::ProbeEnd::Died(_));
         return Err(DeployError::CutoverUnhealthy { image: spec.image.clone(), probe, restored, bridge_ok });
     }
     if let Some(old) = old {
@@ -300,6 +388,11 @@ async fn put_back(engine: &Engine, name: &str, old: Option<&ContainerInfo>) {
 /// under the rules lock ([`crate::lock::rules`]): the one way traffic moves to a container.
 /// Call it only for a container that just answered 2xx over the bridge, or that is the proven
 /// one already ([`is_proven`]). Returns whether it changed the rules.
+///
+/// The record comes first: when it cannot be written ([`RouteError::Unrecorded`]) the rules
+/// stay where they are, so they never name another container than the state file does (the
+/// keeper, following the file, would move traffic back, or to a container since removed).
+/// Pointing at the container already recorded needs no write.
 pub async fn serve_from(
     routes: &dyn Routes,
     settings: &Settings,
@@ -311,7 +404,8 @@ pub async fn serve_from(
     };
     let dir = &settings.agent.state_dir;
     let _lock = crate::lock::rules(dir).await.map_err(|e| RouteError::Failed(e.to_string()))?;
-    State::record_proven(dir, proven(container));
+    State::write_proven(dir, proven(container))
+        .map_err(|e| RouteError::Unrecorded { container: container.name.clone(), source: Arc::new(e) })?;
     if routes.in_place(ports, to).await? {
         return Ok(false);
     }
@@ -353,7 +447,7 @@ pub async fn prove_over_bridge(
         return Err(ProbeFailed {
             url: format!("container {}", container.name),
             last: "it has no bridge address".into(),
-            end: health::ProbeEnd::Died,
+            end: health::ProbeEnd::Died(container.exit()),
         });
     };
     health::wait_healthy(&ip.to_string(), port, &settings.health.url.path, settings.health.timeout, || {
@@ -365,14 +459,14 @@ pub async fn prove_over_bridge(
 
 /// Proves a new version an interrupted switch left under `<name>` beside `-previous`, over the
 /// bridge. Healthy: traffic to it, `-previous` retired. Not: it goes, `-previous` gets its
-/// name and traffic back.
+/// name and traffic back, and the failed proof is returned (a failed deploy of that release).
 pub async fn prove_interrupted(
     engine: &Engine,
     routes: &dyn Routes,
     settings: &Settings,
     new_id: &str,
     previous_id: &str,
-) -> Result<(), DeployError> {
+) -> Result<Option<FailedProof>, DeployError> {
     let name = &settings.container.name;
     let ports = &settings.container.ports;
     let new = engine.container(new_id).await?;
@@ -387,9 +481,12 @@ pub async fn prove_interrupted(
             || deploy::still_running(engine, new_id, new.as_ref().map(|c| c.restart_count).unwrap_or(0)),
         )
         .await
-        .map(|_| ip)
-        .map_err(|p| p.to_string()),
-        None => Err("it has no bridge address".to_owned()),
+        .map(|_| ip),
+        None => Err(ProbeFailed {
+            url: format!("container {name}"),
+            last: "it has no bridge address".into(),
+            end: health::ProbeEnd::Died(new.as_ref().map(ContainerInfo::exit).unwrap_or_default()),
+        }),
     };
     match healthy {
         Ok(ip) => {
@@ -400,16 +497,18 @@ pub async fn prove_interrupted(
             if let Some(previous) = previous {
                 retire(engine, settings, &previous).await;
             }
+            Ok(None)
         }
-        Err(why) => {
-            tracing::warn!(container = %name, "the new version left by an interrupted switch is unhealthy ({why}); restoring the previous one");
+        Err(probe) => {
+            tracing::warn!(container = %name, "the new version left by an interrupted switch is unhealthy ({probe}); restoring the previous one");
             abandon(engine, name, new_id, previous.as_ref()).await;
             if let Some(back) = previous.as_ref().filter(|p| address(p).is_some()) {
                 serve_from(routes, settings, ports, back).await?;
             }
+            // Probed over the bridge, before any traffic: as a candidate's probe.
+            Ok(Some(FailedProof { probe, bridge_ok: false }))
         }
     }
-    Ok(())
 }
 
 /// Starts a stopped container of the right spec, proves it over the bridge unless it is the
@@ -455,10 +554,118 @@ impl Routes for NoRoutes {
     fn in_place<'a>(&'a self, _ports: &'a [PortMapping], _to: Ipv4Addr) -> RouteFuture<'a, bool> {
         Box::pin(async { Ok(false) })
     }
+    /// There are no rules to send anywhere.
+    fn withhold<'a>(&'a self, _ports: &'a [PortMapping]) -> RouteFuture<'a, ()> {
+        Box::pin(async { Ok(()) })
+    }
     fn current(&self) -> RouteFuture<'_, Option<Ipv4Addr>> {
         Box::pin(async { Ok(None) })
     }
     fn remove(&self) -> RouteFuture<'_, ()> {
         Box::pin(async { Ok(()) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::spec::{LABEL_DIGEST, LABEL_SHA};
+
+    /// Rules in memory: where they point.
+    #[derive(Default)]
+    struct MemoryRoutes(Mutex<Option<Ipv4Addr>>);
+
+    impl Routes for MemoryRoutes {
+        fn point<'a>(&'a self, _ports: &'a [PortMapping], to: Ipv4Addr) -> RouteFuture<'a, ()> {
+            *self.0.lock().unwrap() = Some(to);
+            Box::pin(async { Ok(()) })
+        }
+        fn in_place<'a>(&'a self, _ports: &'a [PortMapping], to: Ipv4Addr) -> RouteFuture<'a, bool> {
+            let here = *self.0.lock().unwrap() == Some(to);
+            Box::pin(async move { Ok(here) })
+        }
+        fn withhold<'a>(&'a self, _ports: &'a [PortMapping]) -> RouteFuture<'a, ()> {
+            *self.0.lock().unwrap() = None;
+            Box::pin(async { Ok(()) })
+        }
+        fn current(&self) -> RouteFuture<'_, Option<Ipv4Addr>> {
+            let to = *self.0.lock().unwrap();
+            Box::pin(async move { Ok(to) })
+        }
+        fn remove(&self) -> RouteFuture<'_, ()> {
+            *self.0.lock().unwrap() = None;
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    /// Both containers run, at their own addresses.
+    struct Running(HashMap<String, Ipv4Addr>);
+
+    impl Addresses for Running {
+        async fn address_of(&self, id: &str) -> Result<Option<Ipv4Addr>, String> {
+            Ok(self.0.get(id).copied())
+        }
+    }
+
+    fn container(id: &str, ip: &str) -> ContainerInfo {
+        ContainerInfo {
+            id: id.into(),
+            name: "blog".into(),
+            running: true,
+            status: "running".into(),
+            exit_code: None,
+            labels: HashMap::from([(LABEL_SHA.into(), "aaaaaaa".into()), (LABEL_DIGEST.into(), "d".into())]),
+            ip: Some(ip.into()),
+            started_at: None,
+            restart_count: 0,
+            oom_killed: false,
+        }
+    }
+
+    fn settings(dir: &std::path::Path) -> Settings {
+        let text = format!(
+            "[release]\nbucket = \"b\"\n[image]\nrepository = \"123456789012.dkr.ecr.us-east-1.amazonaws.com/blog\"\n\
+             [agent]\nstate_dir = \"{}\"\n[traffic]\nmode = \"switch\"\n",
+            dir.display()
+        );
+        Settings::parse(&text, std::path::Path::new("/etc/blog-agent/config.toml")).unwrap()
+    }
+
+    /// Issue 22, item 2: the rules follow what is recorded, or the cut-over does not happen. A
+    /// state file that cannot be written leaves the old container proven and serving (the
+    /// keeper, which follows the record, then has nothing to move back); once it can be
+    /// written, the new one is recorded and gets the traffic.
+    #[tokio::test]
+    async fn a_failed_record_of_the_proven_container_moves_no_traffic() {
+        let dir = std::env::temp_dir().join(format!("blog-agent-switch-record-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let settings = settings(&dir);
+        let (old, new) = (container("old", "172.17.0.2"), container("new", "172.17.0.3"));
+        let routes = MemoryRoutes::default();
+        let ports = settings.container.ports.clone();
+        serve_from(&routes, &settings, &ports, &old).await.unwrap();
+        assert_eq!(*routes.0.lock().unwrap(), address(&old));
+
+        crate::state::fail_writes_in(&dir, true);
+        let err = serve_from(&routes, &settings, &ports, &new).await.unwrap_err();
+        assert!(matches!(err, RouteError::Unrecorded { .. }), "{err}");
+        assert!(err.to_string().contains("cannot write state file"), "{err}");
+        assert_eq!(*routes.0.lock().unwrap(), address(&old), "the traffic stays with the recorded container");
+        assert!(is_proven(&settings, &old) && !is_proven(&settings, &new));
+        let docker =
+            Running(HashMap::from([("old".into(), address(&old).unwrap()), ("new".into(), address(&new).unwrap())]));
+        assert_eq!(keep_rules(&docker, &routes, &settings).await.unwrap(), Kept::Unchanged, "record and rules agree");
+        // Moving back to the recorded container needs no write: it always works.
+        assert!(!serve_from(&routes, &settings, &ports, &old).await.unwrap());
+
+        crate::state::fail_writes_in(&dir, false);
+        serve_from(&routes, &settings, &ports, &new).await.unwrap();
+        assert_eq!(*routes.0.lock().unwrap(), address(&new));
+        assert!(is_proven(&settings, &new));
+        assert_eq!(keep_rules(&docker, &routes, &settings).await.unwrap(), Kept::Unchanged);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

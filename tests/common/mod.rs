@@ -78,6 +78,29 @@ pub fn docker_ok(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
+/// How long a container name may be away before a poll by name calls it missing: a cut-over
+/// moves it aside (the old container renamed `-previous`, the new one not yet named) for well
+/// under a second.
+pub const NAME_ASIDE_FOR: Duration = Duration::from_secs(10);
+
+/// `docker inspect -f FORMAT NAME`, trimmed; `None` while no container has that name (to a
+/// poller, "not yet": a cut-over moves the name aside for a moment). Any other error panics.
+pub fn inspect(name: &str, format: &str) -> Option<String> {
+    let out = docker(&["inspect", "-f", format, name]);
+    if out.status.success() {
+        return Some(String::from_utf8_lossy(&out.stdout).trim().to_owned());
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("No such object") || err.contains("No such container"), "docker inspect {name}: {err}");
+    None
+}
+
+/// [`inspect`] of a name that must be there: waits while it is moved aside for a moment, and
+/// panics only when it stays away for [`NAME_ASIDE_FOR`].
+pub fn inspect_present(name: &str, format: &str) -> String {
+    wait_for(&format!("a container named {name}"), NAME_ASIDE_FOR, || inspect(name, format))
+}
+
 /// Removes every container carrying `label=value`. Logs rather than panics: cleanup must not
 /// hide the real failure.
 pub fn remove_labelled(value: &str) {
@@ -343,8 +366,9 @@ impl Host {
         Some((parts.next()?.to_owned(), parts.next()? == "true", parts.next()?.to_owned()))
     }
 
+    /// A label of the container under the name, waiting while a cut-over has the name aside.
     pub fn label(&self, key: &str) -> String {
-        docker_ok(&["inspect", "-f", &format!("{{{{index .Config.Labels \"{key}\"}}}}"), &self.container])
+        inspect_present(&self.container, &format!("{{{{index .Config.Labels \"{key}\"}}}}"))
     }
 
     /// The page on the host port.
