@@ -201,7 +201,7 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
             }
             return;
         }
-        tracing::info!(container = %name, "no proven container runs: the traffic rules are left as they are until one is proven");
+        tracing::info!(container = %name, "no proven container runs: the rules keeper sends no traffic to any container until one is proven");
     }
 
     /// After a reload renamed `[container] name`: the container of ours under the old name takes

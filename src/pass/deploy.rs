@@ -37,7 +37,7 @@ pub enum DeployError {
     #[error("could not start new version {image} here: {source}; {restored}")]
     CutoverFailed { image: String, source: EngineError, restored: String },
     #[error(transparent)]
-    Route(#[from] super::switch::RouteError),
+    Route(#[from] super::routes::RouteError),
     #[error("container {container} did not come back healthy after a start: {probe}")]
     RestartUnhealthy { container: String, probe: ProbeFailed },
     #[error(

@@ -17,6 +17,7 @@ pub mod desired;
 pub mod execute;
 pub mod once;
 pub mod plan;
+pub mod routes;
 pub mod snapshot;
 pub mod switch;
 
@@ -118,7 +119,7 @@ pub enum PassError {
     #[error("{0}")]
     NothingToRun(decide::Why),
     #[error(
-        "{sha} is not a signed release of {environment} ([release] public_key): no verified version of the release          object names it with its digest; signed releases: {}; nothing was changed",
+        "{sha} is not a signed release of {environment} ([release] public_key): no verified version of the release object names it with its digest; signed releases: {}; nothing was changed",
         if signed.is_empty() { "none known".to_owned() } else { signed.join(", ") }
     )]
     Unverified { sha: Sha, environment: String, signed: Vec<String> },
