@@ -27,27 +27,30 @@ pub enum NameError {
     /// Not 7 to 40 lowercase hex digits: a usage error.
     #[error("{0}")]
     Malformed(#[from] InvalidSha),
+    /// `releases`: every SHA the read found, current first.
     #[error(
-        "{typed} names no release of {environment}: {location} {}; give the full 40-digit SHA to name \
-         another; nothing was written",
-        held(known, unread.as_deref())
+        "{} names no release of {}: {} {}; give the full 40-digit SHA to name another; nothing was written",
+        .0.typed, .0.environment, .0.location, held(&.0.releases, .0.unread.as_deref())
     )]
-    Unknown {
-        typed: String,
-        environment: String,
-        location: ObjectLocation,
-        /// Every SHA the read found, current first.
-        known: Vec<Sha>,
-        /// What could not be read (the history, the object), when something could not.
-        unread: Option<String>,
-    },
+    Unknown(Box<Refused>),
+    /// `releases`: the ones it begins, in the read's order.
     #[error(
-        "{typed} is ambiguous in {environment}: {} releases of {location} begin with it: {}; type more digits; \
-         nothing was written",
-        candidates.len(),
-        list(candidates)
+        "{} is ambiguous in {}: {} releases of {} begin with it: {}; type more digits; nothing was written",
+        .0.typed, .0.environment, .0.releases.len(), .0.location, list(&.0.releases)
     )]
-    Ambiguous { typed: String, environment: String, location: ObjectLocation, candidates: Vec<Sha> },
+    Ambiguous(Box<Refused>),
+}
+
+/// What a refusal names: the value, where it was looked up, and the releases it lists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    pub typed: String,
+    pub environment: String,
+    pub location: ObjectLocation,
+    pub releases: Vec<Sha>,
+    /// What could not be read (the history, the object), when something could not: the list
+    /// may then be incomplete.
+    pub unread: Option<String>,
 }
 
 impl NameError {
@@ -166,21 +169,19 @@ impl Known {
     pub fn resolve(&self, typed: &str) -> Result<Sha, NameError> {
         let typed = Sha::parse(typed)?;
         let known = self.shas();
+        let refused = |releases: Vec<Sha>, unread: Option<String>| {
+            Box::new(Refused {
+                typed: typed.to_string(),
+                environment: self.environment.clone(),
+                location: self.location.clone(),
+                releases,
+                unread,
+            })
+        };
         match pick(&typed, &known) {
             Pick::Named(sha) => Ok(sha),
-            Pick::Unknown => Err(NameError::Unknown {
-                typed: typed.to_string(),
-                environment: self.environment.clone(),
-                location: self.location.clone(),
-                known,
-                unread: self.unread(),
-            }),
-            Pick::Ambiguous(candidates) => Err(NameError::Ambiguous {
-                typed: typed.to_string(),
-                environment: self.environment.clone(),
-                location: self.location.clone(),
-                candidates,
-            }),
+            Pick::Unknown => Err(NameError::Unknown(refused(known, self.unread()))),
+            Pick::Ambiguous(candidates) => Err(NameError::Ambiguous(refused(candidates, None))),
         }
     }
 }
@@ -294,9 +295,9 @@ mod tests {
             let got = known.resolve(typed);
             match (got, want) {
                 (Ok(got), Sha(want)) => assert_eq!(got.as_str(), want, "{what}"),
-                (Err(e @ NameError::Unknown { .. }), Unknown(listed)) => {
-                    let NameError::Unknown { known, .. } = &e else { unreachable!() };
-                    assert_eq!(known.iter().map(|s| s.as_str()).collect::<Vec<_>>(), listed, "{what}");
+                (Err(e @ NameError::Unknown(_)), Unknown(listed)) => {
+                    let NameError::Unknown(refused) = &e else { unreachable!() };
+                    assert_eq!(refused.releases.iter().map(|s| s.as_str()).collect::<Vec<_>>(), listed, "{what}");
                     let line = e.to_string();
                     assert!(!line.contains('\n') && line.contains(typed), "{what}: {line}");
                     assert!(
@@ -304,9 +305,9 @@ mod tests {
                         "{what}: {line}"
                     );
                 }
-                (Err(e @ NameError::Ambiguous { .. }), Ambiguous(listed)) => {
-                    let NameError::Ambiguous { candidates, .. } = &e else { unreachable!() };
-                    assert_eq!(candidates.iter().map(|s| s.as_str()).collect::<Vec<_>>(), listed, "{what}");
+                (Err(e @ NameError::Ambiguous(_)), Ambiguous(listed)) => {
+                    let NameError::Ambiguous(refused) = &e else { unreachable!() };
+                    assert_eq!(refused.releases.iter().map(|s| s.as_str()).collect::<Vec<_>>(), listed, "{what}");
                     let line = e.to_string();
                     assert!(
                         listed.iter().all(|s| line.contains(s)) && line.contains("type more digits"),
