@@ -29,7 +29,7 @@ pub enum NameError {
     Malformed(#[from] InvalidSha),
     /// `releases`: every SHA the read found, current first.
     #[error(
-        "{} names no release of {}: {} {}; give the full 40-digit SHA to name another; nothing was written",
+        "{} names no release of {}: {} {}; nothing was written",
         .0.typed, .0.environment, .0.location, held(&.0.releases, .0.unread.as_deref())
     )]
     Unknown(Box<Refused>),
