@@ -114,14 +114,19 @@ pub struct Known {
 }
 
 impl Known {
-    /// Reads the object and its versions (at once). A failed read is kept, not returned: a
-    /// full SHA needs neither, and a short one is resolved against what could be read.
+    /// Reads the object, then its versions. A failed read is kept, not returned: a full SHA
+    /// needs neither, and a short one is resolved against what could be read.
     pub async fn read(releases: &impl ReleaseSource, environment: &str, location: ObjectLocation) -> Known {
-        let (current, history) = tokio::join!(releases.fetch(&location, None), releases.history(&location));
-        let current = match current {
+        let current = match releases.fetch(&location, None).await {
             Ok(Fetched::Changed(release)) => Ok(release),
             Ok(Fetched::Unchanged) => Err(ReleaseError::UnexpectedNotModified { location: location.clone() }),
             Err(e) => Err(e),
+        };
+        // An S3 that did not answer for the object in time will not for its versions either:
+        // not waiting out a second timeout keeps a command as quick to fail as one read.
+        let history = match &current {
+            Err(e @ (ReleaseError::TimedOut { .. } | ReleaseError::RegionUnknown { .. })) => Err(e.clone()),
+            _ => releases.history(&location).await,
         };
         Known { environment: environment.to_owned(), location, current, history }
     }
