@@ -36,6 +36,8 @@ pub enum ProblemKind {
     /// A release that may not run here (unsigned, bad signature, replay, unverified).
     Refused(String),
     NothingToRun,
+    /// An operator's SHA that names no single release (`sync --sha`; the loop names none).
+    Name,
     State,
     Cancelled,
 }
@@ -85,6 +87,7 @@ impl From<&PassError> for Problem {
             PassError::Blocked(_) => ProblemKind::Blocked,
             PassError::Deploy(DeployError::Route(_)) => ProblemKind::Route,
             PassError::NothingToRun(_) => ProblemKind::NothingToRun,
+            PassError::Name(_) => ProblemKind::Name,
             PassError::State(_) => ProblemKind::State,
             PassError::Cancelled(_) | PassError::Deploy(DeployError::Cancelled(_)) => ProblemKind::Cancelled,
         };

@@ -11,6 +11,7 @@ use crate::fleet::rollout::resolve_identity;
 use crate::outside::aws::Aws;
 use crate::outside::imds::Imds;
 use crate::outside::release::{ObjectLocation, S3Releases};
+use crate::pass::named::Known;
 use crate::sha::Sha;
 use crate::state::now_unix;
 
@@ -19,48 +20,61 @@ const MAX_REASON_CHARS: usize = 1000;
 
 #[derive(Debug, Args)]
 pub struct HaltArgs {
-    /// The release to halt (7 to 40 lowercase hex digits, as in the release file).
+    /// The release to halt: its SHA, or a unique prefix (7+ hex digits) of one the
+    /// environment's release history holds.
     #[arg(value_name = "SHA")]
     pub sha: String,
     /// Why, for every host's `status` and journal and for whoever runs `unhalt`.
     #[arg(long, value_name = "TEXT")]
     pub reason: String,
-    /// The release a host with nothing serving runs instead (the rollback target); without
-    /// it, such a host falls back to its own last-known-good version.
+    /// The release a host with nothing serving runs instead (the rollback target). Without it,
+    /// the rollback target is the newest verified release before the halted one, never the
+    /// halted one.
     #[arg(long, value_name = "SHA")]
     pub to: Option<String>,
 }
 
 #[derive(Debug, Args)]
 pub struct UnhaltArgs {
-    /// The halted release to let go on.
+    /// The halted release to let go on: its SHA, or a unique prefix (7+ hex digits) of one the
+    /// environment's release history holds.
     #[arg(value_name = "SHA")]
     pub sha: String,
 }
 
-/// Everything both commands need: validated input, the environment, where its markers live.
+/// Everything both commands need: the environment, where its markers live, and one read of
+/// its release object and history that SHAs are resolved against.
 struct Target {
-    sha: Sha,
     environment: String,
     prefix: String,
     markers: HaltMarkers,
     bucket: String,
-    releases: S3Releases,
+    known: Known,
     settings: crate::config::Settings,
 }
 
 impl Target {
-    fn location(&self) -> ObjectLocation {
-        ObjectLocation { bucket: self.bucket.clone(), key: format!("{}{}", self.prefix, self.sha) }
+    fn location(&self, sha: &Sha) -> ObjectLocation {
+        ObjectLocation { bucket: self.bucket.clone(), key: format!("{}{sha}", self.prefix) }
+    }
+
+    /// The full SHA `typed` names here ([`crate::pass::named`]).
+    fn resolve(&self, typed: &Sha, what: &str) -> Result<Sha, Failure> {
+        self.known.resolve(typed.as_str()).map_err(|e| Failure {
+            code: if e.is_usage() { exit::USAGE } else { exit::FAILED },
+            message: format!("{what} {e}"),
+        })
     }
 }
 
-/// Validates the SHA and `--env` before contacting anything, then resolves the environment
-/// as every command does (`--env`, `[environment] name`, the instance tag).
-async fn target(cli: &Cli, raw_sha: &str) -> Result<Target, Failure> {
-    let settings = super::load_settings(cli)?;
-    let sha = Sha::parse(raw_sha).map_err(|e| Failure { code: exit::USAGE, message: format!("SHA {e}") })?;
-    super::check_env_flag(cli, &settings)?;
+fn parse_sha(raw: &str, what: &str) -> Result<Sha, Failure> {
+    Sha::parse(raw).map_err(|e| Failure { code: exit::USAGE, message: format!("{what} {e}") })
+}
+
+/// Resolves the environment as every command does (`--env`, `[environment] name`, the
+/// instance tag), after the caller validated its own arguments and `--env`, and reads the
+/// release object and its history once.
+async fn target(cli: &Cli, settings: crate::config::Settings) -> Result<Target, Failure> {
     let environment = crate::environment::resolve(cli.environment.as_deref(), &settings, &Imds::new())
         .await
         .map_err(|e: EnvironmentError| Failure {
@@ -74,13 +88,20 @@ async fn target(cli: &Cli, raw_sha: &str) -> Result<Target, Failure> {
     let bucket = settings.release.bucket.clone();
     let markers = HaltMarkers::with_aws(&aws, bucket.clone());
     let releases = S3Releases::with_aws(&aws);
-    Ok(Target { sha, environment, prefix, markers, bucket, releases, settings })
+    let location = crate::pass::once::release_location(&settings, &environment);
+    let known = Known::read(&releases, &environment, location).await;
+    Ok(Target { environment, prefix, markers, bucket, known, settings })
 }
 
 fn failed(e: HaltError) -> Failure {
     Failure { code: exit::FAILED, message: e.to_string() }
 }
 
+/// `halt`. A shorter SHA must name one release of the history: a marker under a prefix would
+/// halt nothing, hosts look markers up by the full SHA S3 names. A full SHA that no version
+/// of the release object names is halted as typed: an operator may stop a release before CI
+/// publishes it (the bad commit is known while the pipeline still runs), and hosts honour the
+/// marker the moment S3 names that SHA.
 pub async fn halt(cli: &Cli, args: &HaltArgs) -> Result<(), Failure> {
     let reason = args.reason.trim();
     if reason.is_empty() || reason.chars().count() > MAX_REASON_CHARS {
@@ -88,26 +109,32 @@ pub async fn halt(cli: &Cli, args: &HaltArgs) -> Result<(), Failure> {
             format!("--reason {}: say why in 1 to {MAX_REASON_CHARS} characters", crate::sha::safe_quote(&args.reason));
         return Err(Failure { code: exit::USAGE, message });
     }
-    let to = match &args.to {
-        None => None,
-        Some(raw) => match Sha::parse(raw) {
-            Ok(to) if to.as_str() == args.sha => {
-                let message = format!("--to {to}: the rollback target must be another release than the halted one");
-                return Err(Failure { code: exit::USAGE, message });
-            }
-            Ok(to) => Some(to),
-            Err(e) => return Err(Failure { code: exit::USAGE, message: format!("--to SHA {e}") }),
-        },
+    let settings = super::load_settings(cli)?;
+    let typed = parse_sha(&args.sha, "SHA")?;
+    let typed_to = args.to.as_deref().map(|raw| parse_sha(raw, "--to SHA")).transpose()?;
+    // Never the halted release itself: a host with nothing serving would deploy what was halted.
+    let itself = |to: &Sha| Failure {
+        code: exit::USAGE,
+        message: format!("--to {to}: the rollback target must be another release than the halted one"),
     };
-    let target = target(cli, &args.sha).await?;
-    // Without --to: the release before it in the release object's history, so that a new
-    // instance with nothing serving is not dark.
-    let to = match to {
-        Some(to) => Some(to),
+    if let Some(to) = typed_to.as_ref().filter(|to| **to == typed) {
+        return Err(itself(to));
+    }
+    super::check_env_flag(cli, &settings)?;
+    let target = target(cli, settings).await?;
+    let sha = target.resolve(&typed, "SHA")?;
+    let to = match &typed_to {
+        Some(typed_to) => {
+            let to = target.resolve(typed_to, "--to")?;
+            if to == sha {
+                return Err(itself(&to));
+            }
+            Some(to)
+        }
         None => {
-            let (releases, markers) = (&target.releases, &target.markers);
+            let (known, markers) = (&target.known, &target.markers);
             let (settings, env) = (&target.settings, target.environment.as_str());
-            match crate::pass::desired::rollback_target(releases, markers, settings, env, &target.sha).await {
+            match crate::pass::desired::rollback_target(known, markers, settings, env, &sha).await {
                 Ok(to) => to,
                 Err(e) => {
                     eprintln!("blog-agent: no rollback target recorded ({e}); hosts look for one themselves");
@@ -118,7 +145,7 @@ pub async fn halt(cli: &Cli, args: &HaltArgs) -> Result<(), Failure> {
     };
     let identity = resolve_identity(Imds::new().instance_id().await.ok());
     let marker = Marker {
-        sha: target.sha.to_string(),
+        sha: sha.to_string(),
         environment: target.environment.clone(),
         instance_id: identity.value,
         reason: reason.to_owned(),
@@ -126,44 +153,58 @@ pub async fn halt(cli: &Cli, args: &HaltArgs) -> Result<(), Failure> {
         rolled_back_to: to.map(|t| t.to_string()),
         by: Some(crate::runtime::operator::operator()),
     };
-    let location = target.location();
+    let location = target.location(&sha);
     if target.markers.mark(&target.prefix, &marker).await.map_err(failed)? {
         let fallback = match &marker.rolled_back_to {
             Some(to) => format!("a host with nothing serving runs {to}"),
-            None => "no rollback target: a host with nothing serving runs its own last-known-good version, if any \
-                     (name one with --to, or turn on the bucket's versioning for a history)"
-                .to_owned(),
+            None => {
+                let versions = match target.known.versions() {
+                    Ok([]) => ", or turn on the bucket's versioning for a history",
+                    _ => "",
+                };
+                format!(
+                    "no rollback target: no verified release before it in the history of {} that is not halted; a \
+                     host with nothing serving runs its own last-known-good version, if any (name one with --to{versions})",
+                    target.known.location()
+                )
+            }
         };
         eprintln!(
-            "blog-agent: {} halted in {} ({location}): no host applies it until `blog-agent unhalt {}`; {fallback}",
-            target.sha, target.environment, target.sha
+            "blog-agent: {sha} halted in {} ({location}): no host applies it until `blog-agent unhalt {sha}`; {fallback}",
+            target.environment
         );
         return Ok(());
     }
     // Already halted: the first marker (often a failing host's, with its rollback target) is kept.
-    match target.markers.get(&target.prefix, &target.sha).await.map_err(failed)? {
+    match target.markers.get(&target.prefix, &sha).await.map_err(failed)? {
         Some(first) => eprintln!(
-            "blog-agent: {} was already halted in {} ({location}) by {} at {}: {}; that marker is kept",
-            target.sha,
+            "blog-agent: {sha} was already halted in {} ({location}) by {} at {}: {}; that marker is kept",
             target.environment,
             crate::sha::safe_text(first.by.as_deref().unwrap_or(&first.instance_id)),
             humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(first.at)),
             crate::sha::safe_text(&first.reason)
         ),
         None => eprintln!(
-            "blog-agent: {} was already halted in {} ({location}); that marker is kept",
-            target.sha, target.environment
+            "blog-agent: {sha} was already halted in {} ({location}); that marker is kept",
+            target.environment
         ),
     }
     Ok(())
 }
 
+/// `unhalt`. A full SHA goes as typed, in the history or not: a marker can outlive the history
+/// (a halt placed before a publish that never came, a release older than the versions read),
+/// and removing it must stay possible.
 pub async fn unhalt(cli: &Cli, args: &UnhaltArgs) -> Result<(), Failure> {
-    let target = target(cli, &args.sha).await?;
-    let location = target.location();
-    let marker = target.markers.clear(&target.prefix, &target.sha).await.map_err(failed)?;
-    let votes = target.markers.clear_votes(&target.prefix, &target.sha).await.map_err(failed)?;
-    let (sha, env) = (&target.sha, &target.environment);
+    let settings = super::load_settings(cli)?;
+    let typed = parse_sha(&args.sha, "SHA")?;
+    super::check_env_flag(cli, &settings)?;
+    let target = target(cli, settings).await?;
+    let sha = target.resolve(&typed, "SHA")?;
+    let location = target.location(&sha);
+    let marker = target.markers.clear(&target.prefix, &sha).await.map_err(failed)?;
+    let votes = target.markers.clear_votes(&target.prefix, &sha).await.map_err(failed)?;
+    let (sha, env) = (&sha, &target.environment);
     let votes_text = match votes {
         0 => String::new(),
         1 => " and 1 host's halt vote".to_owned(),

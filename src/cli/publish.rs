@@ -29,7 +29,8 @@ pub struct ReleasesArgs {
 
 #[derive(Debug, Args)]
 pub struct RollbackArgs {
-    /// Publish this release again instead of the one before the current.
+    /// Publish this release again instead of the one before the current (its SHA, or a unique
+    /// prefix of 7+ digits of one in the history).
     #[arg(long, value_name = "SHA")]
     pub to: Option<String>,
     /// Print the result as JSON on stdout.
@@ -39,7 +40,8 @@ pub struct RollbackArgs {
 
 #[derive(Debug, Args)]
 pub struct PromoteArgs {
-    /// The release to promote.
+    /// The release to promote (its SHA, or a unique prefix of 7+ digits of one in --from's
+    /// history).
     #[arg(value_name = "SHA")]
     pub sha: String,
     /// The environment it was proven in.

@@ -11,7 +11,8 @@ use crate::sha::Sha;
 #[derive(Debug, Args)]
 pub struct SyncArgs {
     /// Deploy this SHA now instead of the one in S3 (validated the same way), and pause
-    /// automatic updates so the service does not undo it.
+    /// automatic updates so the service does not undo it. A unique prefix (7+ digits) of a
+    /// release in the environment's history names that release.
     #[arg(long, value_name = "SHA")]
     pub sha: Option<String>,
     /// Print the result as JSON on stdout.
@@ -38,6 +39,7 @@ pub async fn run(cli: &Cli, args: &SyncArgs) -> Result<(), Failure> {
     let failed = |e: PassError| {
         let code = match &e {
             PassError::Environment(env) if env.is_usage() => exit::USAGE,
+            PassError::Name(name) if name.is_usage() => exit::USAGE,
             _ => exit::FAILED,
         };
         let message = if e.is_cancelled() {

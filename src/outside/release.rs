@@ -129,7 +129,7 @@ pub enum Fetched {
     Unchanged,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ReleaseError {
     #[error("{location} does not exist: has CI published a release for this environment? (check [release] bucket and [release.keys])")]
     NotFound { location: ObjectLocation },

@@ -538,7 +538,10 @@ async fn newest_unhalted_before(
             provenance: v.provenance.clone(),
         })
         .collect();
-    for candidate in crate::outside::release::releases_before(&candidates, halted) {
+    // A caller that passed a prefix would otherwise find no place for it in the history, and
+    // get the newest release: the halted one itself.
+    let other = |candidate: &Sha| !candidate.as_str().starts_with(halted.as_str());
+    for candidate in crate::outside::release::releases_before(&candidates, halted).into_iter().filter(other) {
         match read_halt(halts, settings, environment, &candidate).await {
             Ok(Some(_)) => continue,
             Ok(None) => return Ok(Some(candidate)),
@@ -548,9 +551,12 @@ async fn newest_unhalted_before(
     Ok(None)
 }
 
-/// The rollback target an operator's `halt` records when it names none: the newest verified
-/// release before `halted` in the release object's history that is not halted itself, the
-/// same rule hosts apply to a halt that names none.
+/// The rollback target an operator's `halt` records when it names none, by the one rule hosts
+/// apply to a halt that names none: the newest verified release before `halted` in the
+/// release object's history that is not halted itself, never `halted`. `halted` must be the
+/// full SHA S3 names ([`crate::pass::named`]): only then is its place in the history found.
+/// A SHA the history does not hold (halted before it was published) gets the newest verified
+/// release: the one it would replace. `Ok(None)` when the history holds nothing else.
 pub async fn rollback_target(
     releases: &impl ReleaseSource,
     halts: &impl HaltSource,
@@ -785,6 +791,62 @@ mod tests {
         resolve_rollback_target(&mut desired, &releases, &halts, &settings, ENV, &mut marker).await.unwrap();
         assert_eq!(marker.rolled_back_to, Some(sha('a').to_string()), "read again, and answered");
         assert_eq!(releases.reads.load(SeqCst), 2);
+    }
+
+    /// Issue 25: `halt` without `--to` recorded the halted release itself as its rollback
+    /// target when the history's newest version was that release.
+    #[tokio::test]
+    async fn a_halts_rollback_target_is_the_newest_verified_release_before_it_never_itself() {
+        let settings = Settings::parse(
+            "[release]\nbucket = \"b\"\n[image]\nrepository = \"127.0.0.1:5000/blog\"\n[environment]\nname = \"staging\"\n",
+            Path::new("test.toml"),
+        )
+        .unwrap();
+        let historic = |c: char| Historic {
+            sha: sha(c),
+            published_at: None,
+            version_id: c.to_string(),
+            provenance: Provenance::default(),
+        };
+        let source = |history: &str| FlakyHistory {
+            history: history.chars().map(historic).collect(),
+            failures: Default::default(),
+            reads: Default::default(),
+        };
+        let halt = |c: char| Marker {
+            sha: sha(c).to_string(),
+            environment: ENV.into(),
+            instance_id: "i-1".into(),
+            reason: "bad".into(),
+            at: 1,
+            rolled_back_to: None,
+            by: None,
+        };
+        // (what, history newest first, also halted, halted, target)
+        let cases: &[(&str, &str, &str, char, Option<char>)] = &[
+            ("the halted release is the newest version", "cba", "", 'c', Some('b')),
+            ("an older release is halted", "cba", "", 'b', Some('a')),
+            ("it was published again since (a rollback over it)", "cbcba", "", 'c', Some('b')),
+            ("the one before is halted too", "cba", "b", 'c', Some('a')),
+            ("nothing else was ever published", "c", "", 'c', None),
+            ("everything before it is halted", "cb", "b", 'c', None),
+            ("halted before it was published: the release it would replace", "ba", "", 'c', Some('b')),
+            ("no history at all", "", "", 'c', None),
+        ];
+        for (what, history, also_halted, halted, want) in cases {
+            let halts = crate::fleet::halt::MemoryHalts::default();
+            for c in also_halted.chars() {
+                halts.mark(&settings.halt_prefix(ENV), &halt(c)).await.unwrap();
+            }
+            let got = rollback_target(&source(history), &halts, &settings, ENV, &sha(*halted)).await.unwrap();
+            assert_eq!(got, want.map(sha), "{what}");
+            assert_ne!(got, Some(sha(*halted)), "{what}: never the halted release");
+        }
+        // Named by a prefix the caller did not resolve: still never the halted release.
+        let short = Sha::parse("ccccccc").unwrap();
+        let none = crate::fleet::halt::MemoryHalts::default();
+        let got = rollback_target(&source("cba"), &none, &settings, ENV, &short).await.unwrap();
+        assert_eq!(got, Some(sha('b')), "a prefix of the newest version");
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod decide;
 pub mod deploy;
 pub mod desired;
 pub mod execute;
+pub mod named;
 pub mod once;
 pub mod plan;
 pub mod routes;
@@ -123,6 +124,8 @@ pub enum PassError {
         if signed.is_empty() { "none known".to_owned() } else { signed.join(", ") }
     )]
     Unverified { sha: Sha, environment: String, signed: Vec<String> },
+    #[error(transparent)]
+    Name(#[from] named::NameError),
     #[error(transparent)]
     Cancelled(#[from] Cancelled),
     #[error("{0}")]

@@ -21,6 +21,7 @@ use crate::outside::release::{ObjectLocation, ReleaseSource};
 use crate::pass::decide::{self, Wanted, Why};
 use crate::pass::desired::{self, Accepted, Catalog, HaltRead, Trust};
 use crate::pass::execute::{self, FleetInputs, Options};
+use crate::pass::named::Known;
 use crate::pass::plan::Plan;
 use crate::pass::{Action, PassError, Services};
 use crate::runtime::shutdown::Shutdown;
@@ -33,7 +34,9 @@ use crate::state::{now_unix, Pause};
 pub struct SyncRequest {
     /// `--env`: overrides config and tag.
     pub environment: Option<String>,
-    /// `--sha`: skips S3, and pauses automatic updates so `run` does not undo it.
+    /// `--sha`, as typed (a full SHA, or a unique prefix of one the release object's history
+    /// holds; [`crate::pass::named`]): deploys it instead of S3's release, and pauses automatic
+    /// updates so `run` does not undo it.
     pub sha: Option<Sha>,
     /// `--dry-run`: plan only; take no lock, change nothing.
     pub dry_run: bool,
@@ -121,12 +124,16 @@ async fn sync_pass<T: TagSource, R: ReleaseSource, C: CredentialSource>(
     let dir = &settings.agent.state_dir;
     let trust = Trust::new(settings, &env.name);
     let halts = services.halts.in_bucket(&settings.release.bucket);
-    // A pin must name a verified release: checked before anything is written.
-    let pin_catalog = match &request.sha {
-        Some(pinned) => Some(pin_catalog(settings, services, &halts, &env.name, pinned, shutdown).await?),
-        None => None,
+    // A pin must name a verified release by its full SHA: resolved and checked before anything
+    // is written.
+    let (pinned, pin_catalog) = match &request.sha {
+        Some(typed) => {
+            let (pinned, catalog) = pin_catalog(settings, services, &halts, &env.name, typed, shutdown).await?;
+            (Some(pinned), Some(catalog))
+        }
+        None => (None, None),
     };
-    if let (Some(pinned), Some(catalog), false) = (&request.sha, &pin_catalog, request.dry_run) {
+    if let (Some(pinned), Some(catalog), false) = (&pinned, &pin_catalog, request.dry_run) {
         // Before the lock: a `run` waiting for it must already see the pause when it gets it.
         let pause = Pause {
             by: request.operator.clone(),
@@ -144,7 +151,7 @@ async fn sync_pass<T: TagSource, R: ReleaseSource, C: CredentialSource>(
         Some(shutdown.race(lock::acquire(dir, settings.agent.lock_timeout)).await??)
     };
     // Read S3 only now: after waiting for the lock, the object may have moved on.
-    let (wanted, desired, halt) = match (&request.sha, pin_catalog) {
+    let (wanted, desired, halt) = match (&pinned, pin_catalog) {
         (Some(sha), Some(catalog)) => (Wanted::Operator(sha.clone()), Err(catalog), None),
         _ => {
             let read = desired::read_once(&services.releases, &halts, settings, &env.name);
@@ -272,24 +279,30 @@ async fn sync_pass<T: TagSource, R: ReleaseSource, C: CredentialSource>(
     })
 }
 
-/// The verified releases an operator's `sync --sha` may pin: the release object's verified
-/// versions, and what this host recorded itself. With signatures required, a SHA outside them
-/// is refused naming the ones that are signed; without, anything goes (S3 is read for the
-/// digests it knows, and an unreadable S3 stops nothing).
+/// The full SHA an operator's `sync --sha` pins (`typed` resolved by
+/// [`crate::pass::named`]), and the verified releases it may pin: the release object's
+/// verified versions, and what this host recorded itself. With signatures required, a SHA
+/// outside them is refused naming the ones that are signed; without, a full SHA goes as typed
+/// (S3 is read for the digests it knows, and an unreadable S3 stops nothing).
 async fn pin_catalog<T, R: ReleaseSource, C>(
     settings: &Settings,
     services: &Services<T, R, C>,
     halts: &impl crate::fleet::halt::HaltSource,
     environment: &str,
-    pinned: &Sha,
+    typed: &Sha,
     shutdown: &Shutdown,
-) -> Result<Catalog, PassError> {
+) -> Result<(Sha, Catalog), PassError> {
     let trust = Trust::new(settings, environment);
     let local = crate::state::State::load(&settings.agent.state_dir);
-    let read = shutdown.race(desired::read_once(&services.releases, halts, settings, environment)).await?;
+    // One read of the object and its history: the name is resolved against it, and the catalog
+    // is built from it.
+    let location = release_location(settings, environment);
+    let known = shutdown.race(Known::read(&services.releases, environment, location)).await?;
+    let pinned = known.resolve(typed.as_str())?;
+    let read = shutdown.race(desired::read_once(&known, halts, settings, environment)).await?;
     let catalog = match read {
         Ok((mut desired, _)) => {
-            desired.ensure_history(&services.releases, trust).await;
+            desired.ensure_history(&known, trust).await;
             desired.catalog(trust, local.last_good_in(environment), None)
         }
         Err(e) if trust.required() => {
@@ -301,11 +314,11 @@ async fn pin_catalog<T, R: ReleaseSource, C>(
         }
         Err(_) => Catalog::open(),
     };
-    if !catalog.allows(pinned) {
+    if !catalog.allows(&pinned) {
         let signed = catalog.shas();
-        return Err(PassError::Unverified { sha: pinned.clone(), environment: environment.to_owned(), signed });
+        return Err(PassError::Unverified { sha: pinned, environment: environment.to_owned(), signed });
     }
-    Ok(catalog)
+    Ok((pinned, catalog))
 }
 
 /// When `run` would still wait for this host's wave of `sha` (published at `published_at`):

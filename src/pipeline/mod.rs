@@ -30,6 +30,7 @@ use crate::outside::release::{
     Expect, Fetched, Historic, ObjectLocation, Provenance, ReleaseError, ReleaseSource, S3Releases, WriteError,
 };
 use crate::pass::desired::Trust;
+use crate::pass::named::{Known, NameError};
 use crate::sha::Sha;
 
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +79,9 @@ pub enum PublishError {
          name one with --to"
     )]
     NothingToRollBackTo { location: ObjectLocation, count: usize, hint: &'static str },
+    /// A SHA as typed names no single release of the environment's history.
+    #[error("{0}")]
+    Name(#[from] NameError),
 }
 
 impl PublishError {
@@ -324,27 +328,26 @@ impl Pipeline {
     }
 
     /// What was published to `environment`, newest first: the object's versions, or only the
-    /// current object when the bucket keeps none.
-    async fn published(&self, environment: &str) -> Result<(ObjectLocation, Vec<Historic>, bool), PublishError> {
+    /// current object when the bucket keeps none; with the read they come from, which SHAs
+    /// typed on the command line are resolved against.
+    async fn published(&self, environment: &str) -> Result<(Known, Vec<Historic>, bool), PublishError> {
         let location = self.location(environment)?;
-        let history = self.releases.history(&location).await.map_err(PublishError::Read)?;
+        let known = Known::read(&self.releases, environment, location).await;
+        let history = known.versions().map_err(|e| PublishError::Read(e.clone()))?.to_vec();
         if !history.is_empty() {
-            return Ok((location, history, false));
+            return Ok((known, history, false));
         }
-        match self.releases.fetch(&location, None).await {
-            Ok(Fetched::Changed(current)) => {
-                let only = Historic {
-                    sha: current.sha,
-                    published_at: current.published_at,
-                    version_id: "null".into(),
-                    provenance: current.provenance,
-                };
-                Ok((location, vec![only], true))
-            }
-            Ok(Fetched::Unchanged) => Err(PublishError::Read(ReleaseError::UnexpectedNotModified { location })),
-            Err(ReleaseError::NotFound { .. }) => Ok((location, Vec::new(), true)),
-            Err(e) => Err(PublishError::Read(e)),
-        }
+        let only = match known.current() {
+            Ok(current) => vec![Historic {
+                sha: current.sha.clone(),
+                published_at: current.published_at,
+                version_id: "null".into(),
+                provenance: current.provenance.clone(),
+            }],
+            Err(ReleaseError::NotFound { .. }) => Vec::new(),
+            Err(e) => return Err(PublishError::Read(e.clone())),
+        };
+        Ok((known, only, true))
     }
 
     /// The versions of `history` that verify with `[release] public_key` for `environment`
@@ -377,7 +380,8 @@ impl Pipeline {
 
     /// `releases`: the history of `environment`, with each release's halt.
     pub async fn history(&self, environment: &str) -> Result<History, PublishError> {
-        let (location, published, versioning_off) = self.published(environment).await?;
+        let (known, published, versioning_off) = self.published(environment).await?;
+        let location = known.location();
         let mut releases = Vec::new();
         let trust = Trust::new(&self.settings, environment);
         for (i, h) in published.iter().enumerate() {
@@ -395,10 +399,14 @@ impl Pipeline {
         Ok(History { environment: environment.to_owned(), location: location.to_string(), releases, versioning_off })
     }
 
-    /// `rollback`: publishes `to`, else the newest release before the current one that is not
-    /// halted, with the digest it was published with.
+    /// `rollback`: publishes `to` (as typed: a full SHA or a unique prefix of one in the
+    /// history, [`crate::pass::named`]), else the newest release before the current one that
+    /// is not halted, with the digest it was published with.
     pub async fn rollback(&self, environment: &str, to: Option<&Sha>) -> Result<Published, PublishError> {
-        let (location, all, versioning_off) = self.published(environment).await?;
+        let (known, all, versioning_off) = self.published(environment).await?;
+        let location = known.location().clone();
+        let to = to.map(|typed| known.resolve(typed.as_str())).transpose()?;
+        let to = to.as_ref();
         // Only verified versions are candidates: a rollback is signed with CI's key, and must
         // never lend that signature to a version nobody signed.
         let published = self.verified(environment, &all);
@@ -431,10 +439,13 @@ impl Pipeline {
         self.write_release(environment, &target, digest.as_deref(), Rewrite::Always).await
     }
 
-    /// `promote`: publishes `sha` to `to` with the exact digest `from` has for it, once it has
-    /// been there `soak`; refuses a release halted in `from` or never published there.
+    /// `promote`: publishes `sha` (as typed: a full SHA or a unique prefix of one in `from`'s
+    /// history, [`crate::pass::named`]) to `to` with the exact digest `from` has for it, once
+    /// it has been there `soak`; refuses a release halted in `from` or never published there.
     pub async fn promote(&self, sha: &Sha, from: &str, to: &str, soak: Duration) -> Result<Published, PublishError> {
-        let (location, all, _) = self.published(from).await?;
+        let (known, all, _) = self.published(from).await?;
+        let location = known.location().clone();
+        let sha = &known.resolve(sha.as_str())?;
         let published = self.verified(from, &all);
         if all.iter().any(|h| h.sha == *sha) && !published.iter().any(|h| h.sha == *sha) {
             return Err(self.unverified(sha, from, &location, &published));
