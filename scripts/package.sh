@@ -157,6 +157,6 @@ else
 fi
 /usr/bin/blog-agent --version >/dev/null && ok "installed: $(/usr/bin/blog-agent --version)" || fail "installed --version"
 for sub in sync run status check pause resume; do
-  /usr/bin/blog-agent "$sub" --help | grep "Example:" >/dev/null && ok "installed: blog-agent $sub --help" || fail "$sub --help"
+  /usr/bin/blog-agent "$sub" --help | grep -x "Examples:" >/dev/null && ok "installed: blog-agent $sub --help" || fail "$sub --help"
 done
 echo "package: all checks passed ($out)" >&2
