@@ -84,6 +84,17 @@ for f in /usr/bin/blog-agent /usr/share/doc/blog-agent/config.example.toml \
          /usr/share/bash-completion/completions/blog-agent /usr/share/fish/vendor_completions.d/blog-agent.fish; do
   grep -qx "$f" <<<"$deb_list" && grep -qx "$f" <<<"$rpm_list" && ok "both packages ship $f" || fail "$f missing from a package"
 done
+# The documents the unit and the man pages point to (/usr/share/doc/blog-agent/systemd.md, ...).
+# cargo-deb compresses only NEWS and changelog under /usr/share/doc: these keep their names.
+for doc in README.md configuration.md operations.md systemd.md traffic.md; do
+  grep -qx "/usr/share/doc/blog-agent/$doc" <<<"$deb_list" && grep -qx "/usr/share/doc/blog-agent/$doc" <<<"$rpm_list" \
+    && ok "both packages ship /usr/share/doc/blog-agent/$doc" || fail "/usr/share/doc/blog-agent/$doc missing from a package"
+done
+unit_docs=$(grep -oE '/usr/share/doc/blog-agent/[A-Za-z0-9_.-]+' systemd/blog-agent.service | sort -u)
+for doc in $unit_docs; do
+  grep -qx "$doc" <<<"$deb_list" && grep -qx "$doc" <<<"$rpm_list" \
+    && ok "the unit's $doc is shipped" || fail "the unit points to $doc, which a package does not ship"
+done
 # cargo-deb compresses man pages, as Debian policy asks.
 for page in blog-agent blog-agent-sync blog-agent-run blog-agent-status blog-agent-check blog-agent-pause blog-agent-resume blog-agent-halt blog-agent-unhalt blog-agent-publish blog-agent-releases blog-agent-rollback blog-agent-promote; do
   grep -qE "^/usr/share/man/man1/$page\.1(\.gz)?$" <<<"$deb_list" && grep -qx "/usr/share/man/man1/$page.1" <<<"$rpm_list" \
