@@ -100,6 +100,15 @@ for page in blog-agent blog-agent-sync blog-agent-run blog-agent-status blog-age
   grep -qE "^/usr/share/man/man1/$page\.1(\.gz)?$" <<<"$deb_list" && grep -qx "/usr/share/man/man1/$page.1" <<<"$rpm_list" \
     && ok "both packages ship man page $page(1)" || fail "man page $page(1) missing from a package"
 done
+# The man pages have the sections a reader expects and name only pages that are shipped
+# (src/cli/assets.rs; its unit tests check the same).
+for page in target/assets/*.1; do
+  for section in "EXIT STATUS" ENVIRONMENT FILES "SEE ALSO"; do
+    grep -xE "\.SH \"?$section\"?" "$page" >/dev/null || fail "$(basename "$page") lacks the $section section"
+  done
+  ! grep -F 'blog\-agent\-help' "$page" >/dev/null || fail "$(basename "$page") names blog-agent-help(1), which is not shipped"
+done
+ok "man pages: EXIT STATUS, ENVIRONMENT, FILES and SEE ALSO in each, no blog-agent-help(1)"
 grep -qx /usr/lib/sysctl.d/60-blog-agent.conf <<<"$deb_list" && grep -qx /usr/lib/sysctl.d/60-blog-agent.conf <<<"$rpm_list" \
   && ok "both packages ship the docker0 ARP setting (sysctl.d)" || fail "sysctl.d/60-blog-agent.conf missing from a package"
 grep -qE '^/(usr/)?lib/systemd/system/blog-agent.service$' <<<"$deb_list" && ok ".deb ships the systemd unit" || fail ".deb lacks the unit"
