@@ -84,11 +84,31 @@ for f in /usr/bin/blog-agent /usr/share/doc/blog-agent/config.example.toml \
          /usr/share/bash-completion/completions/blog-agent /usr/share/fish/vendor_completions.d/blog-agent.fish; do
   grep -qx "$f" <<<"$deb_list" && grep -qx "$f" <<<"$rpm_list" && ok "both packages ship $f" || fail "$f missing from a package"
 done
+# The documents the unit and the man pages point to (/usr/share/doc/blog-agent/systemd.md, ...).
+# cargo-deb compresses only NEWS and changelog under /usr/share/doc: these keep their names.
+for doc in README.md configuration.md operations.md systemd.md traffic.md; do
+  grep -qx "/usr/share/doc/blog-agent/$doc" <<<"$deb_list" && grep -qx "/usr/share/doc/blog-agent/$doc" <<<"$rpm_list" \
+    && ok "both packages ship /usr/share/doc/blog-agent/$doc" || fail "/usr/share/doc/blog-agent/$doc missing from a package"
+done
+unit_docs=$(grep -oE '/usr/share/doc/blog-agent/[A-Za-z0-9_.-]+' systemd/blog-agent.service | sort -u)
+for doc in $unit_docs; do
+  grep -qx "$doc" <<<"$deb_list" && grep -qx "$doc" <<<"$rpm_list" \
+    && ok "the unit's $doc is shipped" || fail "the unit points to $doc, which a package does not ship"
+done
 # cargo-deb compresses man pages, as Debian policy asks.
 for page in blog-agent blog-agent-sync blog-agent-run blog-agent-status blog-agent-check blog-agent-pause blog-agent-resume blog-agent-halt blog-agent-unhalt blog-agent-publish blog-agent-releases blog-agent-rollback blog-agent-promote; do
   grep -qE "^/usr/share/man/man1/$page\.1(\.gz)?$" <<<"$deb_list" && grep -qx "/usr/share/man/man1/$page.1" <<<"$rpm_list" \
     && ok "both packages ship man page $page(1)" || fail "man page $page(1) missing from a package"
 done
+# The man pages have the sections a reader expects and name only pages that are shipped
+# (src/cli/assets.rs; its unit tests check the same).
+for page in target/assets/*.1; do
+  for section in "EXIT STATUS" ENVIRONMENT FILES "SEE ALSO"; do
+    grep -xE "\.SH \"?$section\"?" "$page" >/dev/null || fail "$(basename "$page") lacks the $section section"
+  done
+  ! grep -F 'blog\-agent\-help' "$page" >/dev/null || fail "$(basename "$page") names blog-agent-help(1), which is not shipped"
+done
+ok "man pages: EXIT STATUS, ENVIRONMENT, FILES and SEE ALSO in each, no blog-agent-help(1)"
 grep -qx /usr/lib/sysctl.d/60-blog-agent.conf <<<"$deb_list" && grep -qx /usr/lib/sysctl.d/60-blog-agent.conf <<<"$rpm_list" \
   && ok "both packages ship the docker0 ARP setting (sysctl.d)" || fail "sysctl.d/60-blog-agent.conf missing from a package"
 grep -qE '^/(usr/)?lib/systemd/system/blog-agent.service$' <<<"$deb_list" && ok ".deb ships the systemd unit" || fail ".deb lacks the unit"
@@ -157,6 +177,6 @@ else
 fi
 /usr/bin/blog-agent --version >/dev/null && ok "installed: $(/usr/bin/blog-agent --version)" || fail "installed --version"
 for sub in sync run status check pause resume; do
-  /usr/bin/blog-agent "$sub" --help | grep "Example:" >/dev/null && ok "installed: blog-agent $sub --help" || fail "$sub --help"
+  /usr/bin/blog-agent "$sub" --help | grep -x "Examples:" >/dev/null && ok "installed: blog-agent $sub --help" || fail "$sub --help"
 done
 echo "package: all checks passed ($out)" >&2

@@ -789,8 +789,8 @@ impl Validator<'_> {
             return Err(self.invalid(
                 "[container] stop_timeout",
                 &humantime::format_duration(stop_timeout).to_string(),
-                "must be at least 1s and a whole number of seconds (Docker counts seconds), e.g. \"3s\"; \
-                 \"0s\" sends SIGKILL at once",
+                "must be a whole number of seconds (Docker counts seconds), e.g. \"3s\"; \"0s\" sends SIGKILL \
+                 at once",
             ));
         }
         Ok(ContainerSettings { name, ports, variables: env, labels, stop_timeout })
@@ -943,6 +943,9 @@ fn parse_health_url(raw: &str) -> Option<HealthUrl> {
     }
     Some(HealthUrl { host: host.trim_start_matches('[').trim_end_matches(']').to_owned(), port, path: path.to_owned() })
 }
+
+#[cfg(test)]
+mod documented;
 
 #[cfg(test)]
 mod tests {
@@ -1168,7 +1171,7 @@ mod tests {
             assert_refused(
                 &format!("{MINIMAL}[container]\nstop_timeout = \"{value}\"\n"),
                 "[container] stop_timeout = \"",
-                "must be at least 1s and a whole number of seconds",
+                "must be a whole number of seconds",
             );
         }
         for (value, secs) in [("1s", 1), ("0s", 0), ("2m", 120)] {

@@ -321,7 +321,7 @@ fn halt_and_unhalt_help_have_a_purpose_and_an_example_and_man_pages() {
         assert_eq!(run.code, 0, "{sub}: {}", run.output());
         let first = run.stdout.lines().next().unwrap_or_default();
         assert!(!first.is_empty() && first.len() < 200, "{sub}: one-line purpose first: {first:?}");
-        assert!(run.stdout.contains(&format!("Example: blog-agent {sub} ")), "{sub}:\n{}", run.stdout);
+        assert!(run.stdout.contains(&format!("Examples:\n  blog-agent {sub} ")), "{sub}:\n{}", run.stdout);
         for global in ["--config", "--env"] {
             assert!(run.stdout.contains(global), "{sub} --help lacks {global}");
         }

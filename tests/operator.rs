@@ -236,7 +236,7 @@ fn every_subcommand_help_has_a_purpose_and_an_example() {
         assert_eq!(run.code, 0, "{sub}: {}", run.output());
         let first = run.stdout.lines().next().unwrap_or_default();
         assert!(!first.is_empty() && first.len() < 200, "{sub}: one-line purpose first: {first:?}");
-        assert!(run.stdout.contains("Example: blog-agent"), "{sub} --help lacks an example:\n{}", run.stdout);
+        assert!(run.stdout.contains("Examples:\n  "), "{sub} --help lacks an example:\n{}", run.stdout);
         for global in ["--config", "--env"] {
             assert!(run.stdout.contains(global), "{sub} --help lacks {global}");
         }

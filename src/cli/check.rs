@@ -493,4 +493,40 @@ mod tests {
         let PortProblem::Fails(why) = port_problem(&elsewhere, "10.9.9.9".parse().unwrap(), 80) else { panic!() };
         assert!(why.contains("10.9.9.9 is not an address of this host"), "{why}");
     }
+
+    /// The name of every line `check` can print, read from this file: the first string argument
+    /// of each `r.ok`/`r.fail`/`r.skip`/`r.warn` call and each `&str` constant.
+    fn line_names() -> Vec<String> {
+        let source = include_str!("check.rs");
+        let source = &source[..source.find("#[cfg(test)]").unwrap()];
+        let mut names = vec!["host port".to_owned()];
+        for marker in ["r.ok(", "r.fail(", "r.skip(", "r.warn(", ": &str = "] {
+            for (at, _) in source.match_indices(marker) {
+                let rest = source[at + marker.len()..].trim_start();
+                if let Some(quoted) = rest.strip_prefix('"') {
+                    let name = &quoted[..quoted.find('"').unwrap()];
+                    if !names.iter().any(|n| n == name) {
+                        names.push(name.to_owned());
+                    }
+                }
+            }
+        }
+        names
+    }
+
+    #[test]
+    fn help_and_runbook_name_every_line() {
+        let names = line_names();
+        for expected in ["config", "release signature", "launch gate", "traffic chains", "docker live-restore"] {
+            assert!(names.iter().any(|n| n == expected), "the reader missed {expected}: {names:?}");
+        }
+        let mut cli = <crate::cli::Cli as clap::CommandFactory>::command();
+        cli.build();
+        let help = cli.find_subcommand("check").unwrap().get_long_about().unwrap().to_string();
+        let runbook = include_str!("../../docs/operations.md");
+        for name in &names {
+            assert!(help.contains(name.as_str()), "check --help does not list the {name:?} line");
+            assert!(runbook.contains(&format!("`{name}`")), "docs/operations.md does not list the {name:?} line");
+        }
+    }
 }

@@ -39,7 +39,8 @@ pub struct Cli {
     /// Configuration file.
     #[arg(long, global = true, env = "BLOG_AGENT_CONFIG", default_value = DEFAULT_PATH)]
     pub config: PathBuf,
-    /// Environment to serve; overrides [environment] name and the instance tag.
+    /// Environment to act on; overrides [environment] name and the instance tag. Required by
+    /// publish, releases and rollback; refused by pause, resume and promote.
     #[arg(long = "env", global = true, value_name = "NAME")]
     pub environment: Option<String>,
     /// Log format on stderr.
@@ -55,77 +56,119 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// Commands that act on an environment's release object, never on this host: `--env` names it
+/// and is required (CI names it explicitly). Their usage lines say so.
+pub const ENV_REQUIRED: [&str; 3] = ["publish", "releases", "rollback"];
+
+/// Commands that act on this host's own state (`pause`, `resume`) or name both environments
+/// themselves (`promote --from --to`): `--env` would be ignored, so it is refused.
+pub const ENV_REFUSED: [&str; 3] = ["pause", "resume", "promote"];
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Converge once: read the desired SHA, pull, verify, cut over; then exit.
     ///
     /// It does not wait for this host's rollout wave ([rollout] spread), and says so when it
     /// skips one; a release halted fleet-wide is not applied (`--sha` applies it anyway).
-    ///
-    /// Example: blog-agent sync --env staging
-    ///          blog-agent sync --sha 3f2a9c1      (roll back/forward now, and pause updates)
-    ///          blog-agent sync --dry-run
+    #[command(after_help = "Examples:
+  blog-agent sync --env staging
+  blog-agent sync --sha 3f2a9c1    # roll back or forward now, and pause updates
+  blog-agent sync --dry-run")]
     Sync(sync::SyncArgs),
-    /// Show the environment, the desired and the running version, health, pause and the
-    /// last reconcile, this host's rollout wave and a halt. Read-only; safe while the service
-    /// runs.
+    /// Show what this host should run, what it runs, and why (read-only).
     ///
-    /// Example: blog-agent status        blog-agent status --json | jq .converged
+    /// The environment, the desired and the running version, health, pause and the last
+    /// reconcile, this host's rollout wave and a halt. Safe while the service runs. Exit 0 when
+    /// converged, 1 otherwise.
+    #[command(after_help = "Examples:
+  blog-agent status
+  blog-agent status --json | jq .converged")]
     Status(status::StatusArgs),
-    /// Preflight doctor: config, IMDS and tag, AWS region and credentials, S3 object and SHA,
-    /// its halt, ECR token, registry tag (no pull), Docker, host ports. One line each; changes
-    /// nothing.
+    /// Preflight doctor: one line per dependency, changes nothing.
     ///
-    /// Example: blog-agent check && systemctl start blog-agent
+    /// Lines, in order: config; imds and environment tag (or environment); aws region; aws
+    /// credentials; s3 object; release sha; release signature; release halt; ecr token;
+    /// registry (a manifest request, no pull); docker; docker live-restore; host port (one per
+    /// mapping); in switch mode traffic switch, traffic chains and route_localnet; with
+    /// [rollout] lifecycle_hook, launch gate. Exit 0 only when no line is FAIL (WARN and skip
+    /// lines do not count).
+    ///
+    /// Run it as root, as the service runs: as another user the docker line fails without
+    /// access to the Docker socket, the traffic switch line fails (iptables needs root), and
+    /// host ports below 1024 are skipped.
+    #[command(after_help = "Examples:
+  sudo blog-agent check && sudo systemctl start blog-agent")]
     Check(check::CheckArgs),
-    /// Freeze automatic updates: the service keeps repairing the running version but does not
-    /// move to a new SHA from S3 until `resume`. Survives reboots.
+    /// Freeze automatic updates on this host until `resume`; survives reboots.
     ///
-    /// Example: blog-agent pause --reason "INC-123: bad release, investigating"
+    /// The service keeps repairing the running version but does not move to a new SHA from
+    /// S3. It acts on this host's state only, so `--env` is refused.
+    #[command(after_help = "Examples:
+  blog-agent pause --reason \"INC-123: bad release, investigating\"")]
     Pause(pause::PauseArgs),
-    /// Unfreeze automatic updates: follow the SHA in S3 again.
+    /// Unfreeze automatic updates on this host: follow the SHA in S3 again.
     ///
-    /// Example: blog-agent resume
+    /// It acts on this host's state only, so `--env` is refused.
+    #[command(after_help = "Examples:
+  blog-agent resume")]
     Resume,
-    /// Halt a release fleet-wide: no host of this environment applies SHA until `unhalt`.
+    /// Halt a release fleet-wide: no host of the environment applies it until `unhalt`.
     ///
     /// The marker goes beside the release key in S3 (`<folder>/halted/<sha>`); one that is
     /// already there (a failing host's, with its rollback target) is kept.
-    ///
-    /// Example: blog-agent halt 3f2a9c1 --reason "INC-123: 500s on /feed"
+    #[command(after_help = "Examples:
+  blog-agent halt 3f2a9c1 --reason \"INC-123: 500s on /feed\"")]
     Halt(halt::HaltArgs),
-    /// Lift a halt: hosts of this environment may apply SHA again when S3 names it.
-    ///
-    /// Example: blog-agent unhalt 3f2a9c1
+    /// Lift a halt: hosts of the environment may apply the release again when S3 names it.
+    #[command(after_help = "Examples:
+  blog-agent unhalt 3f2a9c1")]
     Unhalt(halt::UnhaltArgs),
-    /// Run as a service: converge now, then keep converging (S3 polls, Docker events) until
-    /// SIGTERM. SIGHUP reloads the configuration. Stopping the agent never stops the blog.
+    /// Run as a service: converge now, then keep converging until SIGTERM.
     ///
-    /// Example: blog-agent run   (normally started by systemd: blog-agent.service)
+    /// S3 polls and Docker events trigger passes; SIGHUP reloads the configuration. Stopping
+    /// the agent never stops the blog.
+    #[command(after_help = "Examples:
+  blog-agent run    # normally started by systemd: blog-agent.service")]
     Run(run::RunArgs),
-    /// Publish a release (CI): check `<repository>:SHA` is in ECR and read its digest, refuse a
-    /// SHA halted for the environment, then write SHA (and the digest hosts must run) to the
-    /// environment's release object as a conditional write: two publishes at once cannot
-    /// silently overwrite each other. Exit 1 with one line, and nothing written, on any failure.
+    /// Publish a release to an environment (CI); requires --env.
     ///
-    /// Example: blog-agent --env staging publish 3f2a9c1d0e
+    /// Checks `<repository>:SHA` is in ECR and reads its digest, refuses a SHA halted for the
+    /// environment, then writes SHA (and the digest hosts must run) to the environment's
+    /// release object as a conditional write: two publishes at once cannot silently overwrite
+    /// each other. Exit 1 with one line, and nothing written, on any failure.
+    #[command(
+        override_usage = "blog-agent --env <NAME> publish [OPTIONS] <SHA>",
+        after_help = "Examples:
+  blog-agent --env staging publish 3f2a9c1d0e"
+    )]
     Publish(publish::PublishArgs),
-    /// List what was published to an environment, newest first (the release object's S3
-    /// versions): SHA, digest, time, publisher, pipeline, halted.
+    /// List what was published to an environment, newest first; requires --env.
     ///
-    /// Example: blog-agent --env production releases --json
+    /// The release object's S3 versions: SHA, digest, time, publisher, pipeline, halted.
+    #[command(
+        override_usage = "blog-agent --env <NAME> releases [OPTIONS]",
+        after_help = "Examples:
+  blog-agent --env production releases --json"
+    )]
     Releases(publish::ReleasesArgs),
-    /// Publish again the release before the current one (or --to SHA), with the digest it was
-    /// published with, through the same checks as `publish`.
+    /// Publish again the release before the current one (or --to SHA); requires --env.
     ///
-    /// Example: blog-agent --env production rollback
+    /// With the digest it was published with, through the same checks as `publish`.
+    #[command(
+        override_usage = "blog-agent --env <NAME> rollback [OPTIONS]",
+        after_help = "Examples:
+  blog-agent --env production rollback
+  blog-agent --env production rollback --to 3f2a9c1"
+    )]
     Rollback(publish::RollbackArgs),
-    /// Publish to --to the exact digest --from has for SHA, once it has been published there
-    /// for --soak; refuses a release halted in --from or never published there.
+    /// Publish to --to the exact digest --from has for SHA, after --soak there.
     ///
-    /// Example: blog-agent promote 3f2a9c1d0e --from staging --to production --soak 30m
+    /// Refuses a release halted in --from or never published there. The environments are
+    /// --from and --to, so `--env` is refused.
+    #[command(after_help = "Examples:
+  blog-agent promote 3f2a9c1d0e --from staging --to production --soak 30m")]
     Promote(publish::PromoteArgs),
-    /// Write the man page and shell completions into a directory (used by packaging).
+    /// Write the man pages and shell completions into a directory (used by packaging).
     #[command(hide = true)]
     GenerateAssets(assets::AssetsArgs),
 }
@@ -163,6 +206,20 @@ pub fn check_env_flag(cli: &Cli, settings: &Settings) -> Result<(), Failure> {
     }
 }
 
+/// Refuses `--env` for a command that would ignore it ([`ENV_REFUSED`]), saying what it acts on.
+pub fn refuse_env_flag(cli: &Cli, command: &str, acts_on: &str) -> Result<(), Failure> {
+    match &cli.environment {
+        Some(env) => Err(Failure {
+            code: exit::USAGE,
+            message: format!(
+                "--env {}: {command} does not take --env; it acts on {acts_on}",
+                crate::sha::safe_quote(env)
+            ),
+        }),
+        None => Ok(()),
+    }
+}
+
 /// Runs the parsed command and returns the process exit code.
 pub fn run(cli: Cli) -> ExitCode {
     crate::runtime::logging::init(cli.log_format, cli.log_target, cli.debug);
@@ -195,6 +252,87 @@ pub fn run(cli: Cli) -> ExitCode {
         Err(failure) => {
             eprintln!("blog-agent: error: {}", failure.message);
             ExitCode::from(failure.code)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn visible() -> Vec<clap::Command> {
+        let mut cli = Cli::command();
+        cli.build();
+        cli.get_subcommands().filter(|s| !s.is_hide_set() && s.get_name() != "help").cloned().collect()
+    }
+
+    #[test]
+    fn every_summary_is_one_short_line() {
+        for sub in visible() {
+            let about = sub.get_about().map(ToString::to_string).unwrap_or_default();
+            assert!(!about.is_empty() && !about.contains('\n'), "{}: {about:?}", sub.get_name());
+            // `  <name>  <summary>` fits a 100-column terminal.
+            assert!(about.chars().count() <= 84, "{}: {} characters: {about}", sub.get_name(), about.len());
+        }
+    }
+
+    #[test]
+    fn examples_are_one_per_line() {
+        for sub in visible() {
+            let name = sub.get_name().to_owned();
+            let after = sub.get_after_help().map(ToString::to_string).unwrap_or_default();
+            let mut lines = after.lines();
+            assert_eq!(lines.next(), Some("Examples:"), "{name}");
+            let examples: Vec<&str> = lines.collect();
+            assert!(!examples.is_empty(), "{name}: no example");
+            for line in examples {
+                assert!(line.starts_with("  ") && line.contains(&format!(" {name}")), "{name}: {line:?}");
+                assert_eq!(line.matches("blog-agent ").count(), 1, "{name}: two examples on one line: {line:?}");
+            }
+            let long = sub.get_long_about().map(ToString::to_string).unwrap_or_default();
+            assert!(!long.contains("Example:"), "{name}: an example left in the description");
+        }
+    }
+
+    #[test]
+    fn usage_shows_required_flags() {
+        for sub in visible() {
+            let name = sub.get_name().to_owned();
+            let usage = sub.clone().render_usage().to_string();
+            if ENV_REQUIRED.contains(&name.as_str()) {
+                assert!(usage.contains("--env <NAME>"), "{name}: {usage}");
+            }
+            for arg in sub.get_arguments().filter(|a| a.is_required_set() && a.get_long().is_some()) {
+                let flag = format!("--{}", arg.get_long().unwrap());
+                assert!(usage.contains(&flag), "{name}: {usage} lacks {flag}");
+            }
+        }
+    }
+
+    #[test]
+    fn env_is_refused_where_it_would_be_ignored() {
+        for name in ENV_REFUSED {
+            let mut args = vec!["blog-agent", "--config", "/nonexistent/config.toml", "--env", "staging", name];
+            if name == "promote" {
+                args.extend(["3f2a9c1", "--from", "staging", "--to", "production"]);
+            }
+            let cli = Cli::try_parse_from(&args).unwrap();
+            let failure = match &cli.command {
+                Command::Pause(a) => pause::pause(&cli, a).unwrap_err(),
+                Command::Resume => pause::resume(&cli).unwrap_err(),
+                Command::Promote(a) => {
+                    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                    rt.block_on(publish::promote(&cli, a)).unwrap_err()
+                }
+                other => panic!("{other:?}"),
+            };
+            // Refused before the configuration is read: not exit 78 for the missing file.
+            assert_eq!(failure.code, exit::USAGE, "{name}: {}", failure.message);
+            assert!(failure.message.contains(&format!("{name} does not take --env")), "{}", failure.message);
+            let sub = visible().into_iter().find(|s| s.get_name() == name).unwrap();
+            let long = sub.get_long_about().map(ToString::to_string).unwrap_or_default();
+            assert!(long.contains("`--env` is refused"), "{name}'s help does not say so: {long}");
         }
     }
 }

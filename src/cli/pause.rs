@@ -13,7 +13,11 @@ pub struct PauseArgs {
     pub reason: Option<String>,
 }
 
+/// What `pause` and `resume` act on, for the refusal of `--env`.
+const THIS_HOST: &str = "this host's state only (whatever environment it serves)";
+
 pub fn pause(cli: &Cli, args: &PauseArgs) -> Result<(), Failure> {
+    super::refuse_env_flag(cli, "pause", THIS_HOST)?;
     let settings = super::load_settings(cli)?;
     let pause =
         Pause { by: operator(), reason: args.reason.clone(), at: now_unix(), pinned_sha: None, pinned_digest: None };
@@ -26,6 +30,7 @@ pub fn pause(cli: &Cli, args: &PauseArgs) -> Result<(), Failure> {
 }
 
 pub fn resume(cli: &Cli) -> Result<(), Failure> {
+    super::refuse_env_flag(cli, "resume", THIS_HOST)?;
     let settings = super::load_settings(cli)?;
     let was_paused =
         Pause::clear(&settings.agent.state_dir).map_err(|e| Failure { code: exit::FAILED, message: e.to_string() })?;

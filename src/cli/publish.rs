@@ -164,6 +164,7 @@ pub async fn rollback(cli: &Cli, args: &RollbackArgs) -> Result<(), Failure> {
 }
 
 pub async fn promote(cli: &Cli, args: &PromoteArgs) -> Result<(), Failure> {
+    super::refuse_env_flag(cli, "promote", "the environments named by --from and --to")?;
     let settings = super::load_settings(cli)?;
     let sha = parse_sha(&args.sha, "SHA")?;
     allowed(&settings, &args.from, "--from")?;

@@ -311,6 +311,21 @@ mod tests {
     }
 
     #[test]
+    fn the_runbook_lists_every_family() {
+        let runbook = include_str!("../../docs/operations.md");
+        let text = Metrics::new().render();
+        let families: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next()).collect();
+        assert!(families.len() >= 10, "{text}");
+        for name in families {
+            assert!(runbook.contains(&format!("| `{name}")), "docs/operations.md's metrics table lacks {name}");
+        }
+        // The states the agent reports in blog_agent_release_info (src/agent/mod.rs).
+        for state in ["converged", "waiting", "halted", "paused", "degraded", "warm", "unconverged"] {
+            assert!(runbook.contains(&format!("`{state}`")), "docs/operations.md lacks state {state:?}");
+        }
+    }
+
+    #[test]
     fn fresh_metrics_have_every_family_and_no_unknown_gauge() {
         let text = Metrics::new().render();
         for name in [
