@@ -403,8 +403,9 @@ def main():
         @check(f"{rel} instance policy (Environment={env}) == packaging/iam-policy-{env}.json")
         def _():
             got = Evaluator(t, Environment=env).ev(res["InstanceRole"]["Properties"]["Policies"])
-            assert len(got) == 1, f"{len(got)} inline policies, expected 1"
-            got = got[0]["PolicyDocument"]
+            names = [p["PolicyName"] for p in got]
+            assert sorted(names) == ["blog-agent", "ship-journal"], f"inline policies {names}"
+            got = next(p for p in got if p["PolicyName"] == "blog-agent")["PolicyDocument"]
             want = json.loads((ROOT / f"packaging/iam-policy-{env}.json").read_text())
             assert got["Version"] == want["Version"], f"Version {got['Version']} != {want['Version']}"
             g = [normalise_statement(s) for s in got["Statement"]]
@@ -413,6 +414,91 @@ def main():
                 dump = lambda x: json.dumps(x, indent=1, sort_keys=True).splitlines()  # noqa: E731
                 raise AssertionError("\n".join(difflib.unified_diff(
                     dump(w), dump(g), f"iam-policy-{env}.json", "template", lineterm="", n=2)))
+
+    @check(f"{rel} hosts: SSM managed instance core policy, no key pair, no SSH; the journal's "
+           "log group with LogRetentionDays; the role ships to it only")
+    def _():
+        props = res["InstanceRole"]["Properties"]
+        arns = Evaluator(t, Environment="staging").ev(props.get("ManagedPolicyArns", []))
+        assert arns == ["arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"], f"ManagedPolicyArns {arns}"
+        lt = res["LaunchTemplate"]["Properties"]["LaunchTemplateData"]
+        assert "KeyName" not in lt, "the launch template names a key pair"
+        ingress = [r for g in ("InstanceSecurityGroup",)
+                   for r in res[g]["Properties"].get("SecurityGroupIngress", [])]
+        assert not any(r.get("FromPort", 0) <= 22 <= r.get("ToPort", -1) for r in ingress), "port 22 open"
+        lg = res["HostLogGroup"]
+        assert lg["Type"] == "AWS::Logs::LogGroup", lg["Type"]
+        assert lg["Properties"]["RetentionInDays"] == {"Ref": "LogRetentionDays"}, "retention"
+        name = Evaluator(t, Environment="production").ev(lg["Properties"]["LogGroupName"])
+        assert name == "/blog-agent/production", name
+        pols = {p["PolicyName"]: p["PolicyDocument"] for p in props["Policies"]}
+        (st,) = pols["ship-journal"]["Statement"]
+        assert sorted(as_list(st["Action"])) == ["logs:CreateLogStream", "logs:DescribeLogStreams",
+                                                 "logs:PutLogEvents"], st["Action"]
+        assert st["Resource"] == {"Fn::GetAtt": ["HostLogGroup", "Arn"]}, st["Resource"]
+        return name.replace("production", "<environment>")
+
+    # ---- the operators' role (OperatorPrincipalArn set) ------------------------------------------
+    OPERATOR_POLICY = ROOT / "packaging/iam-policy-operator.json"
+    op_principal = f"arn:aws:iam::{ACCOUNT}:role/operators"
+
+    def operator_policies(ev):
+        return {p["PolicyName"]: p["PolicyDocument"] for p in ev.ev(res["OperatorRole"]["Properties"]["Policies"])}
+
+    @check(f"{rel} operator role's halt policy, staging's and production's merged, == "
+           f"{OPERATOR_POLICY.relative_to(ROOT)}")
+    def _():
+        merged = None
+        for env in ENVIRONMENTS:
+            ev = Evaluator(t, Environment=env, OperatorPrincipalArn=op_principal)
+            assert ev.condition("CreateOperator"), "CreateOperator false with OperatorPrincipalArn set"
+            doc = operator_policies(ev)["blog-halt"]
+            if merged is None:
+                merged = json.loads(json.dumps(doc))
+                continue
+            for a, b in zip(merged["Statement"], doc["Statement"]):
+                assert a["Sid"] == b["Sid"], f"{a['Sid']} vs {b['Sid']}"
+                for k in ("Resource",):
+                    if as_list(a[k]) != as_list(b[k]):
+                        a[k] = as_list(a[k]) + [r for r in as_list(b[k]) if r not in as_list(a[k])]
+                if "Condition" in a and a["Condition"] != b["Condition"]:
+                    pa = a["Condition"]["StringLike"]["s3:prefix"]
+                    pa += [x for x in b["Condition"]["StringLike"]["s3:prefix"] if x not in pa]
+        want = json.loads(OPERATOR_POLICY.read_text())
+        srt = lambda d: {**d, "Statement": [  # noqa: E731 - order of resources and prefixes is free
+            {**normalise_statement(s), "Resource": sorted(as_list(s["Resource"])),
+             **({"Condition": {"StringLike": {"s3:prefix": sorted(s["Condition"]["StringLike"]["s3:prefix"])}}}
+                if "StringLike" in s.get("Condition", {}) else {})}
+            for s in d["Statement"]]}
+        same_policy(srt(merged), srt(want), OPERATOR_POLICY.name)
+
+    @check(f"{rel} operator role: trusts OperatorPrincipalArn only; writes only the halt prefix and "
+           "the release key; SSM on the group's instances only; none with OperatorPrincipalArn empty")
+    def _():
+        ev = Evaluator(t, Environment="staging", OperatorPrincipalArn=op_principal)
+        role = ev.ev(res["OperatorRole"]["Properties"])
+        (trust,) = role["AssumeRolePolicyDocument"]["Statement"]
+        assert trust["Principal"] == {"AWS": op_principal} and trust["Action"] == "sts:AssumeRole", trust
+        reads = {"s3:GetObject", "s3:GetObjectVersion", "s3:ListBucket", "s3:ListBucketVersions"}
+        allowed = {f"arn:aws:s3:::{BUCKET}/staging/halted/*", f"arn:aws:s3:::{BUCKET}/staging/stagebuild.txt"}
+        group = "blog-staging"
+        for name, doc in operator_policies(ev).items():
+            for st in doc["Statement"]:
+                acts = as_list(st["Action"])
+                assert st["Effect"] == "Allow" and not any(a.endswith("*") for a in acts), st
+                writes = [a for a in acts if a.startswith("s3:") and a not in reads]
+                assert not writes or set(as_list(st["Resource"])) <= allowed, f"{name}/{st['Sid']}: {writes} on {st['Resource']}"
+                assert "s3:DeleteObjectVersion" not in acts, st["Sid"]
+                if {"ssm:StartSession", "ssm:SendCommand", "ec2:GetConsoleOutput"} & set(acts):
+                    instances = [r for r in as_list(st["Resource"]) if ":instance/" in r]
+                    if instances:
+                        cond = st.get("Condition", {}).get("StringEquals", {})
+                        tags = {k: v for k, v in cond.items() if k.endswith("Tag/aws:autoscaling:groupName")}
+                        assert list(tags.values()) == [group], f"{name}/{st['Sid']}: instances not limited to {group}: {cond}"
+        ev = Evaluator(t, Environment="staging")
+        assert not ev.condition("CreateOperator"), "CreateOperator true with OperatorPrincipalArn empty"
+        assert res["OperatorRole"].get("Condition") == "CreateOperator", "OperatorRole's Condition"
+        assert t["Outputs"]["OperatorRoleArn"].get("Condition") == "CreateOperator", "output's Condition"
 
     # ---- CI's publisher role (CircleCiOrgId set) ------------------------------------------------
     trust_json = json.loads(PUBLISHER_TRUST.read_text())
