@@ -110,6 +110,8 @@ class Evaluator:
             return self.ev(props["RepositoryName"])
         if kind == "AWS::AutoScaling::AutoScalingGroup" and "AutoScalingGroupName" in props:
             return self.ev(props["AutoScalingGroupName"])
+        if kind == "AWS::Logs::LogGroup" and "LogGroupName" in props:
+            return self.ev(props["LogGroupName"])
         if kind == "AWS::IAM::OIDCProvider":
             url = self.ev(props["Url"]).removeprefix("https://")
             return f"arn:{PARTITION}:iam::{ACCOUNT}:oidc-provider/{url}"
@@ -192,7 +194,7 @@ HEADER = """\
 """
 # Names the generated Fn::Sub text may use: the template's own, and ReleaseKey (its variable map).
 SUB_VARS = {"ArtifactsBucket", "Repository.RepositoryUri", "Environment", "ReleaseKey",
-            "AgentPackageKey", "AgentPackageSha256"}
+            "AgentPackageKey", "AgentPackageSha256", "HostLogGroup"}
 RELEASE_KEY_EXPR = """\
             - ReleaseKey: !If
                 - DefaultShaObjectKey
@@ -215,12 +217,12 @@ def user_data_sub_text(source, hook):
     from the stack, the config narrowed to the stack's environment, and the launch gate on."""
     text = source.replace("${", "${!")  # a literal ${ in the file stays literal
 
-    def edit(pattern, replace, what):
+    def edit(pattern, replace, what, count=1):
         nonlocal text
         text, n = re.subn(pattern, replace, text, flags=re.M)
-        if n != 1:
+        if n != count:
             raise ValueError(f"cloud-init/al2023.yaml: {what}: {n} matches of /{pattern}/, "
-                             "expected 1; update scripts/cfn_check.py")
+                             f"expected {count}; update scripts/cfn_check.py")
 
     edit(r"\A#cloud-config\n(?:#.*\n)+", lambda m: "#cloud-config\n" + HEADER, "header comment")
     edit(r'^(\s*)allowed = \[.*\]$', lambda m: m[1] + 'allowed = ["${Environment}"]',
@@ -236,6 +238,10 @@ def user_data_sub_text(source, hook):
          "PKG comment")
     edit(r'^(\s*)PKG=s3://blog-artifacts/packages/\S+$',
          lambda m: m[1] + "PKG=s3://${ArtifactsBucket}/${AgentPackageKey}", "PKG=")
+    edit(r'^(\s*)# CHANGE ME: the log group of this environment\'s hosts \(two lines\)\.\n', "",
+         "log group comment")
+    edit(r'^(\s*)"log_group_name": "/blog-agent/staging",$',
+         lambda m: m[1] + '"log_group_name": "${HostLogGroup}",', "log_group_name", count=2)
     edit(r'^(\s*)PKG_SHA256=""$', lambda m: m[1] + 'PKG_SHA256="${AgentPackageSha256}"',
          "PKG_SHA256=")
     # [rollout] lifecycle_hook at the end of the config.toml that write_files writes.
@@ -688,6 +694,17 @@ def main():
                 assert config.get(a, {}).get(b) == v, f"[{a}] {b} = {config.get(a, {}).get(b)!r}, expected {v!r}"
             runcmd = "\n".join(x if isinstance(x, str) else " ".join(x) for x in doc["runcmd"])
             assert f"PKG=s3://{BUCKET}/packages/blog-agent-" in runcmd, "PKG= is not in the stack's bucket"
+            # The journal's way out: the CloudWatch agent's config names the stack's log group,
+            # and it starts before the package is downloaded (its failure is shipped too).
+            cw = [w for w in doc["write_files"] if w["path"].startswith("/opt/aws/amazon-cloudwatch-agent/")]
+            assert len(cw) == 1, "no CloudWatch agent config in write_files"
+            files = json.loads(cw[0]["content"])["logs"]["logs_collected"]["files"]["collect_list"]
+            groups = {f["log_group_name"] for f in files}
+            assert groups == {f"/blog-agent/{env}"}, f"CloudWatch agent ships to {groups}"
+            assert {f["file_path"] for f in files} == {"/var/log/blog-agent.log", "/var/log/cloud-init-output.log"}
+            assert cw[0]["path"] in runcmd and runcmd.index(cw[0]["path"]) < runcmd.index("PKG="), \
+                "the CloudWatch agent must start before the package install"
+            assert {"rsyslog", "amazon-cloudwatch-agent"} <= set(doc["packages"]), doc["packages"]
 
         if env == "staging":
             @check(f"{rel} user-data (Environment={env}): cloud-init schema; size with 1 KiB to spare "
