@@ -238,10 +238,10 @@ def user_data_sub_text(source, hook):
          "PKG comment")
     edit(r'^(\s*)PKG=s3://blog-artifacts/packages/\S+$',
          lambda m: m[1] + "PKG=s3://${ArtifactsBucket}/${AgentPackageKey}", "PKG=")
-    edit(r'^(\s*)# CHANGE ME: the log group of this environment\'s hosts \(two lines\)\.\n', "",
+    edit(r'^\s*# CHANGE ME: the log group of this environment\'s hosts \(two lines\)\.\n', "",
          "log group comment")
-    edit(r'^(\s*)"log_group_name": "/blog-agent/staging",$',
-         lambda m: m[1] + '"log_group_name": "${HostLogGroup}",', "log_group_name", count=2)
+    edit(r'"log_group_name": "/blog-agent/staging"',
+         '"log_group_name": "${HostLogGroup}"', "log_group_name", count=2)
     edit(r'^(\s*)PKG_SHA256=""$', lambda m: m[1] + 'PKG_SHA256="${AgentPackageSha256}"',
          "PKG_SHA256=")
     # [rollout] lifecycle_hook at the end of the config.toml that write_files writes.
@@ -399,6 +399,13 @@ def main():
                                         lineterm="", n=1)
             raise AssertionError("run: python3 scripts/cfn_check.py --write-user-data\n"
                                  + "\n".join(list(diff)[:40]))
+
+    @check(f"{rel} is under 51,200 bytes (`aws cloudformation deploy --template-file` sends it in "
+           "the request; bigger needs an S3 bucket the stack cannot have made yet)")
+    def _():
+        size = len(text.encode())
+        assert size < 51200, f"{size} bytes: shorten comments, or docs/cloudformation.md needs --s3-bucket"
+        return f"{size} bytes"
 
     @check(f"{rel} hardcodes no account, region, partition or bucket")
     def _():
