@@ -194,12 +194,17 @@ HEADER = """\
 """
 # Names the generated Fn::Sub text may use: the template's own, and ReleaseKey (its variable map).
 SUB_VARS = {"ArtifactsBucket", "Repository.RepositoryUri", "Environment", "ReleaseKey",
-            "AgentPackageKey", "AgentPackageSha256", "HostLogGroup"}
+            "AgentPackageKey", "AgentPackageSha256", "HostLogGroup",
+            "PublicKeyLine"}
 RELEASE_KEY_EXPR = """\
             - ReleaseKey: !If
                 - DefaultShaObjectKey
                 - !FindInMap [Environments, !Ref Environment, ShaObjectKey]
                 - !Ref ShaObjectKey
+              PublicKeyLine: !If
+                - VerifyReleases
+                - !Sub 'public_key = "${ReleasePublicKey}"'
+                - "# public_key: none (ReleasePublicKey empty)"
 """
 
 
@@ -227,8 +232,8 @@ def user_data_sub_text(source, hook):
     edit(r"\A#cloud-config\n(?:#.*\n)+", lambda m: "#cloud-config\n" + HEADER, "header comment")
     edit(r'^(\s*)allowed = \[.*\]$', lambda m: m[1] + 'allowed = ["${Environment}"]',
          "[environment] allowed")
-    edit(r'^(\s*)bucket = "blog-artifacts"$', lambda m: m[1] + 'bucket = "${ArtifactsBucket}"',
-         "[release] bucket")
+    edit(r'^(\s*)bucket = "blog-artifacts"$',
+         lambda m: m[1] + 'bucket = "${ArtifactsBucket}"\n' + m[1] + "${PublicKeyLine}", "[release] bucket")
     edit(r'^(\s*)\[release\.keys\]\n(?:\1[a-z]+ = ".*"\n)+',
          lambda m: f'{m[1]}[release.keys]\n{m[1]}${{Environment}} = "${{ReleaseKey}}"\n',
          "[release.keys]")
@@ -699,6 +704,12 @@ def main():
             }
             for (a, b), v in expect.items():
                 assert config.get(a, {}).get(b) == v, f"[{a}] {b} = {config.get(a, {}).get(b)!r}, expected {v!r}"
+            assert "public_key" not in config["release"], "public_key with ReleasePublicKey empty"
+            pk = "RWQf6LRCGA9i53mlYecO4IzT51TGPpvWucNSCh1CBM0QTaLn73Y7GFO3"
+            signed = Evaluator(t, Environment=env, ReleasePublicKey=pk).ev(lt["UserData"])
+            signed = [w for w in yaml.safe_load(signed)["write_files"] if w["path"] == "/etc/blog-agent/config.toml"]
+            got = tomllib.loads(signed[0]["content"])["release"].get("public_key")
+            assert got == pk, f"[release] public_key = {got!r} with ReleasePublicKey set"
             runcmd = "\n".join(x if isinstance(x, str) else " ".join(x) for x in doc["runcmd"])
             assert f"PKG=s3://{BUCKET}/packages/blog-agent-" in runcmd, "PKG= is not in the stack's bucket"
             # The journal's way out: the CloudWatch agent's config names the stack's log group,

@@ -37,10 +37,12 @@ if [ -n "$stack" ] && [ -n "$bucket" ]; then echo "upload-package: --stack or --
 if [ -z "$stack" ] && [ -z "$bucket" ]; then echo "upload-package: --stack or --bucket is required" >&2; exit 2; fi
 
 if [ -n "$stack" ]; then
-  bucket=$(aws cloudformation describe-stacks --stack-name "$stack" \
-    --query "Stacks[0].Outputs[?OutputKey=='Bucket'].OutputValue" --output text)
+  # The stack's ArtifactsBucket (its output Bucket), read as a resource: that works from the
+  # moment the bucket exists, and on moto, which leaves a stack made by `deploy` without outputs.
+  bucket=$(aws cloudformation list-stack-resources --stack-name "$stack" --output text \
+    --query "StackResourceSummaries[?LogicalResourceId=='ArtifactsBucket'].PhysicalResourceId")
   case "$bucket" in
-    ''|None) echo "upload-package: stack $stack has no output Bucket" >&2; exit 1 ;;
+    ''|None) echo "upload-package: stack $stack has no bucket (ArtifactsBucket)" >&2; exit 1 ;;
   esac
 fi
 
