@@ -243,12 +243,13 @@ def user_data_sub_text(source, hook):
          "PKG comment")
     edit(r'^(\s*)PKG=s3://blog-artifacts/packages/\S+$',
          lambda m: m[1] + "PKG=s3://${ArtifactsBucket}/${AgentPackageKey}", "PKG=")
+    edit(r'^(\s*)PKG_SHA256=""$', lambda m: m[1] + 'PKG_SHA256="${AgentPackageSha256}"',
+         "PKG_SHA256=")
+    # The CloudWatch agent's config (write_files) ships to the stack's log group.
     edit(r'^\s*# CHANGE ME: the log group of this environment\'s hosts \(two lines\)\.\n', "",
          "log group comment")
     edit(r'"log_group_name": "/blog-agent/staging"',
          '"log_group_name": "${HostLogGroup}"', "log_group_name", count=2)
-    edit(r'^(\s*)PKG_SHA256=""$', lambda m: m[1] + 'PKG_SHA256="${AgentPackageSha256}"',
-         "PKG_SHA256=")
     # [rollout] lifecycle_hook at the end of the config.toml that write_files writes.
     lines = text.split("\n")
     at = next(i for i, line in enumerate(lines)
