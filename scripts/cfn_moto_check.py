@@ -112,9 +112,9 @@ def main():
               "InstanceSubnetIds": ",".join(subnets), "RepositoryName": repo_name,
               "EnableWarmPool": "true", "MinSize": "1", "MaxSize": "3", "DesiredCapacity": "1",
               "ReleaseImagesToKeep": "15"}
+
     # The journal's retention, and the operators' role (any principal of the account).
     params.update({"LogRetentionDays": "14", "OperatorPrincipalArn": f"arn:aws:iam::{cfn_check.ACCOUNT}:root"})
-
     t0 = time.monotonic()
     cfn.create_stack(StackName=stack, TemplateBody=text, Capabilities=["CAPABILITY_IAM"],
                      Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in params.items()])
