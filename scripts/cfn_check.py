@@ -19,6 +19,11 @@ and project ids and the repository (vcs-origin) of packaging/iam-trust-circleci.
 with packaging/iam-policy-publisher-<environment>.json (its inline policy) and
 packaging/iam-trust-circleci.json (its trust policy, the same for both environments; the
 identity provider's ARN is arn:aws:iam::123456789012:oidc-provider/<its Url>).
+The optional operator role (OperatorPrincipalArn set): its blog-halt policy for staging and for
+production, merged, is compared with packaging/iam-policy-operator.json; its other grants are
+checked for what they may write and which instances they reach. Also: the hosts' SSM policy and
+log group, the CloudWatch agent's config in the user-data, and the template's size (51,200 bytes
+is what `aws cloudformation deploy --template-file` may send).
 """
 import json
 import re
