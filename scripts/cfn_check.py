@@ -19,6 +19,11 @@ and project ids and the repository (vcs-origin) of packaging/iam-trust-circleci.
 with packaging/iam-policy-publisher-<environment>.json (its inline policy) and
 packaging/iam-trust-circleci.json (its trust policy, the same for both environments; the
 identity provider's ARN is arn:aws:iam::123456789012:oidc-provider/<its Url>).
+The optional operator role (OperatorPrincipalArn set): its blog-halt policy for staging and for
+production, merged, is compared with packaging/iam-policy-operator.json; its other grants are
+checked for what they may write and which instances they reach. Also: the hosts' SSM policy and
+log group, the CloudWatch agent's config in the user-data, and the template's size (51,200 bytes
+is what `aws cloudformation deploy --template-file` may send).
 """
 import json
 import re
@@ -110,6 +115,8 @@ class Evaluator:
             return self.ev(props["RepositoryName"])
         if kind == "AWS::AutoScaling::AutoScalingGroup" and "AutoScalingGroupName" in props:
             return self.ev(props["AutoScalingGroupName"])
+        if kind == "AWS::Logs::LogGroup" and "LogGroupName" in props:
+            return self.ev(props["LogGroupName"])
         if kind == "AWS::IAM::OIDCProvider":
             url = self.ev(props["Url"]).removeprefix("https://")
             return f"arn:{PARTITION}:iam::{ACCOUNT}:oidc-provider/{url}"
@@ -192,12 +199,17 @@ HEADER = """\
 """
 # Names the generated Fn::Sub text may use: the template's own, and ReleaseKey (its variable map).
 SUB_VARS = {"ArtifactsBucket", "Repository.RepositoryUri", "Environment", "ReleaseKey",
-            "AgentPackageKey", "AgentPackageSha256"}
+            "AgentPackageKey", "AgentPackageSha256", "HostLogGroup",
+            "PublicKeyLine"}
 RELEASE_KEY_EXPR = """\
             - ReleaseKey: !If
                 - DefaultShaObjectKey
                 - !FindInMap [Environments, !Ref Environment, ShaObjectKey]
                 - !Ref ShaObjectKey
+              PublicKeyLine: !If
+                - VerifyReleases
+                - !Sub 'public_key = "${ReleasePublicKey}"'
+                - "# public_key: none (ReleasePublicKey empty)"
 """
 
 
@@ -215,18 +227,18 @@ def user_data_sub_text(source, hook):
     from the stack, the config narrowed to the stack's environment, and the launch gate on."""
     text = source.replace("${", "${!")  # a literal ${ in the file stays literal
 
-    def edit(pattern, replace, what):
+    def edit(pattern, replace, what, count=1):
         nonlocal text
         text, n = re.subn(pattern, replace, text, flags=re.M)
-        if n != 1:
+        if n != count:
             raise ValueError(f"cloud-init/al2023.yaml: {what}: {n} matches of /{pattern}/, "
-                             "expected 1; update scripts/cfn_check.py")
+                             f"expected {count}; update scripts/cfn_check.py")
 
     edit(r"\A#cloud-config\n(?:#.*\n)+", lambda m: "#cloud-config\n" + HEADER, "header comment")
     edit(r'^(\s*)allowed = \[.*\]$', lambda m: m[1] + 'allowed = ["${Environment}"]',
          "[environment] allowed")
-    edit(r'^(\s*)bucket = "blog-artifacts"$', lambda m: m[1] + 'bucket = "${ArtifactsBucket}"',
-         "[release] bucket")
+    edit(r'^(\s*)bucket = "blog-artifacts"$',
+         lambda m: m[1] + 'bucket = "${ArtifactsBucket}"\n' + m[1] + "${PublicKeyLine}", "[release] bucket")
     edit(r'^(\s*)\[release\.keys\]\n(?:\1[a-z]+ = ".*"\n)+',
          lambda m: f'{m[1]}[release.keys]\n{m[1]}${{Environment}} = "${{ReleaseKey}}"\n',
          "[release.keys]")
@@ -240,6 +252,11 @@ def user_data_sub_text(source, hook):
          lambda m: m[1] + "# The package's SHA-256 (parameter AgentPackageSha256).", "PKG_SHA256 comment")
     edit(r'^(\s*)PKG_SHA256=""$', lambda m: m[1] + 'PKG_SHA256="${AgentPackageSha256}"',
          "PKG_SHA256=")
+    # The CloudWatch agent's config (write_files) ships to the stack's log group.
+    edit(r'^\s*# CHANGE ME: the log group of this environment\'s hosts \(two lines\)\.\n', "",
+         "log group comment")
+    edit(r'"log_group_name": "/blog-agent/staging"',
+         '"log_group_name": "${HostLogGroup}"', "log_group_name", count=2)
     # [rollout] lifecycle_hook at the end of the config.toml that write_files writes.
     lines = text.split("\n")
     at = next(i for i, line in enumerate(lines)
@@ -396,6 +413,13 @@ def main():
             raise AssertionError("run: python3 scripts/cfn_check.py --write-user-data\n"
                                  + "\n".join(list(diff)[:40]))
 
+    @check(f"{rel} is under 51,200 bytes (`aws cloudformation deploy --template-file` sends it in "
+           "the request; bigger needs an S3 bucket the stack cannot have made yet)")
+    def _():
+        size = len(text.encode())
+        assert size < 51200, f"{size} bytes: shorten comments, or docs/cloudformation.md needs --s3-bucket"
+        return f"{size} bytes"
+
     @check(f"{rel} hardcodes no account, region, partition or bucket")
     def _():
         found = [s for s in (ACCOUNT, REGION, "arn:aws:", BUCKET) if s in text]
@@ -405,8 +429,9 @@ def main():
         @check(f"{rel} instance policy (Environment={env}) == packaging/iam-policy-{env}.json")
         def _():
             got = Evaluator(t, Environment=env).ev(res["InstanceRole"]["Properties"]["Policies"])
-            assert len(got) == 1, f"{len(got)} inline policies, expected 1"
-            got = got[0]["PolicyDocument"]
+            names = [p["PolicyName"] for p in got]
+            assert sorted(names) == ["blog-agent", "ship-journal"], f"inline policies {names}"
+            got = next(p for p in got if p["PolicyName"] == "blog-agent")["PolicyDocument"]
             want = json.loads((ROOT / f"packaging/iam-policy-{env}.json").read_text())
             assert got["Version"] == want["Version"], f"Version {got['Version']} != {want['Version']}"
             g = [normalise_statement(s) for s in got["Statement"]]
@@ -415,6 +440,91 @@ def main():
                 dump = lambda x: json.dumps(x, indent=1, sort_keys=True).splitlines()  # noqa: E731
                 raise AssertionError("\n".join(difflib.unified_diff(
                     dump(w), dump(g), f"iam-policy-{env}.json", "template", lineterm="", n=2)))
+
+    @check(f"{rel} hosts: SSM managed instance core policy, no key pair, no SSH; the journal's "
+           "log group with LogRetentionDays; the role ships to it only")
+    def _():
+        props = res["InstanceRole"]["Properties"]
+        arns = Evaluator(t, Environment="staging").ev(props.get("ManagedPolicyArns", []))
+        assert arns == ["arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"], f"ManagedPolicyArns {arns}"
+        lt = res["LaunchTemplate"]["Properties"]["LaunchTemplateData"]
+        assert "KeyName" not in lt, "the launch template names a key pair"
+        ingress = [r for g in ("InstanceSecurityGroup",)
+                   for r in res[g]["Properties"].get("SecurityGroupIngress", [])]
+        assert not any(r.get("FromPort", 0) <= 22 <= r.get("ToPort", -1) for r in ingress), "port 22 open"
+        lg = res["HostLogGroup"]
+        assert lg["Type"] == "AWS::Logs::LogGroup", lg["Type"]
+        assert lg["Properties"]["RetentionInDays"] == {"Ref": "LogRetentionDays"}, "retention"
+        name = Evaluator(t, Environment="production").ev(lg["Properties"]["LogGroupName"])
+        assert name == "/blog-agent/production", name
+        pols = {p["PolicyName"]: p["PolicyDocument"] for p in props["Policies"]}
+        (st,) = pols["ship-journal"]["Statement"]
+        assert sorted(as_list(st["Action"])) == ["logs:CreateLogStream", "logs:DescribeLogStreams",
+                                                 "logs:PutLogEvents"], st["Action"]
+        assert st["Resource"] == {"Fn::GetAtt": ["HostLogGroup", "Arn"]}, st["Resource"]
+        return name.replace("production", "<environment>")
+
+    # ---- the operators' role (OperatorPrincipalArn set) ------------------------------------------
+    OPERATOR_POLICY = ROOT / "packaging/iam-policy-operator.json"
+    op_principal = f"arn:aws:iam::{ACCOUNT}:role/operators"
+
+    def operator_policies(ev):
+        return {p["PolicyName"]: p["PolicyDocument"] for p in ev.ev(res["OperatorRole"]["Properties"]["Policies"])}
+
+    @check(f"{rel} operator role's halt policy, staging's and production's merged, == "
+           f"{OPERATOR_POLICY.relative_to(ROOT)}")
+    def _():
+        merged = None
+        for env in ENVIRONMENTS:
+            ev = Evaluator(t, Environment=env, OperatorPrincipalArn=op_principal)
+            assert ev.condition("CreateOperator"), "CreateOperator false with OperatorPrincipalArn set"
+            doc = operator_policies(ev)["blog-halt"]
+            if merged is None:
+                merged = json.loads(json.dumps(doc))
+                continue
+            for a, b in zip(merged["Statement"], doc["Statement"]):
+                assert a["Sid"] == b["Sid"], f"{a['Sid']} vs {b['Sid']}"
+                for k in ("Resource",):
+                    if as_list(a[k]) != as_list(b[k]):
+                        a[k] = as_list(a[k]) + [r for r in as_list(b[k]) if r not in as_list(a[k])]
+                if "Condition" in a and a["Condition"] != b["Condition"]:
+                    pa = a["Condition"]["StringLike"]["s3:prefix"]
+                    pa += [x for x in b["Condition"]["StringLike"]["s3:prefix"] if x not in pa]
+        want = json.loads(OPERATOR_POLICY.read_text())
+        srt = lambda d: {**d, "Statement": [  # noqa: E731 - order of resources and prefixes is free
+            {**normalise_statement(s), "Resource": sorted(as_list(s["Resource"])),
+             **({"Condition": {"StringLike": {"s3:prefix": sorted(s["Condition"]["StringLike"]["s3:prefix"])}}}
+                if "StringLike" in s.get("Condition", {}) else {})}
+            for s in d["Statement"]]}
+        same_policy(srt(merged), srt(want), OPERATOR_POLICY.name)
+
+    @check(f"{rel} operator role: trusts OperatorPrincipalArn only; writes only the halt prefix and "
+           "the release key; SSM on the group's instances only; none with OperatorPrincipalArn empty")
+    def _():
+        ev = Evaluator(t, Environment="staging", OperatorPrincipalArn=op_principal)
+        role = ev.ev(res["OperatorRole"]["Properties"])
+        (trust,) = role["AssumeRolePolicyDocument"]["Statement"]
+        assert trust["Principal"] == {"AWS": op_principal} and trust["Action"] == "sts:AssumeRole", trust
+        reads = {"s3:GetObject", "s3:GetObjectVersion", "s3:ListBucket", "s3:ListBucketVersions"}
+        allowed = {f"arn:aws:s3:::{BUCKET}/staging/halted/*", f"arn:aws:s3:::{BUCKET}/staging/stagebuild.txt"}
+        group = "blog-staging"
+        for name, doc in operator_policies(ev).items():
+            for st in doc["Statement"]:
+                acts = as_list(st["Action"])
+                assert st["Effect"] == "Allow" and not any(a.endswith("*") for a in acts), st
+                writes = [a for a in acts if a.startswith("s3:") and a not in reads]
+                assert not writes or set(as_list(st["Resource"])) <= allowed, f"{name}/{st['Sid']}: {writes} on {st['Resource']}"
+                assert "s3:DeleteObjectVersion" not in acts, st["Sid"]
+                if {"ssm:StartSession", "ssm:SendCommand", "ec2:GetConsoleOutput"} & set(acts):
+                    instances = [r for r in as_list(st["Resource"]) if ":instance/" in r]
+                    if instances:
+                        cond = st.get("Condition", {}).get("StringEquals", {})
+                        tags = {k: v for k, v in cond.items() if k.endswith("Tag/aws:autoscaling:groupName")}
+                        assert list(tags.values()) == [group], f"{name}/{st['Sid']}: instances not limited to {group}: {cond}"
+        ev = Evaluator(t, Environment="staging")
+        assert not ev.condition("CreateOperator"), "CreateOperator true with OperatorPrincipalArn empty"
+        assert res["OperatorRole"].get("Condition") == "CreateOperator", "OperatorRole's Condition"
+        assert t["Outputs"]["OperatorRoleArn"].get("Condition") == "CreateOperator", "output's Condition"
 
     # ---- CI's publisher role (CircleCiOrgId set) ------------------------------------------------
     trust_json = json.loads(PUBLISHER_TRUST.read_text())
@@ -602,8 +712,25 @@ def main():
             }
             for (a, b), v in expect.items():
                 assert config.get(a, {}).get(b) == v, f"[{a}] {b} = {config.get(a, {}).get(b)!r}, expected {v!r}"
+            assert "public_key" not in config["release"], "public_key with ReleasePublicKey empty"
+            pk = "RWQf6LRCGA9i53mlYecO4IzT51TGPpvWucNSCh1CBM0QTaLn73Y7GFO3"
+            signed = Evaluator(t, Environment=env, ReleasePublicKey=pk).ev(lt["UserData"])
+            signed = [w for w in yaml.safe_load(signed)["write_files"] if w["path"] == "/etc/blog-agent/config.toml"]
+            got = tomllib.loads(signed[0]["content"])["release"].get("public_key")
+            assert got == pk, f"[release] public_key = {got!r} with ReleasePublicKey set"
             runcmd = "\n".join(x if isinstance(x, str) else " ".join(x) for x in doc["runcmd"])
             assert f"PKG=s3://{BUCKET}/packages/blog-agent-" in runcmd, "PKG= is not in the stack's bucket"
+            # The journal's way out: the CloudWatch agent's config names the stack's log group,
+            # and it starts before the package is downloaded (its failure is shipped too).
+            cw = [w for w in doc["write_files"] if w["path"].startswith("/opt/aws/amazon-cloudwatch-agent/")]
+            assert len(cw) == 1, "no CloudWatch agent config in write_files"
+            files = json.loads(cw[0]["content"])["logs"]["logs_collected"]["files"]["collect_list"]
+            groups = {f["log_group_name"] for f in files}
+            assert groups == {f"/blog-agent/{env}"}, f"CloudWatch agent ships to {groups}"
+            assert {f["file_path"] for f in files} == {"/var/log/blog-agent.log", "/var/log/cloud-init-output.log"}
+            assert cw[0]["path"] in runcmd and runcmd.index(cw[0]["path"]) < runcmd.index("PKG="), \
+                "the CloudWatch agent must start before the package install"
+            assert {"rsyslog", "amazon-cloudwatch-agent"} <= set(doc["packages"]), doc["packages"]
 
         if env == "staging":
             @check(f"{rel} user-data (Environment={env}): cloud-init schema; size with 1 KiB to spare "

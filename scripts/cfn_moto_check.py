@@ -116,6 +116,8 @@ def main():
               # any well-formed checksum will do.
               "AgentPackageSha256": hashlib.sha256(b"cfn-check package").hexdigest()}
 
+    # The journal's retention, and the operators' role (any principal of the account).
+    params.update({"LogRetentionDays": "14", "OperatorPrincipalArn": f"arn:aws:iam::{cfn_check.ACCOUNT}:root"})
     t0 = time.monotonic()
     cfn.create_stack(StackName=stack, TemplateBody=text, Capabilities=["CAPABILITY_IAM"],
                      Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in params.items()])
@@ -237,7 +239,7 @@ def check_stack(cfn, ec2, s3, kms, ecr, iam, asg, elb, template, stack, params, 
     # ---- instance role: what moto resolved, against packaging/iam-policy-staging.json -----------
     role = next(r for r in made.values() if r["LogicalResourceId"] == "InstanceRole")["PhysicalResourceId"]
     names = iam.list_role_policies(RoleName=role)["PolicyNames"]
-    got = iam.get_role_policy(RoleName=role, PolicyName=names[0])["PolicyDocument"] if names else {}
+    got = iam.get_role_policy(RoleName=role, PolicyName="blog-agent")["PolicyDocument"] if "blog-agent" in names else {}
     if isinstance(got, str):
         try:
             got = json.loads(got)
@@ -249,11 +251,54 @@ def check_stack(cfn, ec2, s3, kms, ecr, iam, asg, elb, template, stack, params, 
               .replace(f":{os.environ.get('AWS_REGION', 'us-east-1')}:", f":{cfn_check.REGION}:"))
     want = json.loads((ROOT / f"packaging/iam-policy-{ENV}.json").read_text())
     norm = lambda doc: [cfn_check.normalise_statement(x) for x in doc.get("Statement", [])]  # noqa: E731
-    expect(names == ["blog-agent"] and norm(json.loads(normal)) == norm(want),
+    expect(sorted(names) == ["blog-agent", "ship-journal"] and norm(json.loads(normal)) == norm(want),
            f"instance role's policy as moto resolved it == packaging/iam-policy-{ENV}.json (names normalised)",
            json.dumps(json.loads(normal), indent=1))
     profiles = iam.list_instance_profiles_for_role(RoleName=role)["InstanceProfiles"]
     expect(len(profiles) == 1, "instance profile holds the role")
+
+    # ---- the way in and the journal (SSM, the operators' role, the log group) -------------------
+    attached = [x["PolicyArn"] for x in iam.list_attached_role_policies(RoleName=role)["AttachedPolicies"]]
+    applied(attached == ["arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"],
+            "instance role: AmazonSSMManagedInstanceCore attached (Session Manager, Run Command)",
+            f"attaches no AWS managed policy to a stack's role (ManagedPolicyArns ignored, {attached}; "
+            "a moto_server without MOTO_IAM_LOAD_MANAGED_POLICIES=true has none): scripts/cfn_check.py "
+            "checks the template's ManagedPolicyArns")
+    expect("KeyName" not in data_of_launch_template(ec2, made), "launch template: no key pair")
+    logs = boto3.client("logs", endpoint_url=os.environ["AWS_ENDPOINT_URL"],
+                        region_name=os.environ.get("AWS_REGION", "us-east-1"))
+    group = outputs.get("LogGroupName")
+    lg = [x for x in logs.describe_log_groups(logGroupNamePrefix=group or "-")["logGroups"]
+          if x["logGroupName"] == group]
+    expect(group == f"/blog-agent/{ENV}" and len(lg) == 1 and lg[0].get("retentionInDays") == 14,
+           f"log group {group} with LogRetentionDays (14) as retention", lg)
+    ship = iam.get_role_policy(RoleName=role, PolicyName="ship-journal")["PolicyDocument"] \
+        if "ship-journal" in names else {}
+    ship = ship if isinstance(ship, dict) else (json.loads(ship) if ship.startswith("{\"") else ast.literal_eval(ship))
+    res_ = [r for st in ship.get("Statement", []) for r in cfn_check.as_list(st["Resource"])]
+    # GetAtt Arn of a log group ends in `:*` on AWS (the group and its streams); moto leaves it off.
+    expect(bool(lg) and [r.removesuffix(":*") for r in res_] == [lg[0].get("arn", "").removesuffix(":*")],
+           "instance role ships the journal to that log group only", ship)
+    op = outputs.get("OperatorRoleArn", "")
+    if expect(op.startswith("arn:") and ":role/" in op, f"operator role {op} (OperatorPrincipalArn set)"):
+        op_name = op.rsplit("/", 1)[1]
+        trust = iam.get_role(RoleName=op_name)["Role"]["AssumeRolePolicyDocument"]
+        trust = trust if isinstance(trust, dict) else json.loads(trust)
+        expect(trust["Statement"][0]["Principal"] == {"AWS": params["OperatorPrincipalArn"]},
+               "operator role trusts OperatorPrincipalArn", trust)
+        op_names = sorted(iam.list_role_policies(RoleName=op_name)["PolicyNames"])
+        expect(op_names == ["blog-halt", "blog-hosts", "blog-rollback"],
+               "operator role's policies: blog-halt, blog-hosts, blog-rollback", op_names)
+        # The operator's own commands through the role, as a laptop would (moto does not enforce
+        # IAM: this shows the role can be assumed and names the session, not what it may do).
+        sts = boto3.client("sts", endpoint_url=os.environ["AWS_ENDPOINT_URL"],
+                           region_name=os.environ.get("AWS_REGION", "us-east-1"))
+        who = sts.assume_role(RoleArn=op, RoleSessionName="oncall")["AssumedRoleUser"]["Arn"]
+        expect(who.endswith(f"/{op_name}/oncall"), f"AssumeRole on the operator role: {who}")
+        note("does not enforce IAM: the operator role's and the hosts' grants are compared with "
+             "packaging/iam-policy-operator.json and checked by scripts/cfn_check.py, not exercised")
+    note("has no Session Manager or Run Command target here: `aws ssm start-session` and "
+         "`send-command` to the hosts are AWS only (docs/operations.md)")
 
     # ---- launch template -----------------------------------------------------------------------
     lt_id = made["LaunchTemplate"]["PhysicalResourceId"]
@@ -333,6 +378,11 @@ def check_stack(cfn, ec2, s3, kms, ecr, iam, asg, elb, template, stack, params, 
     expect([(p["FromPort"], p["ToPort"], [x["GroupId"] for x in p.get("UserIdGroupPairs", [])], p.get("IpRanges"))
             for p in inst_sg] == [(80, 80, [lb_sg_id], [])],
            "instance security group: port 80 from the load balancer's group only", inst_sg)
+
+
+def data_of_launch_template(ec2, made):
+    lt_id = made["LaunchTemplate"]["PhysicalResourceId"]
+    return ec2.describe_launch_template_versions(LaunchTemplateId=lt_id)["LaunchTemplateVersions"][-1]["LaunchTemplateData"]
 
 
 # ---- the agent against the stack ---------------------------------------------------------------

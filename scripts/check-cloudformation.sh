@@ -8,7 +8,8 @@
 # options follow packaging/config.example.toml and packaging/launch-template.json
 # (scripts/cfn_check.py). When a moto_server answers at AWS_ENDPOINT_URL (scripts/stack-env.sh
 # after scripts/stack-up.sh), also creates the stack there, checks it and deletes it
-# (scripts/cfn_moto_check.py).
+# (scripts/cfn_moto_check.py), and runs the shell blocks of docs/cloudformation.md there
+# (scripts/check-docs-commands.py).
 # Prints one line per check, `ok ...` or `FAIL ...` (details indented below), and exits 1 if
 # any check failed. cfn-lint comes with moto[server] in .stack/venv (installed the way
 # scripts/install-deps.sh does when missing); cloud-init from Debian when missing.
@@ -56,6 +57,20 @@ if [ -n "${AWS_ENDPOINT_URL:-}" ] && curl -fsS -o /dev/null --max-time 5 "$AWS_E
     grep '^skip ' <<<"$out" || true
   else
     fail "$template as a stack on moto ($AWS_ENDPOINT_URL) (exit $rc)" "$(grep -v '^     created ' <<<"$out")"
+  fi
+  # docs/cloudformation.md's commands, as written, against the same moto (after the stack
+  # above is deleted: both make the group blog-staging).
+  out=$("$venv/bin/python" scripts/check-docs-commands.py 2>&1)
+  rc=$?
+  if [ $rc -eq 0 ]; then
+    if grep -q '^skip ' <<<"$out"; then
+      grep '^skip ' <<<"$out"
+    else
+      ok "docs/cloudformation.md's commands against moto: $(tail -n 1 <<<"$out" | sed 's/^check-docs-commands: //')"
+      grep -E '^(aws-only|offline |stand-in) ' <<<"$out" | sed 's/^/     /'
+    fi
+  else
+    fail "docs/cloudformation.md's commands against moto (scripts/check-docs-commands.py, exit $rc)" "$out"
   fi
 else
   ok "$template as a stack on moto: not run, no moto_server at AWS_ENDPOINT_URL" \

@@ -31,6 +31,8 @@ need=()
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 command -v cloud-init >/dev/null 2>&1 || need+=(cloud-init)
 /usr/bin/python3 -c 'import yaml, tomllib' >/dev/null 2>&1 || need+=(python3 python3-yaml)
+command -v rsyslogd >/dev/null 2>&1 || need+=(rsyslog)
+command -v logrotate >/dev/null 2>&1 || need+=(logrotate)
 [ ${#need[@]} -eq 0 ] || apt_install check-deploy-files "${need[@]}"
 
 # ---- systemd unit ----------------------------------------------------------------------------
@@ -135,6 +137,41 @@ EOF
     fail "$f installs the package only when it matches PKG_SHA256" "$out"
   fi
 done
+
+# The journal's way to CloudWatch Logs in cloud-init/al2023.yaml: the rsyslog rule and the
+# logrotate file parse (rsyslogd -N1, logrotate -d on a scratch copy), the CloudWatch agent's
+# config is JSON naming both files (scripts/cfn_check.py checks the stack's log group in it).
+journal_files() {
+  local d rc=0
+  d=$(mktemp -d)
+  /usr/bin/python3 - "$d" <<'EOF' || rc=1
+import json, sys, yaml
+d = sys.argv[1]
+files = {w["path"]: w["content"] for w in yaml.safe_load(open("cloud-init/al2023.yaml"))["write_files"]}
+rs = [c for p, c in files.items() if p.startswith("/etc/rsyslog.d/")]
+lr = [c for p, c in files.items() if p.startswith("/etc/logrotate.d/")]
+cw = [c for p, c in files.items() if p.startswith("/opt/aws/amazon-cloudwatch-agent/")]
+assert len(rs) == len(lr) == len(cw) == 1, "expected one rsyslog, logrotate and CloudWatch agent file"
+paths = {f["file_path"] for f in json.loads(cw[0])["logs"]["logs_collected"]["files"]["collect_list"]}
+assert paths == {"/var/log/blog-agent.log", "/var/log/cloud-init-output.log"}, paths
+assert "/var/log/blog-agent.log" in rs[0] and "/var/log/blog-agent.log" in lr[0], "file names differ"
+open(f"{d}/rsyslog.conf", "w").write('module(load="imuxsock")\n' + rs[0])
+open(f"{d}/logrotate.conf", "w").write(lr[0].replace("/var/log/blog-agent.log", f"{d}/blog-agent.log"))
+open(f"{d}/blog-agent.log", "w").close()
+EOF
+  if [ $rc -eq 0 ]; then
+    rsyslogd -N1 -f "$d/rsyslog.conf" >"$d/out" 2>&1 || { cat "$d/out"; rc=1; }
+    # logrotate -d exits 0 on an unknown directive: its "error:" lines count.
+    if ! logrotate -d -s "$d/state" "$d/logrotate.conf" >"$d/out" 2>&1 || grep -q '^error:' "$d/out"; then
+      grep '^error:' "$d/out" || cat "$d/out"
+      rc=1
+    fi
+  fi
+  rm -rf "$d"
+  return $rc
+}
+what="cloud-init/al2023.yaml: rsyslog rule, logrotate file and CloudWatch agent config parse"
+if out=$(journal_files 2>&1); then ok "$what"; else fail "$what" "$out"; fi
 
 # ---- JSON --------------------------------------------------------------------------------
 for f in "${jsons[@]}"; do

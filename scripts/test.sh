@@ -69,6 +69,9 @@ fi
 # the stack's bucket with its KMS key, releases, check.
 echo "== the agent against the CloudFormation stack on moto" >&2
 "${BLOG_AGENT_VENV:-.stack/venv}/bin/python" scripts/cfn_moto_check.py --require-agent
+# docs/cloudformation.md's commands, as written, with that agent (publish, releases).
+echo "== docs/cloudformation.md's commands on moto" >&2
+"${BLOG_AGENT_VENV:-.stack/venv}/bin/python" scripts/check-docs-commands.py --require-agent
 
 # The slow stage: static release binary, .deb and .rpm, contents, install smoke test.
 echo "== packaging" >&2
