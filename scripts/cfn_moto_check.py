@@ -616,7 +616,8 @@ def check_agent(cfn, s3, ecr, asg, stack, require):
             "launch gate": lambda d: f'"{hook}"' in d and f'"{group}"' in d and str(instance_id) in d,
         }
         if not not_in_registry:
-            want["registry"] = lambda d: f"{repo_name}:{sha}" in d and digest in d
+            # Hosts pull a published release by its digest, and `check` asks for that.
+            want["registry"] = lambda d: f"{repo_name}@{digest}" in d
         bad = {n: lines.get(n) for n, good in want.items()
                if not (lines.get(n, ("", ""))[0] == "ok" and good(lines[n][1]))}
         others = [n for n in lines if n not in want]
