@@ -767,7 +767,7 @@ def main():
 
 
 def install_refusals(user_data_for):
-    """Runs the install step of the user-data (its first runcmd entry) under sh, with stand-ins
+    """Runs the install step of the user-data (the runcmd entry that checks PKG_SHA256) under sh, with stand-ins
     for `aws` (copies a fake package), `dnf`/`apt-get` (record the install), `cloud-init`, `snap`
     and `sleep`: with the package's own SHA-256 it installs; with none, a malformed one or
     another package's, it must not. `user_data_for(sha)` renders the user-data for a checksum."""
@@ -780,7 +780,9 @@ def install_refusals(user_data_for):
     seen = []
     for what, sha, installs in cases:
         doc = yaml.safe_load(user_data_for(sha))
-        script = doc["runcmd"][0]
+        # The install step is the runcmd entry that checks the package (log shipping may come
+        # first, so that an install failure reaches CloudWatch Logs too).
+        script = next(c for c in doc["runcmd"] if isinstance(c, str) and "PKG_SHA256" in c)
         with tempfile.TemporaryDirectory() as work:
             bin_dir, log = Path(work, "bin"), Path(work, "installed")
             bin_dir.mkdir()
