@@ -129,7 +129,7 @@ fn settings_that_would_fail_later_exit_78_naming_file_key_and_value() {
         (
             "stop_timeout = \"1s\"",
             "stop_timeout = \"500ms\"",
-            "[container] stop_timeout = \"500ms\": must be at least 1s",
+            "[container] stop_timeout = \"500ms\": must be a whole number of seconds",
         ),
         (
             "[reconcile]\n",

@@ -295,3 +295,32 @@ fn sync_escapes_a_halt_reason() {
     assert!(!run.output().contains('\u{1b}') && !run.output().contains('\u{7}'), "{:?}", run.output());
     host.assert_serves(&v1);
 }
+
+/// Why 8: one failed read of the release object's history was remembered as "no rollback
+/// target" for the life of `run`: an empty host under a halt stayed dark after S3 answered
+/// again. It is read again at the next pass.
+#[test]
+fn a_failed_history_read_is_retried_and_an_empty_host_under_a_halt_serves() {
+    let leader = Host::new("trust-history-retry");
+    versioning_on(&leader);
+    let (v1, _) = build_and_push(&leader, "good");
+    let (v2, _) = build_and_push(&leader, "good");
+    assert_eq!(publish(&leader, "staging", &v1).code, 0);
+    assert_eq!(publish(&leader, "staging", &v2).code, 0);
+    write_marker(&leader, &v2, "bad release", None);
+
+    let proxy = services::CountingProxy::start(moto().rsplit(':').next().unwrap().parse().unwrap());
+    proxy.fail_only("versions", 503, "SlowDown");
+    let mut empty = Host::new("trust-history-retry-new");
+    empty.share_release_with(&leader);
+    empty.s3_endpoint = proxy.endpoint();
+    empty.write_config("[reconcile]\ninterval = \"1s\"\njitter = \"0s\"\n");
+    let agent = empty.start_agent(&[]);
+    wait_for("a history read refused", std::time::Duration::from_secs(30), || {
+        proxy.requests().iter().any(|r| r.path.contains("versions")).then_some(())
+    });
+    agent.wait_log("its rollback target is unknown for now", std::time::Duration::from_secs(30));
+    assert!(empty.page().is_none(), "nothing to run yet");
+    proxy.heal();
+    empty.wait_deployed(&v1, std::time::Duration::from_secs(30));
+}

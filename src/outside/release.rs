@@ -523,6 +523,26 @@ mod tests {
         answering("HTTP/1.1 304 Not Modified\r\nETag: \"abc\"\r\nConnection: close\r\n\r\n").await
     }
 
+    /// Issue 22, 8: the signature and the time are verified as they were written: a long
+    /// signature (a minisign file with a long trusted comment) is kept whole, never cut as
+    /// display text is, and anything that is not printable ASCII is dropped, not escaped into
+    /// something else.
+    #[test]
+    fn the_signature_and_time_are_kept_exactly_as_written() {
+        let long = "A".repeat(2 * crate::sha::TEXT_LIMIT);
+        let meta = std::collections::HashMap::from([
+            (META_SIGNATURE.to_owned(), format!(" {long}\n")),
+            (META_AT.to_owned(), "2026-12-07T20:00:00Z".to_owned()),
+            (META_BY.to_owned(), "ci\u{1b}[2J".to_owned()),
+        ]);
+        let p = Provenance::from_metadata(Some(&meta));
+        assert_eq!(p.signature.as_deref(), Some(long.as_str()), "kept whole");
+        assert_eq!(p.at.as_deref(), Some("2026-12-07T20:00:00Z"));
+        assert_eq!(p.by.as_deref(), Some("ci\\u{1b}[2J"), "display text is escaped");
+        let meta = std::collections::HashMap::from([(META_SIGNATURE.to_owned(), "sig\u{1b}nature".to_owned())]);
+        assert_eq!(Provenance::from_metadata(Some(&meta)).signature, None, "not printable: dropped, fails to verify");
+    }
+
     #[tokio::test]
     async fn the_release_carries_its_last_modified_time() {
         let sdk = answering(

@@ -651,6 +651,19 @@ mod tests {
 
     const KEY: &str = "RWQf6LRCGA9i53mlYecO4IzT51TGPpvWucNSCh1CBM0QTaLn73Y7GFO3";
 
+    fn test_settings() -> Settings {
+        Settings::parse(
+            "[release]\nbucket = \"b\"\n[image]\nrepository = \"127.0.0.1:5000/blog\"\n[environment]\nname = \"staging\"\n",
+            Path::new("test.toml"),
+        )
+        .unwrap()
+    }
+
+    /// One unsigned version of the release object naming `c`.
+    fn historic(c: char) -> Historic {
+        Historic { sha: sha(c), published_at: None, version_id: c.to_string(), provenance: Provenance::default() }
+    }
+
     #[test]
     fn a_release_signed_before_one_already_accepted_or_a_later_version_is_a_replay() {
         let signed = Trust { public_key: Some(KEY), environment: ENV };
@@ -751,17 +764,7 @@ mod tests {
     #[tokio::test]
     async fn a_failed_history_read_is_read_again_never_remembered_as_no_history() {
         use std::sync::atomic::Ordering::SeqCst;
-        let settings = Settings::parse(
-            "[release]\nbucket = \"b\"\n[image]\nrepository = \"127.0.0.1:5000/blog\"\n[environment]\nname = \"staging\"\n",
-            Path::new("test.toml"),
-        )
-        .unwrap();
-        let historic = |c: char| Historic {
-            sha: sha(c),
-            published_at: None,
-            version_id: c.to_string(),
-            provenance: Provenance::default(),
-        };
+        let settings = test_settings();
         let releases = FlakyHistory {
             history: vec![historic('b'), historic('a')],
             failures: std::sync::atomic::AtomicUsize::new(1),
@@ -797,17 +800,7 @@ mod tests {
     /// target when the history's newest version was that release.
     #[tokio::test]
     async fn a_halts_rollback_target_is_the_newest_verified_release_before_it_never_itself() {
-        let settings = Settings::parse(
-            "[release]\nbucket = \"b\"\n[image]\nrepository = \"127.0.0.1:5000/blog\"\n[environment]\nname = \"staging\"\n",
-            Path::new("test.toml"),
-        )
-        .unwrap();
-        let historic = |c: char| Historic {
-            sha: sha(c),
-            published_at: None,
-            version_id: c.to_string(),
-            provenance: Provenance::default(),
-        };
+        let settings = test_settings();
         let source = |history: &str| FlakyHistory {
             history: history.chars().map(historic).collect(),
             failures: Default::default(),

@@ -138,9 +138,10 @@ impl Drop for PrivateRegistry {
 pub struct CountingProxy {
     pub port: u16,
     pub seen: Arc<Mutex<Vec<Request>>>,
-    /// When set, every request is answered with this (status, S3 error code) instead of
-    /// being forwarded: S3 throttling, 5xx, or KMS access denied, on demand.
-    pub fail_with: Arc<Mutex<Option<(u16, String)>>>,
+    /// When set, every request (or, with a third part, every request whose path contains it)
+    /// is answered with this (status, S3 error code) instead of being forwarded: S3
+    /// throttling, 5xx, or KMS access denied, on demand.
+    pub fail_with: Arc<Mutex<Option<(u16, String, Option<String>)>>>,
 }
 
 impl CountingProxy {
@@ -161,7 +162,13 @@ impl CountingProxy {
 
     /// Answers every request with `status` and S3 error `code` until [`Self::heal`].
     pub fn fail(&self, status: u16, code: &str) {
-        *self.fail_with.lock().unwrap() = Some((status, code.to_owned()));
+        *self.fail_with.lock().unwrap() = Some((status, code.to_owned(), None));
+    }
+
+    /// Answers the requests whose path contains `path` (e.g. `versions`: ListObjectVersions)
+    /// with `status` and S3 error `code` until [`Self::heal`]; the rest go through.
+    pub fn fail_only(&self, path: &str, status: u16, code: &str) {
+        *self.fail_with.lock().unwrap() = Some((status, code.to_owned(), Some(path.to_owned())));
     }
 
     pub fn heal(&self) {
@@ -177,7 +184,9 @@ impl CountingProxy {
     }
 }
 
-fn proxy(client: TcpStream, upstream: u16, log: &Mutex<Vec<Request>>, fail: &Mutex<Option<(u16, String)>>) {
+type Failure = Mutex<Option<(u16, String, Option<String>)>>;
+
+fn proxy(client: TcpStream, upstream: u16, log: &Mutex<Vec<Request>>, fail: &Failure) {
     let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else { return };
     let (mut server_read, client_write) = (server.try_clone().unwrap(), client.try_clone().unwrap());
     let mut direct = client.try_clone().unwrap();
@@ -194,7 +203,8 @@ fn proxy(client: TcpStream, upstream: u16, log: &Mutex<Vec<Request>>, fail: &Mut
             return;
         };
         log.lock().unwrap().push(request.clone());
-        if let Some((status, code)) = fail.lock().unwrap().clone() {
+        let failing = fail.lock().unwrap().clone().filter(|(_, _, only)| only.as_ref().is_none_or(|p| request.path.contains(p.as_str())));
+        if let Some((status, code, _)) = failing {
             let xml = format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{code}</Code><Message>injected by the test</Message><RequestId>{}</RequestId></Error>", log.lock().unwrap().len());
             let response = format!(
                 "HTTP/1.1 {status} Injected\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nx-amz-request-id: {}\r\n\r\n{xml}",
