@@ -9,12 +9,13 @@ use clap::Args;
 use super::{exit, Cli, Failure};
 use crate::config::{Settings, TrafficMode};
 use crate::environment::{self, EnvSource};
-use crate::fleet::halt::HaltMarkers;
 use crate::outside::docker::Engine;
+use crate::outside::halts::HaltMarkers;
 use crate::outside::imds::Imds;
 use crate::outside::netfilter::{Mapping, Netfilter};
 use crate::outside::registry::{CredentialSource, Ecr};
 use crate::outside::release::{ReleaseError, S3Releases};
+use crate::outside::s3::S3Client;
 use crate::pass::desired::{self, Desired, HaltRead, Published};
 use crate::pass::once::release_location;
 
@@ -105,8 +106,9 @@ pub async fn run(cli: &Cli, _args: &CheckArgs) -> Result<(), Failure> {
     let (sha, digest) = match &env {
         Some(env) => {
             let location = release_location(&settings, &env.name);
-            let releases = S3Releases::with_aws(&aws);
-            let halts = HaltMarkers::with_aws(&aws, settings.release.bucket.clone());
+            let s3 = S3Client::with_aws(&aws);
+            let releases = S3Releases::new(&s3);
+            let halts = HaltMarkers::new(&s3, settings.release.bucket.clone());
             match desired::read_once(&releases, &halts, &settings, &env.name).await {
                 Ok((desired, halt)) => {
                     r.ok("s3 object", &location);

@@ -6,11 +6,13 @@ use clap::Args;
 
 use super::{exit, Cli, Failure};
 use crate::environment::EnvironmentError;
-use crate::fleet::halt::{HaltError, HaltMarkers, Marker};
+use crate::fleet::halt::{HaltError, Marker};
 use crate::fleet::rollout::resolve_identity;
 use crate::outside::aws::Aws;
+use crate::outside::halts::HaltMarkers;
 use crate::outside::imds::Imds;
 use crate::outside::release::{ObjectLocation, S3Releases};
+use crate::outside::s3::S3Client;
 use crate::sha::Sha;
 use crate::state::now_unix;
 
@@ -72,8 +74,9 @@ async fn target(cli: &Cli, raw_sha: &str) -> Result<Target, Failure> {
     // Config validation gives every allowed environment a release key.
     let aws = Aws::load(&settings.image.repository.registry).await;
     let bucket = settings.release.bucket.clone();
-    let markers = HaltMarkers::with_aws(&aws, bucket.clone());
-    let releases = S3Releases::with_aws(&aws);
+    let s3 = S3Client::with_aws(&aws);
+    let markers = HaltMarkers::new(&s3, bucket.clone());
+    let releases = S3Releases::new(&s3);
     Ok(Target { sha, environment, prefix, markers, bucket, releases, settings })
 }
 

@@ -13,7 +13,8 @@ use std::time::{Duration, SystemTime};
 use aws_sdk_s3::error::ProvideErrorMetadata;
 use aws_sdk_s3::operation::get_object::GetObjectError;
 
-use crate::outside::aws::{describe, Aws, RegionUnknown, Regional};
+use crate::outside::aws::{describe, Aws, RegionUnknown};
+use crate::outside::s3::S3Client;
 use crate::sha::{safe_quote, InvalidSha, Sha};
 
 /// A SHA file holds 7-40 hex digits and a newline; anything much larger is not one, and is not
@@ -217,20 +218,20 @@ pub fn releases_before(history: &[Historic], not: &Sha) -> Vec<Sha> {
 /// The real S3 reader. Its client is built on the first read after the region is known.
 #[derive(Clone)]
 pub struct S3Releases {
-    client: Arc<Regional<aws_sdk_s3::Client>>,
+    client: S3Client,
 }
 
 impl S3Releases {
-    /// A reader in the host's region, resolved by `aws` (and re-resolved while unknown).
-    pub fn with_aws(aws: &Arc<Aws>) -> S3Releases {
-        S3Releases { client: Arc::new(Regional::new(aws.clone(), s3_client)) }
+    /// A reader through `client` (shared with the halt markers).
+    pub fn new(client: &S3Client) -> S3Releases {
+        S3Releases { client: client.clone() }
     }
-}
 
-fn s3_client(sdk: &aws_config::SdkConfig, region: aws_config::Region) -> aws_sdk_s3::Client {
-    let path_style = crate::outside::aws::custom_s3_endpoint() || sdk.endpoint_url().is_some();
-    let config = aws_sdk_s3::config::Builder::from(sdk).region(region).force_path_style(path_style).build();
-    aws_sdk_s3::Client::from_conf(config)
+    /// A reader with a client of its own in the host's region, resolved by `aws` (and
+    /// re-resolved while unknown).
+    pub fn with_aws(aws: &Arc<Aws>) -> S3Releases {
+        S3Releases::new(&S3Client::with_aws(aws))
+    }
 }
 
 impl ReleaseSource for S3Releases {

@@ -27,14 +27,15 @@ use serde::Serialize;
 
 use crate::config::Settings;
 use crate::environment::EnvironmentError;
-use crate::fleet::halt::HaltMarkers;
 use crate::fleet::verdict::Failure;
 use crate::lock::LockError;
 use crate::outside::aws::Aws;
 use crate::outside::docker::{Engine, EngineError};
+use crate::outside::halts::HaltMarkers;
 use crate::outside::imds::Imds;
 use crate::outside::registry::Ecr;
 use crate::outside::release::{ReleaseError, S3Releases};
+use crate::outside::s3::S3Client;
 use crate::runtime::shutdown::Cancelled;
 use crate::sha::Sha;
 use deploy::DeployError;
@@ -62,22 +63,23 @@ pub type RealServices = Services<Imds, S3Releases, Ecr>;
 
 impl RealServices {
     /// Builds the real services the same way for every command: one AWS setup whose region is
-    /// resolved on first use (and again while unknown), S3 in that region, ECR in the
-    /// repository's region.
+    /// resolved on first use (and again while unknown), one S3 client in that region for the
+    /// release object and the halt markers, ECR in the repository's region.
     pub async fn connect(settings: &Settings, engine: Engine) -> RealServices {
         let registry = &settings.image.repository.registry;
         let aws = Aws::load(registry).await;
+        let s3 = S3Client::with_aws(&aws);
         let routes = Arc::new(
             switch::netfilter(settings, &engine)
                 .expect("[traffic] chains and [container] name are validated with the config"),
         );
         Services {
             tags: Imds::new(),
-            releases: S3Releases::with_aws(&aws),
+            releases: S3Releases::new(&s3),
             credentials: Ecr::for_registry(&aws, registry),
             engine,
             routes,
-            halts: HaltMarkers::with_aws(&aws, settings.release.bucket.clone()),
+            halts: HaltMarkers::new(&s3, settings.release.bucket.clone()),
             autoscaling: Arc::new(crate::outside::autoscaling::AutoScaling::with_aws(&aws)),
             caller: Arc::new(crate::outside::sts::Sts::with_aws(&aws)),
         }

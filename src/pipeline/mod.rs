@@ -23,12 +23,14 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 
 use crate::config::Settings;
-use crate::fleet::halt::{HaltError, HaltMarkers};
+use crate::fleet::halt::HaltError;
 use crate::outside::aws::Aws;
+use crate::outside::halts::HaltMarkers;
 use crate::outside::registry::{Ecr, RegistryError};
 use crate::outside::release::{
     Expect, Fetched, Historic, ObjectLocation, Provenance, ReleaseError, ReleaseSource, S3Releases, WriteError,
 };
+use crate::outside::s3::S3Client;
 use crate::pass::desired::Trust;
 use crate::sha::Sha;
 
@@ -187,10 +189,11 @@ impl Pipeline {
     pub async fn connect(settings: Settings) -> Pipeline {
         let registry = settings.image.repository.registry.clone();
         let aws: Arc<Aws> = Aws::load(&registry).await;
+        let s3 = S3Client::with_aws(&aws);
         Pipeline {
-            releases: S3Releases::with_aws(&aws),
+            releases: S3Releases::new(&s3),
             ecr: Ecr::for_registry(&aws, &registry),
-            halts: HaltMarkers::with_aws(&aws, settings.release.bucket.clone()),
+            halts: HaltMarkers::new(&s3, settings.release.bucket.clone()),
             settings,
         }
     }
