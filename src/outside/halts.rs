@@ -29,7 +29,7 @@ use crate::fleet::halt::{
 };
 use crate::outside::aws::{describe, Aws};
 use crate::outside::release::ObjectLocation;
-use crate::outside::s3::S3Client;
+use crate::outside::s3::{read_at_most, S3Client};
 use crate::sha::{safe_quote, safe_text, Sha};
 
 /// Bound on one marker read, write or removal, response and body together; the same reasoning
@@ -291,21 +291,11 @@ impl HaltMarkers {
                     }
                 }
             };
-            let mut body = output.body;
-            let mut bytes = Vec::new();
-            while bytes.len() <= MAX_MARKER_BYTES {
-                match body.try_next().await {
-                    Ok(Some(chunk)) => bytes.extend_from_slice(&chunk),
-                    Ok(None) => break,
-                    Err(err) => {
-                        return Err(HaltError::Unavailable {
-                            action: ACTION,
-                            location: location.clone(),
-                            detail: describe(&err),
-                        })
-                    }
-                }
-            }
+            let bytes = read_at_most(output.body, MAX_MARKER_BYTES).await.map_err(|err| HaltError::Unavailable {
+                action: ACTION,
+                location: location.clone(),
+                detail: describe(&err),
+            })?;
             Ok(Some(bytes))
         })
         .await
@@ -395,7 +385,6 @@ mod tests {
     /// 204. The marker may well have been there: "not halted" would be a lie.
     #[tokio::test]
     async fn a_removal_whose_head_is_refused_does_not_claim_there_was_nothing() {
-        use aws_credential_types::provider::SharedCredentialsProvider;
         let endpoint = crate::outside::loopback::serve(|head| {
             if head.starts_with("HEAD ") {
                 "HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_owned()
@@ -404,14 +393,7 @@ mod tests {
             }
         })
         .await;
-        let sdk = aws_config::SdkConfig::builder()
-            .behavior_version(aws_config::BehaviorVersion::latest())
-            .region(aws_config::Region::new("us-east-1"))
-            .endpoint_url(endpoint)
-            .credentials_provider(SharedCredentialsProvider::new(aws_credential_types::Credentials::new(
-                "testing", "testing", None, None, "test",
-            )))
-            .build();
+        let sdk = crate::outside::loopback::sdk_config(endpoint);
         let markers = HaltMarkers::with_aws(&Aws::from_sdk(&sdk), "b");
         assert_eq!(markers.clear("staging/halted/", &Sha::parse("3f2a9c1").unwrap()).await.unwrap(), None);
     }

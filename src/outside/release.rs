@@ -14,7 +14,7 @@ use aws_sdk_s3::error::ProvideErrorMetadata;
 use aws_sdk_s3::operation::get_object::GetObjectError;
 
 use crate::outside::aws::{describe, Aws, RegionUnknown};
-use crate::outside::s3::S3Client;
+use crate::outside::s3::{read_at_most, S3Client};
 use crate::sha::{safe_quote, InvalidSha, Sha};
 
 /// A SHA file holds 7-40 hex digits and a newline; anything much larger is not one, and is not
@@ -445,15 +445,9 @@ async fn read(
     let published_at = output.last_modified().and_then(|t| SystemTime::try_from(*t).ok());
     let provenance = Provenance::from_metadata(output.metadata());
     let declared = output.content_length().unwrap_or(0).max(0) as usize;
-    let mut body = output.body;
-    let mut bytes = Vec::new();
-    while bytes.len() <= MAX_OBJECT_BYTES {
-        match body.try_next().await {
-            Ok(Some(chunk)) => bytes.extend_from_slice(&chunk),
-            Ok(None) => break,
-            Err(err) => return Err(ReleaseError::Unavailable { location: location.clone(), detail: describe(&err) }),
-        }
-    }
+    let bytes = read_at_most(output.body, MAX_OBJECT_BYTES)
+        .await
+        .map_err(|err| ReleaseError::Unavailable { location: location.clone(), detail: describe(&err) })?;
     let text = String::from_utf8_lossy(&bytes[..bytes.len().min(MAX_OBJECT_BYTES)]).into_owned();
     let size = declared.max(bytes.len());
     if size > MAX_OBJECT_BYTES {
@@ -500,22 +494,11 @@ mod history_tests {
 
 #[cfg(test)]
 mod tests {
-    use aws_credential_types::provider::SharedCredentialsProvider;
-    use aws_credential_types::Credentials;
-
     use super::*;
 
     /// An "S3" on loopback that answers every request with `response`.
     async fn answering(response: &'static str) -> aws_config::SdkConfig {
-        let endpoint = crate::outside::loopback::serve(move |_| response.to_owned()).await;
-        aws_config::SdkConfig::builder()
-            .behavior_version(aws_config::BehaviorVersion::latest())
-            .region(aws_config::Region::new("us-east-1"))
-            .endpoint_url(endpoint)
-            .credentials_provider(SharedCredentialsProvider::new(Credentials::new(
-                "testing", "testing", None, None, "test",
-            )))
-            .build()
+        crate::outside::loopback::sdk_config(crate::outside::loopback::serve(move |_| response.to_owned()).await)
     }
 
     /// An "S3" on loopback that answers every request 304 Not Modified, as a misbehaving

@@ -1,7 +1,8 @@
 //! The one S3 client of the agent: the release object ([`crate::outside::release`]) and the
 //! halt markers and votes ([`crate::outside::halts`]) are read and written through it.
 //!
-//! Reads and writes nothing itself. Decides how the client is built (the shared AWS setup of
+//! Reads an object's body up to a bound ([`read_at_most`]), for whoever made the call. Decides
+//! how the client is built (the shared AWS setup of
 //! [`crate::outside::aws`], path-style addressing with a custom endpoint) and when: on the
 //! first call after the host's region is known, once for every holder of a clone.
 
@@ -25,6 +26,22 @@ impl S3Client {
     pub async fn get(&self) -> Result<&aws_sdk_s3::Client, RegionUnknown> {
         self.client.get().await
     }
+}
+
+/// Reads `body` until it ends or holds more than `limit` bytes: the caller learns that an object
+/// is too large without holding all of it in memory.
+pub async fn read_at_most(
+    mut body: aws_sdk_s3::primitives::ByteStream,
+    limit: usize,
+) -> Result<Vec<u8>, aws_sdk_s3::primitives::ByteStreamError> {
+    let mut bytes = Vec::new();
+    while bytes.len() <= limit {
+        match body.try_next().await? {
+            Some(chunk) => bytes.extend_from_slice(&chunk),
+            None => break,
+        }
+    }
+    Ok(bytes)
 }
 
 /// Path-style addressing whenever an endpoint is set: an S3-compatible server (or moto in the
