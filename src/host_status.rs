@@ -9,9 +9,10 @@ use serde::Serialize;
 
 use crate::config::{Settings, TrafficMode};
 use crate::environment;
-use crate::fleet::halt::{HaltSource, Marker};
+use crate::fleet::halt::Marker;
 use crate::fleet::rollout::{self, Gate, IdentitySource};
 use crate::outside::docker::Engine;
+use crate::outside::halts::HaltSource;
 use crate::outside::imds::TagSource;
 use crate::outside::netfilter::Netfilter;
 use crate::outside::release::{Provenance, ReleaseSource};

@@ -28,10 +28,11 @@ use std::time::{Duration, SystemTime};
 
 use tokio::task::JoinHandle;
 
-use crate::fleet::halt::{vote_key, HaltSource, Marker, Vote};
+use crate::fleet::halt::{vote_key, Marker, Vote};
 use crate::fleet::metrics::Metrics;
 use crate::fleet::rollout::{self, Gate, Identity};
 use crate::fleet::verdict::Verdict;
+use crate::outside::halts::HaltSource;
 use crate::outside::sts::CallerSource;
 use crate::pass::decide::RolloutGate;
 use crate::sha::{safe_quote, safe_text, Sha};
@@ -343,8 +344,8 @@ fn fmt_unix(secs: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fleet::halt::{HaltError, MemoryHalts};
     use crate::fleet::rollout::IdentitySource;
+    use crate::outside::halts::{HaltError, MemoryHalts};
     use crate::outside::sts::{CallerIdentity, StsError};
 
     const PREFIX: &str = "staging/halted/";

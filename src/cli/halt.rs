@@ -6,10 +6,10 @@ use clap::Args;
 
 use super::{exit, Cli, Failure};
 use crate::environment::EnvironmentError;
-use crate::fleet::halt::{HaltError, Marker};
+use crate::fleet::halt::Marker;
 use crate::fleet::rollout::resolve_identity;
 use crate::outside::aws::Aws;
-use crate::outside::halts::HaltMarkers;
+use crate::outside::halts::{HaltError, HaltMarkers};
 use crate::outside::imds::Imds;
 use crate::outside::release::{ObjectLocation, S3Releases};
 use crate::outside::s3::S3Client;

@@ -27,17 +27,14 @@
 //! outside `[A-Za-z0-9-_.:+=,@]` (or `.`, `..`) is refused, never rewritten: a rewritten key
 //! would no longer match `${aws:userid}` ([`vote_key`]).
 //!
-//! Reads and writes nothing (the [`HaltSource`] trait is how the loop and the decision reach
-//! the objects; `MemoryHalts` is its fake for unit tests). Decides the keys, the wire format
-//! and whether a [`Reading`] halts a release ([`Reading::halt`]).
+//! Reads and writes nothing (the loop and the decision reach the objects through
+//! [`crate::outside::halts::HaltSource`]). Decides the keys, the wire format and whether a
+//! [`Reading`] halts a release ([`Reading::halt`]).
 
-use std::future::Future;
-use std::time::Duration;
+use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::outside::aws::RegionUnknown;
-use crate::outside::release::ObjectLocation;
 use crate::sha::{safe_quote, Sha};
 
 /// A marker is a few hundred bytes; a larger object is not read into memory (it still halts).
@@ -207,54 +204,9 @@ impl Marker {
     }
 }
 
-/// Why a read or write of the halt objects failed, naming the object: the error of
-/// [`HaltSource`], beside it so that the S3 adapter ([`crate::outside::halts`]) imports this
-/// module and never the other way around.
-#[derive(Debug, thiserror::Error)]
-pub enum HaltError {
-    #[error("bucket {bucket:?} does not exist ({action} {location}): check [release] bucket")]
-    NoBucket { bucket: String, action: &'static str, location: ObjectLocation },
-    #[error(
-        "access denied {action} {location}: the instance role needs s3:PutObject and s3:GetObject on the halt \
-         prefix, an operator's unhalt s3:DeleteObject too ({detail})"
-    )]
-    AccessDenied { action: &'static str, location: ObjectLocation, detail: String },
-    #[error("cannot {verb} {location}: {detail}", verb = verb(action))]
-    Unavailable { action: &'static str, location: ObjectLocation, detail: String },
-    #[error("cannot {verb} {location}: {source}", verb = verb(action))]
-    RegionUnknown { action: &'static str, location: ObjectLocation, source: RegionUnknown },
-    #[error("{action} {location} timed out: no complete answer within {after:?}")]
-    TimedOut { action: &'static str, location: ObjectLocation, after: Duration },
-    #[error(
-        "refusing to vote under {location}/: the caller identity {voter:?} is not a safe S3 key segment \
-         (letters, digits and -_.:+=,@ only)"
-    )]
-    UnsafeVoter { voter: String, location: ObjectLocation },
-}
-
-/// "reading" -> "read", for "cannot read ...".
-fn verb(action: &str) -> &str {
-    match action {
-        "reading" => "read",
-        "listing" => "list",
-        "writing" => "write",
-        "removing" => "remove",
-        other => other,
-    }
-}
-
-/// The halt markers the decision and the loop use; a trait so they are unit-tested with a
-/// fake.
-pub trait HaltSource {
-    /// The marker and votes of `sha` under `key_prefix`.
-    fn read(&self, key_prefix: &str, sha: &Sha) -> impl Future<Output = Result<Reading, HaltError>> + Send;
-    /// Records a vote at its voter's key ([`vote_key`] of [`Vote::voter`]), once per voter (a
-    /// second one is kept as it was): `true` when this call wrote it.
-    fn vote(&self, key_prefix: &str, vote: &Vote) -> impl Future<Output = Result<bool, HaltError>> + Send;
-}
-
-/// The marker in `bytes`; a body that is not one still halts `sha`, with a reason saying so.
-pub fn parse_marker(bytes: &[u8], sha: &Sha, location: &ObjectLocation) -> Marker {
+/// The marker in `bytes`, read from `location`; a body that is not one still halts `sha`, with
+/// a reason naming `location`.
+pub fn parse_marker(bytes: &[u8], sha: &Sha, location: &impl fmt::Display) -> Marker {
     let unreadable = |what: String| Marker {
         sha: sha.to_string(),
         environment: String::new(),
@@ -274,61 +226,20 @@ pub fn parse_marker(bytes: &[u8], sha: &Sha, location: &ObjectLocation) -> Marke
     }
 }
 
-/// Halt markers in memory, for other modules' unit tests.
+/// A vote on 3f2a9c1 for staging read from the key naming `key` (`None`: not read from a
+/// key), whose body names `voter`: for the unit tests here and in [`crate::outside::halts`].
 #[cfg(test)]
-#[derive(Debug, Default)]
-pub(crate) struct MemoryHalts {
-    pub(crate) markers: std::sync::Mutex<std::collections::BTreeMap<String, Marker>>,
-    pub(crate) votes: std::sync::Mutex<std::collections::BTreeMap<String, Vote>>,
-}
-
-#[cfg(test)]
-impl MemoryHalts {
-    pub(crate) async fn get(&self, key_prefix: &str, sha: &Sha) -> Result<Option<Marker>, HaltError> {
-        Ok(self.markers.lock().unwrap().get(&marker_key(key_prefix, sha)).cloned())
-    }
-}
-
-#[cfg(test)]
-impl HaltSource for MemoryHalts {
-    async fn read(&self, key_prefix: &str, sha: &Sha) -> Result<Reading, HaltError> {
-        let marker = self.markers.lock().unwrap().get(&marker_key(key_prefix, sha)).cloned();
-        let start = format!("{}/", marker_key(key_prefix, sha));
-        let votes = self
-            .votes
-            .lock()
-            .unwrap()
-            .iter()
-            .filter_map(|(k, v)| Some(Vote { key_voter: Some(k.strip_prefix(&start)?.to_owned()), ..v.clone() }))
-            .collect();
-        Ok(Reading { marker, votes })
-    }
-
-    async fn vote(&self, key_prefix: &str, vote: &Vote) -> Result<bool, HaltError> {
-        let sha = Sha::parse(&vote.sha).expect("a vote names a valid SHA");
-        let Some(key) = vote_key(key_prefix, &sha, &vote.voter) else {
-            let location = ObjectLocation { bucket: "memory".into(), key: marker_key(key_prefix, &sha) };
-            return Err(HaltError::UnsafeVoter { voter: vote.voter.clone(), location });
-        };
-        let mut votes = self.votes.lock().unwrap();
-        if votes.contains_key(&key) {
-            return Ok(false);
-        }
-        votes.insert(key, vote.clone());
-        Ok(true)
-    }
-}
-
-#[cfg(test)]
-impl MemoryHalts {
-    pub(crate) async fn mark(&self, key_prefix: &str, marker: &Marker) -> Result<bool, HaltError> {
-        let mut markers = self.markers.lock().unwrap();
-        let key = format!("{key_prefix}{}", marker.sha);
-        if markers.contains_key(&key) {
-            return Ok(false);
-        }
-        markers.insert(key, marker.clone());
-        Ok(true)
+pub(crate) fn cast(key: Option<&str>, voter: &str, instance_id: &str) -> Vote {
+    Vote {
+        sha: "3f2a9c1".into(),
+        environment: "staging".into(),
+        voter: voter.into(),
+        instance_id: instance_id.into(),
+        verdict: "never-answered".into(),
+        evidence: "HTTP 500".into(),
+        at: 1,
+        rolled_back_to: None,
+        key_voter: key.map(str::to_owned),
     }
 }
 
@@ -391,7 +302,7 @@ mod tests {
 
     #[test]
     fn any_object_at_the_key_halts() {
-        let location = ObjectLocation { bucket: "b".into(), key: "staging/halted/3f2a9c1".into() };
+        let location = "s3://b/staging/halted/3f2a9c1";
         let good = br#"{"sha":"0000000","environment":"staging","instance_id":"i-1","reason":"probe","at":5,"rolled_back_to":"1a2b3c4"}"#;
         let m = parse_marker(good, &sha("3f2a9c1"), &location);
         assert_eq!(m.sha, "3f2a9c1", "the key names the SHA");
@@ -411,22 +322,6 @@ mod tests {
         // A rollback target that is not a SHA is never used.
         let bad = br#"{"sha":"3f2a9c1","environment":"staging","instance_id":"i-1","reason":"r","at":5,"rolled_back_to":"latest; rm -rf"}"#;
         assert_eq!(parse_marker(bad, &sha("3f2a9c1"), &location).rolled_back_to_sha(), None);
-    }
-
-    /// A vote on 3f2a9c1 for staging read from the key naming `key` (`None`: not read from a
-    /// key), whose body names `voter`.
-    fn cast(key: Option<&str>, voter: &str, instance_id: &str) -> Vote {
-        Vote {
-            sha: "3f2a9c1".into(),
-            environment: "staging".into(),
-            voter: voter.into(),
-            instance_id: instance_id.into(),
-            verdict: "never-answered".into(),
-            evidence: "HTTP 500".into(),
-            at: 1,
-            rolled_back_to: None,
-            key_voter: key.map(str::to_owned),
-        }
     }
 
     #[test]
@@ -510,36 +405,5 @@ mod tests {
         assert!(json.get("key_voter").is_none(), "{json}");
         let back: Vote = serde_json::from_value(json).unwrap();
         assert_eq!(back, Vote { key_voter: None, ..vote });
-    }
-
-    #[tokio::test]
-    async fn memory_halts_key_votes_by_voter() {
-        let halts = MemoryHalts::default();
-        assert!(halts.vote("staging/halted/", &cast(None, "AROAEXAMPLE:i-0aaa", "i-0aaa")).await.unwrap());
-        assert!(!halts.vote("staging/halted/", &cast(None, "AROAEXAMPLE:i-0aaa", "i-0other")).await.unwrap());
-        let err = halts.vote("staging/halted/", &cast(None, "a/b", "i-0aaa")).await.unwrap_err();
-        assert!(matches!(err, HaltError::UnsafeVoter { .. }), "{err}");
-        let reading = halts.read("staging/halted/", &sha("3f2a9c1")).await.unwrap();
-        assert_eq!(reading.votes.len(), 1);
-        assert_eq!(reading.votes[0].key_voter.as_deref(), Some("AROAEXAMPLE:i-0aaa"));
-    }
-
-    #[tokio::test]
-    async fn memory_halts_keep_the_first_marker() {
-        let halts = MemoryHalts::default();
-        let marker = |reason: &str| Marker {
-            sha: "3f2a9c1".into(),
-            environment: "staging".into(),
-            instance_id: "i-1".into(),
-            reason: reason.into(),
-            at: 1,
-            rolled_back_to: None,
-            by: None,
-        };
-        assert_eq!(halts.get("staging/halted/", &sha("3f2a9c1")).await.unwrap(), None);
-        assert!(halts.mark("staging/halted/", &marker("first")).await.unwrap());
-        assert!(!halts.mark("staging/halted/", &marker("second")).await.unwrap());
-        assert_eq!(halts.get("staging/halted/", &sha("3f2a9c1")).await.unwrap().unwrap().reason, "first");
-        assert_eq!(halts.get("production/halted/", &sha("3f2a9c1")).await.unwrap(), None);
     }
 }

@@ -12,8 +12,8 @@
 //! for the list: the read falls back to a GET of the marker alone (votes then never count;
 //! logged), where S3's 403 for a missing key means "no marker" (see [`HaltMarkers::get`]).
 //!
-//! Its errors are [`HaltError`], the error of the [`HaltSource`] trait it implements, defined
-//! beside the trait so that `fleet` never imports this module.
+//! [`HaltSource`] is the halt markers as the decision and the loop use them, so that their unit
+//! tests run against `MemoryHalts`; [`HaltMarkers`] is the real one.
 //!
 //! Reads and writes: the marker and vote objects. Decides nothing: what they mean is
 //! [`crate::fleet::halt`]'s ([`Reading::halt`](crate::fleet::halt::Reading::halt)).
@@ -24,10 +24,8 @@ use std::time::Duration;
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::error::ProvideErrorMetadata;
 
-use crate::fleet::halt::{
-    marker_key, parse_marker, safe_voter, vote_key, HaltError, HaltSource, Marker, Reading, Vote, MAX_MARKER_BYTES,
-};
-use crate::outside::aws::{describe, Aws};
+use crate::fleet::halt::{marker_key, parse_marker, safe_voter, vote_key, Marker, Reading, Vote, MAX_MARKER_BYTES};
+use crate::outside::aws::{describe, Aws, RegionUnknown};
 use crate::outside::release::ObjectLocation;
 use crate::outside::s3::{read_at_most, S3Client};
 use crate::sha::{safe_quote, safe_text, Sha};
@@ -39,6 +37,50 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(35);
 /// Objects one read lists under a SHA: the marker and up to this many votes. A halt needs a
 /// few; the bound keeps a read cheap whatever is in the bucket.
 const MAX_LISTED: i32 = 100;
+
+/// Why a read or write of the halt objects failed, naming the object.
+#[derive(Debug, thiserror::Error)]
+pub enum HaltError {
+    #[error("bucket {bucket:?} does not exist ({action} {location}): check [release] bucket")]
+    NoBucket { bucket: String, action: &'static str, location: ObjectLocation },
+    #[error(
+        "access denied {action} {location}: the instance role needs s3:PutObject and s3:GetObject on the halt \
+         prefix, an operator's unhalt s3:DeleteObject too ({detail})"
+    )]
+    AccessDenied { action: &'static str, location: ObjectLocation, detail: String },
+    #[error("cannot {verb} {location}: {detail}", verb = verb(action))]
+    Unavailable { action: &'static str, location: ObjectLocation, detail: String },
+    #[error("cannot {verb} {location}: {source}", verb = verb(action))]
+    RegionUnknown { action: &'static str, location: ObjectLocation, source: RegionUnknown },
+    #[error("{action} {location} timed out: no complete answer within {after:?}")]
+    TimedOut { action: &'static str, location: ObjectLocation, after: Duration },
+    #[error(
+        "refusing to vote under {location}/: the caller identity {voter:?} is not a safe S3 key segment \
+         (letters, digits and -_.:+=,@ only)"
+    )]
+    UnsafeVoter { voter: String, location: ObjectLocation },
+}
+
+/// "reading" -> "read", for "cannot read ...".
+fn verb(action: &str) -> &str {
+    match action {
+        "reading" => "read",
+        "listing" => "list",
+        "writing" => "write",
+        "removing" => "remove",
+        other => other,
+    }
+}
+
+/// The halt markers the decision and the loop use; a trait so they are unit-tested with a
+/// fake (`MemoryHalts`).
+pub trait HaltSource {
+    /// The marker and votes of `sha` under `key_prefix`.
+    fn read(&self, key_prefix: &str, sha: &Sha) -> impl Future<Output = Result<Reading, HaltError>> + Send;
+    /// Records a vote at its voter's key ([`vote_key`] of [`Vote::voter`]), once per voter (a
+    /// second one is kept as it was): `true` when this call wrote it.
+    fn vote(&self, key_prefix: &str, vote: &Vote) -> impl Future<Output = Result<bool, HaltError>> + Send;
+}
 
 /// The markers in the release bucket, through the agent's one [`S3Client`].
 #[derive(Clone)]
@@ -377,9 +419,72 @@ impl HaltSource for HaltMarkers {
     }
 }
 
+/// Halt markers in memory, for unit tests of the modules that read and write them.
+#[cfg(test)]
+#[derive(Debug, Default)]
+pub(crate) struct MemoryHalts {
+    pub(crate) markers: std::sync::Mutex<std::collections::BTreeMap<String, Marker>>,
+    pub(crate) votes: std::sync::Mutex<std::collections::BTreeMap<String, Vote>>,
+}
+
+#[cfg(test)]
+impl MemoryHalts {
+    pub(crate) async fn get(&self, key_prefix: &str, sha: &Sha) -> Result<Option<Marker>, HaltError> {
+        Ok(self.markers.lock().unwrap().get(&marker_key(key_prefix, sha)).cloned())
+    }
+
+    pub(crate) async fn mark(&self, key_prefix: &str, marker: &Marker) -> Result<bool, HaltError> {
+        let key = format!("{key_prefix}{}", marker.sha);
+        Ok(insert_new(&mut self.markers.lock().unwrap(), key, marker))
+    }
+}
+
+#[cfg(test)]
+impl HaltSource for MemoryHalts {
+    async fn read(&self, key_prefix: &str, sha: &Sha) -> Result<Reading, HaltError> {
+        let marker = self.markers.lock().unwrap().get(&marker_key(key_prefix, sha)).cloned();
+        let start = format!("{}/", marker_key(key_prefix, sha));
+        let votes = self
+            .votes
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|(k, v)| Some(Vote { key_voter: Some(k.strip_prefix(&start)?.to_owned()), ..v.clone() }))
+            .collect();
+        Ok(Reading { marker, votes })
+    }
+
+    async fn vote(&self, key_prefix: &str, vote: &Vote) -> Result<bool, HaltError> {
+        let sha = Sha::parse(&vote.sha).expect("a vote names a valid SHA");
+        let Some(key) = vote_key(key_prefix, &sha, &vote.voter) else {
+            let location = ObjectLocation { bucket: "memory".into(), key: marker_key(key_prefix, &sha) };
+            return Err(HaltError::UnsafeVoter { voter: vote.voter.clone(), location });
+        };
+        Ok(insert_new(&mut self.votes.lock().unwrap(), key, vote))
+    }
+}
+
+/// Inserts `value` at `key` unless something is there, as `If-None-Match: *` writes: `true`
+/// when it was inserted.
+#[cfg(test)]
+fn insert_new<T: Clone>(map: &mut std::collections::BTreeMap<String, T>, key: String, value: &T) -> bool {
+    match map.entry(key) {
+        std::collections::btree_map::Entry::Vacant(slot) => {
+            slot.insert(value.clone());
+            true
+        }
+        std::collections::btree_map::Entry::Occupied(_) => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fleet::halt::cast;
+
+    fn sha(s: &str) -> Sha {
+        Sha::parse(s).unwrap()
+    }
 
     /// `unhalt` by a role that may delete but not read: S3 answers the HEAD 403 and the DELETE
     /// 204. The marker may well have been there: "not halted" would be a lie.
@@ -395,6 +500,37 @@ mod tests {
         .await;
         let sdk = crate::outside::loopback::sdk_config(endpoint);
         let markers = HaltMarkers::with_aws(&Aws::from_sdk(&sdk), "b");
-        assert_eq!(markers.clear("staging/halted/", &Sha::parse("3f2a9c1").unwrap()).await.unwrap(), None);
+        assert_eq!(markers.clear("staging/halted/", &sha("3f2a9c1")).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn memory_halts_key_votes_by_voter() {
+        let halts = MemoryHalts::default();
+        assert!(halts.vote("staging/halted/", &cast(None, "AROAEXAMPLE:i-0aaa", "i-0aaa")).await.unwrap());
+        assert!(!halts.vote("staging/halted/", &cast(None, "AROAEXAMPLE:i-0aaa", "i-0other")).await.unwrap());
+        let err = halts.vote("staging/halted/", &cast(None, "a/b", "i-0aaa")).await.unwrap_err();
+        assert!(matches!(err, HaltError::UnsafeVoter { .. }), "{err}");
+        let reading = halts.read("staging/halted/", &sha("3f2a9c1")).await.unwrap();
+        assert_eq!(reading.votes.len(), 1);
+        assert_eq!(reading.votes[0].key_voter.as_deref(), Some("AROAEXAMPLE:i-0aaa"));
+    }
+
+    #[tokio::test]
+    async fn memory_halts_keep_the_first_marker() {
+        let halts = MemoryHalts::default();
+        let marker = |reason: &str| Marker {
+            sha: "3f2a9c1".into(),
+            environment: "staging".into(),
+            instance_id: "i-1".into(),
+            reason: reason.into(),
+            at: 1,
+            rolled_back_to: None,
+            by: None,
+        };
+        assert_eq!(halts.get("staging/halted/", &sha("3f2a9c1")).await.unwrap(), None);
+        assert!(halts.mark("staging/halted/", &marker("first")).await.unwrap());
+        assert!(!halts.mark("staging/halted/", &marker("second")).await.unwrap());
+        assert_eq!(halts.get("staging/halted/", &sha("3f2a9c1")).await.unwrap().unwrap().reason, "first");
+        assert_eq!(halts.get("production/halted/", &sha("3f2a9c1")).await.unwrap(), None);
     }
 }

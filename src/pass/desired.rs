@@ -35,7 +35,8 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Settings;
-use crate::fleet::halt::{HaltError, HaltSource, Marker};
+use crate::fleet::halt::Marker;
+use crate::outside::halts::{HaltError, HaltSource};
 use crate::outside::release::{Historic, ObjectLocation, Provenance, Release, ReleaseError, ReleaseSource};
 use crate::sha::{safe_text, Sha};
 use crate::signature::{SignatureError, Signed};
@@ -746,7 +747,7 @@ mod tests {
             failures: std::sync::atomic::AtomicUsize::new(1),
             reads: Default::default(),
         };
-        let halts = crate::fleet::halt::MemoryHalts::default();
+        let halts = crate::outside::halts::MemoryHalts::default();
         let mut desired = Desired {
             location: ObjectLocation { bucket: "b".into(), key: "staging/stagebuild.txt".into() },
             etag: None,

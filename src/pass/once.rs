@@ -279,7 +279,7 @@ async fn sync_pass<T: TagSource, R: ReleaseSource, C: CredentialSource>(
 async fn pin_catalog<T, R: ReleaseSource, C>(
     settings: &Settings,
     services: &Services<T, R, C>,
-    halts: &impl crate::fleet::halt::HaltSource,
+    halts: &impl crate::outside::halts::HaltSource,
     environment: &str,
     pinned: &Sha,
     shutdown: &Shutdown,

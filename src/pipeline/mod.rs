@@ -23,9 +23,8 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 
 use crate::config::Settings;
-use crate::fleet::halt::HaltError;
 use crate::outside::aws::Aws;
-use crate::outside::halts::HaltMarkers;
+use crate::outside::halts::{HaltError, HaltMarkers};
 use crate::outside::registry::{Ecr, RegistryError};
 use crate::outside::release::{
     Expect, Fetched, Historic, ObjectLocation, Provenance, ReleaseError, ReleaseSource, S3Releases, WriteError,
