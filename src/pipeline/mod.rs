@@ -231,7 +231,7 @@ impl Pipeline {
         let image = repository.reference(sha.as_str());
         let now = self
             .ecr
-            .image_digest(repository, sha.as_str())
+            .image_digest(&repository.registry, &repository.path, sha.as_str())
             .await?
             .ok_or(PublishError::NotInEcr { image: image.clone() })?;
         if let Some(published) = digest.filter(|d| *d != now) {
