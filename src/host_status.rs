@@ -397,7 +397,7 @@ pub async fn gather(
                 catalog
             }
         };
-        let wanted = desired.as_ref().map(|d| d.wanted()).unwrap_or(Wanted::Unknown);
+        let wanted = desired.as_ref().map(Wanted::from).unwrap_or(Wanted::Unknown);
         let gate = published_at.map(|at| RolloutGate {
             seed: identity.seed(),
             spread,

@@ -16,8 +16,7 @@ use crate::outside::netfilter::{Mapping, Netfilter};
 use crate::outside::registry::{CredentialSource, Ecr};
 use crate::outside::release::{ReleaseError, S3Releases};
 use crate::outside::s3::S3Client;
-use crate::pass::desired::{self, Desired, HaltRead, Published};
-use crate::pass::once::release_location;
+use crate::pass::desired::{self, release_location, Desired, HaltRead, Published};
 
 #[derive(Debug, Args)]
 pub struct CheckArgs {}

@@ -321,17 +321,6 @@ impl Desired {
         self.history.as_deref()
     }
 
-    /// What the decision is asked to run.
-    pub fn wanted(&self) -> crate::pass::decide::Wanted {
-        use crate::pass::decide::Wanted;
-        match &self.published {
-            Published::Verified(v) => Wanted::Published(v.sha.clone()),
-            Published::Refused { sha, refusal } => {
-                Wanted::Refused { release: sha.clone(), reason: refusal.to_string(), newest: self.newest_verified() }
-            }
-        }
-    }
-
     /// The newest verified release of the history other than a refused current one: what a
     /// host with nothing serving runs while the current version is refused.
     pub fn newest_verified(&self) -> Option<Sha> {
@@ -534,6 +523,15 @@ async fn newest_unhalted_before(
     Ok(None)
 }
 
+/// Where the release file for `env` lives.
+pub fn release_location(settings: &Settings, env: &str) -> ObjectLocation {
+    ObjectLocation {
+        bucket: settings.release.bucket.clone(),
+        // Allowed environments are validated to have a key.
+        key: settings.release_key(env).unwrap_or_default().to_owned(),
+    }
+}
+
 /// The rollback target an operator's `halt` records when it names none: the newest verified
 /// release before `halted` in the release object's history that is not halted itself, the
 /// same rule hosts apply to a halt that names none.
@@ -544,7 +542,7 @@ pub async fn rollback_target(
     environment: &str,
     halted: &Sha,
 ) -> Result<Option<Sha>, String> {
-    let location = crate::pass::once::release_location(settings, environment);
+    let location = release_location(settings, environment);
     let history = releases.history(&location).await.map_err(|e| e.to_string())?;
     let verified = Trust::new(settings, environment).verified_history(&history);
     newest_unhalted_before(halts, settings, environment, &verified, halted).await
@@ -560,7 +558,7 @@ pub async fn read_once(
     settings: &Settings,
     environment: &str,
 ) -> Result<(Desired, HaltRead), ReleaseError> {
-    let location = crate::pass::once::release_location(settings, environment);
+    let location = release_location(settings, environment);
     let release = match releases.fetch(&location, None).await? {
         crate::outside::release::Fetched::Changed(release) => release,
         crate::outside::release::Fetched::Unchanged => {
