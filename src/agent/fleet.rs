@@ -548,7 +548,7 @@ mod tests {
         let mut g = fleet();
         g.check_halt(&halts, PREFIX, "production", 2, &c, Some(&b), true).await;
         assert!(g.halt_of(&c).is_some());
-        // With halt_after = 1 the first vote halts, as before votes.
+        // With halt_after = 1 the first vote halts: one host's evidence is enough.
         let d = sha('d');
         f.vote(&halts, &I_0ABC, PREFIX, "staging", &d, &blamed("x"), Some(&d), None).await;
         let mut h = fleet();

@@ -261,7 +261,8 @@ impl HaltMarkers {
     }
 
     /// The marker and votes of `sha`: one list, then a GET of each object found. A role that
-    /// may not list reads the marker alone, as before votes existed (logged once per process).
+    /// may not list reads the marker alone: votes are only found by listing (logged once per
+    /// process).
     pub async fn read(&self, key_prefix: &str, sha: &Sha) -> Result<Reading, HaltError> {
         // Boxed: a list and several GETs nest deep enough to pass rustc's layout recursion
         // limit in the callers' futures.
@@ -361,7 +362,7 @@ impl HaltMarkers {
     /// `None` also for a 403: with the policy this agent documents (no `s3:ListBucket`), S3
     /// answers 403 for a missing key, and the role may read everything under the prefix, so
     /// a 403 there is S3's "no such key". (A role that lacks `s3:GetObject` on the prefix
-    /// looks the same: halts would then be ignored, as before this feature.)
+    /// looks the same: its halts are then ignored, since the two cannot be told apart.)
     ///
     /// A marker whose body is not a marker (empty, not JSON, too large: an operator's
     /// `aws s3 cp /dev/null ...`) still halts: its existence is what counts, and the reason

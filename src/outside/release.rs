@@ -57,7 +57,7 @@ pub struct Release {
 /// object (`x-amz-meta-blog-*`), so the body stays the bare SHA every reader understands
 /// (older agents, the user-data scripts of old): an older agent ignores the metadata, a
 /// newer one runs exactly `digest`. An object written by hand (`aws s3 cp`) has none, and is
-/// deployed by tag as before.
+/// deployed by its tag.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Provenance {
     /// The image's manifest digest in ECR (`sha256:...`) when it was published.
@@ -305,9 +305,9 @@ impl S3Releases {
         }
     }
 
-    /// Writes `sha` (the body, as CI always did: the SHA and a newline) with its provenance as
-    /// user metadata, encrypted with `kms_key` (SSE-KMS; `None`: the bucket's default), only if
-    /// the object is still as `expect` says.
+    /// Writes `sha` (the body: the SHA and a newline, what every reader expects) with its
+    /// provenance as user metadata, encrypted with `kms_key` (SSE-KMS; `None`: the bucket's
+    /// default), only if the object is still as `expect` says.
     pub async fn write(
         &self,
         location: &ObjectLocation,

@@ -92,7 +92,8 @@ impl PublishError {
     }
 
     /// A refusal of what was asked (as opposed to AWS trouble): the pipeline should stop, not
-    /// retry. All exit 1 today; the split is for messages and tests.
+    /// retry. Both kinds exit 1 (a pipeline stops on either); the split is for messages and
+    /// tests.
     pub fn is_refusal(&self) -> bool {
         !matches!(self, PublishError::Registry(_) | PublishError::Read(_) | PublishError::HaltUnknown(..))
     }
