@@ -1,5 +1,9 @@
 //! `blog-agent check`: preflight doctor. One line per check, `ok` or `FAIL` with the fix;
 //! exit 0 only when all pass. Changes nothing (the registry check asks for a manifest; no pull).
+//!
+//! Reads: the configuration, instance metadata, AWS credentials, the release object and its
+//! halt (through one S3 client), the registry, Docker, netfilter, the host ports and the
+//! launch hook. Decides: `ok` or `FAIL` for each check.
 
 use std::net::{IpAddr, Ipv4Addr, TcpListener};
 

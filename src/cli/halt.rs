@@ -1,6 +1,11 @@
 //! `blog-agent halt SHA --reason TEXT` and `blog-agent unhalt SHA`: stop, or let go on, the
 //! rollout of a release for this host's environment, fleet-wide (a marker in the release
 //! bucket; see [`crate::fleet::halt`]).
+//!
+//! Reads: the environment (`--env`, the config, the instance tag), the release object's
+//! history (for a default `--to`) and the halt marker, through one S3 client. Writes: the
+//! marker (`halt`); removes it and the votes (`unhalt`). Decides: only whether its input is
+//! valid.
 
 use clap::Args;
 

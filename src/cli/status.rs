@@ -1,4 +1,7 @@
 //! `blog-agent status`: read-only report, a table on a terminal or JSON on stdout.
+//!
+//! Reads what [`crate::host_status::gather`] reads (the release object and its halt through
+//! one S3 client, Docker, the state directory). Writes nothing. Decides the exit code only.
 
 use clap::Args;
 

@@ -3,6 +3,10 @@
 //! The API version is negotiated, so Debian's Docker 20.10 (API 1.41) works. A 404 is an
 //! answer (`None`), not an error. Every call has a timeout; a pull has its own, longer one.
 //! Errors name the container or image involved.
+//!
+//! Reads and writes: the Engine's containers and images. Decides nothing: what runs is the
+//! pass's ([`ContainerInfo::observed`], its view of a container, is written in
+//! [`crate::pass::snapshot`] for that reason).
 
 use std::collections::HashMap;
 use std::time::Duration;

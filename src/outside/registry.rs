@@ -7,6 +7,8 @@
 //!
 //! The token is asked for in the repository's region when the repository host is an ECR host
 //! (a registry only accepts tokens from its own region), else in the host's.
+//!
+//! Reads: ECR tokens and image digests. Writes nothing. Decides: how long a token is reused.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};

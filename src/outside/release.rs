@@ -5,6 +5,10 @@
 //! decrypted by S3 transparently, but a role without `kms:Decrypt` sees `AccessDenied`, and the
 //! error says so. Supports conditional GET (`If-None-Match`), so an idle poll costs one small
 //! request. The whole read, response and body, is bounded by [`FETCH_TIMEOUT`].
+//!
+//! Reads: the release object and its versions, through the agent's one [`S3Client`]. Writes:
+//! the release object ([`S3Releases::write`], for the pipeline). Decides: whether an object
+//! holds a SHA; which release runs is [`crate::pass::desired`]'s and [`crate::pass::decide`]'s.
 
 use std::fmt;
 use std::sync::Arc;

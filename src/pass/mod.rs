@@ -10,6 +10,10 @@
 //! prints exactly what a real pass would do; the `run` loop observes, notes crash loops, then
 //! calls the same [`decide::decide`]. All of them carry out through
 //! [`execute::execute_decision`].
+//!
+//! This module reads, writes and decides nothing itself: it names the [`Services`] a pass
+//! talks to, built once per command by [`RealServices::connect`] (one AWS setup, one S3
+//! client for the release object and the halt markers), and the [`PassError`] it ends with.
 
 pub mod decide;
 pub mod deploy;

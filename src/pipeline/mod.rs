@@ -14,8 +14,9 @@
 //! lists them, `rollback` publishes the one before the current, `promote` publishes to one
 //! environment the exact digest another one has, after a soak time there.
 //!
-//! Reads: ECR, the release objects and their versions, halt markers and votes. Writes: one
-//! release object per command.
+//! Reads: ECR, the release objects and their versions, halt markers and votes (one S3 client
+//! for both). Writes: one release object per command. Decides: whether a publish, rollback or
+//! promote is refused (not in ECR, halted, a digest that moved, unsigned, still soaking).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
