@@ -69,7 +69,7 @@ pub struct ReleaseSettings {
     /// default encryption.
     pub kms_key: Option<String>,
     /// Minisign public key (base64): hosts deploy only releases signed with its secret key
-    /// ([`crate::signature`]); `None`: unsigned releases are deployed as before.
+    /// ([`crate::signature`]); `None`: releases are deployed without a signature check.
     pub public_key: Option<String>,
 }
 
@@ -205,7 +205,7 @@ const MAX_HALT_AFTER: i64 = 50;
 #[derive(Debug, Clone, PartialEq)]
 pub struct RolloutSettings {
     /// A host applies a new release no earlier than its S3 Last-Modified + seed x spread.
-    /// Zero (the default): at once, as before staged rollout.
+    /// Zero (the default): at once, every host together.
     pub spread: Duration,
     /// Where halt markers live, `{environment}` standing for the environment's name; `None`:
     /// `halted/` beside the release key (see [`crate::fleet::halt::prefix_for`]).
@@ -214,7 +214,7 @@ pub struct RolloutSettings {
     /// [`crate::agent::launch_gate`]); `None`: no launch gate.
     pub lifecycle_hook: Option<String>,
     /// Hosts whose votes halt a release fleet-wide (see [`crate::fleet::halt`]); 1: the first
-    /// failing host halts it, as before votes.
+    /// failing host halts it on its own evidence.
     pub halt_after: u32,
 }
 

@@ -9,9 +9,10 @@ use serde::Serialize;
 
 use crate::config::{Settings, TrafficMode};
 use crate::environment;
-use crate::fleet::halt::{HaltSource, Marker};
+use crate::fleet::halt::Marker;
 use crate::fleet::rollout::{self, Gate, IdentitySource};
 use crate::outside::docker::Engine;
+use crate::outside::halts::HaltSource;
 use crate::outside::imds::TagSource;
 use crate::outside::netfilter::Netfilter;
 use crate::outside::release::{Provenance, ReleaseSource};
@@ -396,7 +397,7 @@ pub async fn gather(
                 catalog
             }
         };
-        let wanted = desired.as_ref().map(|d| d.wanted()).unwrap_or(Wanted::Unknown);
+        let wanted = desired.as_ref().map(Wanted::from).unwrap_or(Wanted::Unknown);
         let gate = published_at.map(|at| RolloutGate {
             seed: identity.seed(),
             spread,

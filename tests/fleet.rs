@@ -13,9 +13,10 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::json;
 
-use blog_agent::fleet::halt::{prefix_for, HaltError, HaltMarkers, HaltSource, Marker, Vote};
+use blog_agent::fleet::halt::{prefix_for, Marker, Vote};
 use blog_agent::fleet::metrics::Metrics;
 use blog_agent::outside::aws::Aws;
+use blog_agent::outside::halts::{HaltError, HaltMarkers, HaltSource};
 use blog_agent::sha::Sha;
 use common::imds::FakeImds;
 use common::{unique_sha, wait_for, AgentProcess, Host};

@@ -28,10 +28,11 @@ use std::time::{Duration, SystemTime};
 
 use tokio::task::JoinHandle;
 
-use crate::fleet::halt::{vote_key, HaltSource, Marker, Vote};
+use crate::fleet::halt::{vote_key, Marker, Vote};
 use crate::fleet::metrics::Metrics;
 use crate::fleet::rollout::{self, Gate, Identity};
 use crate::fleet::verdict::Verdict;
+use crate::outside::halts::HaltSource;
 use crate::outside::sts::CallerSource;
 use crate::pass::decide::RolloutGate;
 use crate::sha::{safe_quote, safe_text, Sha};
@@ -343,8 +344,8 @@ fn fmt_unix(secs: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fleet::halt::{HaltError, MemoryHalts};
     use crate::fleet::rollout::IdentitySource;
+    use crate::outside::halts::{HaltError, MemoryHalts};
     use crate::outside::sts::{CallerIdentity, StsError};
 
     const PREFIX: &str = "staging/halted/";
@@ -547,7 +548,7 @@ mod tests {
         let mut g = fleet();
         g.check_halt(&halts, PREFIX, "production", 2, &c, Some(&b), true).await;
         assert!(g.halt_of(&c).is_some());
-        // With halt_after = 1 the first vote halts, as before votes.
+        // With halt_after = 1 the first vote halts: one host's evidence is enough.
         let d = sha('d');
         f.vote(&halts, &I_0ABC, PREFIX, "staging", &d, &blamed("x"), Some(&d), None).await;
         let mut h = fleet();

@@ -293,7 +293,7 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
             None => (None, None, false),
         };
         let wanted = match &self.desired {
-            Some(desired) => desired.wanted(),
+            Some(desired) => Wanted::from(desired),
             None => Wanted::Unknown,
         };
 
@@ -485,7 +485,7 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
     /// meanwhile. A history that could not be read is read again: the next read is
     /// unconditional.
     async fn read_release(&mut self, env: &Environment, shutdown: &Shutdown) -> Result<Option<Problem>, PassError> {
-        let location = crate::pass::once::release_location(&self.settings, &env.name);
+        let location = crate::pass::desired::release_location(&self.settings, &env.name);
         let trust = Trust::new(&self.settings, &env.name);
         let etag = self
             .desired

@@ -1,5 +1,9 @@
 //! `blog-agent check`: preflight doctor. One line per check, `ok` or `FAIL` with the fix;
 //! exit 0 only when all pass. Changes nothing (the registry check asks for a manifest; no pull).
+//!
+//! Reads: the configuration, instance metadata, AWS credentials, the release object and its
+//! halt (through one S3 client), the registry, Docker, netfilter, the host ports and the
+//! launch hook. Decides: `ok` or `FAIL` for each check.
 
 use std::net::{IpAddr, Ipv4Addr, TcpListener};
 
@@ -9,14 +13,14 @@ use clap::Args;
 use super::{exit, Cli, Failure};
 use crate::config::{Settings, TrafficMode};
 use crate::environment::{self, EnvSource};
-use crate::fleet::halt::HaltMarkers;
 use crate::outside::docker::Engine;
+use crate::outside::halts::HaltMarkers;
 use crate::outside::imds::Imds;
 use crate::outside::netfilter::{Mapping, Netfilter};
 use crate::outside::registry::{CredentialSource, Ecr};
 use crate::outside::release::{ReleaseError, S3Releases};
-use crate::pass::desired::{self, Desired, HaltRead, Published};
-use crate::pass::once::release_location;
+use crate::outside::s3::S3Client;
+use crate::pass::desired::{self, release_location, Desired, HaltRead, Published};
 
 #[derive(Debug, Args)]
 pub struct CheckArgs {}
@@ -105,8 +109,9 @@ pub async fn run(cli: &Cli, _args: &CheckArgs) -> Result<(), Failure> {
     let (sha, digest) = match &env {
         Some(env) => {
             let location = release_location(&settings, &env.name);
-            let releases = S3Releases::with_aws(&aws);
-            let halts = HaltMarkers::with_aws(&aws, settings.release.bucket.clone());
+            let s3 = S3Client::with_aws(&aws);
+            let releases = S3Releases::new(&s3);
+            let halts = HaltMarkers::new(&s3, settings.release.bucket.clone());
             match desired::read_once(&releases, &halts, &settings, &env.name).await {
                 Ok((desired, halt)) => {
                     r.ok("s3 object", &location);

@@ -1,16 +1,23 @@
 //! `blog-agent halt SHA --reason TEXT` and `blog-agent unhalt SHA`: stop, or let go on, the
 //! rollout of a release for this host's environment, fleet-wide (a marker in the release
 //! bucket; see [`crate::fleet::halt`]).
+//!
+//! Reads: the environment (`--env`, the config, the instance tag), the release object's
+//! history (for a default `--to`) and the halt marker, through one S3 client. Writes: the
+//! marker (`halt`); removes it and the votes (`unhalt`). Decides: only whether its input is
+//! valid.
 
 use clap::Args;
 
 use super::{exit, Cli, Failure};
 use crate::environment::EnvironmentError;
-use crate::fleet::halt::{HaltError, HaltMarkers, Marker};
+use crate::fleet::halt::Marker;
 use crate::fleet::rollout::resolve_identity;
 use crate::outside::aws::Aws;
+use crate::outside::halts::{HaltError, HaltMarkers};
 use crate::outside::imds::Imds;
 use crate::outside::release::{ObjectLocation, S3Releases};
+use crate::outside::s3::S3Client;
 use crate::pass::named::Known;
 use crate::sha::Sha;
 use crate::state::now_unix;
@@ -86,9 +93,10 @@ async fn target(cli: &Cli, settings: crate::config::Settings) -> Result<Target, 
     // Config validation gives every allowed environment a release key.
     let aws = Aws::load(&settings.image.repository.registry).await;
     let bucket = settings.release.bucket.clone();
-    let markers = HaltMarkers::with_aws(&aws, bucket.clone());
-    let releases = S3Releases::with_aws(&aws);
-    let location = crate::pass::once::release_location(&settings, &environment);
+    let s3 = S3Client::with_aws(&aws);
+    let markers = HaltMarkers::new(&s3, bucket.clone());
+    let releases = S3Releases::new(&s3);
+    let location = crate::pass::desired::release_location(&settings, &environment);
     let known = Known::read(&releases, &environment, location).await;
     Ok(Target { environment, prefix, markers, bucket, known, settings })
 }

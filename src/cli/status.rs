@@ -1,12 +1,16 @@
 //! `blog-agent status`: read-only report, a table on a terminal or JSON on stdout.
+//!
+//! Reads what [`crate::host_status::gather`] reads (the release object and its halt through
+//! one S3 client, Docker, the state directory). Writes nothing. Decides the exit code only.
 
 use clap::Args;
 
 use super::{exit, Cli, Failure};
-use crate::fleet::halt::HaltMarkers;
 use crate::outside::docker::Engine;
+use crate::outside::halts::HaltMarkers;
 use crate::outside::imds::Imds;
 use crate::outside::release::S3Releases;
+use crate::outside::s3::S3Client;
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
@@ -25,8 +29,9 @@ pub async fn run(cli: &Cli, args: &StatusArgs) -> Result<(), Failure> {
         Err(e) => (None, Some(e.to_string())),
     };
     let aws = crate::outside::aws::Aws::load(&settings.image.repository.registry).await;
-    let releases = S3Releases::with_aws(&aws);
-    let halts = HaltMarkers::with_aws(&aws, settings.release.bucket.clone());
+    let s3 = S3Client::with_aws(&aws);
+    let releases = S3Releases::new(&s3);
+    let halts = HaltMarkers::new(&s3, settings.release.bucket.clone());
     let instance_id = async { Imds::new().instance_id().await.ok() };
     let status = crate::host_status::gather(
         &settings,

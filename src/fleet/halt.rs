@@ -1,14 +1,14 @@
-//! Fleet halt: one S3 object per halted SHA, beside the release key, that every host of the
-//! environment reads before it applies a new SHA.
+//! Fleet halt: what a halt is, where it lives and when it is in force, for every host of an
+//! environment to read before it applies a new SHA. The S3 calls that read and write it are
+//! [`crate::outside::halts`]; this module is what they mean.
 //!
-//! A host whose deploy of a SHA fails verification writes `<prefix><sha>`; an operator does
-//! the same with `blog-agent halt` and removes it with `blog-agent unhalt`. The prefix is the
-//! release key's folder plus `halted/` (`staging/stagebuild.txt` -> `staging/halted/`; a key
-//! with no folder -> `halted/`) unless `[rollout] halt_prefix` names another one. The body is
-//! a small JSON [`Marker`]: who halted it, why, when, and the SHA the host rolled back to.
-//!
-//! The first marker wins: it is written with `If-None-Match: *`, so a second failing host (or
-//! an operator) does not overwrite the first host's reason and rollback target.
+//! A host whose deploy of a SHA fails verification votes on it; an operator halts it with
+//! `blog-agent halt` (a marker at `<prefix><sha>`) and lets it go on with `blog-agent unhalt`.
+//! The prefix is the release key's folder plus `halted/` (`staging/stagebuild.txt` ->
+//! `staging/halted/`; a key with no folder -> `halted/`) unless `[rollout] halt_prefix` names
+//! another one ([`prefix_for`]). The body is a small JSON [`Marker`]: who halted it, why, when,
+//! and the SHA the host rolled back to. Any object at the marker's key halts, whatever its
+//! body ([`parse_marker`]).
 //!
 //! **Votes.** A host does not halt a release on its own evidence: it writes a [`Vote`] at
 //! `<prefix><sha>/<voter>` (JSON: environment, the voter, the instance id, the
@@ -16,9 +16,7 @@
 //! counts as halted once `[rollout] halt_after` distinct voters of the environment voted
 //! ([`Reading::halt`]). An operator's `blog-agent halt` writes the marker `<prefix><sha>`
 //! itself: one decisive vote. A marker or vote of another environment never counts (two
-//! environments sharing a prefix are refused by the configuration as well). One read is one
-//! `ListObjectsV2` on `<prefix><sha>`, plus a GET for each object it lists (none in the common
-//! case).
+//! environments sharing a prefix are refused by the configuration as well).
 //!
 //! **A vote is its writer's.** The voter is the writer's AWS caller identity, the `UserId` of
 //! `sts:GetCallerIdentity` ([`crate::outside::sts`]; `AROA...:i-0abc...` for an instance
@@ -27,39 +25,20 @@
 //! vote whose body names another voter than its key is ignored (logged by the reader), so one
 //! host's credentials cannot cast a second vote under another key. A voter with a character
 //! outside `[A-Za-z0-9-_.:+=,@]` (or `.`, `..`) is refused, never rewritten: a rewritten key
-//! would no longer match `${aws:userid}`.
+//! would no longer match `${aws:userid}` ([`vote_key`]).
 //!
-//! IAM: hosts need `s3:PutObject` and `s3:GetObject` on `arn:aws:s3:::<bucket>/<prefix>*`
-//! (the policy may narrow `s3:PutObject` to their own vote keys) and `s3:ListBucket` on the
-//! bucket with an `s3:prefix` condition on the halt prefix; they never delete there. Only the
-//! operator's `unhalt` needs `s3:DeleteObject`. A role without the list permission gets 403
-//! for the list: the read falls back to a GET of the marker alone (votes then never count;
-//! logged), where S3's 403 for a missing key means "no marker" (see [`HaltMarkers::get`]).
-//!
-//! Reads and writes: the marker objects. Decides: nothing (the decision reads [`HaltSource`]).
+//! Reads and writes nothing (the loop and the decision reach the objects through
+//! [`crate::outside::halts::HaltSource`]). Decides the keys, the wire format and whether a
+//! [`Reading`] halts a release ([`Reading::halt`]).
 
-use std::future::Future;
-use std::sync::Arc;
-use std::time::Duration;
+use std::fmt;
 
-use aws_sdk_s3::config::http::HttpResponse;
-use aws_sdk_s3::error::ProvideErrorMetadata;
 use serde::{Deserialize, Serialize};
 
-use crate::outside::aws::{describe, Aws, RegionUnknown, Regional};
-use crate::outside::release::ObjectLocation;
-use crate::sha::{safe_quote, safe_text, Sha};
-
-/// Bound on one marker read, write or removal, response and body together; the same reasoning
-/// as [`crate::outside::release::FETCH_TIMEOUT`] (the SDK's own 30 s, plus time for a small body).
-pub const CALL_TIMEOUT: Duration = Duration::from_secs(35);
+use crate::sha::{safe_quote, Sha};
 
 /// A marker is a few hundred bytes; a larger object is not read into memory (it still halts).
-const MAX_MARKER_BYTES: usize = 64 * 1024;
-
-/// Objects one read lists under a SHA: the marker and up to this many votes. A halt needs a
-/// few; the bound keeps a read cheap whatever is in the bucket.
-const MAX_LISTED: i32 = 100;
+pub const MAX_MARKER_BYTES: usize = 64 * 1024;
 
 /// The folder markers go in when the configuration names none: `halted/` beside the release
 /// key (`staging/stagebuild.txt` -> `staging/halted/`; `build.txt` -> `halted/`).
@@ -225,390 +204,9 @@ impl Marker {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum HaltError {
-    #[error("bucket {bucket:?} does not exist ({action} {location}): check [release] bucket")]
-    NoBucket { bucket: String, action: &'static str, location: ObjectLocation },
-    #[error(
-        "access denied {action} {location}: the instance role needs s3:PutObject and s3:GetObject on the halt \
-         prefix, an operator's unhalt s3:DeleteObject too ({detail})"
-    )]
-    AccessDenied { action: &'static str, location: ObjectLocation, detail: String },
-    #[error("cannot {verb} {location}: {detail}", verb = verb(action))]
-    Unavailable { action: &'static str, location: ObjectLocation, detail: String },
-    #[error("cannot {verb} {location}: {source}", verb = verb(action))]
-    RegionUnknown { action: &'static str, location: ObjectLocation, source: RegionUnknown },
-    #[error("{action} {location} timed out: no complete answer within {after:?}")]
-    TimedOut { action: &'static str, location: ObjectLocation, after: Duration },
-    #[error(
-        "refusing to vote under {location}/: the caller identity {voter:?} is not a safe S3 key segment \
-         (letters, digits and -_.:+=,@ only)"
-    )]
-    UnsafeVoter { voter: String, location: ObjectLocation },
-}
-
-/// "reading" -> "read", for "cannot read ...".
-fn verb(action: &str) -> &str {
-    match action {
-        "reading" => "read",
-        "listing" => "list",
-        "writing" => "write",
-        "removing" => "remove",
-        other => other,
-    }
-}
-
-/// The halt markers the decision and the loop use; a trait so they are unit-tested with a
-/// fake.
-pub trait HaltSource {
-    /// The marker and votes of `sha` under `key_prefix`.
-    fn read(&self, key_prefix: &str, sha: &Sha) -> impl Future<Output = Result<Reading, HaltError>> + Send;
-    /// Records a vote at its voter's key ([`vote_key`] of [`Vote::voter`]), once per voter (a
-    /// second one is kept as it was): `true` when this call wrote it.
-    fn vote(&self, key_prefix: &str, vote: &Vote) -> impl Future<Output = Result<bool, HaltError>> + Send;
-}
-
-/// The markers in the release bucket. The client is built on the first call after the region
-/// is known, as for [`crate::outside::release::S3Releases`].
-#[derive(Clone)]
-pub struct HaltMarkers {
-    client: Arc<Regional<aws_sdk_s3::Client>>,
-    bucket: String,
-}
-
-/// Same client settings as the release reader: path-style addressing with a custom endpoint.
-fn s3_client(sdk: &aws_config::SdkConfig, region: aws_config::Region) -> aws_sdk_s3::Client {
-    let path_style = crate::outside::aws::custom_s3_endpoint() || sdk.endpoint_url().is_some();
-    let config = aws_sdk_s3::config::Builder::from(sdk).region(region).force_path_style(path_style).build();
-    aws_sdk_s3::Client::from_conf(config)
-}
-
-/// How S3 answered a failed call, reduced to what the halt markers tell apart.
-enum Failed {
-    NotFound,
-    /// 412: `If-None-Match: *` found an object; 409: another writer's conditional write of the
-    /// same key is in flight. Either way a marker is (being) there.
-    Exists,
-    Error(HaltError),
-}
-
-fn classify<E>(
-    err: aws_sdk_s3::error::SdkError<E, HttpResponse>,
-    action: &'static str,
-    location: &ObjectLocation,
-) -> Failed
-where
-    E: ProvideErrorMetadata + std::error::Error + 'static,
-{
-    let status = err.raw_response().map(|r| r.status().as_u16());
-    let detail = describe(&err);
-    let code = err.as_service_error().and_then(|e| e.code()).unwrap_or_default().to_owned();
-    match (code.as_str(), status) {
-        ("NoSuchBucket", _) => {
-            Failed::Error(HaltError::NoBucket { bucket: location.bucket.clone(), action, location: location.clone() })
-        }
-        ("NoSuchKey" | "NotFound", _) | (_, Some(404)) => Failed::NotFound,
-        ("PreconditionFailed" | "ConditionalRequestConflict", _) | (_, Some(412 | 409)) => Failed::Exists,
-        ("AccessDenied", _) | (_, Some(403)) => {
-            Failed::Error(HaltError::AccessDenied { action, location: location.clone(), detail })
-        }
-        _ => Failed::Error(HaltError::Unavailable { action, location: location.clone(), detail }),
-    }
-}
-
-impl HaltMarkers {
-    /// Markers in `bucket`, in the host's region as resolved by `aws`.
-    pub fn with_aws(aws: &Arc<Aws>, bucket: impl Into<String>) -> HaltMarkers {
-        HaltMarkers { client: Arc::new(Regional::new(aws.clone(), s3_client)), bucket: bucket.into() }
-    }
-
-    /// The same client, for markers in `bucket` (the configured bucket after a reload).
-    pub fn in_bucket(&self, bucket: &str) -> HaltMarkers {
-        HaltMarkers { client: self.client.clone(), bucket: bucket.to_owned() }
-    }
-
-    /// Where the marker of `sha` under `key_prefix` lives.
-    pub fn location(&self, key_prefix: &str, sha: &str) -> ObjectLocation {
-        ObjectLocation { bucket: self.bucket.clone(), key: format!("{key_prefix}{sha}") }
-    }
-
-    /// Runs one call under [`CALL_TIMEOUT`] with the client, once the region is known.
-    async fn call<T, F, Fut>(&self, action: &'static str, location: &ObjectLocation, f: F) -> Result<T, HaltError>
-    where
-        F: FnOnce(aws_sdk_s3::Client) -> Fut,
-        Fut: Future<Output = Result<T, HaltError>>,
-    {
-        let client = self
-            .client
-            .get()
-            .await
-            .map_err(|source| HaltError::RegionUnknown { action, location: location.clone(), source })?
-            .clone();
-        tokio::time::timeout(CALL_TIMEOUT, f(client))
-            .await
-            .unwrap_or_else(|_| Err(HaltError::TimedOut { action, location: location.clone(), after: CALL_TIMEOUT }))
-    }
-
-    /// Halts `marker.sha` for good unless a marker is already there (the first one wins).
-    /// `Ok(true)`: written by this call; `Ok(false)`: one was there, and was kept.
-    pub async fn mark(&self, key_prefix: &str, marker: &Marker) -> Result<bool, HaltError> {
-        let location = self.location(key_prefix, &marker.sha);
-        self.put_new(&location, serde_json::to_vec_pretty(marker).expect("a marker serializes")).await
-    }
-
-    /// Records `vote` at its voter's key unless that voter voted already (`If-None-Match: *`);
-    /// a voter [`safe_voter`] refuses is an error, and nothing is written.
-    pub async fn vote(&self, key_prefix: &str, vote: &Vote) -> Result<bool, HaltError> {
-        let sha = Sha::parse(&vote.sha).map_err(|e| HaltError::Unavailable {
-            action: "writing",
-            location: self.location(key_prefix, &vote.sha),
-            detail: e.to_string(),
-        })?;
-        let Some(key) = vote_key(key_prefix, &sha, &vote.voter) else {
-            return Err(HaltError::UnsafeVoter {
-                voter: vote.voter.clone(),
-                location: self.location(key_prefix, &vote.sha),
-            });
-        };
-        let location = ObjectLocation { bucket: self.bucket.clone(), key };
-        self.put_new(&location, serde_json::to_vec_pretty(vote).expect("a vote serializes")).await
-    }
-
-    /// Writes `body` at `location` unless an object is there (`If-None-Match: *`): `Ok(true)`
-    /// written, `Ok(false)` one was there and was kept.
-    async fn put_new(&self, location: &ObjectLocation, body: Vec<u8>) -> Result<bool, HaltError> {
-        const ACTION: &str = "writing";
-        self.call(ACTION, location, |client| async move {
-            let sent = client
-                .put_object()
-                .bucket(&location.bucket)
-                .key(&location.key)
-                .content_type("application/json")
-                .if_none_match("*")
-                .body(body.into())
-                .send()
-                .await;
-            match sent {
-                Ok(_) => Ok(true),
-                Err(err) => match classify(err, ACTION, location) {
-                    Failed::Exists => Ok(false),
-                    // A 404 to a PUT is the bucket's.
-                    Failed::NotFound => Err(HaltError::NoBucket {
-                        bucket: location.bucket.clone(),
-                        action: ACTION,
-                        location: location.clone(),
-                    }),
-                    Failed::Error(e) => Err(e),
-                },
-            }
-        })
-        .await
-    }
-
-    /// The keys under `<prefix><sha>`: the marker's and the votes' (at most [`MAX_LISTED`]).
-    /// `Ok(None)` when the role may not list (403): see the module docs.
-    async fn list(&self, key_prefix: &str, sha: &Sha) -> Result<Option<Vec<String>>, HaltError> {
-        const ACTION: &str = "listing";
-        let location = &self.location(key_prefix, sha.as_str());
-        self.call(ACTION, location, |client| async move {
-            let listed = client
-                .list_objects_v2()
-                .bucket(&location.bucket)
-                .prefix(&location.key)
-                .max_keys(MAX_LISTED)
-                .send()
-                .await;
-            match listed {
-                Ok(out) => {
-                    let vote_start = format!("{}/", location.key);
-                    let keys = out
-                        .contents()
-                        .iter()
-                        .filter_map(|o| o.key())
-                        .filter(|k| *k == location.key || k.starts_with(&vote_start))
-                        .map(str::to_owned)
-                        .collect();
-                    Ok(Some(keys))
-                }
-                Err(err) => match classify(err, ACTION, location) {
-                    Failed::Error(HaltError::AccessDenied { detail, .. }) => {
-                        tracing::debug!(%location, "403 listing the halt prefix: votes cannot be read ({detail})");
-                        Ok(None)
-                    }
-                    Failed::NotFound => Err(HaltError::NoBucket {
-                        bucket: location.bucket.clone(),
-                        action: ACTION,
-                        location: location.clone(),
-                    }),
-                    Failed::Exists => Ok(Some(Vec::new())),
-                    Failed::Error(e) => Err(e),
-                },
-            }
-        })
-        .await
-    }
-
-    /// The marker and votes of `sha`: one list, then a GET of each object found. A role that
-    /// may not list reads the marker alone, as before votes existed (logged once per process).
-    pub async fn read(&self, key_prefix: &str, sha: &Sha) -> Result<Reading, HaltError> {
-        // Boxed: a list and several GETs nest deep enough to pass rustc's layout recursion
-        // limit in the callers' futures.
-        Box::pin(self.read_objects(key_prefix, sha)).await
-    }
-
-    async fn read_objects(&self, key_prefix: &str, sha: &Sha) -> Result<Reading, HaltError> {
-        static WARNED: std::sync::Once = std::sync::Once::new();
-        let Some(keys) = self.list(key_prefix, sha).await? else {
-            WARNED.call_once(|| {
-                tracing::warn!(
-                    "the instance role may not list the halt prefix (s3:ListBucket with an s3:prefix condition, \
-                     see docs/iam.md): other hosts' halt votes are not counted, only markers"
-                )
-            });
-            return Ok(Reading { marker: self.get(key_prefix, sha).await?, votes: Vec::new() });
-        };
-        let marker_key = marker_key(key_prefix, sha);
-        let vote_start = format!("{marker_key}/");
-        let mut reading = Reading::default();
-        for key in keys {
-            if key == marker_key {
-                reading.marker = self.get(key_prefix, sha).await?;
-                continue;
-            }
-            let Some(voter) = key.strip_prefix(&vote_start).filter(|v| safe_voter(v)) else {
-                tracing::debug!(key = %safe_text(&key), "ignoring an object whose key names no voter");
-                continue;
-            };
-            let Some(bytes) = self.body(&key).await? else { continue };
-            match serde_json::from_slice::<Vote>(&bytes) {
-                Ok(vote) if vote.voter == voter => {
-                    reading.votes.push(Vote { key_voter: Some(voter.to_owned()), ..vote })
-                }
-                Ok(vote) if vote.voter.is_empty() => {
-                    tracing::debug!(
-                        key,
-                        "ignoring a halt vote that names no voter (an agent that keyed votes by host id)"
-                    )
-                }
-                Ok(vote) => tracing::warn!(
-                    key, voter, body_voter = %safe_text(&vote.voter),
-                    "ignoring the halt vote at {key}: its body names voter {}, its key {voter}; a vote counts only \
-                     at its writer's own key",
-                    safe_quote(&vote.voter)
-                ),
-                Err(e) => tracing::debug!(key, "ignoring an object that is not a vote: {e}"),
-            }
-        }
-        Ok(reading)
-    }
-
-    /// The body of `key` (at most [`MAX_MARKER_BYTES`] + a chunk); `None` when it is gone (or
-    /// a 403: see [`HaltMarkers::get`]).
-    async fn body(&self, key: &str) -> Result<Option<Vec<u8>>, HaltError> {
-        const ACTION: &str = "reading";
-        let location = &ObjectLocation { bucket: self.bucket.clone(), key: key.to_owned() };
-        self.call(ACTION, location, |client| async move {
-            let output = match client.get_object().bucket(&location.bucket).key(&location.key).send().await {
-                Ok(output) => output,
-                Err(err) => {
-                    return match classify(err, ACTION, location) {
-                        Failed::NotFound | Failed::Exists => Ok(None),
-                        Failed::Error(HaltError::AccessDenied { detail, .. }) => {
-                            tracing::debug!(%location, "403 reading {location}: no such object ({detail})");
-                            Ok(None)
-                        }
-                        Failed::Error(e) => Err(e),
-                    }
-                }
-            };
-            let mut body = output.body;
-            let mut bytes = Vec::new();
-            while bytes.len() <= MAX_MARKER_BYTES {
-                match body.try_next().await {
-                    Ok(Some(chunk)) => bytes.extend_from_slice(&chunk),
-                    Ok(None) => break,
-                    Err(err) => {
-                        return Err(HaltError::Unavailable {
-                            action: ACTION,
-                            location: location.clone(),
-                            detail: describe(&err),
-                        })
-                    }
-                }
-            }
-            Ok(Some(bytes))
-        })
-        .await
-    }
-
-    /// Removes the votes on `sha` (an `unhalt`). Returns how many there were; none when the
-    /// role may not list.
-    pub async fn clear_votes(&self, key_prefix: &str, sha: &Sha) -> Result<usize, HaltError> {
-        let Some(keys) = self.list(key_prefix, sha).await? else { return Ok(0) };
-        let marker_key = marker_key(key_prefix, sha);
-        let mut removed = 0;
-        for key in keys.into_iter().filter(|k| *k != marker_key) {
-            self.delete(&ObjectLocation { bucket: self.bucket.clone(), key }).await?;
-            removed += 1;
-        }
-        Ok(removed)
-    }
-
-    /// The marker of `sha`, or `None` when there is none.
-    ///
-    /// `None` also for a 403: with the policy this agent documents (no `s3:ListBucket`), S3
-    /// answers 403 for a missing key, and the role may read everything under the prefix, so
-    /// a 403 there is S3's "no such key". (A role that lacks `s3:GetObject` on the prefix
-    /// looks the same: halts would then be ignored, as before this feature.)
-    ///
-    /// A marker whose body is not a marker (empty, not JSON, too large: an operator's
-    /// `aws s3 cp /dev/null ...`) still halts: its existence is what counts, and the reason
-    /// says what was found.
-    pub async fn get(&self, key_prefix: &str, sha: &Sha) -> Result<Option<Marker>, HaltError> {
-        let location = self.location(key_prefix, sha.as_str());
-        Ok(self.body(&location.key).await?.map(|bytes| parse_marker(&bytes, sha, &location)))
-    }
-
-    /// Removes the marker of `sha`. `Some(true)` when there was one, `Some(false)` when there
-    /// was none, `None` when S3 would not say (a 403 to the HEAD: a role that may delete but
-    /// not read). The removal is sent in any case (S3 answers a DELETE of a missing key with
-    /// success too), so an `unhalt` by a role that cannot read the marker still removes it.
-    pub async fn clear(&self, key_prefix: &str, sha: &Sha) -> Result<Option<bool>, HaltError> {
-        let location = &self.location(key_prefix, sha.as_str());
-        let existed = self
-            .call("reading", location, |client| async move {
-                match client.head_object().bucket(&location.bucket).key(&location.key).send().await {
-                    Ok(_) => Ok(Some(true)),
-                    Err(err) => match classify(err, "reading", location) {
-                        Failed::NotFound => Ok(Some(false)),
-                        Failed::Error(HaltError::AccessDenied { .. }) => Ok(None),
-                        Failed::Exists => Ok(Some(true)),
-                        Failed::Error(e) => Err(e),
-                    },
-                }
-            })
-            .await?;
-        self.delete(location).await?;
-        Ok(existed)
-    }
-
-    /// Deletes `location`; one already gone is no error.
-    async fn delete(&self, location: &ObjectLocation) -> Result<(), HaltError> {
-        self.call("removing", location, |client| async move {
-            match client.delete_object().bucket(&location.bucket).key(&location.key).send().await {
-                Ok(_) => Ok(()),
-                Err(err) => match classify(err, "removing", location) {
-                    Failed::NotFound | Failed::Exists => Ok(()),
-                    Failed::Error(e) => Err(e),
-                },
-            }
-        })
-        .await
-    }
-}
-
-/// The marker in `bytes`; a body that is not one still halts `sha`, with a reason saying so.
-fn parse_marker(bytes: &[u8], sha: &Sha, location: &ObjectLocation) -> Marker {
+/// The marker in `bytes`, read from `location`; a body that is not one still halts `sha`, with
+/// a reason naming `location`.
+pub fn parse_marker(bytes: &[u8], sha: &Sha, location: &impl fmt::Display) -> Marker {
     let unreadable = |what: String| Marker {
         sha: sha.to_string(),
         environment: String::new(),
@@ -628,71 +226,20 @@ fn parse_marker(bytes: &[u8], sha: &Sha, location: &ObjectLocation) -> Marker {
     }
 }
 
-impl HaltSource for HaltMarkers {
-    async fn read(&self, key_prefix: &str, sha: &Sha) -> Result<Reading, HaltError> {
-        HaltMarkers::read(self, key_prefix, sha).await
-    }
-
-    async fn vote(&self, key_prefix: &str, vote: &Vote) -> Result<bool, HaltError> {
-        HaltMarkers::vote(self, key_prefix, vote).await
-    }
-}
-
-/// Halt markers in memory, for other modules' unit tests.
+/// A vote on 3f2a9c1 for staging read from the key naming `key` (`None`: not read from a
+/// key), whose body names `voter`: for the unit tests here and in [`crate::outside::halts`].
 #[cfg(test)]
-#[derive(Debug, Default)]
-pub(crate) struct MemoryHalts {
-    pub(crate) markers: std::sync::Mutex<std::collections::BTreeMap<String, Marker>>,
-    pub(crate) votes: std::sync::Mutex<std::collections::BTreeMap<String, Vote>>,
-}
-
-#[cfg(test)]
-impl MemoryHalts {
-    pub(crate) async fn get(&self, key_prefix: &str, sha: &Sha) -> Result<Option<Marker>, HaltError> {
-        Ok(self.markers.lock().unwrap().get(&marker_key(key_prefix, sha)).cloned())
-    }
-}
-
-#[cfg(test)]
-impl HaltSource for MemoryHalts {
-    async fn read(&self, key_prefix: &str, sha: &Sha) -> Result<Reading, HaltError> {
-        let marker = self.markers.lock().unwrap().get(&marker_key(key_prefix, sha)).cloned();
-        let start = format!("{}/", marker_key(key_prefix, sha));
-        let votes = self
-            .votes
-            .lock()
-            .unwrap()
-            .iter()
-            .filter_map(|(k, v)| Some(Vote { key_voter: Some(k.strip_prefix(&start)?.to_owned()), ..v.clone() }))
-            .collect();
-        Ok(Reading { marker, votes })
-    }
-
-    async fn vote(&self, key_prefix: &str, vote: &Vote) -> Result<bool, HaltError> {
-        let sha = Sha::parse(&vote.sha).expect("a vote names a valid SHA");
-        let Some(key) = vote_key(key_prefix, &sha, &vote.voter) else {
-            let location = ObjectLocation { bucket: "memory".into(), key: marker_key(key_prefix, &sha) };
-            return Err(HaltError::UnsafeVoter { voter: vote.voter.clone(), location });
-        };
-        let mut votes = self.votes.lock().unwrap();
-        if votes.contains_key(&key) {
-            return Ok(false);
-        }
-        votes.insert(key, vote.clone());
-        Ok(true)
-    }
-}
-
-#[cfg(test)]
-impl MemoryHalts {
-    pub(crate) async fn mark(&self, key_prefix: &str, marker: &Marker) -> Result<bool, HaltError> {
-        let mut markers = self.markers.lock().unwrap();
-        let key = format!("{key_prefix}{}", marker.sha);
-        if markers.contains_key(&key) {
-            return Ok(false);
-        }
-        markers.insert(key, marker.clone());
-        Ok(true)
+pub(crate) fn cast(key: Option<&str>, voter: &str, instance_id: &str) -> Vote {
+    Vote {
+        sha: "3f2a9c1".into(),
+        environment: "staging".into(),
+        voter: voter.into(),
+        instance_id: instance_id.into(),
+        verdict: "never-answered".into(),
+        evidence: "HTTP 500".into(),
+        at: 1,
+        rolled_back_to: None,
+        key_voter: key.map(str::to_owned),
     }
 }
 
@@ -755,7 +302,7 @@ mod tests {
 
     #[test]
     fn any_object_at_the_key_halts() {
-        let location = ObjectLocation { bucket: "b".into(), key: "staging/halted/3f2a9c1".into() };
+        let location = "s3://b/staging/halted/3f2a9c1";
         let good = br#"{"sha":"0000000","environment":"staging","instance_id":"i-1","reason":"probe","at":5,"rolled_back_to":"1a2b3c4"}"#;
         let m = parse_marker(good, &sha("3f2a9c1"), &location);
         assert_eq!(m.sha, "3f2a9c1", "the key names the SHA");
@@ -775,47 +322,6 @@ mod tests {
         // A rollback target that is not a SHA is never used.
         let bad = br#"{"sha":"3f2a9c1","environment":"staging","instance_id":"i-1","reason":"r","at":5,"rolled_back_to":"latest; rm -rf"}"#;
         assert_eq!(parse_marker(bad, &sha("3f2a9c1"), &location).rolled_back_to_sha(), None);
-    }
-
-    /// `unhalt` by a role that may delete but not read: S3 answers the HEAD 403 and the DELETE
-    /// 204. The marker may well have been there: "not halted" would be a lie.
-    #[tokio::test]
-    async fn a_removal_whose_head_is_refused_does_not_claim_there_was_nothing() {
-        use aws_credential_types::provider::SharedCredentialsProvider;
-        let endpoint = crate::outside::loopback::serve(|head| {
-            if head.starts_with("HEAD ") {
-                "HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_owned()
-            } else {
-                "HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n".to_owned()
-            }
-        })
-        .await;
-        let sdk = aws_config::SdkConfig::builder()
-            .behavior_version(aws_config::BehaviorVersion::latest())
-            .region(aws_config::Region::new("us-east-1"))
-            .endpoint_url(endpoint)
-            .credentials_provider(SharedCredentialsProvider::new(aws_credential_types::Credentials::new(
-                "testing", "testing", None, None, "test",
-            )))
-            .build();
-        let markers = HaltMarkers::with_aws(&Aws::from_sdk(&sdk), "b");
-        assert_eq!(markers.clear("staging/halted/", &sha("3f2a9c1")).await.unwrap(), None);
-    }
-
-    /// A vote on 3f2a9c1 for staging read from the key naming `key` (`None`: not read from a
-    /// key), whose body names `voter`.
-    fn cast(key: Option<&str>, voter: &str, instance_id: &str) -> Vote {
-        Vote {
-            sha: "3f2a9c1".into(),
-            environment: "staging".into(),
-            voter: voter.into(),
-            instance_id: instance_id.into(),
-            verdict: "never-answered".into(),
-            evidence: "HTTP 500".into(),
-            at: 1,
-            rolled_back_to: None,
-            key_voter: key.map(str::to_owned),
-        }
     }
 
     #[test]
@@ -899,36 +405,5 @@ mod tests {
         assert!(json.get("key_voter").is_none(), "{json}");
         let back: Vote = serde_json::from_value(json).unwrap();
         assert_eq!(back, Vote { key_voter: None, ..vote });
-    }
-
-    #[tokio::test]
-    async fn memory_halts_key_votes_by_voter() {
-        let halts = MemoryHalts::default();
-        assert!(halts.vote("staging/halted/", &cast(None, "AROAEXAMPLE:i-0aaa", "i-0aaa")).await.unwrap());
-        assert!(!halts.vote("staging/halted/", &cast(None, "AROAEXAMPLE:i-0aaa", "i-0other")).await.unwrap());
-        let err = halts.vote("staging/halted/", &cast(None, "a/b", "i-0aaa")).await.unwrap_err();
-        assert!(matches!(err, HaltError::UnsafeVoter { .. }), "{err}");
-        let reading = halts.read("staging/halted/", &sha("3f2a9c1")).await.unwrap();
-        assert_eq!(reading.votes.len(), 1);
-        assert_eq!(reading.votes[0].key_voter.as_deref(), Some("AROAEXAMPLE:i-0aaa"));
-    }
-
-    #[tokio::test]
-    async fn memory_halts_keep_the_first_marker() {
-        let halts = MemoryHalts::default();
-        let marker = |reason: &str| Marker {
-            sha: "3f2a9c1".into(),
-            environment: "staging".into(),
-            instance_id: "i-1".into(),
-            reason: reason.into(),
-            at: 1,
-            rolled_back_to: None,
-            by: None,
-        };
-        assert_eq!(halts.get("staging/halted/", &sha("3f2a9c1")).await.unwrap(), None);
-        assert!(halts.mark("staging/halted/", &marker("first")).await.unwrap());
-        assert!(!halts.mark("staging/halted/", &marker("second")).await.unwrap());
-        assert_eq!(halts.get("staging/halted/", &sha("3f2a9c1")).await.unwrap().unwrap().reason, "first");
-        assert_eq!(halts.get("production/halted/", &sha("3f2a9c1")).await.unwrap(), None);
     }
 }

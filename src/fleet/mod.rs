@@ -3,7 +3,8 @@
 //!
 //! - [`rollout`]: the host's seed and the rollout gate, pure functions of (seed, release
 //!   time, now);
-//! - [`halt`]: halt markers beside the release key in S3 (read, write, clear);
+//! - [`halt`]: halt markers and votes beside the release key: their keys, their wire format
+//!   and the counting of votes (the S3 calls are [`crate::outside::halts`]);
 //! - [`metrics`]: the node_exporter textfile the loop writes after every pass;
 //! - [`verdict`]: the one judgement of blame (the release, or this host) for every failure.
 

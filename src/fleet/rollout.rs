@@ -135,7 +135,7 @@ pub enum Gate {
 
 /// The rollout gate for one release: [`Gate::Now`] once `now` reaches [`apply_at`] (the
 /// boundary itself included), and at once for a host with nothing serving (a new instance
-/// helps no one by staying empty) or when `spread` is zero (today's behaviour).
+/// helps no one by staying empty) or when `spread` is zero (no staged rollout).
 ///
 /// `now` is compared with `published_at`, which is S3's clock: a host whose clock is behind
 /// S3's waits that much longer, one ahead applies that much earlier. Pass S3's own time (the
@@ -286,7 +286,7 @@ mod tests {
                 false,
                 Gate::Wait { until: at(T0) + spread.mul_f64(0.999), remaining: spread.mul_f64(0.999) },
             ),
-            // Spread 0 is today's behaviour: no one waits.
+            // Spread 0 is no staged rollout: no one waits.
             (s, Duration::ZERO, T0, false, Gate::Now),
             (0.999, Duration::ZERO, T0 - 10, false, Gate::Now),
             // Nothing serving: a new instance does not stay empty for a wave.

@@ -3,6 +3,10 @@
 //! The API version is negotiated, so Debian's Docker 20.10 (API 1.41) works. A 404 is an
 //! answer (`None`), not an error. Every call has a timeout; a pull has its own, longer one.
 //! Errors name the container or image involved.
+//!
+//! Reads and writes: the Engine's containers and images. Decides nothing: what runs is the
+//! pass's ([`ContainerInfo::observed`], its view of a container, is written in
+//! [`crate::pass::snapshot`] for that reason).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -18,7 +22,7 @@ use bollard::Docker;
 use futures_util::{Stream, StreamExt};
 
 use crate::outside::registry::RegistryCredentials;
-use crate::spec::{ContainerSpec, LABEL_MANAGED, LABEL_SHA, LABEL_SPEC_HASH};
+use crate::spec::{ContainerSpec, LABEL_MANAGED};
 
 /// Bound on a single non-pull API call. Docker answers these in milliseconds; a stop waits for
 /// the container's grace period, which is below this.
@@ -101,17 +105,6 @@ impl ContainerInfo {
     /// Carries blog-agent's `managed` label: ours to replace, restore or remove.
     pub fn is_managed(&self) -> bool {
         self.labels.get(LABEL_MANAGED).is_some_and(|v| v == "true")
-    }
-
-    /// The reconcile view of this container.
-    pub fn observed(&self) -> crate::pass::plan::Observed {
-        crate::pass::plan::Observed {
-            id: self.id.clone(),
-            managed: self.is_managed(),
-            sha: self.labels.get(LABEL_SHA).cloned(),
-            spec_hash: self.labels.get(LABEL_SPEC_HASH).cloned(),
-            running: self.running,
-        }
     }
 }
 

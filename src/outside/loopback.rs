@@ -29,3 +29,18 @@ pub async fn serve(answer: impl Fn(&str) -> String + Send + Sync + 'static) -> S
     });
     endpoint
 }
+
+/// An AWS setup whose every call goes to `endpoint` (as [`serve`] gives it), in `us-east-1`
+/// with fixed test credentials: nothing asks instance metadata or the credential chain.
+pub fn sdk_config(endpoint: String) -> aws_config::SdkConfig {
+    use aws_credential_types::provider::SharedCredentialsProvider;
+    use aws_credential_types::Credentials;
+    aws_config::SdkConfig::builder()
+        .behavior_version(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .credentials_provider(SharedCredentialsProvider::new(Credentials::new(
+            "testing", "testing", None, None, "test",
+        )))
+        .build()
+}

@@ -1,6 +1,7 @@
 //! One module per external system, each with its own error type naming what it touched:
-//! AWS SDK setup and region (`aws`), instance metadata (`imds`), the release object in S3
-//! (`release`), ECR credentials (`registry`), the caller's AWS identity (`sts`), the Docker
+//! AWS SDK setup and region (`aws`), instance metadata (`imds`), the one S3 client (`s3`)
+//! through which the release object (`release`) and the halt markers and votes (`halts`) are
+//! read and written, ECR credentials (`registry`), the caller's AWS identity (`sts`), the Docker
 //! Engine (`docker`, with `pull_progress` for a terminal), the HTTP health probe (`health`),
 //! netfilter (`netfilter`) and the Auto Scaling group's lifecycle hooks (`autoscaling`).
 //! Unit tests share one loopback HTTP stand-in (`loopback`).
@@ -8,6 +9,7 @@
 pub mod autoscaling;
 pub mod aws;
 pub mod docker;
+pub mod halts;
 pub mod health;
 pub mod imds;
 #[cfg(test)]
@@ -16,6 +18,7 @@ pub mod netfilter;
 pub mod pull_progress;
 pub mod registry;
 pub mod release;
+pub mod s3;
 pub mod sts;
 
 /// Renders an SDK error with its whole chain on one line (the SDK's own `Display` says only

@@ -1134,7 +1134,7 @@ mod tests {
         o.filter.rules.insert(at, ("DOCKER-USER".into(), drop));
         let got = nf().render(&m, target, &o);
         assert!(got.filter.contains("-I DOCKER-USER 2 -j BLOG-AGENT-FWD\n"), "{}", got.filter);
-        // Only the RETURN: first, as before.
+        // Only the RETURN in DOCKER-USER: the jump goes first.
         let plain = nf().render(&m, target, &docker_host());
         assert!(plain.filter.contains("-I DOCKER-USER 1 -j BLOG-AGENT-FWD\n"), "{}", plain.filter);
         // INPUT's jump stays first.

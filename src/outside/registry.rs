@@ -7,6 +7,8 @@
 //!
 //! The token is asked for in the repository's region when the repository host is an ECR host
 //! (a registry only accepts tokens from its own region), else in the host's.
+//!
+//! Reads: ECR tokens and image digests. Writes nothing. Decides: how long a token is reused.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -131,21 +133,17 @@ impl Ecr {
 }
 
 impl Ecr {
-    /// The manifest digest ECR holds for `repository:tag` (DescribeImages); `Ok(None)` when
-    /// the repository has no such tag.
-    pub async fn image_digest(
-        &self,
-        repository: &crate::config::Repository,
-        tag: &str,
-    ) -> Result<Option<String>, RegistryError> {
+    /// The manifest digest ECR holds for `path:tag` in the registry whose host is `registry`
+    /// (DescribeImages); `Ok(None)` when the repository has no such tag.
+    pub async fn image_digest(&self, registry: &str, path: &str, tag: &str) -> Result<Option<String>, RegistryError> {
         use aws_sdk_ecr::error::ProvideErrorMetadata;
         let client = self.client.get().await?;
-        let name = repository.path.clone();
+        let name = path.to_owned();
         let id = aws_sdk_ecr::types::ImageIdentifier::builder().image_tag(tag).build();
         let described = client
             .describe_images()
             .repository_name(&name)
-            .set_registry_id(registry_account(&repository.registry))
+            .set_registry_id(registry_account(registry))
             .image_ids(id)
             .send()
             .await;

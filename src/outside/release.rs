@@ -5,6 +5,10 @@
 //! decrypted by S3 transparently, but a role without `kms:Decrypt` sees `AccessDenied`, and the
 //! error says so. Supports conditional GET (`If-None-Match`), so an idle poll costs one small
 //! request. The whole read, response and body, is bounded by [`FETCH_TIMEOUT`].
+//!
+//! Reads: the release object and its versions, through the agent's one [`S3Client`]. Writes:
+//! the release object ([`S3Releases::write`], for the pipeline). Decides: whether an object
+//! holds a SHA; which release runs is [`crate::pass::desired`]'s and [`crate::pass::decide`]'s.
 
 use std::fmt;
 use std::sync::Arc;
@@ -13,7 +17,8 @@ use std::time::{Duration, SystemTime};
 use aws_sdk_s3::error::ProvideErrorMetadata;
 use aws_sdk_s3::operation::get_object::GetObjectError;
 
-use crate::outside::aws::{describe, Aws, RegionUnknown, Regional};
+use crate::outside::aws::{describe, Aws, RegionUnknown};
+use crate::outside::s3::{read_at_most, S3Client};
 use crate::sha::{safe_quote, InvalidSha, Sha};
 
 /// A SHA file holds 7-40 hex digits and a newline; anything much larger is not one, and is not
@@ -56,7 +61,7 @@ pub struct Release {
 /// object (`x-amz-meta-blog-*`), so the body stays the bare SHA every reader understands
 /// (older agents, the user-data scripts of old): an older agent ignores the metadata, a
 /// newer one runs exactly `digest`. An object written by hand (`aws s3 cp`) has none, and is
-/// deployed by tag as before.
+/// deployed by its tag.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Provenance {
     /// The image's manifest digest in ECR (`sha256:...`) when it was published.
@@ -217,20 +222,20 @@ pub fn releases_before(history: &[Historic], not: &Sha) -> Vec<Sha> {
 /// The real S3 reader. Its client is built on the first read after the region is known.
 #[derive(Clone)]
 pub struct S3Releases {
-    client: Arc<Regional<aws_sdk_s3::Client>>,
+    client: S3Client,
 }
 
 impl S3Releases {
-    /// A reader in the host's region, resolved by `aws` (and re-resolved while unknown).
-    pub fn with_aws(aws: &Arc<Aws>) -> S3Releases {
-        S3Releases { client: Arc::new(Regional::new(aws.clone(), s3_client)) }
+    /// A reader through `client` (shared with the halt markers).
+    pub fn new(client: &S3Client) -> S3Releases {
+        S3Releases { client: client.clone() }
     }
-}
 
-fn s3_client(sdk: &aws_config::SdkConfig, region: aws_config::Region) -> aws_sdk_s3::Client {
-    let path_style = crate::outside::aws::custom_s3_endpoint() || sdk.endpoint_url().is_some();
-    let config = aws_sdk_s3::config::Builder::from(sdk).region(region).force_path_style(path_style).build();
-    aws_sdk_s3::Client::from_conf(config)
+    /// A reader with a client of its own in the host's region, resolved by `aws` (and
+    /// re-resolved while unknown).
+    pub fn with_aws(aws: &Arc<Aws>) -> S3Releases {
+        S3Releases::new(&S3Client::with_aws(aws))
+    }
 }
 
 impl ReleaseSource for S3Releases {
@@ -304,9 +309,9 @@ impl S3Releases {
         }
     }
 
-    /// Writes `sha` (the body, as CI always did: the SHA and a newline) with its provenance as
-    /// user metadata, encrypted with `kms_key` (SSE-KMS; `None`: the bucket's default), only if
-    /// the object is still as `expect` says.
+    /// Writes `sha` (the body: the SHA and a newline, what every reader expects) with its
+    /// provenance as user metadata, encrypted with `kms_key` (SSE-KMS; `None`: the bucket's
+    /// default), only if the object is still as `expect` says.
     pub async fn write(
         &self,
         location: &ObjectLocation,
@@ -444,15 +449,9 @@ async fn read(
     let published_at = output.last_modified().and_then(|t| SystemTime::try_from(*t).ok());
     let provenance = Provenance::from_metadata(output.metadata());
     let declared = output.content_length().unwrap_or(0).max(0) as usize;
-    let mut body = output.body;
-    let mut bytes = Vec::new();
-    while bytes.len() <= MAX_OBJECT_BYTES {
-        match body.try_next().await {
-            Ok(Some(chunk)) => bytes.extend_from_slice(&chunk),
-            Ok(None) => break,
-            Err(err) => return Err(ReleaseError::Unavailable { location: location.clone(), detail: describe(&err) }),
-        }
-    }
+    let bytes = read_at_most(output.body, MAX_OBJECT_BYTES)
+        .await
+        .map_err(|err| ReleaseError::Unavailable { location: location.clone(), detail: describe(&err) })?;
     let text = String::from_utf8_lossy(&bytes[..bytes.len().min(MAX_OBJECT_BYTES)]).into_owned();
     let size = declared.max(bytes.len());
     if size > MAX_OBJECT_BYTES {
@@ -499,22 +498,11 @@ mod history_tests {
 
 #[cfg(test)]
 mod tests {
-    use aws_credential_types::provider::SharedCredentialsProvider;
-    use aws_credential_types::Credentials;
-
     use super::*;
 
     /// An "S3" on loopback that answers every request with `response`.
     async fn answering(response: &'static str) -> aws_config::SdkConfig {
-        let endpoint = crate::outside::loopback::serve(move |_| response.to_owned()).await;
-        aws_config::SdkConfig::builder()
-            .behavior_version(aws_config::BehaviorVersion::latest())
-            .region(aws_config::Region::new("us-east-1"))
-            .endpoint_url(endpoint)
-            .credentials_provider(SharedCredentialsProvider::new(Credentials::new(
-                "testing", "testing", None, None, "test",
-            )))
-            .build()
+        crate::outside::loopback::sdk_config(crate::outside::loopback::serve(move |_| response.to_owned()).await)
     }
 
     /// An "S3" on loopback that answers every request 304 Not Modified, as a misbehaving

@@ -111,8 +111,6 @@ impl CallerSource for Sts {
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use aws_credential_types::provider::SharedCredentialsProvider;
-
     use super::*;
 
     const ANSWER: &str = r#"<GetCallerIdentityResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">
@@ -144,14 +142,7 @@ mod tests {
             )
         })
         .await;
-        let sdk = aws_config::SdkConfig::builder()
-            .behavior_version(aws_config::BehaviorVersion::latest())
-            .region(aws_config::Region::new("us-east-1"))
-            .endpoint_url(endpoint)
-            .credentials_provider(SharedCredentialsProvider::new(aws_credential_types::Credentials::new(
-                "testing", "testing", None, None, "test",
-            )))
-            .build();
+        let sdk = crate::outside::loopback::sdk_config(endpoint);
         (Sts::with_aws(&Aws::from_sdk(&sdk)), calls)
     }
 

@@ -24,7 +24,7 @@ use crate::config::{Settings, TrafficMode};
 use crate::fleet::halt::Marker;
 use crate::fleet::rollout::{self, Gate};
 use crate::outside::docker::ContainerInfo;
-use crate::pass::desired::Catalog;
+use crate::pass::desired::{Catalog, Desired, Published};
 use crate::sha::Sha;
 use crate::spec::ContainerSpec;
 
@@ -42,6 +42,19 @@ pub enum Wanted {
     Refused { release: Sha, reason: String, newest: Option<Sha> },
     /// S3 has not been read successfully yet.
     Unknown,
+}
+
+impl From<&Desired> for Wanted {
+    /// What the decision is asked to run: the published release when it is verified, else its
+    /// refusal and the newest verified release of the history.
+    fn from(desired: &Desired) -> Wanted {
+        match &desired.published {
+            Published::Verified(v) => Wanted::Published(v.sha.clone()),
+            Published::Refused { sha, refusal } => {
+                Wanted::Refused { release: sha.clone(), reason: refusal.to_string(), newest: desired.newest_verified() }
+            }
+        }
+    }
 }
 
 /// Everything [`decide`] looks at.

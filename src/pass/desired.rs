@@ -35,7 +35,8 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Settings;
-use crate::fleet::halt::{HaltError, HaltSource, Marker};
+use crate::fleet::halt::Marker;
+use crate::outside::halts::{HaltError, HaltSource};
 use crate::outside::release::{Historic, ObjectLocation, Provenance, Release, ReleaseError, ReleaseSource};
 use crate::sha::{safe_text, Sha};
 use crate::signature::{SignatureError, Signed};
@@ -335,17 +336,6 @@ impl Desired {
         self.history.as_deref()
     }
 
-    /// What the decision is asked to run.
-    pub fn wanted(&self) -> crate::pass::decide::Wanted {
-        use crate::pass::decide::Wanted;
-        match &self.published {
-            Published::Verified(v) => Wanted::Published(v.sha.clone()),
-            Published::Refused { sha, refusal } => {
-                Wanted::Refused { release: sha.clone(), reason: refusal.to_string(), newest: self.newest_verified() }
-            }
-        }
-    }
-
     /// The newest verified release of the history other than a refused current one: what a
     /// host with nothing serving runs while the current version is refused.
     pub fn newest_verified(&self) -> Option<Sha> {
@@ -551,6 +541,15 @@ async fn newest_unhalted_before(
     Ok(None)
 }
 
+/// Where the release file for `env` lives.
+pub fn release_location(settings: &Settings, env: &str) -> ObjectLocation {
+    ObjectLocation {
+        bucket: settings.release.bucket.clone(),
+        // Allowed environments are validated to have a key.
+        key: settings.release_key(env).unwrap_or_default().to_owned(),
+    }
+}
+
 /// The rollback target an operator's `halt` records when it names none, by the one rule hosts
 /// apply to a halt that names none: the newest verified release before `halted` in the
 /// release object's history that is not halted itself, never `halted`. `halted` must be the
@@ -564,7 +563,7 @@ pub async fn rollback_target(
     environment: &str,
     halted: &Sha,
 ) -> Result<Option<Sha>, String> {
-    let location = crate::pass::once::release_location(settings, environment);
+    let location = release_location(settings, environment);
     let history = releases.history(&location).await.map_err(|e| e.to_string())?;
     let verified = Trust::new(settings, environment).verified_history(&history);
     newest_unhalted_before(halts, settings, environment, &verified, halted).await
@@ -580,7 +579,7 @@ pub async fn read_once(
     settings: &Settings,
     environment: &str,
 ) -> Result<(Desired, HaltRead), ReleaseError> {
-    let location = crate::pass::once::release_location(settings, environment);
+    let location = release_location(settings, environment);
     let release = match releases.fetch(&location, None).await? {
         crate::outside::release::Fetched::Changed(release) => release,
         crate::outside::release::Fetched::Unchanged => {
@@ -770,7 +769,7 @@ mod tests {
             failures: std::sync::atomic::AtomicUsize::new(1),
             reads: Default::default(),
         };
-        let halts = crate::fleet::halt::MemoryHalts::default();
+        let halts = crate::outside::halts::MemoryHalts::default();
         let mut desired = Desired {
             location: ObjectLocation { bucket: "b".into(), key: "staging/stagebuild.txt".into() },
             etag: None,
@@ -827,7 +826,7 @@ mod tests {
             ("no history at all", "", "", 'c', None),
         ];
         for (what, history, also_halted, halted, want) in cases {
-            let halts = crate::fleet::halt::MemoryHalts::default();
+            let halts = crate::outside::halts::MemoryHalts::default();
             for c in also_halted.chars() {
                 halts.mark(&settings.halt_prefix(ENV), &halt(c)).await.unwrap();
             }
@@ -837,7 +836,7 @@ mod tests {
         }
         // Named by a prefix the caller did not resolve: still never the halted release.
         let short = Sha::parse("ccccccc").unwrap();
-        let none = crate::fleet::halt::MemoryHalts::default();
+        let none = crate::outside::halts::MemoryHalts::default();
         let got = rollback_target(&source("cba"), &none, &settings, ENV, &short).await.unwrap();
         assert_eq!(got, Some(sha('b')), "a prefix of the newest version");
     }

@@ -10,6 +10,10 @@
 //! prints exactly what a real pass would do; the `run` loop observes, notes crash loops, then
 //! calls the same [`decide::decide`]. All of them carry out through
 //! [`execute::execute_decision`].
+//!
+//! This module reads, writes and decides nothing itself: it names the [`Services`] a pass
+//! talks to, built once per command by [`RealServices::connect`] (one AWS setup, one S3
+//! client for the release object and the halt markers), and the [`PassError`] it ends with.
 
 pub mod decide;
 pub mod deploy;
@@ -29,14 +33,15 @@ use serde::Serialize;
 
 use crate::config::Settings;
 use crate::environment::EnvironmentError;
-use crate::fleet::halt::HaltMarkers;
 use crate::fleet::verdict::Failure;
 use crate::lock::LockError;
 use crate::outside::aws::Aws;
 use crate::outside::docker::{Engine, EngineError};
+use crate::outside::halts::HaltMarkers;
 use crate::outside::imds::Imds;
 use crate::outside::registry::Ecr;
 use crate::outside::release::{ReleaseError, S3Releases};
+use crate::outside::s3::S3Client;
 use crate::runtime::shutdown::Cancelled;
 use crate::sha::Sha;
 use deploy::DeployError;
@@ -64,22 +69,23 @@ pub type RealServices = Services<Imds, S3Releases, Ecr>;
 
 impl RealServices {
     /// Builds the real services the same way for every command: one AWS setup whose region is
-    /// resolved on first use (and again while unknown), S3 in that region, ECR in the
-    /// repository's region.
+    /// resolved on first use (and again while unknown), one S3 client in that region for the
+    /// release object and the halt markers, ECR in the repository's region.
     pub async fn connect(settings: &Settings, engine: Engine) -> RealServices {
         let registry = &settings.image.repository.registry;
         let aws = Aws::load(registry).await;
+        let s3 = S3Client::with_aws(&aws);
         let routes = Arc::new(
             switch::netfilter(settings, &engine)
                 .expect("[traffic] chains and [container] name are validated with the config"),
         );
         Services {
             tags: Imds::new(),
-            releases: S3Releases::with_aws(&aws),
+            releases: S3Releases::new(&s3),
             credentials: Ecr::for_registry(&aws, registry),
             engine,
             routes,
-            halts: HaltMarkers::with_aws(&aws, settings.release.bucket.clone()),
+            halts: HaltMarkers::new(&s3, settings.release.bucket.clone()),
             autoscaling: Arc::new(crate::outside::autoscaling::AutoScaling::with_aws(&aws)),
             caller: Arc::new(crate::outside::sts::Sts::with_aws(&aws)),
         }

@@ -17,9 +17,9 @@ use crate::fleet::rollout::{self, Gate};
 use crate::lock;
 use crate::outside::imds::TagSource;
 use crate::outside::registry::CredentialSource;
-use crate::outside::release::{ObjectLocation, ReleaseSource};
+use crate::outside::release::ReleaseSource;
 use crate::pass::decide::{self, Wanted, Why};
-use crate::pass::desired::{self, Accepted, Catalog, HaltRead, Trust};
+use crate::pass::desired::{self, release_location, Accepted, Catalog, HaltRead, Trust};
 use crate::pass::execute::{self, FleetInputs, Options};
 use crate::pass::named::Known;
 use crate::pass::plan::Plan;
@@ -70,15 +70,6 @@ pub struct SyncReport {
     /// what stays.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub refused: Option<String>,
-}
-
-/// Where the release file for `env` lives.
-pub fn release_location(settings: &Settings, env: &str) -> ObjectLocation {
-    ObjectLocation {
-        bucket: settings.release.bucket.clone(),
-        // Allowed environments are validated to have a key.
-        key: settings.release_key(env).unwrap_or_default().to_owned(),
-    }
 }
 
 /// Runs one pass. A `--sha` pin that is not applied (the image cannot be pulled, the pass
@@ -170,7 +161,7 @@ async fn sync_pass<T: TagSource, R: ReleaseSource, C: CredentialSource>(
                 }
                 HaltRead::Clear | HaltRead::NotNeeded => None,
             };
-            (desired.wanted(), Ok(desired), halt)
+            (Wanted::from(&desired), Ok(desired), halt)
         }
     };
     let local = crate::state::State::load(dir);
@@ -287,7 +278,7 @@ async fn sync_pass<T: TagSource, R: ReleaseSource, C: CredentialSource>(
 async fn pin_catalog<T, R: ReleaseSource, C>(
     settings: &Settings,
     services: &Services<T, R, C>,
-    halts: &impl crate::fleet::halt::HaltSource,
+    halts: &impl crate::outside::halts::HaltSource,
     environment: &str,
     typed: &Sha,
     shutdown: &Shutdown,
@@ -306,7 +297,7 @@ async fn pin_catalog<T, R: ReleaseSource, C>(
             desired.catalog(trust, local.last_good_in(environment), None)
         }
         Err(e) if trust.required() => {
-            let location = release_location(settings, environment);
+            let location = desired::release_location(settings, environment);
             tracing::warn!("cannot read {location}: {e}; only this host's own records can verify the pin");
             let mut catalog = Catalog::new(true);
             catalog.add_local(trust, local.last_good_in(environment), None);

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use crate::config::Settings;
 use crate::outside::docker::{ContainerInfo, Engine, EngineError};
-use crate::spec::LABEL_SHA;
+use crate::pass::plan::Observed;
+use crate::spec::{LABEL_SHA, LABEL_SPEC_HASH};
 use crate::state::{Pause, State};
 
 /// Suffixes of the transient containers a deploy uses next to `<name>`.
@@ -26,6 +27,21 @@ pub fn aside(name: &str, suffix: &str) -> String {
 /// to finish rather than act on a ghost.
 const REMOVAL_WAIT: Duration = Duration::from_secs(10);
 const REMOVAL_POLL: Duration = Duration::from_millis(50);
+
+/// Written here rather than beside [`ContainerInfo`] so that the Docker adapter does not
+/// import the pass that reads it.
+impl ContainerInfo {
+    /// The reconcile view of this container.
+    pub fn observed(&self) -> Observed {
+        Observed {
+            id: self.id.clone(),
+            managed: self.is_managed(),
+            sha: self.labels.get(LABEL_SHA).cloned(),
+            spec_hash: self.labels.get(LABEL_SPEC_HASH).cloned(),
+            running: self.running,
+        }
+    }
+}
 
 /// What the host looks like at the start of a pass.
 #[derive(Debug, Clone, Default)]

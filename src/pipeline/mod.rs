@@ -14,8 +14,9 @@
 //! lists them, `rollback` publishes the one before the current, `promote` publishes to one
 //! environment the exact digest another one has, after a soak time there.
 //!
-//! Reads: ECR, the release objects and their versions, halt markers and votes. Writes: one
-//! release object per command.
+//! Reads: ECR, the release objects and their versions, halt markers and votes (one S3 client
+//! for both). Writes: one release object per command. Decides: whether a publish, rollback or
+//! promote is refused (not in ECR, halted, a digest that moved, unsigned, still soaking).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -23,12 +24,13 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 
 use crate::config::Settings;
-use crate::fleet::halt::{HaltError, HaltMarkers};
 use crate::outside::aws::Aws;
+use crate::outside::halts::{HaltError, HaltMarkers};
 use crate::outside::registry::{Ecr, RegistryError};
 use crate::outside::release::{
     Expect, Fetched, Historic, ObjectLocation, Provenance, ReleaseError, ReleaseSource, S3Releases, WriteError,
 };
+use crate::outside::s3::S3Client;
 use crate::pass::desired::Trust;
 use crate::pass::named::{Known, NameError};
 use crate::sha::Sha;
@@ -95,7 +97,8 @@ impl PublishError {
     }
 
     /// A refusal of what was asked (as opposed to AWS trouble): the pipeline should stop, not
-    /// retry. All exit 1 today; the split is for messages and tests.
+    /// retry. Both kinds exit 1 (a pipeline stops on either); the split is for messages and
+    /// tests.
     pub fn is_refusal(&self) -> bool {
         !matches!(self, PublishError::Registry(_) | PublishError::Read(_) | PublishError::HaltUnknown(..))
     }
@@ -191,10 +194,11 @@ impl Pipeline {
     pub async fn connect(settings: Settings) -> Pipeline {
         let registry = settings.image.repository.registry.clone();
         let aws: Arc<Aws> = Aws::load(&registry).await;
+        let s3 = S3Client::with_aws(&aws);
         Pipeline {
-            releases: S3Releases::with_aws(&aws),
+            releases: S3Releases::new(&s3),
             ecr: Ecr::for_registry(&aws, &registry),
-            halts: HaltMarkers::with_aws(&aws, settings.release.bucket.clone()),
+            halts: HaltMarkers::new(&s3, settings.release.bucket.clone()),
             settings,
         }
     }
@@ -233,7 +237,7 @@ impl Pipeline {
         let image = repository.reference(sha.as_str());
         let now = self
             .ecr
-            .image_digest(repository, sha.as_str())
+            .image_digest(&repository.registry, &repository.path, sha.as_str())
             .await?
             .ok_or(PublishError::NotInEcr { image: image.clone() })?;
         if let Some(published) = digest.filter(|d| *d != now) {

@@ -203,7 +203,11 @@ fn proxy(client: TcpStream, upstream: u16, log: &Mutex<Vec<Request>>, fail: &Fai
             return;
         };
         log.lock().unwrap().push(request.clone());
-        let failing = fail.lock().unwrap().clone().filter(|(_, _, only)| only.as_ref().is_none_or(|p| request.path.contains(p.as_str())));
+        let failing = fail
+            .lock()
+            .unwrap()
+            .clone()
+            .filter(|(_, _, only)| only.as_ref().is_none_or(|p| request.path.contains(p.as_str())));
         if let Some((status, code, _)) = failing {
             let xml = format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{code}</Code><Message>injected by the test</Message><RequestId>{}</RequestId></Error>", log.lock().unwrap().len());
             let response = format!(
