@@ -132,6 +132,10 @@ impl Drop for PrivateRegistry {
     }
 }
 
+/// What a [`CountingProxy`] answers instead of forwarding: (status, S3 error code, only requests
+/// whose path contains this).
+type Failure = Mutex<Option<(u16, String, Option<String>)>>;
+
 /// An HTTP/1.1 proxy that records every request line and its headers, then forwards the bytes
 /// unchanged. Pointing `AWS_ENDPOINT_URL` at it shows exactly which S3 and ECR calls an agent
 /// makes.
@@ -141,7 +145,7 @@ pub struct CountingProxy {
     /// When set, every request (or, with a third part, every request whose path contains it)
     /// is answered with this (status, S3 error code) instead of being forwarded: S3
     /// throttling, 5xx, or KMS access denied, on demand.
-    pub fail_with: Arc<Mutex<Option<(u16, String, Option<String>)>>>,
+    pub fail_with: Arc<Failure>,
 }
 
 impl CountingProxy {
@@ -183,8 +187,6 @@ impl CountingProxy {
         self.seen.lock().unwrap().clone()
     }
 }
-
-type Failure = Mutex<Option<(u16, String, Option<String>)>>;
 
 fn proxy(client: TcpStream, upstream: u16, log: &Mutex<Vec<Request>>, fail: &Failure) {
     let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else { return };
