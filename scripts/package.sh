@@ -90,7 +90,8 @@ for doc in README.md configuration.md operations.md systemd.md traffic.md; do
   grep -qx "/usr/share/doc/blog-agent/$doc" <<<"$deb_list" && grep -qx "/usr/share/doc/blog-agent/$doc" <<<"$rpm_list" \
     && ok "both packages ship /usr/share/doc/blog-agent/$doc" || fail "/usr/share/doc/blog-agent/$doc missing from a package"
 done
-unit_docs=$(grep -oE '/usr/share/doc/blog-agent/[A-Za-z0-9_.-]+' systemd/blog-agent.service | sort -u)
+# A path ends at its file name: a sentence's full stop after it is not part of it.
+unit_docs=$(grep -oE '/usr/share/doc/blog-agent/[A-Za-z0-9_.-]*[A-Za-z0-9_-]' systemd/blog-agent.service | sort -u)
 for doc in $unit_docs; do
   grep -qx "$doc" <<<"$deb_list" && grep -qx "$doc" <<<"$rpm_list" \
     && ok "the unit's $doc is shipped" || fail "the unit points to $doc, which a package does not ship"
