@@ -8,7 +8,7 @@
 #
 #   bash bench/verify.sh            # BENCH_RUNS (default 20), BENCH_HISTORY (default 5), BENCH_AGENT
 #
-# Needs root and the local stack (started here). Touches only the bucket blog-bench-verify, the
+# Needs root and the local stack (started here). Touches only its bucket blog-bench-verify-PID, the
 # ECR and registry repository blog-bench-verify and its own proxy, all on 127.0.0.1. Prints a
 # Markdown table for docs/BENCHMARKS.md. Not part of `make test`.
 set -euo pipefail
@@ -21,7 +21,7 @@ ensure_venv
 runs=${BENCH_RUNS:-20}
 history=${BENCH_HISTORY:-5}
 work=$(mktemp -d "${TMPDIR:-/tmp}/bench-verify.XXXXXX")
-bucket=blog-bench-verify
+bucket=blog-bench-verify-$$ # a fresh bucket: versions of earlier runs would count
 repo=blog-bench-verify
 trap 'kill "$proxy_pid" 2>/dev/null || true; rm -rf "$work"' EXIT
 
