@@ -226,17 +226,21 @@ impl Accepted {
     /// What this host accepted for `environment`; `None` when nothing (or the file is
     /// unreadable: then only the history guards against replays, and it is logged).
     pub fn load(dir: &Path, environment: &str) -> Option<Accepted> {
+        Accepted::read_all(dir).into_iter().find(|a| a.environment == environment)
+    }
+
+    /// Every environment's record; none when the file is absent, unreadable (logged: then
+    /// only the history guards against replays) or not a list of records.
+    fn read_all(dir: &Path) -> Vec<Accepted> {
         let path = dir.join(ACCEPTED_FILE);
-        let bytes = match std::fs::read(&path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => {
                 tracing::warn!(path = %path.display(), "cannot read {}: {e}; replays are judged by the history alone", ACCEPTED_FILE);
-                return None;
+                Vec::new()
             }
-        };
-        let all: Vec<Accepted> = serde_json::from_slice(&bytes).unwrap_or_default();
-        all.into_iter().find(|a| a.environment == environment)
+        }
     }
 
     /// Records `release` as accepted for `environment` when it was signed later than what is
@@ -244,10 +248,7 @@ impl Accepted {
     pub fn record(dir: &Path, trust: Trust<'_>, release: &Verified) -> Result<bool, StateError> {
         let (Some(signed_at), Some(key)) = (release.signed_at, trust.public_key) else { return Ok(false) };
         let environment = trust.environment;
-        let mut all: Vec<Accepted> = std::fs::read(dir.join(ACCEPTED_FILE))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
+        let mut all = Accepted::read_all(dir);
         if all.iter().any(|a| a.environment == environment && a.key == key && a.signed_at >= signed_at) {
             return Ok(false);
         }
@@ -579,16 +580,7 @@ pub async fn read_once(
     settings: &Settings,
     environment: &str,
 ) -> Result<(Desired, HaltRead), ReleaseError> {
-    let location = release_location(settings, environment);
-    let release = match releases.fetch(&location, None).await? {
-        crate::outside::release::Fetched::Changed(release) => release,
-        crate::outside::release::Fetched::Unchanged => {
-            return Err(ReleaseError::UnexpectedNotModified { location });
-        }
-    };
-    let trust = Trust::new(settings, environment);
-    let accepted = Accepted::load(&settings.agent.state_dir, environment);
-    let mut desired = Desired::verify(releases, trust, location, release, accepted.as_ref()).await;
+    let mut desired = read_verified(releases, settings, environment).await?;
     let halt = match desired.published.verified().map(|v| v.sha.clone()) {
         None => HaltRead::NotNeeded,
         Some(sha) => match read_halt(halts, settings, environment, &sha).await {
@@ -605,6 +597,25 @@ pub async fn read_once(
         },
     };
     Ok((desired, halt))
+}
+
+/// Reads the release object once (an unconditional GET) and verifies it, without its halt:
+/// what a pin is checked against ([`read_once`] adds the halt).
+pub async fn read_verified(
+    releases: &impl ReleaseSource,
+    settings: &Settings,
+    environment: &str,
+) -> Result<Desired, ReleaseError> {
+    let location = release_location(settings, environment);
+    let release = match releases.fetch(&location, None).await? {
+        crate::outside::release::Fetched::Changed(release) => release,
+        crate::outside::release::Fetched::Unchanged => {
+            return Err(ReleaseError::UnexpectedNotModified { location });
+        }
+    };
+    let trust = Trust::new(settings, environment);
+    let accepted = Accepted::load(&settings.agent.state_dir, environment);
+    Ok(Desired::verify(releases, trust, location, release, accepted.as_ref()).await)
 }
 
 /// What one read of the published release's halt found.

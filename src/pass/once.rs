@@ -119,7 +119,7 @@ async fn sync_pass<T: TagSource, R: ReleaseSource, C: CredentialSource>(
     // is written.
     let (pinned, pin_catalog) = match &request.sha {
         Some(typed) => {
-            let (pinned, catalog) = pin_catalog(settings, services, &halts, &env.name, typed, shutdown).await?;
+            let (pinned, catalog) = pin_catalog(settings, services, &env.name, typed, shutdown).await?;
             (Some(pinned), Some(catalog))
         }
         None => (None, None),
@@ -278,7 +278,6 @@ async fn sync_pass<T: TagSource, R: ReleaseSource, C: CredentialSource>(
 async fn pin_catalog<T, R: ReleaseSource, C>(
     settings: &Settings,
     services: &Services<T, R, C>,
-    halts: &impl crate::outside::halts::HaltSource,
     environment: &str,
     typed: &Sha,
     shutdown: &Shutdown,
@@ -290,14 +289,14 @@ async fn pin_catalog<T, R: ReleaseSource, C>(
     let location = release_location(settings, environment);
     let known = shutdown.race(Known::read(&services.releases, environment, location)).await?;
     let pinned = known.resolve(typed.as_str())?;
-    let read = shutdown.race(desired::read_once(&known, halts, settings, environment)).await?;
+    let read = shutdown.race(desired::read_verified(&known, settings, environment)).await?;
     let catalog = match read {
-        Ok((mut desired, _)) => {
+        Ok(mut desired) => {
             desired.ensure_history(&known, trust).await;
             desired.catalog(trust, local.last_good_in(environment), None)
         }
         Err(e) if trust.required() => {
-            let location = desired::release_location(settings, environment);
+            let location = known.location();
             tracing::warn!("cannot read {location}: {e}; only this host's own records can verify the pin");
             let mut catalog = Catalog::new(true);
             catalog.add_local(trust, local.last_good_in(environment), None);
