@@ -331,15 +331,9 @@ fn a_first_deploy_interrupted_mid_probe_is_probed_again_before_it_counts() {
     assert!(h.host.page().is_none_or(|(status, _)| status != 500), "traffic went to the unproven container");
 }
 
-/// Rules flushed while the reconcile loop waits for the lock (a `sync` holds it): the rules
-/// keeper repairs them within seconds, without the lock.
-#[test]
-fn flushed_rules_are_repaired_while_the_loop_waits_for_the_lock() {
-    let h = SwitchHost::new("sw_flush_locked", "[reconcile]\ninterval = \"1s\"\njitter = \"0s\"\n");
-    let v1 = h.host.release("good");
-    let agent = h.host.start_agent(&[]);
-    h.host.wait_deployed(&v1, SERVE);
-    // Hold the reconcile lock as a long `sync` would.
+/// Takes the reconcile lock as a long `sync` would, once `agent` is running, and returns it
+/// when the agent's loop is waiting for it.
+fn hold_reconcile_lock(h: &SwitchHost, agent: &AgentProcess) -> std::fs::File {
     let lock = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -348,6 +342,18 @@ fn flushed_rules_are_repaired_while_the_loop_waits_for_the_lock() {
         .unwrap();
     lock.lock().unwrap();
     agent.wait_log("another blog-agent is reconciling", SERVE);
+    lock
+}
+
+/// Rules flushed while the reconcile loop waits for the lock (a `sync` holds it): the rules
+/// keeper repairs them within seconds, without the lock.
+#[test]
+fn flushed_rules_are_repaired_while_the_loop_waits_for_the_lock() {
+    let h = SwitchHost::new("sw_flush_locked", "[reconcile]\ninterval = \"1s\"\njitter = \"0s\"\n");
+    let v1 = h.host.release("good");
+    let agent = h.host.start_agent(&[]);
+    h.host.wait_deployed(&v1, SERVE);
+    let lock = hold_reconcile_lock(&h, &agent);
     iptables(&["-w", "5", "-t", "nat", "-F", &format!("{}-DNAT", h.chains)]);
     let flushed = Instant::now();
     h.host.wait_serves(&v1, Duration::from_secs(5));
@@ -366,14 +372,7 @@ fn a_removed_proven_container_s_address_gets_no_traffic_until_a_container_is_pro
     let v1 = h.host.release("good");
     let agent = h.host.start_agent(&[]);
     h.host.wait_deployed(&v1, SERVE);
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(h.host.state_dir().join("reconcile.lock"))
-        .unwrap();
-    lock.lock().unwrap();
-    agent.wait_log("another blog-agent is reconciling", SERVE);
+    let lock = hold_reconcile_lock(&h, &agent);
     let old_ip = docker_ok(&["inspect", "-f", "{{.NetworkSettings.IPAddress}}", &h.host.container]);
     docker_ok(&["rm", "-f", &h.host.container]);
     let removed = Instant::now();
