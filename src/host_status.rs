@@ -389,14 +389,7 @@ pub async fn gather(
         });
         let trust = Trust::new(settings, &env.name);
         let (last_good, pause) = (snapshot.state.last_good_in(&env.name), snapshot.pause.as_ref());
-        let catalog = match &desired {
-            Some(d) => d.catalog(trust, last_good, pause),
-            None => {
-                let mut catalog = Catalog::new(trust.required());
-                catalog.add_local(trust, last_good, pause);
-                catalog
-            }
-        };
+        let catalog = Catalog::for_host(desired.as_ref(), trust, last_good, pause);
         let wanted = desired.as_ref().map(Wanted::from).unwrap_or(Wanted::Unknown);
         let gate = published_at.map(|at| RolloutGate {
             seed: identity.seed(),

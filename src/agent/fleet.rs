@@ -195,7 +195,7 @@ impl Fleet {
         let next = match crate::pass::desired::read_halt_at(halts, prefix, environment, halt_after, published).await {
             Ok(Some(marker)) => {
                 if !matches!(current, HaltKnown::Halted(_)) {
-                    let who = safe_text(marker.by.as_deref().unwrap_or(&marker.instance_id));
+                    let who = marker.who();
                     let reason = safe_text(&marker.reason);
                     tracing::warn!(
                         sha = %published, by = %who, reason = %reason,

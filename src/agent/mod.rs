@@ -327,14 +327,7 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
         let (settings, environment) = (&self.settings, env.name.as_str());
         let trust = Trust::new(settings, environment);
         let (last_good, pause) = (snapshot.state.last_good_in(environment), snapshot.pause.as_ref());
-        let catalog = match &self.desired {
-            Some(desired) => desired.catalog(trust, last_good, pause),
-            None => {
-                let mut catalog = Catalog::new(trust.required());
-                catalog.add_local(trust, last_good, pause);
-                catalog
-            }
-        };
+        let catalog = Catalog::for_host(self.desired.as_ref(), trust, last_good, pause);
         let decide_on = |snapshot: &snapshot::Snapshot| {
             decide::decide(&Inputs {
                 settings,

@@ -237,7 +237,7 @@ fn check_halt(r: &mut Report, settings: &Settings, env: &str, sha: &crate::sha::
             format!(
                 "{} is HALTED for {env} by {}: {}; no host applies it until `blog-agent unhalt {sha}` ({location})",
                 sha.short(),
-                crate::sha::safe_text(m.by.as_deref().unwrap_or(&m.instance_id)),
+                m.who(),
                 crate::sha::safe_text(&m.reason)
             ),
         ),

@@ -91,7 +91,7 @@ impl PublishError {
         PublishError::Halted {
             sha: sha.clone(),
             environment: environment.to_owned(),
-            by: crate::sha::safe_text(halt.by.as_deref().unwrap_or(&halt.instance_id)),
+            by: halt.who(),
             reason: crate::sha::safe_text(&halt.reason),
         }
     }
