@@ -11,7 +11,7 @@
 //! to reach S3 or ECR for good.)
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use aws_config::environment::EnvironmentVariableRegionProvider;
 use aws_config::meta::region::RegionProviderChain;
@@ -188,6 +188,58 @@ pub fn custom_s3_endpoint() -> bool {
 }
 
 pub use super::describe;
+
+/// Measures this host's clock against the `Date` of every AWS answer (S3, ECR, STS, Auto
+/// Scaling) into [`crate::runtime::clock`]: each client's configuration adds it
+/// (`.interceptor(ClockWatch)`). An answer from a cache (`Age`) is not measured.
+#[derive(Debug, Clone, Copy)]
+pub struct ClockWatch;
+
+/// When the attempt was sent: the host's clock for the offset, the monotonic one for the round
+/// trip (which a clock step does not bend).
+#[derive(Debug, Clone, Copy)]
+struct Sent(SystemTime, Instant);
+
+impl aws_smithy_types::config_bag::Storable for Sent {
+    type Storer = aws_smithy_types::config_bag::StoreReplace<Sent>;
+}
+
+impl aws_sdk_s3::config::Intercept for ClockWatch {
+    fn name(&self) -> &'static str {
+        "ClockWatch"
+    }
+
+    fn read_before_transmit(
+        &self,
+        _: &aws_sdk_s3::config::interceptors::BeforeTransmitInterceptorContextRef<'_>,
+        _: &aws_sdk_s3::config::RuntimeComponents,
+        cfg: &mut aws_sdk_s3::config::ConfigBag,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        cfg.interceptor_state().store_put(Sent(SystemTime::now(), Instant::now()));
+        Ok(())
+    }
+
+    fn read_before_deserialization(
+        &self,
+        ctx: &aws_sdk_s3::config::interceptors::BeforeDeserializationInterceptorContextRef<'_>,
+        _: &aws_sdk_s3::config::RuntimeComponents,
+        cfg: &mut aws_sdk_s3::config::ConfigBag,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let headers = ctx.response().headers();
+        let (Some(Sent(sent, started)), Some(date), None) =
+            (cfg.load::<Sent>(), headers.get("date"), headers.get("age"))
+        else {
+            return Ok(());
+        };
+        let format = aws_smithy_types::date_time::Format::HttpDate;
+        let server = aws_smithy_types::DateTime::from_str(date, format).ok().and_then(|d| SystemTime::try_from(d).ok());
+        if let Some(sample) = server.and_then(|server| crate::runtime::clock::measure(*sent, started.elapsed(), server))
+        {
+            crate::runtime::clock::record(sample);
+        }
+        Ok(())
+    }
+}
 
 #[cfg(test)]
 mod tests {
