@@ -125,3 +125,26 @@ fn a_slow_clock_does_not_make_a_fresh_signature_look_from_the_future() {
     assert!((-7205.0..-7195.0).contains(&offset), "{clock}");
     remove_labelled(&host.id);
 }
+
+/// The service 2 minutes fast: it logs the clock's WARN once, and the metrics textfile carries
+/// the offset.
+#[test]
+fn the_service_logs_the_clock_and_exports_the_offset() {
+    let host = Host::new("clock-metrics");
+    let textfile = host.path().join("blog_agent.prom");
+    host.write_config(&format!("[metrics]\ntextfile = \"{}\"\n", textfile.display()));
+    let sha = host.release("good");
+    let agent = host.start_agent_with(&[], |cmd| {
+        cmd.env("LD_PRELOAD", libfaketime()).env("FAKETIME", "+2m").env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+    });
+    agent.wait_log("clock WARN: this host's clock is ", std::time::Duration::from_secs(30));
+    let offset = wait_for("the clock offset in the metrics", std::time::Duration::from_secs(60), || {
+        let text = std::fs::read_to_string(&textfile).ok()?;
+        let value = text.lines().find_map(|l| l.strip_prefix("blog_agent_clock_offset_seconds "))?;
+        value.parse::<f64>().ok()
+    });
+    assert!((115.0..125.0).contains(&offset), "{offset}");
+    host.assert_serves(&sha);
+    drop(agent);
+    remove_labelled(&host.id);
+}
