@@ -281,8 +281,9 @@ mod tests {
 
     #[test]
     fn judgement_goes_by_the_offset_less_its_error() {
-        // (what, offset ms, rtt ms, level)
-        let cases: &[(&str, Option<(i64, u64)>, Level)] = &[
+        // (what, (offset ms, rtt ms) measured, level)
+        type Case = (&'static str, Option<(i64, u64)>, Level);
+        let cases: &[Case] = &[
             ("nothing measured", None, Level::Unknown),
             ("in sync", Some((0, 50)), Level::Ok),
             ("a second off", Some((-1000, 50)), Level::Ok),
