@@ -321,6 +321,28 @@ mod tests {
         assert_eq!(imds.region_reads.load(Ordering::SeqCst), 0);
     }
 
+    /// An answer's `Date` 20 minutes behind this host's clock is measured as the host 20 minutes
+    /// ahead; the same from a cache (`Age`) is not measured.
+    #[tokio::test]
+    async fn clock_watch_measures_the_date_of_an_answer_but_not_a_cached_one() {
+        use aws_smithy_types::date_time::{DateTime, Format};
+        let date = DateTime::from(SystemTime::now() - Duration::from_secs(1200)).fmt(Format::HttpDate).unwrap();
+        let endpoint = crate::outside::loopback::serve(move |head| {
+            let age = if head.starts_with("HEAD /cached") { "Age: 30\r\n" } else { "" };
+            format!("HTTP/1.1 200 OK\r\nDate: {date}\r\n{age}Content-Length: 0\r\nConnection: close\r\n\r\n")
+        })
+        .await;
+        let sdk = crate::outside::loopback::sdk_config(endpoint);
+        let config = aws_sdk_s3::config::Builder::from(&sdk).force_path_style(true).interceptor(ClockWatch).build();
+        let s3 = aws_sdk_s3::Client::from_conf(config);
+        s3.head_bucket().bucket("cached").send().await.unwrap();
+        assert_eq!(crate::runtime::clock::latest(), None, "a cached answer's Date is not this moment's");
+        s3.head_bucket().bucket("fresh").send().await.unwrap();
+        let sample = crate::runtime::clock::latest().expect("measured");
+        assert!((1_199_000..1_201_000).contains(&sample.offset_ms), "{sample:?}");
+        assert_eq!(crate::runtime::clock::judge(Some(&sample)), crate::runtime::clock::Level::Fail);
+    }
+
     #[test]
     fn ecr_host_names_its_region() {
         let region = |host: &str| ecr_host_region(host).map(|r| r.as_ref().to_owned());
