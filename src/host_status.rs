@@ -276,7 +276,7 @@ pub async fn gather(
                         sha: read.to_string(),
                         uri: d.location.to_string(),
                         etag: d.etag.clone(),
-                        read_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+                        read_at: humantime::format_rfc3339_seconds(clock::now()).to_string(),
                         published_at: verified.and_then(|v| v.published_at).map(rfc3339),
                         digest: p.digest.clone(),
                         published_by: p.by.clone(),
