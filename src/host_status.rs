@@ -19,6 +19,7 @@ use crate::outside::release::{Provenance, ReleaseSource};
 use crate::pass::decide::{self, RolloutGate, Wanted, Why};
 use crate::pass::desired::{Catalog, HaltRead, Published, Trust};
 use crate::pass::snapshot::Snapshot;
+use crate::runtime::clock::{self, ClockStatus};
 use crate::sha::safe_text;
 use crate::spec::{LABEL_DIGEST, LABEL_SHA};
 use crate::state::{LastPass, Pause, State, StateReadError};
@@ -54,6 +55,8 @@ pub struct Status {
     pub halt: Option<HaltStatus>,
     /// The halt marker could not be read.
     pub halt_error: Option<String>,
+    /// This host's clock against AWS's, measured from the answers `status` itself got.
+    pub clock: ClockStatus,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -232,6 +235,7 @@ pub async fn gather(
         },
         halt: None,
         halt_error: None,
+        clock: ClockStatus::of(None),
     };
     let env_and_release = async {
         let env = environment::resolve(env_flag, settings, tags).await;
@@ -252,6 +256,7 @@ pub async fn gather(
     }
     .to_owned();
     status.rollout.seed = identity.seed();
+    status.clock = ClockStatus::of(clock::latest().as_ref());
     let mut desired = None;
     let mut marker = None;
     let env = match env {
@@ -271,7 +276,7 @@ pub async fn gather(
                         sha: read.to_string(),
                         uri: d.location.to_string(),
                         etag: d.etag.clone(),
-                        read_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+                        read_at: humantime::format_rfc3339_seconds(clock::now()).to_string(),
                         published_at: verified.and_then(|v| v.published_at).map(rfc3339),
                         digest: p.digest.clone(),
                         published_by: p.by.clone(),
@@ -369,10 +374,7 @@ pub async fn gather(
         status.rollout.applies_at = Some(rfc3339(rollout::apply_at(at, identity.seed(), spread)));
         let new_here = running.as_deref() != Some(published.sha.as_str());
         status.rollout.waiting = new_here
-            && matches!(
-                rollout::gate(at, identity.seed(), spread, SystemTime::now(), running.is_none()),
-                Gate::Wait { .. }
-            );
+            && matches!(rollout::gate(at, identity.seed(), spread, clock::now(), running.is_none()), Gate::Wait { .. });
     }
     // What the host is meant to run is the decision's own answer, on what Docker and the state
     // directory show now; without Docker it is what a host with nothing serving would run.
@@ -391,12 +393,8 @@ pub async fn gather(
         let (last_good, pause) = (snapshot.state.last_good_in(&env.name), snapshot.pause.as_ref());
         let catalog = Catalog::for_host(desired.as_ref(), trust, last_good, pause);
         let wanted = desired.as_ref().map(Wanted::from).unwrap_or(Wanted::Unknown);
-        let gate = published_at.map(|at| RolloutGate {
-            seed: identity.seed(),
-            spread,
-            published_at: at,
-            now: SystemTime::now(),
-        });
+        let gate =
+            published_at.map(|at| RolloutGate { seed: identity.seed(), spread, published_at: at, now: clock::now() });
         let decision = decide::decide(&decide::Inputs {
             settings,
             environment: &env.name,
@@ -543,7 +541,7 @@ pub fn render_text(s: &Status) -> String {
         },
     );
     line("identity", identity_text(&s.rollout));
-    line("rollout", rollout_text(s, SystemTime::now()));
+    line("rollout", rollout_text(s, clock::now()));
     match (&s.halt, &s.halt_error) {
         (Some(h), _) => line(
             "halted",
@@ -586,6 +584,7 @@ pub fn render_text(s: &Status) -> String {
         }
     }
     line("converged", if s.converged { "yes".into() } else { "NO".into() });
+    line("clock", format!("{}: {}", s.clock.judgement, s.clock.detail));
     out
 }
 
@@ -666,6 +665,7 @@ mod tests {
             },
             halt: None,
             halt_error: None,
+            clock: ClockStatus::of(None),
         }
     }
 

@@ -416,6 +416,7 @@ fn metrics_textfile_is_valid_per_the_reference_parser() {
         ("blog_agent_rollbacks", "counter"),
         ("blog_agent_halted", "gauge"),
         ("blog_agent_rollout_wait_seconds", "gauge"),
+        ("blog_agent_clock_offset_seconds", "gauge"),
         ("blog_agent_s3_requests", "counter"),
         ("blog_agent_ecr_calls", "counter"),
     ];

@@ -133,7 +133,7 @@ impl Fleet {
     pub async fn gate(&mut self, spread: Duration, published_at: Option<SystemTime>) -> Option<RolloutGate> {
         let published_at = published_at.filter(|_| !spread.is_zero())?;
         let seed = self.identity().await.seed();
-        Some(RolloutGate { seed, spread, published_at, now: SystemTime::now() })
+        Some(RolloutGate { seed, spread, published_at, now: crate::runtime::clock::now() })
     }
 
     /// Forgets what it knows of halts (the configuration, and so the prefix, changed).

@@ -555,7 +555,7 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
             .and_then(|d| d.published.verified())
             .filter(|p| p.sha == *sha)
             .and_then(|p| p.published_at)
-            .and_then(|at| SystemTime::now().duration_since(at).ok());
+            .and_then(|at| crate::runtime::clock::now().duration_since(at).ok());
         History { served_before_pass: served_before == Some(sha), served_here_for, published_for }
     }
 
@@ -604,6 +604,7 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
         let proven = crate::state::State::load(&self.settings.agent.state_dir).proven;
         metrics.set_digest(proven.filter(|p| p.sha == sha && !p.digest.is_empty()).map(|p| (p.sha, p.digest)));
         metrics.record_pass(phase.is_converged(), SystemTime::now());
+        metrics.set_clock(crate::runtime::clock::latest());
         let published = self.desired.as_ref().map(|d| d.published.sha());
         let halted = published.filter(|sha| self.fleet.halt_of(sha).is_some());
         metrics.set_halted(halted.map(Sha::to_string).into_iter().collect());

@@ -3,7 +3,8 @@
 //!
 //! Reads: the configuration, instance metadata, AWS credentials, the release object and its
 //! halt (through one S3 client), the registry, Docker, netfilter, the host ports and the
-//! launch hook. Decides: `ok` or `FAIL` for each check.
+//! launch hook; the clock's offset from AWS's, measured from those answers. Decides: `ok` or
+//! `FAIL` for each check.
 
 use std::net::{IpAddr, Ipv4Addr, TcpListener};
 
@@ -21,6 +22,7 @@ use crate::outside::registry::{CredentialSource, Ecr};
 use crate::outside::release::{ReleaseError, S3Releases};
 use crate::outside::s3::S3Client;
 use crate::pass::desired::{self, release_location, Desired, HaltRead, Published};
+use crate::runtime::clock;
 
 #[derive(Debug, Args)]
 pub struct CheckArgs {}
@@ -150,6 +152,7 @@ pub async fn run(cli: &Cli, _args: &CheckArgs) -> Result<(), Failure> {
             None
         }
     };
+    check_clock(&mut r);
     match (&sha, &creds, engine.as_ref()) {
         (None, _, _) => r.skip("registry", "needs S3: no release SHA to look for (see the s3 lines above)"),
         (Some(_), None, _) => r.skip("registry", "needs an ECR token (see above)"),
@@ -192,6 +195,20 @@ pub async fn run(cli: &Cli, _args: &CheckArgs) -> Result<(), Failure> {
         Ok(())
     } else {
         Err(Failure { code: exit::FAILED, message: format!("{} check(s) failed", r.failed) })
+    }
+}
+
+/// This host's clock against AWS's, from the `Date` of the S3, ECR and STS answers above:
+/// `FAIL` beyond [`clock::FAIL_OFFSET`] (time decisions are refused), `WARN` beyond
+/// [`clock::WARN_OFFSET`], `skip` when no answer was measured.
+fn check_clock(r: &mut Report) {
+    let sample = clock::latest();
+    let detail = clock::describe(sample.as_ref());
+    match clock::judge(sample.as_ref()) {
+        clock::Level::Ok => r.ok("clock", detail),
+        clock::Level::Warn => r.warn("clock", detail),
+        clock::Level::Fail => r.fail("clock", detail),
+        clock::Level::Unknown => r.skip("clock", &detail),
     }
 }
 

@@ -87,8 +87,8 @@ pub enum Command {
     /// Preflight doctor: one line per dependency, changes nothing.
     ///
     /// Lines, in order: config; imds and environment tag (or environment); aws region; aws
-    /// credentials; s3 object; release sha; release signature; release halt; ecr token;
-    /// registry (a manifest request, no pull); docker; docker live-restore; host port (one per
+    /// credentials; s3 object; release sha; release signature; release halt; ecr token; clock
+    /// (this host's offset from AWS's time); registry (a manifest request, no pull); docker; docker live-restore; host port (one per
     /// mapping); in switch mode traffic switch, traffic chains and route_localnet; with
     /// [rollout] lifecycle_hook, launch gate. Exit 0 only when no line is FAIL (WARN and skip
     /// lines do not count).

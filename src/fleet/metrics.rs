@@ -37,6 +37,7 @@ struct Gauges {
     last_pass: Option<SystemTime>,
     halted: BTreeSet<String>,
     rollout_wait: Duration,
+    clock: Option<crate::runtime::clock::Sample>,
 }
 
 /// The agent's metrics. Every method takes `&self`.
@@ -98,6 +99,11 @@ impl Metrics {
     /// How long until this host may apply the published release; zero when it is not waiting.
     pub fn set_rollout_wait(&self, wait: Duration) {
         self.gauges().rollout_wait = wait;
+    }
+
+    /// The latest measurement of this host's clock against AWS's.
+    pub fn set_clock(&self, sample: Option<crate::runtime::clock::Sample>) {
+        self.gauges().clock = sample;
     }
 
     /// One request sent to S3 (a poll, a halt marker read or write).
@@ -196,6 +202,14 @@ impl Metrics {
             "gauge",
             "Seconds until this host may apply the published release (its rollout wave); 0 when not waiting.",
             &[(vec![], g.rollout_wait.as_secs_f64().to_string())],
+        );
+        let offset: Vec<_> = g.clock.iter().map(|s| (vec![], (s.offset_ms as f64 / 1000.0).to_string())).collect();
+        family(
+            "blog_agent_clock_offset_seconds",
+            "gauge",
+            "This host's clock minus AWS's (from the Date of AWS answers), in seconds; beyond 5 the agent warns, \
+             beyond 300 it refuses its time decisions.",
+            &offset,
         );
         family(
             "blog_agent_s3_requests_total",
@@ -337,6 +351,7 @@ mod tests {
             "blog_agent_rollbacks_total",
             "blog_agent_halted",
             "blog_agent_rollout_wait_seconds",
+            "blog_agent_clock_offset_seconds",
             "blog_agent_s3_requests_total",
             "blog_agent_ecr_calls_total",
         ] {
@@ -344,6 +359,7 @@ mod tests {
             assert_eq!(text.matches(&format!("# TYPE {name} ")).count(), 1, "{name}:\n{text}");
         }
         assert!(!text.contains("blog_agent_converged 0"), "no pass yet, no sample:\n{text}");
+        assert!(!text.contains("\nblog_agent_clock_offset_seconds "), "nothing measured, no sample:\n{text}");
         assert!(text.contains("blog_agent_deploys_total{result=\"failure\"} 0\n"), "{text}");
         assert!(text.ends_with('\n'));
     }
@@ -361,6 +377,8 @@ mod tests {
         m.set_release("staging", "3f2a9c1", "serving");
         m.set_halted(vec!["bbbbbbb".into(), "ccccccc".into(), "bbbbbbb".into()]);
         m.set_rollout_wait(Duration::from_millis(12_500));
+        let taken = SystemTime::UNIX_EPOCH;
+        m.set_clock(Some(crate::runtime::clock::Sample { offset_ms: -1_200_250, rtt: Duration::ZERO, taken }));
         for _ in 0..3 {
             m.add_s3_request();
         }
@@ -376,6 +394,7 @@ mod tests {
             "blog_agent_halted{sha=\"bbbbbbb\"} 1",
             "blog_agent_halted{sha=\"ccccccc\"} 1",
             "blog_agent_rollout_wait_seconds 12.5",
+            "blog_agent_clock_offset_seconds -1200.25",
             "blog_agent_s3_requests_total 3",
             "blog_agent_ecr_calls_total 1",
         ] {

@@ -317,8 +317,12 @@ impl Desired {
             if trust.required() || checked.is_err() { read_history(releases, trust, &location).await } else { None };
         let published = match checked {
             Ok(verified) => {
-                match trust.check_replay(&verified, accepted, history.as_deref().unwrap_or_default(), SystemTime::now())
-                {
+                match trust.check_replay(
+                    &verified,
+                    accepted,
+                    history.as_deref().unwrap_or_default(),
+                    crate::runtime::clock::now(),
+                ) {
                     Ok(()) => Published::Verified(verified),
                     Err(refusal) => Published::Refused { sha: release.sha, refusal },
                 }

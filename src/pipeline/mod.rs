@@ -55,6 +55,8 @@ pub enum PublishError {
     HaltUnknown(Box<HaltError>, Sha),
     #[error("{0}; nothing was written")]
     Read(ReleaseError),
+    #[error("{0}; nothing was written")]
+    Clock(#[from] crate::runtime::clock::ClockOff),
     #[error(transparent)]
     Write(#[from] WriteError),
     #[error(
@@ -278,7 +280,7 @@ impl Pipeline {
         };
         // The signed time orders releases for the hosts' replay rule: every write (publish,
         // rollback, promote) is signed with a fresh one, so it is followed.
-        let at = rfc3339(SystemTime::now());
+        let at = rfc3339(crate::runtime::clock::now());
         let provenance = Provenance {
             digest: Some(now.clone()),
             by: Some(publisher()),
@@ -466,7 +468,7 @@ impl Pipeline {
             return Err(PublishError::halted(sha, from, &halt));
         }
         if let Some(at) = entry.published_at {
-            let ago = SystemTime::now().duration_since(at).unwrap_or_default();
+            let ago = crate::runtime::clock::decision_now("promote --soak")?.duration_since(at).unwrap_or_default();
             if ago < soak {
                 let detail = format!(
                     "published there at {} ({} ago), --soak {}: promote it from {}",
