@@ -1,0 +1,118 @@
+//! The disk watched (issue 24, point 5): before a pull, free space on Docker's data root is
+//! compared with the image's size (its manifest) plus `[reconcile] min_free_disk`. Short, the
+//! images this host does not need go first; still short, the pull is not started and the
+//! running version keeps serving, and `sync`, `status` and `check` say why with the numbers.
+//!
+//! "Short" is made with a `min_free_disk` larger than any disk here ("100TB"): the real stack,
+//! the real registry, no disk actually filled.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{docker, docker_ok, Host, Run};
+
+/// The line of `check`'s output for `name`.
+fn check_line(run: &Run, name: &str) -> String {
+    run.stdout
+        .lines()
+        .find(|l| l.get(5..).is_some_and(|rest| rest.starts_with(&format!("{name}:"))))
+        .unwrap_or_else(|| panic!("no {name} line in:\n{}", run.stdout))
+        .to_owned()
+}
+
+fn image_present(reference: &str) -> bool {
+    docker(&["image", "inspect", reference]).status.success()
+}
+
+#[test]
+fn a_release_that_does_not_fit_is_not_pulled_and_the_running_version_keeps_serving() {
+    let host = Host::new("disk_short");
+    let first = host.release("good");
+    let run = host.sync();
+    assert_eq!(run.code, 0, "{}", run.output());
+    host.wait_deployed(&first, Duration::from_secs(30));
+
+    // An image of the repository this host does not need: pulled by hand, used by nothing.
+    let unneeded = host.publish("good");
+    docker_ok(&["pull", "-q", &host.image(&unneeded)]);
+    assert!(image_present(&host.image(&unneeded)));
+
+    let second = host.release("good");
+    host.write_config("[reconcile]\nmin_free_disk = \"100TB\"\n");
+    let run = host.sync();
+    assert_eq!(run.code, 1, "a sync that could not pull fails: {}", run.output());
+    let message = run.stderr.lines().find(|l| l.contains("not enough disk space")).unwrap_or_else(|| {
+        panic!("no disk message:\n{}", run.output());
+    });
+    for want in [
+        &format!("to pull {}", host.image(&second)) as &str,
+        "Docker's data root",
+        "free, the pull needs",
+        "for the image (its manifest)",
+        "100TB of [reconcile] min_free_disk",
+        "1 image(s) this host does not need were removed first",
+        "the pull was not started and the running version keeps serving",
+        "lower [reconcile] min_free_disk",
+    ] {
+        assert!(message.contains(want), "{want:?} not in: {message}");
+    }
+    // Nothing changed for the site, and the unneeded image went while the running one stayed.
+    host.assert_serves(&first);
+    assert_eq!(host.label("io.blog-agent.sha"), first);
+    host.assert_only_the_serving_container();
+    assert!(!image_present(&host.image(&second)), "the pull was not started");
+    assert!(!image_present(&host.image(&unneeded)), "the image nothing needs was removed to make room");
+    assert!(image_present(&host.image(&first)), "the running version's image stays");
+
+    let status = host.agent(&["--env", "staging", "status"]);
+    let disk = status.stdout.lines().find(|l| l.starts_with("disk ")).unwrap_or_else(|| panic!("{}", status.stdout));
+    assert!(disk.contains("free, below [reconcile] min_free_disk 100TB") && disk.contains("SHORT"), "{disk}");
+    assert!(disk.contains("lower [reconcile] min_free_disk"), "{disk}");
+    let last_error = status.stdout.lines().find(|l| l.starts_with("last error")).unwrap_or_default();
+    assert!(last_error.contains("not enough disk space"), "{}", status.stdout);
+    let json = host.agent(&["--env", "staging", "status", "--json"]);
+    let json: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(json["disk"]["ok"], false, "{json}");
+    assert_eq!(json["disk"]["min_free_bytes"], 100_000_000_000_000u64, "{json}");
+    assert!(json["disk"]["free_bytes"].as_u64().unwrap() > 0, "{json}");
+
+    let check = host.agent(&["--env", "staging", "check"]);
+    let line = check_line(&check, "disk");
+    assert!(line.starts_with("FAIL disk: "), "{line}");
+    for want in [&format!("pulling {}", host.image(&second)) as &str, "for the image (its manifest)", "100TB", "short"] {
+        assert!(line.contains(want), "{want:?} not in: {line}");
+    }
+
+    // With room again, the next sync pulls and deploys it.
+    host.write_config("");
+    let run = host.sync();
+    assert_eq!(run.code, 0, "{}", run.output());
+    host.wait_deployed(&second, Duration::from_secs(30));
+    let check = host.agent(&["--env", "staging", "check"]);
+    let line = check_line(&check, "disk");
+    assert!(line.starts_with("ok   disk: ") && line.contains("min_free_disk 2GiB"), "{line}");
+}
+
+#[test]
+fn a_first_deploy_that_does_not_fit_leaves_nothing_half_done() {
+    let host = Host::new("disk_first");
+    let sha = host.release("good");
+    host.write_config("[reconcile]\nmin_free_disk = \"100TB\"\n");
+    let run = host.sync();
+    assert_eq!(run.code, 1, "{}", run.output());
+    assert!(run.stderr.contains("not enough disk space to pull"), "{}", run.output());
+    assert!(run.stderr.contains("no image this host does not need was left to remove"), "{}", run.output());
+    assert!(host.containers().is_empty(), "no container was created: {:?}", host.containers());
+    assert!(!image_present(&host.image(&sha)));
+}
+
+#[test]
+fn a_bad_min_free_disk_is_a_config_error_naming_the_key_and_the_units() {
+    let host = Host::new("disk_config");
+    host.write_config("[reconcile]\nmin_free_disk = \"2G\"\n");
+    let run = host.sync();
+    assert_eq!(run.code, 78, "{}", run.output());
+    let line = run.stderr.lines().find(|l| l.contains("min_free_disk")).unwrap_or_default();
+    assert!(line.contains("[reconcile] min_free_disk = \"2G\"") && line.contains("KiB, MiB, GiB, TiB"), "{}", run.stderr);
+}
