@@ -940,7 +940,7 @@ pub fn format_size(bytes: u64) -> String {
     ];
     UNITS
         .iter()
-        .find(|(unit, _)| bytes > 0 && bytes % unit == 0)
+        .find(|(unit, _)| bytes > 0 && bytes.is_multiple_of(*unit))
         .map(|(unit, name)| format!("{}{name}", bytes / unit))
         .unwrap_or_else(|| format!("{bytes}B"))
 }

@@ -49,8 +49,7 @@ fn a_release_that_does_not_fit_is_not_pulled_and_the_running_version_keeps_servi
         &format!("to pull {}", host.image(&second)) as &str,
         "Docker's data root",
         "free, the pull needs",
-        "for the image (its manifest)",
-        "100TB of [reconcile] min_free_disk",
+        "for the image (from its manifest) and 100TB of [reconcile] min_free_disk",
         "1 image(s) this host does not need were removed first",
         "the pull was not started and the running version keeps serving",
         "lower [reconcile] min_free_disk",
@@ -80,7 +79,9 @@ fn a_release_that_does_not_fit_is_not_pulled_and_the_running_version_keeps_servi
     let check = host.agent(&["--env", "staging", "check"]);
     let line = check_line(&check, "disk");
     assert!(line.starts_with("FAIL disk: "), "{line}");
-    for want in [&format!("pulling {}", host.image(&second)) as &str, "for the image (its manifest)", "100TB", "short"] {
+    for want in
+        [&format!("pulling {}", host.image(&second)) as &str, "for the image (from its manifest)", "100TB", "short"]
+    {
         assert!(line.contains(want), "{want:?} not in: {line}");
     }
 
@@ -114,5 +115,9 @@ fn a_bad_min_free_disk_is_a_config_error_naming_the_key_and_the_units() {
     let run = host.sync();
     assert_eq!(run.code, 78, "{}", run.output());
     let line = run.stderr.lines().find(|l| l.contains("min_free_disk")).unwrap_or_default();
-    assert!(line.contains("[reconcile] min_free_disk = \"2G\"") && line.contains("KiB, MiB, GiB, TiB"), "{}", run.stderr);
+    assert!(
+        line.contains("[reconcile] min_free_disk = \"2G\"") && line.contains("KiB, MiB, GiB, TiB"),
+        "{}",
+        run.stderr
+    );
 }

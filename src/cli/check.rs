@@ -336,7 +336,7 @@ async fn check_disk(
     }
     let (size, size_note) = match creds {
         Some(creds) => match crate::outside::manifest::image_size(&repo.registry, &repo.path, reference, creds).await {
-            Ok(size) => (Some(size), format!("{} for the image (its manifest)", human(size))),
+            Ok(size) => (Some(size), format!("{} for the image (from its manifest)", human(size))),
             Err(e) => (None, format!("the image's size is unknown ({e}), so {margin} alone")),
         },
         None => (None, format!("the image's size is unknown (no ECR token), so {margin} alone")),

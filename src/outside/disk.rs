@@ -66,7 +66,10 @@ pub fn free_space(path: &Path) -> std::io::Result<u64> {
     }
     // SAFETY: initialised by the successful call above.
     let stat = unsafe { stat.assume_init() };
-    Ok(u64::from(stat.f_bavail).saturating_mul(stat.f_frsize))
+    // Both are u64 on 64-bit Linux, narrower on some 32-bit targets.
+    #[allow(clippy::useless_conversion)]
+    let (blocks, block_size) = (u64::from(stat.f_bavail), u64::from(stat.f_frsize));
+    Ok(blocks.saturating_mul(block_size))
 }
 
 /// `bytes` for a person: binary units with one decimal, as `df -h` shows them.
@@ -116,7 +119,7 @@ impl std::fmt::Display for Shortage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let parts = match self.image_size {
             Some(size) => format!(
-                "{} for the image (its manifest) + {} of [reconcile] min_free_disk",
+                "{} for the image (from its manifest) and {} of [reconcile] min_free_disk",
                 human(size),
                 format_size(self.min_free)
             ),
@@ -131,8 +134,8 @@ impl std::fmt::Display for Shortage {
         };
         write!(
             f,
-            "not enough disk space to pull {}: Docker's data root {} has {} free, the pull needs {} ({parts}), {} \
-             short ({removed}); the pull was not started and the running version keeps serving. Fix: {FIX}",
+            "not enough disk space to pull {}: Docker's data root {} has {} free, the pull needs {}: {parts}; {} \
+             short, {removed}. The pull was not started and the running version keeps serving. Fix: {FIX}",
             self.image,
             self.root.display(),
             human(self.free),
@@ -374,8 +377,7 @@ mod tests {
         for want in [
             "r/blog:abc",
             "/var/lib/docker has 5.0 GiB free",
-            "512.0 MiB for the image",
-            "100TB of [reconcile] min_free_disk",
+            "512.0 MiB for the image (from its manifest) and 100TB of [reconcile] min_free_disk",
             "2 image(s) this host does not need were removed",
             "the running version keeps serving",
             "lower [reconcile] min_free_disk",

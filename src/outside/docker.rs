@@ -551,6 +551,22 @@ impl Engine {
 mod tests {
     use super::EngineError;
 
+    /// A full disk is told apart from other pull failures: no retry helps until space is freed.
+    #[test]
+    fn a_pull_that_fills_the_disk_is_a_no_space_error() {
+        let full = [
+            "write /var/lib/docker/tmp/GetImageBlob123: no space left on device",
+            "failed to register layer: Error processing tar file(exit status 1): write /x: No space left on device",
+        ];
+        for detail in full {
+            assert!(matches!(super::pull_failed("r/b:1", detail.into()), EngineError::NoSpace { .. }), "{detail}");
+        }
+        let other = super::pull_failed("r/b:1", "manifest unknown".into());
+        assert!(matches!(other, EngineError::Pull { .. }), "{other}");
+        let text = super::pull_failed("r/b:1", full[0].into()).to_string();
+        assert!(text.starts_with("pulling r/b:1: Docker ran out of disk space: "), "{text}");
+    }
+
     fn start_failed(detail: &str) -> EngineError {
         EngineError::Api { op: "start container", target: "c".into(), detail: detail.into() }
     }
