@@ -441,7 +441,7 @@ mod tests {
         m.set_disk(DiskGauges { free: Some(5 << 30), min_free: 2 << 30, short: false, need: None });
         let text = m.render();
         assert!(
-            text.contains("\nblog_agent_disk_short 0\n") && !text.contains("blog_agent_disk_needed_bytes "),
+            text.contains("\nblog_agent_disk_short 0\n") && !text.contains("\nblog_agent_disk_needed_bytes "),
             "{text}"
         );
     }
