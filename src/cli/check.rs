@@ -304,7 +304,7 @@ async fn check_disk(
     let min_free = settings.reconcile.min_free_disk;
     let (root, free) = (reading.root.display(), human(reading.free));
     let margin = format!("[reconcile] min_free_disk {}", crate::config::format_size(min_free));
-    const FIX: &str = "free space there (`docker system df` shows what Docker holds), grow the volume, or lower \
+    let fix = "free space there (`docker system df` shows what Docker holds), grow the volume, or lower \
                        [reconcile] min_free_disk";
     let repo = &settings.image.repository;
     let Some((sha, digest)) = release else {
@@ -312,7 +312,7 @@ async fn check_disk(
             Verdict::Enough => r.ok(DISK, format!("{root}: {free} free ({margin})")),
             Verdict::Short { missing, .. } => r.fail(
                 DISK,
-                format!("{root}: {free} free, {} below {margin}: no release can be pulled; {FIX}", human(missing)),
+                format!("{root}: {free} free, {} below {margin}: no release can be pulled; {fix}", human(missing)),
             ),
         };
     };
@@ -328,7 +328,7 @@ async fn check_disk(
                 DISK,
                 format!(
                     "{root}: {free} free, {} below {margin}: the release's image is on disk, but the next \
-                     release will not be pulled; {FIX}",
+                     release will not be pulled; {fix}",
                     human(missing)
                 ),
             ),
@@ -354,7 +354,7 @@ async fn check_disk(
             format!(
                 "{root}: {free} free, but pulling {image} needs {} ({size_note}{}), {} short: the agent removes the \
                  images this host does not need, and if that is not enough it does not pull (the running version \
-                 keeps serving); {FIX}",
+                 keeps serving); {fix}",
                 human(need),
                 if size.is_some() { format!(" + {margin}") } else { String::new() },
                 human(missing)
