@@ -51,7 +51,7 @@ fn a_release_that_does_not_fit_is_not_pulled_and_the_running_version_keeps_servi
         "free, the pull needs",
         "for the image (from its manifest) and 100TB of [reconcile] min_free_disk",
         "1 image(s) this host does not need were removed first",
-        "the pull was not started and the running version keeps serving",
+        "pull was not started and the running version keeps serving",
         "lower [reconcile] min_free_disk",
     ] {
         assert!(message.contains(want), "{want:?} not in: {message}");
