@@ -121,3 +121,40 @@ fn a_bad_min_free_disk_is_a_config_error_naming_the_key_and_the_units() {
         run.stderr
     );
 }
+
+/// The service: a release that does not fit is not pulled, the running version keeps serving,
+/// and the metrics say why; with room again (a reload) it is deployed.
+#[test]
+fn the_service_keeps_serving_and_its_metrics_say_the_disk_is_short() {
+    let host = Host::new("disk_run");
+    let first = host.release("good");
+    assert_eq!(host.sync().code, 0);
+    host.wait_deployed(&first, Duration::from_secs(30));
+    let second = host.release("good");
+    let prom = host.path().join("metrics/blog_agent.prom");
+    let metrics = || std::fs::read_to_string(&prom).unwrap_or_default();
+    let config =
+        |extra: &str| format!("[reconcile]\ninterval = \"1s\"\n{extra}[metrics]\ntextfile = \"{}\"\n", prom.display());
+    host.write_config(&config("min_free_disk = \"100TB\"\n"));
+    let mut agent = host.start_agent(&[]);
+    agent.wait_log("not enough disk space to pull", Duration::from_secs(30));
+    common::wait_for("the metrics to say the disk is short", Duration::from_secs(30), || {
+        let text = metrics();
+        (text.contains("\nblog_agent_disk_short 1\n") && text.contains("\nblog_agent_disk_needed_bytes 1000"))
+            .then_some(())
+    });
+    let text = metrics();
+    assert!(text.contains("\nblog_agent_disk_min_free_bytes 100000000000000\n"), "{text}");
+    assert!(text.contains("\nblog_agent_disk_free_bytes "), "{text}");
+    host.assert_serves(&first);
+    agent.assert_alive();
+
+    host.write_config(&config(""));
+    agent.signal("HUP");
+    host.wait_deployed(&second, Duration::from_secs(60));
+    common::wait_for("the metrics to say the disk is fine", Duration::from_secs(30), || {
+        metrics().contains("\nblog_agent_disk_short 0\n").then_some(())
+    });
+    assert!(metrics().contains("\nblog_agent_disk_min_free_bytes 2147483648\n"), "{}", metrics());
+    agent.stop_with("TERM");
+}
