@@ -158,3 +158,27 @@ fn the_service_keeps_serving_and_its_metrics_say_the_disk_is_short() {
     assert!(metrics().contains("\nblog_agent_disk_min_free_bytes 2147483648\n"), "{}", metrics());
     agent.stop_with("TERM");
 }
+
+/// A size that cannot be learnt (the registry refuses the manifest request) is said, and
+/// `min_free_disk` alone decides.
+#[test]
+fn a_size_that_cannot_be_learnt_is_said_and_min_free_disk_alone_decides() {
+    let mut host = Host::new("disk_unknown");
+    host.registry = common::badauth_registry();
+    host.write_config("[reconcile]\nmin_free_disk = \"100TB\"\n");
+    host.put_release("staging", &common::unique_sha("disk_unknown"));
+    let run = host.sync();
+    assert_eq!(run.code, 1, "{}", run.output());
+    let said = run.stderr.lines().find(|l| l.contains("cannot learn the size of")).unwrap_or_default();
+    assert!(
+        said.contains("HTTP 401") && said.contains("requiring [reconcile] min_free_disk (100TB) free alone"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("the image's size is unknown, so [reconcile] min_free_disk = 100TB alone"),
+        "{}",
+        run.stderr
+    );
+    assert!(host.containers().is_empty());
+}

@@ -154,13 +154,7 @@ pub async fn ensure_image(
     let creds = shutdown.race(creds_source.credentials()).await??;
     let reference = digest.unwrap_or(desired.sha.as_str());
     shutdown.race(crate::outside::disk::make_room(engine, settings, desired.sha.as_str(), reference, &creds)).await??;
-    let pull = engine.pull(
-        &repo,
-        digest.unwrap_or(desired.sha.as_str()),
-        &settings.image.repository.registry,
-        &creds,
-        settings.image.pull_timeout,
-    );
+    let pull = engine.pull(&repo, reference, &settings.image.repository.registry, &creds, settings.image.pull_timeout);
     let image = match shutdown.race(pull).await? {
         Ok(image) => image,
         Err(EngineError::NoSpace { image, detail }) => {
