@@ -10,7 +10,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{docker, docker_ok, Host, Run};
+use common::autoscaling::FakeAutoScaling;
+use common::imds::FakeImds;
+use common::{docker, docker_ok, wait_for, Host, Run};
 
 /// The line of `check`'s output for `name`.
 fn check_line(run: &Run, name: &str) -> String {
@@ -181,4 +183,38 @@ fn a_size_that_cannot_be_learnt_is_said_and_min_free_disk_alone_decides() {
         run.stderr
     );
     assert!(host.containers().is_empty());
+}
+
+/// The launch gate: a new instance that cannot pull its release is not put in service, says
+/// why at once, and is abandoned at the hook's timeout with that reason (the hook's default,
+/// CONTINUE, would put it in service).
+#[test]
+fn a_launching_instance_that_cannot_pull_is_not_put_in_service_and_the_gate_says_why() {
+    let asg = FakeAutoScaling::start("blog-staging", "blog-launch", Duration::from_secs(8), "CONTINUE");
+    let id = "i-0d15c00000000001";
+    let mut host = Host::new("disk_gate");
+    let imds = FakeImds::start(&[("Environment", "staging")]);
+    imds.set_instance_id(id);
+    host.imds_endpoint = Some(imds.endpoint.clone());
+    host.extra_env.push(("AWS_ENDPOINT_URL_AUTO_SCALING".into(), asg.endpoint.clone()));
+    host.write_config(
+        "[reconcile]\ninterval = \"1s\"\nmin_free_disk = \"100TB\"\n[rollout]\nlifecycle_hook = \"blog-launch\"\n",
+    );
+    asg.probe_at_continue(host.port);
+    host.release("good");
+    asg.set_state(id, "Pending:Wait");
+    let agent = host.start_agent_raw(&[], |_| {});
+
+    agent
+        .wait_log("launch gate: this instance cannot pull its release (not enough disk space", Duration::from_secs(30));
+    let completes = wait_for("ABANDON", Duration::from_secs(30), || {
+        let completes = asg.calls_of("CompleteLifecycleAction");
+        (!completes.is_empty()).then_some(completes)
+    });
+    assert_eq!(completes[0].result.as_deref(), Some("ABANDON"), "{completes:?}");
+    assert!(asg.calls_of("Expired").is_empty(), "{:?}", asg.calls());
+    let logs = agent.logs();
+    let abandon = logs.lines().find(|l| l.contains("ABANDON sent")).unwrap_or_default();
+    assert!(abandon.contains("it cannot pull its release: not enough disk space"), "{logs}");
+    assert!(host.page().is_none(), "nothing serves");
 }
