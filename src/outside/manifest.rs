@@ -211,6 +211,23 @@ mod tests {
         assert!(read(br#"{"schemaVersion":1,"fsLayers":[]}"#, "amd64").is_err());
     }
 
+    /// The HTTPS client builds (system roots, rustls) and a registry that cannot be reached
+    /// is an error naming the URL, not a panic or a hang.
+    #[tokio::test]
+    async fn an_unreachable_registry_is_an_error_naming_the_url() {
+        let creds = RegistryCredentials {
+            username: "AWS".into(),
+            password: crate::outside::registry::Secret::new("s3cr3t".into()),
+            expires_at: None,
+        };
+        let err = image_size("registry.blog-agent.invalid", "blog", "abc", &creds).await.unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with("GET https://registry.blog-agent.invalid/v2/blog/manifests/abc: "), "{text}");
+        assert!(!text.contains("s3cr3t"), "{text}");
+        let refused = image_size("127.0.0.1:9", "blog", "abc", &creds).await.unwrap_err().to_string();
+        assert!(refused.starts_with("GET http://127.0.0.1:9/v2/blog/manifests/abc: "), "{refused}");
+    }
+
     #[test]
     fn only_a_loopback_registry_is_asked_over_plain_http() {
         for (registry, want) in [
