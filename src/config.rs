@@ -237,6 +237,9 @@ pub struct ReconcileSettings {
     pub interval: Duration,
     pub jitter: Duration,
     pub keep_images: usize,
+    /// Bytes that must stay free on Docker's data root after a pull (beyond the image's own
+    /// size): a pull that would cut into it is not started ([`crate::outside::disk`]).
+    pub min_free_disk: u64,
 }
 
 // ---- raw file shape -------------------------------------------------------------------------
@@ -332,6 +335,7 @@ struct RawReconcile {
     interval: Option<String>,
     jitter: Option<String>,
     keep_images: Option<usize>,
+    min_free_disk: Option<String>,
 }
 
 /// Label prefix the agent owns on its containers; users may not set keys under it.
@@ -864,8 +868,81 @@ impl Validator<'_> {
                 ),
             ));
         }
-        Ok(ReconcileSettings { interval, jitter, keep_images: raw.keep_images.unwrap_or(2) })
+        let min_free_disk = match raw.min_free_disk {
+            None => DEFAULT_MIN_FREE_DISK,
+            Some(text) => parse_size(&text).ok_or_else(|| {
+                self.invalid(
+                    "[reconcile] min_free_disk",
+                    &text,
+                    "expected a size such as \"2GiB\", \"500MB\" or \"1073741824\" (bytes): KB, MB, GB, TB are \
+                     powers of 1000, KiB, MiB, GiB, TiB powers of 1024",
+                )
+            })?,
+        };
+        Ok(ReconcileSettings { interval, jitter, keep_images: raw.keep_images.unwrap_or(2), min_free_disk })
     }
+}
+
+/// `[reconcile] min_free_disk` unset: room for Docker's own bookkeeping, a day of container
+/// logs and the unpacked layers (a pull unpacks to about twice the compressed size the
+/// manifest gives), on the 8 GB root volumes small instances boot with.
+pub const DEFAULT_MIN_FREE_DISK: u64 = 2 * 1024 * 1024 * 1024;
+
+/// A size in bytes: a whole or decimal number with an optional unit, `KB`/`MB`/`GB`/`TB`
+/// (powers of 1000), `KiB`/`MiB`/`GiB`/`TiB` (powers of 1024) or `B`, case-insensitive, with
+/// or without a space (`"2GiB"`, `"1.5 GB"`, `"1073741824"`). `None` for anything else, a
+/// negative number, or more than `u64` holds.
+pub fn parse_size(raw: &str) -> Option<u64> {
+    let text = raw.trim();
+    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
+    let (number, unit) = (&text[..split], text[split..].trim_start());
+    let scale: u64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1000,
+        "mb" => 1000u64.pow(2),
+        "gb" => 1000u64.pow(3),
+        "tb" => 1000u64.pow(4),
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "tib" => 1 << 40,
+        _ => return None,
+    };
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    if whole.is_empty() && fraction.is_empty() || !fraction.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let whole: u64 = if whole.is_empty() { 0 } else { whole.parse().ok()? };
+    let mut bytes = whole.checked_mul(scale)?;
+    if !fraction.is_empty() {
+        // Exact decimal arithmetic: "1.5GB" is 1500000000, not a float's neighbour of it.
+        let digits = fraction.len().min(18) as u32;
+        let numerator: u128 = fraction[..digits as usize].parse().ok()?;
+        let part = numerator * u128::from(scale) / 10u128.pow(digits);
+        bytes = bytes.checked_add(u64::try_from(part).ok()?)?;
+    }
+    Some(bytes)
+}
+
+/// `bytes` in the largest unit that states it exactly (`"2GiB"`, `"100TB"`, `"1000B"` stays
+/// `"1KB"`), as `[reconcile] min_free_disk` would be written: what messages and the documents
+/// show of a configured size.
+pub fn format_size(bytes: u64) -> String {
+    const UNITS: [(u64, &str); 8] = [
+        (1 << 40, "TiB"),
+        (1_000_000_000_000, "TB"),
+        (1 << 30, "GiB"),
+        (1_000_000_000, "GB"),
+        (1 << 20, "MiB"),
+        (1_000_000, "MB"),
+        (1 << 10, "KiB"),
+        (1000, "KB"),
+    ];
+    UNITS
+        .iter()
+        .find(|(unit, _)| bytes > 0 && bytes.is_multiple_of(*unit))
+        .map(|(unit, name)| format!("{}{name}", bytes / unit))
+        .unwrap_or_else(|| format!("{bytes}B"))
 }
 
 /// Environment names end up in S3 keys, labels and log fields: keep them plain.
@@ -1178,6 +1255,63 @@ mod tests {
             let s = parse(&format!("{MINIMAL}[container]\nstop_timeout = \"{value}\"\n")).unwrap();
             assert_eq!(s.container.stop_timeout, Duration::from_secs(secs));
         }
+    }
+
+    #[test]
+    fn sizes_take_decimal_and_binary_units() {
+        let cases: &[(&str, Option<u64>)] = &[
+            ("0", Some(0)),
+            ("1073741824", Some(1 << 30)),
+            ("512B", Some(512)),
+            ("1KB", Some(1000)),
+            ("1kb", Some(1000)),
+            ("1KiB", Some(1024)),
+            ("500MB", Some(500_000_000)),
+            ("500MiB", Some(500 << 20)),
+            ("2GB", Some(2_000_000_000)),
+            ("2GiB", Some(2 << 30)),
+            ("2 GiB", Some(2 << 30)),
+            (" 2gib ", Some(2 << 30)),
+            ("100TB", Some(100_000_000_000_000)),
+            ("1TiB", Some(1 << 40)),
+            ("1.5GB", Some(1_500_000_000)),
+            ("1.5GiB", Some(3 << 29)),
+            (".5KB", Some(500)),
+            ("", None),
+            ("GiB", None),
+            ("-1GB", None),
+            ("2 gigabytes", None),
+            ("2G", None),
+            ("1.2.3MB", None),
+            ("1e9", None),
+            ("99999999999TB", None),
+            ("18446744073709551616", None),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(parse_size(raw), *want, "{raw:?}");
+        }
+        for (bytes, text) in [(2u64 << 30, "2GiB"), (100_000_000_000_000, "100TB"), (1000, "1KB"), (1500, "1500B")] {
+            assert_eq!(format_size(bytes), text);
+            assert_eq!(parse_size(text), Some(bytes), "{text} reads back");
+        }
+        assert_eq!(format_size(0), "0B");
+    }
+
+    #[test]
+    fn min_free_disk_defaults_to_2gib_and_refuses_a_bad_size_naming_the_key_and_the_units() {
+        assert_eq!(parse(MINIMAL).unwrap().reconcile.min_free_disk, 2 << 30);
+        let s = parse(&format!("{MINIMAL}[reconcile]\nmin_free_disk = \"100TB\"\n")).unwrap();
+        assert_eq!(s.reconcile.min_free_disk, 100_000_000_000_000);
+        for bad in ["2G", "lots", "-5GB"] {
+            assert_refused(
+                &format!("{MINIMAL}[reconcile]\nmin_free_disk = \"{bad}\"\n"),
+                &format!("[reconcile] min_free_disk = \"{bad}\""),
+                "expected a size such as \"2GiB\"",
+            );
+        }
+        // A number where a string is expected is refused too (a TOML type error, with its line).
+        let err = parse(&format!("{MINIMAL}[reconcile]\nmin_free_disk = 5\n")).unwrap_err().to_string();
+        assert!(err.contains("line") && !err.contains('\n'), "{err}");
     }
 
     #[test]

@@ -57,6 +57,25 @@ pub struct Status {
     pub halt_error: Option<String>,
     /// This host's clock against AWS's, measured from the answers `status` itself got.
     pub clock: ClockStatus,
+    /// Free space on Docker's data root against `[reconcile] min_free_disk`.
+    pub disk: Option<DiskStatus>,
+    /// Docker's data root could not be measured.
+    pub disk_error: Option<String>,
+}
+
+/// Docker's data root, where a pull lands ([`crate::outside::disk`]).
+#[derive(Debug, Clone, Serialize)]
+pub struct DiskStatus {
+    /// `DockerRootDir`, e.g. `/var/lib/docker`.
+    pub root: String,
+    /// Bytes available there now (as `df` counts them).
+    pub free_bytes: u64,
+    /// `[reconcile] min_free_disk` in bytes, and as it would be written.
+    pub min_free_bytes: u64,
+    pub min_free: String,
+    /// At least `min_free_disk` is free: a pull of any image that fits beside it is started.
+    /// False: no pull is started (the running version keeps serving) until space is freed.
+    pub ok: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -236,6 +255,8 @@ pub async fn gather(
         halt: None,
         halt_error: None,
         clock: ClockStatus::of(None),
+        disk: None,
+        disk_error: None,
     };
     let env_and_release = async {
         let env = environment::resolve(env_flag, settings, tags).await;
@@ -338,6 +359,22 @@ pub async fn gather(
             }
             Ok(None) => {}
             Err(e) => status.container_error = Some(e.to_string()),
+        }
+    }
+    if let Some(engine) = engine {
+        let min_free = settings.reconcile.min_free_disk;
+        match crate::outside::disk::measure(engine).await {
+            Ok(r) => {
+                status.disk = Some(DiskStatus {
+                    root: r.root.display().to_string(),
+                    free_bytes: r.free,
+                    min_free_bytes: min_free,
+                    min_free: crate::config::format_size(min_free),
+                    ok: crate::outside::disk::enough_space(r.free, None, min_free)
+                        == crate::outside::disk::Verdict::Enough,
+                })
+            }
+            Err(e) => status.disk_error = Some(e),
         }
     }
     if settings.traffic.mode == TrafficMode::Switch {
@@ -575,6 +612,11 @@ pub fn render_text(s: &Status) -> String {
         };
         line("target", format!("{} ({why})", t.sha));
     }
+    match (&s.disk, &s.disk_error) {
+        (Some(d), _) => line("disk", disk_text(d)),
+        (None, Some(err)) => line("disk", format!("UNKNOWN: {err}")),
+        (None, None) => {}
+    }
     let unknown = || if s.state_error.is_some() { "unknown (state unreadable)".into() } else { "-".into() };
     line("last good", s.last_good_sha.clone().unwrap_or_else(unknown));
     if let Some(p) = &s.last_pass {
@@ -586,6 +628,23 @@ pub fn render_text(s: &Status) -> String {
     line("converged", if s.converged { "yes".into() } else { "NO".into() });
     line("clock", format!("{}: {}", s.clock.judgement, s.clock.detail));
     out
+}
+
+/// `/var/lib/docker: 61.2 GiB free ([reconcile] min_free_disk 2GiB)`, or SHORT with the fix.
+fn disk_text(d: &DiskStatus) -> String {
+    let free = crate::outside::disk::human(d.free_bytes);
+    if d.ok {
+        format!("{}: {free} free ([reconcile] min_free_disk {})", d.root, d.min_free)
+    } else {
+        format!(
+            "{}: {free} free, below [reconcile] min_free_disk {} ({} short): SHORT: no release is pulled until \
+             there is room (the running version keeps serving); free space there (`docker system df`), grow the \
+             volume, or lower [reconcile] min_free_disk",
+            d.root,
+            d.min_free,
+            crate::outside::disk::human(d.min_free_bytes.saturating_sub(d.free_bytes))
+        )
+    }
 }
 
 /// `instance id i-0abc (seed 0.41)`.
@@ -666,7 +725,43 @@ mod tests {
             halt: None,
             halt_error: None,
             clock: ClockStatus::of(None),
+            disk: None,
+            disk_error: None,
         }
+    }
+
+    #[test]
+    fn the_disk_line_names_the_numbers_and_the_fix_when_short() {
+        let mut s = status();
+        assert!(!render_text(&s).contains("disk "), "no Docker, no disk line");
+        let mut disk = DiskStatus {
+            root: "/var/lib/docker".into(),
+            free_bytes: 5 << 30,
+            min_free_bytes: 2 << 30,
+            min_free: "2GiB".into(),
+            ok: true,
+        };
+        s.disk = Some(disk.clone());
+        let text = render_text(&s);
+        assert!(
+            text.contains("disk           /var/lib/docker: 5.0 GiB free ([reconcile] min_free_disk 2GiB)\n"),
+            "{text}"
+        );
+        disk.min_free_bytes = 100_000_000_000_000;
+        disk.min_free = "100TB".into();
+        disk.ok = false;
+        s.disk = Some(disk);
+        let text = render_text(&s);
+        let line = text.lines().find(|l| l.starts_with("disk ")).unwrap();
+        for want in
+            ["5.0 GiB free, below [reconcile] min_free_disk 100TB", "SHORT", "keeps serving", "docker system df"]
+        {
+            assert!(line.contains(want), "{want:?} not in {line}");
+        }
+        assert_eq!(serde_json::to_value(&s).unwrap()["disk"]["ok"], false);
+        s.disk = None;
+        s.disk_error = Some("Docker info daemon: no DockerRootDir".into());
+        assert!(render_text(&s).contains("disk           UNKNOWN: Docker info daemon"));
     }
 
     #[test]

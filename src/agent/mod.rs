@@ -104,6 +104,8 @@ pub struct Agent<T, R, C> {
     /// A halted SHA and its verified rollback target, once resolved (a resolution that failed
     /// is not kept: it is tried again at the next pass).
     rollback_target: Option<(Sha, Option<String>)>,
+    /// The last pass could not pull for lack of disk space: for the metrics and the launch gate.
+    no_room: Option<crate::outside::disk::NoRoom>,
 }
 
 impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
@@ -142,6 +144,7 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
             launch,
             rollback_target: None,
             renamed_from: None,
+            no_room: None,
         };
         agent.watch_events();
         agent.watch_rules();
@@ -613,6 +616,17 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
             _ => Duration::ZERO,
         });
         if let Some(path) = &self.settings.metrics.textfile {
+            let no_room = self.no_room.as_ref();
+            let free = match no_room.and_then(|n| n.free()) {
+                Some(free) => Some(free),
+                None => crate::outside::disk::measure(&self.services.engine).await.ok().map(|r| r.free),
+            };
+            metrics.set_disk(crate::fleet::metrics::DiskGauges {
+                free,
+                min_free: self.settings.reconcile.min_free_disk,
+                short: no_room.is_some(),
+                need: no_room.and_then(|n| n.need()),
+            });
             self.fleet.write_metrics(path);
         }
     }
@@ -660,6 +674,10 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Reconciler for Agent<T
         if result.as_ref().is_err_and(|e| e.is_cancelled() || shutdown.is_requested()) {
             return Phase::Stopping;
         }
+        self.no_room = match &result {
+            Err(PassError::Deploy(crate::pass::deploy::DeployError::Disk(no_room))) => Some(no_room.clone()),
+            _ => None,
+        };
         // What serves now, from Docker (not from what the pass hoped), after a failed pass.
         let serving = if result.is_err() { self.serving_container().await } else { None };
         let phase = match result {
@@ -673,6 +691,7 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Reconciler for Agent<T
         };
         self.note(phase.problem());
         self.after_pass(&phase).await;
+        self.launch.cannot_pull(self.no_room.as_ref().map(|n| n.to_string())).await;
         self.complete_launch(&phase).await;
         LastPass::record(&self.settings.agent.state_dir, phase.problem().map(|p| p.text.as_str()));
         self.phase = phase.clone();

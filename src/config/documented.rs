@@ -131,6 +131,7 @@ fn default_of(section: &str, key: &str, s: &Settings) -> Expected {
         ("reconcile", "interval") => Value(duration(s.reconcile.interval)),
         ("reconcile", "jitter") => Value(duration(s.reconcile.jitter)),
         ("reconcile", "keep_images") => Value(s.reconcile.keep_images.to_string()),
+        ("reconcile", "min_free_disk") => Value(quoted(format_size(s.reconcile.min_free_disk))),
         ("traffic", "mode") => Value(quoted(s.traffic.mode)),
         ("traffic", "chains") => Value(quoted(&s.traffic.chains)),
         ("rollout", "spread") => Value(duration(s.rollout.spread)),

@@ -45,6 +45,9 @@ pub enum DeployError {
          published; not running it (publish the new content under its own SHA, or roll back)"
     )]
     DigestMismatch { image: String, published: String, got: String },
+    /// Not enough disk space for the image: the pull was refused or filled the disk.
+    #[error(transparent)]
+    Disk(#[from] crate::outside::disk::NoRoom),
     #[error(transparent)]
     Cancelled(#[from] Cancelled),
 }
@@ -149,15 +152,14 @@ pub async fn ensure_image(
     tracing::info!(image = %wanted, "pulling {wanted}");
     let creds_source = creds;
     let creds = shutdown.race(creds_source.credentials()).await??;
-    let pull = engine.pull(
-        &repo,
-        digest.unwrap_or(desired.sha.as_str()),
-        &settings.image.repository.registry,
-        &creds,
-        settings.image.pull_timeout,
-    );
+    let reference = digest.unwrap_or(desired.sha.as_str());
+    shutdown.race(crate::outside::disk::make_room(engine, settings, desired.sha.as_str(), reference, &creds)).await??;
+    let pull = engine.pull(&repo, reference, &settings.image.repository.registry, &creds, settings.image.pull_timeout);
     let image = match shutdown.race(pull).await? {
         Ok(image) => image,
+        Err(EngineError::NoSpace { image, detail }) => {
+            return Err(crate::outside::disk::filled(engine, settings, &image, &detail).await.into())
+        }
         Err(e) => {
             let text = e.to_string().to_lowercase();
             if text.contains("unauthorized") || text.contains("authentication required") || text.contains("denied") {
