@@ -36,6 +36,7 @@ import tempfile
 import threading
 import time
 import tomllib
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -423,7 +424,8 @@ def check_notifications(s3, template, params, outputs, bucket):
             extra -= len(keys) >= len(told)
             for m in sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10, WaitTimeSeconds=1).get("Messages", []):
                 event = json.loads(json.loads(m["Body"])["Message"])
-                keys += [r["s3"]["object"]["key"] for r in event.get("Records", [])]
+                # S3 URL-encodes the key in its events (`:` as %3A), as AWS does.
+                keys += [urllib.parse.unquote_plus(r["s3"]["object"]["key"]) for r in event.get("Records", [])]
         expect(sorted(keys) == sorted(told), "a subscriber hears of new votes and bake records under the halt "
                "prefix, and of nothing else in the bucket", keys)
     finally:
