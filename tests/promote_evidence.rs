@@ -79,7 +79,8 @@ fn promote_refuses_a_release_hosts_reverted_or_voted_against_and_honours_baked_b
     let one = promote(&host, &v1, &["--baked-by", "2"]);
     assert_eq!(one.code, 1, "{}", one.output());
     assert!(
-        one.stderr.contains(&format!("{v1} finished a bake on 1 host(s) of staging (i-0aaa), and --baked-by asks for 2")),
+        one.stderr
+            .contains(&format!("{v1} finished a bake on 1 host(s) of staging (i-0aaa), and --baked-by asks for 2")),
         "{}",
         one.stderr
     );

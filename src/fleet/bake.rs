@@ -480,8 +480,9 @@ mod tests {
         let production =
             json(&BakeRecord { environment: "production".into(), ..record(A, "i-0aaa", BakeOutcome::Baked) });
         let other_sha = json(&BakeRecord { sha: "1a2b3c4".into(), ..record(A, "i-0aaa", BakeOutcome::Baked) });
-        // (what, kind, key voter, body, counts as: None = ignored, Some(kind))
-        let cases: Vec<(&str, Kind, &str, Vec<u8>, Option<Kind>)> = vec![
+        /// (what, the key's kind, the key's voter, the body, counts as: `None` ignored).
+        type Case = (&'static str, Kind, &'static str, Vec<u8>, Option<Kind>);
+        let cases: Vec<Case> = vec![
             ("a baked record", Kind::Baked, A, baked.clone(), Some(Kind::Baked)),
             ("a baked body under another voter's key", Kind::Baked, B, baked.clone(), None),
             ("a baked key whose body says reverted", Kind::Baked, A, back.clone(), None),
