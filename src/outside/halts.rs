@@ -426,9 +426,10 @@ impl HaltMarkers {
     }
 }
 
-/// Objects [`HaltMarkers::bake_records`] lists under one SHA: a record per host and outcome,
-/// so a fleet of up to this many hosts (one page of `ListObjectsV2`).
-const MAX_RECORDS: i32 = 1000;
+/// Pages of 1000 keys [`HaltMarkers::bake_records`] lists under one SHA (a record per host and
+/// outcome). Beyond them the read fails rather than miss a revert: `reverted/` sorts after
+/// `baked/`, so a cut listing would drop the evidence against a release first.
+const MAX_RECORD_PAGES: usize = 10;
 
 /// Pages [`HaltMarkers::bake_counts`] lists under a halt prefix (1000 keys each): bounds one
 /// `releases` however much the prefix holds; beyond it the counts are of what was listed.
@@ -478,7 +479,14 @@ impl HaltMarkers {
 
     async fn read_records(&self, key_prefix: &str, sha: &Sha, environment: &str) -> Result<Vec<BakeRecord>, HaltError> {
         let folder = bake::sha_folder(key_prefix, sha);
-        let (keys, _) = self.list_keys(&folder, MAX_RECORDS, 1).await?;
+        let (keys, complete) = self.list_keys(&folder, 1000, MAX_RECORD_PAGES).await?;
+        if !complete {
+            return Err(HaltError::Unavailable {
+                action: "listing",
+                location: ObjectLocation { bucket: self.bucket.clone(), key: folder },
+                detail: format!("over {} bake records: not all could be read", MAX_RECORD_PAGES * 1000),
+            });
+        }
         let mut records = Vec::new();
         for key in keys {
             let Some(Listed::Record { kind, voter, .. }) = bake::parse_key(key_prefix, &key) else {
@@ -682,6 +690,51 @@ mod tests {
         let reading = halts.read("staging/halted/", &sha("3f2a9c1")).await.unwrap();
         assert_eq!(reading.votes.len(), 1);
         assert_eq!(reading.votes[0].key_voter.as_deref(), Some("AROAEXAMPLE:i-0aaa"));
+    }
+
+    /// A `ListObjectsV2` answer holding `keys`, cut after them (`next` token) or complete.
+    fn listing(keys: &[&str], next: Option<&str>) -> String {
+        let contents: String =
+            keys.iter().map(|k| format!("<Contents><Key>{k}</Key><Size>2</Size></Contents>")).collect();
+        let more = match next {
+            Some(token) => {
+                format!("<IsTruncated>true</IsTruncated><NextContinuationToken>{token}</NextContinuationToken>")
+            }
+            None => "<IsTruncated>false</IsTruncated>".to_owned(),
+        };
+        let body = format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><ListBucketResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">\
+             <Name>b</Name><KeyCount>{}</KeyCount>{more}{contents}</ListBucketResult>",
+            keys.len()
+        );
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    }
+
+    /// `releases` counts every page of the listing; `promote`'s read fails rather than miss the
+    /// records beyond its bound (a cut listing would drop `reverted/`, which sorts last).
+    #[tokio::test]
+    async fn counts_follow_every_page_and_a_cut_record_listing_fails() {
+        let endpoint = crate::outside::loopback::serve(|head| {
+            let first = head.lines().next().unwrap_or_default();
+            match (first.contains("continuation-token=page2"), first.contains("prefix=staging%2Fhalted%2Fbake%2F")) {
+                // The SHA's folder: a listing that never ends.
+                (_, true) => listing(&["staging/halted/bake/3f2a9c1/baked/AROA:i-1"], Some("again")),
+                (false, false) => listing(
+                    &["staging/halted/3f2a9c1/AROA:i-1", "staging/halted/bake/3f2a9c1/baked/AROA:i-2"],
+                    Some("page2"),
+                ),
+                (true, false) => listing(&["staging/halted/bake/3f2a9c1/reverted/AROA:i-1"], None),
+            }
+        })
+        .await;
+        let markers = HaltMarkers::with_aws(&Aws::from_sdk(&crate::outside::loopback::sdk_config(endpoint)), "b");
+        let counts = markers.bake_counts("staging/halted/").await.unwrap().unwrap();
+        assert_eq!(counts["3f2a9c1"], Counts { baked: 1, reverted: 1, votes: 1 }, "{counts:?}");
+        let err = markers.bake_records("staging/halted/", &sha("3f2a9c1"), "staging").await.unwrap_err();
+        assert!(err.to_string().contains("over 10000 bake records"), "{err}");
     }
 
     #[tokio::test]
