@@ -180,15 +180,16 @@ pub enum AccessLogError {
     Ended { container: String },
 }
 
-/// Follows `container`'s stdout from now on and completes only when its 5xx share trips
-/// `limits` (see [`FiveXxShare`]), with what tripped. Lines that are not Common or Combined Log
-/// Format are ignored, so a container that writes no access log keeps this pending for ever:
-/// race it against the end of the watch. `Err` when the stream ends (the container stopped)
-/// or Docker fails.
+/// Follows `container`'s stdout from the second this is first polled (lines Docker already
+/// has from that second on count, so none written after the call is missed while the stream
+/// connects) and completes only when its 5xx share trips `limits` (see [`FiveXxShare`]), with
+/// what tripped. Lines that are not Common or Combined Log Format are ignored, so a container
+/// that writes no access log keeps this pending for ever: race it against the end of the
+/// watch. `Err` when the stream ends (the container stopped) or Docker fails.
 pub async fn watch_5xx(engine: &Engine, container: &str, limits: FiveXxLimits) -> Result<Tripped, AccessLogError> {
     let mut window = FiveXxShare::new(limits, Instant::now());
     let mut pending: Vec<u8> = Vec::new();
-    let mut logs = std::pin::pin!(engine.follow_stdout(container));
+    let mut logs = std::pin::pin!(engine.follow_stdout(container, std::time::SystemTime::now()));
     while let Some(piece) = logs.next().await {
         let piece = piece.map_err(|source| AccessLogError::Engine { container: container.to_owned(), source })?;
         pending.extend_from_slice(&piece);

@@ -489,12 +489,23 @@ impl Engine {
         )
     }
 
-    /// What `container` writes to stdout from now on (no history), in the pieces Docker sends
-    /// (usually one line each). Follows until the container stops, when the stream ends; an
-    /// error when dockerd goes away. Unbounded in time by design: the caller races it.
-    pub fn follow_stdout(&self, container: &str) -> impl Stream<Item = Result<Vec<u8>, EngineError>> + use<> {
+    /// What `container` writes to stdout from the second of `since` on (Docker counts whole
+    /// seconds), in the pieces Docker sends (usually one line each). Follows until the
+    /// container stops, when the stream ends; an error when dockerd goes away. Unbounded in
+    /// time by design: the caller races it.
+    pub fn follow_stdout(
+        &self,
+        container: &str,
+        since: std::time::SystemTime,
+    ) -> impl Stream<Item = Result<Vec<u8>, EngineError>> + use<> {
         let target = container.to_owned();
-        let options = LogsOptions { follow: true, stdout: true, tail: "0".into(), ..Default::default() };
+        let since = since.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let options = LogsOptions {
+            follow: true,
+            stdout: true,
+            since: i32::try_from(since).unwrap_or(i32::MAX),
+            ..Default::default()
+        };
         self.docker.logs(container, Some(options)).filter_map(move |item| {
             let item = match item {
                 Ok(LogOutput::StdOut { message }) => Some(Ok(message.to_vec())),
