@@ -42,6 +42,7 @@ fn a_release_missing_a_checked_page_is_refused_and_the_previous_keeps_serving() 
     let run = host.sync();
     assert_code(&run, 1);
     let err = &run.stderr;
+    eprintln!("{err}");
     assert!(err.contains(&lost[..7]) && err.contains("before cut-over"), "{err}");
     assert!(err.contains("[[health.check]] \\\"/posts/\\\"") || err.contains("[[health.check]] \"/posts/\""), "{err}");
     assert!(err.contains("HTTP 404, expected 2xx"), "the status: {err}");
@@ -65,6 +66,7 @@ fn a_release_whose_page_lacks_the_text_is_refused() {
     let run = host.sync();
     assert_code(&run, 1);
     let err = &run.stderr;
+    eprintln!("{err}");
     assert!(err.contains(&empty[..7]), "{err}");
     assert!(err.contains("[health] url") && err.contains("HTTP 200 but the body lacks"), "{err}");
     assert!(err.contains("Latest posts"), "the text it lacked: {err}");
