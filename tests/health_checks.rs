@@ -95,6 +95,39 @@ fn a_release_passing_every_check_deploys() {
     assert!(status.output().contains("all 3 checks pass"), "{}", status.output());
 }
 
+/// In switch mode the candidate is the new container itself, proven over the bridge before the
+/// rules move: a release missing a page never takes traffic.
+#[test]
+fn a_release_missing_a_page_in_switch_mode_never_takes_traffic() {
+    let _lock = netfilter_lock();
+    let chains = format!("BAH-{}", std::process::id());
+    let host = Host::new("check_switch");
+    let cleanup = Chains(chains.clone(), host.id.clone());
+    with_checks(&host, "", &format!("{POSTS_CHECK}[traffic]\nmode = \"switch\"\nchains = \"{chains}\"\n"));
+    let good = host.release("posts");
+    assert_code(&host.sync(), 0);
+    host.assert_serves(&good);
+    host.release("good");
+    let run = host.sync();
+    assert_code(&run, 1);
+    assert!(run.stderr.contains("[[health.check]] \"/posts/\": HTTP 404, expected 2xx"), "{}", run.stderr);
+    host.assert_serves(&good);
+    host.assert_only_the_serving_container();
+    drop(cleanup);
+}
+
+/// Removes a test's chains by name and its containers by label when dropped.
+struct Chains(String, String);
+
+impl Drop for Chains {
+    fn drop(&mut self) {
+        remove_labelled(&self.1);
+        if let Err(e) = remove_chains(&self.0) {
+            eprintln!("removing chains {}: {e}", self.0);
+        }
+    }
+}
+
 fn apache_image() -> String {
     let out = Command::new("bash").arg(repo_root().join("scripts/build-apache-image.sh")).output().unwrap();
     assert!(out.status.success(), "build-apache-image.sh: {}", String::from_utf8_lossy(&out.stderr));
