@@ -188,15 +188,13 @@ pub enum AccessLogError {
 /// watch. `Err` when the stream ends (the container stopped) or Docker fails.
 pub async fn watch_5xx(engine: &Engine, container: &str, limits: FiveXxLimits) -> Result<Tripped, AccessLogError> {
     let mut window = FiveXxShare::new(limits, Instant::now());
-    let mut pending: Vec<u8> = Vec::new();
+    let mut lines = Lines::default();
     let mut logs = std::pin::pin!(engine.follow_stdout(container, std::time::SystemTime::now()));
     while let Some(piece) = logs.next().await {
         let piece = piece.map_err(|source| AccessLogError::Engine { container: container.to_owned(), source })?;
-        pending.extend_from_slice(&piece);
-        while let Some(newline) = pending.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = pending.drain(..=newline).collect();
-            let Some(request) = parse_line(&String::from_utf8_lossy(&line)).map(|r| r.status) else { continue };
-            if let Some(tripped) = window.record(request, Instant::now()) {
+        for line in lines.push(&piece) {
+            let Some(status) = parse_line(&line).map(|r| r.status) else { continue };
+            if let Some(tripped) = window.record(status, Instant::now()) {
                 tracing::warn!(
                     container = %container, requests = tripped.requests, errors = tripped.errors,
                     share = tripped.share, "access log: {tripped}"
@@ -204,11 +202,32 @@ pub async fn watch_5xx(engine: &Engine, container: &str, limits: FiveXxLimits) -
                 return Ok(tripped);
             }
         }
-        if pending.len() > MAX_LINE {
-            pending.clear();
-        }
     }
     Err(AccessLogError::Ended { container: container.to_owned() })
+}
+
+/// Whole lines out of the pieces a log stream arrives in (Docker usually sends a line per
+/// piece, but need not).
+#[derive(Debug, Default)]
+struct Lines {
+    pending: Vec<u8>,
+}
+
+impl Lines {
+    /// Adds `piece`; returns the lines it completed, without their line ends. A line longer
+    /// than [`MAX_LINE`] is dropped rather than buffered.
+    fn push(&mut self, piece: &[u8]) -> Vec<String> {
+        self.pending.extend_from_slice(piece);
+        let mut lines = Vec::new();
+        while let Some(newline) = self.pending.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.pending.drain(..=newline).collect();
+            lines.push(String::from_utf8_lossy(&line).trim_end_matches(['\n', '\r']).to_owned());
+        }
+        if self.pending.len() > MAX_LINE {
+            self.pending.clear();
+        }
+        lines
+    }
 }
 
 #[cfg(test)]
@@ -267,6 +286,16 @@ mod tests {
             let got = parse_line(line).map(|r| (r.request, r.status));
             assert_eq!(got, *want, "{what}: {line:?}");
         }
+    }
+
+    #[test]
+    fn lines_out_of_pieces() {
+        let mut lines = Lines::default();
+        assert_eq!(lines.push(b"a - - [x] \"GET / HT"), Vec::<String>::new());
+        assert_eq!(lines.push(b"TP/1.1\" 200 1\r\nsecond\nthi"), ["a - - [x] \"GET / HTTP/1.1\" 200 1", "second"]);
+        assert_eq!(lines.push(b"rd\n"), ["third"]);
+        assert_eq!(lines.push(&vec![b'x'; MAX_LINE + 1]), Vec::<String>::new());
+        assert_eq!(lines.push(b"end\n"), ["end"], "an overlong line is dropped, not glued to the next");
     }
 
     const LIMITS: FiveXxLimits = FiveXxLimits { max_share: 0.05, min_requests: 20 };
