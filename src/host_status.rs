@@ -338,13 +338,18 @@ pub async fn gather(
             Ok(Some(c)) => {
                 serving_address = c.ip.clone().map(|ip| (ip, c.name.clone()));
                 let url = &settings.health.url;
-                let health = match crate::outside::health::get_status(&url.host, url.port, &url.path).await {
-                    Ok(code) => HealthStatus {
+                let checks = &settings.health;
+                let bound = Duration::from_secs(2);
+                let health = match crate::outside::health::check_all(checks, &url.host, url.port, bound).await {
+                    Ok(()) => HealthStatus {
                         url: url.to_string(),
-                        ok: (200..300).contains(&code),
-                        detail: format!("HTTP {code}"),
+                        ok: true,
+                        detail: match checks.all_checks().len() {
+                            1 => "its check passes".to_owned(),
+                            n => format!("all {n} checks pass"),
+                        },
                     },
-                    Err(e) => HealthStatus { url: url.to_string(), ok: false, detail: e },
+                    Err(failed) => HealthStatus { url: url.to_string(), ok: false, detail: failed.to_string() },
                 };
                 status.container = Some(ContainerStatus {
                     name: c.name.clone(),

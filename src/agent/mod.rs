@@ -646,7 +646,7 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
         let window = launch_gate::proof_window(&self.settings);
         let prove = || async move {
             let url = &health.url;
-            crate::outside::health::wait_healthy(&url.host, url.port, &url.path, window, || async { Ok(()) })
+            crate::outside::health::wait_healthy(&url.host, url.port, &health, window, || async { Ok(()) })
                 .await
                 .map(|_| ())
                 .map_err(|e| e.to_string())

@@ -12,10 +12,11 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use bollard::auth::DockerCredentials;
+use bollard::container::LogOutput;
 use bollard::errors::Error as BollardError;
 use bollard::models::{ContainerCreateBody, HostConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum};
 use bollard::query_parameters::{
-    CreateContainerOptions, CreateImageOptions, EventsOptions, ListContainersOptions, ListImagesOptions,
+    CreateContainerOptions, CreateImageOptions, EventsOptions, ListContainersOptions, ListImagesOptions, LogsOptions,
     RemoveContainerOptions, RemoveImageOptions, RenameContainerOptions, StopContainerOptions,
 };
 use bollard::Docker;
@@ -511,6 +512,36 @@ impl Engine {
                 std::future::ready(keep.then_some(item))
             },
         )
+    }
+
+    /// What `container` writes to stdout from the second of `since` on (Docker counts whole
+    /// seconds), in the pieces Docker sends (usually one line each). Follows until the
+    /// container stops, when the stream ends; an error when dockerd goes away. Unbounded in
+    /// time by design: the caller races it.
+    pub fn follow_stdout(
+        &self,
+        container: &str,
+        since: std::time::SystemTime,
+    ) -> impl Stream<Item = Result<Vec<u8>, EngineError>> + use<> {
+        let target = container.to_owned();
+        let since = since.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let options = LogsOptions {
+            follow: true,
+            stdout: true,
+            since: i32::try_from(since).unwrap_or(i32::MAX),
+            ..Default::default()
+        };
+        self.docker.logs(container, Some(options)).filter_map(move |item| {
+            let item = match item {
+                Ok(LogOutput::StdOut { message }) => Some(Ok(message.to_vec())),
+                Ok(_) => None,
+                Err(e) if is_not_found(&e) => {
+                    Some(Err(EngineError::NotFound { op: "follow logs", target: target.clone() }))
+                }
+                Err(e) => Some(Err(api("follow logs", &target)(e))),
+            };
+            std::future::ready(item)
+        })
     }
 
     /// Images tagged in `repository`, newest first.
