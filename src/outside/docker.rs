@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use bollard::auth::DockerCredentials;
 use bollard::errors::Error as BollardError;
-use bollard::models::{ContainerCreateBody, HostConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum};
+use bollard::models::{
+    ContainerCreateBody, HostConfig, HostConfigLogConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum,
+};
 use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, EventsOptions, ListContainersOptions, ListImagesOptions,
     RemoveContainerOptions, RemoveImageOptions, RenameContainerOptions, StopContainerOptions,
@@ -21,6 +23,7 @@ use bollard::query_parameters::{
 use bollard::Docker;
 use futures_util::{Stream, StreamExt};
 
+use crate::config::ContainerBounds;
 use crate::outside::registry::RegistryCredentials;
 use crate::spec::{ContainerSpec, LABEL_MANAGED};
 
@@ -124,6 +127,32 @@ pub struct Engine {
     show_progress: bool,
     /// Told of every item of a pull's stream (the launch gate's proof that a pull is moving).
     activity: Option<crate::outside::pull_progress::PullActivity>,
+}
+
+/// Size of each tmpfs of a read-only container: room for pid files, sockets and locks. It is
+/// memory, counted in the container's limit, so it is small.
+const TMPFS_OPTIONS: &str = "rw,noexec,nosuid,nodev,size=64m";
+
+/// The host config fields that bound the container ([`ContainerBounds`]).
+fn bounded_host_config(b: &ContainerBounds) -> HostConfig {
+    let log_options = HashMap::from([
+        // In bytes: Docker reads a unit suffix as a power of 1000 in one driver and of 1024 in
+        // another, a bare number as bytes in both.
+        ("max-size".to_owned(), b.log.max_size.to_string()),
+        ("max-file".to_owned(), b.log.max_files.to_string()),
+    ]);
+    HostConfig {
+        log_config: Some(HostConfigLogConfig { typ: Some(b.log.driver.to_string()), config: Some(log_options) }),
+        security_opt: b.no_new_privileges.then(|| vec!["no-new-privileges".to_owned()]),
+        cap_drop: Some(b.cap_drop.clone()),
+        cap_add: Some(b.cap_add.clone()),
+        pids_limit: b.pids_limit.map(i64::from),
+        memory: b.memory.and_then(|m| i64::try_from(m).ok()),
+        nano_cpus: b.nano_cpus.and_then(|n| i64::try_from(n).ok()),
+        readonly_rootfs: Some(b.read_only),
+        tmpfs: b.read_only.then(|| b.tmpfs.iter().map(|p| (p.clone(), TMPFS_OPTIONS.to_owned())).collect()),
+        ..Default::default()
+    }
 }
 
 /// Registry credentials in the form the Engine API takes (sent as a header, never logged).
@@ -387,7 +416,9 @@ impl Engine {
                     name: Some(if serving { RestartPolicyNameEnum::UNLESS_STOPPED } else { RestartPolicyNameEnum::NO }),
                     maximum_retry_count: None,
                 }),
-                ..Default::default()
+                // The candidate runs within the same bounds: a version that cannot serve within
+                // them is refused before cut-over, not found out after it.
+                ..bounded_host_config(&spec.bounds)
             }),
             ..Default::default()
         };
