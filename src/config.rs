@@ -995,7 +995,7 @@ impl Validator<'_> {
             Some(paths) if !read_only => {
                 return Err(self.invalid(
                     "[container] tmpfs",
-                    &format!("[{}]", paths.iter().map(|p| format!("\"{p}\"")).collect::<Vec<_>>().join(", ")),
+                    &paths.join(", "),
                     "tmpfs paths are the writable parts of a read-only root filesystem: set read_only = true, \
                      or remove tmpfs",
                 ))
@@ -1737,5 +1737,111 @@ mod tests {
     fn syntax_errors_report_the_line() {
         let err = parse(&format!("{MINIMAL}\n[container]\nnme = \"x\"\n")).unwrap_err().to_string();
         assert!(err.contains("line 7"), "{err}");
+    }
+
+    #[test]
+    fn the_container_is_bounded_by_default() {
+        let b = parse(MINIMAL).unwrap().container.bounds;
+        assert_eq!(b.log, LogSettings { driver: LogDriver::JsonFile, max_size: 10 << 20, max_files: 3 });
+        assert!(b.no_new_privileges);
+        assert_eq!(b.cap_drop, ["ALL"]);
+        assert_eq!(b.cap_add, DEFAULT_CAP_ADD);
+        assert_eq!(b.pids_limit, Some(256));
+        assert_eq!((b.memory, b.nano_cpus, b.read_only), (None, None, false));
+        assert_eq!(b.tmpfs, DEFAULT_TMPFS);
+    }
+
+    #[test]
+    fn container_bounds_forms() {
+        let bounds = |keys: &str| parse(&format!("{MINIMAL}[container]\n{keys}\n")).unwrap().container.bounds;
+        let cases: &[(&str, fn(&ContainerBounds) -> bool)] = &[
+            ("log_driver = \"local\"", |b| b.log.driver == LogDriver::Local),
+            ("log_max_size = \"50MB\"", |b| b.log.max_size == 50_000_000),
+            ("log_max_size = \"1.5 GiB\"", |b| b.log.max_size == 3 << 29),
+            ("log_max_size = 4096", |b| b.log.max_size == 4096),
+            ("log_max_files = 1", |b| b.log.max_files == 1),
+            ("no_new_privileges = false", |b| !b.no_new_privileges),
+            ("cap_drop = []", |b| b.cap_drop.is_empty()),
+            ("cap_drop = [\"net_raw\", \"CAP_MKNOD\", \"NET_RAW\"]", |b| b.cap_drop == ["MKNOD", "NET_RAW"]),
+            ("cap_add = []", |b| b.cap_add.is_empty()),
+            ("cap_add = [\"SETUID\", \"cap_setgid\"]", |b| b.cap_add == ["SETGID", "SETUID"]),
+            ("pids_limit = 1", |b| b.pids_limit == Some(1)),
+            ("pids_limit = 0", |b| b.pids_limit.is_none()),
+            ("memory = \"256MiB\"", |b| b.memory == Some(256 << 20)),
+            ("memory = \"1GB\"", |b| b.memory == Some(1_000_000_000)),
+            ("memory = 67108864", |b| b.memory == Some(64 << 20)),
+            ("cpus = 1", |b| b.nano_cpus == Some(1_000_000_000)),
+            ("cpus = 0.5", |b| b.nano_cpus == Some(500_000_000)),
+            ("cpus = \"1.25\"", |b| b.nano_cpus == Some(1_250_000_000)),
+            ("cpus = 0.01", |b| b.nano_cpus == Some(10_000_000)),
+            ("read_only = true", |b| b.read_only && b.tmpfs == DEFAULT_TMPFS),
+            ("read_only = true\ntmpfs = []", |b| b.read_only && b.tmpfs.is_empty()),
+            ("read_only = true\ntmpfs = [\"/var/cache/nginx/\", \"/run\", \"/run\"]", |b| {
+                b.tmpfs == ["/run", "/var/cache/nginx"]
+            }),
+        ];
+        for (keys, holds) in cases {
+            let b = bounds(keys);
+            assert!(holds(&b), "{keys}: {b:?}");
+        }
+    }
+
+    #[test]
+    fn bad_container_bounds_name_the_key_and_the_fix() {
+        let cases: &[(&str, &str, &str)] = &[
+            ("log_driver = \"syslog\"", "[container] log_driver = \"syslog\"", "\"json-file\""),
+            ("log_max_size = \"lots\"", "[container] log_max_size = \"lots\"", "a size such as \"10MiB\""),
+            ("log_max_size = \"10 MiBs\"", "[container] log_max_size = \"10 MiBs\"", "KiB"),
+            ("log_max_size = -1", "[container] log_max_size = \"-1\"", "a size such as"),
+            ("log_max_size = \"100B\"", "[container] log_max_size = \"100B\"", "at least 1KiB"),
+            ("log_max_files = 0", "[container] log_max_files = \"0\"", "1 to 100"),
+            ("log_max_files = \"3\"", "[container] log_max_files = \"\\\"3\\\"\"", "a whole number, e.g. 3"),
+            ("cap_add = [\"NET_BIND\"]", "[container] cap_add[0] = \"NET_BIND\"", "NET_BIND_SERVICE"),
+            ("cap_drop = [\"ALL\", \"\"]", "[container] cap_drop[1]", "capabilities(7)"),
+            ("pids_limit = -3", "[container] pids_limit = \"-3\"", "e.g. 256, or 0 for no limit"),
+            ("pids_limit = 1.5", "[container] pids_limit = \"1.5\"", "a whole number"),
+            ("memory = \"lots\"", "[container] memory = \"lots\"", "a size such as \"512MiB\""),
+            ("memory = \"1MiB\"", "[container] memory = \"1MiB\"", "less than 6MiB"),
+            ("cpus = 0", "[container] cpus = \"0\"", "from 0.01 up"),
+            ("cpus = -1.0", "[container] cpus = \"-1\"", "from 0.01 up"),
+            ("cpus = \"two\"", "[container] cpus = \"two\"", "e.g. 1 or 0.5"),
+            ("cpus = nan", "[container] cpus = \"NaN\"", "from 0.01 up"),
+            ("tmpfs = [\"/run\"]", "[container] tmpfs = \"/run\"", "set read_only = true"),
+            ("read_only = true\ntmpfs = [\"run\"]", "[container] tmpfs[0] = \"run\"", "an absolute path"),
+            ("read_only = true\ntmpfs = [\"/a/../b\"]", "[container] tmpfs[0]", "an absolute path"),
+            ("read_only = true\ntmpfs = [\"/run:exec\"]", "[container] tmpfs[0]", "an absolute path"),
+        ];
+        for (keys, key_value, fix) in cases {
+            assert_refused(&format!("{MINIMAL}[container]\n{keys}\n"), key_value, fix);
+        }
+    }
+
+    #[test]
+    fn sizes_parse_with_either_kind_of_unit() {
+        let cases: &[(&str, Option<u64>)] = &[
+            ("1073741824", Some(1 << 30)),
+            ("2GiB", Some(2 << 30)),
+            ("2 GB", Some(2_000_000_000)),
+            ("1.5GB", Some(1_500_000_000)),
+            ("10mib", Some(10 << 20)),
+            ("1KB", Some(1000)),
+            ("1KiB", Some(1024)),
+            ("3TB", Some(3_000_000_000_000)),
+            ("1TiB", Some(1 << 40)),
+            ("7B", Some(7)),
+            ("", None),
+            ("GB", None),
+            ("-1GB", None),
+            ("1 gigabyte", None),
+            ("1.2.3MB", None),
+            ("99999999999TB", None),
+        ];
+        for (text, want) in cases {
+            assert_eq!(parse_size(text), *want, "{text:?}");
+        }
+        assert_eq!(format_size(10 << 20), "10MiB");
+        assert_eq!(format_size(50_000_000), "50MB");
+        assert_eq!(format_size(1000), "1KB");
+        assert_eq!(format_size(1001), "1001B");
     }
 }
