@@ -99,6 +99,48 @@ pub struct ContainerInfo {
     pub oom_killed: bool,
 }
 
+/// A container's bounds as Docker reports them (`HostConfig`): what `status` shows, whatever
+/// the configuration now says.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AppliedBounds {
+    pub log_driver: String,
+    /// The log driver's options (`max-size`, `max-file`).
+    pub log_options: std::collections::BTreeMap<String, String>,
+    pub security_opt: Vec<String>,
+    pub cap_drop: Vec<String>,
+    pub cap_add: Vec<String>,
+    /// `None`: no limit (Docker says 0, -1 or nothing).
+    pub pids_limit: Option<i64>,
+    pub memory: Option<i64>,
+    pub nano_cpus: Option<i64>,
+    pub read_only: bool,
+    pub tmpfs: Vec<String>,
+}
+
+impl AppliedBounds {
+    fn from_host_config(h: HostConfig) -> AppliedBounds {
+        let positive = |n: Option<i64>| n.filter(|n| *n > 0);
+        let (log_driver, log_options) = match h.log_config {
+            Some(l) => (l.typ.unwrap_or_default(), l.config.unwrap_or_default().into_iter().collect()),
+            None => Default::default(),
+        };
+        let mut tmpfs: Vec<String> = h.tmpfs.unwrap_or_default().into_keys().collect();
+        tmpfs.sort();
+        AppliedBounds {
+            log_driver,
+            log_options,
+            security_opt: h.security_opt.unwrap_or_default(),
+            cap_drop: h.cap_drop.unwrap_or_default(),
+            cap_add: h.cap_add.unwrap_or_default(),
+            pids_limit: positive(h.pids_limit),
+            memory: positive(h.memory),
+            nano_cpus: positive(h.nano_cpus),
+            read_only: h.readonly_rootfs.unwrap_or(false),
+            tmpfs,
+        }
+    }
+}
+
 impl ContainerInfo {
     /// How it last ended, as evidence for the judgement ([`crate::fleet::verdict`]).
     pub fn exit(&self) -> crate::outside::health::Exit {
@@ -289,6 +331,16 @@ impl Engine {
                     oom_killed: state.oom_killed.unwrap_or(false),
                 }))
             }
+        }
+    }
+
+    /// The bounds container `name` runs within, as Docker has them; `None` when there is no
+    /// such container.
+    pub async fn bounds(&self, name: &str) -> Result<Option<AppliedBounds>, EngineError> {
+        match bounded("inspect container", name, self.docker.inspect_container(name, None)).await? {
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(api("inspect container", name)(e)),
+            Ok(c) => Ok(Some(c.host_config.map(AppliedBounds::from_host_config).unwrap_or_default())),
         }
     }
 
