@@ -178,10 +178,10 @@ impl fmt::Display for LogDriver {
 /// - NET_BIND_SERVICE: bind port 80 as root (engines that do not set the container's
 ///   `ip_unprivileged_port_start` to 0 refuse it without);
 /// - SETUID, SETGID: the parent starts as root and its children switch to the server's user;
-/// - CHOWN, DAC_OVERRIDE: the parent makes the cgid socket directory the user's, then binds the
-///   socket in it (without them the CGI daemon fails to start);
-/// - KILL: the root parent signals its children of another user at shutdown (without it a
-///   graceful stop waits out the whole grace period).
+/// - DAC_OVERRIDE, CHOWN: the root parent binds the CGI daemon's socket in the server user's
+///   directory and hands the socket to that user (without them the CGI daemon does not start);
+/// - KILL: the root parent signals the CGI daemon, which runs as the server's user, when it
+///   stops (without it a graceful stop hangs until Docker's SIGKILL).
 pub const DEFAULT_CAP_ADD: [&str; 6] = ["CHOWN", "DAC_OVERRIDE", "KILL", "NET_BIND_SERVICE", "SETGID", "SETUID"];
 
 /// Writable paths of a read-only container: the runtime directories servers keep pid files,
@@ -947,7 +947,8 @@ impl Validator<'_> {
                 ))
             }
         };
-        let max_size = self.size("[container] log_max_size", raw.log_max_size.as_ref(), "\"10MiB\"")?.unwrap_or(10 << 20);
+        let max_size =
+            self.size("[container] log_max_size", raw.log_max_size.as_ref(), "\"10MiB\"")?.unwrap_or(10 << 20);
         if max_size < 1024 {
             return Err(self.invalid(
                 "[container] log_max_size",
@@ -1060,7 +1061,9 @@ impl Validator<'_> {
         match raw {
             None => Ok(None),
             Some(toml::Value::Integer(n)) => Ok(Some(*n)),
-            Some(other) => Err(self.invalid(key, &other.to_string(), format!("expected a whole number, e.g. {example}"))),
+            Some(other) => {
+                Err(self.invalid(key, &other.to_string(), format!("expected a whole number, e.g. {example}")))
+            }
         }
     }
 
@@ -1233,7 +1236,7 @@ pub fn format_size(bytes: u64) -> String {
     ];
     UNITS
         .iter()
-        .find(|(unit, _)| bytes > 0 && bytes % unit == 0)
+        .find(|(unit, _)| bytes > 0 && bytes.is_multiple_of(*unit))
         .map(|(unit, name)| format!("{}{name}", bytes / unit))
         .unwrap_or_else(|| format!("{bytes}B"))
 }
@@ -1754,7 +1757,8 @@ mod tests {
     #[test]
     fn container_bounds_forms() {
         let bounds = |keys: &str| parse(&format!("{MINIMAL}[container]\n{keys}\n")).unwrap().container.bounds;
-        let cases: &[(&str, fn(&ContainerBounds) -> bool)] = &[
+        type Holds = fn(&ContainerBounds) -> bool;
+        let cases: &[(&str, Holds)] = &[
             ("log_driver = \"local\"", |b| b.log.driver == LogDriver::Local),
             ("log_max_size = \"50MB\"", |b| b.log.max_size == 50_000_000),
             ("log_max_size = \"1.5 GiB\"", |b| b.log.max_size == 3 << 29),

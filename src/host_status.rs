@@ -264,7 +264,10 @@ impl BoundsStatus {
             or_unlimited(self.memory.map(|m| format_size(m as u64))),
             or_unlimited(self.cpus.map(|c| c.to_string())),
             if self.read_only {
-                format!("root read-only, tmpfs {}", if self.tmpfs.is_empty() { "none".into() } else { self.tmpfs.join(" ") })
+                format!(
+                    "root read-only, tmpfs {}",
+                    if self.tmpfs.is_empty() { "none".into() } else { self.tmpfs.join(" ") }
+                )
             } else {
                 "root writable".into()
             }
