@@ -89,7 +89,7 @@ pub enum Command {
     /// Lines, in order: config; imds and environment tag (or environment); aws region; aws
     /// credentials; s3 object; release sha; release signature; release halt; ecr token;
     /// registry (a manifest request, no pull); docker; docker live-restore; host port (one per
-    /// mapping); in switch mode traffic switch, traffic chains and route_localnet; with
+    /// mapping); container bounds; in switch mode traffic switch, traffic chains and route_localnet; with
     /// [rollout] lifecycle_hook, launch gate. Exit 0 only when no line is FAIL (WARN and skip
     /// lines do not count).
     ///
