@@ -228,3 +228,25 @@ ENTRYPOINT ["/bin/sh", "-c", ". /etc/apache2/envvars && mkdir -p \"$APACHE_RUN_D
     assert_eq!(host_config(&host, "{{.HostConfig.ReadonlyRootfs}}"), "true");
     assert_apache_serves(&host, &sha);
 }
+
+#[test]
+fn a_bound_the_image_cannot_serve_within_leaves_the_old_container_serving() {
+    let image = apache_image();
+    let host = Host::new("limits_refused");
+    // The stock image writes its page at start: on a read-only root it exits at once.
+    let sha = push_apache(&host, &format!("FROM {image}\n"));
+    let env = format!("env = {{ BLOG_VERSION = \"{sha}\", SLOW_SECONDS = \"0\" }}");
+    write_container_keys(&host, &env);
+    host.put_release("staging", &sha);
+    sync_ok(&host);
+    let serving = host.container_state().expect("deployed").0;
+
+    write_container_keys(&host, &format!("{env}\nread_only = true"));
+    let run = host.sync();
+    assert_ne!(run.code, 0, "{}", run.output());
+    assert!(run.stderr.contains("before cut-over; the running version was not touched"), "{}", run.output());
+    assert_eq!(host.container_state().expect("still there").0, serving, "{}", run.output());
+    host.assert_serves(&sha);
+    assert_eq!(host_config(&host, "{{.HostConfig.ReadonlyRootfs}}"), "false");
+    host.assert_only_the_serving_container();
+}
