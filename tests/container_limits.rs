@@ -171,6 +171,20 @@ fn push_apache(host: &Host, dockerfile: &str) -> String {
     sha
 }
 
+/// Removes the host's containers and its pulled images: Apache test images are tags of a
+/// 227 MB image, not worth leaving behind on a shared machine.
+fn forget_images(host: &Host) {
+    remove_labelled(&host.id);
+    let repository = format!("{}/{}", host.registry, host.repo);
+    let tags = docker_ok(&["images", "--format", "{{.Repository}}:{{.Tag}}", &repository]);
+    for tag in tags.lines() {
+        let out = docker(&["rmi", tag]);
+        if !out.status.success() {
+            eprintln!("cleanup: docker rmi {tag}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+    }
+}
+
 /// Apache serves its page and its CGI (the cgid daemon is the part that needs CHOWN,
 /// DAC_OVERRIDE and KILL), logs nothing worse than a notice, and stops gracefully: a parent
 /// that cannot signal its CGI daemon waits until Docker's SIGKILL (exit 137, not 0).
@@ -207,6 +221,7 @@ fn the_real_apache_image_serves_within_the_default_bounds() {
     assert_eq!(host_config(&host, "{{json .HostConfig.CapDrop}}"), r#"["ALL"]"#);
     assert_eq!(host_config(&host, "{{.HostConfig.PidsLimit}}"), "256");
     assert_apache_serves(&host, &sha);
+    forget_images(&host);
 }
 
 #[test]
@@ -227,6 +242,7 @@ ENTRYPOINT ["/bin/sh", "-c", ". /etc/apache2/envvars && mkdir -p \"$APACHE_RUN_D
     sync_ok(&host);
     assert_eq!(host_config(&host, "{{.HostConfig.ReadonlyRootfs}}"), "true");
     assert_apache_serves(&host, &sha);
+    forget_images(&host);
 }
 
 #[test]
@@ -249,4 +265,5 @@ fn a_bound_the_image_cannot_serve_within_leaves_the_old_container_serving() {
     host.assert_serves(&sha);
     assert_eq!(host_config(&host, "{{.HostConfig.ReadonlyRootfs}}"), "false");
     host.assert_only_the_serving_container();
+    forget_images(&host);
 }
