@@ -890,4 +890,36 @@ mod tests {
             serde_json::json!({"sha": "bbbbbbb", "source": "pinned", "reason": reason})
         );
     }
+
+    #[test]
+    fn bounds_in_one_line() {
+        let settings = crate::config::Settings::parse(
+            "[release]\nbucket = \"b\"\n[image]\nrepository = \"r.example/blog\"\n",
+            std::path::Path::new("c.toml"),
+        )
+        .unwrap();
+        let mut configured = settings.container.bounds;
+        assert_eq!(
+            BoundsStatus::from(&configured).text(),
+            "json-file 10MiB x 3, no-new-privileges, caps -ALL +CHOWN +DAC_OVERRIDE +KILL +NET_BIND_SERVICE +SETGID \
+             +SETUID, pids 256, memory unlimited, cpus unlimited, root writable"
+        );
+        configured.memory = Some(256 << 20);
+        configured.nano_cpus = Some(1_500_000_000);
+        configured.read_only = true;
+        let text = BoundsStatus::from(&configured).text();
+        assert!(
+            text.ends_with(
+                "memory 256MiB, cpus 1.5, root read-only, tmpfs /run /run/lock /tmp /usr/local/apache2/logs"
+            ),
+            "{text}"
+        );
+        // A container created with Docker's defaults says what it lacks.
+        let unbounded = AppliedBounds { log_driver: "json-file".into(), ..Default::default() };
+        assert_eq!(
+            BoundsStatus::from(unbounded).text(),
+            "json-file UNROTATED, new privileges allowed, Docker's default capabilities, pids unlimited, memory \
+             unlimited, cpus unlimited, root writable"
+        );
+    }
 }

@@ -171,8 +171,8 @@ pub struct Engine {
     activity: Option<crate::outside::pull_progress::PullActivity>,
 }
 
-/// Size of each tmpfs of a read-only container: room for pid files, sockets and locks. It is
-/// memory, counted in the container's limit, so it is small.
+/// Mount options of each tmpfs of a read-only container: room for pid files, sockets and locks
+/// (64 MiB), nothing executable. It is memory, counted in the container's limit, so it is small.
 const TMPFS_OPTIONS: &str = "rw,noexec,nosuid,nodev,size=64m";
 
 /// The host config fields that bound the container ([`ContainerBounds`]).
@@ -640,5 +640,45 @@ mod tests {
         };
         assert!(!create.is_command_unrunnable());
         assert!(!EngineError::Timeout { op: "start container", target: "c".into(), secs: 30 }.is_command_unrunnable());
+    }
+
+    #[test]
+    fn the_host_config_carries_every_bound() {
+        use crate::config::{ContainerBounds, LogDriver, LogSettings};
+        let base = ContainerBounds {
+            log: LogSettings { driver: LogDriver::JsonFile, max_size: 10 << 20, max_files: 3 },
+            no_new_privileges: true,
+            cap_drop: vec!["ALL".into()],
+            cap_add: vec!["SETUID".into()],
+            pids_limit: Some(256),
+            memory: None,
+            nano_cpus: None,
+            read_only: false,
+            tmpfs: vec!["/run".into()],
+        };
+        let h = super::bounded_host_config(&base);
+        let log = h.log_config.unwrap();
+        assert_eq!(log.typ.as_deref(), Some("json-file"));
+        let options = log.config.unwrap();
+        assert_eq!((options["max-size"].as_str(), options["max-file"].as_str()), ("10485760", "3"));
+        assert_eq!(h.security_opt, Some(vec!["no-new-privileges".to_owned()]));
+        assert_eq!((h.cap_drop, h.cap_add), (Some(vec!["ALL".to_owned()]), Some(vec!["SETUID".to_owned()])));
+        assert_eq!((h.pids_limit, h.memory, h.nano_cpus), (Some(256), None, None));
+        // tmpfs paths exist only on a read-only root.
+        assert_eq!((h.readonly_rootfs, h.tmpfs), (Some(false), None));
+
+        let set = ContainerBounds {
+            no_new_privileges: false,
+            pids_limit: None,
+            memory: Some(64 << 20),
+            nano_cpus: Some(500_000_000),
+            read_only: true,
+            ..base
+        };
+        let h = super::bounded_host_config(&set);
+        assert_eq!(h.security_opt, None);
+        assert_eq!((h.pids_limit, h.memory, h.nano_cpus), (None, Some(64 << 20), Some(500_000_000)));
+        assert_eq!(h.readonly_rootfs, Some(true));
+        assert_eq!(h.tmpfs.unwrap()["/run"], super::TMPFS_OPTIONS);
     }
 }
