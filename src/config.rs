@@ -439,13 +439,13 @@ struct RawContainer {
     // with the key and the fix, not serde's "expected u32".
     log_max_size: Option<toml::Value>,
     log_max_files: Option<toml::Value>,
-    no_new_privileges: Option<bool>,
+    no_new_privileges: Option<toml::Value>,
     cap_drop: Option<Vec<String>>,
     cap_add: Option<Vec<String>>,
     pids_limit: Option<toml::Value>,
     memory: Option<toml::Value>,
     cpus: Option<toml::Value>,
-    read_only: Option<bool>,
+    read_only: Option<toml::Value>,
     tmpfs: Option<Vec<String>>,
 }
 
@@ -990,7 +990,7 @@ impl Validator<'_> {
             ));
         }
         let nano_cpus = self.cpus(raw.cpus.as_ref())?;
-        let read_only = raw.read_only.unwrap_or(false);
+        let read_only = self.flag("[container] read_only", raw.read_only.as_ref(), false)?;
         let tmpfs = match &raw.tmpfs {
             None => DEFAULT_TMPFS.iter().map(|p| (*p).to_owned()).collect(),
             Some(paths) if !read_only => {
@@ -1025,7 +1025,7 @@ impl Validator<'_> {
         };
         Ok(ContainerBounds {
             log: LogSettings { driver, max_size, max_files },
-            no_new_privileges: raw.no_new_privileges.unwrap_or(true),
+            no_new_privileges: self.flag("[container] no_new_privileges", raw.no_new_privileges.as_ref(), true)?,
             cap_drop,
             cap_add,
             pids_limit,
@@ -1053,6 +1053,15 @@ impl Validator<'_> {
             Some(toml::Value::String(text)) => parse_size(text).map(Some).ok_or_else(|| refuse(text)),
             Some(toml::Value::Integer(n)) => u64::try_from(*n).map(Some).map_err(|_| refuse(&n.to_string())),
             Some(other) => Err(refuse(&other.to_string())),
+        }
+    }
+
+    /// `true` or `false`.
+    fn flag(&self, key: &str, raw: Option<&toml::Value>, default: bool) -> Result<bool, ConfigError> {
+        match raw {
+            None => Ok(default),
+            Some(toml::Value::Boolean(b)) => Ok(*b),
+            Some(other) => Err(self.invalid(key, &other.to_string(), "expected true or false (no quotes)")),
         }
     }
 
@@ -1814,6 +1823,8 @@ mod tests {
             ("read_only = true\ntmpfs = [\"run\"]", "[container] tmpfs[0] = \"run\"", "an absolute path"),
             ("read_only = true\ntmpfs = [\"/a/../b\"]", "[container] tmpfs[0]", "an absolute path"),
             ("read_only = true\ntmpfs = [\"/run:exec\"]", "[container] tmpfs[0]", "an absolute path"),
+            ("read_only = \"yes\"", "[container] read_only = \"\\\"yes\\\"\"", "true or false"),
+            ("no_new_privileges = 1", "[container] no_new_privileges = \"1\"", "true or false"),
         ];
         for (keys, key_value, fix) in cases {
             assert_refused(&format!("{MINIMAL}[container]\n{keys}\n"), key_value, fix);
