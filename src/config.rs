@@ -1052,7 +1052,7 @@ impl Validator<'_> {
             None => Ok(None),
             Some(toml::Value::String(text)) => parse_size(text).map(Some).ok_or_else(|| refuse(text)),
             Some(toml::Value::Integer(n)) => u64::try_from(*n).map(Some).map_err(|_| refuse(&n.to_string())),
-            Some(other) => Err(refuse(&other.to_string())),
+            Some(other) => Err(refuse(&shown(other))),
         }
     }
 
@@ -1061,7 +1061,7 @@ impl Validator<'_> {
         match raw {
             None => Ok(default),
             Some(toml::Value::Boolean(b)) => Ok(*b),
-            Some(other) => Err(self.invalid(key, &other.to_string(), "expected true or false (no quotes)")),
+            Some(other) => Err(self.invalid(key, &shown(other), "expected true or false (no quotes)")),
         }
     }
 
@@ -1070,9 +1070,7 @@ impl Validator<'_> {
         match raw {
             None => Ok(None),
             Some(toml::Value::Integer(n)) => Ok(Some(*n)),
-            Some(other) => {
-                Err(self.invalid(key, &other.to_string(), format!("expected a whole number, e.g. {example}")))
-            }
+            Some(other) => Err(self.invalid(key, &shown(other), format!("expected a whole number, e.g. {example}"))),
         }
     }
 
@@ -1084,7 +1082,7 @@ impl Validator<'_> {
             Some(toml::Value::Integer(n)) => (n.to_string(), *n as f64),
             Some(toml::Value::Float(x)) => (x.to_string(), *x),
             Some(toml::Value::String(s)) => (s.clone(), s.trim().parse::<f64>().unwrap_or(f64::NAN)),
-            Some(other) => (other.to_string(), f64::NAN),
+            Some(other) => (shown(other), f64::NAN),
         };
         // Docker's own bounds: a hundredth of a CPU at least; 1024 is far beyond any host.
         if !(0.01..=1024.0).contains(&cpus) {
@@ -1190,6 +1188,14 @@ impl Validator<'_> {
             ));
         }
         Ok(ReconcileSettings { interval, jitter, keep_images: raw.keep_images.unwrap_or(2) })
+    }
+}
+
+/// A TOML value as a message quotes it: a string's text, anything else as written.
+fn shown(value: &toml::Value) -> String {
+    match value {
+        toml::Value::String(text) => text.clone(),
+        other => other.to_string(),
     }
 }
 
@@ -1808,7 +1814,7 @@ mod tests {
             ("log_max_size = -1", "[container] log_max_size = \"-1\"", "a size such as"),
             ("log_max_size = \"100B\"", "[container] log_max_size = \"100B\"", "at least 1KiB"),
             ("log_max_files = 0", "[container] log_max_files = \"0\"", "1 to 100"),
-            ("log_max_files = \"3\"", "[container] log_max_files = \"\\\"3\\\"\"", "a whole number, e.g. 3"),
+            ("log_max_files = \"3\"", "[container] log_max_files = \"3\"", "a whole number, e.g. 3"),
             ("cap_add = [\"NET_BIND\"]", "[container] cap_add[0] = \"NET_BIND\"", "NET_BIND_SERVICE"),
             ("cap_drop = [\"ALL\", \"\"]", "[container] cap_drop[1]", "capabilities(7)"),
             ("pids_limit = -3", "[container] pids_limit = \"-3\"", "e.g. 256, or 0 for no limit"),
@@ -1823,7 +1829,7 @@ mod tests {
             ("read_only = true\ntmpfs = [\"run\"]", "[container] tmpfs[0] = \"run\"", "an absolute path"),
             ("read_only = true\ntmpfs = [\"/a/../b\"]", "[container] tmpfs[0]", "an absolute path"),
             ("read_only = true\ntmpfs = [\"/run:exec\"]", "[container] tmpfs[0]", "an absolute path"),
-            ("read_only = \"yes\"", "[container] read_only = \"\\\"yes\\\"\"", "true or false"),
+            ("read_only = \"yes\"", "[container] read_only = \"yes\"", "true or false"),
             ("no_new_privileges = 1", "[container] no_new_privileges = \"1\"", "true or false"),
         ];
         for (keys, key_value, fix) in cases {
