@@ -111,7 +111,131 @@ pub struct ContainerSettings {
     /// Grace period between SIGTERM and SIGKILL when the old version is stopped at cut-over.
     /// It is part of the swap gap, so it is short: a static site has no long requests.
     pub stop_timeout: Duration,
+    /// What the container may use and do (logs, privileges, processes, memory, CPU, writes).
+    pub bounds: ContainerBounds,
 }
+
+/// The bounds the blog container runs within. Docker's defaults are unbounded logs, every
+/// default capability, no pids, memory or CPU limit and a writable root: a web server needs
+/// none of that, and the host agent that creates the container is the one place to say so.
+/// Part of the spec: a change replaces the container on the next pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerBounds {
+    pub log: LogSettings,
+    /// `no-new-privileges`: no setuid binary or file capability raises a process's privileges.
+    pub no_new_privileges: bool,
+    /// Capability names without the `CAP_` prefix, upper case; `ALL` is every capability.
+    pub cap_drop: Vec<String>,
+    pub cap_add: Vec<String>,
+    /// Most processes (threads count) the container may run; `None`: no limit.
+    pub pids_limit: Option<u32>,
+    /// Memory limit in bytes.
+    pub memory: Option<u64>,
+    /// CPU limit in billionths of a CPU (Docker's `NanoCpus`): `cpus = 1.5` is 1_500_000_000.
+    pub nano_cpus: Option<u64>,
+    /// Read-only root filesystem, with `tmpfs` as its writable paths.
+    pub read_only: bool,
+    /// Absolute paths mounted as small in-memory filesystems; used only with `read_only`.
+    pub tmpfs: Vec<String>,
+}
+
+/// The container's log rotation: Docker keeps at most `max_files` files of `max_size` bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogSettings {
+    pub driver: LogDriver,
+    pub max_size: u64,
+    pub max_files: u32,
+}
+
+/// Docker log drivers that keep `docker logs` working and rotate on the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogDriver {
+    /// JSON lines under /var/lib/docker/containers: what log shippers (CloudWatch agent,
+    /// Fluent Bit) tail.
+    JsonFile,
+    /// Docker's compact, compressed format: smaller on disk, readable only through Docker.
+    Local,
+}
+
+impl LogDriver {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogDriver::JsonFile => "json-file",
+            LogDriver::Local => "local",
+        }
+    }
+}
+
+impl fmt::Display for LogDriver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Capabilities Apache httpd needs, checked with the project's Apache image (Debian apache2,
+/// mod_cgid) and the busybox one (tests/container_limits.rs). Docker's defaults add AUDIT_WRITE,
+/// FOWNER, FSETID, MKNOD, NET_RAW, SETFCAP, SETPCAP and SYS_CHROOT, which a web server never uses.
+/// - NET_BIND_SERVICE: bind port 80 as root (engines that do not set the container's
+///   `ip_unprivileged_port_start` to 0 refuse it without);
+/// - SETUID, SETGID: the parent starts as root and its children switch to the server's user;
+/// - DAC_OVERRIDE, CHOWN: the root parent binds the CGI daemon's socket in the server user's
+///   directory and hands the socket to that user (without them the CGI daemon does not start);
+/// - KILL: the root parent signals the CGI daemon, which runs as the server's user, when it
+///   stops (without it a graceful stop hangs until Docker's SIGKILL).
+pub const DEFAULT_CAP_ADD: [&str; 6] = ["CHOWN", "DAC_OVERRIDE", "KILL", "NET_BIND_SERVICE", "SETGID", "SETUID"];
+
+/// Writable paths of a read-only container: the runtime directories servers keep pid files,
+/// sockets and locks in (`/run`, and `/run/lock`, which Debian's `/var/lock` points to), `/tmp`,
+/// and the official httpd image's `logs` directory (its pid file and cgid socket).
+pub const DEFAULT_TMPFS: [&str; 4] = ["/run", "/run/lock", "/tmp", "/usr/local/apache2/logs"];
+
+/// Every Linux capability name Docker accepts (capabilities(7)), without `CAP_`.
+const CAPABILITIES: [&str; 41] = [
+    "AUDIT_CONTROL",
+    "AUDIT_READ",
+    "AUDIT_WRITE",
+    "BLOCK_SUSPEND",
+    "BPF",
+    "CHECKPOINT_RESTORE",
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "KILL",
+    "LEASE",
+    "LINUX_IMMUTABLE",
+    "MAC_ADMIN",
+    "MAC_OVERRIDE",
+    "MKNOD",
+    "NET_ADMIN",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_RAW",
+    "PERFMON",
+    "SETFCAP",
+    "SETGID",
+    "SETPCAP",
+    "SETUID",
+    "SYSLOG",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_CHROOT",
+    "SYS_MODULE",
+    "SYS_NICE",
+    "SYS_PACCT",
+    "SYS_PTRACE",
+    "SYS_RAWIO",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "WAKE_ALARM",
+];
+
+/// Docker refuses a memory limit below 6 MiB.
+const MIN_MEMORY: u64 = 6 << 20;
 
 /// One published port: `[host_ip:]host_port:container_port`, TCP.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -350,6 +474,19 @@ struct RawContainer {
     env: Option<BTreeMap<String, String>>,
     labels: Option<BTreeMap<String, String>>,
     stop_timeout: Option<String>,
+    log_driver: Option<String>,
+    // Sizes and numbers are read as any TOML value so that a wrong type or sign is refused
+    // with the key and the fix, not serde's "expected u32".
+    log_max_size: Option<toml::Value>,
+    log_max_files: Option<toml::Value>,
+    no_new_privileges: Option<toml::Value>,
+    cap_drop: Option<Vec<String>>,
+    cap_add: Option<Vec<String>>,
+    pids_limit: Option<toml::Value>,
+    memory: Option<toml::Value>,
+    cpus: Option<toml::Value>,
+    read_only: Option<toml::Value>,
+    tmpfs: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -787,6 +924,7 @@ impl Validator<'_> {
     }
 
     fn container(&self, raw: RawContainer) -> Result<ContainerSettings, ConfigError> {
+        let bounds = self.bounds(&raw)?;
         let name = raw.name.unwrap_or_else(|| "blog".into());
         let mut chars = name.chars();
         let name_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
@@ -863,7 +1001,192 @@ impl Validator<'_> {
                  at once",
             ));
         }
-        Ok(ContainerSettings { name, ports, variables: env, labels, stop_timeout })
+        Ok(ContainerSettings { name, ports, variables: env, labels, stop_timeout, bounds })
+    }
+
+    fn bounds(&self, raw: &RawContainer) -> Result<ContainerBounds, ConfigError> {
+        let driver = match raw.log_driver.as_deref().map(str::trim) {
+            None | Some("json-file") => LogDriver::JsonFile,
+            Some("local") => LogDriver::Local,
+            Some(other) => {
+                return Err(self.invalid(
+                    "[container] log_driver",
+                    other,
+                    "expected \"json-file\" (what log shippers read) or \"local\" (compressed, read through \
+                     `docker logs` only)",
+                ))
+            }
+        };
+        let max_size =
+            self.size("[container] log_max_size", raw.log_max_size.as_ref(), "\"10MiB\"")?.unwrap_or(10 << 20);
+        if max_size < 1024 {
+            return Err(self.invalid(
+                "[container] log_max_size",
+                &format_size(max_size),
+                "must be at least 1KiB, e.g. \"10MiB\"",
+            ));
+        }
+        let max_files = match self.whole("[container] log_max_files", raw.log_max_files.as_ref(), "3")? {
+            None => 3,
+            Some(n @ 1..=100) => n as u32,
+            Some(n) => {
+                return Err(self.invalid(
+                    "[container] log_max_files",
+                    &n.to_string(),
+                    "expected 1 to 100 files kept, e.g. 3 (the disk holds at most log_max_files x log_max_size)",
+                ))
+            }
+        };
+        let cap_drop = self.capabilities("[container] cap_drop", raw.cap_drop.as_deref(), &["ALL"])?;
+        let cap_add = self.capabilities("[container] cap_add", raw.cap_add.as_deref(), &DEFAULT_CAP_ADD)?;
+        let pids_limit = match self.whole("[container] pids_limit", raw.pids_limit.as_ref(), "256")? {
+            None => Some(256),
+            Some(0) => None,
+            Some(n @ 1..=4_194_304) => Some(n as u32),
+            Some(n) => {
+                return Err(self.invalid(
+                    "[container] pids_limit",
+                    &n.to_string(),
+                    "expected the most processes the container may run, e.g. 256, or 0 for no limit",
+                ))
+            }
+        };
+        let memory = self.size("[container] memory", raw.memory.as_ref(), "\"512MiB\"")?;
+        if let Some(bytes) = memory.filter(|b| *b < MIN_MEMORY) {
+            return Err(self.invalid(
+                "[container] memory",
+                &format_size(bytes),
+                "Docker refuses less than 6MiB; a web server wants tens of MiB, e.g. \"256MiB\"",
+            ));
+        }
+        let nano_cpus = self.cpus(raw.cpus.as_ref())?;
+        let read_only = self.flag("[container] read_only", raw.read_only.as_ref(), false)?;
+        let tmpfs = match &raw.tmpfs {
+            None => DEFAULT_TMPFS.iter().map(|p| (*p).to_owned()).collect(),
+            Some(paths) if !read_only => {
+                return Err(self.invalid(
+                    "[container] tmpfs",
+                    &paths.join(", "),
+                    "tmpfs paths are the writable parts of a read-only root filesystem: set read_only = true, \
+                     or remove tmpfs",
+                ))
+            }
+            Some(paths) => {
+                let mut seen: Vec<String> = Vec::new();
+                for (i, p) in paths.iter().enumerate() {
+                    let path = p.trim().trim_end_matches('/');
+                    let ok = path.starts_with('/')
+                        && !path.split('/').any(|part| part == "..")
+                        && !path.contains(|c: char| c == ':' || c == ',' || c.is_whitespace() || c.is_control());
+                    if !ok {
+                        return Err(self.invalid(
+                            &format!("[container] tmpfs[{i}]"),
+                            p,
+                            "expected an absolute path inside the container, e.g. \"/run\"",
+                        ));
+                    }
+                    if !seen.iter().any(|s| s == path) {
+                        seen.push(path.to_owned());
+                    }
+                }
+                seen.sort();
+                seen
+            }
+        };
+        Ok(ContainerBounds {
+            log: LogSettings { driver, max_size, max_files },
+            no_new_privileges: self.flag("[container] no_new_privileges", raw.no_new_privileges.as_ref(), true)?,
+            cap_drop,
+            cap_add,
+            pids_limit,
+            memory,
+            nano_cpus,
+            read_only,
+            tmpfs,
+        })
+    }
+
+    /// A size: a string with a unit ([`parse_size`]) or a whole number of bytes.
+    fn size(&self, key: &str, raw: Option<&toml::Value>, example: &str) -> Result<Option<u64>, ConfigError> {
+        let refuse = |value: &str| {
+            self.invalid(
+                key,
+                value,
+                format!(
+                    "expected a size such as {example}: KB, MB, GB, TB are powers of 1000, KiB, MiB, GiB, TiB \
+                     powers of 1024"
+                ),
+            )
+        };
+        match raw {
+            None => Ok(None),
+            Some(toml::Value::String(text)) => parse_size(text).map(Some).ok_or_else(|| refuse(text)),
+            Some(toml::Value::Integer(n)) => u64::try_from(*n).map(Some).map_err(|_| refuse(&n.to_string())),
+            Some(other) => Err(refuse(&shown(other))),
+        }
+    }
+
+    /// `true` or `false`.
+    fn flag(&self, key: &str, raw: Option<&toml::Value>, default: bool) -> Result<bool, ConfigError> {
+        match raw {
+            None => Ok(default),
+            Some(toml::Value::Boolean(b)) => Ok(*b),
+            Some(other) => Err(self.invalid(key, &shown(other), "expected true or false (no quotes)")),
+        }
+    }
+
+    /// A whole number, of any sign (the caller bounds it).
+    fn whole(&self, key: &str, raw: Option<&toml::Value>, example: &str) -> Result<Option<i64>, ConfigError> {
+        match raw {
+            None => Ok(None),
+            Some(toml::Value::Integer(n)) => Ok(Some(*n)),
+            Some(other) => Err(self.invalid(key, &shown(other), format!("expected a whole number, e.g. {example}"))),
+        }
+    }
+
+    /// `cpus`: a number of CPUs, fractions allowed (`0.5`, `1.5`, `2`), as Docker's `--cpus`.
+    fn cpus(&self, raw: Option<&toml::Value>) -> Result<Option<u64>, ConfigError> {
+        const KEY: &str = "[container] cpus";
+        let (text, cpus) = match raw {
+            None => return Ok(None),
+            Some(toml::Value::Integer(n)) => (n.to_string(), *n as f64),
+            Some(toml::Value::Float(x)) => (x.to_string(), *x),
+            Some(toml::Value::String(s)) => (s.clone(), s.trim().parse::<f64>().unwrap_or(f64::NAN)),
+            Some(other) => (shown(other), f64::NAN),
+        };
+        // Docker's own bounds: a hundredth of a CPU at least; 1024 is far beyond any host.
+        if !(0.01..=1024.0).contains(&cpus) {
+            return Err(self.invalid(
+                KEY,
+                &text,
+                "expected a number of CPUs from 0.01 up, e.g. 1 or 0.5 (a fraction of one CPU's time)",
+            ));
+        }
+        Ok(Some((cpus * 1e9).round() as u64))
+    }
+
+    /// Capability names, `CAP_` prefix and case optional; `default` when unset.
+    fn capabilities(&self, key: &str, raw: Option<&[String]>, default: &[&str]) -> Result<Vec<String>, ConfigError> {
+        let Some(raw) = raw else { return Ok(default.iter().map(|c| (*c).to_owned()).collect()) };
+        let mut caps: Vec<String> = Vec::new();
+        for (i, name) in raw.iter().enumerate() {
+            let upper = name.trim().to_ascii_uppercase();
+            let cap = upper.strip_prefix("CAP_").unwrap_or(&upper);
+            if cap != "ALL" && !CAPABILITIES.contains(&cap) {
+                return Err(self.invalid(
+                    &format!("{key}[{i}]"),
+                    name,
+                    "expected a Linux capability name such as \"NET_BIND_SERVICE\" or \"SETUID\" \
+                     (capabilities(7), with or without CAP_), or \"ALL\"",
+                ));
+            }
+            if !caps.iter().any(|c| c == cap) {
+                caps.push(cap.to_owned());
+            }
+        }
+        // One order for one set: a reordered list is the same spec, not a change to swap for.
+        caps.sort();
+        Ok(caps)
     }
 
     fn health(&self, raw: RawHealth, ports: &[PortMapping]) -> Result<HealthSettings, ConfigError> {
@@ -1036,6 +1359,14 @@ impl Validator<'_> {
 /// logs and the unpacked layers (a pull unpacks to about twice the compressed size the
 /// manifest gives), on the 8 GB root volumes small instances boot with.
 pub const DEFAULT_MIN_FREE_DISK: u64 = 2 * 1024 * 1024 * 1024;
+
+/// A TOML value as a message quotes it: a string's text, anything else as written.
+fn shown(value: &toml::Value) -> String {
+    match value {
+        toml::Value::String(text) => text.clone(),
+        other => other.to_string(),
+    }
+}
 
 /// A size in bytes: a whole or decimal number with an optional unit, `KB`/`MB`/`GB`/`TB`
 /// (powers of 1000), `KiB`/`MiB`/`GiB`/`TiB` (powers of 1024) or `B`, case-insensitive, with
@@ -1706,5 +2037,85 @@ mod tests {
     fn syntax_errors_report_the_line() {
         let err = parse(&format!("{MINIMAL}\n[container]\nnme = \"x\"\n")).unwrap_err().to_string();
         assert!(err.contains("line 7"), "{err}");
+    }
+
+    #[test]
+    fn the_container_is_bounded_by_default() {
+        let b = parse(MINIMAL).unwrap().container.bounds;
+        assert_eq!(b.log, LogSettings { driver: LogDriver::JsonFile, max_size: 10 << 20, max_files: 3 });
+        assert!(b.no_new_privileges);
+        assert_eq!(b.cap_drop, ["ALL"]);
+        assert_eq!(b.cap_add, DEFAULT_CAP_ADD);
+        assert_eq!(b.pids_limit, Some(256));
+        assert_eq!((b.memory, b.nano_cpus, b.read_only), (None, None, false));
+        assert_eq!(b.tmpfs, DEFAULT_TMPFS);
+    }
+
+    #[test]
+    fn container_bounds_forms() {
+        let bounds = |keys: &str| parse(&format!("{MINIMAL}[container]\n{keys}\n")).unwrap().container.bounds;
+        type Holds = fn(&ContainerBounds) -> bool;
+        let cases: &[(&str, Holds)] = &[
+            ("log_driver = \"local\"", |b| b.log.driver == LogDriver::Local),
+            ("log_max_size = \"50MB\"", |b| b.log.max_size == 50_000_000),
+            ("log_max_size = \"1.5 GiB\"", |b| b.log.max_size == 3 << 29),
+            ("log_max_size = 4096", |b| b.log.max_size == 4096),
+            ("log_max_files = 1", |b| b.log.max_files == 1),
+            ("no_new_privileges = false", |b| !b.no_new_privileges),
+            ("cap_drop = []", |b| b.cap_drop.is_empty()),
+            ("cap_drop = [\"net_raw\", \"CAP_MKNOD\", \"NET_RAW\"]", |b| b.cap_drop == ["MKNOD", "NET_RAW"]),
+            ("cap_add = []", |b| b.cap_add.is_empty()),
+            ("cap_add = [\"SETUID\", \"cap_setgid\"]", |b| b.cap_add == ["SETGID", "SETUID"]),
+            ("pids_limit = 1", |b| b.pids_limit == Some(1)),
+            ("pids_limit = 0", |b| b.pids_limit.is_none()),
+            ("memory = \"256MiB\"", |b| b.memory == Some(256 << 20)),
+            ("memory = \"1GB\"", |b| b.memory == Some(1_000_000_000)),
+            ("memory = 67108864", |b| b.memory == Some(64 << 20)),
+            ("cpus = 1", |b| b.nano_cpus == Some(1_000_000_000)),
+            ("cpus = 0.5", |b| b.nano_cpus == Some(500_000_000)),
+            ("cpus = \"1.25\"", |b| b.nano_cpus == Some(1_250_000_000)),
+            ("cpus = 0.01", |b| b.nano_cpus == Some(10_000_000)),
+            ("read_only = true", |b| b.read_only && b.tmpfs == DEFAULT_TMPFS),
+            ("read_only = true\ntmpfs = []", |b| b.read_only && b.tmpfs.is_empty()),
+            ("read_only = true\ntmpfs = [\"/var/cache/nginx/\", \"/run\", \"/run\"]", |b| {
+                b.tmpfs == ["/run", "/var/cache/nginx"]
+            }),
+        ];
+        for (keys, holds) in cases {
+            let b = bounds(keys);
+            assert!(holds(&b), "{keys}: {b:?}");
+        }
+    }
+
+    #[test]
+    fn bad_container_bounds_name_the_key_and_the_fix() {
+        let cases: &[(&str, &str, &str)] = &[
+            ("log_driver = \"syslog\"", "[container] log_driver = \"syslog\"", "\"json-file\""),
+            ("log_max_size = \"lots\"", "[container] log_max_size = \"lots\"", "a size such as \"10MiB\""),
+            ("log_max_size = \"10 MiBs\"", "[container] log_max_size = \"10 MiBs\"", "KiB"),
+            ("log_max_size = -1", "[container] log_max_size = \"-1\"", "a size such as"),
+            ("log_max_size = \"100B\"", "[container] log_max_size = \"100B\"", "at least 1KiB"),
+            ("log_max_files = 0", "[container] log_max_files = \"0\"", "1 to 100"),
+            ("log_max_files = \"3\"", "[container] log_max_files = \"3\"", "a whole number, e.g. 3"),
+            ("cap_add = [\"NET_BIND\"]", "[container] cap_add[0] = \"NET_BIND\"", "NET_BIND_SERVICE"),
+            ("cap_drop = [\"ALL\", \"\"]", "[container] cap_drop[1]", "capabilities(7)"),
+            ("pids_limit = -3", "[container] pids_limit = \"-3\"", "e.g. 256, or 0 for no limit"),
+            ("pids_limit = 1.5", "[container] pids_limit = \"1.5\"", "a whole number"),
+            ("memory = \"lots\"", "[container] memory = \"lots\"", "a size such as \"512MiB\""),
+            ("memory = \"1MiB\"", "[container] memory = \"1MiB\"", "less than 6MiB"),
+            ("cpus = 0", "[container] cpus = \"0\"", "from 0.01 up"),
+            ("cpus = -1.0", "[container] cpus = \"-1\"", "from 0.01 up"),
+            ("cpus = \"two\"", "[container] cpus = \"two\"", "e.g. 1 or 0.5"),
+            ("cpus = nan", "[container] cpus = \"NaN\"", "from 0.01 up"),
+            ("tmpfs = [\"/run\"]", "[container] tmpfs = \"/run\"", "set read_only = true"),
+            ("read_only = true\ntmpfs = [\"run\"]", "[container] tmpfs[0] = \"run\"", "an absolute path"),
+            ("read_only = true\ntmpfs = [\"/a/../b\"]", "[container] tmpfs[0]", "an absolute path"),
+            ("read_only = true\ntmpfs = [\"/run:exec\"]", "[container] tmpfs[0]", "an absolute path"),
+            ("read_only = \"yes\"", "[container] read_only = \"yes\"", "true or false"),
+            ("no_new_privileges = 1", "[container] no_new_privileges = \"1\"", "true or false"),
+        ];
+        for (keys, key_value, fix) in cases {
+            assert_refused(&format!("{MINIMAL}[container]\n{keys}\n"), key_value, fix);
+        }
     }
 }

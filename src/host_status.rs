@@ -7,11 +7,11 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
-use crate::config::{Settings, TrafficMode};
+use crate::config::{format_size, ContainerBounds, Settings, TrafficMode};
 use crate::environment;
 use crate::fleet::halt::Marker;
 use crate::fleet::rollout::{self, Gate, IdentitySource};
-use crate::outside::docker::Engine;
+use crate::outside::docker::{AppliedBounds, Engine};
 use crate::outside::halts::HaltSource;
 use crate::outside::imds::TagSource;
 use crate::outside::netfilter::Netfilter;
@@ -198,6 +198,103 @@ pub struct ContainerStatus {
     pub state: String,
     pub started_at: Option<String>,
     pub health: HealthStatus,
+    /// The bounds it runs within, as Docker has them (`[container]` logs, capabilities and
+    /// limits); null when Docker would not say.
+    pub bounds: Option<BoundsStatus>,
+}
+
+/// A container's bounds as Docker reports them. Limits are null when there is none.
+#[derive(Debug, Clone, Serialize)]
+pub struct BoundsStatus {
+    pub log_driver: String,
+    /// The log driver's options, e.g. `{"max-file": "3", "max-size": "10485760"}`.
+    pub log_options: std::collections::BTreeMap<String, String>,
+    pub no_new_privileges: bool,
+    pub cap_drop: Vec<String>,
+    pub cap_add: Vec<String>,
+    pub pids_limit: Option<i64>,
+    /// Bytes.
+    pub memory: Option<i64>,
+    pub cpus: Option<f64>,
+    pub read_only: bool,
+    pub tmpfs: Vec<String>,
+}
+
+impl From<AppliedBounds> for BoundsStatus {
+    fn from(b: AppliedBounds) -> BoundsStatus {
+        BoundsStatus {
+            no_new_privileges: b.security_opt.iter().any(|o| {
+                matches!(o.as_str(), "no-new-privileges" | "no-new-privileges:true" | "no-new-privileges=true")
+            }),
+            log_driver: b.log_driver,
+            log_options: b.log_options,
+            cap_drop: b.cap_drop,
+            cap_add: b.cap_add,
+            pids_limit: b.pids_limit,
+            memory: b.memory,
+            cpus: b.nano_cpus.map(|n| n as f64 / 1e9),
+            read_only: b.read_only,
+            tmpfs: b.tmpfs,
+        }
+    }
+}
+
+/// The configured bounds in the same form, for `check`.
+impl From<&ContainerBounds> for BoundsStatus {
+    fn from(b: &ContainerBounds) -> BoundsStatus {
+        BoundsStatus {
+            log_driver: b.log.driver.to_string(),
+            log_options: [("max-size", b.log.max_size.to_string()), ("max-file", b.log.max_files.to_string())]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect(),
+            no_new_privileges: b.no_new_privileges,
+            cap_drop: b.cap_drop.clone(),
+            cap_add: b.cap_add.clone(),
+            pids_limit: b.pids_limit.map(i64::from),
+            memory: b.memory.and_then(|m| i64::try_from(m).ok()),
+            cpus: b.nano_cpus.map(|n| n as f64 / 1e9),
+            read_only: b.read_only,
+            tmpfs: if b.read_only { b.tmpfs.clone() } else { Vec::new() },
+        }
+    }
+}
+
+impl BoundsStatus {
+    /// One line: `json-file 10MiB x 3, no-new-privileges, caps -ALL +CHOWN ..., pids 256,
+    /// memory unlimited, cpus unlimited, root writable`.
+    pub fn text(&self) -> String {
+        let size = |s: &str| s.parse::<u64>().map(format_size).unwrap_or_else(|_| s.to_owned());
+        let logs = match (self.log_options.get("max-size"), self.log_options.get("max-file")) {
+            (Some(max), files) => format!("{} {} x {}", self.log_driver, size(max), files.map_or("1", |f| f.as_str())),
+            (None, _) if self.log_driver == "local" => "local (Docker's default rotation, 20MB x 5)".into(),
+            (None, _) => format!("{} UNROTATED", self.log_driver),
+        };
+        let caps = match (self.cap_drop.is_empty(), self.cap_add.is_empty()) {
+            (true, true) => "Docker's default capabilities".to_owned(),
+            _ => {
+                let drop = self.cap_drop.iter().map(|c| format!(" -{c}"));
+                let add = self.cap_add.iter().map(|c| format!(" +{c}"));
+                format!("caps{}", drop.chain(add).collect::<String>())
+            }
+        };
+        let or_unlimited = |v: Option<String>| v.unwrap_or_else(|| "unlimited".into());
+        format!(
+            "{logs}, {}, {caps}, pids {}, memory {}, cpus {}, {}",
+            if self.no_new_privileges { "no-new-privileges" } else { "new privileges allowed" },
+            or_unlimited(self.pids_limit.map(|n| n.to_string())),
+            or_unlimited(self.memory.map(|m| format_size(m as u64))),
+            or_unlimited(self.cpus.map(|c| c.to_string())),
+            if self.read_only {
+                format!(
+                    "root read-only, tmpfs {}",
+                    if self.tmpfs.is_empty() { "none".into() } else { self.tmpfs.join(" ") }
+                )
+            } else {
+                "root writable".into()
+            }
+        )
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -351,6 +448,7 @@ pub async fn gather(
                     },
                     Err(failed) => HealthStatus { url: url.to_string(), ok: false, detail: failed.to_string() },
                 };
+                let bounds = engine.bounds(&c.id).await.ok().flatten().map(BoundsStatus::from);
                 status.container = Some(ContainerStatus {
                     name: c.name.clone(),
                     id: c.id.clone(),
@@ -360,6 +458,7 @@ pub async fn gather(
                     state: c.status.clone(),
                     started_at: c.started_at.clone(),
                     health,
+                    bounds,
                 });
             }
             Ok(None) => {}
@@ -545,6 +644,9 @@ pub fn render_text(s: &Status) -> String {
                 "health",
                 format!("{} {} ({})", if c.health.ok { "ok" } else { "FAIL" }, c.health.url, c.health.detail),
             );
+            if let Some(b) = &c.bounds {
+                line("bounds", b.text());
+            }
         }
         (None, Some(err)) => line("container", format!("UNKNOWN: {err}")),
         (None, None) => line("container", "none".into()),
@@ -879,6 +981,38 @@ mod tests {
         assert_eq!(
             serde_json::to_value(&s).unwrap()["target"],
             serde_json::json!({"sha": "bbbbbbb", "source": "pinned", "reason": reason})
+        );
+    }
+
+    #[test]
+    fn bounds_in_one_line() {
+        let settings = crate::config::Settings::parse(
+            "[release]\nbucket = \"b\"\n[image]\nrepository = \"r.example/blog\"\n",
+            std::path::Path::new("c.toml"),
+        )
+        .unwrap();
+        let mut configured = settings.container.bounds;
+        assert_eq!(
+            BoundsStatus::from(&configured).text(),
+            "json-file 10MiB x 3, no-new-privileges, caps -ALL +CHOWN +DAC_OVERRIDE +KILL +NET_BIND_SERVICE +SETGID \
+             +SETUID, pids 256, memory unlimited, cpus unlimited, root writable"
+        );
+        configured.memory = Some(256 << 20);
+        configured.nano_cpus = Some(1_500_000_000);
+        configured.read_only = true;
+        let text = BoundsStatus::from(&configured).text();
+        assert!(
+            text.ends_with(
+                "memory 256MiB, cpus 1.5, root read-only, tmpfs /run /run/lock /tmp /usr/local/apache2/logs"
+            ),
+            "{text}"
+        );
+        // A container created with Docker's defaults says what it lacks.
+        let unbounded = AppliedBounds { log_driver: "json-file".into(), ..Default::default() };
+        assert_eq!(
+            BoundsStatus::from(unbounded).text(),
+            "json-file UNROTATED, new privileges allowed, Docker's default capabilities, pids unlimited, memory \
+             unlimited, cpus unlimited, root writable"
         );
     }
 }

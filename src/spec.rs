@@ -3,14 +3,15 @@
 //!
 //! Docker labels are the source of truth for what is running: the SHA, the image digest, the
 //! environment and a hash of everything else in the spec (image, ports, env, user labels,
-//! restart policy). A container whose labels do not match the desired spec was changed by hand,
+//! restart policy, and the bounds it runs within: logs, privileges, processes, memory, CPU,
+//! read-only root). A container whose labels do not match the desired spec was changed by hand,
 //! or by a config change, and is replaced.
 
 use std::collections::{BTreeMap, HashMap};
 
 use sha2::{Digest, Sha256};
 
-use crate::config::{PortMapping, Settings, TrafficMode};
+use crate::config::{ContainerBounds, PortMapping, Settings, TrafficMode};
 use crate::sha::Sha;
 
 pub const LABEL_MANAGED: &str = "io.blog-agent.managed";
@@ -35,6 +36,8 @@ pub struct ContainerSpec {
     /// Docker publishes `ports` (`[traffic] mode = "publish"`); otherwise the agent's DNAT
     /// rules carry the host ports to the container's bridge address.
     pub publish: bool,
+    /// What the container may use and do (`[container]` log, capability and limit keys).
+    pub bounds: ContainerBounds,
 }
 
 impl ContainerSpec {
@@ -48,11 +51,13 @@ impl ContainerSpec {
             variables: settings.container.variables.clone(),
             labels: settings.container.labels.clone(),
             publish: settings.traffic.mode == TrafficMode::Publish,
+            bounds: settings.container.bounds.clone(),
         }
     }
 
     /// A short, stable hash of everything that defines the container besides its digest.
-    /// Changing any of it (a port, an env var, a label) makes the running container stale.
+    /// Changing any of it (a port, an env var, a label, a bound) makes the running container
+    /// stale: the next pass replaces it as it would for a new release.
     pub fn spec_hash(&self) -> String {
         let mut h = Sha256::new();
         let mut field = |k: &str, v: &str| {
@@ -76,6 +81,25 @@ impl ContainerSpec {
         }
         for (k, v) in &self.labels {
             field("label", &format!("{k}={v}"));
+        }
+        let b = &self.bounds;
+        field("log", &format!("{} max-size={} max-file={}", b.log.driver, b.log.max_size, b.log.max_files));
+        field("no-new-privileges", &b.no_new_privileges.to_string());
+        for c in &b.cap_drop {
+            field("cap-drop", c);
+        }
+        for c in &b.cap_add {
+            field("cap-add", c);
+        }
+        field("pids-limit", &b.pids_limit.map(|n| n.to_string()).unwrap_or_default());
+        field("memory", &b.memory.map(|n| n.to_string()).unwrap_or_default());
+        field("nano-cpus", &b.nano_cpus.map(|n| n.to_string()).unwrap_or_default());
+        // The tmpfs paths only exist on a read-only container, so only then are they its spec.
+        if b.read_only {
+            field("read-only", "true");
+            for p in &b.tmpfs {
+                field("tmpfs", p);
+            }
         }
         h.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect()
     }
@@ -122,6 +146,17 @@ mod tests {
             "[container]\nports = [\"8080:80\"]\n[health]\nurl = \"http://127.0.0.1:8080/\"\n",
             "[container]\nenv = { A = \"1\" }\n",
             "[container]\nlabels = { team = \"web\" }\n",
+            "[container]\nlog_driver = \"local\"\n",
+            "[container]\nlog_max_size = \"20MiB\"\n",
+            "[container]\nlog_max_files = 5\n",
+            "[container]\nno_new_privileges = false\n",
+            "[container]\ncap_drop = []\n",
+            "[container]\ncap_add = [\"NET_BIND_SERVICE\"]\n",
+            "[container]\npids_limit = 100\n",
+            "[container]\npids_limit = 0\n",
+            "[container]\nmemory = \"256MiB\"\n",
+            "[container]\ncpus = 0.5\n",
+            "[container]\nread_only = true\n",
         ] {
             assert_ne!(base, desired(extra).spec_hash(), "{extra}");
         }
@@ -129,6 +164,21 @@ mod tests {
         other.sha = Sha::parse("abcdef2").unwrap();
         other.image = "r.example/blog:abcdef2".into();
         assert_ne!(base, other.spec_hash());
+        let read_only = desired("[container]\nread_only = true\n").spec_hash();
+        assert_ne!(read_only, desired("[container]\nread_only = true\ntmpfs = [\"/run\"]\n").spec_hash());
+    }
+
+    #[test]
+    fn an_unchanged_bound_written_out_keeps_the_hash() {
+        // Writing a default out, in another spelling, is no change: no swap for it.
+        let base = desired("").spec_hash();
+        for same in [
+            "[container]\nlog_max_size = \"10 MiB\"\nlog_max_files = 3\npids_limit = 256\n",
+            "[container]\ncap_drop = [\"all\"]\ncap_add = [\"CAP_CHOWN\", \"dac_override\", \"KILL\", \"NET_BIND_SERVICE\", \"SETGID\", \"SETUID\"]\n",
+            "[container]\nread_only = false\nno_new_privileges = true\nlog_driver = \"json-file\"\n",
+        ] {
+            assert_eq!(base, desired(same).spec_hash(), "{same}");
+        }
     }
 
     #[test]

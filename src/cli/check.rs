@@ -187,6 +187,7 @@ pub async fn run(cli: &Cli, _args: &CheckArgs) -> Result<(), Failure> {
             check_ports(&mut r, &settings, None).await;
         }
     }
+    check_bounds(&mut r, &settings);
     if settings.traffic.mode == TrafficMode::Switch {
         check_traffic_switch(&mut r, &settings, engine.as_ref().ok()).await;
     }
@@ -546,6 +547,27 @@ fn s3_failure(e: &ReleaseError) -> String {
 fn mentions_kms(detail: &str) -> bool {
     let lower = detail.to_ascii_lowercase();
     ["kms:", "kms.", "kms ", "aws kms", "ciphertext", "customer master key"].iter().any(|m| lower.contains(m))
+}
+
+/// The bounds the blog container is created within (`[container]`), in one line. A CPU limit
+/// beyond this host's CPUs is refused by Docker at create, so every deploy would fail: warned
+/// (the count seen here is the agent's own share, which a unit's CPU quota can make smaller).
+fn check_bounds(r: &mut Report, settings: &Settings) {
+    const NAME: &str = "container bounds";
+    let bounds = &settings.container.bounds;
+    let text = crate::host_status::BoundsStatus::from(bounds).text();
+    let host_cpus = std::thread::available_parallelism().map(|n| n.get() as u64).unwrap_or(u64::MAX);
+    match bounds.nano_cpus {
+        Some(nano) if nano > host_cpus.saturating_mul(1_000_000_000) => r.warn(
+            NAME,
+            format!(
+                "{text}: [container] cpus = {} is more than the {host_cpus} CPUs seen here (Docker refuses to \
+                 create a container with more CPUs than the host has): lower it",
+                nano as f64 / 1e9
+            ),
+        ),
+        _ => r.ok(NAME, text),
+    }
 }
 
 #[cfg(test)]

@@ -90,8 +90,8 @@ pub enum Command {
     /// credentials; s3 object; release sha; release signature; release halt; ecr token; clock
     /// (this host's offset from AWS's time); registry (a manifest request, no pull); docker;
     /// docker live-restore; disk (free space on Docker's data root against the release's size
-    /// and [reconcile] min_free_disk); host port (one per mapping); in switch mode traffic
-    /// switch, traffic chains and route_localnet; with
+    /// and [reconcile] min_free_disk); host port (one per mapping); container bounds; in switch
+    /// mode traffic switch, traffic chains and route_localnet; with
     /// [rollout] lifecycle_hook, launch gate. Exit 0 only when no line is FAIL (WARN and skip
     /// lines do not count).
     ///

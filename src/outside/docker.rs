@@ -14,7 +14,9 @@ use std::time::Duration;
 use bollard::auth::DockerCredentials;
 use bollard::container::LogOutput;
 use bollard::errors::Error as BollardError;
-use bollard::models::{ContainerCreateBody, HostConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum};
+use bollard::models::{
+    ContainerCreateBody, HostConfig, HostConfigLogConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum,
+};
 use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, EventsOptions, ListContainersOptions, ListImagesOptions, LogsOptions,
     RemoveContainerOptions, RemoveImageOptions, RenameContainerOptions, StopContainerOptions,
@@ -22,6 +24,7 @@ use bollard::query_parameters::{
 use bollard::Docker;
 use futures_util::{Stream, StreamExt};
 
+use crate::config::ContainerBounds;
 use crate::outside::registry::RegistryCredentials;
 use crate::spec::{ContainerSpec, LABEL_MANAGED};
 
@@ -100,6 +103,48 @@ pub struct ContainerInfo {
     pub oom_killed: bool,
 }
 
+/// A container's bounds as Docker reports them (`HostConfig`): what `status` shows, whatever
+/// the configuration now says.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AppliedBounds {
+    pub log_driver: String,
+    /// The log driver's options (`max-size`, `max-file`).
+    pub log_options: std::collections::BTreeMap<String, String>,
+    pub security_opt: Vec<String>,
+    pub cap_drop: Vec<String>,
+    pub cap_add: Vec<String>,
+    /// `None`: no limit (Docker says 0, -1 or nothing).
+    pub pids_limit: Option<i64>,
+    pub memory: Option<i64>,
+    pub nano_cpus: Option<i64>,
+    pub read_only: bool,
+    pub tmpfs: Vec<String>,
+}
+
+impl AppliedBounds {
+    fn from_host_config(h: HostConfig) -> AppliedBounds {
+        let positive = |n: Option<i64>| n.filter(|n| *n > 0);
+        let (log_driver, log_options) = match h.log_config {
+            Some(l) => (l.typ.unwrap_or_default(), l.config.unwrap_or_default().into_iter().collect()),
+            None => Default::default(),
+        };
+        let mut tmpfs: Vec<String> = h.tmpfs.unwrap_or_default().into_keys().collect();
+        tmpfs.sort();
+        AppliedBounds {
+            log_driver,
+            log_options,
+            security_opt: h.security_opt.unwrap_or_default(),
+            cap_drop: h.cap_drop.unwrap_or_default(),
+            cap_add: h.cap_add.unwrap_or_default(),
+            pids_limit: positive(h.pids_limit),
+            memory: positive(h.memory),
+            nano_cpus: positive(h.nano_cpus),
+            read_only: h.readonly_rootfs.unwrap_or(false),
+            tmpfs,
+        }
+    }
+}
+
 impl ContainerInfo {
     /// How it last ended, as evidence for the judgement ([`crate::fleet::verdict`]).
     pub fn exit(&self) -> crate::outside::health::Exit {
@@ -128,6 +173,32 @@ pub struct Engine {
     show_progress: bool,
     /// Told of every item of a pull's stream (the launch gate's proof that a pull is moving).
     activity: Option<crate::outside::pull_progress::PullActivity>,
+}
+
+/// Mount options of each tmpfs of a read-only container: room for pid files, sockets and locks
+/// (64 MiB), nothing executable. It is memory, counted in the container's limit, so it is small.
+const TMPFS_OPTIONS: &str = "rw,noexec,nosuid,nodev,size=64m";
+
+/// The host config fields that bound the container ([`ContainerBounds`]).
+fn bounded_host_config(b: &ContainerBounds) -> HostConfig {
+    let log_options = HashMap::from([
+        // In bytes: Docker reads a unit suffix as a power of 1000 in one driver and of 1024 in
+        // another, a bare number as bytes in both.
+        ("max-size".to_owned(), b.log.max_size.to_string()),
+        ("max-file".to_owned(), b.log.max_files.to_string()),
+    ]);
+    HostConfig {
+        log_config: Some(HostConfigLogConfig { typ: Some(b.log.driver.to_string()), config: Some(log_options) }),
+        security_opt: b.no_new_privileges.then(|| vec!["no-new-privileges".to_owned()]),
+        cap_drop: Some(b.cap_drop.clone()),
+        cap_add: Some(b.cap_add.clone()),
+        pids_limit: b.pids_limit.map(i64::from),
+        memory: b.memory.and_then(|m| i64::try_from(m).ok()),
+        nano_cpus: b.nano_cpus.and_then(|n| i64::try_from(n).ok()),
+        readonly_rootfs: Some(b.read_only),
+        tmpfs: b.read_only.then(|| b.tmpfs.iter().map(|p| (p.clone(), TMPFS_OPTIONS.to_owned())).collect()),
+        ..Default::default()
+    }
 }
 
 /// Registry credentials in the form the Engine API takes (sent as a header, never logged).
@@ -289,6 +360,16 @@ impl Engine {
         }
     }
 
+    /// The bounds container `name` runs within, as Docker has them; `None` when there is no
+    /// such container.
+    pub async fn bounds(&self, name: &str) -> Result<Option<AppliedBounds>, EngineError> {
+        match bounded("inspect container", name, self.docker.inspect_container(name, None)).await? {
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(api("inspect container", name)(e)),
+            Ok(c) => Ok(Some(c.host_config.map(AppliedBounds::from_host_config).unwrap_or_default())),
+        }
+    }
+
     /// The local image for `reference`, with its digest from the repository `repository`.
     pub async fn image(&self, reference: &str, repository: &str) -> Result<Option<ImageInfo>, EngineError> {
         match bounded("inspect image", reference, self.docker.inspect_image(reference)).await? {
@@ -413,7 +494,9 @@ impl Engine {
                     name: Some(if serving { RestartPolicyNameEnum::UNLESS_STOPPED } else { RestartPolicyNameEnum::NO }),
                     maximum_retry_count: None,
                 }),
-                ..Default::default()
+                // The candidate runs within the same bounds: a version that cannot serve within
+                // them is refused before cut-over, not found out after it.
+                ..bounded_host_config(&spec.bounds)
             }),
             ..Default::default()
         };
@@ -629,5 +712,45 @@ mod tests {
         };
         assert!(!create.is_command_unrunnable());
         assert!(!EngineError::Timeout { op: "start container", target: "c".into(), secs: 30 }.is_command_unrunnable());
+    }
+
+    #[test]
+    fn the_host_config_carries_every_bound() {
+        use crate::config::{ContainerBounds, LogDriver, LogSettings};
+        let base = ContainerBounds {
+            log: LogSettings { driver: LogDriver::JsonFile, max_size: 10 << 20, max_files: 3 },
+            no_new_privileges: true,
+            cap_drop: vec!["ALL".into()],
+            cap_add: vec!["SETUID".into()],
+            pids_limit: Some(256),
+            memory: None,
+            nano_cpus: None,
+            read_only: false,
+            tmpfs: vec!["/run".into()],
+        };
+        let h = super::bounded_host_config(&base);
+        let log = h.log_config.unwrap();
+        assert_eq!(log.typ.as_deref(), Some("json-file"));
+        let options = log.config.unwrap();
+        assert_eq!((options["max-size"].as_str(), options["max-file"].as_str()), ("10485760", "3"));
+        assert_eq!(h.security_opt, Some(vec!["no-new-privileges".to_owned()]));
+        assert_eq!((h.cap_drop, h.cap_add), (Some(vec!["ALL".to_owned()]), Some(vec!["SETUID".to_owned()])));
+        assert_eq!((h.pids_limit, h.memory, h.nano_cpus), (Some(256), None, None));
+        // tmpfs paths exist only on a read-only root.
+        assert_eq!((h.readonly_rootfs, h.tmpfs), (Some(false), None));
+
+        let set = ContainerBounds {
+            no_new_privileges: false,
+            pids_limit: None,
+            memory: Some(64 << 20),
+            nano_cpus: Some(500_000_000),
+            read_only: true,
+            ..base
+        };
+        let h = super::bounded_host_config(&set);
+        assert_eq!(h.security_opt, None);
+        assert_eq!((h.pids_limit, h.memory, h.nano_cpus), (None, Some(64 << 20), Some(500_000_000)));
+        assert_eq!(h.readonly_rootfs, Some(true));
+        assert_eq!(h.tmpfs.unwrap()["/run"], super::TMPFS_OPTIONS);
     }
 }
