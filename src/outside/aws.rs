@@ -2,6 +2,15 @@
 //! standard `AWS_ENDPOINT_URL*` variables, the timeouts and retries every AWS call in the agent
 //! runs under, and the region.
 //!
+//! Retries have one owner. The SDK makes one attempt per call; every call goes through its
+//! service's [`Regional::send`], which, once the service pushed back (throttling such as S3
+//! `SlowDown` or ECR `ThrottlingException`, HTTP 429 or 5xx: KMS and STS trouble reaches the
+//! agent this way too), sends nothing to it before a pause ([`Pushback`]: doubling from 2 s to
+//! 5 minutes, full jitter, seeded per host). In `run` a call during the pause fails at once
+//! ([`HeldBack`]) and the loop goes on serving what it serves; a one-off command (`sync`,
+//! `publish`, `check`...) waits the pause out instead, for at most [`ONE_OFF_ATTEMPTS`]
+//! attempts, then fails with the service's own error.
+//!
 //! The region is resolved lazily, on the first S3 or ECR call, and again on every later call
 //! until it is known: from `AWS_REGION` / `AWS_DEFAULT_REGION` / the AWS config profile, then
 //! from the ECR repository host (`<account>.dkr.ecr.<region>.amazonaws.com`), then from
@@ -10,7 +19,9 @@
 //! resolved once at start would leave a host whose metadata service was slow at boot unable
 //! to reach S3 or ECR for good.)
 
-use std::sync::Arc;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_config::environment::EnvironmentVariableRegionProvider;
@@ -19,10 +30,14 @@ use aws_config::profile::ProfileFileRegionProvider;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, ConfigLoader, Region, SdkConfig};
+use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::error::SdkError;
+use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 use tokio::sync::OnceCell;
+use tokio::time::Instant;
 
 use crate::outside::imds::Imds;
-use crate::runtime::backoff::Backoff;
+use crate::runtime::backoff::{Backoff, Pushback};
 
 /// Instance metadata is asked this many times per resolution before the call at hand fails;
 /// the next S3 or ECR call asks again.
@@ -30,11 +45,78 @@ const IMDS_REGION_ATTEMPTS: u32 = 3;
 /// First pause between two instance metadata attempts; it doubles.
 const IMDS_REGION_BACKOFF: Duration = Duration::from_millis(500);
 
+/// Attempts of one call in a one-off command, the pauses between them set by the service's
+/// [`Pushback`] (at most 2 s, then 4 s): a command an operator or CI runs fails within seconds
+/// with the service's own error rather than hanging on a throttle.
+pub const ONE_OFF_ATTEMPTS: u32 = 3;
+
+/// Set by `run`: calls held back by a push-back fail at once (the loop retries the pass)
+/// instead of waiting. One process runs one command, so a process-wide switch is enough.
+static LOOP_RETRIES: AtomicBool = AtomicBool::new(false);
+
+/// Makes every call of this process fail at once while its service's push-back pause lasts:
+/// the reconcile loop owns the retry (`run` calls this before its first pass).
+pub fn loop_owns_retries() {
+    LOOP_RETRIES.store(true, Ordering::Relaxed);
+}
+
+/// The AWS error codes that mean "slow down" (the SDK's own list, aws-runtime's
+/// `THROTTLING_ERRORS`).
+const THROTTLING_CODES: &[&str] = &[
+    "Throttling",
+    "ThrottlingException",
+    "ThrottledException",
+    "RequestThrottledException",
+    "TooManyRequestsException",
+    "ProvisionedThroughputExceededException",
+    "TransactionInProgressException",
+    "RequestLimitExceeded",
+    "BandwidthLimitExceeded",
+    "LimitExceededException",
+    "RequestThrottled",
+    "SlowDown",
+    "PriorRequestNotComplete",
+    "EC2ThrottledException",
+];
+
+/// Why a call's answer is a push-back: its throttling code, or `HTTP <status>` for a 429 or
+/// 5xx. `None` for anything else (success, a refusal, a network failure: the loop's ordinary
+/// retry covers those).
+pub fn pushback_cause<O, E: ProvideErrorMetadata>(result: &Result<O, SdkError<E, HttpResponse>>) -> Option<String> {
+    let err = result.as_ref().err()?;
+    let status = err.raw_response().map(|r| r.status().as_u16());
+    let code = err.as_service_error().and_then(|e| e.code());
+    match (code, status) {
+        (Some(code), _) if THROTTLING_CODES.contains(&code) => Some(code.to_owned()),
+        (code, Some(status)) if status == 429 || status >= 500 => {
+            Some(code.map(str::to_owned).unwrap_or_else(|| format!("HTTP {status}")))
+        }
+        _ => None,
+    }
+}
+
+/// A call not sent because its service pushed back and the pause is not over.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("not sent: {service} answered {cause} {in_a_row} time(s) in a row; this host's next {service} call waits {wait_secs:.1} s more")]
+pub struct HeldBack {
+    pub service: &'static str,
+    pub cause: String,
+    pub in_a_row: u32,
+    pub wait_secs: f64,
+}
+
+/// One service's push-back state and the last cause, shared by every call to it.
+#[derive(Default)]
+struct Gate {
+    pushback: Option<Pushback>,
+    cause: String,
+}
+
 /// The loader every AWS configuration starts from.
 ///
 /// Timeouts: S3 and ECR answer in well under a second; 3 s to connect and 10 s per attempt
-/// cover a congested network without letting a dead endpoint hang a sync. The standard retry
-/// mode gives 3 attempts with jittered exponential backoff, bounded by the 30 s operation limit.
+/// cover a congested network without letting a dead endpoint hang a sync. One attempt per
+/// call: retries are [`Regional::send`]'s (see the module's doc).
 fn loader() -> ConfigLoader {
     let timeouts = TimeoutConfig::builder()
         .connect_timeout(Duration::from_secs(3))
@@ -43,7 +125,7 @@ fn loader() -> ConfigLoader {
         .build();
     aws_config::defaults(BehaviorVersion::latest())
         .timeout_config(timeouts)
-        .retry_config(RetryConfig::standard().with_max_attempts(3))
+        .retry_config(RetryConfig::standard().with_max_attempts(1))
 }
 
 /// No region could be found yet.
@@ -62,6 +144,8 @@ pub struct Aws {
     repository_region: Option<Region>,
     imds: Imds,
     region: OnceCell<Region>,
+    /// Seeds the push-back jitter: this host's identity, resolved on the first push-back.
+    identity: OnceCell<String>,
 }
 
 impl Aws {
@@ -82,7 +166,7 @@ impl Aws {
     }
 
     fn new(base: SdkConfig, repository_region: Option<Region>, imds: Imds) -> Aws {
-        Aws { base, repository_region, imds, region: OnceCell::new() }
+        Aws { base, repository_region, imds, region: OnceCell::new(), identity: OnceCell::new() }
     }
 
     /// The configuration clients are built from (its region may be unset: use [`Aws::region`]).
@@ -94,6 +178,20 @@ impl Aws {
     /// resolution; a failed one is not cached.
     pub async fn region(&self) -> Result<Region, RegionUnknown> {
         self.region.get_or_try_init(|| self.resolve()).await.cloned()
+    }
+
+    /// The seed of `service`'s push-back jitter: this host's rollout identity (the EC2 instance
+    /// id, else the machine id or hostname; [`crate::fleet::rollout::resolve_identity`]) with
+    /// the service's name, so hosts throttled together draw different pauses.
+    async fn jitter_seed(&self, service: &str) -> u64 {
+        let identity = self
+            .identity
+            .get_or_init(|| async {
+                let instance_id = self.imds.instance_id().await.ok();
+                crate::fleet::rollout::resolve_identity(instance_id).value
+            })
+            .await;
+        (crate::fleet::rollout::seed(&format!("{identity}/{service}")) * (1u64 << 53) as f64) as u64
     }
 
     async fn resolve(&self) -> Result<Region, RegionUnknown> {
@@ -130,6 +228,9 @@ impl Aws {
 /// [`Regional::get`] tries to resolve the region again.
 pub struct Regional<T> {
     aws: Arc<Aws>,
+    /// The service's name in log lines and errors (`S3`, `ECR`...).
+    service: &'static str,
+    gate: Mutex<Gate>,
     /// The region this client must use whatever the host's is (an ECR repository's own).
     pinned: Option<Region>,
     build: fn(&SdkConfig, Region) -> T,
@@ -138,13 +239,86 @@ pub struct Regional<T> {
 
 impl<T> Regional<T> {
     /// A client in the host's region.
-    pub fn new(aws: Arc<Aws>, build: fn(&SdkConfig, Region) -> T) -> Regional<T> {
-        Regional { aws, pinned: None, build, client: OnceCell::new() }
+    pub fn new(aws: Arc<Aws>, service: &'static str, build: fn(&SdkConfig, Region) -> T) -> Regional<T> {
+        Regional::pinned(aws, service, None, build)
     }
 
     /// A client in `pinned` when it is set, else in the host's region.
-    pub fn pinned(aws: Arc<Aws>, pinned: Option<Region>, build: fn(&SdkConfig, Region) -> T) -> Regional<T> {
-        Regional { aws, pinned, build, client: OnceCell::new() }
+    pub fn pinned(
+        aws: Arc<Aws>,
+        service: &'static str,
+        pinned: Option<Region>,
+        build: fn(&SdkConfig, Region) -> T,
+    ) -> Regional<T> {
+        Regional { aws, service, gate: Mutex::new(Gate::default()), pinned, build, client: OnceCell::new() }
+    }
+
+    /// Sends one call (`call` makes its request; it is called again for a one-off command's
+    /// next attempt) unless the service's push-back pause is running: then, in `run`, fails at
+    /// once with [`HeldBack`] as a construction failure; in a one-off command, waits the pause
+    /// out. Records the answer: a push-back starts or lengthens the pause, any other answer
+    /// ends it.
+    pub async fn send<O, E, F, Fut>(&self, call: F) -> Result<O, SdkError<E, HttpResponse>>
+    where
+        E: ProvideErrorMetadata,
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<O, SdkError<E, HttpResponse>>>,
+    {
+        let one_off = !LOOP_RETRIES.load(Ordering::Relaxed);
+        let mut attempt = 1;
+        loop {
+            let held = {
+                let gate = self.gate.lock().unwrap();
+                match gate.pushback.as_ref().map(|p| (p.admit(Instant::now()), p.in_a_row())) {
+                    Some((Err(wait), in_a_row)) => Some((wait, gate.cause.clone(), in_a_row)),
+                    _ => None,
+                }
+            };
+            if let Some((wait, cause, in_a_row)) = held {
+                if !one_off {
+                    let wait_secs = wait.as_secs_f64();
+                    return Err(SdkError::construction_failure(HeldBack {
+                        service: self.service,
+                        cause,
+                        in_a_row,
+                        wait_secs,
+                    }));
+                }
+                tokio::time::sleep(wait).await;
+            }
+            let result = call().await;
+            let Some(cause) = pushback_cause(&result) else {
+                let mut gate = self.gate.lock().unwrap();
+                if let Some(p) = gate.pushback.as_mut().filter(|p| p.in_a_row() > 0) {
+                    tracing::info!(
+                        service = self.service,
+                        pushed_back = p.in_a_row(),
+                        "{} answers again after {} push-back(s) in a row",
+                        self.service,
+                        p.in_a_row()
+                    );
+                    p.answered();
+                }
+                return result;
+            };
+            let seed = self.aws.jitter_seed(self.service).await;
+            let (pause, in_a_row) = {
+                let mut gate = self.gate.lock().unwrap();
+                let p = gate.pushback.get_or_insert_with(|| Pushback::new(seed));
+                let pause = p.pushed_back(Instant::now());
+                let in_a_row = p.in_a_row();
+                gate.cause = cause.clone();
+                (pause, in_a_row)
+            };
+            tracing::info!(
+                service = self.service, cause = %cause, in_a_row, pause_ms = pause.as_millis() as u64,
+                "{} answered {cause} ({in_a_row} in a row): its next call waits {:.1} s", self.service, pause.as_secs_f64()
+            );
+            if !one_off || attempt >= ONE_OFF_ATTEMPTS {
+                return result;
+            }
+            attempt += 1;
+        }
     }
 
     /// The client, built now if this is the first call since the region became known.
@@ -187,7 +361,7 @@ pub fn custom_s3_endpoint() -> bool {
     ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"].iter().any(|v| std::env::var_os(v).is_some_and(|s| !s.is_empty()))
 }
 
-pub use super::describe;
+pub use super::{describe, describe_call};
 
 #[cfg(test)]
 mod tests {
@@ -235,7 +409,7 @@ mod tests {
     async fn region_unknown_at_first_is_resolved_on_a_later_call() {
         let imds = fake_imds().await;
         let aws = aws(None, "127.0.0.1:5000", &imds);
-        let s3 = Regional::new(aws.clone(), |_, region| region);
+        let s3 = Regional::new(aws.clone(), "S3", |_, region| region);
         let err = s3.get().await.unwrap_err();
         assert!(err.to_string().starts_with("AWS region unknown: set AWS_REGION"), "{err}");
         assert!(err.to_string().contains("HTTP 404"), "{err}");
@@ -264,7 +438,7 @@ mod tests {
     #[tokio::test]
     async fn pinned_client_needs_no_host_region() {
         let imds = fake_imds().await;
-        let ecr = Regional::pinned(aws(None, "127.0.0.1:5000", &imds), Some(Region::new("us-east-1")), |_, r| r);
+        let ecr = Regional::pinned(aws(None, "127.0.0.1:5000", &imds), "ECR", Some(Region::new("us-east-1")), |_, r| r);
         assert_eq!(ecr.get().await.unwrap().as_ref(), "us-east-1");
         assert_eq!(imds.region_reads.load(Ordering::SeqCst), 0);
     }

@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime};
 use aws_config::Region;
 use base64::Engine as _;
 
-use crate::outside::aws::{describe, ecr_host_region, Aws, RegionUnknown, Regional};
+use crate::outside::aws::{describe_call, ecr_host_region, Aws, RegionUnknown, Regional};
 
 /// Renew this long before the token's stated expiry, so a pull never starts on a dying token.
 const RENEW_BEFORE_EXPIRY: Duration = Duration::from_secs(5 * 60);
@@ -107,7 +107,7 @@ impl Ecr {
     /// Tokens for the registry at `registry_host` (`[image] repository`'s host): from its
     /// region if it is an ECR host, else from the host's region as `aws` resolves it.
     pub fn for_registry(aws: &Arc<Aws>, registry_host: &str) -> Ecr {
-        let client = Regional::pinned(aws.clone(), token_region(registry_host), |sdk, region| {
+        let client = Regional::pinned(aws.clone(), "ECR", token_region(registry_host), |sdk, region| {
             aws_sdk_ecr::Client::from_conf(aws_sdk_ecr::config::Builder::from(sdk).region(region).build())
         });
         Ecr { client, cache: Mutex::new(None), calls: AtomicU64::new(0) }
@@ -116,9 +116,9 @@ impl Ecr {
     async fn fetch(&self) -> Result<RegistryCredentials, RegistryError> {
         let client = self.client.get().await?;
         self.calls.fetch_add(1, Ordering::Relaxed);
-        let output = client.get_authorization_token().send().await.map_err(|err| {
+        let output = self.client.send(|| client.get_authorization_token().send()).await.map_err(|err| {
             use aws_sdk_ecr::error::ProvideErrorMetadata;
-            let detail = describe(&err);
+            let detail = describe_call(&err);
             match err.code() {
                 Some("AccessDeniedException") => RegistryError::AccessDenied { detail },
                 _ => RegistryError::Unavailable { detail },
@@ -140,12 +140,16 @@ impl Ecr {
         let client = self.client.get().await?;
         let name = path.to_owned();
         let id = aws_sdk_ecr::types::ImageIdentifier::builder().image_tag(tag).build();
-        let described = client
-            .describe_images()
-            .repository_name(&name)
-            .set_registry_id(registry_account(registry))
-            .image_ids(id)
-            .send()
+        let described = self
+            .client
+            .send(|| {
+                client
+                    .describe_images()
+                    .repository_name(&name)
+                    .set_registry_id(registry_account(registry))
+                    .image_ids(id.clone())
+                    .send()
+            })
             .await;
         match described {
             Ok(out) => Ok(out.image_details().iter().find_map(|d| d.image_digest().map(str::to_owned))),
@@ -153,9 +157,9 @@ impl Ecr {
                 Some("ImageNotFoundException") => Ok(None),
                 Some("RepositoryNotFoundException") => Err(RegistryError::NoRepository { repository: name }),
                 Some("AccessDeniedException") => {
-                    Err(RegistryError::DescribeDenied { repository: name, detail: describe(&err) })
+                    Err(RegistryError::DescribeDenied { repository: name, detail: describe_call(&err) })
                 }
-                _ => Err(RegistryError::DescribeFailed { repository: name, detail: describe(&err) }),
+                _ => Err(RegistryError::DescribeFailed { repository: name, detail: describe_call(&err) }),
             },
         }
     }
