@@ -37,7 +37,7 @@ use tokio::sync::OnceCell;
 use tokio::time::Instant;
 
 use crate::outside::imds::Imds;
-use crate::runtime::backoff::{Backoff, Pushback};
+use crate::runtime::backoff::{Backoff, Pushback, PUSHBACK_CAP, PUSHBACK_FIRST};
 
 /// Instance metadata is asked this many times per resolution before the call at hand fails;
 /// the next S3 or ECR call asks again.
@@ -106,10 +106,17 @@ pub struct HeldBack {
 }
 
 /// One service's push-back state and the last cause, shared by every call to it.
-#[derive(Default)]
 struct Gate {
     pushback: Option<Pushback>,
     cause: String,
+    /// First and longest nominal pause ([`PUSHBACK_FIRST`], [`PUSHBACK_CAP`]; shorter in tests).
+    pauses: (Duration, Duration),
+}
+
+impl Default for Gate {
+    fn default() -> Gate {
+        Gate { pushback: None, cause: String::new(), pauses: (PUSHBACK_FIRST, PUSHBACK_CAP) }
+    }
 }
 
 /// The loader every AWS configuration starts from.
@@ -264,7 +271,16 @@ impl<T> Regional<T> {
         F: Fn() -> Fut,
         Fut: Future<Output = Result<O, SdkError<E, HttpResponse>>>,
     {
-        let one_off = !LOOP_RETRIES.load(Ordering::Relaxed);
+        self.send_with(!LOOP_RETRIES.load(Ordering::Relaxed), call).await
+    }
+
+    /// [`Regional::send`], waiting out a pause (`one_off`) or failing at once.
+    async fn send_with<O, E, F, Fut>(&self, one_off: bool, call: F) -> Result<O, SdkError<E, HttpResponse>>
+    where
+        E: ProvideErrorMetadata,
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<O, SdkError<E, HttpResponse>>>,
+    {
         let mut attempt = 1;
         loop {
             let held = {
@@ -304,7 +320,8 @@ impl<T> Regional<T> {
             let seed = self.aws.jitter_seed(self.service).await;
             let (pause, in_a_row) = {
                 let mut gate = self.gate.lock().unwrap();
-                let p = gate.pushback.get_or_insert_with(|| Pushback::new(seed));
+                let (first, cap) = gate.pauses;
+                let p = gate.pushback.get_or_insert_with(|| Pushback::with(first, cap, seed));
                 let pause = p.pushed_back(Instant::now());
                 let in_a_row = p.in_a_row();
                 gate.cause = cause.clone();
@@ -441,6 +458,70 @@ mod tests {
         let ecr = Regional::pinned(aws(None, "127.0.0.1:5000", &imds), "ECR", Some(Region::new("us-east-1")), |_, r| r);
         assert_eq!(ecr.get().await.unwrap().as_ref(), "us-east-1");
         assert_eq!(imds.region_reads.load(Ordering::SeqCst), 0);
+    }
+
+    /// An S3 stand-in that answers every request 503 SlowDown; counts them.
+    async fn slow_down() -> (String, Arc<AtomicUsize>) {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let n = calls.clone();
+        let endpoint = crate::outside::loopback::serve(move |_| {
+            n.fetch_add(1, Ordering::SeqCst);
+            let body = "<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>";
+            format!("HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
+        })
+        .await;
+        (endpoint, calls)
+    }
+
+    /// An S3 client through a gate whose pauses are 20 ms doubling to 80 ms.
+    async fn gated_s3(endpoint: String) -> Regional<aws_sdk_s3::Client> {
+        let imds = fake_imds().await;
+        let sdk =
+            crate::outside::loopback::sdk_config(endpoint).to_builder().retry_config(RetryConfig::disabled()).build();
+        let aws = Arc::new(Aws::new(sdk, None, Imds::with_endpoint(&imds.endpoint)));
+        let s3 = Regional::new(aws, "S3", |sdk, region| {
+            aws_sdk_s3::Client::from_conf(
+                aws_sdk_s3::config::Builder::from(sdk).region(region).force_path_style(true).build(),
+            )
+        });
+        s3.gate.lock().unwrap().pauses = (Duration::from_millis(20), Duration::from_millis(80));
+        s3
+    }
+
+    #[tokio::test]
+    async fn in_the_loop_a_pushback_holds_the_next_call_back_without_sending_it() {
+        let (endpoint, calls) = slow_down().await;
+        let s3 = gated_s3(endpoint).await;
+        let client = s3.get().await.unwrap();
+        let head = || client.head_object().bucket("b").key("k").send();
+        let err = s3.send_with(false, head).await.unwrap_err();
+        assert_eq!(pushback_cause::<(), _>(&Err(err)).as_deref(), Some("HTTP 503"));
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        // At once: held back, not sent, and said so in one line.
+        let err = s3.send_with(false, head).await.unwrap_err();
+        let line = describe_call(&err);
+        assert!(
+            line.starts_with("not sent: S3 answered HTTP 503 1 time(s) in a row; this host's next S3 call waits"),
+            "{line}"
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        // After the pause (at most the first nominal, 20 ms), the next call goes.
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        let get = || client.get_object().bucket("b").key("k").send();
+        let err = s3.send_with(false, get).await.unwrap_err();
+        assert_eq!(describe_call(&err), "SlowDown: Please reduce your request rate. (HTTP 503)");
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        assert_eq!(s3.gate.lock().unwrap().pushback.as_ref().map(Pushback::in_a_row), Some(2));
+    }
+
+    #[tokio::test]
+    async fn a_one_off_command_waits_out_the_pauses_for_a_few_attempts_then_fails() {
+        let (endpoint, calls) = slow_down().await;
+        let s3 = gated_s3(endpoint).await;
+        let client = s3.get().await.unwrap();
+        let err = s3.send_with(true, || client.get_object().bucket("b").key("k").send()).await.unwrap_err();
+        assert_eq!(describe_call(&err), "SlowDown: Please reduce your request rate. (HTTP 503)");
+        assert_eq!(calls.load(Ordering::SeqCst), ONE_OFF_ATTEMPTS as usize);
     }
 
     #[test]
