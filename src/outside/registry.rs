@@ -3,7 +3,10 @@
 //! The password is wrapped in [`Secret`], whose `Debug` and `Display` print `***`, so it cannot
 //! reach a log line, an error or `--debug` output by accident. Tokens are cached until shortly
 //! before `expiresAt`; a token that arrives already expired (moto's is dated 2015) is used for
-//! the pull at hand and cached for a short floor, so it cannot cause a request storm.
+//! the pull at hand and cached for a short floor, so it cannot cause a request storm. A token
+//! the registry refuses is dropped ([`CredentialSource::invalidate`]): the next pull asks again.
+//! A failed call caches nothing; while ECR pushes back (throttling), ECR's gate in
+//! [`crate::outside::aws`] spaces this host's calls (2 s doubling to 5 minutes, full jitter).
 //!
 //! The token is asked for in the repository's region when the repository host is an ECR host
 //! (a registry only accepts tokens from its own region), else in the host's.
@@ -82,8 +85,8 @@ pub trait CredentialSource {
     fn credentials(&self) -> impl std::future::Future<Output = Result<RegistryCredentials, RegistryError>> + Send;
     /// Forgets cached credentials (the registry refused them).
     fn invalidate(&self);
-    /// API calls made so far (GetAuthorizationToken requests sent, cache hits not counted),
-    /// for the metrics.
+    /// API calls made so far (GetAuthorizationToken requests sent; cache hits and calls held
+    /// back by a push-back pause not counted), for the metrics.
     fn api_calls(&self) -> u64 {
         0
     }
@@ -115,8 +118,14 @@ impl Ecr {
 
     async fn fetch(&self) -> Result<RegistryCredentials, RegistryError> {
         let client = self.client.get().await?;
-        self.calls.fetch_add(1, Ordering::Relaxed);
-        let output = self.client.send(|| client.get_authorization_token().send()).await.map_err(|err| {
+        let sent = self
+            .client
+            .send(|| {
+                self.calls.fetch_add(1, Ordering::Relaxed);
+                client.get_authorization_token().send()
+            })
+            .await;
+        let output = sent.map_err(|err| {
             use aws_sdk_ecr::error::ProvideErrorMetadata;
             let detail = describe_call(&err);
             match err.code() {
