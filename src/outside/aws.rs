@@ -34,7 +34,6 @@ use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::error::SdkError;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 use tokio::sync::OnceCell;
-use tokio::time::Instant;
 
 use crate::outside::imds::Imds;
 use crate::runtime::backoff::{Backoff, Pushback, PUSHBACK_CAP, PUSHBACK_FIRST};
@@ -285,7 +284,7 @@ impl<T> Regional<T> {
         loop {
             let held = {
                 let gate = self.gate.lock().unwrap();
-                match gate.pushback.as_ref().map(|p| (p.admit(Instant::now()), p.in_a_row())) {
+                match gate.pushback.as_ref().map(|p| (p.admit(tokio::time::Instant::now()), p.in_a_row())) {
                     Some((Err(wait), in_a_row)) => Some((wait, gate.cause.clone(), in_a_row)),
                     _ => None,
                 }
@@ -322,7 +321,7 @@ impl<T> Regional<T> {
                 let mut gate = self.gate.lock().unwrap();
                 let (first, cap) = gate.pauses;
                 let p = gate.pushback.get_or_insert_with(|| Pushback::with(first, cap, seed));
-                let pause = p.pushed_back(Instant::now());
+                let pause = p.pushed_back(tokio::time::Instant::now());
                 let in_a_row = p.in_a_row();
                 gate.cause = cause.clone();
                 (pause, in_a_row)
