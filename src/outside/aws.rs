@@ -85,8 +85,10 @@ pub fn pushback_cause<O, E: ProvideErrorMetadata>(result: &Result<O, SdkError<E,
     let err = result.as_ref().err()?;
     let status = err.raw_response().map(|r| r.status().as_u16());
     let code = err.as_service_error().and_then(|e| e.code());
+    // KMS's own throttling reaches S3's readers as `KMS.ThrottlingException`.
+    let throttling = |code: &str| THROTTLING_CODES.contains(&code.strip_prefix("KMS.").unwrap_or(code));
     match (code, status) {
-        (Some(code), _) if THROTTLING_CODES.contains(&code) => Some(code.to_owned()),
+        (Some(code), _) if throttling(code) => Some(code.to_owned()),
         (code, Some(status)) if status == 429 || status >= 500 => {
             Some(code.map(str::to_owned).unwrap_or_else(|| format!("HTTP {status}")))
         }
@@ -485,6 +487,40 @@ mod tests {
         });
         s3.gate.lock().unwrap().pauses = (Duration::from_millis(20), Duration::from_millis(80));
         s3
+    }
+
+    /// Which answers are a push-back: throttling codes (S3, ECR, STS, KMS through S3), 429 and
+    /// 5xx; not a refusal or a missing object.
+    #[test]
+    fn pushback_causes() {
+        use aws_sdk_s3::operation::get_object::GetObjectError;
+        use aws_smithy_types::body::SdkBody;
+        use aws_smithy_types::error::ErrorMetadata;
+        let answer = |status: u16, code: Option<&str>| -> Result<(), SdkError<GetObjectError, HttpResponse>> {
+            let mut meta = ErrorMetadata::builder();
+            if let Some(code) = code {
+                meta = meta.code(code);
+            }
+            let raw = HttpResponse::new(status.try_into().unwrap(), SdkBody::empty());
+            Err(SdkError::service_error(GetObjectError::generic(meta.build()), raw))
+        };
+        let table: &[(u16, Option<&str>, Option<&str>)] = &[
+            (503, Some("SlowDown"), Some("SlowDown")),
+            (400, Some("ThrottlingException"), Some("ThrottlingException")),
+            (400, Some("Throttling"), Some("Throttling")),
+            (400, Some("KMS.ThrottlingException"), Some("KMS.ThrottlingException")),
+            (500, Some("InternalError"), Some("InternalError")),
+            (503, None, Some("HTTP 503")),
+            (429, None, Some("HTTP 429")),
+            (403, Some("AccessDenied"), None),
+            (404, Some("NoSuchKey"), None),
+            (400, Some("KMS.DisabledException"), None),
+            (304, None, None),
+        ];
+        for &(status, code, cause) in table {
+            assert_eq!(pushback_cause(&answer(status, code)).as_deref(), cause, "{status} {code:?}");
+        }
+        assert_eq!(pushback_cause::<(), GetObjectError>(&Ok(())), None);
     }
 
     #[tokio::test]
