@@ -492,17 +492,18 @@ mod tests {
     /// Which answers are a push-back: throttling codes (S3, ECR, STS, KMS through S3), 429 and
     /// 5xx; not a refusal or a missing object.
     #[test]
+    #[allow(clippy::result_large_err)] // the SDK's own error type, as its calls return it
     fn pushback_causes() {
         use aws_sdk_s3::operation::get_object::GetObjectError;
         use aws_smithy_types::body::SdkBody;
         use aws_smithy_types::error::ErrorMetadata;
-        let answer = |status: u16, code: Option<&str>| -> Result<(), SdkError<GetObjectError, HttpResponse>> {
+        let answer = |status: u16, code: Option<&str>| {
             let mut meta = ErrorMetadata::builder();
             if let Some(code) = code {
                 meta = meta.code(code);
             }
             let raw = HttpResponse::new(status.try_into().unwrap(), SdkBody::empty());
-            Err(SdkError::service_error(GetObjectError::generic(meta.build()), raw))
+            Err::<(), _>(SdkError::service_error(GetObjectError::generic(meta.build()), raw))
         };
         let table: &[(u16, Option<&str>, Option<&str>)] = &[
             (503, Some("SlowDown"), Some("SlowDown")),
