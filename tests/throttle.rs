@@ -80,6 +80,7 @@ fn ecr_throttling_costs_few_calls_and_the_site_keeps_serving() {
     let during: Vec<Request> = proxy.requests().into_iter().skip(from).collect();
     let ecr = during.iter().filter(|r| is_ecr(r)).count();
     assert!((1..=8).contains(&ecr), "{ecr} ECR calls in 40 s of throttling:\n{}", agent.logs());
+    eprintln!("{ecr} ECR calls in 40 s of ECR throttling");
     host.wait_deployed(&v2, AFTER_THROTTLE);
     let logs = agent.logs();
     assert_readable(&logs);
@@ -105,6 +106,7 @@ fn s3_slow_down_costs_few_reads_and_the_site_keeps_serving() {
     let during: Vec<Request> = proxy.requests().into_iter().skip(from).collect();
     let reads = during.iter().filter(|r| is_release_read(r)).count();
     assert!((1..=8).contains(&reads), "{reads} reads of {key} in 30 s of SlowDown:\n{}", agent.logs());
+    eprintln!("{reads} reads of {key} in 30 s of SlowDown");
     host.wait_deployed(&v2, AFTER_THROTTLE);
     let logs = agent.logs();
     assert_readable(&logs);
@@ -119,6 +121,7 @@ fn sync_during_a_throttle_fails_soon_with_one_readable_line() {
     host.release("good");
     proxy.throttle_ecr_for(Duration::from_secs(120));
     let run = host.sync();
+    eprintln!("sync during ECR throttling, exit {}:\n{}", run.code, run.stderr);
     assert_ne!(run.code, 0, "{}", run.output());
     assert!(run.stderr.contains("ThrottlingException: Rate exceeded"), "{}", run.stderr);
     assert_readable(&run.output());
