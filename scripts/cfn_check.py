@@ -596,6 +596,38 @@ def main():
             by_sid["ReadHaltMarkersAndVotes"]
         assert by_sid["WriteOwnHaltVote"] == [f"arn:aws:s3:::{BUCKET}/other/halted/{'?' * 40}/${{aws:userid}}"], \
             by_sid["WriteOwnHaltVote"]
+        assert by_sid["WriteOwnBakeRecord"] == [
+            f"arn:aws:s3:::{BUCKET}/other/halted/bake/{'?' * 40}/{o}/${{aws:userid}}" for o in ("baked", "reverted")
+        ], by_sid["WriteOwnBakeRecord"]
+
+    @check(f"{rel} notifications: every new object under the halt prefix to the SNS topic (created, or "
+           "NotificationTopicArn), which lets S3 of this account publish; the bucket waits for that policy")
+    def _():
+        existing = f"arn:aws:sns:{REGION}:{ACCOUNT}:ops-alerts"
+        for params, topic, prefix in (
+            ({}, "<NotificationTopic>", "staging/halted/"),
+            ({"ShaObjectKey": "other/key.txt"}, "<NotificationTopic>", "other/halted/"),
+            ({"NotificationTopicArn": existing}, existing, "staging/halted/"),
+        ):
+            ev = Evaluator(t, Environment="staging", **params)
+            (conf,) = ev.ev(res["ArtifactsBucket"]["Properties"]["NotificationConfiguration"]["TopicConfigurations"])
+            assert conf["Topic"] == topic, f"{params}: topic {conf['Topic']}"
+            assert conf["Event"] == "s3:ObjectCreated:*", f"{params}: event {conf['Event']}"
+            assert conf["Filter"]["S3Key"]["Rules"] == [{"Name": "prefix", "Value": prefix}], f"{params}: {conf['Filter']}"
+            created = ev.condition("CreateNotificationTopic")
+            assert created == (topic == "<NotificationTopic>"), f"{params}: CreateNotificationTopic {created}"
+            for name in ("NotificationTopic", "NotificationTopicPolicy"):
+                assert res[name].get("Condition") == "CreateNotificationTopic", f"{name} is not conditional"
+            assert ev.ev(t["Outputs"]["NotificationTopicArn"]["Value"]) == topic, "output NotificationTopicArn"
+        waits = res["ArtifactsBucket"]["Metadata"]["WaitsForTopicPolicy"]
+        assert waits == {"Fn::If": ["CreateNotificationTopic", {"Ref": "NotificationTopicPolicy"},
+                                    {"Ref": "AWS::NoValue"}]}, f"the bucket does not wait for the topic policy: {waits}"
+        pol = Evaluator(t, Environment="staging").ev(res["NotificationTopicPolicy"]["Properties"])
+        assert pol["Topics"] == ["<NotificationTopic>"], pol["Topics"]
+        (st,) = pol["PolicyDocument"]["Statement"]
+        assert (st["Effect"], st["Principal"], st["Action"], st["Resource"]) == (
+            "Allow", {"Service": "s3.amazonaws.com"}, "sns:Publish", "<NotificationTopic>"), st
+        assert st["Condition"]["StringEquals"] == {"aws:SourceAccount": ACCOUNT}, st["Condition"]
 
     hook = None
 

@@ -36,6 +36,7 @@ import tempfile
 import threading
 import time
 import tomllib
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -204,6 +205,8 @@ def check_stack(cfn, ec2, s3, kms, ecr, iam, asg, elb, template, stack, params, 
                                           for st in pol.get("Statement", [])),
             "bucket policy denies requests without TLS",
             f"has no AWS::S3::BucketPolicy type: no bucket policy ({pol})")
+    check_notifications(s3, template, params, outputs, bucket)
+
     # What CI does: an SSE-KMS upload with the bucket's default key, read back.
     sha = "3f2a9c1" + "0" * 33
     s3.put_object(Bucket=bucket, Key="staging/stagebuild.txt", Body=sha.encode())
@@ -378,6 +381,55 @@ def check_stack(cfn, ec2, s3, kms, ecr, iam, asg, elb, template, stack, params, 
     expect([(p["FromPort"], p["ToPort"], [x["GroupId"] for x in p.get("UserIdGroupPairs", [])], p.get("IpRanges"))
             for p in inst_sg] == [(80, 80, [lb_sg_id], [])],
            "instance security group: port 80 from the load balancer's group only", inst_sg)
+
+
+def check_notifications(s3, template, params, outputs, bucket):
+    """The halt prefix's notifications: the stack's topic, the bucket's notification configuration
+    (applied through the API where moto ignores the property), and what a subscriber receives for
+    a vote, a bake record and an object elsewhere in the bucket."""
+    endpoint, region = os.environ["AWS_ENDPOINT_URL"], os.environ.get("AWS_REGION", "us-east-1")
+    sns = boto3.client("sns", endpoint_url=endpoint, region_name=region)
+    sqs = boto3.client("sqs", endpoint_url=endpoint, region_name=region)
+    topic = outputs.get("NotificationTopicArn", "")
+    attrs = api(lambda: sns.get_topic_attributes(TopicArn=topic)["Attributes"])
+    if not expect(isinstance(attrs, dict), f"output NotificationTopicArn is the stack's SNS topic ({topic})", attrs):
+        return
+    policy = json.loads(attrs.get("Policy") or "{}")
+    applied(any(st.get("Principal") == {"Service": "s3.amazonaws.com"} for st in policy.get("Statement", [])),
+            "topic policy lets S3 publish", "has no AWS::SNS::TopicPolicy type: the topic keeps its default policy")
+    ev = cfn_check.Evaluator(template, **params)
+    (conf,) = ev.ev(template["Resources"]["ArtifactsBucket"]["Properties"]["NotificationConfiguration"]
+                    ["TopicConfigurations"])
+    want = {"TopicArn": topic, "Events": [conf["Event"]],
+            "Filter": {"Key": {"FilterRules": [{"Name": r["Name"], "Value": r["Value"]}
+                                               for r in conf["Filter"]["S3Key"]["Rules"]]}}}
+    got = api(lambda: s3.get_bucket_notification_configuration(Bucket=bucket).get("TopicConfigurations", []))
+    if isinstance(got, list) and got:
+        expect([{k: g.get(k) for k in want} for g in got] == [want], "bucket: notifications to the topic", got)
+    else:
+        note("ignores the bucket's NotificationConfiguration: applied through PutBucketNotificationConfiguration")
+        s3.put_bucket_notification_configuration(Bucket=bucket,
+                                                 NotificationConfiguration={"TopicConfigurations": [want]})
+    queue = sqs.create_queue(QueueName=f"blog-cfn-check-{os.getpid()}")["QueueUrl"]
+    try:
+        queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn)
+        sha = "3f2a9c1" + "1" * 33
+        told = {f"staging/halted/{sha}/AROAEXAMPLE:i-0aaa", f"staging/halted/bake/{sha}/baked/AROAEXAMPLE:i-0aaa"}
+        for key in sorted(told) + ["staging/not-a-halt.txt"]:
+            s3.put_object(Bucket=bucket, Key=key, Body=b"{}")
+        keys, deadline, extra = [], time.monotonic() + 20, 1
+        # Until both arrived, then one more receive: a message for the third object shows there.
+        while (len(keys) < len(told) or extra) and time.monotonic() < deadline:
+            extra -= len(keys) >= len(told)
+            for m in sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10, WaitTimeSeconds=1).get("Messages", []):
+                event = json.loads(json.loads(m["Body"])["Message"])
+                # S3 URL-encodes the key in its events (`:` as %3A), as AWS does.
+                keys += [urllib.parse.unquote_plus(r["s3"]["object"]["key"]) for r in event.get("Records", [])]
+        expect(sorted(keys) == sorted(told), "a subscriber hears of new votes and bake records under the halt "
+               "prefix, and of nothing else in the bucket", keys)
+    finally:
+        sqs.delete_queue(QueueUrl=queue)
 
 
 def data_of_launch_template(ec2, made):

@@ -180,13 +180,15 @@ done
 # A host reads the halt markers and every host's votes under its halt prefix (GetObject on
 # <folder>/halted/*) and writes only its own vote: PutObject on <folder>/halted/<40 ?>/${aws:userid}
 # (its caller identity, AROA...:i-... for an instance profile; the SHA as 40 single-character
-# wildcards, so that under one SHA a host can write one key only), nothing else. No statement may
-# grant a delete (s3:Delete*), a wildcard action (s3:*, s3:Put*, *), or an S3 write other than
-# that PutObject: the decisive marker <folder>/halted/<sha> and unhalt are the operators'.
+# wildcards, so that under one SHA a host can write one key only), and its own bake records:
+# PutObject on <folder>/halted/bake/<40 ?>/baked/${aws:userid} and .../reverted/${aws:userid}
+# (docs/fleet.md), nothing else. No statement may grant a delete (s3:Delete*), a wildcard action
+# (s3:*, s3:Put*, *), or an S3 write other than those PutObjects: the decisive marker
+# <folder>/halted/<sha> and unhalt are the operators'.
 host_halt_grants() {
   local f=$1
   shift
-  local what="$f: reads $(printf '%s/halted/* ' "$@")and writes only its own vote (halted/<40 ?>/\${aws:userid}), deletes nothing"
+  local what="$f: reads $(printf '%s/halted/* ' "$@")and writes only its own vote (halted/<40 ?>/\${aws:userid}) and bake records (halted/bake/<40 ?>/{baked,reverted}/\${aws:userid}), deletes nothing"
   local out
   if out=$(/usr/bin/python3 - "$f" "$@" <<'EOF' 2>&1
 import json, sys
@@ -195,8 +197,9 @@ policy = json.load(open(path))
 arn = "arn:aws:s3:::blog-artifacts/"
 reads = {"s3:GetObject", "s3:GetObjectVersion", "s3:ListBucket", "s3:ListBucketVersions"}
 votes = sorted(f"{arn}{f}/halted/{'?' * 40}/${{aws:userid}}" for f in folders)
+records = sorted(f"{arn}{f}/halted/bake/{'?' * 40}/{o}/${{aws:userid}}" for f in folders for o in ("baked", "reverted"))
 halts = {f"{arn}{f}/halted/*" for f in folders}
-put, get = False, set()
+put, record, get = False, False, set()
 for st in policy["Statement"]:
     sid = st.get("Sid")
     if st["Effect"] != "Allow":
@@ -208,13 +211,17 @@ for st in policy["Statement"]:
         sys.exit(f"{sid}: {bad}")
     writes = [a for a in actions if a.startswith("s3:") and a not in reads]
     if writes:
-        if writes != ["s3:PutObject"] or sorted(resources) != votes:
-            sys.exit(f"{sid}: {writes} on {resources}; a host may only s3:PutObject its own vote, {votes}")
-        put = True
+        if writes != ["s3:PutObject"] or sorted(resources) not in (votes, records):
+            sys.exit(f"{sid}: {writes} on {resources}; a host may only s3:PutObject its own vote, {votes}, "
+                     f"or its own bake records, {records}")
+        put |= sorted(resources) == votes
+        record |= sorted(resources) == records
     if "s3:GetObject" in actions:
         get |= halts & set(resources)
 if not put:
     sys.exit(f"no s3:PutObject on {votes}: the host cannot vote")
+if not record:
+    sys.exit(f"no s3:PutObject on {records}: the host cannot record its bakes")
 if get != halts:
     sys.exit(f"no s3:GetObject on {sorted(halts - get)}: the host cannot read markers and votes")
 EOF

@@ -19,6 +19,8 @@ command -v nft >/dev/null 2>&1 || need_apt+=(nftables)
 command -v debootstrap >/dev/null 2>&1 || need_apt+=(debootstrap)
 # Signed releases: tests sign with Debian's minisign CLI, as CI does ([release] public_key).
 command -v minisign >/dev/null 2>&1 || need_apt+=(minisign)
+# The host's clock set off for one agent process (tests/clock.rs preloads libfaketime).
+command -v faketime >/dev/null 2>&1 || need_apt+=(faketime)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "install-deps: apt-get install ${need_apt[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive

@@ -9,10 +9,12 @@
 #        slow     serves only 4 seconds after it starts (a slow boot: its probes take that long)
 #        large    good, plus 3 MiB of random bytes beside the page (a pull that takes time)
 #        nocommand  names an entrypoint the image lacks (Docker refuses to start it anywhere)
+#        posts    good, with "Latest posts" on its page and a /posts/ section (good has neither:
+#                 the Hugo build that lost a section, for [health] contains and [[health.check]])
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/stack-env.sh"
-sha=${1:?usage: publish-image.sh SHA [good|crash|http500|flaky|slow|large|nocommand] [REGISTRY] [REPO]}
+sha=${1:?usage: publish-image.sh SHA [good|crash|http500|flaky|slow|large|nocommand|posts] [REGISTRY] [REPO]}
 kind=${2:-good}
 registry=${3:-$BLOG_AGENT_TEST_REGISTRY}
 repo=${4:-blog}
@@ -41,9 +43,14 @@ case "$kind" in
     printf 'FROM scratch\nCOPY busybox /bin/busybox\nCOPY www /var/www\nEXPOSE 80\nENTRYPOINT ["/bin/busybox","httpd","-f","-p","80","-h","/var/www"]\n' >"$ctx/Dockerfile" ;;
   slow)
     printf 'FROM scratch\nCOPY busybox /bin/busybox\nCOPY busybox /bin/sh\nCOPY www /var/www\nEXPOSE 80\nENTRYPOINT ["/bin/sh","-c","/bin/busybox sleep 4; exec /bin/busybox httpd -f -p 80 -h /var/www"]\n' >"$ctx/Dockerfile" ;;
+  posts)
+    printf '<html><body><h1>blog</h1><p>version %s</p><h2>Latest posts</h2></body></html>\n' "$sha" >"$ctx/www/index.html"
+    mkdir -p "$ctx/www/posts"
+    printf '<html><body><h1>Posts</h1><p>version %s</p></body></html>\n' "$sha" >"$ctx/www/posts/index.html"
+    printf 'FROM scratch\nCOPY busybox /bin/busybox\nCOPY www /var/www\nEXPOSE 80\nENTRYPOINT ["/bin/busybox","httpd","-f","-p","80","-h","/var/www"]\n' >"$ctx/Dockerfile" ;;
   nocommand)
     printf 'FROM scratch\nCOPY busybox /bin/busybox\nCOPY www /var/www\nEXPOSE 80\nENTRYPOINT ["/bin/httpd","-f","-p","80","-h","/var/www"]\n' >"$ctx/Dockerfile" ;;
-  *) echo "publish-image: unknown kind '$kind' (good, crash, http500, flaky, slow, large, nocommand)" >&2; exit 2 ;;
+  *) echo "publish-image: unknown kind '$kind' (good, crash, http500, flaky, slow, large, nocommand, posts)" >&2; exit 2 ;;
 esac
 # Logging in is idempotent and cheap; registries started by tests need it too.
 echo "$ECR_TOKEN_PASSWORD" | docker login -u "$ECR_TOKEN_USER" --password-stdin "$registry" >/dev/null 2>&1 || true

@@ -135,6 +135,43 @@ impl fmt::Display for PortMapping {
 pub struct HealthSettings {
     pub url: HealthUrl,
     pub timeout: Duration,
+    /// Text the body of `url` must contain (`[health] contains`): a page that answers 200 but
+    /// rendered an empty theme is not the blog.
+    pub contains: Option<String>,
+    /// More pages on the host port of `url` (`[[health.check]]`), each checked like `url`.
+    pub checks: Vec<HealthCheck>,
+    /// When the container's access log counts as failing (`[health] max_5xx_share`,
+    /// `max_5xx_min_requests`): read by [`crate::outside::access_log`].
+    pub max_5xx: FiveXxLimits,
+}
+
+impl HealthSettings {
+    /// Every check, `url` (with `contains`) first, then `[[health.check]]` in file order.
+    pub fn all_checks(&self) -> Vec<HealthCheck> {
+        let first = HealthCheck { path: self.url.path.clone(), status: None, contains: self.contains.clone() };
+        std::iter::once(first).chain(self.checks.iter().cloned()).collect()
+    }
+}
+
+/// One page that must answer as expected (`[[health.check]]`, or `[health] url` itself).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// Path and query on the host port of `[health] url`, starting with `/`.
+    pub path: String,
+    /// The exact status expected; `None`: any 2xx.
+    pub status: Option<u16>,
+    /// Text the body must contain.
+    pub contains: Option<String>,
+}
+
+/// The share of 5xx answers in a container's access log that fails a release, judged only over
+/// enough requests that one unlucky answer does not.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FiveXxLimits {
+    /// Fails when the share of 5xx answers exceeds this (0.0-1.0; 1.0 never fails).
+    pub max_share: f64,
+    /// Judged only once the window holds at least this many requests.
+    pub min_requests: u32,
 }
 
 /// The page that proves the blog serves. Plain HTTP: it is probed on this host.
@@ -237,6 +274,9 @@ pub struct ReconcileSettings {
     pub interval: Duration,
     pub jitter: Duration,
     pub keep_images: usize,
+    /// Bytes that must stay free on Docker's data root after a pull (beyond the image's own
+    /// size): a pull that would cut into it is not started ([`crate::outside::disk`]).
+    pub min_free_disk: u64,
 }
 
 // ---- raw file shape -------------------------------------------------------------------------
@@ -317,6 +357,26 @@ struct RawContainer {
 struct RawHealth {
     url: Option<String>,
     timeout: Option<String>,
+    contains: Option<String>,
+    check: Option<Vec<RawHealthCheck>>,
+    max_5xx_share: Option<RawShare>,
+    max_5xx_min_requests: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawHealthCheck {
+    path: Option<String>,
+    status: Option<i64>,
+    contains: Option<String>,
+}
+
+/// A share as an operator writes it: `"5%"` or `0.05`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawShare {
+    Text(String),
+    Number(f64),
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -332,7 +392,17 @@ struct RawReconcile {
     interval: Option<String>,
     jitter: Option<String>,
     keep_images: Option<usize>,
+    min_free_disk: Option<String>,
 }
+
+/// A release fails when more than this share of the requests its access log shows answered
+/// 5xx: a blog serves static pages, so even a few percent of 5xx is a broken release, while
+/// one failed request among twenty (a client cut off mid-request) is not.
+pub const DEFAULT_MAX_5XX_SHARE: f64 = 0.05;
+
+/// Requests the access-log window must hold before its 5xx share is judged: below this, one
+/// 5xx would be a large share of nothing.
+pub const DEFAULT_MAX_5XX_MIN_REQUESTS: u32 = 20;
 
 /// Label prefix the agent owns on its containers; users may not set keys under it.
 pub const LABEL_PREFIX: &str = "io.blog-agent.";
@@ -841,7 +911,90 @@ impl Validator<'_> {
             ));
         }
         let timeout = self.timeout("[health] timeout", raw.timeout, Duration::from_secs(30), "30s")?;
-        Ok(HealthSettings { url, timeout })
+        let contains = self.contains("[health] contains", raw.contains)?;
+        let checks = raw
+            .check
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+            .map(|(i, check)| self.health_check(i + 1, check))
+            .collect::<Result<Vec<_>, _>>()?;
+        let max_5xx = self.five_xx(raw.max_5xx_share, raw.max_5xx_min_requests)?;
+        Ok(HealthSettings { url, timeout, contains, checks, max_5xx })
+    }
+
+    /// Text a body must contain: an empty one would pass every page, so it is refused.
+    fn contains(&self, key: &str, raw: Option<String>) -> Result<Option<String>, ConfigError> {
+        match raw {
+            Some(text) if text.is_empty() => Err(self.invalid(
+                key,
+                &text,
+                "must not be empty (it would match every page); name a text the page always shows, e.g. \"<title>\", \
+                 or leave the key out",
+            )),
+            other => Ok(other),
+        }
+    }
+
+    /// `[[health.check]]` number `n` (1-based, in file order).
+    fn health_check(&self, n: usize, raw: RawHealthCheck) -> Result<HealthCheck, ConfigError> {
+        let key = |k: &str| format!("[[health.check]] #{n} {k}");
+        let Some(path) = raw.path else {
+            return Err(
+                self.required(&key("path"), "the page to check on the host port of [health] url, e.g. \"/posts/\"")
+            );
+        };
+        if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(self.invalid(
+                &key("path"),
+                &path,
+                "expected a path on the host port of [health] url, starting with \"/\" and without spaces, e.g. \
+                 \"/posts/\"",
+            ));
+        }
+        let status = match raw.status {
+            None => None,
+            Some(code @ 100..=599) => Some(code as u16),
+            Some(code) => {
+                return Err(self.invalid(
+                    &key("status"),
+                    &code.to_string(),
+                    "expected an HTTP status from 100 to 599, e.g. 200 (leave it out for any 2xx)",
+                ))
+            }
+        };
+        let contains = self.contains(&key("contains"), raw.contains)?;
+        Ok(HealthCheck { path, status, contains })
+    }
+
+    fn five_xx(&self, share: Option<RawShare>, min_requests: Option<i64>) -> Result<FiveXxLimits, ConfigError> {
+        const SHARE: &str = "[health] max_5xx_share";
+        const EXPECTED: &str =
+            "expected a share from \"0%\" to \"100%\" (or 0.0 to 1.0), e.g. \"5%\"; \"100%\" never fails";
+        let max_share = match share {
+            None => DEFAULT_MAX_5XX_SHARE,
+            Some(RawShare::Number(n)) if (0.0..=1.0).contains(&n) => n,
+            Some(RawShare::Number(n)) => return Err(self.invalid(SHARE, &n.to_string(), EXPECTED)),
+            Some(RawShare::Text(text)) => text
+                .trim()
+                .strip_suffix('%')
+                .and_then(|n| n.trim().parse::<f64>().ok())
+                .filter(|n| (0.0..=100.0).contains(n))
+                .map(|n| n / 100.0)
+                .ok_or_else(|| self.invalid(SHARE, &text, EXPECTED))?,
+        };
+        let min_requests = match min_requests {
+            None => DEFAULT_MAX_5XX_MIN_REQUESTS,
+            Some(n @ 1..=1_000_000) => n as u32,
+            Some(n) => {
+                return Err(self.invalid(
+                    "[health] max_5xx_min_requests",
+                    &n.to_string(),
+                    "expected a number of requests from 1 to 1000000, e.g. 20",
+                ))
+            }
+        };
+        Ok(FiveXxLimits { max_share, min_requests })
     }
 
     fn reconcile(&self, raw: RawReconcile) -> Result<ReconcileSettings, ConfigError> {
@@ -864,8 +1017,81 @@ impl Validator<'_> {
                 ),
             ));
         }
-        Ok(ReconcileSettings { interval, jitter, keep_images: raw.keep_images.unwrap_or(2) })
+        let min_free_disk = match raw.min_free_disk {
+            None => DEFAULT_MIN_FREE_DISK,
+            Some(text) => parse_size(&text).ok_or_else(|| {
+                self.invalid(
+                    "[reconcile] min_free_disk",
+                    &text,
+                    "expected a size such as \"2GiB\", \"500MB\" or \"1073741824\" (bytes): KB, MB, GB, TB are \
+                     powers of 1000, KiB, MiB, GiB, TiB powers of 1024",
+                )
+            })?,
+        };
+        Ok(ReconcileSettings { interval, jitter, keep_images: raw.keep_images.unwrap_or(2), min_free_disk })
     }
+}
+
+/// `[reconcile] min_free_disk` unset: room for Docker's own bookkeeping, a day of container
+/// logs and the unpacked layers (a pull unpacks to about twice the compressed size the
+/// manifest gives), on the 8 GB root volumes small instances boot with.
+pub const DEFAULT_MIN_FREE_DISK: u64 = 2 * 1024 * 1024 * 1024;
+
+/// A size in bytes: a whole or decimal number with an optional unit, `KB`/`MB`/`GB`/`TB`
+/// (powers of 1000), `KiB`/`MiB`/`GiB`/`TiB` (powers of 1024) or `B`, case-insensitive, with
+/// or without a space (`"2GiB"`, `"1.5 GB"`, `"1073741824"`). `None` for anything else, a
+/// negative number, or more than `u64` holds.
+pub fn parse_size(raw: &str) -> Option<u64> {
+    let text = raw.trim();
+    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
+    let (number, unit) = (&text[..split], text[split..].trim_start());
+    let scale: u64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1000,
+        "mb" => 1000u64.pow(2),
+        "gb" => 1000u64.pow(3),
+        "tb" => 1000u64.pow(4),
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "tib" => 1 << 40,
+        _ => return None,
+    };
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    if whole.is_empty() && fraction.is_empty() || !fraction.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let whole: u64 = if whole.is_empty() { 0 } else { whole.parse().ok()? };
+    let mut bytes = whole.checked_mul(scale)?;
+    if !fraction.is_empty() {
+        // Exact decimal arithmetic: "1.5GB" is 1500000000, not a float's neighbour of it.
+        let digits = fraction.len().min(18) as u32;
+        let numerator: u128 = fraction[..digits as usize].parse().ok()?;
+        let part = numerator * u128::from(scale) / 10u128.pow(digits);
+        bytes = bytes.checked_add(u64::try_from(part).ok()?)?;
+    }
+    Some(bytes)
+}
+
+/// `bytes` in the largest unit that states it exactly (`"2GiB"`, `"100TB"`, `"1000B"` stays
+/// `"1KB"`), as `[reconcile] min_free_disk` would be written: what messages and the documents
+/// show of a configured size.
+pub fn format_size(bytes: u64) -> String {
+    const UNITS: [(u64, &str); 8] = [
+        (1 << 40, "TiB"),
+        (1_000_000_000_000, "TB"),
+        (1 << 30, "GiB"),
+        (1_000_000_000, "GB"),
+        (1 << 20, "MiB"),
+        (1_000_000, "MB"),
+        (1 << 10, "KiB"),
+        (1000, "KB"),
+    ];
+    UNITS
+        .iter()
+        .find(|(unit, _)| bytes > 0 && bytes.is_multiple_of(*unit))
+        .map(|(unit, name)| format!("{}{name}", bytes / unit))
+        .unwrap_or_else(|| format!("{bytes}B"))
 }
 
 /// Environment names end up in S3 keys, labels and log fields: keep them plain.
@@ -1059,6 +1285,62 @@ mod tests {
     }
 
     #[test]
+    fn health_checks_are_parsed_in_order() {
+        let s = parse(&format!(
+            "{MINIMAL}[health]\ncontains = \"<h1>blog\"\nmax_5xx_share = 0.1\nmax_5xx_min_requests = 50\n\
+             [[health.check]]\npath = \"/posts/\"\n[[health.check]]\npath = \"/old\"\nstatus = 301\ncontains = \"moved\"\n"
+        ))
+        .unwrap();
+        let all = s.health.all_checks();
+        let got: Vec<(&str, Option<u16>, Option<&str>)> =
+            all.iter().map(|c| (c.path.as_str(), c.status, c.contains.as_deref())).collect();
+        assert_eq!(got, [("/", None, Some("<h1>blog")), ("/posts/", None, None), ("/old", Some(301), Some("moved"))]);
+        assert_eq!(s.health.max_5xx, FiveXxLimits { max_share: 0.1, min_requests: 50 });
+        let defaults = parse(MINIMAL).unwrap().health;
+        assert_eq!((defaults.contains, defaults.checks.len()), (None, 0));
+        assert_eq!(defaults.max_5xx, FiveXxLimits { max_share: 0.05, min_requests: 20 });
+        for (text, share) in [("\"5%\"", 0.05), ("\"0%\"", 0.0), ("\"100%\"", 1.0), ("\" 12.5 %\"", 0.125), ("1", 1.0)]
+        {
+            let s = parse(&format!("{MINIMAL}[health]\nmax_5xx_share = {text}\n")).unwrap();
+            assert_eq!(s.health.max_5xx.max_share, share, "{text}");
+        }
+    }
+
+    #[test]
+    fn bad_health_checks_are_refused_naming_the_key() {
+        let check = |body: &str| format!("{MINIMAL}[[health.check]]\n{body}\n");
+        let cases: &[(String, &str, &str)] = &[
+            (check("path = \"posts\""), "[[health.check]] #1 path = \"posts\"", "starting with \"/\""),
+            (check("path = \"/a b\""), "[[health.check]] #1 path", "without spaces"),
+            (check("path = \"/\"\nstatus = 99"), "[[health.check]] #1 status = \"99\"", "from 100 to 599"),
+            (check("path = \"/\"\ncontains = \"\""), "[[health.check]] #1 contains = \"\"", "must not be empty"),
+            (format!("{MINIMAL}[health]\ncontains = \"\"\n"), "[health] contains = \"\"", "must not be empty"),
+            (format!("{MINIMAL}[health]\nmax_5xx_share = \"5\"\n"), "[health] max_5xx_share = \"5\"", "e.g. \"5%\""),
+            (format!("{MINIMAL}[health]\nmax_5xx_share = \"120%\"\n"), "[health] max_5xx_share", "\"100%\""),
+            (format!("{MINIMAL}[health]\nmax_5xx_share = 1.5\n"), "[health] max_5xx_share = \"1.5\"", "0.0 to 1.0"),
+            (
+                format!("{MINIMAL}[health]\nmax_5xx_min_requests = 0\n"),
+                "[health] max_5xx_min_requests = \"0\"",
+                "from 1",
+            ),
+        ];
+        for (text, key, accepted) in cases {
+            assert_refused(text, key, accepted);
+        }
+        // The second table is numbered as the operator counts them.
+        assert_refused(
+            &format!("{MINIMAL}[[health.check]]\npath = \"/a\"\n[[health.check]]\npath = \"b\"\n"),
+            "[[health.check]] #2 path",
+            "e.g.",
+        );
+        let err = parse(&check("status = 200")).unwrap_err();
+        assert!(matches!(err, ConfigError::Required { .. }), "{err:?}");
+        assert!(err.to_string().contains("[[health.check]] #1 path is required"), "{err}");
+        let err = parse(&check("path = \"/\"\nstatuz = 200")).unwrap_err().to_string();
+        assert!(err.contains("statuz"), "an unknown key is named: {err}");
+    }
+
+    #[test]
     fn health_url_on_an_unpublished_port_is_refused() {
         // The review's case: a loopback-only port 8080 and the default health URL (port 80).
         assert_refused(
@@ -1178,6 +1460,63 @@ mod tests {
             let s = parse(&format!("{MINIMAL}[container]\nstop_timeout = \"{value}\"\n")).unwrap();
             assert_eq!(s.container.stop_timeout, Duration::from_secs(secs));
         }
+    }
+
+    #[test]
+    fn sizes_take_decimal_and_binary_units() {
+        let cases: &[(&str, Option<u64>)] = &[
+            ("0", Some(0)),
+            ("1073741824", Some(1 << 30)),
+            ("512B", Some(512)),
+            ("1KB", Some(1000)),
+            ("1kb", Some(1000)),
+            ("1KiB", Some(1024)),
+            ("500MB", Some(500_000_000)),
+            ("500MiB", Some(500 << 20)),
+            ("2GB", Some(2_000_000_000)),
+            ("2GiB", Some(2 << 30)),
+            ("2 GiB", Some(2 << 30)),
+            (" 2gib ", Some(2 << 30)),
+            ("100TB", Some(100_000_000_000_000)),
+            ("1TiB", Some(1 << 40)),
+            ("1.5GB", Some(1_500_000_000)),
+            ("1.5GiB", Some(3 << 29)),
+            (".5KB", Some(500)),
+            ("", None),
+            ("GiB", None),
+            ("-1GB", None),
+            ("2 gigabytes", None),
+            ("2G", None),
+            ("1.2.3MB", None),
+            ("1e9", None),
+            ("99999999999TB", None),
+            ("18446744073709551616", None),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(parse_size(raw), *want, "{raw:?}");
+        }
+        for (bytes, text) in [(2u64 << 30, "2GiB"), (100_000_000_000_000, "100TB"), (1000, "1KB"), (1500, "1500B")] {
+            assert_eq!(format_size(bytes), text);
+            assert_eq!(parse_size(text), Some(bytes), "{text} reads back");
+        }
+        assert_eq!(format_size(0), "0B");
+    }
+
+    #[test]
+    fn min_free_disk_defaults_to_2gib_and_refuses_a_bad_size_naming_the_key_and_the_units() {
+        assert_eq!(parse(MINIMAL).unwrap().reconcile.min_free_disk, 2 << 30);
+        let s = parse(&format!("{MINIMAL}[reconcile]\nmin_free_disk = \"100TB\"\n")).unwrap();
+        assert_eq!(s.reconcile.min_free_disk, 100_000_000_000_000);
+        for bad in ["2G", "lots", "-5GB"] {
+            assert_refused(
+                &format!("{MINIMAL}[reconcile]\nmin_free_disk = \"{bad}\"\n"),
+                &format!("[reconcile] min_free_disk = \"{bad}\""),
+                "expected a size such as \"2GiB\"",
+            );
+        }
+        // A number where a string is expected is refused too (a TOML type error, with its line).
+        let err = parse(&format!("{MINIMAL}[reconcile]\nmin_free_disk = 5\n")).unwrap_err().to_string();
+        assert!(err.contains("line") && !err.contains('\n'), "{err}");
     }
 
     #[test]

@@ -19,6 +19,7 @@ use crate::outside::release::{Provenance, ReleaseSource};
 use crate::pass::decide::{self, RolloutGate, Wanted, Why};
 use crate::pass::desired::{Catalog, HaltRead, Published, Trust};
 use crate::pass::snapshot::Snapshot;
+use crate::runtime::clock::{self, ClockStatus};
 use crate::sha::safe_text;
 use crate::spec::{LABEL_DIGEST, LABEL_SHA};
 use crate::state::{LastPass, Pause, State, StateReadError};
@@ -54,6 +55,27 @@ pub struct Status {
     pub halt: Option<HaltStatus>,
     /// The halt marker could not be read.
     pub halt_error: Option<String>,
+    /// This host's clock against AWS's, measured from the answers `status` itself got.
+    pub clock: ClockStatus,
+    /// Free space on Docker's data root against `[reconcile] min_free_disk`.
+    pub disk: Option<DiskStatus>,
+    /// Docker's data root could not be measured.
+    pub disk_error: Option<String>,
+}
+
+/// Docker's data root, where a pull lands ([`crate::outside::disk`]).
+#[derive(Debug, Clone, Serialize)]
+pub struct DiskStatus {
+    /// `DockerRootDir`, e.g. `/var/lib/docker`.
+    pub root: String,
+    /// Bytes available there now (as `df` counts them).
+    pub free_bytes: u64,
+    /// `[reconcile] min_free_disk` in bytes, and as it would be written.
+    pub min_free_bytes: u64,
+    pub min_free: String,
+    /// At least `min_free_disk` is free: a pull of any image that fits beside it is started.
+    /// False: no pull is started (the running version keeps serving) until space is freed.
+    pub ok: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -232,6 +254,9 @@ pub async fn gather(
         },
         halt: None,
         halt_error: None,
+        clock: ClockStatus::of(None),
+        disk: None,
+        disk_error: None,
     };
     let env_and_release = async {
         let env = environment::resolve(env_flag, settings, tags).await;
@@ -252,6 +277,7 @@ pub async fn gather(
     }
     .to_owned();
     status.rollout.seed = identity.seed();
+    status.clock = ClockStatus::of(clock::latest().as_ref());
     let mut desired = None;
     let mut marker = None;
     let env = match env {
@@ -271,7 +297,7 @@ pub async fn gather(
                         sha: read.to_string(),
                         uri: d.location.to_string(),
                         etag: d.etag.clone(),
-                        read_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+                        read_at: humantime::format_rfc3339_seconds(clock::now()).to_string(),
                         published_at: verified.and_then(|v| v.published_at).map(rfc3339),
                         digest: p.digest.clone(),
                         published_by: p.by.clone(),
@@ -312,13 +338,18 @@ pub async fn gather(
             Ok(Some(c)) => {
                 serving_address = c.ip.clone().map(|ip| (ip, c.name.clone()));
                 let url = &settings.health.url;
-                let health = match crate::outside::health::get_status(&url.host, url.port, &url.path).await {
-                    Ok(code) => HealthStatus {
+                let checks = &settings.health;
+                let bound = Duration::from_secs(2);
+                let health = match crate::outside::health::check_all(checks, &url.host, url.port, bound).await {
+                    Ok(()) => HealthStatus {
                         url: url.to_string(),
-                        ok: (200..300).contains(&code),
-                        detail: format!("HTTP {code}"),
+                        ok: true,
+                        detail: match checks.all_checks().len() {
+                            1 => "its check passes".to_owned(),
+                            n => format!("all {n} checks pass"),
+                        },
                     },
-                    Err(e) => HealthStatus { url: url.to_string(), ok: false, detail: e },
+                    Err(failed) => HealthStatus { url: url.to_string(), ok: false, detail: failed.to_string() },
                 };
                 status.container = Some(ContainerStatus {
                     name: c.name.clone(),
@@ -333,6 +364,22 @@ pub async fn gather(
             }
             Ok(None) => {}
             Err(e) => status.container_error = Some(e.to_string()),
+        }
+    }
+    if let Some(engine) = engine {
+        let min_free = settings.reconcile.min_free_disk;
+        match crate::outside::disk::measure(engine).await {
+            Ok(r) => {
+                status.disk = Some(DiskStatus {
+                    root: r.root.display().to_string(),
+                    free_bytes: r.free,
+                    min_free_bytes: min_free,
+                    min_free: crate::config::format_size(min_free),
+                    ok: crate::outside::disk::enough_space(r.free, None, min_free)
+                        == crate::outside::disk::Verdict::Enough,
+                })
+            }
+            Err(e) => status.disk_error = Some(e),
         }
     }
     if settings.traffic.mode == TrafficMode::Switch {
@@ -369,10 +416,7 @@ pub async fn gather(
         status.rollout.applies_at = Some(rfc3339(rollout::apply_at(at, identity.seed(), spread)));
         let new_here = running.as_deref() != Some(published.sha.as_str());
         status.rollout.waiting = new_here
-            && matches!(
-                rollout::gate(at, identity.seed(), spread, SystemTime::now(), running.is_none()),
-                Gate::Wait { .. }
-            );
+            && matches!(rollout::gate(at, identity.seed(), spread, clock::now(), running.is_none()), Gate::Wait { .. });
     }
     // What the host is meant to run is the decision's own answer, on what Docker and the state
     // directory show now; without Docker it is what a host with nothing serving would run.
@@ -389,21 +433,10 @@ pub async fn gather(
         });
         let trust = Trust::new(settings, &env.name);
         let (last_good, pause) = (snapshot.state.last_good_in(&env.name), snapshot.pause.as_ref());
-        let catalog = match &desired {
-            Some(d) => d.catalog(trust, last_good, pause),
-            None => {
-                let mut catalog = Catalog::new(trust.required());
-                catalog.add_local(trust, last_good, pause);
-                catalog
-            }
-        };
+        let catalog = Catalog::for_host(desired.as_ref(), trust, last_good, pause);
         let wanted = desired.as_ref().map(Wanted::from).unwrap_or(Wanted::Unknown);
-        let gate = published_at.map(|at| RolloutGate {
-            seed: identity.seed(),
-            spread,
-            published_at: at,
-            now: SystemTime::now(),
-        });
+        let gate =
+            published_at.map(|at| RolloutGate { seed: identity.seed(), spread, published_at: at, now: clock::now() });
         let decision = decide::decide(&decide::Inputs {
             settings,
             environment: &env.name,
@@ -550,7 +583,7 @@ pub fn render_text(s: &Status) -> String {
         },
     );
     line("identity", identity_text(&s.rollout));
-    line("rollout", rollout_text(s, SystemTime::now()));
+    line("rollout", rollout_text(s, clock::now()));
     match (&s.halt, &s.halt_error) {
         (Some(h), _) => line(
             "halted",
@@ -584,6 +617,11 @@ pub fn render_text(s: &Status) -> String {
         };
         line("target", format!("{} ({why})", t.sha));
     }
+    match (&s.disk, &s.disk_error) {
+        (Some(d), _) => line("disk", disk_text(d)),
+        (None, Some(err)) => line("disk", format!("UNKNOWN: {err}")),
+        (None, None) => {}
+    }
     let unknown = || if s.state_error.is_some() { "unknown (state unreadable)".into() } else { "-".into() };
     line("last good", s.last_good_sha.clone().unwrap_or_else(unknown));
     if let Some(p) = &s.last_pass {
@@ -593,7 +631,25 @@ pub fn render_text(s: &Status) -> String {
         }
     }
     line("converged", if s.converged { "yes".into() } else { "NO".into() });
+    line("clock", format!("{}: {}", s.clock.judgement, s.clock.detail));
     out
+}
+
+/// `/var/lib/docker: 61.2 GiB free ([reconcile] min_free_disk 2GiB)`, or SHORT with the fix.
+fn disk_text(d: &DiskStatus) -> String {
+    let free = crate::outside::disk::human(d.free_bytes);
+    if d.ok {
+        format!("{}: {free} free ([reconcile] min_free_disk {})", d.root, d.min_free)
+    } else {
+        format!(
+            "{}: {free} free, below [reconcile] min_free_disk {} ({} short): SHORT: no release is pulled until \
+             there is room (the running version keeps serving); free space there (`docker system df`), grow the \
+             volume, or lower [reconcile] min_free_disk",
+            d.root,
+            d.min_free,
+            crate::outside::disk::human(d.min_free_bytes.saturating_sub(d.free_bytes))
+        )
+    }
 }
 
 /// `instance id i-0abc (seed 0.41)`.
@@ -673,7 +729,44 @@ mod tests {
             },
             halt: None,
             halt_error: None,
+            clock: ClockStatus::of(None),
+            disk: None,
+            disk_error: None,
         }
+    }
+
+    #[test]
+    fn the_disk_line_names_the_numbers_and_the_fix_when_short() {
+        let mut s = status();
+        assert!(!render_text(&s).contains("disk "), "no Docker, no disk line");
+        let mut disk = DiskStatus {
+            root: "/var/lib/docker".into(),
+            free_bytes: 5 << 30,
+            min_free_bytes: 2 << 30,
+            min_free: "2GiB".into(),
+            ok: true,
+        };
+        s.disk = Some(disk.clone());
+        let text = render_text(&s);
+        assert!(
+            text.contains("disk           /var/lib/docker: 5.0 GiB free ([reconcile] min_free_disk 2GiB)\n"),
+            "{text}"
+        );
+        disk.min_free_bytes = 100_000_000_000_000;
+        disk.min_free = "100TB".into();
+        disk.ok = false;
+        s.disk = Some(disk);
+        let text = render_text(&s);
+        let line = text.lines().find(|l| l.starts_with("disk ")).unwrap();
+        for want in
+            ["5.0 GiB free, below [reconcile] min_free_disk 100TB", "SHORT", "keeps serving", "docker system df"]
+        {
+            assert!(line.contains(want), "{want:?} not in {line}");
+        }
+        assert_eq!(serde_json::to_value(&s).unwrap()["disk"]["ok"], false);
+        s.disk = None;
+        s.disk_error = Some("Docker info daemon: no DockerRootDir".into());
+        assert!(render_text(&s).contains("disk           UNKNOWN: Docker info daemon"));
     }
 
     #[test]

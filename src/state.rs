@@ -458,9 +458,10 @@ pub fn write_atomically_as(dir: &Path, name: &str, bytes: &[u8], mode: Option<u3
     Ok(())
 }
 
-/// Unix seconds now.
+/// Unix seconds now, on AWS's clock ([`crate::runtime::clock::now`]): the times recorded here
+/// (a pause, a vote, a pass) sit beside times AWS stamped.
 pub fn now_unix() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    crate::runtime::clock::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 /// The outcome of the latest reconcile passes, for `status`. Its own file: written after

@@ -398,6 +398,12 @@ fn metrics_textfile_is_valid_per_the_reference_parser() {
     m.add_s3_request();
     m.add_s3_request();
     m.add_ecr_call();
+    m.set_disk(blog_agent::fleet::metrics::DiskGauges {
+        free: Some(5 << 30),
+        min_free: 2 << 30,
+        short: true,
+        need: Some(3 << 30),
+    });
     let dir = std::env::temp_dir().join(format!("blog-agent-fleet-metrics-{}", std::process::id()));
     let path = dir.join("blog_agent.prom");
     m.write(&path).unwrap();
@@ -416,6 +422,11 @@ fn metrics_textfile_is_valid_per_the_reference_parser() {
         ("blog_agent_rollbacks", "counter"),
         ("blog_agent_halted", "gauge"),
         ("blog_agent_rollout_wait_seconds", "gauge"),
+        ("blog_agent_clock_offset_seconds", "gauge"),
+        ("blog_agent_disk_free_bytes", "gauge"),
+        ("blog_agent_disk_min_free_bytes", "gauge"),
+        ("blog_agent_disk_short", "gauge"),
+        ("blog_agent_disk_needed_bytes", "gauge"),
         ("blog_agent_s3_requests", "counter"),
         ("blog_agent_ecr_calls", "counter"),
     ];
@@ -445,6 +456,10 @@ fn metrics_textfile_is_valid_per_the_reference_parser() {
         ("blog_agent_halted", json!({"sha": "1a2b3c4"}), 1.0),
         ("blog_agent_halted", json!({"sha": "quote\"d"}), 1.0),
         ("blog_agent_rollout_wait_seconds", json!({}), 12.5),
+        ("blog_agent_disk_free_bytes", json!({}), 5_368_709_120.0),
+        ("blog_agent_disk_min_free_bytes", json!({}), 2_147_483_648.0),
+        ("blog_agent_disk_short", json!({}), 1.0),
+        ("blog_agent_disk_needed_bytes", json!({}), 3_221_225_472.0),
         ("blog_agent_s3_requests_total", json!({}), 2.0),
         ("blog_agent_ecr_calls_total", json!({}), 1.0),
     ];

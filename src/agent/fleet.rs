@@ -133,7 +133,7 @@ impl Fleet {
     pub async fn gate(&mut self, spread: Duration, published_at: Option<SystemTime>) -> Option<RolloutGate> {
         let published_at = published_at.filter(|_| !spread.is_zero())?;
         let seed = self.identity().await.seed();
-        Some(RolloutGate { seed, spread, published_at, now: SystemTime::now() })
+        Some(RolloutGate { seed, spread, published_at, now: crate::runtime::clock::now() })
     }
 
     /// Forgets what it knows of halts (the configuration, and so the prefix, changed).
@@ -195,7 +195,7 @@ impl Fleet {
         let next = match crate::pass::desired::read_halt_at(halts, prefix, environment, halt_after, published).await {
             Ok(Some(marker)) => {
                 if !matches!(current, HaltKnown::Halted(_)) {
-                    let who = safe_text(marker.by.as_deref().unwrap_or(&marker.instance_id));
+                    let who = marker.who();
                     let reason = safe_text(&marker.reason);
                     tracing::warn!(
                         sha = %published, by = %who, reason = %reason,

@@ -160,6 +160,9 @@ pub struct LaunchGate {
     id_reads: u32,
     /// The last arming failure logged, so a lasting one is logged once.
     last_error: Option<String>,
+    /// Why this host cannot pull its release (not enough disk space), while it cannot: said
+    /// when the gate holds the instance out of service and when it abandons it.
+    cannot_pull: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl Drop for LaunchGate {
@@ -184,7 +187,26 @@ impl LaunchGate {
             ticker: None,
             id_reads: 0,
             last_error: None,
+            cannot_pull: Arc::default(),
         }
+    }
+
+    /// After a pass: why the release's image cannot be pulled here (`None`: it can, or it is
+    /// on disk). A waiting instance that cannot pull is not put in service: no `CONTINUE`
+    /// without a serving release, and the `ABANDON` at the hook's timeout names this reason
+    /// (a heartbeat keeps an action only while a pull is moving, which a refused one is not).
+    pub async fn cannot_pull(&mut self, why: Option<String>) {
+        let armed = matches!(*self.state.lock().await, State::Armed { .. });
+        let mut current = self.cannot_pull.lock().unwrap_or_else(|p| p.into_inner());
+        if let (Some(why), None) = (&why, current.as_ref()) {
+            if armed {
+                tracing::error!(
+                    "launch gate: this instance cannot pull its release ({why}): it is not put in service; the \
+                     lifecycle action is abandoned when the hook times out unless space is freed first"
+                );
+            }
+        }
+        *current = why;
     }
 
     /// Whether `[rollout] lifecycle_hook` is set (or was: an action armed under an earlier
@@ -352,6 +374,7 @@ impl LaunchGate {
     /// The lock is never held across a call: the loop's pass must not wait on Auto Scaling.
     fn tick(&self, action: Action) -> JoinHandle<()> {
         let (state, api, activity) = (self.state.clone(), self.api.clone(), self.activity.clone());
+        let cannot_pull = self.cannot_pull.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(TICK);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -397,12 +420,14 @@ impl LaunchGate {
                         let result = api.complete(&armed.action, Outcome::Abandon).await;
                         let mut guard = state.lock().await;
                         let what = if armed.stage == Stage::Launch { "serve" } else { "pull its image" };
+                        let why = cannot_pull.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                        let why = why.map(|w| format!(" (it cannot pull its release: {w})")).unwrap_or_default();
                         match result {
                             Ok(()) => {
                                 tracing::error!(
                                     group = %armed.action.group,
                                     "launch gate: this host could not {what} within the hook's {} s timeout and no pull \
-                                     is moving: ABANDON sent; Auto Scaling replaces the instance",
+                                     is moving{why}: ABANDON sent; Auto Scaling replaces the instance",
                                     armed.heartbeat_timeout.as_secs()
                                 );
                                 *guard = State::Done;

@@ -104,6 +104,8 @@ pub struct Agent<T, R, C> {
     /// A halted SHA and its verified rollback target, once resolved (a resolution that failed
     /// is not kept: it is tried again at the next pass).
     rollback_target: Option<(Sha, Option<String>)>,
+    /// The last pass could not pull for lack of disk space: for the metrics and the launch gate.
+    no_room: Option<crate::outside::disk::NoRoom>,
 }
 
 impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
@@ -142,6 +144,7 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
             launch,
             rollback_target: None,
             renamed_from: None,
+            no_room: None,
         };
         agent.watch_events();
         agent.watch_rules();
@@ -327,14 +330,7 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
         let (settings, environment) = (&self.settings, env.name.as_str());
         let trust = Trust::new(settings, environment);
         let (last_good, pause) = (snapshot.state.last_good_in(environment), snapshot.pause.as_ref());
-        let catalog = match &self.desired {
-            Some(desired) => desired.catalog(trust, last_good, pause),
-            None => {
-                let mut catalog = Catalog::new(trust.required());
-                catalog.add_local(trust, last_good, pause);
-                catalog
-            }
-        };
+        let catalog = Catalog::for_host(self.desired.as_ref(), trust, last_good, pause);
         let decide_on = |snapshot: &snapshot::Snapshot| {
             decide::decide(&Inputs {
                 settings,
@@ -562,7 +558,7 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
             .and_then(|d| d.published.verified())
             .filter(|p| p.sha == *sha)
             .and_then(|p| p.published_at)
-            .and_then(|at| SystemTime::now().duration_since(at).ok());
+            .and_then(|at| crate::runtime::clock::now().duration_since(at).ok());
         History { served_before_pass: served_before == Some(sha), served_here_for, published_for }
     }
 
@@ -611,6 +607,7 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
         let proven = crate::state::State::load(&self.settings.agent.state_dir).proven;
         metrics.set_digest(proven.filter(|p| p.sha == sha && !p.digest.is_empty()).map(|p| (p.sha, p.digest)));
         metrics.record_pass(phase.is_converged(), SystemTime::now());
+        metrics.set_clock(crate::runtime::clock::latest());
         let published = self.desired.as_ref().map(|d| d.published.sha());
         let halted = published.filter(|sha| self.fleet.halt_of(sha).is_some());
         metrics.set_halted(halted.map(Sha::to_string).into_iter().collect());
@@ -619,6 +616,17 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
             _ => Duration::ZERO,
         });
         if let Some(path) = &self.settings.metrics.textfile {
+            let no_room = self.no_room.as_ref();
+            let free = match no_room.and_then(|n| n.free()) {
+                Some(free) => Some(free),
+                None => crate::outside::disk::measure(&self.services.engine).await.ok().map(|r| r.free),
+            };
+            metrics.set_disk(crate::fleet::metrics::DiskGauges {
+                free,
+                min_free: self.settings.reconcile.min_free_disk,
+                short: no_room.is_some(),
+                need: no_room.and_then(|n| n.need()),
+            });
             self.fleet.write_metrics(path);
         }
     }
@@ -638,7 +646,7 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
         let window = launch_gate::proof_window(&self.settings);
         let prove = || async move {
             let url = &health.url;
-            crate::outside::health::wait_healthy(&url.host, url.port, &url.path, window, || async { Ok(()) })
+            crate::outside::health::wait_healthy(&url.host, url.port, &health, window, || async { Ok(()) })
                 .await
                 .map(|_| ())
                 .map_err(|e| e.to_string())
@@ -666,6 +674,10 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Reconciler for Agent<T
         if result.as_ref().is_err_and(|e| e.is_cancelled() || shutdown.is_requested()) {
             return Phase::Stopping;
         }
+        self.no_room = match &result {
+            Err(PassError::Deploy(crate::pass::deploy::DeployError::Disk(no_room))) => Some(no_room.clone()),
+            _ => None,
+        };
         // What serves now, from Docker (not from what the pass hoped), after a failed pass.
         let serving = if result.is_err() { self.serving_container().await } else { None };
         let phase = match result {
@@ -679,6 +691,7 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Reconciler for Agent<T
         };
         self.note(phase.problem());
         self.after_pass(&phase).await;
+        self.launch.cannot_pull(self.no_room.as_ref().map(|n| n.to_string())).await;
         self.complete_launch(&phase).await;
         LastPass::record(&self.settings.agent.state_dir, phase.problem().map(|p| p.text.as_str()));
         self.phase = phase.clone();

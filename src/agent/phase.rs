@@ -31,6 +31,8 @@ pub enum ProblemKind {
     Blocked,
     /// The traffic switch's netfilter rules could not be read or written.
     Route,
+    /// Not enough disk space to pull the release's image.
+    Disk,
     /// A release held back (crash loop, failed cut-overs).
     Quarantined(String),
     /// A release that may not run here (unsigned, bad signature, replay, unverified).
@@ -86,6 +88,7 @@ impl From<&PassError> for Problem {
             PassError::Interrupted { release, .. } => ProblemKind::ReleaseUnhealthy(release.to_string()),
             PassError::Blocked(_) => ProblemKind::Blocked,
             PassError::Deploy(DeployError::Route(_)) => ProblemKind::Route,
+            PassError::Deploy(DeployError::Disk(_)) => ProblemKind::Disk,
             PassError::NothingToRun(_) => ProblemKind::NothingToRun,
             PassError::Name(_) => ProblemKind::Name,
             PassError::State(_) => ProblemKind::State,

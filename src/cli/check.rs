@@ -3,7 +3,8 @@
 //!
 //! Reads: the configuration, instance metadata, AWS credentials, the release object and its
 //! halt (through one S3 client), the registry, Docker, netfilter, the host ports and the
-//! launch hook. Decides: `ok` or `FAIL` for each check.
+//! launch hook; the clock's offset from AWS's, measured from those answers. Decides: `ok` or
+//! `FAIL` for each check.
 
 use std::net::{IpAddr, Ipv4Addr, TcpListener};
 
@@ -21,6 +22,7 @@ use crate::outside::registry::{CredentialSource, Ecr};
 use crate::outside::release::{ReleaseError, S3Releases};
 use crate::outside::s3::S3Client;
 use crate::pass::desired::{self, release_location, Desired, HaltRead, Published};
+use crate::runtime::clock;
 
 #[derive(Debug, Args)]
 pub struct CheckArgs {}
@@ -150,6 +152,7 @@ pub async fn run(cli: &Cli, _args: &CheckArgs) -> Result<(), Failure> {
             None
         }
     };
+    check_clock(&mut r);
     match (&sha, &creds, engine.as_ref()) {
         (None, _, _) => r.skip("registry", "needs S3: no release SHA to look for (see the s3 lines above)"),
         (Some(_), None, _) => r.skip("registry", "needs an ECR token (see above)"),
@@ -173,11 +176,14 @@ pub async fn run(cli: &Cli, _args: &CheckArgs) -> Result<(), Failure> {
         Ok(engine) => {
             r.ok("docker", format!("reachable, API {}", engine.api_version()));
             check_live_restore(&mut r, engine).await;
+            let release = sha.as_deref().map(|sha| (sha, digest.as_deref()));
+            check_disk(&mut r, &settings, engine, release, creds.as_ref()).await;
             check_ports(&mut r, &settings, Some(engine)).await;
         }
         Err(e) => {
             r.fail("docker", e);
             r.skip(LIVE_RESTORE, "Docker unreachable");
+            r.skip(DISK, "Docker unreachable (its data root is where a pull lands)");
             check_ports(&mut r, &settings, None).await;
         }
     }
@@ -192,6 +198,20 @@ pub async fn run(cli: &Cli, _args: &CheckArgs) -> Result<(), Failure> {
         Ok(())
     } else {
         Err(Failure { code: exit::FAILED, message: format!("{} check(s) failed", r.failed) })
+    }
+}
+
+/// This host's clock against AWS's, from the `Date` of the S3, ECR and STS answers above:
+/// `FAIL` beyond [`clock::FAIL_OFFSET`] (time decisions are refused), `WARN` beyond
+/// [`clock::WARN_OFFSET`], `skip` when no answer was measured.
+fn check_clock(r: &mut Report) {
+    let sample = clock::latest();
+    let detail = clock::describe(sample.as_ref());
+    match clock::judge(sample.as_ref()) {
+        clock::Level::Ok => r.ok("clock", detail),
+        clock::Level::Warn => r.warn("clock", detail),
+        clock::Level::Fail => r.fail("clock", detail),
+        clock::Level::Unknown => r.skip("clock", &detail),
     }
 }
 
@@ -237,7 +257,7 @@ fn check_halt(r: &mut Report, settings: &Settings, env: &str, sha: &crate::sha::
             format!(
                 "{} is HALTED for {env} by {}: {}; no host applies it until `blog-agent unhalt {sha}` ({location})",
                 sha.short(),
-                crate::sha::safe_text(m.by.as_deref().unwrap_or(&m.instance_id)),
+                m.who(),
                 crate::sha::safe_text(&m.reason)
             ),
         ),
@@ -281,6 +301,84 @@ async fn check_launch_gate(r: &mut Report, aws: &std::sync::Arc<crate::outside::
 }
 
 const LIVE_RESTORE: &str = "docker live-restore";
+const DISK: &str = "disk";
+
+/// Free space on Docker's data root against what a pull of the release needs: its size from
+/// the registry's manifest plus `[reconcile] min_free_disk` ([`crate::outside::disk`]). A
+/// release already on disk needs no pull; the margin is then only said, not failed.
+async fn check_disk(
+    r: &mut Report,
+    settings: &Settings,
+    engine: &Engine,
+    release: Option<(&str, Option<&str>)>,
+    creds: Option<&crate::outside::registry::RegistryCredentials>,
+) {
+    use crate::outside::disk::{self, enough_space, human, Verdict};
+    let reading = match disk::measure(engine).await {
+        Ok(reading) => reading,
+        Err(e) => return r.fail(DISK, format!("cannot measure Docker's data root: {e}")),
+    };
+    let min_free = settings.reconcile.min_free_disk;
+    let (root, free) = (reading.root.display(), human(reading.free));
+    let margin = format!("[reconcile] min_free_disk {}", crate::config::format_size(min_free));
+    let fix = "free space there (`docker system df` shows what Docker holds), grow the volume, or lower \
+                       [reconcile] min_free_disk";
+    let repo = &settings.image.repository;
+    let Some((sha, digest)) = release else {
+        return match enough_space(reading.free, None, min_free) {
+            Verdict::Enough => r.ok(DISK, format!("{root}: {free} free ({margin})")),
+            Verdict::Short { missing, .. } => r.fail(
+                DISK,
+                format!("{root}: {free} free, {} below {margin}: no release can be pulled; {fix}", human(missing)),
+            ),
+        };
+    };
+    let reference = digest.unwrap_or(sha);
+    let image = match digest {
+        Some(digest) => format!("{repo}@{digest}"),
+        None => repo.reference(sha),
+    };
+    if let Ok(Some(_)) = engine.image(&image, &repo.to_string()).await {
+        return match enough_space(reading.free, None, min_free) {
+            Verdict::Enough => r.ok(DISK, format!("{root}: {free} free ({margin}); the release's image is on disk")),
+            Verdict::Short { missing, .. } => r.warn(
+                DISK,
+                format!(
+                    "{root}: {free} free, {} below {margin}: the release's image is on disk, but the next \
+                     release will not be pulled; {fix}",
+                    human(missing)
+                ),
+            ),
+        };
+    }
+    let (size, size_note) = match creds {
+        Some(creds) => match crate::outside::manifest::image_size(&repo.registry, &repo.path, reference, creds).await {
+            Ok(size) => (Some(size), format!("{} for the image (from its manifest)", human(size))),
+            Err(e) => (None, format!("the image's size is unknown ({e}), so {margin} alone")),
+        },
+        None => (None, format!("the image's size is unknown (no ECR token), so {margin} alone")),
+    };
+    match enough_space(reading.free, size, min_free) {
+        Verdict::Enough => r.ok(
+            DISK,
+            format!(
+                "{root}: {free} free; pulling {image} needs {} ({size_note} + {margin})",
+                human(size.unwrap_or(0) + min_free)
+            ),
+        ),
+        Verdict::Short { need, missing } => r.fail(
+            DISK,
+            format!(
+                "{root}: {free} free, but pulling {image} needs {} ({size_note}{}), {} short: the agent removes the \
+                 images this host does not need, and if that is not enough it does not pull (the running version \
+                 keeps serving); {fix}",
+                human(need),
+                if size.is_some() { format!(" + {margin}") } else { String::new() },
+                human(missing)
+            ),
+        ),
+    }
+}
 
 /// dockerd's `live-restore`: with it, a Docker upgrade or restart (a `dnf upgrade`,
 /// unattended-upgrades) keeps the blog container running, and the traffic switch's rules

@@ -188,7 +188,7 @@ pub async fn halt(cli: &Cli, args: &HaltArgs) -> Result<(), Failure> {
         Some(first) => eprintln!(
             "blog-agent: {sha} was already halted in {} ({location}) by {} at {}: {}; that marker is kept",
             target.environment,
-            crate::sha::safe_text(first.by.as_deref().unwrap_or(&first.instance_id)),
+            first.who(),
             humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(first.at)),
             crate::sha::safe_text(&first.reason)
         ),

@@ -87,9 +87,11 @@ pub enum Command {
     /// Preflight doctor: one line per dependency, changes nothing.
     ///
     /// Lines, in order: config; imds and environment tag (or environment); aws region; aws
-    /// credentials; s3 object; release sha; release signature; release halt; ecr token;
-    /// registry (a manifest request, no pull); docker; docker live-restore; host port (one per
-    /// mapping); in switch mode traffic switch, traffic chains and route_localnet; with
+    /// credentials; s3 object; release sha; release signature; release halt; ecr token; clock
+    /// (this host's offset from AWS's time); registry (a manifest request, no pull); docker;
+    /// docker live-restore; disk (free space on Docker's data root against the release's size
+    /// and [reconcile] min_free_disk); host port (one per mapping); in switch mode traffic
+    /// switch, traffic chains and route_localnet; with
     /// [rollout] lifecycle_hook, launch gate. Exit 0 only when no line is FAIL (WARN and skip
     /// lines do not count).
     ///
@@ -144,7 +146,8 @@ pub enum Command {
     Publish(publish::PublishArgs),
     /// List what was published to an environment, newest first; requires --env.
     ///
-    /// The release object's S3 versions: SHA, digest, time, publisher, pipeline, halted.
+    /// The release object's S3 versions: SHA, digest, time, publisher, pipeline, how many hosts
+    /// baked it, reverted it and voted against it, halted.
     #[command(
         override_usage = "blog-agent --env <NAME> releases [OPTIONS]",
         after_help = "Examples:
@@ -163,10 +166,14 @@ pub enum Command {
     Rollback(publish::RollbackArgs),
     /// Publish to --to the exact digest --from has for SHA, after --soak there.
     ///
-    /// Refuses a release halted in --from or never published there. The environments are
-    /// --from and --to, so `--env` is refused.
+    /// Refuses a release halted in --from or never published there, and one that a host of
+    /// --from reverted after its bake or voted against (unless --force); with --baked-by N, one
+    /// that fewer than N hosts of --from finished a bake of. The environments are --from and
+    /// --to, so `--env` is refused.
     #[command(after_help = "Examples:
-  blog-agent promote 3f2a9c1d0e --from staging --to production --soak 30m")]
+  blog-agent promote 3f2a9c1d0e --from staging --to production --soak 30m
+  blog-agent promote 3f2a9c1d0e --from staging --to production --baked-by 2
+  blog-agent promote 3f2a9c1d0e --from staging --to production --force")]
     Promote(publish::PromoteArgs),
     /// Write the man pages and shell completions into a directory (used by packaging).
     #[command(hide = true)]

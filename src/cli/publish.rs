@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::Args;
 
 use super::{exit, Cli, Failure};
-use crate::pipeline::{Pipeline, PublishError, Published};
+use crate::pipeline::{Pipeline, PromoteRules, PublishError, Published};
 use crate::sha::Sha;
 
 #[derive(Debug, Args)]
@@ -53,6 +53,12 @@ pub struct PromoteArgs {
     /// How long it must have been published in --from first (e.g. 30m, 2h).
     #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = humantime::parse_duration)]
     pub soak: Duration,
+    /// At least N hosts of --from must have finished a bake of it (their bake records).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub baked_by: u32,
+    /// Promote it even though hosts of --from reverted it or voted against it.
+    #[arg(long)]
+    pub force: bool,
     /// Print the result as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -130,13 +136,14 @@ pub async fn releases(cli: &Cli, args: &ReleasesArgs) -> Result<(), Failure> {
         println!("releases of {} ({}), newest first:", history.environment, history.location);
         for r in &history.releases {
             println!(
-                "{} {}  {}  {}  {}{}{}{}",
+                "{} {}  {}  {}  {}{}  {}{}{}",
                 if r.current { "*" } else { " " },
                 r.sha,
                 r.digest.as_deref().unwrap_or("(no digest: written by hand)"),
                 r.published_at.as_deref().unwrap_or("?"),
                 r.published_by.as_deref().unwrap_or("?"),
                 r.pipeline.as_deref().map(|p| format!("  {p}")).unwrap_or_default(),
+                evidence(r),
                 if r.halted { "  HALTED" } else { "" },
                 if r.verified { "" } else { "  UNSIGNED (hosts refuse it)" }
             );
@@ -151,6 +158,14 @@ pub async fn releases(cli: &Cli, args: &ReleasesArgs) -> Result<(), Failure> {
         );
     }
     Ok(())
+}
+
+/// `baked 3, reverted 1, votes 1`, or `baked ?` when the halt prefix cannot be listed.
+fn evidence(r: &crate::pipeline::ReleaseEntry) -> String {
+    match (r.baked, r.reverted, r.votes) {
+        (Some(baked), Some(reverted), Some(votes)) => format!("baked {baked}, reverted {reverted}, votes {votes}"),
+        _ => "baked ?, reverted ?, votes ? (cannot list the halt prefix)".to_owned(),
+    }
 }
 
 pub async fn rollback(cli: &Cli, args: &RollbackArgs) -> Result<(), Failure> {
@@ -173,7 +188,8 @@ pub async fn promote(cli: &Cli, args: &PromoteArgs) -> Result<(), Failure> {
         return Err(Failure { code: exit::USAGE, message: format!("--from and --to are both {}", args.to) });
     }
     let pipeline = Pipeline::connect(settings).await;
-    let done = pipeline.promote(&sha, &args.from, &args.to, args.soak).await.map_err(failed)?;
+    let rules = PromoteRules { soak: args.soak, force: args.force, baked_by: args.baked_by };
+    let done = pipeline.promote(&sha, &args.from, &args.to, rules).await.map_err(failed)?;
     report(&done, args.json);
     Ok(())
 }

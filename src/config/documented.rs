@@ -74,7 +74,14 @@ fn keys() -> Vec<(&'static str, &'static str)> {
             "metrics" => fields::<RawMetrics>(),
             other => panic!("section [{other}]: add its struct here"),
         };
-        keys.extend(in_section.iter().map(|key| (section, *key)));
+        for &key in in_section {
+            // An array of tables (`[[health.check]]`): its own keys, each documented as
+            // `[[health.check]] key`.
+            match (section, key) {
+                ("health", "check") => keys.extend(fields::<RawHealthCheck>().iter().map(|k| ("health.check", *k))),
+                _ => keys.push((section, key)),
+            }
+        }
     }
     keys
 }
@@ -84,6 +91,8 @@ fn keys() -> Vec<(&'static str, &'static str)> {
 enum Expected {
     /// The file must set it.
     Required,
+    /// Each table of an array of tables (none by default) must set it.
+    RequiredInTable,
     /// Unset means off (or derived elsewhere).
     Unset,
     /// As written in TOML, e.g. `"30s"`.
@@ -126,11 +135,18 @@ fn default_of(section: &str, key: &str, s: &Settings) -> Expected {
         ("container", "stop_timeout") => Value(duration(s.container.stop_timeout)),
         ("health", "url") => Value(quoted(&s.health.url)),
         ("health", "timeout") => Value(duration(s.health.timeout)),
+        ("health", "contains") => Unset,
+        ("health", "max_5xx_share") => Value(quoted(format!("{}%", (s.health.max_5xx.max_share * 100.0).round()))),
+        ("health", "max_5xx_min_requests") => Value(s.health.max_5xx.min_requests.to_string()),
+        // No check by default; an optional key of one is unset until its table sets it.
+        ("health.check", "path") => RequiredInTable,
+        ("health.check", "status") | ("health.check", "contains") => Unset,
         ("agent", "state_dir") => Value(quoted(s.agent.state_dir.display())),
         ("agent", "lock_timeout") => Value(duration(s.agent.lock_timeout)),
         ("reconcile", "interval") => Value(duration(s.reconcile.interval)),
         ("reconcile", "jitter") => Value(duration(s.reconcile.jitter)),
         ("reconcile", "keep_images") => Value(s.reconcile.keep_images.to_string()),
+        ("reconcile", "min_free_disk") => Value(quoted(format_size(s.reconcile.min_free_disk))),
         ("traffic", "mode") => Value(quoted(s.traffic.mode)),
         ("traffic", "chains") => Value(quoted(&s.traffic.chains)),
         ("rollout", "spread") => Value(duration(s.rollout.spread)),
@@ -162,14 +178,18 @@ fn example_lines() -> BTreeMap<(String, String), (String, bool)> {
     let mut found = BTreeMap::new();
     for line in EXAMPLE.lines() {
         let line = line.trim();
-        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
-            section = name.to_owned();
-            continue;
-        }
         let (set, body) = match line.strip_prefix('#') {
             Some(rest) => (false, rest.trim_start()),
             None => (true, line),
         };
+        // A table header, or an array of tables (`[[health.check]]`), commented out or not.
+        let header = body.strip_prefix('[').and_then(|l| l.strip_suffix(']'));
+        if let Some(name) = header.map(|h| h.trim_start_matches('[').trim_end_matches(']')) {
+            if !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.') {
+                section = name.to_owned();
+                continue;
+            }
+        }
         let Some((key, value)) = body.split_once(" = ") else { continue };
         if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
             continue;
@@ -191,6 +211,9 @@ fn every_key_is_documented_with_its_default() {
         let default = default_of(section, key, &settings);
         let (row, in_example) = match &default {
             Expected::Table(_) => (format!("[{section}.{key}] <env>"), None),
+            _ if section.contains('.') => {
+                (format!("[[{section}]] {key}"), example.get(&(section.to_owned(), key.to_owned())))
+            }
             _ => (format!("[{section}] {key}"), example.get(&(section.to_owned(), key.to_owned()))),
         };
         let Some(cell) = rows.get(&row) else {
@@ -204,6 +227,14 @@ fn every_key_is_documented_with_its_default() {
                 }
                 if !matches!(in_example, Some((_, true))) {
                     problems.push(format!("config.example.toml does not set `{row}`, which is required"));
+                }
+            }
+            Expected::RequiredInTable => {
+                if !cell.contains("required") {
+                    problems.push(format!("docs/configuration.md: `{row}` is required, the row says {cell:?}"));
+                }
+                if in_example.is_none() {
+                    problems.push(format!("config.example.toml lacks `{row}` (commented out, as there is no table)"));
                 }
             }
             Expected::Unset => {

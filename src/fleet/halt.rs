@@ -94,6 +94,14 @@ pub struct Marker {
     pub by: Option<String>,
 }
 
+impl Marker {
+    /// Who halted the release, safe to print: the operator when one ran `halt`, else the host
+    /// whose agent halted it. Marker fields come from S3, so they are escaped.
+    pub fn who(&self) -> String {
+        crate::sha::safe_text(self.by.as_deref().unwrap_or(&self.instance_id))
+    }
+}
+
 /// One host's vote that a release failed here by its own fault (a [`crate::fleet::verdict`]
 /// blaming the release). Field names are the wire format.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

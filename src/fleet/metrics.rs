@@ -37,6 +37,22 @@ struct Gauges {
     last_pass: Option<SystemTime>,
     halted: BTreeSet<String>,
     rollout_wait: Duration,
+    clock: Option<crate::runtime::clock::Sample>,
+    disk: Option<DiskGauges>,
+}
+
+/// Docker's data root as the last pass saw it ([`crate::outside::disk`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DiskGauges {
+    /// Bytes free there; `None`: not measured.
+    pub free: Option<u64>,
+    /// `[reconcile] min_free_disk`.
+    pub min_free: u64,
+    /// The last pass could not pull for lack of space (refused before the pull, or the pull
+    /// filled the disk).
+    pub short: bool,
+    /// What the refused pull needed free (image and margin), when known.
+    pub need: Option<u64>,
 }
 
 /// The agent's metrics. Every method takes `&self`.
@@ -98,6 +114,16 @@ impl Metrics {
     /// How long until this host may apply the published release; zero when it is not waiting.
     pub fn set_rollout_wait(&self, wait: Duration) {
         self.gauges().rollout_wait = wait;
+    }
+
+    /// The latest measurement of this host's clock against AWS's.
+    pub fn set_clock(&self, sample: Option<crate::runtime::clock::Sample>) {
+        self.gauges().clock = sample;
+    }
+
+    /// Docker's data root after a pass.
+    pub fn set_disk(&self, disk: DiskGauges) {
+        self.gauges().disk = Some(disk);
     }
 
     /// One request sent to S3 (a poll, a halt marker read or write).
@@ -196,6 +222,40 @@ impl Metrics {
             "gauge",
             "Seconds until this host may apply the published release (its rollout wave); 0 when not waiting.",
             &[(vec![], g.rollout_wait.as_secs_f64().to_string())],
+        );
+        let offset: Vec<_> = g.clock.iter().map(|s| (vec![], (s.offset_ms as f64 / 1000.0).to_string())).collect();
+        family(
+            "blog_agent_clock_offset_seconds",
+            "gauge",
+            "This host's clock minus AWS's (from the Date of AWS answers), in seconds; beyond 5 the agent warns, \
+             beyond 300 it refuses its time decisions.",
+            &offset,
+        );
+        let disk = g.disk.unwrap_or_default();
+        let known = |v: Option<u64>| v.map(|v| (vec![], v.to_string())).into_iter().collect::<Vec<_>>();
+        family(
+            "blog_agent_disk_free_bytes",
+            "gauge",
+            "Bytes free on Docker's data root (where a pull lands) after the last pass.",
+            &known(disk.free),
+        );
+        family(
+            "blog_agent_disk_min_free_bytes",
+            "gauge",
+            "[reconcile] min_free_disk: bytes a pull must leave free on Docker's data root.",
+            &known(g.disk.map(|d| d.min_free)),
+        );
+        family(
+            "blog_agent_disk_short",
+            "gauge",
+            "1 when the last pass could not pull the release's image for lack of disk space (the running version keeps serving), else 0.",
+            &known(g.disk.map(|d| u64::from(d.short))),
+        );
+        family(
+            "blog_agent_disk_needed_bytes",
+            "gauge",
+            "Bytes the refused pull needed free on Docker's data root (image size plus min_free_disk); no sample unless short.",
+            &known(disk.need.filter(|_| disk.short)),
         );
         family(
             "blog_agent_s3_requests_total",
@@ -337,6 +397,7 @@ mod tests {
             "blog_agent_rollbacks_total",
             "blog_agent_halted",
             "blog_agent_rollout_wait_seconds",
+            "blog_agent_clock_offset_seconds",
             "blog_agent_s3_requests_total",
             "blog_agent_ecr_calls_total",
         ] {
@@ -344,6 +405,7 @@ mod tests {
             assert_eq!(text.matches(&format!("# TYPE {name} ")).count(), 1, "{name}:\n{text}");
         }
         assert!(!text.contains("blog_agent_converged 0"), "no pass yet, no sample:\n{text}");
+        assert!(!text.contains("\nblog_agent_clock_offset_seconds "), "nothing measured, no sample:\n{text}");
         assert!(text.contains("blog_agent_deploys_total{result=\"failure\"} 0\n"), "{text}");
         assert!(text.ends_with('\n'));
     }
@@ -361,10 +423,13 @@ mod tests {
         m.set_release("staging", "3f2a9c1", "serving");
         m.set_halted(vec!["bbbbbbb".into(), "ccccccc".into(), "bbbbbbb".into()]);
         m.set_rollout_wait(Duration::from_millis(12_500));
+        let taken = SystemTime::UNIX_EPOCH;
+        m.set_clock(Some(crate::runtime::clock::Sample { offset_ms: -1_200_250, rtt: Duration::ZERO, taken }));
         for _ in 0..3 {
             m.add_s3_request();
         }
         m.add_ecr_call();
+        m.set_disk(DiskGauges { free: Some(5 << 30), min_free: 2 << 30, short: true, need: Some(3 << 30) });
         let text = m.render();
         for line in [
             "blog_agent_release_info{environment=\"staging\",sha=\"3f2a9c1\",state=\"serving\"} 1",
@@ -376,8 +441,13 @@ mod tests {
             "blog_agent_halted{sha=\"bbbbbbb\"} 1",
             "blog_agent_halted{sha=\"ccccccc\"} 1",
             "blog_agent_rollout_wait_seconds 12.5",
+            "blog_agent_clock_offset_seconds -1200.25",
             "blog_agent_s3_requests_total 3",
             "blog_agent_ecr_calls_total 1",
+            "blog_agent_disk_free_bytes 5368709120",
+            "blog_agent_disk_min_free_bytes 2147483648",
+            "blog_agent_disk_short 1",
+            "blog_agent_disk_needed_bytes 3221225472",
         ] {
             assert_eq!(text.lines().filter(|l| *l == line).count(), 1, "{line}:\n{text}");
         }
@@ -387,6 +457,12 @@ mod tests {
         let text = m.render();
         assert!(!text.contains("blog_agent_halted{"), "{text}");
         assert!(text.contains("\nblog_agent_rollout_wait_seconds 0\n"), "{text}");
+        m.set_disk(DiskGauges { free: Some(5 << 30), min_free: 2 << 30, short: false, need: None });
+        let text = m.render();
+        assert!(
+            text.contains("\nblog_agent_disk_short 0\n") && !text.contains("\nblog_agent_disk_needed_bytes "),
+            "{text}"
+        );
     }
 
     #[test]

@@ -137,9 +137,10 @@ pub enum Gate {
 /// boundary itself included), and at once for a host with nothing serving (a new instance
 /// helps no one by staying empty) or when `spread` is zero (no staged rollout).
 ///
-/// `now` is compared with `published_at`, which is S3's clock: a host whose clock is behind
-/// S3's waits that much longer, one ahead applies that much earlier. Pass S3's own time (the
-/// `Date` of its latest answer, plus the time since) where it is known.
+/// `now` is compared with `published_at`, which is S3's clock: on the host's own clock a host
+/// behind S3's would wait that much longer and one ahead apply that much earlier, so callers
+/// pass AWS's time ([`crate::runtime::clock::now`]: the host's clock corrected by the offset
+/// measured from S3's answers).
 pub fn gate(published_at: SystemTime, seed: f64, spread: Duration, now: SystemTime, nothing_serving: bool) -> Gate {
     if nothing_serving || spread.is_zero() {
         return Gate::Now;

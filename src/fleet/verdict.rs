@@ -46,7 +46,8 @@ pub enum Blame {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Rule {
-    /// The new version never answered 2xx over the Docker bridge within `[health] timeout`.
+    /// The new version never passed its `[health]` checks (2xx, a `[[health.check]]`'s status
+    /// or `contains` text) over the Docker bridge within `[health] timeout`.
     NeverAnswered,
     /// Docker's runtime could not run the image's command (missing entrypoint).
     CommandCannotRun,
@@ -121,8 +122,9 @@ impl fmt::Display for Rule {
 pub enum Failure {
     /// The new version was probed over the Docker bridge (the candidate, the switch's new
     /// container, or a publish-mode first deploy checked over the bridge after its port
-    /// failed) and never answered 2xx. `died`: it exited or crashed during the probe, with
-    /// Docker's exit code and `OOMKilled` of that end.
+    /// failed) and never passed its checks; `detail` names the last check that failed, its status
+    /// and the head of its body. `died`: it exited or crashed during the probe, with Docker's
+    /// exit code and `OOMKilled` of that end.
     BridgeProbe { died: bool, exit_code: Option<i64>, oom_killed: bool, detail: String },
     /// Docker refused to start the image's command.
     CommandCannotRun { detail: String },

@@ -133,7 +133,10 @@ pub struct AutoScaling {
 }
 
 fn build(sdk: &aws_config::SdkConfig, region: aws_config::Region) -> aws_sdk_autoscaling::Client {
-    let config = aws_sdk_autoscaling::config::Builder::from(sdk).region(region).build();
+    let config = aws_sdk_autoscaling::config::Builder::from(sdk)
+        .region(region)
+        .interceptor(crate::outside::aws::ClockWatch)
+        .build();
     aws_sdk_autoscaling::Client::from_conf(config)
 }
 

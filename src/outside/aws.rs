@@ -22,7 +22,7 @@
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use aws_config::environment::EnvironmentVariableRegionProvider;
 use aws_config::meta::region::RegionProviderChain;
@@ -381,6 +381,58 @@ pub fn custom_s3_endpoint() -> bool {
 
 pub use super::{describe, describe_call};
 
+/// Measures this host's clock against the `Date` of every AWS answer (S3, ECR, STS, Auto
+/// Scaling) into [`crate::runtime::clock`]: each client's configuration adds it
+/// (`.interceptor(ClockWatch)`). An answer from a cache (`Age`) is not measured.
+#[derive(Debug, Clone, Copy)]
+pub struct ClockWatch;
+
+/// When the attempt was sent: the host's clock for the offset, the monotonic one for the round
+/// trip (which a clock step does not bend).
+#[derive(Debug, Clone, Copy)]
+struct Sent(SystemTime, Instant);
+
+impl aws_smithy_types::config_bag::Storable for Sent {
+    type Storer = aws_smithy_types::config_bag::StoreReplace<Sent>;
+}
+
+impl aws_sdk_s3::config::Intercept for ClockWatch {
+    fn name(&self) -> &'static str {
+        "ClockWatch"
+    }
+
+    fn read_before_transmit(
+        &self,
+        _: &aws_sdk_s3::config::interceptors::BeforeTransmitInterceptorContextRef<'_>,
+        _: &aws_sdk_s3::config::RuntimeComponents,
+        cfg: &mut aws_sdk_s3::config::ConfigBag,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        cfg.interceptor_state().store_put(Sent(SystemTime::now(), Instant::now()));
+        Ok(())
+    }
+
+    fn read_before_deserialization(
+        &self,
+        ctx: &aws_sdk_s3::config::interceptors::BeforeDeserializationInterceptorContextRef<'_>,
+        _: &aws_sdk_s3::config::RuntimeComponents,
+        cfg: &mut aws_sdk_s3::config::ConfigBag,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let headers = ctx.response().headers();
+        let (Some(Sent(sent, started)), Some(date), None) =
+            (cfg.load::<Sent>(), headers.get("date"), headers.get("age"))
+        else {
+            return Ok(());
+        };
+        let format = aws_smithy_types::date_time::Format::HttpDate;
+        let server = aws_smithy_types::DateTime::from_str(date, format).ok().and_then(|d| SystemTime::try_from(d).ok());
+        if let Some(sample) = server.and_then(|server| crate::runtime::clock::measure(*sent, started.elapsed(), server))
+        {
+            crate::runtime::clock::record(sample);
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -558,6 +610,28 @@ mod tests {
         let err = s3.send_with(true, || client.get_object().bucket("b").key("k").send()).await.unwrap_err();
         assert_eq!(describe_call(&err), "SlowDown: Please reduce your request rate. (HTTP 503)");
         assert_eq!(calls.load(Ordering::SeqCst), ONE_OFF_ATTEMPTS as usize);
+    }
+
+    /// An answer's `Date` 20 minutes behind this host's clock is measured as the host 20 minutes
+    /// ahead; the same from a cache (`Age`) is not measured.
+    #[tokio::test]
+    async fn clock_watch_measures_the_date_of_an_answer_but_not_a_cached_one() {
+        use aws_smithy_types::date_time::{DateTime, Format};
+        let date = DateTime::from(SystemTime::now() - Duration::from_secs(1200)).fmt(Format::HttpDate).unwrap();
+        let endpoint = crate::outside::loopback::serve(move |head| {
+            let age = if head.starts_with("HEAD /cached") { "Age: 30\r\n" } else { "" };
+            format!("HTTP/1.1 200 OK\r\nDate: {date}\r\n{age}Content-Length: 0\r\nConnection: close\r\n\r\n")
+        })
+        .await;
+        let sdk = crate::outside::loopback::sdk_config(endpoint);
+        let config = aws_sdk_s3::config::Builder::from(&sdk).force_path_style(true).interceptor(ClockWatch).build();
+        let s3 = aws_sdk_s3::Client::from_conf(config);
+        s3.head_bucket().bucket("cached").send().await.unwrap();
+        assert_eq!(crate::runtime::clock::latest(), None, "a cached answer's Date is not this moment's");
+        s3.head_bucket().bucket("fresh").send().await.unwrap();
+        let sample = crate::runtime::clock::latest().expect("measured");
+        assert!((1_199_000..1_201_000).contains(&sample.offset_ms), "{sample:?}");
+        assert_eq!(crate::runtime::clock::judge(Some(&sample)), crate::runtime::clock::Level::Fail);
     }
 
     #[test]

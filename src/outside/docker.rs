@@ -12,10 +12,11 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use bollard::auth::DockerCredentials;
+use bollard::container::LogOutput;
 use bollard::errors::Error as BollardError;
 use bollard::models::{ContainerCreateBody, HostConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum};
 use bollard::query_parameters::{
-    CreateContainerOptions, CreateImageOptions, EventsOptions, ListContainersOptions, ListImagesOptions,
+    CreateContainerOptions, CreateImageOptions, EventsOptions, ListContainersOptions, ListImagesOptions, LogsOptions,
     RemoveContainerOptions, RemoveImageOptions, RenameContainerOptions, StopContainerOptions,
 };
 use bollard::Docker;
@@ -38,6 +39,9 @@ pub enum EngineError {
     Timeout { op: &'static str, target: String, secs: u64 },
     #[error("pulling {image}: {detail}")]
     Pull { image: String, detail: String },
+    /// Docker's data root filled up during a pull ("no space left on device" in its stream).
+    #[error("pulling {image}: Docker ran out of disk space: {detail}")]
+    NoSpace { image: String, detail: String },
     /// The container is gone (removed by hand, or by a concurrent `docker rm -f`).
     #[error("Docker {op} {target}: no such container")]
     NotFound { op: &'static str, target: String },
@@ -161,6 +165,16 @@ async fn bounded<T>(
     })
 }
 
+/// A pull's error: a full disk (ENOSPC, as Docker words it) is told apart, because no retry
+/// helps until space is freed.
+fn pull_failed(image: &str, detail: String) -> EngineError {
+    if detail.to_ascii_lowercase().contains("no space left on device") {
+        EngineError::NoSpace { image: image.to_owned(), detail }
+    } else {
+        EngineError::Pull { image: image.to_owned(), detail }
+    }
+}
+
 fn api<'a>(op: &'static str, target: &'a str) -> impl FnOnce(BollardError) -> EngineError + 'a {
     move |e| EngineError::Api { op, target: target.to_owned(), detail: detail(&e) }
 }
@@ -219,6 +233,18 @@ impl Engine {
             .await?
             .map(|info| info.live_restore_enabled.unwrap_or(false))
             .map_err(api("info", "daemon"))
+    }
+
+    /// Where dockerd keeps images and containers (`GET /info` `DockerRootDir`), whose free
+    /// space a pull needs ([`crate::outside::disk`]).
+    pub async fn data_root(&self) -> Result<std::path::PathBuf, EngineError> {
+        bounded("info", "daemon", self.docker.info())
+            .await?
+            .map_err(api("info", "daemon"))?
+            .docker_root_dir
+            .filter(|d| !d.is_empty())
+            .map(std::path::PathBuf::from)
+            .ok_or_else(|| EngineError::Api { op: "info", target: "daemon".into(), detail: "no DockerRootDir".into() })
     }
 
     /// The negotiated API version, for diagnostics.
@@ -312,7 +338,7 @@ impl Engine {
                             activity.touch();
                         }
                         if let Some(err) = info.error_detail.and_then(|d| d.message) {
-                            return Err(EngineError::Pull { image: reference.clone(), detail: err });
+                            return Err(pull_failed(&reference, err));
                         }
                         if let (Some(p), Some(status)) = (progress.as_mut(), info.status.as_deref()) {
                             let (cur, tot) = info.progress_detail.map(|d| (d.current, d.total)).unwrap_or_default();
@@ -320,7 +346,7 @@ impl Engine {
                             p.draw(&reference);
                         }
                     }
-                    Err(e) => return Err(EngineError::Pull { image: reference.clone(), detail: detail(&e) }),
+                    Err(e) => return Err(pull_failed(&reference, detail(&e))),
                 }
             }
             if let Some(p) = progress.as_mut() {
@@ -488,6 +514,36 @@ impl Engine {
         )
     }
 
+    /// What `container` writes to stdout from the second of `since` on (Docker counts whole
+    /// seconds), in the pieces Docker sends (usually one line each). Follows until the
+    /// container stops, when the stream ends; an error when dockerd goes away. Unbounded in
+    /// time by design: the caller races it.
+    pub fn follow_stdout(
+        &self,
+        container: &str,
+        since: std::time::SystemTime,
+    ) -> impl Stream<Item = Result<Vec<u8>, EngineError>> + use<> {
+        let target = container.to_owned();
+        let since = since.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let options = LogsOptions {
+            follow: true,
+            stdout: true,
+            since: i32::try_from(since).unwrap_or(i32::MAX),
+            ..Default::default()
+        };
+        self.docker.logs(container, Some(options)).filter_map(move |item| {
+            let item = match item {
+                Ok(LogOutput::StdOut { message }) => Some(Ok(message.to_vec())),
+                Ok(_) => None,
+                Err(e) if is_not_found(&e) => {
+                    Some(Err(EngineError::NotFound { op: "follow logs", target: target.clone() }))
+                }
+                Err(e) => Some(Err(api("follow logs", &target)(e))),
+            };
+            std::future::ready(item)
+        })
+    }
+
     /// Images tagged in `repository`, newest first.
     pub async fn repo_images(&self, repository: &str) -> Result<Vec<RepoImage>, EngineError> {
         let filters = HashMap::from([("reference".to_owned(), vec![format!("{repository}:*")])]);
@@ -525,6 +581,22 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::EngineError;
+
+    /// A full disk is told apart from other pull failures: no retry helps until space is freed.
+    #[test]
+    fn a_pull_that_fills_the_disk_is_a_no_space_error() {
+        let full = [
+            "write /var/lib/docker/tmp/GetImageBlob123: no space left on device",
+            "failed to register layer: Error processing tar file(exit status 1): write /x: No space left on device",
+        ];
+        for detail in full {
+            assert!(matches!(super::pull_failed("r/b:1", detail.into()), EngineError::NoSpace { .. }), "{detail}");
+        }
+        let other = super::pull_failed("r/b:1", "manifest unknown".into());
+        assert!(matches!(other, EngineError::Pull { .. }), "{other}");
+        let text = super::pull_failed("r/b:1", full[0].into()).to_string();
+        assert!(text.starts_with("pulling r/b:1: Docker ran out of disk space: "), "{text}");
+    }
 
     fn start_failed(detail: &str) -> EngineError {
         EngineError::Api { op: "start container", target: "c".into(), detail: detail.into() }

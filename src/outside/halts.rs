@@ -15,15 +15,26 @@
 //! [`HaltSource`] is the halt markers as the decision and the loop use them, so that their unit
 //! tests run against `MemoryHalts`; [`HaltMarkers`] is the real one.
 //!
-//! Reads and writes: the marker and vote objects. Decides nothing: what they mean is
-//! [`crate::fleet::halt`]'s ([`Reading::halt`](crate::fleet::halt::Reading::halt)).
+//! **Bake records** ([`crate::fleet::bake`]) live under the same prefix, in `bake/`:
+//! [`HaltMarkers::record_bake`] writes one host's record once per outcome (`If-None-Match: *`,
+//! through [`BakeRecorder`] so the agent's unit tests use `MemoryHalts`);
+//! [`HaltMarkers::bake_records`] reads a SHA's (one `ListObjectsV2` on `<prefix>bake/<sha>/`,
+//! a GET per record); [`HaltMarkers::bake_counts`] counts every SHA's records and votes from
+//! one listing of the prefix, reading no body (`releases`). Hosts write them with
+//! `s3:PutObject` on `<prefix>bake/<sha>/baked/${aws:userid}` and `.../reverted/...`.
+//!
+//! Reads and writes: the marker, vote and bake record objects. Decides nothing: what they mean
+//! is [`crate::fleet::halt`]'s ([`Reading::halt`](crate::fleet::halt::Reading::halt)) and
+//! [`crate::fleet::bake`]'s.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::error::ProvideErrorMetadata;
 
+use crate::fleet::bake::{self, BakeRecord, Counts, Listed};
 use crate::fleet::halt::{marker_key, parse_marker, safe_voter, vote_key, Marker, Reading, Vote, MAX_MARKER_BYTES};
 use crate::outside::aws::{describe, describe_call, Aws, RegionUnknown};
 use crate::outside::release::ObjectLocation;
@@ -59,6 +70,11 @@ pub enum HaltError {
          (letters, digits and -_.:+=,@ only)"
     )]
     UnsafeVoter { voter: String, location: ObjectLocation },
+    #[error(
+        "refusing to write a bake record under {location}: the caller identity {voter:?} is not a safe S3 key \
+         segment (letters, digits and -_.:+=,@ only), or the release {sha:?} is not a SHA"
+    )]
+    UnsafeRecord { voter: String, sha: String, location: ObjectLocation },
 }
 
 /// "reading" -> "read", for "cannot read ...".
@@ -414,6 +430,155 @@ impl HaltMarkers {
     }
 }
 
+/// Pages of 1000 keys [`HaltMarkers::bake_records`] lists under one SHA (a record per host and
+/// outcome). Beyond them the read fails rather than miss a revert: `reverted/` sorts after
+/// `baked/`, so a cut listing would drop the evidence against a release first.
+const MAX_RECORD_PAGES: usize = 10;
+
+/// Pages [`HaltMarkers::bake_counts`] lists under a halt prefix (1000 keys each): bounds one
+/// `releases` however much the prefix holds; beyond it the counts are of what was listed.
+const MAX_COUNT_PAGES: usize = 20;
+
+/// Where the agent writes what its bakes found; a trait so the loop's unit tests use
+/// `MemoryHalts`.
+pub trait BakeRecorder {
+    /// Records `record` at its key ([`bake::record_key`]), once per voter and outcome (a second
+    /// one is kept as it was): `true` when this call wrote it.
+    fn record_bake(
+        &self,
+        key_prefix: &str,
+        record: &BakeRecord,
+    ) -> impl Future<Output = Result<bool, HaltError>> + Send;
+}
+
+impl HaltMarkers {
+    /// Records `record` at `<prefix>bake/<sha>/<baked|reverted>/<voter>` unless that voter
+    /// recorded that outcome of the release already (`If-None-Match: *`): `Ok(true)` written,
+    /// `Ok(false)` one was there and was kept. A voter [`crate::fleet::halt::safe_voter`]
+    /// refuses, or a `sha` that is not one, is an error, and nothing is written.
+    pub async fn record_bake(&self, key_prefix: &str, record: &BakeRecord) -> Result<bool, HaltError> {
+        let Some(key) = bake::record_key(key_prefix, record) else {
+            return Err(HaltError::UnsafeRecord {
+                voter: record.voter.clone(),
+                sha: record.sha.clone(),
+                location: ObjectLocation { bucket: self.bucket.clone(), key: format!("{key_prefix}{}", bake::FOLDER) },
+            });
+        };
+        let location = ObjectLocation { bucket: self.bucket.clone(), key };
+        self.put_new(&location, serde_json::to_vec_pretty(record).expect("a record serializes")).await
+    }
+
+    /// The bake records of `sha` that count for `environment` ([`bake::read_record`]): one
+    /// listing of `<prefix>bake/<sha>/`, then a GET of each record. Unlike the vote read, a
+    /// role that may not list gets the error: `promote` must not pass a release on evidence
+    /// it could not read.
+    pub async fn bake_records(
+        &self,
+        key_prefix: &str,
+        sha: &Sha,
+        environment: &str,
+    ) -> Result<Vec<BakeRecord>, HaltError> {
+        Box::pin(self.read_records(key_prefix, sha, environment)).await
+    }
+
+    async fn read_records(&self, key_prefix: &str, sha: &Sha, environment: &str) -> Result<Vec<BakeRecord>, HaltError> {
+        let folder = bake::sha_folder(key_prefix, sha);
+        let (keys, complete) = self.list_keys(&folder, 1000, MAX_RECORD_PAGES).await?;
+        if !complete {
+            return Err(HaltError::Unavailable {
+                action: "listing",
+                location: ObjectLocation { bucket: self.bucket.clone(), key: folder },
+                detail: format!("over {} bake records: not all could be read", MAX_RECORD_PAGES * 1000),
+            });
+        }
+        let mut records = Vec::new();
+        for key in keys {
+            let Some(Listed::Record { kind, voter, .. }) = bake::parse_key(key_prefix, &key) else {
+                tracing::debug!(key = %safe_text(&key), "ignoring an object that is not a bake record");
+                continue;
+            };
+            let Some(bytes) = self.body(&key).await? else { continue };
+            let location = ObjectLocation { bucket: self.bucket.clone(), key };
+            match bake::read_record(sha, kind, &voter, &bytes, environment, &location) {
+                Ok(record) => records.push(record),
+                Err(why) => tracing::warn!(%location, "ignoring a bake record: {why}"),
+            }
+        }
+        Ok(records)
+    }
+
+    /// The bake records and votes of every SHA under `key_prefix`, counted from the keys of
+    /// one listing (paged, at most [`MAX_COUNT_PAGES`]); no body is read. `None` when the role
+    /// may not list the prefix.
+    pub async fn bake_counts(&self, key_prefix: &str) -> Result<Option<BTreeMap<String, Counts>>, HaltError> {
+        match self.list_keys(key_prefix, 1000, MAX_COUNT_PAGES).await {
+            Ok((keys, complete)) => {
+                if !complete {
+                    tracing::warn!(
+                        prefix = key_prefix,
+                        "over {} objects under the halt prefix: bakes and votes are counted among the first ones",
+                        MAX_COUNT_PAGES * 1000
+                    );
+                }
+                Ok(Some(bake::count_keys(key_prefix, keys.iter().map(String::as_str))))
+            }
+            Err(HaltError::AccessDenied { detail, location, .. }) => {
+                tracing::debug!(%location, "403 listing the halt prefix: no bake counts ({detail})");
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The keys under `prefix`, `page` per request and at most `pages` requests, and whether
+    /// that was all of them.
+    async fn list_keys(&self, prefix: &str, page: i32, pages: usize) -> Result<(Vec<String>, bool), HaltError> {
+        const ACTION: &str = "listing";
+        let location = &ObjectLocation { bucket: self.bucket.clone(), key: prefix.to_owned() };
+        let mut keys = Vec::new();
+        let mut token: Option<String> = None;
+        for _ in 0..pages {
+            let listed = self
+                .call(ACTION, location, |client, s3| {
+                    let token = token.clone();
+                    async move {
+                        s3.send(|| {
+                            client
+                                .list_objects_v2()
+                                .bucket(&location.bucket)
+                                .prefix(&location.key)
+                                .max_keys(page)
+                                .set_continuation_token(token.clone())
+                                .send()
+                        })
+                        .await
+                        .map_err(|err| match classify(err, ACTION, location) {
+                            Failed::Error(e) => e,
+                            Failed::NotFound | Failed::Exists => HaltError::NoBucket {
+                                bucket: location.bucket.clone(),
+                                action: ACTION,
+                                location: location.clone(),
+                            },
+                        })
+                    }
+                })
+                .await?;
+            keys.extend(listed.contents().iter().filter_map(|o| o.key()).map(str::to_owned));
+            token = listed.next_continuation_token().map(str::to_owned).filter(|_| listed.is_truncated() == Some(true));
+            if token.is_none() {
+                return Ok((keys, true));
+            }
+        }
+        Ok((keys, false))
+    }
+}
+
+impl BakeRecorder for HaltMarkers {
+    async fn record_bake(&self, key_prefix: &str, record: &BakeRecord) -> Result<bool, HaltError> {
+        HaltMarkers::record_bake(self, key_prefix, record).await
+    }
+}
+
 impl HaltSource for HaltMarkers {
     async fn read(&self, key_prefix: &str, sha: &Sha) -> Result<Reading, HaltError> {
         HaltMarkers::read(self, key_prefix, sha).await
@@ -430,6 +595,19 @@ impl HaltSource for HaltMarkers {
 pub(crate) struct MemoryHalts {
     pub(crate) markers: std::sync::Mutex<std::collections::BTreeMap<String, Marker>>,
     pub(crate) votes: std::sync::Mutex<std::collections::BTreeMap<String, Vote>>,
+    /// Bake records by key ([`bake::record_key`]).
+    pub(crate) records: std::sync::Mutex<std::collections::BTreeMap<String, BakeRecord>>,
+}
+
+#[cfg(test)]
+impl BakeRecorder for MemoryHalts {
+    async fn record_bake(&self, key_prefix: &str, record: &BakeRecord) -> Result<bool, HaltError> {
+        let Some(key) = bake::record_key(key_prefix, record) else {
+            let location = ObjectLocation { bucket: "memory".into(), key: format!("{key_prefix}{}", bake::FOLDER) };
+            return Err(HaltError::UnsafeRecord { voter: record.voter.clone(), sha: record.sha.clone(), location });
+        };
+        Ok(insert_new(&mut self.records.lock().unwrap(), key, record))
+    }
 }
 
 #[cfg(test)]
@@ -518,6 +696,75 @@ mod tests {
         let reading = halts.read("staging/halted/", &sha("3f2a9c1")).await.unwrap();
         assert_eq!(reading.votes.len(), 1);
         assert_eq!(reading.votes[0].key_voter.as_deref(), Some("AROAEXAMPLE:i-0aaa"));
+    }
+
+    /// A `ListObjectsV2` answer holding `keys`, cut after them (`next` token) or complete.
+    fn listing(keys: &[&str], next: Option<&str>) -> String {
+        let contents: String =
+            keys.iter().map(|k| format!("<Contents><Key>{k}</Key><Size>2</Size></Contents>")).collect();
+        let more = match next {
+            Some(token) => {
+                format!("<IsTruncated>true</IsTruncated><NextContinuationToken>{token}</NextContinuationToken>")
+            }
+            None => "<IsTruncated>false</IsTruncated>".to_owned(),
+        };
+        let body = format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><ListBucketResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">\
+             <Name>b</Name><KeyCount>{}</KeyCount>{more}{contents}</ListBucketResult>",
+            keys.len()
+        );
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    }
+
+    /// `releases` counts every page of the listing; `promote`'s read fails rather than miss the
+    /// records beyond its bound (a cut listing would drop `reverted/`, which sorts last).
+    #[tokio::test]
+    async fn counts_follow_every_page_and_a_cut_record_listing_fails() {
+        let endpoint = crate::outside::loopback::serve(|head| {
+            let first = head.lines().next().unwrap_or_default();
+            match (first.contains("continuation-token=page2"), first.contains("prefix=staging%2Fhalted%2Fbake%2F")) {
+                // The SHA's folder: a listing that never ends.
+                (_, true) => listing(&["staging/halted/bake/3f2a9c1/baked/AROA:i-1"], Some("again")),
+                (false, false) => listing(
+                    &["staging/halted/3f2a9c1/AROA:i-1", "staging/halted/bake/3f2a9c1/baked/AROA:i-2"],
+                    Some("page2"),
+                ),
+                (true, false) => listing(&["staging/halted/bake/3f2a9c1/reverted/AROA:i-1"], None),
+            }
+        })
+        .await;
+        let markers = HaltMarkers::with_aws(&Aws::from_sdk(&crate::outside::loopback::sdk_config(endpoint)), "b");
+        let counts = markers.bake_counts("staging/halted/").await.unwrap().unwrap();
+        assert_eq!(counts["3f2a9c1"], Counts { baked: 1, reverted: 1, votes: 1 }, "{counts:?}");
+        let err = markers.bake_records("staging/halted/", &sha("3f2a9c1"), "staging").await.unwrap_err();
+        assert!(err.to_string().contains("over 10000 bake records"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn memory_halts_keep_one_record_per_voter_and_outcome() {
+        use crate::fleet::bake::{record, BakeOutcome};
+        use crate::fleet::verdict::Blame;
+        let halts = MemoryHalts::default();
+        let baked = record("AROAEXAMPLE:i-0aaa", "i-0aaa", BakeOutcome::Baked);
+        let back =
+            record("AROAEXAMPLE:i-0aaa", "i-0aaa", BakeOutcome::Reverted { reason: "exit".into(), blame: Blame::Host });
+        assert!(halts.record_bake("staging/halted/", &baked).await.unwrap());
+        assert!(!halts.record_bake("staging/halted/", &baked).await.unwrap());
+        assert!(halts.record_bake("staging/halted/", &back).await.unwrap());
+        let keys: Vec<String> = halts.records.lock().unwrap().keys().cloned().collect();
+        assert_eq!(
+            keys,
+            [
+                "staging/halted/bake/3f2a9c1/baked/AROAEXAMPLE:i-0aaa",
+                "staging/halted/bake/3f2a9c1/reverted/AROAEXAMPLE:i-0aaa"
+            ]
+        );
+        let unsafe_voter = record("a/b", "i-0aaa", BakeOutcome::Baked);
+        let err = halts.record_bake("staging/halted/", &unsafe_voter).await.unwrap_err();
+        assert!(matches!(err, HaltError::UnsafeRecord { .. }), "{err}");
     }
 
     #[tokio::test]

@@ -111,7 +111,12 @@ impl Ecr {
     /// region if it is an ECR host, else from the host's region as `aws` resolves it.
     pub fn for_registry(aws: &Arc<Aws>, registry_host: &str) -> Ecr {
         let client = Regional::pinned(aws.clone(), "ECR", token_region(registry_host), |sdk, region| {
-            aws_sdk_ecr::Client::from_conf(aws_sdk_ecr::config::Builder::from(sdk).region(region).build())
+            aws_sdk_ecr::Client::from_conf(
+                aws_sdk_ecr::config::Builder::from(sdk)
+                    .region(region)
+                    .interceptor(crate::outside::aws::ClockWatch)
+                    .build(),
+            )
         });
         Ecr { client, cache: Mutex::new(None), calls: AtomicU64::new(0) }
     }
@@ -184,7 +189,8 @@ pub fn registry_account(registry_host: &str) -> Option<String> {
 
 impl CredentialSource for Ecr {
     async fn credentials(&self) -> Result<RegistryCredentials, RegistryError> {
-        let now = SystemTime::now();
+        // The token's expiry is ECR's time.
+        let now = crate::runtime::clock::now();
         if let Some((creds, valid_until)) = self.cache.lock().unwrap().as_ref() {
             if now < *valid_until {
                 return Ok(creds.clone());

@@ -63,6 +63,10 @@ pub async fn read_at_most(
 /// tests) rarely serves virtual-hosted bucket names.
 fn build(sdk: &aws_config::SdkConfig, region: aws_config::Region) -> aws_sdk_s3::Client {
     let path_style = custom_s3_endpoint() || sdk.endpoint_url().is_some();
-    let config = aws_sdk_s3::config::Builder::from(sdk).region(region).force_path_style(path_style).build();
+    let config = aws_sdk_s3::config::Builder::from(sdk)
+        .region(region)
+        .interceptor(crate::outside::aws::ClockWatch)
+        .force_path_style(path_style)
+        .build();
     aws_sdk_s3::Client::from_conf(config)
 }

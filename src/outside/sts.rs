@@ -63,7 +63,8 @@ pub struct Sts {
 }
 
 fn build(sdk: &aws_config::SdkConfig, region: aws_config::Region) -> aws_sdk_sts::Client {
-    let config = aws_sdk_sts::config::Builder::from(sdk).region(region).build();
+    let config =
+        aws_sdk_sts::config::Builder::from(sdk).region(region).interceptor(crate::outside::aws::ClockWatch).build();
     aws_sdk_sts::Client::from_conf(config)
 }
 

@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use crate::config::Settings;
+use crate::config::{HealthSettings, Settings};
 use crate::outside::docker::{ContainerInfo, Engine, EngineError, ImageInfo, Role};
 use crate::outside::health::{self, ProbeFailed, Stopped};
 use crate::outside::registry::{CredentialSource, RegistryError};
@@ -45,6 +45,9 @@ pub enum DeployError {
          published; not running it (publish the new content under its own SHA, or roll back)"
     )]
     DigestMismatch { image: String, published: String, got: String },
+    /// Not enough disk space for the image: the pull was refused or filled the disk.
+    #[error(transparent)]
+    Disk(#[from] crate::outside::disk::NoRoom),
     #[error(transparent)]
     Cancelled(#[from] Cancelled),
 }
@@ -98,7 +101,7 @@ pub async fn prove_interrupted(
     previous_id: &str,
 ) -> Result<Option<FailedProof>, EngineError> {
     let url = &settings.health.url;
-    let healthy = health::wait_healthy(&url.host, url.port, &url.path, settings.health.timeout, || {
+    let healthy = health::wait_healthy(&url.host, url.port, &settings.health, settings.health.timeout, || {
         still_running(engine, new_id, new_restarts)
     })
     .await;
@@ -112,7 +115,7 @@ pub async fn prove_interrupted(
             // As after a cut-over: does it serve over the bridge, so only the port failed?
             let port = settings.container.ports.first().map(|p| p.container_port).unwrap_or(80);
             let bridge_ok = probe.end == health::ProbeEnd::Deadline
-                && answers_on_bridge(engine, new_id, port, &settings.health.url.path).await;
+                && answers_on_bridge(engine, new_id, port, &settings.health).await;
             let previous = engine.container(previous_id).await?;
             let restored = roll_back(engine, name, new_id, previous.as_ref()).await;
             tracing::warn!(container = %name, "{restored}");
@@ -149,15 +152,14 @@ pub async fn ensure_image(
     tracing::info!(image = %wanted, "pulling {wanted}");
     let creds_source = creds;
     let creds = shutdown.race(creds_source.credentials()).await??;
-    let pull = engine.pull(
-        &repo,
-        digest.unwrap_or(desired.sha.as_str()),
-        &settings.image.repository.registry,
-        &creds,
-        settings.image.pull_timeout,
-    );
+    let reference = digest.unwrap_or(desired.sha.as_str());
+    shutdown.race(crate::outside::disk::make_room(engine, settings, desired.sha.as_str(), reference, &creds)).await??;
+    let pull = engine.pull(&repo, reference, &settings.image.repository.registry, &creds, settings.image.pull_timeout);
     let image = match shutdown.race(pull).await? {
         Ok(image) => image,
+        Err(EngineError::NoSpace { image, detail }) => {
+            return Err(crate::outside::disk::filled(engine, settings, &image, &detail).await.into())
+        }
         Err(e) => {
             let text = e.to_string().to_lowercase();
             if text.contains("unauthorized") || text.contains("authentication required") || text.contains("denied") {
@@ -224,10 +226,12 @@ pub async fn probe_candidate(
         };
         return Err(DeployError::CandidateUnhealthy { image: desired.image.clone(), probe });
     };
-    health::wait_healthy(&ip, desired.probe_port(), path, settings.health.timeout, || still_running(engine, id, 0))
-        .await
-        .map(|code| tracing::info!(image = %desired.image, status = code, "candidate answered"))
-        .map_err(|probe| DeployError::CandidateUnhealthy { image: desired.image.clone(), probe })?;
+    health::wait_healthy(&ip, desired.probe_port(), &settings.health, settings.health.timeout, || {
+        still_running(engine, id, 0)
+    })
+    .await
+    .map(|code| tracing::info!(image = %desired.image, status = code, "candidate answered"))
+    .map_err(|probe| DeployError::CandidateUnhealthy { image: desired.image.clone(), probe })?;
     Ok(ip)
 }
 
@@ -301,7 +305,7 @@ pub async fn cut_over(
     let probe = match started {
         Ok(()) => {
             let url = &settings.health.url;
-            let probe = health::wait_healthy(&url.host, url.port, &url.path, settings.health.timeout, || {
+            let probe = health::wait_healthy(&url.host, url.port, &settings.health, settings.health.timeout, || {
                 still_running(engine, &new_id, 0)
             });
             match shutdown.race(probe).await {
@@ -338,7 +342,7 @@ pub async fn cut_over(
             // Evidence for the judgement: does the new version serve over the bridge, so that
             // only the published port failed (this host), or not at all (the release)?
             let bridge_ok = probe.end == health::ProbeEnd::Deadline
-                && answers_on_bridge(engine, &new_id, desired.probe_port(), &settings.health.url.path).await;
+                && answers_on_bridge(engine, &new_id, desired.probe_port(), &settings.health).await;
             let restored = roll_back(engine, name, &new_id, old).await;
             if shutdown.is_requested() {
                 tracing::warn!(container = %name, "shutdown during cut-over: {restored}");
@@ -349,10 +353,11 @@ pub async fn cut_over(
     }
 }
 
-/// One GET of container `id` over the Docker bridge: whether it answers 2xx there.
-pub async fn answers_on_bridge(engine: &Engine, id: &str, port: u16, path: &str) -> bool {
+/// One run of every check against container `id` over the Docker bridge: whether it passes
+/// them there.
+pub async fn answers_on_bridge(engine: &Engine, id: &str, port: u16, checks: &HealthSettings) -> bool {
     let Ok(Some(ip)) = engine.container(id).await.map(|c| c.and_then(|c| c.ip)) else { return false };
-    matches!(health::get_status(&ip, port, path).await, Ok(code) if (200..300).contains(&code))
+    health::check_all(checks, &ip, port, Duration::from_secs(2)).await.is_ok()
 }
 
 /// Removes a `<name>-previous` of ours left by an earlier cut-over, so `old` can take the name.
@@ -447,7 +452,7 @@ pub async fn wait_restarted(
     shutdown: &Shutdown,
 ) -> Result<(), DeployError> {
     let url = &settings.health.url;
-    let probe = health::wait_healthy(&url.host, url.port, &url.path, settings.health.timeout, || {
+    let probe = health::wait_healthy(&url.host, url.port, &settings.health, settings.health.timeout, || {
         still_running(engine, &container.id, container.restart_count)
     });
     shutdown
@@ -460,7 +465,7 @@ pub async fn wait_restarted(
 /// Probes the serving container once more (a converged host must also be a healthy one).
 pub async fn check_serving(settings: &Settings, timeout: Duration) -> Result<u16, ProbeFailed> {
     let url = &settings.health.url;
-    health::wait_healthy(&url.host, url.port, &url.path, timeout, || async { Ok(()) }).await
+    health::wait_healthy(&url.host, url.port, &settings.health, timeout, || async { Ok(()) }).await
 }
 
 /// After a deploy: keeps the images containers use plus the `keep` newest others of the

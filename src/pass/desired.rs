@@ -317,8 +317,12 @@ impl Desired {
             if trust.required() || checked.is_err() { read_history(releases, trust, &location).await } else { None };
         let published = match checked {
             Ok(verified) => {
-                match trust.check_replay(&verified, accepted, history.as_deref().unwrap_or_default(), SystemTime::now())
-                {
+                match trust.check_replay(
+                    &verified,
+                    accepted,
+                    history.as_deref().unwrap_or_default(),
+                    crate::runtime::clock::now(),
+                ) {
                     Ok(()) => Published::Verified(verified),
                     Err(refusal) => Published::Refused { sha: release.sha, refusal },
                 }
@@ -393,6 +397,25 @@ pub struct Catalog {
 impl Catalog {
     pub fn new(required: bool) -> Catalog {
         Catalog { required, releases: Vec::new() }
+    }
+
+    /// What this host may run: the verified read's catalog when there is one, else only this
+    /// host's own records (last-known-good, a pin), each with the digest it was verified with.
+    /// The loop and `status` decide on the same catalog, so they name the same target.
+    pub fn for_host(
+        desired: Option<&Desired>,
+        trust: Trust<'_>,
+        last_good: Option<&GoodRelease>,
+        pause: Option<&Pause>,
+    ) -> Catalog {
+        match desired {
+            Some(desired) => desired.catalog(trust, last_good, pause),
+            None => {
+                let mut catalog = Catalog::new(trust.required());
+                catalog.add_local(trust, last_good, pause);
+                catalog
+            }
+        }
     }
 
     /// A catalog that allows anything (no key configured, nothing known).

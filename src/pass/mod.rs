@@ -284,4 +284,22 @@ mod tests {
         }
         assert_eq!(candidate(ProbeEnd::Deadline).interrupted(), None);
     }
+
+    /// A candidate that failed one of several checks is the release's fault, and the verdict's
+    /// evidence (what a vote carries) names the check, its status and the head of the body.
+    #[test]
+    fn a_failed_check_is_the_release_s_and_its_evidence_names_the_check() {
+        let probe = ProbeFailed {
+            url: "http://172.17.0.9:80/posts/".into(),
+            last: "last: [[health.check]] \"/posts/\": HTTP 404, expected 2xx; body \"<title>404</title>\"".into(),
+            end: ProbeEnd::Deadline,
+        };
+        let e = PassError::Deploy(DeployError::CandidateUnhealthy { image: "blog:aaaaaaa".into(), probe });
+        let verdict = judge(&e.failure().unwrap(), &History::default());
+        assert_eq!(verdict.rule, Rule::NeverAnswered);
+        assert!(verdict.is_release());
+        for part in ["[[health.check]] \"/posts/\"", "HTTP 404", "<title>404</title>"] {
+            assert!(verdict.evidence.contains(part), "{part}: {verdict}");
+        }
+    }
 }

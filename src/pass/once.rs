@@ -327,7 +327,7 @@ async fn skipped_wave(
     }
     let identity = shutdown.race(crate::outside::imds::Imds::new().instance_id()).await?.ok();
     let identity = rollout::resolve_identity(identity);
-    let now = std::time::SystemTime::now();
+    let now = crate::runtime::clock::now();
     match rollout::gate(published_at, identity.seed(), spread, now, running.is_none()) {
         Gate::Now => Ok(None),
         Gate::Wait { until, remaining } => Ok(Some(format!(

@@ -261,7 +261,7 @@ pub async fn switch_over(
     );
     // The path through the rules (loopback included) must work too; if not, move back.
     let url = &settings.health.url;
-    let through = health::wait_healthy(&url.host, url.port, &url.path, THROUGH_RULES_TIMEOUT, || {
+    let through = health::wait_healthy(&url.host, url.port, &settings.health, THROUGH_RULES_TIMEOUT, || {
         deploy::still_running(engine, &new_id, 0)
     })
     .await;
@@ -393,7 +393,7 @@ pub async fn prove_over_bridge(
             end: health::ProbeEnd::Died(container.exit()),
         });
     };
-    health::wait_healthy(&ip.to_string(), port, &settings.health.url.path, settings.health.timeout, || {
+    health::wait_healthy(&ip.to_string(), port, &settings.health, settings.health.timeout, || {
         deploy::still_running(engine, &container.id, container.restart_count)
     })
     .await
@@ -416,15 +416,13 @@ pub async fn prove_interrupted(
     let previous = engine.container(previous_id).await?;
     let probe_port = ports.first().map(|p| p.container_port).unwrap_or(80);
     let healthy = match new.as_ref().and_then(address) {
-        Some(ip) => health::wait_healthy(
-            &ip.to_string(),
-            probe_port,
-            &settings.health.url.path,
-            settings.health.timeout,
-            || deploy::still_running(engine, new_id, new.as_ref().map(|c| c.restart_count).unwrap_or(0)),
-        )
-        .await
-        .map(|_| ip),
+        Some(ip) => {
+            health::wait_healthy(&ip.to_string(), probe_port, &settings.health, settings.health.timeout, || {
+                deploy::still_running(engine, new_id, new.as_ref().map(|c| c.restart_count).unwrap_or(0))
+            })
+            .await
+            .map(|_| ip)
+        }
         None => Err(ProbeFailed {
             url: format!("container {name}"),
             last: "it has no bridge address".into(),

@@ -12,11 +12,16 @@
 //!
 //! History is the release object's own S3 versions (the bucket's versioning on): `releases`
 //! lists them, `rollback` publishes the one before the current, `promote` publishes to one
-//! environment the exact digest another one has, after a soak time there.
+//! environment the exact digest another one has, after a soak time there and on the evidence
+//! of its hosts: no host of it reverted the release or voted against it (unless `--force`),
+//! and, with `--baked-by N`, at least N of them finished a bake of it
+//! ([`crate::fleet::bake::judge_promotion`]). `releases` shows per release how many hosts baked
+//! it, reverted it and voted against it (one listing of the halt prefix).
 //!
-//! Reads: ECR, the release objects and their versions, halt markers and votes (one S3 client
-//! for both). Writes: one release object per command. Decides: whether a publish, rollback or
-//! promote is refused (not in ECR, halted, a digest that moved, unsigned, still soaking).
+//! Reads: ECR, the release objects and their versions, halt markers, votes and bake records
+//! (one S3 client for all). Writes: one release object per command. Decides: whether a
+//! publish, rollback or promote is refused (not in ECR, halted, a digest that moved, unsigned,
+//! still soaking, reverted or voted against, too few bakes).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -24,6 +29,7 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 
 use crate::config::Settings;
+use crate::fleet::bake::{judge_promotion, Evidence, Refusal};
 use crate::outside::aws::Aws;
 use crate::outside::halts::{HaltError, HaltMarkers};
 use crate::outside::registry::{Ecr, RegistryError};
@@ -55,6 +61,8 @@ pub enum PublishError {
     HaltUnknown(Box<HaltError>, Sha),
     #[error("{0}; nothing was written")]
     Read(ReleaseError),
+    #[error("{0}; nothing was written")]
+    Clock(#[from] crate::runtime::clock::ClockOff),
     #[error(transparent)]
     Write(#[from] WriteError),
     #[error(
@@ -71,6 +79,20 @@ pub enum PublishError {
          verifies with [release] public_key; signed releases there: {signed}; nothing was written"
     )]
     Unverified { sha: Sha, environment: String, location: ObjectLocation, signed: String },
+    /// `hosts`: each host and what it did, for the operator to look at before `--force`.
+    #[error(
+        "{sha} was reverted or voted against by {count} host(s) of {environment}: {hosts}; if it is fit after all, \
+         promote it with --force; nothing was written"
+    )]
+    Against { sha: Sha, environment: String, count: usize, hosts: String },
+    #[error(
+        "{sha} finished a bake on {baked} host(s) of {environment}{hosts}, and --baked-by asks for {wanted}: wait \
+         for more hosts to bake it (`blog-agent --env {environment} releases` counts them), or lower --baked-by; \
+         nothing was written"
+    )]
+    TooFewBakes { sha: Sha, environment: String, baked: usize, wanted: u32, hosts: String },
+    #[error("cannot read the bake records of {sha} ({0}); nothing was written", sha = .1)]
+    EvidenceUnknown(Box<HaltError>, Sha),
     #[error("{sha} was never published to {environment} ({location} and its versions): nothing to {what}")]
     NeverPublished { sha: Sha, environment: String, location: ObjectLocation, what: &'static str },
     /// `detail`: when it was published there, how long ago, and when it may be promoted.
@@ -91,7 +113,7 @@ impl PublishError {
         PublishError::Halted {
             sha: sha.clone(),
             environment: environment.to_owned(),
-            by: crate::sha::safe_text(halt.by.as_deref().unwrap_or(&halt.instance_id)),
+            by: halt.who(),
             reason: crate::sha::safe_text(&halt.reason),
         }
     }
@@ -100,7 +122,13 @@ impl PublishError {
     /// retry. Both kinds exit 1 (a pipeline stops on either); the split is for messages and
     /// tests.
     pub fn is_refusal(&self) -> bool {
-        !matches!(self, PublishError::Registry(_) | PublishError::Read(_) | PublishError::HaltUnknown(..))
+        !matches!(
+            self,
+            PublishError::Registry(_)
+                | PublishError::Read(_)
+                | PublishError::HaltUnknown(..)
+                | PublishError::EvidenceUnknown(..)
+        )
     }
 }
 
@@ -143,6 +171,23 @@ pub struct ReleaseEntry {
     pub verified: bool,
     /// The release the environment's hosts follow now (the newest).
     pub current: bool,
+    /// Hosts of the environment that finished a bake of it, reverted it, voted against it:
+    /// one per record or vote key ([`crate::fleet::bake::count_keys`]). `null` when the
+    /// halt prefix cannot be listed.
+    pub baked: Option<usize>,
+    pub reverted: Option<usize>,
+    pub votes: Option<usize>,
+}
+
+/// What `promote` asks of `--from` besides a signed, unhalted release.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PromoteRules {
+    /// How long it must have been published there (`--soak`).
+    pub soak: Duration,
+    /// Promote it even though hosts there reverted it or voted against it (`--force`).
+    pub force: bool,
+    /// At least this many hosts there finished a bake of it (`--baked-by`; 0: none needed).
+    pub baked_by: u32,
 }
 
 /// The history of one environment's release object.
@@ -213,10 +258,14 @@ impl Pipeline {
 
     /// The halt in force for `sha` in `environment`, if any.
     async fn halt_of(&self, environment: &str, sha: &Sha) -> Result<Option<crate::fleet::halt::Marker>, PublishError> {
-        let prefix = self.settings.halt_prefix(environment);
-        let reading =
-            self.halts.read(&prefix, sha).await.map_err(|e| PublishError::HaltUnknown(Box::new(e), sha.clone()))?;
+        let reading = self.halt_reading(environment, sha).await?;
         Ok(reading.halt(sha, environment, self.settings.rollout.halt_after))
+    }
+
+    /// The halt marker and votes of `sha` in `environment`.
+    async fn halt_reading(&self, environment: &str, sha: &Sha) -> Result<crate::fleet::halt::Reading, PublishError> {
+        let prefix = self.settings.halt_prefix(environment);
+        self.halts.read(&prefix, sha).await.map_err(|e| PublishError::HaltUnknown(Box::new(e), sha.clone()))
     }
 
     /// Publishes `sha` to `environment`. `digest`: the digest it must have (a rollback or a
@@ -278,7 +327,7 @@ impl Pipeline {
         };
         // The signed time orders releases for the hosts' replay rule: every write (publish,
         // rollback, promote) is signed with a fresh one, so it is followed.
-        let at = rfc3339(SystemTime::now());
+        let at = rfc3339(crate::runtime::clock::now());
         let provenance = Provenance {
             digest: Some(now.clone()),
             by: Some(publisher()),
@@ -388,7 +437,16 @@ impl Pipeline {
         let location = known.location();
         let mut releases = Vec::new();
         let trust = Trust::new(&self.settings, environment);
+        // The counts are for people: a history without them is still worth printing.
+        let counts = match self.halts.bake_counts(&self.settings.halt_prefix(environment)).await {
+            Ok(counts) => counts,
+            Err(e) => {
+                tracing::warn!(environment, "cannot count the bakes, reverts and votes of the releases: {e}");
+                None
+            }
+        };
         for (i, h) in published.iter().enumerate() {
+            let count = counts.as_ref().map(|c| c.get(h.sha.as_str()).copied().unwrap_or_default());
             releases.push(ReleaseEntry {
                 sha: h.sha.to_string(),
                 digest: h.provenance.digest.clone(),
@@ -398,6 +456,9 @@ impl Pipeline {
                 halted: self.halt_of(environment, &h.sha).await?.is_some(),
                 verified: trust.verify(&h.sha, &h.provenance, h.published_at).is_ok(),
                 current: i == 0,
+                baked: count.map(|c| c.baked),
+                reverted: count.map(|c| c.reverted),
+                votes: count.map(|c| c.votes),
             });
         }
         Ok(History { environment: environment.to_owned(), location: location.to_string(), releases, versioning_off })
@@ -445,8 +506,16 @@ impl Pipeline {
 
     /// `promote`: publishes `sha` (as typed: a full SHA or a unique prefix of one in `from`'s
     /// history, [`crate::pass::named`]) to `to` with the exact digest `from` has for it, once
-    /// it has been there `soak`; refuses a release halted in `from` or never published there.
-    pub async fn promote(&self, sha: &Sha, from: &str, to: &str, soak: Duration) -> Result<Published, PublishError> {
+    /// it has been there `rules.soak` and its hosts' evidence allows it
+    /// ([`judge_promotion`]); refuses a release halted in `from` or never published there.
+    pub async fn promote(
+        &self,
+        sha: &Sha,
+        from: &str,
+        to: &str,
+        rules: PromoteRules,
+    ) -> Result<Published, PublishError> {
+        let soak = rules.soak;
         let (known, all, _) = self.published(from).await?;
         let location = known.location().clone();
         let sha = &known.resolve(sha.as_str())?;
@@ -462,11 +531,12 @@ impl Pipeline {
                 what: "promote",
             });
         };
-        if let Some(halt) = self.halt_of(from, sha).await? {
+        let reading = self.halt_reading(from, sha).await?;
+        if let Some(halt) = reading.halt(sha, from, self.settings.rollout.halt_after) {
             return Err(PublishError::halted(sha, from, &halt));
         }
         if let Some(at) = entry.published_at {
-            let ago = SystemTime::now().duration_since(at).unwrap_or_default();
+            let ago = crate::runtime::clock::decision_now("promote --soak")?.duration_since(at).unwrap_or_default();
             if ago < soak {
                 let detail = format!(
                     "published there at {} ({} ago), --soak {}: promote it from {}",
@@ -478,6 +548,71 @@ impl Pipeline {
                 return Err(PublishError::Soaking { sha: sha.clone(), environment: from.to_owned(), detail });
             }
         }
+        self.judge_evidence(sha, from, reading.votes, rules).await?;
         self.write_release(to, sha, entry.provenance.digest.as_deref(), Rewrite::Always).await
+    }
+
+    /// Refuses `sha` when `from`'s hosts reverted it or voted against it (unless `--force`), or
+    /// fewer than `--baked-by` of them baked it. With `--force` and no `--baked-by` the
+    /// records are not read.
+    async fn judge_evidence(
+        &self,
+        sha: &Sha,
+        from: &str,
+        votes: Vec<crate::fleet::halt::Vote>,
+        rules: PromoteRules,
+    ) -> Result<(), PublishError> {
+        if rules.force && rules.baked_by == 0 {
+            return Ok(());
+        }
+        let prefix = self.settings.halt_prefix(from);
+        let records = self
+            .halts
+            .bake_records(&prefix, sha, from)
+            .await
+            .map_err(|e| PublishError::EvidenceUnknown(Box::new(e), sha.clone()))?;
+        let evidence = Evidence { records, votes };
+        match judge_promotion(&evidence, sha, from, rules.force, rules.baked_by) {
+            Ok(()) => {
+                let against = evidence.against(sha, from);
+                if !against.is_empty() {
+                    tracing::warn!(
+                        %sha, environment = from, hosts = against.len(),
+                        "promoting {sha} with --force: {} host(s) of {from} reverted it or voted against it",
+                        against.len()
+                    );
+                }
+                Ok(())
+            }
+            Err(Refusal::Against(against)) => {
+                const NAMED: usize = 5;
+                let mut hosts: Vec<String> = against
+                    .iter()
+                    .take(NAMED)
+                    .map(|a| format!("{} {}", crate::sha::safe_text(&a.host), a.what))
+                    .collect();
+                if against.len() > NAMED {
+                    hosts.push(format!("and {} more", against.len() - NAMED));
+                }
+                Err(PublishError::Against {
+                    sha: sha.clone(),
+                    environment: from.to_owned(),
+                    count: against.len(),
+                    hosts: hosts.join("; "),
+                })
+            }
+            Err(Refusal::TooFewBakes { baked, wanted }) => Err(PublishError::TooFewBakes {
+                sha: sha.clone(),
+                environment: from.to_owned(),
+                baked: baked.len(),
+                wanted,
+                hosts: match baked.is_empty() {
+                    true => String::new(),
+                    false => {
+                        format!(" ({})", baked.iter().map(|h| crate::sha::safe_text(h)).collect::<Vec<_>>().join(", "))
+                    }
+                },
+            }),
+        }
     }
 }
