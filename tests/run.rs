@@ -479,22 +479,24 @@ fn s3_errors_and_kms_denial_keep_the_site_up_and_are_logged_once() {
     let mut agent = host.start_agent(&[]);
     host.wait_deployed(&v1, SERVE);
 
-    // Throttling / 5xx: every retry has a new request id, still one warning.
+    // Throttling / 5xx: every retry has a new request id, still one warning. S3 is asked
+    // again only after its push-back pause (2 s doubling, full jitter): allow for three.
     proxy.fail(503, "SlowDown");
     let failing_from = proxy.requests().len();
-    wait_for("several failed polls", SERVE, || (proxy.requests().len() >= failing_from + 4).then_some(()));
+    let paused = SERVE * 2;
+    wait_for("several failed polls", paused, || (proxy.requests().len() >= failing_from + 4).then_some(()));
     host.assert_serves(&v1);
     let warnings = |text: &str| agent.logs().lines().filter(|l| l.contains("WARN") && l.contains(text)).count();
     assert_eq!(warnings("cannot read s3://"), 1, "{}", agent.logs());
 
     // KMS access denied (S3 reports it as AccessDenied): named, with the permission to add.
     proxy.fail(403, "AccessDenied");
-    agent.wait_log("kms:Decrypt", SERVE);
+    agent.wait_log("kms:Decrypt", paused);
     host.assert_serves(&v1);
     agent.assert_alive();
 
     proxy.heal();
-    agent.wait_log("recovered", SERVE);
+    agent.wait_log("recovered", paused);
     let v2 = host.release("good");
     host.wait_deployed(&v2, SERVE);
 }

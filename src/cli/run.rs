@@ -26,6 +26,8 @@ pub async fn run(cli: &Cli, _args: &RunArgs) -> Result<(), Failure> {
         return Ok(());
     };
     // The region is resolved on the first S3 or ECR call, and again while it is unknown.
+    // The loop retries a pass; a call AWS asked to wait for fails at once meanwhile.
+    crate::outside::aws::loop_owns_retries();
     let services = Services::connect(&settings, engine).await;
     tracing::info!(config = %cli.config.display(), interval = ?settings.reconcile.interval, "blog-agent running");
     Agent::run(settings, cli.config.clone(), cli.environment.clone(), services, notifier, signals).await;

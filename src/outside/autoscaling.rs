@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use aws_sdk_autoscaling::error::ProvideErrorMetadata;
 
-use crate::outside::aws::{describe, Aws, RegionUnknown, Regional};
+use crate::outside::aws::{describe_call, Aws, RegionUnknown, Regional};
 
 /// Bound on one call: the SDK's own 30 s operation timeout (with its retries), plus slack.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(35);
@@ -151,7 +151,7 @@ where
 {
     let code = err.code().unwrap_or_default().to_owned();
     let message = err.message().unwrap_or_default().to_owned();
-    let detail = describe(&err);
+    let detail = describe_call(&err);
     match (code.as_str(), no_action) {
         ("AccessDenied" | "AccessDeniedException" | "UnauthorizedOperation", _) => {
             AutoScalingError::AccessDenied { action, detail }
@@ -165,7 +165,7 @@ where
 
 impl AutoScaling {
     pub fn with_aws(aws: &Arc<Aws>) -> AutoScaling {
-        AutoScaling { client: Regional::new(aws.clone(), build) }
+        AutoScaling { client: Regional::new(aws.clone(), "Auto Scaling", build) }
     }
 
     async fn client(&self, action: &'static str) -> Result<&aws_sdk_autoscaling::Client, AutoScalingError> {
@@ -177,7 +177,7 @@ impl AutoScaling {
     pub async fn membership(&self, instance_id: &str) -> Result<Option<Membership>, AutoScalingError> {
         const ACTION: &str = "DescribeAutoScalingInstances";
         let client = self.client(ACTION).await?;
-        let call = client.describe_auto_scaling_instances().instance_ids(instance_id).send();
+        let call = self.client.send(|| client.describe_auto_scaling_instances().instance_ids(instance_id).send());
         let out = bounded(ACTION, call).await?.map_err(|e| classify(ACTION, e, None))?;
         Ok(out.auto_scaling_instances().iter().find(|i| i.instance_id() == Some(instance_id)).map(|i| Membership {
             group: i.auto_scaling_group_name().unwrap_or_default().to_owned(),
@@ -189,7 +189,9 @@ impl AutoScaling {
     pub async fn hook(&self, group: &str, name: &str) -> Result<Option<Hook>, AutoScalingError> {
         const ACTION: &str = "DescribeLifecycleHooks";
         let client = self.client(ACTION).await?;
-        let call = client.describe_lifecycle_hooks().auto_scaling_group_name(group).lifecycle_hook_names(name).send();
+        let call = self.client.send(|| {
+            client.describe_lifecycle_hooks().auto_scaling_group_name(group).lifecycle_hook_names(name).send()
+        });
         let out = bounded(ACTION, call).await?.map_err(|e| classify(ACTION, e, None))?;
         let seconds = |s: Option<i32>| s.map(|s| Duration::from_secs(s.max(0) as u64));
         Ok(out.lifecycle_hooks().iter().find(|h| h.lifecycle_hook_name() == Some(name)).map(|h| Hook {
@@ -205,12 +207,14 @@ impl AutoScaling {
     pub async fn heartbeat(&self, target: &Action) -> Result<(), AutoScalingError> {
         const ACTION: &str = "RecordLifecycleActionHeartbeat";
         let client = self.client(ACTION).await?;
-        let call = client
-            .record_lifecycle_action_heartbeat()
-            .auto_scaling_group_name(&target.group)
-            .lifecycle_hook_name(&target.hook)
-            .instance_id(&target.instance_id)
-            .send();
+        let call = self.client.send(|| {
+            client
+                .record_lifecycle_action_heartbeat()
+                .auto_scaling_group_name(&target.group)
+                .lifecycle_hook_name(&target.hook)
+                .instance_id(&target.instance_id)
+                .send()
+        });
         bounded(ACTION, call).await?.map_err(|e| classify(ACTION, e, Some(target)))?;
         Ok(())
     }
@@ -219,13 +223,15 @@ impl AutoScaling {
     pub async fn complete(&self, target: &Action, outcome: Outcome) -> Result<(), AutoScalingError> {
         const ACTION: &str = "CompleteLifecycleAction";
         let client = self.client(ACTION).await?;
-        let call = client
-            .complete_lifecycle_action()
-            .auto_scaling_group_name(&target.group)
-            .lifecycle_hook_name(&target.hook)
-            .instance_id(&target.instance_id)
-            .lifecycle_action_result(outcome.as_str())
-            .send();
+        let call = self.client.send(|| {
+            client
+                .complete_lifecycle_action()
+                .auto_scaling_group_name(&target.group)
+                .lifecycle_hook_name(&target.hook)
+                .instance_id(&target.instance_id)
+                .lifecycle_action_result(outcome.as_str())
+                .send()
+        });
         bounded(ACTION, call).await?.map_err(|e| classify(ACTION, e, Some(target)))?;
         Ok(())
     }

@@ -2,6 +2,15 @@
 //! standard `AWS_ENDPOINT_URL*` variables, the timeouts and retries every AWS call in the agent
 //! runs under, and the region.
 //!
+//! Retries have one owner. The SDK makes one attempt per call; every call goes through its
+//! service's [`Regional::send`], which, once the service pushed back (throttling such as S3
+//! `SlowDown` or ECR `ThrottlingException`, HTTP 429 or 5xx: KMS and STS trouble reaches the
+//! agent this way too), sends nothing to it before a pause ([`Pushback`]: doubling from 2 s to
+//! 5 minutes, full jitter, seeded per host). In `run` a call during the pause fails at once
+//! ([`HeldBack`]) and the loop goes on serving what it serves; a one-off command (`sync`,
+//! `publish`, `check`...) waits the pause out instead, for at most [`ONE_OFF_ATTEMPTS`]
+//! attempts, then fails with the service's own error.
+//!
 //! The region is resolved lazily, on the first S3 or ECR call, and again on every later call
 //! until it is known: from `AWS_REGION` / `AWS_DEFAULT_REGION` / the AWS config profile, then
 //! from the ECR repository host (`<account>.dkr.ecr.<region>.amazonaws.com`), then from
@@ -10,7 +19,9 @@
 //! resolved once at start would leave a host whose metadata service was slow at boot unable
 //! to reach S3 or ECR for good.)
 
-use std::sync::Arc;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use aws_config::environment::EnvironmentVariableRegionProvider;
@@ -19,10 +30,13 @@ use aws_config::profile::ProfileFileRegionProvider;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, ConfigLoader, Region, SdkConfig};
+use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::error::SdkError;
+use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 use tokio::sync::OnceCell;
 
 use crate::outside::imds::Imds;
-use crate::runtime::backoff::Backoff;
+use crate::runtime::backoff::{Backoff, Pushback, PUSHBACK_CAP, PUSHBACK_FIRST};
 
 /// Instance metadata is asked this many times per resolution before the call at hand fails;
 /// the next S3 or ECR call asks again.
@@ -30,11 +44,87 @@ const IMDS_REGION_ATTEMPTS: u32 = 3;
 /// First pause between two instance metadata attempts; it doubles.
 const IMDS_REGION_BACKOFF: Duration = Duration::from_millis(500);
 
+/// Attempts of one call in a one-off command, the pauses between them set by the service's
+/// [`Pushback`] (at most 2 s, then 4 s): a command an operator or CI runs fails within seconds
+/// with the service's own error rather than hanging on a throttle.
+pub const ONE_OFF_ATTEMPTS: u32 = 3;
+
+/// Set by `run`: calls held back by a push-back fail at once (the loop retries the pass)
+/// instead of waiting. One process runs one command, so a process-wide switch is enough.
+static LOOP_RETRIES: AtomicBool = AtomicBool::new(false);
+
+/// Makes every call of this process fail at once while its service's push-back pause lasts:
+/// the reconcile loop owns the retry (`run` calls this before its first pass).
+pub fn loop_owns_retries() {
+    LOOP_RETRIES.store(true, Ordering::Relaxed);
+}
+
+/// The AWS error codes that mean "slow down" (the SDK's own list, aws-runtime's
+/// `THROTTLING_ERRORS`).
+const THROTTLING_CODES: &[&str] = &[
+    "Throttling",
+    "ThrottlingException",
+    "ThrottledException",
+    "RequestThrottledException",
+    "TooManyRequestsException",
+    "ProvisionedThroughputExceededException",
+    "TransactionInProgressException",
+    "RequestLimitExceeded",
+    "BandwidthLimitExceeded",
+    "LimitExceededException",
+    "RequestThrottled",
+    "SlowDown",
+    "PriorRequestNotComplete",
+    "EC2ThrottledException",
+];
+
+/// Why a call's answer is a push-back: its throttling code, or `HTTP <status>` for a 429 or
+/// 5xx. `None` for anything else (success, a refusal, a network failure: the loop's ordinary
+/// retry covers those).
+pub fn pushback_cause<O, E: ProvideErrorMetadata>(result: &Result<O, SdkError<E, HttpResponse>>) -> Option<String> {
+    let err = result.as_ref().err()?;
+    let status = err.raw_response().map(|r| r.status().as_u16());
+    let code = err.as_service_error().and_then(|e| e.code());
+    // KMS's own throttling reaches S3's readers as `KMS.ThrottlingException`.
+    let throttling = |code: &str| THROTTLING_CODES.contains(&code.strip_prefix("KMS.").unwrap_or(code));
+    match (code, status) {
+        (Some(code), _) if throttling(code) => Some(code.to_owned()),
+        (code, Some(status)) if status == 429 || status >= 500 => {
+            Some(code.map(str::to_owned).unwrap_or_else(|| format!("HTTP {status}")))
+        }
+        _ => None,
+    }
+}
+
+/// A call not sent because its service pushed back and the pause is not over.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("not sent: {service} answered {cause} {in_a_row} time(s) in a row; this host's next {service} call waits {wait_secs:.1} s more")]
+pub struct HeldBack {
+    pub service: &'static str,
+    pub cause: String,
+    pub in_a_row: u32,
+    pub wait_secs: f64,
+}
+
+/// One service's push-back state and the last cause, shared by every call to it.
+struct Gate {
+    pushback: Option<Pushback>,
+    cause: String,
+    /// First and longest nominal pause ([`PUSHBACK_FIRST`], [`PUSHBACK_CAP`]; shorter in tests).
+    pauses: (Duration, Duration),
+}
+
+impl Default for Gate {
+    fn default() -> Gate {
+        Gate { pushback: None, cause: String::new(), pauses: (PUSHBACK_FIRST, PUSHBACK_CAP) }
+    }
+}
+
 /// The loader every AWS configuration starts from.
 ///
 /// Timeouts: S3 and ECR answer in well under a second; 3 s to connect and 10 s per attempt
-/// cover a congested network without letting a dead endpoint hang a sync. The standard retry
-/// mode gives 3 attempts with jittered exponential backoff, bounded by the 30 s operation limit.
+/// cover a congested network without letting a dead endpoint hang a sync. One attempt per
+/// call: retries are [`Regional::send`]'s (see the module's doc).
 fn loader() -> ConfigLoader {
     let timeouts = TimeoutConfig::builder()
         .connect_timeout(Duration::from_secs(3))
@@ -43,7 +133,7 @@ fn loader() -> ConfigLoader {
         .build();
     aws_config::defaults(BehaviorVersion::latest())
         .timeout_config(timeouts)
-        .retry_config(RetryConfig::standard().with_max_attempts(3))
+        .retry_config(RetryConfig::standard().with_max_attempts(1))
 }
 
 /// No region could be found yet.
@@ -62,6 +152,8 @@ pub struct Aws {
     repository_region: Option<Region>,
     imds: Imds,
     region: OnceCell<Region>,
+    /// Seeds the push-back jitter: this host's identity, resolved on the first push-back.
+    identity: OnceCell<String>,
 }
 
 impl Aws {
@@ -82,7 +174,7 @@ impl Aws {
     }
 
     fn new(base: SdkConfig, repository_region: Option<Region>, imds: Imds) -> Aws {
-        Aws { base, repository_region, imds, region: OnceCell::new() }
+        Aws { base, repository_region, imds, region: OnceCell::new(), identity: OnceCell::new() }
     }
 
     /// The configuration clients are built from (its region may be unset: use [`Aws::region`]).
@@ -94,6 +186,20 @@ impl Aws {
     /// resolution; a failed one is not cached.
     pub async fn region(&self) -> Result<Region, RegionUnknown> {
         self.region.get_or_try_init(|| self.resolve()).await.cloned()
+    }
+
+    /// The seed of `service`'s push-back jitter: this host's rollout identity (the EC2 instance
+    /// id, else the machine id or hostname; [`crate::fleet::rollout::resolve_identity`]) with
+    /// the service's name, so hosts throttled together draw different pauses.
+    async fn jitter_seed(&self, service: &str) -> u64 {
+        let identity = self
+            .identity
+            .get_or_init(|| async {
+                let instance_id = self.imds.instance_id().await.ok();
+                crate::fleet::rollout::resolve_identity(instance_id).value
+            })
+            .await;
+        (crate::fleet::rollout::seed(&format!("{identity}/{service}")) * (1u64 << 53) as f64) as u64
     }
 
     async fn resolve(&self) -> Result<Region, RegionUnknown> {
@@ -130,6 +236,9 @@ impl Aws {
 /// [`Regional::get`] tries to resolve the region again.
 pub struct Regional<T> {
     aws: Arc<Aws>,
+    /// The service's name in log lines and errors (`S3`, `ECR`...).
+    service: &'static str,
+    gate: Mutex<Gate>,
     /// The region this client must use whatever the host's is (an ECR repository's own).
     pinned: Option<Region>,
     build: fn(&SdkConfig, Region) -> T,
@@ -138,13 +247,96 @@ pub struct Regional<T> {
 
 impl<T> Regional<T> {
     /// A client in the host's region.
-    pub fn new(aws: Arc<Aws>, build: fn(&SdkConfig, Region) -> T) -> Regional<T> {
-        Regional { aws, pinned: None, build, client: OnceCell::new() }
+    pub fn new(aws: Arc<Aws>, service: &'static str, build: fn(&SdkConfig, Region) -> T) -> Regional<T> {
+        Regional::pinned(aws, service, None, build)
     }
 
     /// A client in `pinned` when it is set, else in the host's region.
-    pub fn pinned(aws: Arc<Aws>, pinned: Option<Region>, build: fn(&SdkConfig, Region) -> T) -> Regional<T> {
-        Regional { aws, pinned, build, client: OnceCell::new() }
+    pub fn pinned(
+        aws: Arc<Aws>,
+        service: &'static str,
+        pinned: Option<Region>,
+        build: fn(&SdkConfig, Region) -> T,
+    ) -> Regional<T> {
+        Regional { aws, service, gate: Mutex::new(Gate::default()), pinned, build, client: OnceCell::new() }
+    }
+
+    /// Sends one call (`call` makes its request; it is called again for a one-off command's
+    /// next attempt) unless the service's push-back pause is running: then, in `run`, fails at
+    /// once with [`HeldBack`] as a construction failure; in a one-off command, waits the pause
+    /// out. Records the answer: a push-back starts or lengthens the pause, any other answer
+    /// ends it.
+    pub async fn send<O, E, F, Fut>(&self, call: F) -> Result<O, SdkError<E, HttpResponse>>
+    where
+        E: ProvideErrorMetadata,
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<O, SdkError<E, HttpResponse>>>,
+    {
+        self.send_with(!LOOP_RETRIES.load(Ordering::Relaxed), call).await
+    }
+
+    /// [`Regional::send`], waiting out a pause (`one_off`) or failing at once.
+    async fn send_with<O, E, F, Fut>(&self, one_off: bool, call: F) -> Result<O, SdkError<E, HttpResponse>>
+    where
+        E: ProvideErrorMetadata,
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<O, SdkError<E, HttpResponse>>>,
+    {
+        let mut attempt = 1;
+        loop {
+            let held = {
+                let gate = self.gate.lock().unwrap();
+                match gate.pushback.as_ref().map(|p| (p.admit(tokio::time::Instant::now()), p.in_a_row())) {
+                    Some((Err(wait), in_a_row)) => Some((wait, gate.cause.clone(), in_a_row)),
+                    _ => None,
+                }
+            };
+            if let Some((wait, cause, in_a_row)) = held {
+                if !one_off {
+                    let wait_secs = wait.as_secs_f64();
+                    return Err(SdkError::construction_failure(HeldBack {
+                        service: self.service,
+                        cause,
+                        in_a_row,
+                        wait_secs,
+                    }));
+                }
+                tokio::time::sleep(wait).await;
+            }
+            let result = call().await;
+            let Some(cause) = pushback_cause(&result) else {
+                let mut gate = self.gate.lock().unwrap();
+                if let Some(p) = gate.pushback.as_mut().filter(|p| p.in_a_row() > 0) {
+                    tracing::info!(
+                        service = self.service,
+                        pushed_back = p.in_a_row(),
+                        "{} answers again after {} push-back(s) in a row",
+                        self.service,
+                        p.in_a_row()
+                    );
+                    p.answered();
+                }
+                return result;
+            };
+            let seed = self.aws.jitter_seed(self.service).await;
+            let (pause, in_a_row) = {
+                let mut gate = self.gate.lock().unwrap();
+                let (first, cap) = gate.pauses;
+                let p = gate.pushback.get_or_insert_with(|| Pushback::with(first, cap, seed));
+                let pause = p.pushed_back(tokio::time::Instant::now());
+                let in_a_row = p.in_a_row();
+                gate.cause = cause.clone();
+                (pause, in_a_row)
+            };
+            tracing::info!(
+                service = self.service, cause = %cause, in_a_row, pause_ms = pause.as_millis() as u64,
+                "{} answered {cause} ({in_a_row} in a row): its next call waits {:.1} s", self.service, pause.as_secs_f64()
+            );
+            if !one_off || attempt >= ONE_OFF_ATTEMPTS {
+                return result;
+            }
+            attempt += 1;
+        }
     }
 
     /// The client, built now if this is the first call since the region became known.
@@ -187,7 +379,7 @@ pub fn custom_s3_endpoint() -> bool {
     ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"].iter().any(|v| std::env::var_os(v).is_some_and(|s| !s.is_empty()))
 }
 
-pub use super::describe;
+pub use super::{describe, describe_call};
 
 /// Measures this host's clock against the `Date` of every AWS answer (S3, ECR, STS, Auto
 /// Scaling) into [`crate::runtime::clock`]: each client's configuration adds it
@@ -287,7 +479,7 @@ mod tests {
     async fn region_unknown_at_first_is_resolved_on_a_later_call() {
         let imds = fake_imds().await;
         let aws = aws(None, "127.0.0.1:5000", &imds);
-        let s3 = Regional::new(aws.clone(), |_, region| region);
+        let s3 = Regional::new(aws.clone(), "S3", |_, region| region);
         let err = s3.get().await.unwrap_err();
         assert!(err.to_string().starts_with("AWS region unknown: set AWS_REGION"), "{err}");
         assert!(err.to_string().contains("HTTP 404"), "{err}");
@@ -316,9 +508,108 @@ mod tests {
     #[tokio::test]
     async fn pinned_client_needs_no_host_region() {
         let imds = fake_imds().await;
-        let ecr = Regional::pinned(aws(None, "127.0.0.1:5000", &imds), Some(Region::new("us-east-1")), |_, r| r);
+        let ecr = Regional::pinned(aws(None, "127.0.0.1:5000", &imds), "ECR", Some(Region::new("us-east-1")), |_, r| r);
         assert_eq!(ecr.get().await.unwrap().as_ref(), "us-east-1");
         assert_eq!(imds.region_reads.load(Ordering::SeqCst), 0);
+    }
+
+    /// An S3 stand-in that answers every request 503 SlowDown; counts them.
+    async fn slow_down() -> (String, Arc<AtomicUsize>) {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let n = calls.clone();
+        let endpoint = crate::outside::loopback::serve(move |_| {
+            n.fetch_add(1, Ordering::SeqCst);
+            let body = "<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>";
+            format!("HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
+        })
+        .await;
+        (endpoint, calls)
+    }
+
+    /// An S3 client through a gate whose pauses are 20 ms doubling to 80 ms.
+    async fn gated_s3(endpoint: String) -> Regional<aws_sdk_s3::Client> {
+        let imds = fake_imds().await;
+        let sdk =
+            crate::outside::loopback::sdk_config(endpoint).to_builder().retry_config(RetryConfig::disabled()).build();
+        let aws = Arc::new(Aws::new(sdk, None, Imds::with_endpoint(&imds.endpoint)));
+        let s3 = Regional::new(aws, "S3", |sdk, region| {
+            aws_sdk_s3::Client::from_conf(
+                aws_sdk_s3::config::Builder::from(sdk).region(region).force_path_style(true).build(),
+            )
+        });
+        s3.gate.lock().unwrap().pauses = (Duration::from_millis(20), Duration::from_millis(80));
+        s3
+    }
+
+    /// Which answers are a push-back: throttling codes (S3, ECR, STS, KMS through S3), 429 and
+    /// 5xx; not a refusal or a missing object.
+    #[test]
+    #[allow(clippy::result_large_err)] // the SDK's own error type, as its calls return it
+    fn pushback_causes() {
+        use aws_sdk_s3::operation::get_object::GetObjectError;
+        use aws_smithy_types::body::SdkBody;
+        use aws_smithy_types::error::ErrorMetadata;
+        let answer = |status: u16, code: Option<&str>| {
+            let mut meta = ErrorMetadata::builder();
+            if let Some(code) = code {
+                meta = meta.code(code);
+            }
+            let raw = HttpResponse::new(status.try_into().unwrap(), SdkBody::empty());
+            Err::<(), _>(SdkError::service_error(GetObjectError::generic(meta.build()), raw))
+        };
+        let table: &[(u16, Option<&str>, Option<&str>)] = &[
+            (503, Some("SlowDown"), Some("SlowDown")),
+            (400, Some("ThrottlingException"), Some("ThrottlingException")),
+            (400, Some("Throttling"), Some("Throttling")),
+            (400, Some("KMS.ThrottlingException"), Some("KMS.ThrottlingException")),
+            (500, Some("InternalError"), Some("InternalError")),
+            (503, None, Some("HTTP 503")),
+            (429, None, Some("HTTP 429")),
+            (403, Some("AccessDenied"), None),
+            (404, Some("NoSuchKey"), None),
+            (400, Some("KMS.DisabledException"), None),
+            (304, None, None),
+        ];
+        for &(status, code, cause) in table {
+            assert_eq!(pushback_cause(&answer(status, code)).as_deref(), cause, "{status} {code:?}");
+        }
+        assert_eq!(pushback_cause::<(), GetObjectError>(&Ok(())), None);
+    }
+
+    #[tokio::test]
+    async fn in_the_loop_a_pushback_holds_the_next_call_back_without_sending_it() {
+        let (endpoint, calls) = slow_down().await;
+        let s3 = gated_s3(endpoint).await;
+        let client = s3.get().await.unwrap();
+        let head = || client.head_object().bucket("b").key("k").send();
+        let err = s3.send_with(false, head).await.unwrap_err();
+        assert_eq!(pushback_cause::<(), _>(&Err(err)).as_deref(), Some("HTTP 503"));
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        // At once: held back, not sent, and said so in one line.
+        let err = s3.send_with(false, head).await.unwrap_err();
+        let line = describe_call(&err);
+        assert!(
+            line.starts_with("not sent: S3 answered HTTP 503 1 time(s) in a row; this host's next S3 call waits"),
+            "{line}"
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        // After the pause (at most the first nominal, 20 ms), the next call goes.
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        let get = || client.get_object().bucket("b").key("k").send();
+        let err = s3.send_with(false, get).await.unwrap_err();
+        assert_eq!(describe_call(&err), "SlowDown: Please reduce your request rate. (HTTP 503)");
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        assert_eq!(s3.gate.lock().unwrap().pushback.as_ref().map(Pushback::in_a_row), Some(2));
+    }
+
+    #[tokio::test]
+    async fn a_one_off_command_waits_out_the_pauses_for_a_few_attempts_then_fails() {
+        let (endpoint, calls) = slow_down().await;
+        let s3 = gated_s3(endpoint).await;
+        let client = s3.get().await.unwrap();
+        let err = s3.send_with(true, || client.get_object().bucket("b").key("k").send()).await.unwrap_err();
+        assert_eq!(describe_call(&err), "SlowDown: Please reduce your request rate. (HTTP 503)");
+        assert_eq!(calls.load(Ordering::SeqCst), ONE_OFF_ATTEMPTS as usize);
     }
 
     /// An answer's `Date` 20 minutes behind this host's clock is measured as the host 20 minutes

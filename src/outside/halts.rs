@@ -36,7 +36,7 @@ use aws_sdk_s3::error::ProvideErrorMetadata;
 
 use crate::fleet::bake::{self, BakeRecord, Counts, Listed};
 use crate::fleet::halt::{marker_key, parse_marker, safe_voter, vote_key, Marker, Reading, Vote, MAX_MARKER_BYTES};
-use crate::outside::aws::{describe, Aws, RegionUnknown};
+use crate::outside::aws::{describe, describe_call, Aws, RegionUnknown};
 use crate::outside::release::ObjectLocation;
 use crate::outside::s3::{read_at_most, S3Client};
 use crate::sha::{safe_quote, safe_text, Sha};
@@ -123,7 +123,7 @@ where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
     let status = err.raw_response().map(|r| r.status().as_u16());
-    let detail = describe(&err);
+    let detail = describe_call(&err);
     let code = err.as_service_error().and_then(|e| e.code()).unwrap_or_default().to_owned();
     match (code.as_str(), status) {
         ("NoSuchBucket", _) => {
@@ -163,7 +163,7 @@ impl HaltMarkers {
     /// Runs one call under [`CALL_TIMEOUT`] with the client, once the region is known.
     async fn call<T, F, Fut>(&self, action: &'static str, location: &ObjectLocation, f: F) -> Result<T, HaltError>
     where
-        F: FnOnce(aws_sdk_s3::Client) -> Fut,
+        F: FnOnce(aws_sdk_s3::Client, S3Client) -> Fut,
         Fut: Future<Output = Result<T, HaltError>>,
     {
         let client = self
@@ -172,7 +172,7 @@ impl HaltMarkers {
             .await
             .map_err(|source| HaltError::RegionUnknown { action, location: location.clone(), source })?
             .clone();
-        tokio::time::timeout(CALL_TIMEOUT, f(client))
+        tokio::time::timeout(CALL_TIMEOUT, f(client, self.client.clone()))
             .await
             .unwrap_or_else(|_| Err(HaltError::TimedOut { action, location: location.clone(), after: CALL_TIMEOUT }))
     }
@@ -206,15 +206,18 @@ impl HaltMarkers {
     /// written, `Ok(false)` one was there and was kept.
     async fn put_new(&self, location: &ObjectLocation, body: Vec<u8>) -> Result<bool, HaltError> {
         const ACTION: &str = "writing";
-        self.call(ACTION, location, |client| async move {
-            let sent = client
-                .put_object()
-                .bucket(&location.bucket)
-                .key(&location.key)
-                .content_type("application/json")
-                .if_none_match("*")
-                .body(body.into())
-                .send()
+        self.call(ACTION, location, |client, s3| async move {
+            let sent = s3
+                .send(|| {
+                    client
+                        .put_object()
+                        .bucket(&location.bucket)
+                        .key(&location.key)
+                        .content_type("application/json")
+                        .if_none_match("*")
+                        .body(body.clone().into())
+                        .send()
+                })
                 .await;
             match sent {
                 Ok(_) => Ok(true),
@@ -238,13 +241,11 @@ impl HaltMarkers {
     async fn list(&self, key_prefix: &str, sha: &Sha) -> Result<Option<Vec<String>>, HaltError> {
         const ACTION: &str = "listing";
         let location = &self.location(key_prefix, sha.as_str());
-        self.call(ACTION, location, |client| async move {
-            let listed = client
-                .list_objects_v2()
-                .bucket(&location.bucket)
-                .prefix(&location.key)
-                .max_keys(MAX_LISTED)
-                .send()
+        self.call(ACTION, location, |client, s3| async move {
+            let listed = s3
+                .send(|| {
+                    client.list_objects_v2().bucket(&location.bucket).prefix(&location.key).max_keys(MAX_LISTED).send()
+                })
                 .await;
             match listed {
                 Ok(out) => {
@@ -336,8 +337,9 @@ impl HaltMarkers {
     async fn body(&self, key: &str) -> Result<Option<Vec<u8>>, HaltError> {
         const ACTION: &str = "reading";
         let location = &ObjectLocation { bucket: self.bucket.clone(), key: key.to_owned() };
-        self.call(ACTION, location, |client| async move {
-            let output = match client.get_object().bucket(&location.bucket).key(&location.key).send().await {
+        self.call(ACTION, location, |client, s3| async move {
+            let get = || client.get_object().bucket(&location.bucket).key(&location.key).send();
+            let output = match s3.send(get).await {
                 Ok(output) => output,
                 Err(err) => {
                     return match classify(err, ACTION, location) {
@@ -395,8 +397,9 @@ impl HaltMarkers {
     pub async fn clear(&self, key_prefix: &str, sha: &Sha) -> Result<Option<bool>, HaltError> {
         let location = &self.location(key_prefix, sha.as_str());
         let existed = self
-            .call("reading", location, |client| async move {
-                match client.head_object().bucket(&location.bucket).key(&location.key).send().await {
+            .call("reading", location, |client, s3| async move {
+                let head = || client.head_object().bucket(&location.bucket).key(&location.key).send();
+                match s3.send(head).await {
                     Ok(_) => Ok(Some(true)),
                     Err(err) => match classify(err, "reading", location) {
                         Failed::NotFound => Ok(Some(false)),
@@ -413,8 +416,9 @@ impl HaltMarkers {
 
     /// Deletes `location`; one already gone is no error.
     async fn delete(&self, location: &ObjectLocation) -> Result<(), HaltError> {
-        self.call("removing", location, |client| async move {
-            match client.delete_object().bucket(&location.bucket).key(&location.key).send().await {
+        self.call("removing", location, |client, s3| async move {
+            let delete = || client.delete_object().bucket(&location.bucket).key(&location.key).send();
+            match s3.send(delete).await {
                 Ok(_) => Ok(()),
                 Err(err) => match classify(err, "removing", location) {
                     Failed::NotFound | Failed::Exists => Ok(()),
@@ -535,25 +539,27 @@ impl HaltMarkers {
         let mut token: Option<String> = None;
         for _ in 0..pages {
             let listed = self
-                .call(ACTION, location, |client| {
+                .call(ACTION, location, |client, s3| {
                     let token = token.clone();
                     async move {
-                        client
-                            .list_objects_v2()
-                            .bucket(&location.bucket)
-                            .prefix(&location.key)
-                            .max_keys(page)
-                            .set_continuation_token(token)
-                            .send()
-                            .await
-                            .map_err(|err| match classify(err, ACTION, location) {
-                                Failed::Error(e) => e,
-                                Failed::NotFound | Failed::Exists => HaltError::NoBucket {
-                                    bucket: location.bucket.clone(),
-                                    action: ACTION,
-                                    location: location.clone(),
-                                },
-                            })
+                        s3.send(|| {
+                            client
+                                .list_objects_v2()
+                                .bucket(&location.bucket)
+                                .prefix(&location.key)
+                                .max_keys(page)
+                                .set_continuation_token(token.clone())
+                                .send()
+                        })
+                        .await
+                        .map_err(|err| match classify(err, ACTION, location) {
+                            Failed::Error(e) => e,
+                            Failed::NotFound | Failed::Exists => HaltError::NoBucket {
+                                bucket: location.bucket.clone(),
+                                action: ACTION,
+                                location: location.clone(),
+                            },
+                        })
                     }
                 })
                 .await?;

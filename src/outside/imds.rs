@@ -130,9 +130,7 @@ impl TagSource for Imds {
                 404 => Err(ImdsError::TagMissing { tag: tag.to_owned() }),
                 status => Err(ImdsError::Refused { tag: tag.to_owned(), status }),
             },
-            Ok(Err(other)) => {
-                Err(unreachable(aws_smithy_types::error::display::DisplayErrorContext(&other).to_string()))
-            }
+            Ok(Err(other)) => Err(unreachable(crate::outside::describe(&other))),
         }
     }
 }

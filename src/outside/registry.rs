@@ -3,7 +3,10 @@
 //! The password is wrapped in [`Secret`], whose `Debug` and `Display` print `***`, so it cannot
 //! reach a log line, an error or `--debug` output by accident. Tokens are cached until shortly
 //! before `expiresAt`; a token that arrives already expired (moto's is dated 2015) is used for
-//! the pull at hand and cached for a short floor, so it cannot cause a request storm.
+//! the pull at hand and cached for a short floor, so it cannot cause a request storm. A token
+//! the registry refuses is dropped ([`CredentialSource::invalidate`]): the next pull asks again.
+//! A failed call caches nothing; while ECR pushes back (throttling), ECR's gate in
+//! [`crate::outside::aws`] spaces this host's calls (2 s doubling to 5 minutes, full jitter).
 //!
 //! The token is asked for in the repository's region when the repository host is an ECR host
 //! (a registry only accepts tokens from its own region), else in the host's.
@@ -18,7 +21,7 @@ use std::time::{Duration, SystemTime};
 use aws_config::Region;
 use base64::Engine as _;
 
-use crate::outside::aws::{describe, ecr_host_region, Aws, RegionUnknown, Regional};
+use crate::outside::aws::{describe_call, ecr_host_region, Aws, RegionUnknown, Regional};
 
 /// Renew this long before the token's stated expiry, so a pull never starts on a dying token.
 const RENEW_BEFORE_EXPIRY: Duration = Duration::from_secs(5 * 60);
@@ -82,8 +85,8 @@ pub trait CredentialSource {
     fn credentials(&self) -> impl std::future::Future<Output = Result<RegistryCredentials, RegistryError>> + Send;
     /// Forgets cached credentials (the registry refused them).
     fn invalidate(&self);
-    /// API calls made so far (GetAuthorizationToken requests sent, cache hits not counted),
-    /// for the metrics.
+    /// API calls made so far (GetAuthorizationToken requests sent; cache hits and calls held
+    /// back by a push-back pause not counted), for the metrics.
     fn api_calls(&self) -> u64 {
         0
     }
@@ -107,7 +110,7 @@ impl Ecr {
     /// Tokens for the registry at `registry_host` (`[image] repository`'s host): from its
     /// region if it is an ECR host, else from the host's region as `aws` resolves it.
     pub fn for_registry(aws: &Arc<Aws>, registry_host: &str) -> Ecr {
-        let client = Regional::pinned(aws.clone(), token_region(registry_host), |sdk, region| {
+        let client = Regional::pinned(aws.clone(), "ECR", token_region(registry_host), |sdk, region| {
             aws_sdk_ecr::Client::from_conf(
                 aws_sdk_ecr::config::Builder::from(sdk)
                     .region(region)
@@ -120,10 +123,16 @@ impl Ecr {
 
     async fn fetch(&self) -> Result<RegistryCredentials, RegistryError> {
         let client = self.client.get().await?;
-        self.calls.fetch_add(1, Ordering::Relaxed);
-        let output = client.get_authorization_token().send().await.map_err(|err| {
+        let sent = self
+            .client
+            .send(|| {
+                self.calls.fetch_add(1, Ordering::Relaxed);
+                client.get_authorization_token().send()
+            })
+            .await;
+        let output = sent.map_err(|err| {
             use aws_sdk_ecr::error::ProvideErrorMetadata;
-            let detail = describe(&err);
+            let detail = describe_call(&err);
             match err.code() {
                 Some("AccessDeniedException") => RegistryError::AccessDenied { detail },
                 _ => RegistryError::Unavailable { detail },
@@ -145,12 +154,16 @@ impl Ecr {
         let client = self.client.get().await?;
         let name = path.to_owned();
         let id = aws_sdk_ecr::types::ImageIdentifier::builder().image_tag(tag).build();
-        let described = client
-            .describe_images()
-            .repository_name(&name)
-            .set_registry_id(registry_account(registry))
-            .image_ids(id)
-            .send()
+        let described = self
+            .client
+            .send(|| {
+                client
+                    .describe_images()
+                    .repository_name(&name)
+                    .set_registry_id(registry_account(registry))
+                    .image_ids(id.clone())
+                    .send()
+            })
             .await;
         match described {
             Ok(out) => Ok(out.image_details().iter().find_map(|d| d.image_digest().map(str::to_owned))),
@@ -158,9 +171,9 @@ impl Ecr {
                 Some("ImageNotFoundException") => Ok(None),
                 Some("RepositoryNotFoundException") => Err(RegistryError::NoRepository { repository: name }),
                 Some("AccessDeniedException") => {
-                    Err(RegistryError::DescribeDenied { repository: name, detail: describe(&err) })
+                    Err(RegistryError::DescribeDenied { repository: name, detail: describe_call(&err) })
                 }
-                _ => Err(RegistryError::DescribeFailed { repository: name, detail: describe(&err) }),
+                _ => Err(RegistryError::DescribeFailed { repository: name, detail: describe_call(&err) }),
             },
         }
     }

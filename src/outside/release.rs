@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime};
 use aws_sdk_s3::error::ProvideErrorMetadata;
 use aws_sdk_s3::operation::get_object::GetObjectError;
 
-use crate::outside::aws::{describe, Aws, RegionUnknown};
+use crate::outside::aws::{describe, describe_call, Aws, RegionUnknown};
 use crate::outside::s3::{read_at_most, S3Client};
 use crate::sha::{safe_quote, InvalidSha, Sha};
 
@@ -245,7 +245,7 @@ impl ReleaseSource for S3Releases {
             .get()
             .await
             .map_err(|source| ReleaseError::RegionUnknown { location: location.clone(), source })?;
-        tokio::time::timeout(FETCH_TIMEOUT, read(client, location, if_none_match, None))
+        tokio::time::timeout(FETCH_TIMEOUT, read(&self.client, client, location, if_none_match, None))
             .await
             .unwrap_or_else(|_| Err(ReleaseError::TimedOut { location: location.clone(), after: FETCH_TIMEOUT }))
     }
@@ -256,7 +256,7 @@ impl ReleaseSource for S3Releases {
             .get()
             .await
             .map_err(|source| ReleaseError::RegionUnknown { location: location.clone(), source })?;
-        Box::pin(tokio::time::timeout(FETCH_TIMEOUT * 2, versions(client, location)))
+        Box::pin(tokio::time::timeout(FETCH_TIMEOUT * 2, versions(&self.client, client, location)))
             .await
             .unwrap_or_else(|_| Err(ReleaseError::TimedOut { location: location.clone(), after: FETCH_TIMEOUT * 2 }))
     }
@@ -302,10 +302,11 @@ impl S3Releases {
             .get()
             .await
             .map_err(|source| ReleaseError::RegionUnknown { location: location.clone(), source })?;
-        match client.head_object().bucket(&location.bucket).key(&location.key).send().await {
+        let head = || client.head_object().bucket(&location.bucket).key(&location.key).send();
+        match self.client.send(head).await {
             Ok(out) => Ok(out.e_tag().map(str::to_owned)),
             Err(err) if err.raw_response().is_some_and(|r| r.status().as_u16() == 404) => Ok(None),
-            Err(err) => Err(ReleaseError::Unavailable { location: location.clone(), detail: describe(&err) }),
+            Err(err) => Err(ReleaseError::Unavailable { location: location.clone(), detail: describe_call(&err) }),
         }
     }
 
@@ -325,29 +326,32 @@ impl S3Releases {
             .get()
             .await
             .map_err(|source| WriteError::RegionUnknown { location: location.clone(), source })?;
-        let mut request = client
-            .put_object()
-            .bucket(&location.bucket)
-            .key(&location.key)
-            .content_type("text/plain")
-            .body(format!("{sha}\n").into_bytes().into());
-        for (k, v) in provenance.to_metadata() {
-            request = request.metadata(k, v);
-        }
-        if let Some(key) = kms_key {
-            request =
-                request.server_side_encryption(aws_sdk_s3::types::ServerSideEncryption::AwsKms).ssekms_key_id(key);
-        }
-        request = match expect {
-            Expect::Absent => request.if_none_match("*"),
-            Expect::ETag(etag) => request.if_match(etag),
+        let request = || {
+            let mut request = client
+                .put_object()
+                .bucket(&location.bucket)
+                .key(&location.key)
+                .content_type("text/plain")
+                .body(format!("{sha}\n").into_bytes().into());
+            for (k, v) in provenance.to_metadata() {
+                request = request.metadata(k, v);
+            }
+            if let Some(key) = kms_key {
+                request =
+                    request.server_side_encryption(aws_sdk_s3::types::ServerSideEncryption::AwsKms).ssekms_key_id(key);
+            }
+            request = match expect {
+                Expect::Absent => request.if_none_match("*"),
+                Expect::ETag(etag) => request.if_match(etag),
+            };
+            request.send()
         };
-        let sent = tokio::time::timeout(FETCH_TIMEOUT, request.send())
+        let sent = tokio::time::timeout(FETCH_TIMEOUT, self.client.send(request))
             .await
             .map_err(|_| WriteError::TimedOut { location: location.clone(), after: FETCH_TIMEOUT })?;
         let Err(err) = sent else { return Ok(()) };
         let status = err.raw_response().map(|r| r.status().as_u16());
-        let detail = describe(&err);
+        let detail = describe_call(&err);
         let code = err.as_service_error().and_then(|e| e.code()).unwrap_or_default().to_owned();
         Err(match (code.as_str(), status) {
             ("PreconditionFailed" | "ConditionalRequestConflict", _) | (_, Some(412 | 409)) => {
@@ -366,22 +370,20 @@ impl S3Releases {
 
 /// The object's versions, newest first: one ListObjectVersions, then a GET of each version
 /// (a version that is not a valid SHA is skipped: it was never deployable).
-async fn versions(client: &aws_sdk_s3::Client, location: &ObjectLocation) -> Result<Vec<Historic>, ReleaseError> {
-    let listed = client
-        .list_object_versions()
-        .bucket(&location.bucket)
-        .prefix(&location.key)
-        .max_keys(100)
-        .send()
-        .await
-        .map_err(|err| {
-            let status = err.raw_response().map(|r| r.status().as_u16());
-            let detail = describe(&err);
-            match status {
-                Some(403) => ReleaseError::AccessDenied { location: location.clone(), detail },
-                _ => ReleaseError::Unavailable { location: location.clone(), detail },
-            }
-        })?;
+async fn versions(
+    s3: &S3Client,
+    client: &aws_sdk_s3::Client,
+    location: &ObjectLocation,
+) -> Result<Vec<Historic>, ReleaseError> {
+    let list = || client.list_object_versions().bucket(&location.bucket).prefix(&location.key).max_keys(100).send();
+    let listed = s3.send(list).await.map_err(|err| {
+        let status = err.raw_response().map(|r| r.status().as_u16());
+        let detail = describe_call(&err);
+        match status {
+            Some(403) => ReleaseError::AccessDenied { location: location.clone(), detail },
+            _ => ReleaseError::Unavailable { location: location.clone(), detail },
+        }
+    })?;
     let mut versions: Vec<(String, Option<SystemTime>)> = listed
         .versions()
         .iter()
@@ -394,7 +396,7 @@ async fn versions(client: &aws_sdk_s3::Client, location: &ObjectLocation) -> Res
     versions.sort_by_key(|v| std::cmp::Reverse(v.1));
     let mut history = Vec::new();
     for (version_id, published_at) in versions.into_iter().take(HISTORY_DEPTH) {
-        match read(client, location, None, Some(&version_id)).await {
+        match read(s3, client, location, None, Some(&version_id)).await {
             Ok(Fetched::Changed(release)) => {
                 history.push(Historic { sha: release.sha, published_at, version_id, provenance: release.provenance })
             }
@@ -407,6 +409,7 @@ async fn versions(client: &aws_sdk_s3::Client, location: &ObjectLocation) -> Res
 
 /// One GET (of `version`, when given), response and body.
 async fn read(
+    s3: &S3Client,
     client: &aws_sdk_s3::Client,
     location: &ObjectLocation,
     if_none_match: Option<&str>,
@@ -419,11 +422,11 @@ async fn read(
     if let Some(version) = version {
         request = request.version_id(version);
     }
-    let output = match request.send().await {
+    let output = match s3.send(|| request.clone().send()).await {
         Ok(output) => output,
         Err(err) => {
             let status = err.raw_response().map(|r| r.status().as_u16());
-            let detail = describe(&err);
+            let detail = describe_call(&err);
             let service = err.into_service_error();
             let code = service.code().unwrap_or_default().to_owned();
             return match (&service, code.as_str(), status) {

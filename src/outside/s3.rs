@@ -6,7 +6,12 @@
 //! [`crate::outside::aws`], path-style addressing with a custom endpoint) and when: on the
 //! first call after the host's region is known, once for every holder of a clone.
 
+use std::future::Future;
 use std::sync::Arc;
+
+use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::error::SdkError;
+use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
 use crate::outside::aws::{custom_s3_endpoint, Aws, RegionUnknown, Regional};
 
@@ -19,12 +24,22 @@ pub struct S3Client {
 impl S3Client {
     /// A client in the host's region, resolved by `aws` (and re-resolved while unknown).
     pub fn with_aws(aws: &Arc<Aws>) -> S3Client {
-        S3Client { client: Arc::new(Regional::new(aws.clone(), build)) }
+        S3Client { client: Arc::new(Regional::new(aws.clone(), "S3", build)) }
     }
 
     /// The client, once the region is known.
     pub async fn get(&self) -> Result<&aws_sdk_s3::Client, RegionUnknown> {
         self.client.get().await
+    }
+
+    /// Sends one S3 call through S3's push-back gate ([`Regional::send`]).
+    pub async fn send<O, E, F, Fut>(&self, call: F) -> Result<O, SdkError<E, HttpResponse>>
+    where
+        E: ProvideErrorMetadata,
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<O, SdkError<E, HttpResponse>>>,
+    {
+        self.client.send(call).await
     }
 }
 

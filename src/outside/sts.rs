@@ -20,7 +20,7 @@ use std::time::Duration;
 use aws_sdk_sts::error::ProvideErrorMetadata;
 use tokio::sync::OnceCell;
 
-use crate::outside::aws::{describe, Aws, RegionUnknown, Regional};
+use crate::outside::aws::{describe_call, Aws, RegionUnknown, Regional};
 
 /// Bound on one call: the SDK's own 30 s operation timeout (with its retries), plus slack.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(35);
@@ -70,17 +70,17 @@ fn build(sdk: &aws_config::SdkConfig, region: aws_config::Region) -> aws_sdk_sts
 
 impl Sts {
     pub fn with_aws(aws: &Arc<Aws>) -> Sts {
-        Sts { client: Regional::new(aws.clone(), build), known: OnceCell::new() }
+        Sts { client: Regional::new(aws.clone(), "STS", build), known: OnceCell::new() }
     }
 
     async fn ask(&self) -> Result<CallerIdentity, StsError> {
         let client = self.client.get().await.map_err(|source| StsError::RegionUnknown { source })?;
-        let out = tokio::time::timeout(CALL_TIMEOUT, client.get_caller_identity().send())
+        let out = tokio::time::timeout(CALL_TIMEOUT, self.client.send(|| client.get_caller_identity().send()))
             .await
             .map_err(|_| StsError::TimedOut { after: CALL_TIMEOUT })?
             .map_err(|err| {
                 let code = err.code().unwrap_or_default().to_owned();
-                let detail = describe(&err);
+                let detail = describe_call(&err);
                 match code.as_str() {
                     "InvalidClientTokenId"
                     | "ExpiredToken"

@@ -1,13 +1,14 @@
 //! Services a single test owns, so it can stop and start them without disturbing the tests
 //! running beside it: a private moto_server, a private registry, a counting proxy in front of
-//! S3, and a registry that accepts connections and never answers (a hung pull).
+//! S3 and ECR (which can also inject throttling and skew the `Date` header), and a registry
+//! that accepts connections and never answers (a hung pull).
 
 use std::io::{BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::http::{read_request, Request};
 use super::{free_port, repo_root, wait_for, ECR_PASSWORD};
@@ -132,20 +133,81 @@ impl Drop for PrivateRegistry {
     }
 }
 
-/// What a [`CountingProxy`] answers instead of forwarding: (status, S3 error code, only requests
-/// whose path contains this).
-type Failure = Mutex<Option<(u16, String, Option<String>)>>;
+/// Which requests a [`Fault`] answers.
+#[derive(Clone, Debug)]
+pub enum Matching {
+    /// Every request.
+    All,
+    /// Requests whose path contains this (S3: a key, or `versions` for ListObjectVersions).
+    Path(String),
+    /// Requests whose `X-Amz-Target` contains this (JSON services: `AmazonEC2ContainerRegistry`,
+    /// or one operation such as `GetAuthorizationToken`).
+    Target(String),
+}
+
+impl Matching {
+    fn matches(&self, request: &Request) -> bool {
+        match self {
+            Matching::All => true,
+            Matching::Path(p) => request.path.contains(p.as_str()),
+            Matching::Target(t) => request.header("x-amz-target").is_some_and(|v| v.contains(t.as_str())),
+        }
+    }
+}
+
+/// An answer a [`CountingProxy`] gives instead of forwarding: `status` with error `code` in
+/// the body (S3's XML, or a JSON service's `__type` for [`Matching::Target`]), for the
+/// requests `only` matches, until `until` (or [`CountingProxy::heal`]).
+#[derive(Clone, Debug)]
+pub struct Fault {
+    pub status: u16,
+    pub code: String,
+    pub only: Matching,
+    pub until: Option<Instant>,
+}
+
+impl Fault {
+    /// The response bytes for request number `id`.
+    fn response(&self, id: usize) -> String {
+        let (content_type, extra, body) = match self.only {
+            Matching::Target(_) => (
+                "application/x-amz-json-1.1",
+                format!("x-amzn-ErrorType: {}\r\nx-amzn-RequestId: {id}\r\n", self.code),
+                format!("{{\"__type\":\"{}\",\"message\":\"Rate exceeded (injected by the test)\"}}", self.code),
+            ),
+            _ => (
+                "application/xml",
+                format!("x-amz-request-id: {id}\r\n"),
+                format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{}</Code><Message>injected by the test</Message><RequestId>{id}</RequestId></Error>", self.code),
+            ),
+        };
+        format!(
+            "HTTP/1.1 {} Injected\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{extra}\r\n{body}",
+            self.status,
+            body.len()
+        )
+    }
+}
+
+/// What a [`CountingProxy`] does besides forwarding: the faults it injects (the first that
+/// matches a request answers it) and the offset it gives the `Date` header of upstream answers.
+#[derive(Default)]
+pub struct Behaviour {
+    faults: Vec<Fault>,
+    /// Seconds added to the `Date` of every forwarded answer (negative: AWS's clock behind
+    /// the host's, as a host whose clock is fast sees it).
+    date_offset: Option<i64>,
+}
 
 /// An HTTP/1.1 proxy that records every request line and its headers, then forwards the bytes
 /// unchanged. Pointing `AWS_ENDPOINT_URL` at it shows exactly which S3 and ECR calls an agent
-/// makes.
+/// makes. It can answer with injected faults instead (S3 `SlowDown`, ECR
+/// `ThrottlingException`, KMS access denied), for a time window or until healed, and skew the
+/// `Date` header of the answers it forwards ([`CountingProxy::date_offset`]).
 pub struct CountingProxy {
     pub port: u16,
     pub seen: Arc<Mutex<Vec<Request>>>,
-    /// When set, every request (or, with a third part, every request whose path contains it)
-    /// is answered with this (status, S3 error code) instead of being forwarded: S3
-    /// throttling, 5xx, or KMS access denied, on demand.
-    pub fail_with: Arc<Failure>,
+    behaviour: Arc<Mutex<Behaviour>>,
 }
 
 impl CountingProxy {
@@ -153,30 +215,70 @@ impl CountingProxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let fail_with = Arc::new(Mutex::new(None));
-        let (log, fail) = (seen.clone(), fail_with.clone());
+        let behaviour = Arc::new(Mutex::new(Behaviour::default()));
+        let (log, shared) = (seen.clone(), behaviour.clone());
         std::thread::spawn(move || {
             for client in listener.incoming().flatten() {
-                let (log, fail) = (log.clone(), fail.clone());
-                std::thread::spawn(move || proxy(client, upstream, &log, &fail));
+                let (log, shared) = (log.clone(), shared.clone());
+                std::thread::spawn(move || proxy(client, upstream, &log, &shared));
             }
         });
-        CountingProxy { port, seen, fail_with }
+        CountingProxy { port, seen, behaviour }
+    }
+
+    /// Builder option: every forwarded answer's `Date` is `offset` ahead of this machine's
+    /// clock (AWS's clock ahead of the host's; the host is slow by `offset`).
+    pub fn date_offset(self, offset: Duration) -> CountingProxy {
+        self.set_date_offset_secs(offset.as_secs() as i64);
+        self
+    }
+
+    /// Builder option: every forwarded answer's `Date` is `behind` before this machine's clock
+    /// (the host is fast by `behind`).
+    pub fn date_behind(self, behind: Duration) -> CountingProxy {
+        self.set_date_offset_secs(-(behind.as_secs() as i64));
+        self
+    }
+
+    /// Sets (or changes) the `Date` offset in seconds, positive ahead of this machine's clock.
+    /// With an offset, each request goes upstream on a connection of its own, so its answer
+    /// can be rewritten whole.
+    pub fn set_date_offset_secs(&self, seconds: i64) {
+        self.behaviour.lock().unwrap().date_offset = Some(seconds);
+    }
+
+    /// Injects `fault` (in front of those already injected).
+    pub fn inject(&self, fault: Fault) {
+        self.behaviour.lock().unwrap().faults.insert(0, fault);
     }
 
     /// Answers every request with `status` and S3 error `code` until [`Self::heal`].
     pub fn fail(&self, status: u16, code: &str) {
-        *self.fail_with.lock().unwrap() = Some((status, code.to_owned(), None));
+        self.inject(Fault { status, code: code.to_owned(), only: Matching::All, until: None });
     }
 
     /// Answers the requests whose path contains `path` (e.g. `versions`: ListObjectVersions)
     /// with `status` and S3 error `code` until [`Self::heal`]; the rest go through.
     pub fn fail_only(&self, path: &str, status: u16, code: &str) {
-        *self.fail_with.lock().unwrap() = Some((status, code.to_owned(), Some(path.to_owned())));
+        self.inject(Fault { status, code: code.to_owned(), only: Matching::Path(path.to_owned()), until: None });
     }
 
+    /// S3 `SlowDown` (503) on the requests whose path contains `path`, for `window`.
+    pub fn slow_down_for(&self, path: &str, window: Duration) {
+        let until = Some(Instant::now() + window);
+        self.inject(Fault { status: 503, code: "SlowDown".into(), only: Matching::Path(path.to_owned()), until });
+    }
+
+    /// ECR `ThrottlingException` (400, JSON) on every ECR call, for `window`.
+    pub fn throttle_ecr_for(&self, window: Duration) {
+        let until = Some(Instant::now() + window);
+        let only = Matching::Target("AmazonEC2ContainerRegistry".into());
+        self.inject(Fault { status: 400, code: "ThrottlingException".into(), only, until });
+    }
+
+    /// Ends every injected fault.
     pub fn heal(&self) {
-        *self.fail_with.lock().unwrap() = None;
+        self.behaviour.lock().unwrap().faults.clear();
     }
 
     pub fn endpoint(&self) -> String {
@@ -188,7 +290,7 @@ impl CountingProxy {
     }
 }
 
-fn proxy(client: TcpStream, upstream: u16, log: &Mutex<Vec<Request>>, fail: &Failure) {
+fn proxy(client: TcpStream, upstream: u16, log: &Mutex<Vec<Request>>, behaviour: &Mutex<Behaviour>) {
     let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else { return };
     let (mut server_read, client_write) = (server.try_clone().unwrap(), client.try_clone().unwrap());
     let mut direct = client.try_clone().unwrap();
@@ -204,20 +306,31 @@ fn proxy(client: TcpStream, upstream: u16, log: &Mutex<Vec<Request>>, fail: &Fai
             let _ = server.shutdown(std::net::Shutdown::Write);
             return;
         };
-        log.lock().unwrap().push(request.clone());
-        let failing = fail
-            .lock()
-            .unwrap()
-            .clone()
-            .filter(|(_, _, only)| only.as_ref().is_none_or(|p| request.path.contains(p.as_str())));
-        if let Some((status, code, _)) = failing {
-            let xml = format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{code}</Code><Message>injected by the test</Message><RequestId>{}</RequestId></Error>", log.lock().unwrap().len());
-            let response = format!(
-                "HTTP/1.1 {status} Injected\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nx-amz-request-id: {}\r\n\r\n{xml}",
-                xml.len(),
-                log.lock().unwrap().len()
-            );
-            if direct.write_all(response.as_bytes()).is_err() {
+        let id = {
+            let mut log = log.lock().unwrap();
+            log.push(request.clone());
+            log.len()
+        };
+        let (fault, date_offset) = {
+            let mut b = behaviour.lock().unwrap();
+            let now = Instant::now();
+            b.faults.retain(|f| f.until.is_none_or(|until| now < until));
+            (b.faults.iter().find(|f| f.only.matches(&request)).cloned(), b.date_offset)
+        };
+        if let Some(fault) = fault {
+            if direct.write_all(fault.response(id).as_bytes()).is_err() {
+                return;
+            }
+            continue;
+        }
+        if let Some(offset) = date_offset {
+            // The answer is read whole from a connection of its own, its Date rewritten, and
+            // written back on the client's (kept-alive) connection.
+            let Some(answer) = round_trip(upstream, &request, offset) else {
+                let _ = server.shutdown(std::net::Shutdown::Write);
+                return;
+            };
+            if direct.write_all(&answer).is_err() {
                 return;
             }
             continue;
@@ -226,6 +339,65 @@ fn proxy(client: TcpStream, upstream: u16, log: &Mutex<Vec<Request>>, fail: &Fai
             return;
         }
     }
+}
+
+/// Sends `request` upstream on a new connection (`Connection: close`), reads the answer to
+/// its end, and returns it with `Date` set to now + `offset` seconds and a `Content-Length`.
+fn round_trip(upstream: u16, request: &Request, offset: i64) -> Option<Vec<u8>> {
+    let mut server = TcpStream::connect(("127.0.0.1", upstream)).ok()?;
+    let text = String::from_utf8_lossy(&request.head);
+    let mut lines = text.split("\r\n");
+    let mut head = format!("{}\r\n", lines.next()?);
+    for line in lines.filter(|l| !l.is_empty() && !l.to_ascii_lowercase().starts_with("connection:")) {
+        head.push_str(line);
+        head.push_str("\r\n");
+    }
+    head.push_str("Connection: close\r\n\r\n");
+    server.write_all(head.as_bytes()).ok()?;
+    server.write_all(&request.body).ok()?;
+    let mut answer = Vec::new();
+    server.read_to_end(&mut answer).ok()?;
+    let split = answer.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let (head, body) = (String::from_utf8_lossy(&answer[..split]).into_owned(), &answer[split + 4..]);
+    let mut lines = head.split("\r\n");
+    let mut out = format!("{}\r\n", lines.next()?);
+    let mut has_length = false;
+    for line in lines {
+        let lower = line.to_ascii_lowercase();
+        if lower.starts_with("date:") || lower.starts_with("connection:") {
+            continue;
+        }
+        has_length |= lower.starts_with("content-length:") || lower.starts_with("transfer-encoding:");
+        out.push_str(line);
+        out.push_str("\r\n");
+    }
+    let head_request = request.method.eq_ignore_ascii_case("HEAD");
+    if !has_length && !head_request {
+        out.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).ok()?.as_secs() as i64;
+    out.push_str(&format!("Date: {}\r\n\r\n", http_date(now + offset)));
+    let mut bytes = out.into_bytes();
+    bytes.extend_from_slice(body);
+    Some(bytes)
+}
+
+/// `seconds` since the epoch as an HTTP date (`Sun, 06 Nov 1994 08:49:37 GMT`).
+pub fn http_date(seconds: i64) -> String {
+    let (days, secs) = (seconds.div_euclid(86_400), seconds.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let weekday = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][days.rem_euclid(7) as usize];
+    let name = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"][month as usize - 1];
+    format!("{weekday}, {day:02} {name} {year} {:02}:{:02}:{:02} GMT", secs / 3600, secs % 3600 / 60, secs % 60)
 }
 
 /// A "registry" that accepts connections and never answers: a pull from it hangs.
