@@ -42,7 +42,7 @@ shown=0
 agent_log() {
   local total
   total=$(wc -l <"$dir/agent.log")
-  [ "$total" -le "$shown" ] || sed -n "$((shown + 1)),${total}p" "$dir/agent.log" | sed 's/^/   agent| /' >&2
+  [ "$total" -le "$shown" ] || sed -n "$((shown + 1)),${total}p" "$dir/agent.log" | cut -c1-250 | sed 's/^/   agent| /' >&2
   shown=$total
 }
 serves() { curl -fsS --max-time 2 "http://127.0.0.1:$port/" 2>/dev/null | grep -q "version $1"; }
@@ -50,8 +50,8 @@ serves() { curl -fsS --max-time 2 "http://127.0.0.1:$port/" 2>/dev/null | grep -
 agent_pid='' client_pid=''
 remove_chains() {
   for table in nat filter; do
-    iptables -w 5 -t "$table" -S 2>/dev/null | grep -E -- "-j $chains-(DNAT|POST|FWD|IN)\$" | sed 's/^-A /-D /' |
-      while read -r rule; do eval "iptables -w 5 -t $table $rule" >/dev/null 2>&1 || true; done
+    { iptables -w 5 -t "$table" -S 2>/dev/null || true; } | { grep -E -- "-j $chains-(DNAT|POST|FWD|IN)\$" || true; } |
+      sed 's/^-A /-D /' | while read -r rule; do eval "iptables -w 5 -t $table $rule" >/dev/null 2>&1 || true; done
     for chain in DNAT POST FWD IN; do
       iptables -w 5 -t "$table" -F "$chains-$chain" >/dev/null 2>&1 &&
         iptables -w 5 -t "$table" -X "$chains-$chain" >/dev/null 2>&1 || true
@@ -135,7 +135,8 @@ halt_after = 1
 [metrics]
 textfile = "$dir/blog_agent.prom"
 TOML
-ba() { "$agent" --config "$dir/config.toml" "$@"; }
+# The CLI commands at warn level: what they print on stdout is the demo; the service logs at info.
+ba() { RUST_LOG=${RUST_LOG:-warn} "$agent" --config "$dir/config.toml" "$@"; }
 
 v1=$(printf 'demo version 1' | sha1sum | cut -c1-40)
 v2=$(printf 'demo version 2' | sha1sum | cut -c1-40)
@@ -152,7 +153,7 @@ say "CI: blog-agent --env $env publish ${v1:0:7} (signed with the secret key)"
 BLOG_AGENT_SIGNING_KEY=$dir/staging.key ba --env "$env" publish "$v1"
 
 say "the host: blog-agent run (the service, in the background; log $dir/agent.log)"
-ba run >"$dir/agent.log" 2>&1 &
+"$agent" --config "$dir/config.toml" run >"$dir/agent.log" 2>&1 &
 agent_pid=$!
 wait_for "the first deploy (${v1:0:7} serving on 127.0.0.1:$port)" 60 serves "$v1"
 agent_log
@@ -184,15 +185,16 @@ agent_log
 serves "$v2" || die "${v2:0:7} should still serve"
 echo "http://127.0.0.1:$port/ still serves: $(curl -fsS "http://127.0.0.1:$port/")" >&2
 
-say "blog-agent status (exit 1: S3 names ${v3:0:7}, which this host does not run)"
+say "blog-agent status: S3 names ${v3:0:7}, halted, so this host's target is ${v2:0:7}, which it serves"
 ba status || true
 
 say "blog-agent --env $env rollback: the release before ${v3:0:7} is published again, signed"
 BLOG_AGENT_SIGNING_KEY=$dir/staging.key ba --env "$env" rollback
-wait_for "the host to converge on ${v2:0:7} again" 60 ba status
+wait_for "the host's next pass on ${v2:0:7}" 60 \
+  grep -q "^blog_agent_release_info{environment=\"$env\",sha=\"$v2\",state=\"converged\"} 1" "$dir/blog_agent.prom"
 agent_log
 
-say "blog-agent status (exit 0: converged)"
+say "blog-agent status: S3 names ${v2:0:7} again, and this host serves it (exit 0: converged)"
 ba status
 say "blog-agent --env $env releases"
 ba --env "$env" releases
