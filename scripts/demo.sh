@@ -62,11 +62,15 @@ cleanup() {
   local rc=$?
   [ -z "$client_pid" ] || kill "$client_pid" 2>/dev/null || true
   if [ "${DEMO_KEEP:-0}" = 1 ] && [ $rc -eq 0 ]; then
-    echo "demo: DEMO_KEEP=1: the agent (pid $agent_pid) and the blog stay; scripts/stack-down.sh removes the containers" >&2
+    echo "demo: DEMO_KEEP=1: the agent (pid $agent_pid) and the blog stay; stop them with: kill $agent_pid; bash scripts/stack-down.sh" >&2
     return
   fi
   if [ -n "$agent_pid" ]; then
+    # SIGTERM stops it within seconds and never stops the blog (removed below); SIGKILL after 30 s.
     kill -TERM "$agent_pid" 2>/dev/null || true
+    local deadline=$((SECONDS + 30))
+    while kill -0 "$agent_pid" 2>/dev/null && [ $SECONDS -lt $deadline ]; do sleep 0.2; done
+    kill -KILL "$agent_pid" 2>/dev/null || true
     wait "$agent_pid" 2>/dev/null || true
   fi
   local ids
