@@ -1,5 +1,5 @@
 .PHONY: demo test stack-up stack-down
-demo:        ## run blog-agent sync against the local stack (installs and starts it)
+demo:        ## the real flow on the local stack: signed publish, run, a measured swap, a refused release, status, rollback
 	bash scripts/demo.sh
 test:        ## every test: lints, unit and integration tests against the local stack
 	bash scripts/test.sh

@@ -642,6 +642,24 @@ def main():
         assert spec.get("DefaultResult") == "ABANDON", "DefaultResult must be ABANDON (docs/fleet.md)"
         assert re.fullmatch(r"[A-Za-z0-9_/-]{1,255}", hook), "the agent accepts 1-255 of [A-Za-z0-9_/-]"
 
+    @check(f"{rel} a new launch template version (a new agent package) rolls out as an instance refresh, new hosts first")
+    def _():
+        # docs/operations.md, "Upgrading the agent": hosts are replaced, never updated in place;
+        # each new one is let into service by its launch gate before an old one goes.
+        policy = res["AutoScalingGroup"].get("UpdatePolicy", {})
+        refresh = policy.get("AutoScalingInstanceRefresh")
+        assert refresh, f"no AutoScalingInstanceRefresh update policy on AutoScalingGroup: {policy}"
+        assert refresh.get("Strategy") == "Rolling", refresh
+        prefs = refresh.get("Preferences", {})
+        assert prefs.get("MinHealthyPercentage") == 100 and prefs.get("MaxHealthyPercentage", 100) > 100, \
+            f"launch before terminate needs MinHealthyPercentage 100 and MaxHealthyPercentage above it: {prefs}"
+        version = res["AutoScalingGroup"]["Properties"]["LaunchTemplate"]["Version"]
+        assert version == {"Fn::GetAtt": ["LaunchTemplate", "LatestVersionNumber"]}, \
+            f"the group must follow the template's latest version (a parameter change must reach it): {version}"
+        user_data = json.dumps(res["LaunchTemplate"]["Properties"]["LaunchTemplateData"]["UserData"])
+        for param in ("AgentPackageKey", "AgentPackageSha256"):
+            assert "${" + param + "}" in user_data, f"the user-data does not use {param}: changing it would not roll"
+
     @check(f"{rel} group tag == [environment] tag, propagated at launch; Environment values == allowed")
     def _():
         key = ex["environment"]["tag"]

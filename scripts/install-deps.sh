@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs everything the local stack and the tests need, from Debian, PyPI and the Rust
-# package registry (cargo install) only.
+# Installs everything the local stack needs (the demo's and the tests'), from Debian and PyPI
+# only. The Rust tools only the tests use (cargo-deny, cargo-nextest) are installed by
+# scripts/test.sh, cargo-auditable by scripts/package.sh: `make demo` builds none of them.
 # Idempotent: each step is skipped when its result is already there.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -45,13 +46,3 @@ if [ ! -x "$venv/bin/check-jsonschema" ]; then
   echo "install-deps: check-jsonschema into $venv" >&2
   "$venv/bin/pip" install -q 'check-jsonschema>=0.29,<1'
 fi
-
-# Supply-chain tools (docs/build.md, "Supply chain"): cargo-deny is a stage of scripts/test.sh,
-# cargo-auditable builds the packaged binary, cargo-nextest runs the tests (scripts/test.sh
-# falls back to `cargo test` without it).
-for tool in cargo-deny cargo-auditable cargo-nextest; do
-  if ! command -v "$tool" >/dev/null 2>&1; then
-    echo "install-deps: cargo install --locked $tool" >&2
-    cargo install --locked --quiet "$tool"
-  fi
-done

@@ -5,6 +5,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/stack-up.sh
 source scripts/stack-env.sh
+# The test path's own tools (docs/build.md, "Supply chain"), from the Rust package registry:
+# cargo-deny is a stage below, cargo-nextest runs the tests (without it, `cargo test` does).
+# scripts/package.sh installs cargo-auditable itself. Not in install-deps.sh: `make demo`
+# needs none of them, and building them takes minutes.
+for tool in cargo-deny cargo-nextest; do
+  if ! command -v "$tool" >/dev/null 2>&1; then
+    echo "test: cargo install --locked $tool" >&2
+    cargo install --locked --quiet "$tool"
+  fi
+done
 
 # Containers left by an interrupted earlier run are found by label, never by name guessing.
 stale=$(docker ps -aq --filter label=blog-agent-test)

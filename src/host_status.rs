@@ -30,6 +30,8 @@ pub const SCHEMA_VERSION: u32 = 1;
 #[derive(Debug, Clone, Serialize)]
 pub struct Status {
     pub schema_version: u32,
+    /// The agent answering: during an upgrade hosts run different versions.
+    pub agent: AgentVersion,
     pub environment: Option<EnvironmentStatus>,
     pub environment_error: Option<String>,
     pub desired: Option<PublishedStatus>,
@@ -76,6 +78,19 @@ pub struct DiskStatus {
     /// At least `min_free_disk` is free: a pull of any image that fits beside it is started.
     /// False: no pull is started (the running version keeps serving) until space is freed.
     pub ok: bool,
+}
+
+/// Which blog-agent build this is: [`crate::VERSION`] and [`crate::COMMIT`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AgentVersion {
+    pub version: String,
+    pub commit: String,
+}
+
+impl AgentVersion {
+    pub fn this_binary() -> AgentVersion {
+        AgentVersion { version: crate::VERSION.to_owned(), commit: crate::COMMIT.to_owned() }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -328,6 +343,7 @@ pub async fn gather(
         .map(describe_state_error);
     let mut status = Status {
         schema_version: SCHEMA_VERSION,
+        agent: AgentVersion::this_binary(),
         environment: None,
         environment_error: None,
         desired: None,
@@ -609,6 +625,7 @@ fn describe_state_error(e: &StateReadError) -> String {
 pub fn render_text(s: &Status) -> String {
     let mut out = String::new();
     let mut line = |k: &str, v: String| out.push_str(&format!("{k:<14} {v}\n"));
+    line("agent", format!("blog-agent {} (commit {})", s.agent.version, s.agent.commit));
     line(
         "environment",
         match (&s.environment, &s.environment_error) {
@@ -808,6 +825,7 @@ mod tests {
     fn status() -> Status {
         Status {
             schema_version: SCHEMA_VERSION,
+            agent: AgentVersion { version: "0.1.0".into(), commit: "3f8765b0c1d2".into() },
             environment: None,
             environment_error: None,
             desired: None,
@@ -932,6 +950,24 @@ mod tests {
         assert_eq!(json["rollout"]["identity_source"], "hostname");
         assert_eq!(json["rollout"]["spread_seconds"], 900.0);
         assert_eq!(json["desired"]["published_at"], "2025-06-15T11:57:00Z");
+    }
+
+    /// During an upgrade hosts run different agents: each says which it is, in both forms.
+    #[test]
+    fn the_agent_s_version_and_commit_are_shown() {
+        let s = status();
+        assert!(
+            render_text(&s).starts_with("agent          blog-agent 0.1.0 (commit 3f8765b0c1d2)\n"),
+            "{}",
+            render_text(&s)
+        );
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["agent"], serde_json::json!({"version": "0.1.0", "commit": "3f8765b0c1d2"}));
+        let this = AgentVersion::this_binary();
+        assert_eq!(
+            (this.version.as_str(), this.commit.as_str()),
+            (env!("CARGO_PKG_VERSION"), env!("BLOG_AGENT_GIT_COMMIT"))
+        );
     }
 
     #[test]

@@ -28,3 +28,10 @@ pub mod sha;
 pub mod signature;
 pub mod spec;
 pub mod state;
+
+/// This binary's package version (Cargo.toml), shown by `status` and the metrics so that a
+/// fleet's mix of agent versions is visible during an upgrade (an instance refresh).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The commit this binary was built from (`git rev-parse --short=12 HEAD` in build.rs, or
+/// `BLOG_AGENT_GIT_COMMIT`; "unknown" outside a checkout).
+pub const COMMIT: &str = env!("BLOG_AGENT_GIT_COMMIT");

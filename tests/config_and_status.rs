@@ -220,8 +220,14 @@ fn status_on_a_pinned_host_compares_with_the_pinned_sha() {
     assert_eq!((s["target"]["sha"].as_str(), s["target"]["source"].as_str()), (Some(pinned.as_str()), Some("pinned")));
     assert_eq!(s["converged"], true, "{s}");
     assert_eq!(run.code, 0, "{}", run.output());
+    // Which agent answers: a fleet mid-upgrade runs several (docs/operations.md).
+    let commit = s["agent"]["commit"].as_str().unwrap_or_default().to_owned();
+    assert_eq!(s["agent"]["version"], env!("CARGO_PKG_VERSION"), "{s}");
+    assert!(!commit.is_empty(), "{s}");
 
     let run = host.agent(&["--env", "staging", "status"]);
+    let agent_line = format!("agent          blog-agent {} (commit {commit})\n", env!("CARGO_PKG_VERSION"));
+    assert!(run.stdout.starts_with(&agent_line), "{}", run.stdout);
     assert!(
         run.stdout.contains(&format!("target         {pinned} (pinned by `blog-agent sync --sha`)")),
         "{}",

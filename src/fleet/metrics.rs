@@ -165,6 +165,14 @@ impl Metrics {
                 let _ = writeln!(out, " {value}");
             }
         };
+        // The build's version and commit, always: during an upgrade (an instance refresh) the
+        // fleet's mix of agent versions is `count by (version) (blog_agent_build_info)`.
+        family(
+            "blog_agent_build_info",
+            "gauge",
+            "The blog-agent build writing this file (value 1): package version and git commit.",
+            &[(vec![("version", crate::VERSION), ("commit", crate::COMMIT)], "1".to_owned())],
+        );
         let release: Vec<_> = g
             .release
             .iter()
@@ -389,6 +397,7 @@ mod tests {
     fn fresh_metrics_have_every_family_and_no_unknown_gauge() {
         let text = Metrics::new().render();
         for name in [
+            "blog_agent_build_info",
             "blog_agent_release_info",
             "blog_agent_release_digest_info",
             "blog_agent_converged",
@@ -407,6 +416,12 @@ mod tests {
         assert!(!text.contains("blog_agent_converged 0"), "no pass yet, no sample:\n{text}");
         assert!(!text.contains("\nblog_agent_clock_offset_seconds "), "nothing measured, no sample:\n{text}");
         assert!(text.contains("blog_agent_deploys_total{result=\"failure\"} 0\n"), "{text}");
+        let build = format!(
+            "blog_agent_build_info{{version=\"{}\",commit=\"{}\"}} 1\n",
+            env!("CARGO_PKG_VERSION"),
+            env!("BLOG_AGENT_GIT_COMMIT")
+        );
+        assert!(text.contains(&build), "the version, before any pass:\n{text}");
         assert!(text.ends_with('\n'));
     }
 
