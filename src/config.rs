@@ -135,6 +135,9 @@ impl fmt::Display for PortMapping {
 pub struct HealthSettings {
     pub url: HealthUrl,
     pub timeout: Duration,
+    /// How long a new release is watched after its cut-over with the previous container kept
+    /// warm beside it ([`crate::pass::bake`]); zero: the previous one is retired at cut-over.
+    pub bake: Duration,
 }
 
 /// The page that proves the blog serves. Plain HTTP: it is probed on this host.
@@ -317,6 +320,7 @@ struct RawContainer {
 struct RawHealth {
     url: Option<String>,
     timeout: Option<String>,
+    bake: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -841,7 +845,8 @@ impl Validator<'_> {
             ));
         }
         let timeout = self.timeout("[health] timeout", raw.timeout, Duration::from_secs(30), "30s")?;
-        Ok(HealthSettings { url, timeout })
+        let bake = self.duration("[health] bake", raw.bake, Duration::from_secs(60))?;
+        Ok(HealthSettings { url, timeout, bake })
     }
 
     fn reconcile(&self, raw: RawReconcile) -> Result<ReconcileSettings, ConfigError> {

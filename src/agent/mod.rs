@@ -34,6 +34,7 @@ use crate::outside::docker::ContainerInfo;
 use crate::outside::imds::TagSource;
 use crate::outside::registry::CredentialSource;
 use crate::outside::release::{Fetched, ReleaseSource};
+use crate::pass::bake::{self, BakeRecord};
 use crate::pass::decide::{self, Inputs, Wanted, Why};
 use crate::pass::desired::{self, Accepted, Catalog, Desired, Published, Trust};
 use crate::pass::execute::{self, Options};
@@ -67,6 +68,19 @@ enum Outcome {
     Served { serving: Option<Sha>, problem: Option<Problem> },
     /// A warm-pool instance: the release's image is on disk and nothing was started.
     Warmed { image: String },
+    /// A bake is in progress: nothing else is changed until it ends.
+    Baking(BakeRecord),
+}
+
+/// The loop's bake state: the release just cut over to is watched by its own task, which
+/// holds the reconcile lock until it has retired the previous container or reverted to it
+/// (a `sync` typed meanwhile waits for it, and no pass starts another cut-over).
+struct Baking {
+    record: BakeRecord,
+    /// The release that served before the cut-over: evidence for the judgement.
+    served_before: Option<Sha>,
+    environment: String,
+    task: JoinHandle<bake::Outcome>,
 }
 
 /// The loop's memory between passes.
@@ -104,6 +118,8 @@ pub struct Agent<T, R, C> {
     /// A halted SHA and its verified rollback target, once resolved (a resolution that failed
     /// is not kept: it is tried again at the next pass).
     rollback_target: Option<(Sha, Option<String>)>,
+    /// The bake in progress, if any.
+    bake: Option<Baking>,
 }
 
 impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
@@ -142,11 +158,17 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
             launch,
             rollback_target: None,
             renamed_from: None,
+            bake: None,
         };
         agent.watch_events();
         agent.watch_rules();
         let wake = Wakeups { triggers: trigger_rx, reload: signals.reload, shutdown: signals.shutdown };
         driver::drive(&mut agent, wake, &notifier).await;
+        if let Some(baking) = agent.bake.take() {
+            // It saw the same shutdown: it leaves both containers and the record for the next
+            // start to resume.
+            let _ = baking.task.await;
+        }
         for task in [agent.events.take(), agent.rules.take()].into_iter().flatten() {
             task.abort();
         }
@@ -249,6 +271,9 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
             }
         };
 
+        if let Some(record) = self.tick_bake(&env.name, shutdown).await? {
+            return Ok(Outcome::Baking(record));
+        }
         self.last_decision = None;
         if self.launch.configured(&self.settings) {
             let identity = shutdown.race(self.fleet.identity()).await?.clone();
@@ -299,7 +324,7 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
 
         // Everything from here on decides what runs: under the lock, so a `sync --sha` or a
         // `pause` that happened meanwhile is seen.
-        let _lock =
+        let lock =
             shutdown.race(lock::acquire(&self.settings.agent.state_dir, self.settings.agent.lock_timeout)).await??;
         self.adopt_renamed().await;
         let engine = &self.services.engine;
@@ -401,6 +426,15 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
                     if matches!(applied.action, Action::Deployed { .. }) {
                         self.fleet.metrics.record_deploy(true);
                     }
+                    if let Some(kept) = &applied.kept {
+                        let record = BakeRecord::new(settings, &applied.container_id, &applied.sha, kept);
+                        self.start_bake(record.clone(), lock, served_before, environment, shutdown);
+                        if Some(&applied.sha) == done.decision.target.as_ref() {
+                            self.quarantine.record_success(&applied.sha);
+                        }
+                        tracing::info!(env = %env.name, sha = %applied.sha, container = %self.settings.container.name, "{}", applied.action);
+                        return Ok(Outcome::Baking(record));
+                    }
                     if applied.action != Action::Unchanged {
                         tracing::info!(env = %env.name, sha = %applied.sha, container = %settings.container.name, "{}", applied.action);
                     }
@@ -420,6 +454,110 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
                 self.count_failure(sha, before, &e);
                 Err(e)
             }
+        }
+    }
+
+    /// The bake step of a pass. While a bake runs the pass changes nothing (its task holds the
+    /// lock, and watches the new version on its own); once it has ended, its outcome is taken
+    /// in (quarantine, judgement, the vote at the end of this pass) and the pass goes on. At
+    /// the first pass, a bake an earlier run left (`bake.json`) is resumed with the container
+    /// it kept, for the time it had left.
+    async fn tick_bake(&mut self, environment: &str, shutdown: &Shutdown) -> Result<Option<BakeRecord>, PassError> {
+        if self.phase == Phase::Starting && self.bake.is_none() {
+            self.resume_bake(environment, shutdown).await?;
+        }
+        let Some(baking) = &self.bake else { return Ok(None) };
+        if !baking.task.is_finished() {
+            return Ok(Some(baking.record.clone()));
+        }
+        let Baking { record, served_before, environment, task } = self.bake.take().expect("checked above");
+        let outcome = match task.await {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                tracing::error!(sha = %record.sha, "the bake's task failed ({e}); the pass handles what it left");
+                bake::Outcome::Interrupted
+            }
+        };
+        self.bake_ended(&environment, served_before.as_ref(), &outcome);
+        Ok(None)
+    }
+
+    /// Watches `record`'s bake in its own task, which holds `lock` until it has retired the
+    /// previous container or reverted to it, then wakes the loop.
+    fn start_bake(
+        &mut self,
+        record: BakeRecord,
+        lock: lock::ReconcileLock,
+        served_before: Option<Sha>,
+        environment: &str,
+        shutdown: &Shutdown,
+    ) {
+        record.save(&self.settings.agent.state_dir);
+        let (engine, routes, settings) =
+            (self.services.engine.clone(), self.services.routes.clone(), self.settings.clone());
+        let (triggers, shutdown, watched) = (self.triggers.clone(), shutdown.clone(), record.clone());
+        let task = tokio::spawn(async move {
+            let traffic = crate::pass::traffic::Traffic::of(&settings, routes.as_ref());
+            // The seam for more watchers: extra checks and the access log's 5xx share trip the
+            // bake through `tripped`.
+            let watchers = bake::Watchers { probe: bake::host_path_probe(&settings), tripped: std::future::pending() };
+            let outcome = bake::run(&engine, traffic, &settings, &watched, watchers, &shutdown).await;
+            drop(lock);
+            // A full channel already holds a wake-up: the pass it runs takes the outcome in.
+            let _ = triggers.try_send("bake ended");
+            outcome
+        });
+        self.bake = Some(Baking { record, served_before, environment: environment.to_owned(), task });
+    }
+
+    /// Resumes the bake `bake.json` records when its two containers are still there: the new
+    /// one serving under the name, the kept one as `-previous`. Anything else ends it: the
+    /// pass's recovery proves what is under the name and retires or restores `-previous`.
+    async fn resume_bake(&mut self, environment: &str, shutdown: &Shutdown) -> Result<(), PassError> {
+        let dir = self.settings.agent.state_dir.clone();
+        let Some(record) = BakeRecord::load(&dir) else { return Ok(()) };
+        let lock = shutdown.race(lock::acquire(&dir, self.settings.agent.lock_timeout)).await??;
+        let name = &self.settings.container.name;
+        let engine = &self.services.engine;
+        let main = engine.container(name).await?;
+        let previous = engine.container(&snapshot::aside(name, snapshot::PREVIOUS)).await?;
+        let serving = main.as_ref().is_some_and(|c| c.id == record.container_id && c.is_managed() && c.running);
+        let kept = previous.as_ref().is_some_and(|c| c.id == record.previous_id && c.is_managed());
+        if !(serving && kept) {
+            tracing::info!(sha = %record.sha, "the bake of {} an earlier run left cannot go on (its containers changed); the pass takes care of what is left", record.short());
+            BakeRecord::clear(&dir);
+            return Ok(());
+        }
+        let left = record.remaining(crate::state::now_unix());
+        tracing::info!(sha = %record.sha, "resuming the bake of {} an earlier run left, {} to go, with {name}-previous kept for it", record.short(), humantime::format_duration(left));
+        let served_before = record.previous_sha.as_deref().and_then(|s| Sha::parse(s).ok());
+        self.start_bake(record, lock, served_before, environment, shutdown);
+        Ok(())
+    }
+
+    /// Takes in how a bake ended: a revert holds the release back here at once (the release
+    /// object still names it) and is judged; the release's fault becomes a vote at the end of
+    /// this pass.
+    fn bake_ended(&mut self, environment: &str, served_before: Option<&Sha>, outcome: &bake::Outcome) {
+        bake::report_bake_outcome(&self.settings, environment, outcome);
+        match outcome {
+            bake::Outcome::Baked { sha } => {
+                self.fleet.metrics.record_bake(true);
+                self.quarantine.record_success(sha);
+            }
+            bake::Outcome::Reverted { sha, trip, .. } | bake::Outcome::Unreverted { sha, trip, .. } => {
+                self.fleet.metrics.record_bake(false);
+                let verdict = verdict::judge(&trip.failure(), &self.history(sha, served_before));
+                self.quarantine.record_revert(sha, Instant::now());
+                let wait = self.quarantine.remaining(sha, Instant::now()).unwrap_or_default();
+                tracing::warn!(
+                    env = %environment, sha = %sha, verdict = %verdict.rule,
+                    "{} tripped its bake ({trip}); held back here for {}; {verdict}",
+                    sha.short(), humantime::format_duration(Duration::from_secs(wait.as_secs()))
+                );
+                self.judged(sha, verdict);
+            }
+            bake::Outcome::Interrupted => {}
         }
     }
 
@@ -596,6 +734,7 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
         let metrics = self.fleet.metrics.clone();
         let why = self.last_decision.as_ref();
         let state = match phase {
+            Phase::Baking { .. } => "baking",
             Phase::Degraded { .. } => "degraded",
             Phase::Warm { .. } => "warm",
             Phase::Unconverged { .. } => "unconverged",
@@ -614,6 +753,7 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
         let published = self.desired.as_ref().map(|d| d.published.sha());
         let halted = published.filter(|sha| self.fleet.halt_of(sha).is_some());
         metrics.set_halted(halted.map(Sha::to_string).into_iter().collect());
+        metrics.set_bake(self.bake.as_ref().map(|b| (b.record.sha.clone(), b.record.until)));
         metrics.set_rollout_wait(match why {
             Some(Why::Waiting { remaining, .. }) => *remaining,
             _ => Duration::ZERO,
@@ -670,6 +810,9 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Reconciler for Agent<T
         let serving = if result.is_err() { self.serving_container().await } else { None };
         let phase = match result {
             Ok(Outcome::Warmed { image }) => Phase::Warm { image },
+            Ok(Outcome::Baking(record)) => {
+                Phase::Baking { serving: record.sha, previous: record.previous_sha, until: record.until }
+            }
             Ok(Outcome::Served { serving: sha, problem }) => Phase::after_pass(sha.map(|s| s.to_string()), problem),
             Err(e) => {
                 let sha = serving.as_ref().and_then(|c| c.labels.get(crate::spec::LABEL_SHA));

@@ -41,8 +41,14 @@ struct Hold {
 /// Why a release was just quarantined.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Cause {
-    CrashLoop { restarts: i64 },
-    FailedDeploys { times: u32 },
+    CrashLoop {
+        restarts: i64,
+    },
+    FailedDeploys {
+        times: u32,
+    },
+    /// Its bake tripped and it was reverted ([`crate::pass::bake`]).
+    Reverted,
 }
 
 #[derive(Debug, Default)]
@@ -105,6 +111,15 @@ impl Quarantine {
         self.failures.remove(sha);
         self.hold(sha, now);
         Some(Cause::FailedDeploys { times })
+    }
+
+    /// `sha` was reverted during its bake: held back at once (the release object still names
+    /// it, and deploying it again at the next pass would trip the same way), with the same
+    /// doubling backoff as a crash loop.
+    pub fn record_revert(&mut self, sha: &Sha, now: Instant) -> Cause {
+        self.failures.remove(sha);
+        self.hold(sha, now);
+        Cause::Reverted
     }
 
     /// `sha` was deployed and proven: its failure count starts again. A hold on trial keeps

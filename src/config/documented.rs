@@ -126,6 +126,7 @@ fn default_of(section: &str, key: &str, s: &Settings) -> Expected {
         ("container", "stop_timeout") => Value(duration(s.container.stop_timeout)),
         ("health", "url") => Value(quoted(&s.health.url)),
         ("health", "timeout") => Value(duration(s.health.timeout)),
+        ("health", "bake") => Value(duration(s.health.bake)),
         ("agent", "state_dir") => Value(quoted(s.agent.state_dir.display())),
         ("agent", "lock_timeout") => Value(duration(s.agent.lock_timeout)),
         ("reconcile", "interval") => Value(duration(s.reconcile.interval)),

@@ -37,6 +37,8 @@ struct Gauges {
     last_pass: Option<SystemTime>,
     halted: BTreeSet<String>,
     rollout_wait: Duration,
+    /// The release being baked and when its bake ends (Unix seconds).
+    bake: Option<(String, u64)>,
 }
 
 /// The agent's metrics. Every method takes `&self`.
@@ -46,6 +48,8 @@ pub struct Metrics {
     deploys_success: AtomicU64,
     deploys_failure: AtomicU64,
     rollbacks: AtomicU64,
+    bakes_baked: AtomicU64,
+    bakes_reverted: AtomicU64,
     s3_requests: AtomicU64,
     ecr_calls: AtomicU64,
 }
@@ -98,6 +102,17 @@ impl Metrics {
     /// How long until this host may apply the published release; zero when it is not waiting.
     pub fn set_rollout_wait(&self, wait: Duration) {
         self.gauges().rollout_wait = wait;
+    }
+
+    /// The bake in progress: its SHA and when it ends (Unix seconds); `None` when none is.
+    pub fn set_bake(&self, bake: Option<(String, u64)>) {
+        self.gauges().bake = bake;
+    }
+
+    /// A bake ended: baked (the previous container retired) or reverted to it.
+    pub fn record_bake(&self, baked: bool) {
+        let counter = if baked { &self.bakes_baked } else { &self.bakes_reverted };
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 
     /// One request sent to S3 (a poll, a halt marker read or write).
@@ -196,6 +211,31 @@ impl Metrics {
             "gauge",
             "Seconds until this host may apply the published release (its rollout wave); 0 when not waiting.",
             &[(vec![], g.rollout_wait.as_secs_f64().to_string())],
+        );
+        let bake: Vec<_> = g.bake.iter().map(|(sha, _)| (vec![("sha", sha.as_str())], "1".to_owned())).collect();
+        family("blog_agent_baking", "gauge", "1 while the release of this SHA bakes ([health] bake).", &bake);
+        let left = g.bake.as_ref().map(|(_, until)| until.saturating_sub(crate::state::now_unix())).unwrap_or(0);
+        family(
+            "blog_agent_bake_remaining_seconds",
+            "gauge",
+            "Seconds left of the bake in progress when the file was written; 0 when none is.",
+            &[(vec![], left.to_string())],
+        );
+        let ends: Vec<_> = g.bake.iter().map(|(_, until)| (vec![], until.to_string())).collect();
+        family(
+            "blog_agent_bake_ends_timestamp_seconds",
+            "gauge",
+            "Unix time the bake in progress ends; no sample when none is.",
+            &ends,
+        );
+        family(
+            "blog_agent_bakes_total",
+            "counter",
+            "Bakes ended since the agent started, by outcome (baked: previous retired; reverted: back to it).",
+            &[
+                (vec![("outcome", "baked")], counter(&self.bakes_baked)),
+                (vec![("outcome", "reverted")], counter(&self.bakes_reverted)),
+            ],
         );
         family(
             "blog_agent_s3_requests_total",
@@ -320,7 +360,7 @@ mod tests {
             assert!(runbook.contains(&format!("| `{name}")), "docs/operations.md's metrics table lacks {name}");
         }
         // The states the agent reports in blog_agent_release_info (src/agent/mod.rs).
-        for state in ["converged", "waiting", "halted", "paused", "degraded", "warm", "unconverged"] {
+        for state in ["converged", "baking", "waiting", "halted", "paused", "degraded", "warm", "unconverged"] {
             assert!(runbook.contains(&format!("`{state}`")), "docs/operations.md lacks state {state:?}");
         }
     }
@@ -337,6 +377,10 @@ mod tests {
             "blog_agent_rollbacks_total",
             "blog_agent_halted",
             "blog_agent_rollout_wait_seconds",
+            "blog_agent_baking",
+            "blog_agent_bake_remaining_seconds",
+            "blog_agent_bake_ends_timestamp_seconds",
+            "blog_agent_bakes_total",
             "blog_agent_s3_requests_total",
             "blog_agent_ecr_calls_total",
         ] {

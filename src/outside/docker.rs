@@ -559,3 +559,22 @@ mod tests {
         assert!(!EngineError::Timeout { op: "start container", target: "c".into(), secs: 30 }.is_command_unrunnable());
     }
 }
+
+impl Engine {
+    /// The last `lines` lines the container wrote (stdout and stderr), oldest first: what a
+    /// retired release said before it went, for the journal. Best effort: empty when Docker
+    /// cannot give them (the log driver keeps none, the container is gone).
+    pub async fn logs_tail(&self, id: &str, lines: usize) -> Vec<String> {
+        let options = bollard::query_parameters::LogsOptions {
+            stdout: true,
+            stderr: true,
+            tail: lines.to_string(),
+            ..Default::default()
+        };
+        let read = self.docker.logs(id, Some(options)).collect::<Vec<_>>();
+        let Ok(items) = tokio::time::timeout(CALL_TIMEOUT, read).await else { return Vec::new() };
+        let text: String = items.into_iter().filter_map(Result::ok).map(|item| item.to_string()).collect();
+        let all: Vec<String> = text.lines().map(str::to_owned).collect();
+        all[all.len().saturating_sub(lines)..].to_vec()
+    }
+}
