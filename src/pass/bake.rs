@@ -197,8 +197,9 @@ where
 {
     let Watchers { mut probe, tripped } = watchers;
     tokio::pin!(tripped);
-    let mut events = Box::pin(engine.container_events(name));
+    let mut events = Box::pin(engine.container_ends(name));
     let mut events_up = true;
+    let mut oom = false;
     let mut ticks = tokio::time::interval(PROBE_EVERY);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut probing: Option<Pin<Box<Fut>>> = None;
@@ -209,10 +210,19 @@ where
             _ = shutdown.requested() => return Ending::Interrupted,
             detail = &mut tripped => return Ending::Tripped(Trip::Tripped { detail }),
             event = events.next(), if events_up => match event {
-                Some(Ok(action)) if action == "die" || action == "destroy" => {
-                    return Ending::Tripped(exited(engine, new_id).await);
+                Some(Ok((action, _))) if action == "oom" => oom = true,
+                Some(Ok((action, code))) => {
+                    let mut trip = exited(engine, new_id).await;
+                    if let Trip::Exited { exit, detail } = &mut trip {
+                        // The event's own exit code: Docker may have restarted it already.
+                        if let Some(code) = code.filter(|_| action == "die") {
+                            exit.code = Some(code);
+                            *detail = format!("exit code {code}{}", if oom || exit.oom_killed { ", OOM-killed" } else { "" });
+                        }
+                        exit.oom_killed |= oom;
+                    }
+                    return Ending::Tripped(trip);
                 }
-                Some(Ok(action)) => tracing::debug!(container = %name, %action, "container event during the bake"),
                 Some(Err(e)) => {
                     tracing::warn!(container = %name, error = %e, "lost Docker's events during the bake: its exits are seen by inspecting it every {}", humantime::format_duration(PROBE_EVERY));
                     events_up = false;
@@ -249,10 +259,9 @@ async fn exited(engine: &Engine, id: &str) -> Trip {
     match engine.container(id).await {
         Ok(Some(c)) => {
             let detail = format!(
-                "exit code {}{}, Docker restarted it {} times",
+                "exit code {}{}",
                 c.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "unknown".into()),
                 if c.oom_killed { ", OOM-killed" } else { "" },
-                c.restart_count
             );
             Trip::Exited { exit: c.exit(), detail }
         }
