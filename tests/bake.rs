@@ -74,7 +74,19 @@ fn wait_reverted(host: &Host, id: &str, sha: &str) {
             let serves = page.as_ref().is_some_and(|(status, body)| *status == 200 && body.contains(sha));
             let under_name = id_of(&host.container);
             let containers = host.containers();
-            seen = format!("page {page:?}, under the name {under_name:?}, containers {containers:?}");
+            let localnet =
+                std::fs::read_to_string("/proc/sys/net/ipv4/conf/docker0/route_localnet").unwrap_or_default();
+            let ip = inspect(&host.container, "{{.NetworkSettings.IPAddress}}").unwrap_or_default();
+            let direct = std::process::Command::new("curl")
+                .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-m", "2", &format!("http://{}/", ip.trim())])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            seen = format!(
+                "page {page:?}, under the name {under_name:?} at {ip} (answers {direct} there), containers {containers:?}, \
+                 docker0 route_localnet {}",
+                localnet.trim()
+            );
             (serves && under_name.as_deref() == Some(id) && containers == [host.container.clone()]).then_some(())
         })
     }));
