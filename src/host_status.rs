@@ -742,7 +742,7 @@ mod tests {
         );
         let json = serde_json::to_value(&s).unwrap();
         assert_eq!(json["bake"]["remaining_seconds"], 45);
-        assert_eq!(render_text(&status()).contains("bake "), false);
+        assert!(!render_text(&status()).contains("bake "));
     }
 
     #[test]

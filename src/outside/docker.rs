@@ -522,44 +522,6 @@ impl Engine {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::EngineError;
-
-    fn start_failed(detail: &str) -> EngineError {
-        EngineError::Api { op: "start container", target: "c".into(), detail: detail.into() }
-    }
-
-    /// What Docker 20.10 with runc answers, word for word, against what it says when the
-    /// host is at fault.
-    #[test]
-    fn a_command_the_image_lacks_is_told_apart_from_a_host_problem() {
-        let unrunnable = [
-            r#"failed to create shim task: OCI runtime create failed: runc create failed: unable to start container process: exec: "/nope": stat /nope: no such file or directory: unknown"#,
-            r#"OCI runtime create failed: container_linux.go:380: starting container process caused: exec: "httpd": executable file not found in $PATH: unknown"#,
-        ];
-        for detail in unrunnable {
-            assert!(start_failed(detail).is_command_unrunnable(), "{detail}");
-        }
-        let host_problems = [
-            "driver failed programming external connectivity on endpoint blog (abc): Bind for 0.0.0.0:8080 failed: port is already allocated",
-            "driver failed programming external connectivity on endpoint blog (abc): Error starting userland proxy: listen tcp4 0.0.0.0:8080: bind: address already in use",
-            "failed to create shim task: OCI runtime create failed: runc create failed: unable to start container process: error during container init: error mounting \"/srv\" to rootfs: no such file or directory: unknown",
-        ];
-        for detail in host_problems {
-            assert!(!start_failed(detail).is_command_unrunnable(), "{detail}");
-        }
-        // Only a start says so: the same words from another call are not the image's fault.
-        let create = EngineError::Api {
-            op: "create container",
-            target: "c".into(),
-            detail: "unable to start container process: exec: x".into(),
-        };
-        assert!(!create.is_command_unrunnable());
-        assert!(!EngineError::Timeout { op: "start container", target: "c".into(), secs: 30 }.is_command_unrunnable());
-    }
-}
-
 impl Engine {
     /// The last `lines` lines the container wrote (stdout and stderr), oldest first: what a
     /// retired release said before it went, for the journal. Best effort: empty when Docker
@@ -606,5 +568,43 @@ impl Engine {
                 std::future::ready(item)
             },
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::EngineError;
+
+    fn start_failed(detail: &str) -> EngineError {
+        EngineError::Api { op: "start container", target: "c".into(), detail: detail.into() }
+    }
+
+    /// What Docker 20.10 with runc answers, word for word, against what it says when the
+    /// host is at fault.
+    #[test]
+    fn a_command_the_image_lacks_is_told_apart_from_a_host_problem() {
+        let unrunnable = [
+            r#"failed to create shim task: OCI runtime create failed: runc create failed: unable to start container process: exec: "/nope": stat /nope: no such file or directory: unknown"#,
+            r#"OCI runtime create failed: container_linux.go:380: starting container process caused: exec: "httpd": executable file not found in $PATH: unknown"#,
+        ];
+        for detail in unrunnable {
+            assert!(start_failed(detail).is_command_unrunnable(), "{detail}");
+        }
+        let host_problems = [
+            "driver failed programming external connectivity on endpoint blog (abc): Bind for 0.0.0.0:8080 failed: port is already allocated",
+            "driver failed programming external connectivity on endpoint blog (abc): Error starting userland proxy: listen tcp4 0.0.0.0:8080: bind: address already in use",
+            "failed to create shim task: OCI runtime create failed: runc create failed: unable to start container process: error during container init: error mounting \"/srv\" to rootfs: no such file or directory: unknown",
+        ];
+        for detail in host_problems {
+            assert!(!start_failed(detail).is_command_unrunnable(), "{detail}");
+        }
+        // Only a start says so: the same words from another call are not the image's fault.
+        let create = EngineError::Api {
+            op: "create container",
+            target: "c".into(),
+            detail: "unable to start container process: exec: x".into(),
+        };
+        assert!(!create.is_command_unrunnable());
+        assert!(!EngineError::Timeout { op: "start container", target: "c".into(), secs: 30 }.is_command_unrunnable());
     }
 }
