@@ -227,4 +227,21 @@ mod tests {
         let second = q.remaining(&a, Instant::now()).unwrap();
         assert!(second > first.mul_f64(1.3), "{first:?} then {second:?}");
     }
+
+    /// One tripped bake holds the release back at once (S3 still names it), and a second one
+    /// after its trial twice as long.
+    #[tokio::test(start_paused = true)]
+    async fn a_reverted_release_is_held_back_at_once() {
+        let a = sha('a');
+        let mut q = Quarantine::default();
+        assert_eq!(q.record_revert(&a, Instant::now()), Cause::Reverted);
+        assert!(q.held(Instant::now()).contains_key(&a));
+        let first = q.remaining(&a, Instant::now()).unwrap();
+        assert!(first >= QUARANTINE_FIRST.mul_f64(0.79), "{first:?}");
+        tokio::time::advance(first + Duration::from_secs(1)).await;
+        assert!(q.held(Instant::now()).is_empty(), "on trial: deployed again");
+        q.record_revert(&a, Instant::now());
+        let second = q.remaining(&a, Instant::now()).unwrap();
+        assert!(second > first.mul_f64(1.3), "{first:?} then {second:?}");
+    }
 }
