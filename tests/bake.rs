@@ -175,3 +175,39 @@ fn publish_mode_starts_the_kept_container_again_on_a_late_failure() {
     wait_reverted(&host, &first, &v1);
     agent.wait_log("tripped its bake", DEPLOY);
 }
+
+/// An agent killed mid-bake and started again resumes the bake with the container it kept,
+/// and still reverts to it.
+#[test]
+fn an_agent_started_again_mid_bake_resumes_it_with_the_kept_container() {
+    let h = SwitchHost::new("bake_resume");
+    let host = &h.host;
+    let mut agent = host.start_agent(&[]);
+    let (first, v2) = cut_over_to(host, &agent, "late500");
+    agent.signal("KILL");
+    agent.wait_exit(Duration::from_secs(5));
+    assert!(host.state_dir().join("bake.json").exists(), "the bake is recorded for the next start");
+    host.assert_serves(&v2);
+    let again = host.start_agent(&[]);
+    again.wait_log("resuming the bake", DEPLOY);
+    let v1 = docker_ok(&["inspect", "-f", "{{index .Config.Labels \"io.blog-agent.sha\"}}", &first]);
+    wait_reverted(host, &first, &v1);
+    again.wait_log("tripped its bake", DEPLOY);
+}
+
+/// `sync` bakes what it cut over to before it returns: after a clean bake only the new
+/// container is left.
+#[test]
+fn sync_bakes_before_it_returns() {
+    let host = Host::new("bake_sync");
+    host.write_config_baking("3s", "");
+    host.release("good");
+    assert_eq!(host.sync().code, 0);
+    let v2 = host.release("good");
+    let run = host.sync();
+    assert_eq!(run.code, 0, "{}", run.output());
+    assert!(run.stderr.contains("baking"), "{}", run.output());
+    host.assert_serves(&v2);
+    host.assert_only_the_serving_container();
+    assert!(!host.state_dir().join("bake.json").exists(), "the bake is over");
+}
