@@ -6,8 +6,13 @@
 //! -> the published SHA's halt marker, when that can matter ([`fleet`]) -> lock -> observe
 //! once -> crash-loop check -> [`decide`](crate::pass::decide) (with this host's rollout wave)
 //! -> execute -> a release that failed here is halted fleet-wide -> metrics textfile.
-//! [`phase`] is the loop's state as a type, from which `STATUS=` is derived; [`quarantine`]
-//! remembers bad releases. Nothing here ever stops the serving container because a remote
+//! [`phase`] is the loop's state as a type, from which `STATUS=` is derived; [`memory`] is what
+//! it knows between passes; [`quarantine`] remembers bad releases. A cut-over that kept the
+//! previous container starts a bake ([`crate::pass::bake`]) in a task of its own, which holds
+//! the lock until it retires the previous container or reverts to it: while it runs, a pass
+//! changes nothing (a bake is a state of the loop, `Phase::Baking`), and the pass after it
+//! takes the outcome in (quarantine, judgement, vote). SIGTERM leaves both containers and
+//! `bake.json`; the next start resumes the bake with the container it kept. Nothing here ever stops the serving container because a remote
 //! service failed.
 
 pub mod driver;

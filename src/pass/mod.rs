@@ -4,7 +4,9 @@
 //! - [`decide`]: a pure function from (wanted release, snapshot, quarantine, rollout wave,
 //!   halt marker, now) to a [`Decision`](decide::Decision): which release, why, and the
 //!   ordered steps;
-//! - [`execute`] and [`deploy`]: carry the steps out, safely. They choose nothing.
+//! - [`execute`] and [`deploy`]: carry the steps out, safely, through [`traffic::Traffic`] (the
+//!   cut-over, revert and retire of each traffic mode); [`bake`] watches the new version after
+//!   a cut-over with the previous container kept. They choose nothing.
 //!
 //! `sync` and `sync --dry-run` both go through [`execute::observe_and_decide`], so the dry run
 //! prints exactly what a real pass would do; the `run` loop observes, notes crash loops, then
