@@ -11,10 +11,12 @@
 #        nocommand  names an entrypoint the image lacks (Docker refuses to start it anywhere)
 #        posts    good, with "Latest posts" on its page and a /posts/ section (good has neither:
 #                 the Hugo build that lost a section, for [health] contains and [[health.check]])
+#        late500  serves its page for 10 seconds after it starts, then answers 500 (a late failure)
+#        lateexit serves its page for 6 seconds after it starts, then exits non-zero
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/stack-env.sh"
-sha=${1:?usage: publish-image.sh SHA [good|crash|http500|flaky|slow|large|nocommand|posts] [REGISTRY] [REPO]}
+sha=${1:?usage: publish-image.sh SHA [good|crash|http500|flaky|slow|large|nocommand|posts|late500|lateexit] [REGISTRY] [REPO]}
 kind=${2:-good}
 registry=${3:-$BLOG_AGENT_TEST_REGISTRY}
 repo=${4:-blog}
@@ -50,7 +52,24 @@ case "$kind" in
     printf 'FROM scratch\nCOPY busybox /bin/busybox\nCOPY www /var/www\nEXPOSE 80\nENTRYPOINT ["/bin/busybox","httpd","-f","-p","80","-h","/var/www"]\n' >"$ctx/Dockerfile" ;;
   nocommand)
     printf 'FROM scratch\nCOPY busybox /bin/busybox\nCOPY www /var/www\nEXPOSE 80\nENTRYPOINT ["/bin/httpd","-f","-p","80","-h","/var/www"]\n' >"$ctx/Dockerfile" ;;
-  *) echo "publish-image: unknown kind '$kind' (good, crash, http500, flaky, slow, large, nocommand, posts)" >&2; exit 2 ;;
+  late500)
+    # The entrypoint notes its start; the page (a CGI, no index.html) answers 500 once 10 s
+    # have passed since.
+    rm "$ctx/www/index.html"; mkdir -p "$ctx/www/cgi-bin"
+    cat >"$ctx/www/cgi-bin/index.cgi" <<CGI
+#!/bin/sh
+age=\$(( \$(/bin/busybox date +%s) - \$(/bin/busybox cat /start) ))
+if [ "\$age" -ge 10 ]; then
+  printf 'Status: 500 Internal Server Error\r\nContent-Type: text/plain\r\n\r\nbroken $sha after %s s\n' "\$age"
+else
+  printf 'Content-Type: text/html\r\n\r\n<html><body><h1>blog</h1><p>version $sha</p></body></html>\n'
+fi
+CGI
+    chmod +x "$ctx/www/cgi-bin/index.cgi"
+    printf 'FROM scratch\nCOPY busybox /bin/busybox\nCOPY busybox /bin/sh\nCOPY www /var/www\nEXPOSE 80\nENTRYPOINT ["/bin/sh","-c","/bin/busybox date +%%s > /start; exec /bin/busybox httpd -f -p 80 -h /var/www"]\n' >"$ctx/Dockerfile" ;;
+  lateexit)
+    printf 'FROM scratch\nCOPY busybox /bin/busybox\nCOPY busybox /bin/sh\nCOPY www /var/www\nEXPOSE 80\nENTRYPOINT ["/bin/sh","-c","/bin/busybox httpd -p 80 -h /var/www && /bin/busybox sleep 6; exit 1"]\n' >"$ctx/Dockerfile" ;;
+  *) echo "publish-image: unknown kind '$kind' (good, crash, http500, flaky, slow, large, nocommand, posts, late500, lateexit)" >&2; exit 2 ;;
 esac
 # Logging in is idempotent and cheap; registries started by tests need it too.
 echo "$ECR_TOKEN_PASSWORD" | docker login -u "$ECR_TOKEN_USER" --password-stdin "$registry" >/dev/null 2>&1 || true

@@ -267,6 +267,9 @@ pub struct HealthSettings {
     /// When the container's access log counts as failing (`[health] max_5xx_share`,
     /// `max_5xx_min_requests`): read by [`crate::outside::access_log`].
     pub max_5xx: FiveXxLimits,
+    /// How long a new release is watched after its cut-over with the previous container kept
+    /// warm beside it ([`crate::pass::bake`]); zero: the previous one is retired at cut-over.
+    pub bake: Duration,
 }
 
 impl HealthSettings {
@@ -498,6 +501,7 @@ struct RawHealth {
     check: Option<Vec<RawHealthCheck>>,
     max_5xx_share: Option<RawShare>,
     max_5xx_min_requests: Option<i64>,
+    bake: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -1243,7 +1247,8 @@ impl Validator<'_> {
             .map(|(i, check)| self.health_check(i + 1, check))
             .collect::<Result<Vec<_>, _>>()?;
         let max_5xx = self.five_xx(raw.max_5xx_share, raw.max_5xx_min_requests)?;
-        Ok(HealthSettings { url, timeout, contains, checks, max_5xx })
+        let bake = self.duration("[health] bake", raw.bake, Duration::from_secs(60))?;
+        Ok(HealthSettings { url, timeout, contains, checks, max_5xx, bake })
     }
 
     /// Text a body must contain: an empty one would pass every page, so it is refused.

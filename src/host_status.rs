@@ -63,6 +63,9 @@ pub struct Status {
     pub disk: Option<DiskStatus>,
     /// Docker's data root could not be measured.
     pub disk_error: Option<String>,
+    /// The bake in progress (`[health] bake`): the release just cut over to is watched, with
+    /// the previous container kept to revert to.
+    pub bake: Option<BakeStatus>,
 }
 
 /// Docker's data root, where a pull lands ([`crate::outside::disk`]).
@@ -90,6 +93,34 @@ pub struct AgentVersion {
 impl AgentVersion {
     pub fn this_binary() -> AgentVersion {
         AgentVersion { version: crate::VERSION.to_owned(), commit: crate::COMMIT.to_owned() }
+    }
+}
+
+/// A bake in progress, from `bake.json` in the state dir.
+#[derive(Debug, Clone, Serialize)]
+pub struct BakeStatus {
+    pub sha: String,
+    pub container_id: String,
+    /// The release and container kept to revert to (`<name>-previous`).
+    pub previous_sha: Option<String>,
+    pub previous_container_id: String,
+    pub started_at: String,
+    pub ends_at: String,
+    pub remaining_seconds: u64,
+}
+
+impl BakeStatus {
+    fn from_record(r: &crate::pass::bake::BakeRecord, now: u64) -> BakeStatus {
+        let at = |secs: u64| rfc3339(std::time::UNIX_EPOCH + Duration::from_secs(secs));
+        BakeStatus {
+            sha: r.sha.clone(),
+            container_id: r.container_id.clone(),
+            previous_sha: r.previous_sha.clone(),
+            previous_container_id: r.previous_id.clone(),
+            started_at: at(r.started),
+            ends_at: at(r.until),
+            remaining_seconds: r.remaining(now).as_secs(),
+        }
     }
 }
 
@@ -370,6 +401,7 @@ pub async fn gather(
         clock: ClockStatus::of(None),
         disk: None,
         disk_error: None,
+        bake: crate::pass::bake::BakeRecord::load(dir).map(|r| BakeStatus::from_record(&r, crate::state::now_unix())),
     };
     let env_and_release = async {
         let env = environment::resolve(env_flag, settings, tags).await;
@@ -688,6 +720,19 @@ pub fn render_text(s: &Status) -> String {
         }
         (None, mode) => line("traffic", format!("{mode}: Docker publishes the ports")),
     }
+    if let Some(b) = &s.bake {
+        line(
+            "bake",
+            format!(
+                "baking {} until {} ({} s left); {} kept as {} to revert to",
+                &b.sha[..b.sha.len().min(12)],
+                b.ends_at,
+                b.remaining_seconds,
+                b.previous_sha.as_deref().map(|p| &p[..p.len().min(12)]).unwrap_or("the previous version"),
+                &b.previous_container_id[..b.previous_container_id.len().min(12)]
+            ),
+        );
+    }
     line(
         "updates",
         match (&s.paused, &s.state_error) {
@@ -852,6 +897,7 @@ mod tests {
             clock: ClockStatus::of(None),
             disk: None,
             disk_error: None,
+            bake: None,
         }
     }
 
@@ -887,6 +933,29 @@ mod tests {
         s.disk = None;
         s.disk_error = Some("Docker info daemon: no DockerRootDir".into());
         assert!(render_text(&s).contains("disk           UNKNOWN: Docker info daemon"));
+    }
+
+    #[test]
+    fn a_bake_in_progress_is_shown_with_the_time_left() {
+        let record = crate::pass::bake::BakeRecord {
+            sha: "b".repeat(40),
+            container_id: "c".repeat(64),
+            previous_id: "d".repeat(64),
+            previous_sha: Some("a".repeat(40)),
+            started: 1_700_000_000,
+            until: 1_700_000_060,
+        };
+        let s = Status { bake: Some(BakeStatus::from_record(&record, 1_700_000_015)), ..status() };
+        let text = render_text(&s);
+        assert!(
+            text.contains(
+                "bake           baking bbbbbbbbbbbb until 2023-11-14T22:14:20Z (45 s left); aaaaaaaaaaaa kept as dddddddddddd to revert to"
+            ),
+            "{text}"
+        );
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["bake"]["remaining_seconds"], 45);
+        assert!(!render_text(&status()).contains("bake "));
     }
 
     #[test]

@@ -2,10 +2,12 @@
 //!
 //! - [`outside`]: one module per external system (AWS setup, IMDS, S3, ECR, Docker, HTTP probe).
 //! - [`pass`]: one reconcile pass: observe once ([`pass::snapshot`]), decide purely
-//!   ([`pass::decide`]), then do ([`pass::execute`], [`pass::deploy`]); [`pass::once`] is the
-//!   `sync` command's pass.
+//!   ([`pass::decide`]), then do ([`pass::execute`], through [`pass::traffic::Traffic`], one
+//!   variant per traffic mode), then watch the new release with the previous one kept to revert
+//!   to ([`pass::bake`]); [`pass::once`] is the `sync` command's pass.
 //! - [`agent`]: the `run` service: the loop ([`agent::driver`]), its state ([`agent::phase`]),
-//!   Docker events and the memory of bad releases ([`agent::quarantine`]).
+//!   what it knows between passes ([`agent::memory`]), Docker events and the memory of bad
+//!   releases ([`agent::quarantine`]).
 //! - [`config`] (validated settings), [`spec`] (the container a release runs as), [`sha`],
 //!   [`environment`] (which environment this host serves), [`state`] and [`lock`] (what the
 //!   host remembers, and who may change it), [`host_status`] (what `status` reports).

@@ -395,6 +395,9 @@ fn metrics_textfile_is_valid_per_the_reference_parser() {
     m.record_rollback();
     m.set_halted(vec!["1a2b3c4".into(), "quote\"d".into()]);
     m.set_rollout_wait(Duration::from_millis(12_500));
+    // A bake whose end has passed: 0 s left, whenever the test runs.
+    m.set_bake(Some(("3f2a9c1".into(), 1_700_000_000)));
+    m.record_bake(false);
     m.add_s3_request();
     m.add_s3_request();
     m.add_ecr_call();
@@ -427,6 +430,10 @@ fn metrics_textfile_is_valid_per_the_reference_parser() {
         ("blog_agent_disk_min_free_bytes", "gauge"),
         ("blog_agent_disk_short", "gauge"),
         ("blog_agent_disk_needed_bytes", "gauge"),
+        ("blog_agent_baking", "gauge"),
+        ("blog_agent_bake_remaining_seconds", "gauge"),
+        ("blog_agent_bake_ends_timestamp_seconds", "gauge"),
+        ("blog_agent_bakes", "counter"),
         ("blog_agent_s3_requests", "counter"),
         ("blog_agent_ecr_calls", "counter"),
     ];
@@ -460,6 +467,11 @@ fn metrics_textfile_is_valid_per_the_reference_parser() {
         ("blog_agent_disk_min_free_bytes", json!({}), 2_147_483_648.0),
         ("blog_agent_disk_short", json!({}), 1.0),
         ("blog_agent_disk_needed_bytes", json!({}), 3_221_225_472.0),
+        ("blog_agent_baking", json!({"sha": "3f2a9c1"}), 1.0),
+        ("blog_agent_bake_remaining_seconds", json!({}), 0.0),
+        ("blog_agent_bake_ends_timestamp_seconds", json!({}), 1_700_000_000.0),
+        ("blog_agent_bakes_total", json!({"outcome": "baked"}), 0.0),
+        ("blog_agent_bakes_total", json!({"outcome": "reverted"}), 1.0),
         ("blog_agent_s3_requests_total", json!({}), 2.0),
         ("blog_agent_ecr_calls_total", json!({}), 1.0),
     ];

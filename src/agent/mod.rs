@@ -6,14 +6,20 @@
 //! -> the published SHA's halt marker, when that can matter ([`fleet`]) -> lock -> observe
 //! once -> crash-loop check -> [`decide`](crate::pass::decide) (with this host's rollout wave)
 //! -> execute -> a release that failed here is halted fleet-wide -> metrics textfile.
-//! [`phase`] is the loop's state as a type, from which `STATUS=` is derived; [`quarantine`]
-//! remembers bad releases. Nothing here ever stops the serving container because a remote
+//! [`phase`] is the loop's state as a type, from which `STATUS=` is derived; [`memory`] is what
+//! it knows between passes; [`quarantine`] remembers bad releases. A cut-over that kept the
+//! previous container starts a bake ([`crate::pass::bake`]) in a task of its own, which holds
+//! the lock until it retires the previous container or reverts to it: while it runs, a pass
+//! changes nothing (a bake is a state of the loop, `Phase::Baking`), and the pass after it
+//! takes the outcome in (quarantine, judgement, vote). SIGTERM leaves both containers and
+//! `bake.json`; the next start resumes the bake with the container it kept. Nothing here ever stops the serving container because a remote
 //! service failed.
 
 pub mod driver;
 pub mod events;
 pub mod fleet;
 pub mod launch_gate;
+pub mod memory;
 pub mod phase;
 pub mod quarantine;
 pub mod rules_keeper;
@@ -34,6 +40,7 @@ use crate::outside::docker::ContainerInfo;
 use crate::outside::imds::TagSource;
 use crate::outside::registry::CredentialSource;
 use crate::outside::release::{Fetched, ReleaseSource};
+use crate::pass::bake::{self, BakeRecord};
 use crate::pass::decide::{self, Inputs, Wanted, Why};
 use crate::pass::desired::{self, Accepted, Catalog, Desired, Published, Trust};
 use crate::pass::execute::{self, Options};
@@ -47,19 +54,12 @@ use crate::state::LastPass;
 use driver::{PassKind, Reconciler, Wakeups};
 use fleet::Fleet;
 use launch_gate::{LaunchGate, Stage};
+use memory::{Baking, Failed, Memory};
 use phase::{Phase, Problem};
-use quarantine::{Cause, Quarantine};
+use quarantine::Cause;
 
 /// Slack on top of the sum of a pass's own bounds before it counts as hung.
 const PASS_SLACK: Duration = Duration::from_secs(180);
-
-/// A release the judgement blamed for a failure here during a pass: voted against once the
-/// pass knows what serves.
-#[derive(Debug, Clone)]
-struct Failed {
-    sha: Sha,
-    verdict: Verdict,
-}
 
 /// What a pass leaves on the host.
 enum Outcome {
@@ -67,24 +67,18 @@ enum Outcome {
     Served { serving: Option<Sha>, problem: Option<Problem> },
     /// A warm-pool instance: the release's image is on disk and nothing was started.
     Warmed { image: String },
+    /// A bake is in progress: nothing else is changed until it ends.
+    Baking(BakeRecord),
 }
 
-/// The loop's memory between passes.
+/// One `run` loop: its settings, the services it talks to, its tasks, and its [`Memory`].
 pub struct Agent<T, R, C> {
     settings: Settings,
     config_path: PathBuf,
     env_flag: Option<String>,
     services: Services<T, R, C>,
     environment: Option<Environment>,
-    /// The release object as last read, verified ([`crate::pass::desired`]).
-    desired: Option<Desired>,
-    quarantine: Quarantine,
     phase: Phase,
-    /// Who paused automatic updates, if they are paused.
-    paused_by: Option<String>,
-    /// Why the last pass chose its target: a change away from S3's release (pause, pin,
-    /// last-known-good, quarantine) is logged once when it starts, not on every pass.
-    last_why: Option<std::mem::Discriminant<Why>>,
     triggers: mpsc::Sender<&'static str>,
     events: Option<JoinHandle<()>>,
     rules: Option<JoinHandle<()>>,
@@ -92,20 +86,15 @@ pub struct Agent<T, R, C> {
     retired_routes: Option<Arc<dyn crate::pass::switch::Routes>>,
     /// Identity and seed, halt knowledge, metrics.
     fleet: Fleet,
-    /// Set by the pass that saw a release fail here (its probe, or a crash loop).
-    failed: Option<Failed>,
-    /// Why the last pass chose its target, for the metrics.
-    last_decision: Option<Why>,
     /// The Auto Scaling launch hook this host completes once it serves.
     launch: LaunchGate,
     /// The `[container] name` before a reload changed it: the container under it is renamed
     /// at the next pass, not orphaned (in publish mode it would keep the host ports).
     renamed_from: Option<String>,
-    /// A halted SHA and its verified rollback target, once resolved (a resolution that failed
-    /// is not kept: it is tried again at the next pass).
-    rollback_target: Option<(Sha, Option<String>)>,
     /// The last pass could not pull for lack of disk space: for the metrics and the launch gate.
     no_room: Option<crate::outside::disk::NoRoom>,
+    /// What the loop knows between passes.
+    memory: Memory,
 }
 
 impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
@@ -129,27 +118,26 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
             env_flag,
             services,
             environment: None,
-            desired: None,
-            quarantine: Quarantine::default(),
             phase: Phase::Starting,
-            paused_by: None,
-            last_why: None,
             triggers,
             events: None,
             rules: None,
             retired_routes: None,
             fleet: Fleet::start(),
-            failed: None,
-            last_decision: None,
             launch,
-            rollback_target: None,
             renamed_from: None,
             no_room: None,
+            memory: Memory::default(),
         };
         agent.watch_events();
         agent.watch_rules();
         let wake = Wakeups { triggers: trigger_rx, reload: signals.reload, shutdown: signals.shutdown };
         driver::drive(&mut agent, wake, &notifier).await;
+        if let Some(baking) = agent.memory.bake.take() {
+            // It saw the same shutdown: it leaves both containers and the record for the next
+            // start to resume.
+            let _ = baking.task.await;
+        }
         for task in [agent.events.take(), agent.rules.take()].into_iter().flatten() {
             task.abort();
         }
@@ -252,7 +240,10 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
             }
         };
 
-        self.last_decision = None;
+        if let Some(record) = self.tick_bake(&env.name, shutdown).await? {
+            return Ok(Outcome::Baking(record));
+        }
+        self.memory.last_decision = None;
         if self.launch.configured(&self.settings) {
             let identity = shutdown.race(self.fleet.identity()).await?.clone();
             shutdown.race(self.launch.prepare(&self.settings, &identity)).await?;
@@ -262,7 +253,7 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
             problem = self.read_release(&env, shutdown).await?;
         }
         let spread = self.settings.rollout.spread;
-        let published = self.desired.as_ref().and_then(|d| d.published.verified()).cloned();
+        let published = self.memory.desired.as_ref().and_then(|d| d.published.verified()).cloned();
         let (gate, halted, halt_unconfirmed) = match published {
             Some(published) => {
                 let gate = shutdown.race(self.fleet.gate(spread, published.published_at)).await?;
@@ -295,23 +286,23 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
             }
             None => (None, None, false),
         };
-        let wanted = match &self.desired {
+        let wanted = match &self.memory.desired {
             Some(desired) => Wanted::from(desired),
             None => Wanted::Unknown,
         };
 
         // Everything from here on decides what runs: under the lock, so a `sync --sha` or a
         // `pause` that happened meanwhile is seen.
-        let _lock =
+        let lock =
             shutdown.race(lock::acquire(&self.settings.agent.state_dir, self.settings.agent.lock_timeout)).await??;
         self.adopt_renamed().await;
         let engine = &self.services.engine;
         let snapshot = snapshot::observe(engine, &self.settings).await?;
-        self.paused_by = snapshot.pause.as_ref().map(|p| p.by.clone());
+        self.memory.paused_by = snapshot.pause.as_ref().map(|p| p.by.clone());
         if let Some((sha, Cause::CrashLoop { restarts })) =
-            self.quarantine.note_container(snapshot.main.as_ref(), Instant::now())
+            self.memory.quarantine.note_container(snapshot.main.as_ref(), Instant::now())
         {
-            let wait = self.quarantine.remaining(&sha, Instant::now()).unwrap_or_default();
+            let wait = self.memory.quarantine.remaining(&sha, Instant::now()).unwrap_or_default();
             let main = snapshot.main.as_ref();
             let failure = Failure::CrashLoop {
                 restarts,
@@ -326,11 +317,11 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
             );
             self.judged(&sha, verdict);
         }
-        let held = self.quarantine.held(Instant::now());
+        let held = self.memory.quarantine.held(Instant::now());
         let (settings, environment) = (&self.settings, env.name.as_str());
         let trust = Trust::new(settings, environment);
         let (last_good, pause) = (snapshot.state.last_good_in(environment), snapshot.pause.as_ref());
-        let catalog = Catalog::for_host(self.desired.as_ref(), trust, last_good, pause);
+        let catalog = Catalog::for_host(self.memory.desired.as_ref(), trust, last_good, pause);
         let decide_on = |snapshot: &snapshot::Snapshot| {
             decide::decide(&Inputs {
                 settings,
@@ -346,14 +337,14 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
             })
         };
         let decision = decide_on(&snapshot);
-        self.last_decision = Some(decision.why.clone());
+        self.memory.last_decision = Some(decision.why.clone());
         // Why the host runs something other than S3's release is logged when it starts.
         let why = std::mem::discriminant(&decision.why);
-        if self.last_why != Some(why) && !matches!(decision.why, Why::Published | Why::Operator) {
+        if self.memory.last_why != Some(why) && !matches!(decision.why, Why::Published | Why::Operator) {
             let target = decision.target.as_ref().map(Sha::short).unwrap_or("nothing");
             tracing::info!(env = %env.name, "{}: staying on {target}", decision.why);
         }
-        self.last_why = Some(why);
+        self.memory.last_why = Some(why);
         match &decision.why {
             Why::Quarantined { release, .. } => {
                 problem = Some(Problem::quarantined(release.as_str(), decision.why.to_string()))
@@ -389,7 +380,7 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
         )
         .await;
         if let Ok(done) = &result {
-            self.last_decision = Some(done.decision.why.clone());
+            self.memory.last_decision = Some(done.decision.why.clone());
         }
         match result {
             Ok(done) => {
@@ -397,11 +388,20 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
                     if matches!(applied.action, Action::Deployed { .. }) {
                         self.fleet.metrics.record_deploy(true);
                     }
+                    if let Some(kept) = &applied.kept {
+                        let record = BakeRecord::new(settings, &applied.container_id, &applied.sha, kept);
+                        self.start_bake(record.clone(), lock, served_before, environment, shutdown);
+                        if Some(&applied.sha) == done.decision.target.as_ref() {
+                            self.memory.quarantine.record_success(&applied.sha);
+                        }
+                        tracing::info!(env = %env.name, sha = %applied.sha, container = %self.settings.container.name, "{}", applied.action);
+                        return Ok(Outcome::Baking(record));
+                    }
                     if applied.action != Action::Unchanged {
                         tracing::info!(env = %env.name, sha = %applied.sha, container = %settings.container.name, "{}", applied.action);
                     }
                     if Some(&applied.sha) == done.decision.target.as_ref() {
-                        self.quarantine.record_success(&applied.sha);
+                        self.memory.quarantine.record_success(&applied.sha);
                     }
                 }
                 if let Some(failure) = &done.rescued_from {
@@ -416,6 +416,110 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
                 self.count_failure(sha, before, &e);
                 Err(e)
             }
+        }
+    }
+
+    /// The bake step of a pass. While a bake runs the pass changes nothing (its task holds the
+    /// lock, and watches the new version on its own); once it has ended, its outcome is taken
+    /// in (quarantine, judgement, the vote at the end of this pass) and the pass goes on. At
+    /// the first pass, a bake an earlier run left (`bake.json`) is resumed with the container
+    /// it kept, for the time it had left.
+    async fn tick_bake(&mut self, environment: &str, shutdown: &Shutdown) -> Result<Option<BakeRecord>, PassError> {
+        if self.phase == Phase::Starting && self.memory.bake.is_none() {
+            self.resume_bake(environment, shutdown).await?;
+        }
+        let Some(baking) = &self.memory.bake else { return Ok(None) };
+        if !baking.task.is_finished() {
+            return Ok(Some(baking.record.clone()));
+        }
+        let Baking { record, served_before, environment, task } = self.memory.bake.take().expect("checked above");
+        let outcome = match task.await {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                tracing::error!(sha = %record.sha, "the bake's task failed ({e}); the pass handles what it left");
+                bake::Outcome::Interrupted
+            }
+        };
+        self.bake_ended(&environment, served_before.as_ref(), &outcome);
+        Ok(None)
+    }
+
+    /// Watches `record`'s bake in its own task, which holds `lock` until it has retired the
+    /// previous container or reverted to it, then wakes the loop.
+    fn start_bake(
+        &mut self,
+        record: BakeRecord,
+        lock: lock::ReconcileLock,
+        served_before: Option<Sha>,
+        environment: &str,
+        shutdown: &Shutdown,
+    ) {
+        record.save(&self.settings.agent.state_dir);
+        let (engine, routes, settings) =
+            (self.services.engine.clone(), self.services.routes.clone(), self.settings.clone());
+        let (triggers, shutdown, watched) = (self.triggers.clone(), shutdown.clone(), record.clone());
+        let task = tokio::spawn(async move {
+            let traffic = crate::pass::traffic::Traffic::of(&settings, routes.as_ref());
+            // The seam for more watchers: extra checks and the access log's 5xx share trip the
+            // bake through `tripped`.
+            let watchers = bake::Watchers { probe: bake::host_path_probe(&settings), tripped: std::future::pending() };
+            let outcome = bake::run(&engine, traffic, &settings, &watched, watchers, &shutdown).await;
+            drop(lock);
+            // A full channel already holds a wake-up: the pass it runs takes the outcome in.
+            let _ = triggers.try_send("bake ended");
+            outcome
+        });
+        self.memory.bake = Some(Baking { record, served_before, environment: environment.to_owned(), task });
+    }
+
+    /// Resumes the bake `bake.json` records when its two containers are still there: the new
+    /// one serving under the name, the kept one as `-previous`. Anything else ends it: the
+    /// pass's recovery proves what is under the name and retires or restores `-previous`.
+    async fn resume_bake(&mut self, environment: &str, shutdown: &Shutdown) -> Result<(), PassError> {
+        let dir = self.settings.agent.state_dir.clone();
+        let Some(record) = BakeRecord::load(&dir) else { return Ok(()) };
+        let lock = shutdown.race(lock::acquire(&dir, self.settings.agent.lock_timeout)).await??;
+        let name = &self.settings.container.name;
+        let engine = &self.services.engine;
+        let main = engine.container(name).await?;
+        let previous = engine.container(&snapshot::aside(name, snapshot::PREVIOUS)).await?;
+        let serving = main.as_ref().is_some_and(|c| c.id == record.container_id && c.is_managed() && c.running);
+        let kept = previous.as_ref().is_some_and(|c| c.id == record.previous_id && c.is_managed());
+        if !(serving && kept) {
+            tracing::info!(sha = %record.sha, "the bake of {} an earlier run left cannot go on (its containers changed); the pass takes care of what is left", record.short());
+            BakeRecord::clear(&dir);
+            return Ok(());
+        }
+        let left = record.remaining(crate::state::now_unix());
+        tracing::info!(sha = %record.sha, "resuming the bake of {} an earlier run left, {} to go, with {name}-previous kept for it", record.short(), humantime::format_duration(left));
+        let served_before = record.previous_sha.as_deref().and_then(|s| Sha::parse(s).ok());
+        self.start_bake(record, lock, served_before, environment, shutdown);
+        Ok(())
+    }
+
+    /// Takes in how a bake ended: a revert holds the release back here at once (the release
+    /// object still names it) and is judged; the release's fault becomes a vote at the end of
+    /// this pass.
+    fn bake_ended(&mut self, environment: &str, served_before: Option<&Sha>, outcome: &bake::Outcome) {
+        bake::report_bake_outcome(&self.settings, environment, outcome);
+        match outcome {
+            bake::Outcome::Baked { sha } => {
+                self.fleet.metrics.record_bake(true);
+                self.memory.quarantine.record_success(sha);
+            }
+            bake::Outcome::Reverted { sha, trip, .. } | bake::Outcome::Unreverted { sha, trip, .. } => {
+                self.fleet.metrics.record_bake(false);
+                let verdict = verdict::judge(&trip.failure(), &self.history(sha, served_before));
+                self.memory.quarantine.record_revert(sha, Instant::now());
+                let wait = self.memory.quarantine.remaining(sha, Instant::now()).unwrap_or_default();
+                tracing::warn!(
+                    env = %environment, sha = %sha, verdict = %verdict.rule,
+                    "{} tripped its bake ({trip}); held back here for {}; {verdict}",
+                    sha.short(), humantime::format_duration(Duration::from_secs(wait.as_secs()))
+                );
+                self.judged(sha, verdict);
+            }
+            bake::Outcome::Interrupted => {}
         }
     }
 
@@ -447,13 +551,13 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
     /// ([`desired::resolve_rollback_target`]); a resolution that failed is tried again at the
     /// next pass.
     async fn resolve_rollback_target(&mut self, environment: &str, marker: &mut crate::fleet::halt::Marker) {
-        if let Some((sha, target)) = &self.rollback_target {
+        if let Some((sha, target)) = &self.memory.rollback_target {
             if sha.as_str() == marker.sha {
                 marker.rolled_back_to = target.clone();
                 return;
             }
         }
-        let Some(desired) = self.desired.as_mut() else { return };
+        let Some(desired) = self.memory.desired.as_mut() else { return };
         self.fleet.metrics.add_s3_request();
         let halts = self.services.halts.in_bucket(&self.settings.release.bucket);
         let releases = &self.services.releases;
@@ -473,7 +577,7 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
                 return;
             }
         }
-        self.rollback_target = Some((halted, marker.rolled_back_to.clone()));
+        self.memory.rollback_target = Some((halted, marker.rolled_back_to.clone()));
     }
 
     /// Reads S3 (conditional GET) and verifies what changed ([`Desired::verify`]). Returns the
@@ -484,6 +588,7 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
         let location = crate::pass::desired::release_location(&self.settings, &env.name);
         let trust = Trust::new(&self.settings, &env.name);
         let etag = self
+            .memory
             .desired
             .as_ref()
             .filter(|d| d.location == location && (d.history.is_some() || !trust.required()))
@@ -496,7 +601,7 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
                 let accepted = Accepted::load(dir, &env.name);
                 let releases = &self.services.releases;
                 let desired = Desired::verify(releases, trust, location, release, accepted.as_ref()).await;
-                let before = self.desired.as_ref().map(|d| &d.published);
+                let before = self.memory.desired.as_ref().map(|d| &d.published);
                 match &desired.published {
                     Published::Verified(v) => {
                         if before.and_then(|p| p.verified()).map(|b| &b.sha) != Some(&v.sha) {
@@ -512,7 +617,7 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
                         }
                     }
                 }
-                self.desired = Some(desired);
+                self.memory.desired = Some(desired);
                 Ok(None)
             }
             Ok(Fetched::Unchanged) => {
@@ -531,8 +636,8 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
         let verdict = verdict::judge(&facts, &self.history(sha, served_before));
         self.fleet.metrics.record_deploy(false);
         self.judged(sha, verdict);
-        if let Some(Cause::FailedDeploys { times }) = self.quarantine.record_failure(sha, Instant::now()) {
-            let wait = self.quarantine.remaining(sha, Instant::now()).unwrap_or_default();
+        if let Some(Cause::FailedDeploys { times }) = self.memory.quarantine.record_failure(sha, Instant::now()) {
+            let wait = self.memory.quarantine.remaining(sha, Instant::now()).unwrap_or_default();
             tracing::warn!(sha = %sha, "release {} failed to deploy {times} times in a row; holding it back for {} s", sha.short(), wait.as_secs());
         }
     }
@@ -541,7 +646,7 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
     /// said (it stays on this host).
     fn judged(&mut self, sha: &Sha, verdict: Verdict) {
         if verdict.is_release() {
-            self.failed = Some(Failed { sha: sha.clone(), verdict });
+            self.memory.failed = Some(Failed { sha: sha.clone(), verdict });
         } else {
             tracing::warn!(sha = %sha, verdict = %verdict.rule, "{} failed here, and the judgement is {verdict}: no halt vote, other hosts are not affected", sha.short());
         }
@@ -553,6 +658,7 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
         let served_here_for =
             state.last_good.as_ref().filter(|g| g.sha == sha.as_str()).map(|g| g.served_for(crate::state::now_unix()));
         let published_for = self
+            .memory
             .desired
             .as_ref()
             .and_then(|d| d.published.verified())
@@ -567,13 +673,13 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
     async fn after_pass(&mut self, phase: &Phase) {
         let serving = phase.serving().and_then(|s| Sha::parse(s).ok());
         let env = self.environment.as_ref().map(|e| e.name.clone());
-        if let (Some(failed), Some(env)) = (self.failed.take(), env.as_deref()) {
+        if let (Some(failed), Some(env)) = (self.memory.failed.take(), env.as_deref()) {
             if serving.as_ref().is_some_and(|s| *s != failed.sha) {
                 self.fleet.metrics.record_rollback();
             }
             let halts = self.services.halts.in_bucket(&self.settings.release.bucket);
             let prefix = self.settings.halt_prefix(env);
-            let published = self.desired.as_ref().map(|d| d.published.sha().clone());
+            let published = self.memory.desired.as_ref().map(|d| d.published.sha().clone());
             self.fleet
                 .vote(
                     &halts,
@@ -590,8 +696,9 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
         self.fleet.note_identity().await;
         self.fleet.count_ecr_calls(self.services.credentials.api_calls());
         let metrics = self.fleet.metrics.clone();
-        let why = self.last_decision.as_ref();
+        let why = self.memory.last_decision.as_ref();
         let state = match phase {
+            Phase::Baking { .. } => "baking",
             Phase::Degraded { .. } => "degraded",
             Phase::Warm { .. } => "warm",
             Phase::Unconverged { .. } => "unconverged",
@@ -608,9 +715,10 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
         metrics.set_digest(proven.filter(|p| p.sha == sha && !p.digest.is_empty()).map(|p| (p.sha, p.digest)));
         metrics.record_pass(phase.is_converged(), SystemTime::now());
         metrics.set_clock(crate::runtime::clock::latest());
-        let published = self.desired.as_ref().map(|d| d.published.sha());
+        let published = self.memory.desired.as_ref().map(|d| d.published.sha());
         let halted = published.filter(|sha| self.fleet.halt_of(sha).is_some());
         metrics.set_halted(halted.map(Sha::to_string).into_iter().collect());
+        metrics.set_bake(self.memory.bake.as_ref().map(|b| (b.record.sha.clone(), b.record.until)));
         metrics.set_rollout_wait(match why {
             Some(Why::Waiting { remaining, .. }) => *remaining,
             _ => Duration::ZERO,
@@ -682,6 +790,9 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Reconciler for Agent<T
         let serving = if result.is_err() { self.serving_container().await } else { None };
         let phase = match result {
             Ok(Outcome::Warmed { image }) => Phase::Warm { image },
+            Ok(Outcome::Baking(record)) => {
+                Phase::Baking { serving: record.sha, previous: record.previous_sha, until: record.until }
+            }
             Ok(Outcome::Served { serving: sha, problem }) => Phase::after_pass(sha.map(|s| s.to_string()), problem),
             Err(e) => {
                 let sha = serving.as_ref().and_then(|c| c.labels.get(crate::spec::LABEL_SHA));
@@ -721,8 +832,8 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Reconciler for Agent<T
                 }
                 self.settings = settings;
                 self.environment = None;
-                self.desired = None;
-                self.rollback_target = None;
+                self.memory.desired = None;
+                self.memory.rollback_target = None;
                 self.fleet.forget_halt();
                 if renamed {
                     self.watch_events();
@@ -749,8 +860,9 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Reconciler for Agent<T
     }
 
     fn status_line(&self, phase: &Phase) -> String {
-        let line = phase.status_line(self.environment.as_ref().map(|e| e.name.as_str()), self.paused_by.as_deref());
-        match phase::rollout_note(phase, self.last_decision.as_ref()) {
+        let line =
+            phase.status_line(self.environment.as_ref().map(|e| e.name.as_str()), self.memory.paused_by.as_deref());
+        match phase::rollout_note(phase, self.memory.last_decision.as_ref()) {
             Some(note) => format!("{line}; {note}"),
             None => line,
         }

@@ -85,7 +85,9 @@ impl From<&PassError> for Problem {
             PassError::Deploy(DeployError::RestartUnhealthy { .. }) | PassError::Unhealthy { .. } => {
                 ProblemKind::Unhealthy
             }
-            PassError::Interrupted { release, .. } => ProblemKind::ReleaseUnhealthy(release.to_string()),
+            PassError::Interrupted { release, .. } | PassError::Reverted { sha: release, .. } => {
+                ProblemKind::ReleaseUnhealthy(release.to_string())
+            }
             PassError::Blocked(_) => ProblemKind::Blocked,
             PassError::Deploy(DeployError::Route(_)) => ProblemKind::Route,
             PassError::Deploy(DeployError::Disk(_)) => ProblemKind::Disk,
@@ -105,6 +107,14 @@ pub enum Phase {
     /// Serving `serving` (a SHA), the target, with nothing failing.
     Converged {
         serving: String,
+    },
+    /// Serving `serving`, just cut over to, during its bake (`[health] bake`): the previous
+    /// release's container (`previous`, a SHA when known) is kept until Unix second `until`,
+    /// and nothing else is changed meanwhile.
+    Baking {
+        serving: String,
+        previous: Option<String>,
+        until: u64,
     },
     /// Serving `serving`, but `problem` needs a retry.
     Degraded {
@@ -146,13 +156,17 @@ impl Phase {
     /// The SHA serving after the pass, if any.
     pub fn serving(&self) -> Option<&str> {
         match self {
-            Phase::Converged { serving } | Phase::Degraded { serving, .. } => Some(serving),
+            Phase::Converged { serving } | Phase::Degraded { serving, .. } | Phase::Baking { serving, .. } => {
+                Some(serving)
+            }
             _ => None,
         }
     }
 
+    /// Serving the target with nothing failing (a bake included: it serves the target, and the
+    /// loop polls at its interval meanwhile).
     pub fn is_converged(&self) -> bool {
-        matches!(self, Phase::Converged { .. })
+        matches!(self, Phase::Converged { .. } | Phase::Baking { .. })
     }
 
     /// The one-line `STATUS=`: `<env>: serving <sha>[ (updates paused by X)]; <state>`.
@@ -168,6 +182,15 @@ impl Phase {
         match self {
             Phase::Starting => format!("{env}: starting"),
             Phase::Converged { serving: s } => format!("{env}: serving {}; converged", serving(s)),
+            Phase::Baking { serving: s, previous, until } => format!(
+                "{env}: serving {}; baking until {} ({} left), {} kept warm to revert to",
+                serving(s),
+                humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(*until)),
+                humantime::format_duration(std::time::Duration::from_secs(
+                    until.saturating_sub(crate::state::now_unix())
+                )),
+                previous.as_deref().map(|p| &p[..p.len().min(12)]).unwrap_or("the previous version")
+            ),
             Phase::Degraded { serving: s, problem } => {
                 format!("{env}: serving {}; degraded: {}", serving(s), problem.text)
             }
@@ -245,6 +268,11 @@ mod tests {
                 "staging: warm pool: blog:0123456789ab pulled; the blog starts when the instance leaves the pool",
             ),
             (Phase::Stopping, None, "staging: stopping"),
+            (
+                Phase::Baking { serving: sha.into(), previous: Some("f".repeat(40)), until: 1_700_000_000 },
+                None,
+                "staging: serving 0123456789ab; baking until 2023-11-14T22:13:20Z (0s left), ffffffffffff kept warm to revert to",
+            ),
         ];
         for (phase, paused, want) in cases {
             assert_eq!(phase.status_line(Some("staging"), paused), want);

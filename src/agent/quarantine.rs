@@ -41,8 +41,14 @@ struct Hold {
 /// Why a release was just quarantined.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Cause {
-    CrashLoop { restarts: i64 },
-    FailedDeploys { times: u32 },
+    CrashLoop {
+        restarts: i64,
+    },
+    FailedDeploys {
+        times: u32,
+    },
+    /// Its bake tripped and it was reverted ([`crate::pass::bake`]).
+    Reverted,
 }
 
 #[derive(Debug, Default)]
@@ -105,6 +111,15 @@ impl Quarantine {
         self.failures.remove(sha);
         self.hold(sha, now);
         Some(Cause::FailedDeploys { times })
+    }
+
+    /// `sha` was reverted during its bake: held back at once (the release object still names
+    /// it, and deploying it again at the next pass would trip the same way), with the same
+    /// doubling backoff as a crash loop.
+    pub fn record_revert(&mut self, sha: &Sha, now: Instant) -> Cause {
+        self.failures.remove(sha);
+        self.hold(sha, now);
+        Cause::Reverted
     }
 
     /// `sha` was deployed and proven: its failure count starts again. A hold on trial keeps
@@ -209,6 +224,23 @@ mod tests {
         assert!(q.held(Instant::now()).is_empty(), "on trial: deployed again");
         // On trial, one failure is enough.
         assert!(q.record_failure(&a, Instant::now()).is_some());
+        let second = q.remaining(&a, Instant::now()).unwrap();
+        assert!(second > first.mul_f64(1.3), "{first:?} then {second:?}");
+    }
+
+    /// One tripped bake holds the release back at once (S3 still names it), and a second one
+    /// after its trial twice as long.
+    #[tokio::test(start_paused = true)]
+    async fn a_reverted_release_is_held_back_at_once() {
+        let a = sha('a');
+        let mut q = Quarantine::default();
+        assert_eq!(q.record_revert(&a, Instant::now()), Cause::Reverted);
+        assert!(q.held(Instant::now()).contains_key(&a));
+        let first = q.remaining(&a, Instant::now()).unwrap();
+        assert!(first >= QUARANTINE_FIRST.mul_f64(0.79), "{first:?}");
+        tokio::time::advance(first + Duration::from_secs(1)).await;
+        assert!(q.held(Instant::now()).is_empty(), "on trial: deployed again");
+        q.record_revert(&a, Instant::now());
         let second = q.remaining(&a, Instant::now()).unwrap();
         assert!(second > first.mul_f64(1.3), "{first:?} then {second:?}");
     }

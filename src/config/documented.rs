@@ -151,6 +151,7 @@ fn default_of(section: &str, key: &str, s: &Settings) -> Expected {
         // No check by default; an optional key of one is unset until its table sets it.
         ("health.check", "path") => RequiredInTable,
         ("health.check", "status") | ("health.check", "contains") => Unset,
+        ("health", "bake") => Value(duration(s.health.bake)),
         ("agent", "state_dir") => Value(quoted(s.agent.state_dir.display())),
         ("agent", "lock_timeout") => Value(duration(s.agent.lock_timeout)),
         ("reconcile", "interval") => Value(duration(s.reconcile.interval)),

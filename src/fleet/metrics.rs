@@ -39,6 +39,8 @@ struct Gauges {
     rollout_wait: Duration,
     clock: Option<crate::runtime::clock::Sample>,
     disk: Option<DiskGauges>,
+    /// The release being baked and when its bake ends (Unix seconds).
+    bake: Option<(String, u64)>,
 }
 
 /// Docker's data root as the last pass saw it ([`crate::outside::disk`]).
@@ -62,6 +64,8 @@ pub struct Metrics {
     deploys_success: AtomicU64,
     deploys_failure: AtomicU64,
     rollbacks: AtomicU64,
+    bakes_baked: AtomicU64,
+    bakes_reverted: AtomicU64,
     s3_requests: AtomicU64,
     ecr_calls: AtomicU64,
 }
@@ -124,6 +128,17 @@ impl Metrics {
     /// Docker's data root after a pass.
     pub fn set_disk(&self, disk: DiskGauges) {
         self.gauges().disk = Some(disk);
+    }
+
+    /// The bake in progress: its SHA and when it ends (Unix seconds); `None` when none is.
+    pub fn set_bake(&self, bake: Option<(String, u64)>) {
+        self.gauges().bake = bake;
+    }
+
+    /// A bake ended: baked (the previous container retired) or reverted to it.
+    pub fn record_bake(&self, baked: bool) {
+        let counter = if baked { &self.bakes_baked } else { &self.bakes_reverted };
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 
     /// One request sent to S3 (a poll, a halt marker read or write).
@@ -265,6 +280,31 @@ impl Metrics {
             "Bytes the refused pull needed free on Docker's data root (image size plus min_free_disk); no sample unless short.",
             &known(disk.need.filter(|_| disk.short)),
         );
+        let bake: Vec<_> = g.bake.iter().map(|(sha, _)| (vec![("sha", sha.as_str())], "1".to_owned())).collect();
+        family("blog_agent_baking", "gauge", "1 while the release of this SHA bakes ([health] bake).", &bake);
+        let left = g.bake.as_ref().map(|(_, until)| until.saturating_sub(crate::state::now_unix())).unwrap_or(0);
+        family(
+            "blog_agent_bake_remaining_seconds",
+            "gauge",
+            "Seconds left of the bake in progress when the file was written; 0 when none is.",
+            &[(vec![], left.to_string())],
+        );
+        let ends: Vec<_> = g.bake.iter().map(|(_, until)| (vec![], until.to_string())).collect();
+        family(
+            "blog_agent_bake_ends_timestamp_seconds",
+            "gauge",
+            "Unix time the bake in progress ends; no sample when none is.",
+            &ends,
+        );
+        family(
+            "blog_agent_bakes_total",
+            "counter",
+            "Bakes ended since the agent started, by outcome (baked: previous retired; reverted: back to it).",
+            &[
+                (vec![("outcome", "baked")], counter(&self.bakes_baked)),
+                (vec![("outcome", "reverted")], counter(&self.bakes_reverted)),
+            ],
+        );
         family(
             "blog_agent_s3_requests_total",
             "counter",
@@ -388,7 +428,7 @@ mod tests {
             assert!(runbook.contains(&format!("| `{name}")), "docs/operations.md's metrics table lacks {name}");
         }
         // The states the agent reports in blog_agent_release_info (src/agent/mod.rs).
-        for state in ["converged", "waiting", "halted", "paused", "degraded", "warm", "unconverged"] {
+        for state in ["converged", "baking", "waiting", "halted", "paused", "degraded", "warm", "unconverged"] {
             assert!(runbook.contains(&format!("`{state}`")), "docs/operations.md lacks state {state:?}");
         }
     }
@@ -407,6 +447,10 @@ mod tests {
             "blog_agent_halted",
             "blog_agent_rollout_wait_seconds",
             "blog_agent_clock_offset_seconds",
+            "blog_agent_baking",
+            "blog_agent_bake_remaining_seconds",
+            "blog_agent_bake_ends_timestamp_seconds",
+            "blog_agent_bakes_total",
             "blog_agent_s3_requests_total",
             "blog_agent_ecr_calls_total",
         ] {

@@ -74,6 +74,13 @@ pub enum Rule {
     ServedHereBefore,
     /// The release crash-loops here while the fleet has served it for a long time.
     FleetServesIt,
+    /// The new version passed its proof and took the traffic, then failed its health check
+    /// through the host path several times in a row (or an access-log or extra check tripped)
+    /// during its bake: reverted to the warm previous version.
+    UnhealthyInBake,
+    /// The new version exited on its own during its bake (Docker's `die` event): reverted to
+    /// the warm previous version.
+    ExitedInBake,
 }
 
 impl Rule {
@@ -91,15 +98,20 @@ impl Rule {
             Rule::KilledFromOutside => "killed-from-outside",
             Rule::ServedHereBefore => "served-here-before",
             Rule::FleetServesIt => "fleet-serves-it",
+            Rule::UnhealthyInBake => "unhealthy-in-bake",
+            Rule::ExitedInBake => "exited-in-bake",
         }
     }
 
     /// Who the rule blames.
     pub fn blame(self) -> Blame {
         match self {
-            Rule::NeverAnswered | Rule::CommandCannotRun | Rule::CrashedBeforeServing | Rule::CrashLoopAfterDeploy => {
-                Blame::Release
-            }
+            Rule::NeverAnswered
+            | Rule::CommandCannotRun
+            | Rule::CrashedBeforeServing
+            | Rule::CrashLoopAfterDeploy
+            | Rule::UnhealthyInBake
+            | Rule::ExitedInBake => Blame::Release,
             Rule::SpecChangedHere
             | Rule::HostPath
             | Rule::DockerHere
@@ -138,6 +150,13 @@ pub enum Failure {
     /// Docker restarted the serving container [`crate::agent::quarantine::CRASH_LOOP_RESTARTS`]
     /// times within the window.
     CrashLoop { restarts: i64, exit_code: Option<i64>, oom_killed: bool },
+    /// During the bake after its cut-over, the new version failed what watches it: its health
+    /// check through the host path several times in a row, or a tripped watcher (access-log
+    /// 5xx share, an extra check). It had served: the failure came late.
+    LateUnhealthy { detail: String },
+    /// During the bake after its cut-over, the new version's process ended (Docker's `die`),
+    /// with Docker's exit code and `OOMKilled`.
+    LateExit { exit_code: Option<i64>, oom_killed: bool, detail: String },
 }
 
 /// What this host knows of the release that failed.
@@ -209,6 +228,16 @@ pub fn judge(failure: &Failure, history: &History) -> Verdict {
         Failure::HostPathProbe { detail } => verdict(Rule::HostPath, detail),
         Failure::Engine { detail } => verdict(Rule::DockerHere, detail),
         Failure::Netfilter { detail } => verdict(Rule::NetfilterHere, detail),
+        // A late end by a kill from outside is this host's, as during a probe.
+        Failure::LateExit { exit_code, oom_killed, detail } if killed_from_outside(*exit_code, *oom_killed) => {
+            verdict(Rule::KilledFromOutside, detail)
+        }
+        // The release that served here before the pass, failing after a new spec: the spec.
+        Failure::LateExit { detail, .. } | Failure::LateUnhealthy { detail } if history.served_before_pass => {
+            verdict(Rule::SpecChangedHere, detail)
+        }
+        Failure::LateExit { detail, .. } => verdict(Rule::ExitedInBake, detail),
+        Failure::LateUnhealthy { detail } => verdict(Rule::UnhealthyInBake, detail),
         Failure::CrashLoop { restarts, exit_code, oom_killed } => {
             let evidence = format!(
                 "Docker restarted it {restarts} times; last exit code {}{}",
@@ -242,6 +271,14 @@ mod tests {
     /// The new version ended during its probe with `exit_code` / `OOMKilled`.
     fn ended(exit_code: Option<i64>, oom_killed: bool) -> Failure {
         Failure::BridgeProbe { died: true, exit_code, oom_killed, detail: "probe".into() }
+    }
+
+    fn late_unhealthy() -> Failure {
+        Failure::LateUnhealthy { detail: "HTTP 500 three times in a row".into() }
+    }
+
+    fn late_exit(exit_code: Option<i64>, oom_killed: bool) -> Failure {
+        Failure::LateExit { exit_code, oom_killed, detail: "exited".into() }
     }
 
     fn crash(exit_code: Option<i64>, oom_killed: bool) -> Failure {
@@ -343,6 +380,25 @@ mod tests {
                 Blame::Release,
             ),
             ("crash loop, exit unknown, new", crash(None, false), fresh, Rule::CrashLoopAfterDeploy, Blame::Release),
+            ("late 5xx in the bake", late_unhealthy(), fresh, Rule::UnhealthyInBake, Blame::Release),
+            ("late exit in the bake", late_exit(Some(1), false), fresh, Rule::ExitedInBake, Blame::Release),
+            ("late exit, code unknown", late_exit(None, false), fresh, Rule::ExitedInBake, Blame::Release),
+            ("OOM-killed in the bake", late_exit(Some(137), true), fresh, Rule::KilledFromOutside, Blame::Host),
+            ("SIGKILLed in the bake", late_exit(Some(137), false), fresh, Rule::KilledFromOutside, Blame::Host),
+            (
+                "late 5xx of the release that served before",
+                late_unhealthy(),
+                served_before,
+                Rule::SpecChangedHere,
+                Blame::Host,
+            ),
+            (
+                "late exit of the release that served before",
+                late_exit(Some(1), false),
+                served_before,
+                Rule::SpecChangedHere,
+                Blame::Host,
+            ),
         ];
         for (what, failure, history, rule, blame) in cases {
             let v = judge(failure, history);
@@ -365,6 +421,8 @@ mod tests {
             Rule::KilledFromOutside,
             Rule::ServedHereBefore,
             Rule::FleetServesIt,
+            Rule::UnhealthyInBake,
+            Rule::ExitedInBake,
         ] {
             assert_eq!(serde_json::to_value(rule).unwrap(), serde_json::json!(rule.name()));
         }

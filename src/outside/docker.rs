@@ -661,6 +661,55 @@ impl Engine {
     }
 }
 
+impl Engine {
+    /// The last `lines` lines the container wrote (stdout and stderr), oldest first: what a
+    /// retired release said before it went, for the journal. Best effort: empty when Docker
+    /// cannot give them (the log driver keeps none, the container is gone).
+    pub async fn logs_tail(&self, id: &str, lines: usize) -> Vec<String> {
+        let options = bollard::query_parameters::LogsOptions {
+            stdout: true,
+            stderr: true,
+            tail: lines.to_string(),
+            ..Default::default()
+        };
+        let read = self.docker.logs(id, Some(options)).collect::<Vec<_>>();
+        let Ok(items) = tokio::time::timeout(CALL_TIMEOUT, read).await else { return Vec::new() };
+        let text: String = items.into_iter().filter_map(Result::ok).map(|item| item.to_string()).collect();
+        let all: Vec<String> = text.lines().map(str::to_owned).collect();
+        all[all.len().saturating_sub(lines)..].to_vec()
+    }
+}
+
+impl Engine {
+    /// The ends of the container named exactly `name`: `die` with the exit code Docker gives
+    /// it (an inspect after a restart policy has started it again no longer has it), `oom`
+    /// (the kernel's OOM killer hit it; a `die` follows) and `destroy`. The stream ends or
+    /// errors when dockerd goes away.
+    pub fn container_ends(&self, name: &str) -> impl Stream<Item = Result<(String, Option<i64>), EngineError>> + use<> {
+        let exact = name.to_owned();
+        let filters = HashMap::from([
+            ("type".to_owned(), vec!["container".to_owned()]),
+            ("container".to_owned(), vec![name.to_owned()]),
+            ("event".to_owned(), ["die", "oom", "destroy"].iter().map(|s| s.to_string()).collect()),
+        ]);
+        self.docker.events(Some(EventsOptions { filters: Some(filters), ..Default::default() })).filter_map(
+            move |item| {
+                let item = match item {
+                    Ok(event) => {
+                        let attrs = event.actor.as_ref().and_then(|a| a.attributes.as_ref());
+                        let named =
+                            attrs.and_then(|a| a.get("name")).is_some_and(|n| n.trim_start_matches('/') == exact);
+                        let code = attrs.and_then(|a| a.get("exitCode")).and_then(|c| c.parse().ok());
+                        named.then(|| Ok((event.action.unwrap_or_default(), code)))
+                    }
+                    Err(e) => Some(Err(EngineError::Unreachable { detail: format!("event stream: {}", detail(&e)) })),
+                };
+                std::future::ready(item)
+            },
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::EngineError;

@@ -271,7 +271,9 @@ pub async fn still_running(engine: &Engine, id: &str, restarts_before: i64) -> R
 }
 
 /// Replaces `old` (if any) with a new container of `desired`. On failure after the old one was
-/// stopped, the new one is removed and the old one is put back and started.
+/// stopped, the new one is removed and the old one is put back and started. Returns the new
+/// container's id, and the old one when it is kept stopped as `<name>-previous` for the bake
+/// (`[health] bake`, [`super::bake`]); without a bake it is removed here.
 pub async fn cut_over(
     engine: &Engine,
     settings: &Settings,
@@ -279,7 +281,7 @@ pub async fn cut_over(
     digest: &str,
     old: Option<&ContainerInfo>,
     shutdown: &Shutdown,
-) -> Result<String, DeployError> {
+) -> Result<(String, Option<ContainerInfo>), DeployError> {
     let name = &desired.name;
     let next_name = aside(name, NEXT);
     if let Some(stale) = engine.container(&next_name).await?.filter(ContainerInfo::is_managed) {
@@ -331,12 +333,19 @@ pub async fn cut_over(
     };
     match probe {
         Ok(_) => {
-            if let Some(old) = old {
-                if let Err(e) = engine.remove(&old.id).await {
-                    tracing::warn!(container = %previous_name, error = %e, "could not remove the previous container");
+            match old {
+                Some(old) if !settings.health.bake.is_zero() => {
+                    let kept = ContainerInfo { name: previous_name, running: false, ..old.clone() };
+                    return Ok((new_id, Some(kept)));
                 }
+                Some(old) => {
+                    if let Err(e) = engine.remove(&old.id).await {
+                        tracing::warn!(container = %previous_name, error = %e, "could not remove the previous container");
+                    }
+                }
+                None => {}
             }
-            Ok(new_id)
+            Ok((new_id, None))
         }
         Err(probe) => {
             // Evidence for the judgement: does the new version serve over the bridge, so that

@@ -14,9 +14,10 @@ use super::decide::{self, Decision, Inputs, Recovery, RolloutGate, Wanted};
 use super::deploy::{self, DeployError};
 use super::plan::Plan;
 use super::snapshot::{self, Snapshot};
-use super::switch::{self, Routes};
+use super::switch;
+use super::traffic::Traffic;
 use super::{Action, Applied, PassError, Services};
-use crate::config::{Settings, TrafficMode};
+use crate::config::Settings;
 use crate::fleet::halt::Marker;
 use crate::outside::docker::{Engine, EngineError};
 use crate::outside::registry::CredentialSource;
@@ -100,7 +101,8 @@ pub async fn execute_decision<T, R, C: CredentialSource>(
     let engine = &services.engine;
     let (mut snapshot, mut decision) = (snapshot, decision);
     if !decision.recovery.is_empty() {
-        let failed = recover(settings, engine, services.routes.as_ref(), &decision.recovery).await?;
+        let traffic = Traffic::of(settings, services.routes.as_ref());
+        let failed = recover(settings, engine, traffic, &decision.recovery).await?;
         // The new version an interrupted deploy left failed its proof: a failed deploy of its
         // release, which ends the pass as one does (judged, counted towards its quarantine)
         // instead of deploying it again at once. One of unknown release changes nothing.
@@ -145,21 +147,20 @@ pub async fn execute_decision<T, R, C: CredentialSource>(
 async fn recover(
     settings: &Settings,
     engine: &Engine,
-    routes: &dyn Routes,
+    traffic: Traffic<'_>,
     steps: &[Recovery],
 ) -> Result<Option<deploy::FailedProof>, PassError> {
     let name = &settings.container.name;
-    let switching = settings.traffic.mode == TrafficMode::Switch;
     let mut failed = None;
     for step in steps {
         match step {
             Recovery::Remove { container, id } => deploy::remove_leftover(engine, container, id).await?,
             Recovery::RestorePrevious { id, start } => deploy::restore_previous(engine, name, id, *start).await?,
-            Recovery::ProveInterrupted { new_id, previous_id, .. } if switching => {
-                failed = switch::prove_interrupted(engine, routes, settings, new_id, previous_id).await?
-            }
             Recovery::ProveInterrupted { new_id, new_restarts, previous_id } => {
-                failed = deploy::prove_interrupted(engine, settings, name, new_id, *new_restarts, previous_id).await?
+                failed = traffic.prove_interrupted(engine, settings, new_id, *new_restarts, previous_id).await?;
+                // A bake left behind by an agent that stopped mid-way ends here: what was
+                // kept for it is retired or serves again.
+                super::bake::BakeRecord::clear(&settings.agent.state_dir);
             }
         }
     }
@@ -218,8 +219,7 @@ async fn carry_out<T, R, C: CredentialSource>(
     options: Options<'_>,
 ) -> Result<Applied, PassError> {
     let engine = &services.engine;
-    let routes = services.routes.as_ref();
-    let switching = settings.traffic.mode == TrafficMode::Switch;
+    let traffic = Traffic::of(settings, services.routes.as_ref());
     let sha = desired.sha.clone();
     match plan {
         Plan::Converged => {
@@ -229,18 +229,10 @@ async fn carry_out<T, R, C: CredentialSource>(
                 // (kill -9, a reboot, a package upgrade) left it. It is proven before it counts
                 // as converged or last-known-good, and in switch mode before any traffic.
                 tracing::info!(container = %desired.name, "the container under the name was never proven to serve; probing it");
-                let proof = if switching {
-                    switch::prove_over_bridge(engine, settings, current).await
-                } else {
-                    deploy::check_serving(settings, settings.health.timeout).await.map(drop)
-                };
+                let proof = traffic.prove_unproven(engine, settings, current).await;
                 proof.map_err(|probe| DeployError::CandidateUnhealthy { image: desired.image.clone(), probe })?;
             }
-            if switching {
-                // The rules are kernel state others can change (a flush, a dockerd restart,
-                // a restart that gave the container a new address): re-assert them.
-                switch::serve_from(routes, settings, &desired.ports, current).await.map_err(DeployError::from)?;
-            }
+            traffic.reassert(settings, &desired.ports, current).await?;
             if options.probe_converged {
                 deploy::check_serving(settings, settings.health.timeout)
                     .await
@@ -250,18 +242,14 @@ async fn carry_out<T, R, C: CredentialSource>(
                 tracing::debug!(container = %desired.name, "already running the desired version");
             }
             let digest = current.labels.get(LABEL_DIGEST).cloned().unwrap_or_default();
-            Ok(Applied { sha, action: Action::Unchanged, container_id: current.id.clone(), digest })
+            Ok(Applied { sha, action: Action::Unchanged, container_id: current.id.clone(), digest, kept: None })
         }
         Plan::Restart { .. } => {
             let current = current.expect("restart implies a container");
             tracing::info!(container = %desired.name, status = %current.status, "container is not running; starting it");
-            if switching {
-                switch::restart(engine, routes, settings, &desired.ports, current, shutdown).await?;
-            } else {
-                deploy::restart(engine, settings, current, shutdown).await?;
-            }
+            traffic.restart(engine, settings, &desired.ports, current, shutdown).await?;
             let digest = current.labels.get(LABEL_DIGEST).cloned().unwrap_or_default();
-            Ok(Applied { sha, action: Action::Restarted, container_id: current.id.clone(), digest })
+            Ok(Applied { sha, action: Action::Restarted, container_id: current.id.clone(), digest, kept: None })
         }
         Plan::Deploy { reason, .. } => {
             tracing::info!(container = %desired.name, %reason, "deploying {} as {}: {reason}", desired.sha, desired.name);
@@ -278,7 +266,7 @@ async fn carry_out<T, R, C: CredentialSource>(
                 // after it starts instead, and removed if it fails, which saves a whole
                 // container start on a cold host.
                 // In switch mode the new container is its own candidate (see `switch`).
-                if current.is_some() && !switching {
+                if current.is_some() && traffic.verifies_candidate() {
                     deploy::verify_candidate(engine, settings, desired, &digest, shutdown).await?;
                 }
                 Ok::<_, DeployError>((digest, pulled))
@@ -298,21 +286,10 @@ async fn carry_out<T, R, C: CredentialSource>(
                     return Err(e.into());
                 }
             };
-            let id = if switching {
-                switch::switch_over(engine, routes, settings, desired, &digest, current, shutdown).await?
-            } else {
-                // From switch mode to publish: our rules would keep sending the host ports to
-                // the old container's address. They go first; this one swap has publish
-                // mode's usual gap.
-                if routes.current().await.ok().flatten().is_some() {
-                    tracing::info!("[traffic] mode is publish: removing the traffic switch's rules");
-                    routes.remove().await.map_err(DeployError::from)?;
-                }
-                deploy::cut_over(engine, settings, desired, &digest, current, shutdown).await?
-            };
+            let cut = traffic.cut_over(engine, settings, desired, &digest, current, shutdown).await?;
             tracing::info!(container = %desired.name, digest = %digest, "deployed and serving: {} {}", desired.name, desired.sha);
             let action = Action::Deployed { reason: reason.to_string(), pulled };
-            Ok(Applied { sha, action, container_id: id, digest })
+            Ok(Applied { sha, action, container_id: cut.id, digest, kept: cut.kept })
         }
     }
 }

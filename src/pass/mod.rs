@@ -4,7 +4,9 @@
 //! - [`decide`]: a pure function from (wanted release, snapshot, quarantine, rollout wave,
 //!   halt marker, now) to a [`Decision`](decide::Decision): which release, why, and the
 //!   ordered steps;
-//! - [`execute`] and [`deploy`]: carry the steps out, safely. They choose nothing.
+//! - [`execute`] and [`deploy`]: carry the steps out, safely, through [`traffic::Traffic`] (the
+//!   cut-over, revert and retire of each traffic mode); [`bake`] watches the new version after
+//!   a cut-over with the previous container kept. They choose nothing.
 //!
 //! `sync` and `sync --dry-run` both go through [`execute::observe_and_decide`], so the dry run
 //! prints exactly what a real pass would do; the `run` loop observes, notes crash loops, then
@@ -15,6 +17,7 @@
 //! talks to, built once per command by [`RealServices::connect`] (one AWS setup, one S3
 //! client for the release object and the halt markers), and the [`PassError`] it ends with.
 
+pub mod bake;
 pub mod decide;
 pub mod deploy;
 pub mod desired;
@@ -25,6 +28,7 @@ pub mod plan;
 pub mod routes;
 pub mod snapshot;
 pub mod switch;
+pub mod traffic;
 
 use std::fmt;
 use std::sync::Arc;
@@ -119,6 +123,9 @@ pub enum PassError {
         previous: Option<Sha>,
         failed: deploy::FailedProof,
     },
+    /// The new version tripped its bake (`sync` bakes what it cut over to before it returns).
+    #[error("{} was reverted during its bake: {trip}; {restored}", sha.short())]
+    Reverted { sha: Sha, trip: bake::Trip, restored: String },
     #[error("container {container} runs the desired version but is not healthy: {detail}")]
     Unhealthy { container: String, detail: String },
     #[error("{0}")]
@@ -180,6 +187,7 @@ impl PassError {
             // cut-over did not happen; retried with backoff like the other trouble of this host.
             PassError::Deploy(DeployError::Route(switch::RouteError::Unrecorded { .. })) => None,
             PassError::Deploy(DeployError::Route(e)) => Some(Failure::Netfilter { detail: e.to_string() }),
+            PassError::Reverted { trip, .. } => Some(trip.failure()),
             _ => None,
         }
     }
@@ -225,6 +233,10 @@ pub struct Applied {
     pub action: Action,
     pub container_id: String,
     pub digest: String,
+    /// The container that served before a cut-over, kept for the bake as `<name>-previous`
+    /// (running in switch mode, stopped in publish mode): [`bake`] watches the new one, then
+    /// retires it or reverts to it.
+    pub kept: Option<crate::outside::docker::ContainerInfo>,
 }
 
 #[cfg(test)]

@@ -214,6 +214,9 @@ async fn sync_pass<T: TagSource, R: ReleaseSource, C: CredentialSource>(
         let done =
             execute::execute_decision(settings, services, &env.name, snapshot, decision, redecide, shutdown, options)
                 .await?;
+        if let Some(applied) = &done.applied {
+            bake_by_hand(settings, services, &env.name, applied, shutdown).await?;
+        }
         (done.decision, done.applied)
     };
     let desired = ContainerSpec::new(settings, &env.name, &sha);
@@ -268,6 +271,39 @@ async fn sync_pass<T: TagSource, R: ReleaseSource, C: CredentialSource>(
         halted,
         refused,
     })
+}
+
+/// A `sync` that cut over bakes before it returns, under its lock, as `run` does: the
+/// previous container is retired after a clean bake, or takes the traffic back. Interrupted
+/// (Ctrl-C), both containers stay and the next pass of `run` (or `sync`) ends the bake.
+async fn bake_by_hand<T, R, C>(
+    settings: &Settings,
+    services: &Services<T, R, C>,
+    environment: &str,
+    applied: &super::Applied,
+    shutdown: &Shutdown,
+) -> Result<(), PassError> {
+    use super::bake::{self, BakeRecord, Outcome};
+    let Some(kept) = &applied.kept else { return Ok(()) };
+    let record = BakeRecord::new(settings, &applied.container_id, &applied.sha, kept);
+    record.save(&settings.agent.state_dir);
+    eprintln!(
+        "blog-agent: baking {} for {} ([health] bake) with {} kept to revert to; Ctrl-C leaves both containers",
+        applied.sha.short(),
+        humantime::format_duration(settings.health.bake),
+        kept.name
+    );
+    let traffic = super::traffic::Traffic::of(settings, services.routes.as_ref());
+    let watchers = bake::Watchers { probe: bake::host_path_probe(settings), tripped: std::future::pending() };
+    let outcome = bake::run(&services.engine, traffic, settings, &record, watchers, shutdown).await;
+    bake::report_bake_outcome(settings, environment, &outcome);
+    match outcome {
+        Outcome::Baked { .. } => Ok(()),
+        Outcome::Reverted { sha, trip, restored, .. } | Outcome::Unreverted { sha, trip, why: restored } => {
+            Err(PassError::Reverted { sha, trip, restored })
+        }
+        Outcome::Interrupted => Err(crate::runtime::shutdown::Cancelled.into()),
+    }
 }
 
 /// The full SHA an operator's `sync --sha` pins (`typed` resolved by

@@ -175,8 +175,10 @@ pub async fn keep_rules(
 }
 
 /// Replaces `old` (if any) with a new container of `spec`, moving traffic only once the new one
-/// is proven. Returns the new container's id. On failure before the switch, the new container
-/// is removed and the old one keeps its name and its traffic.
+/// is proven. Returns the new container's id, and the old one when it is kept running beside
+/// it as `<name>-previous`, not routed, for the bake (`[health] bake`, [`super::bake`]);
+/// without a bake it is retired here. On failure before the switch, the new container is
+/// removed and the old one keeps its name and its traffic.
 #[allow(clippy::too_many_arguments)]
 pub async fn switch_over(
     engine: &Engine,
@@ -186,7 +188,7 @@ pub async fn switch_over(
     digest: &str,
     old: Option<&ContainerInfo>,
     shutdown: &Shutdown,
-) -> Result<String, DeployError> {
+) -> Result<(String, Option<ContainerInfo>), DeployError> {
     let name = &spec.name;
     // Chains another agent's rules are in would refuse the switch at its end: refuse before a
     // container is started for nothing.
@@ -287,10 +289,15 @@ pub async fn switch_over(
         let bridge_ok = !matches!(probe.end, health::ProbeEnd::Died(_));
         return Err(DeployError::CutoverUnhealthy { image: spec.image.clone(), probe, restored, bridge_ok });
     }
-    if let Some(old) = old {
-        retire(engine, settings, old).await;
+    match old {
+        Some(old) if !settings.health.bake.is_zero() => {
+            let kept = ContainerInfo { name: super::snapshot::aside(name, super::snapshot::PREVIOUS), ..old.clone() };
+            return Ok((new_id, Some(kept)));
+        }
+        Some(old) => retire(engine, settings, old).await,
+        None => {}
     }
-    Ok(new_id)
+    Ok((new_id, None))
 }
 
 /// Stops the old version with its own stop signal and grace (in-flight requests finish), then

@@ -233,13 +233,21 @@ impl Host {
     }
 
     /// Writes the config; `extra` is appended (TOML tables it names must not repeat the base).
+    /// No bake (`[health] bake = "0s"`): the previous container is retired at cut-over, which
+    /// is what the tests written before the bake expect; tests/bake.rs asks for one with
+    /// [`Host::write_config_baking`].
     pub fn write_config(&self, extra: &str) {
+        self.write_config_baking("0s", extra);
+    }
+
+    /// [`Host::write_config`] with `[health] bake = "<bake>"`.
+    pub fn write_config_baking(&self, bake: &str, extra: &str) {
         let base = format!(
             "[environment]\nallowed = [\"staging\", \"production\"]\n\
              [release]\nbucket = \"{bucket}\"\n\
              [image]\nrepository = \"{registry}/{repo}\"\n\
              [container]\nname = \"{name}\"\nports = [\"127.0.0.1:{port}:80\"]\nlabels = {{ \"{TEST_LABEL}\" = \"{id}\" }}\nstop_timeout = \"1s\"\n\
-             [health]\nurl = \"http://127.0.0.1:{port}/\"\ntimeout = \"10s\"\n\
+             [health]\nurl = \"http://127.0.0.1:{port}/\"\ntimeout = \"10s\"\nbake = \"{bake}\"\n\
              [agent]\nstate_dir = \"{state}\"\n{traffic}",
             bucket = self.bucket,
             registry = self.registry,

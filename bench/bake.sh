@@ -1,0 +1,146 @@
+#!/usr/bin/env bash
+# bench/bake.sh: failed requests from a release's late failure to the end of its revert
+# (`[health] bake`), switch mode, a loopback client every 10 ms. For each kind of late failure
+# (`lateexit`: the process exits 6 s after it starts; `late500`: it answers 500 from 10 s on,
+# see scripts/publish-image.sh) it deploys a good release, then the bad one under
+# `blog-agent run`, and prints one line: the kind, requests sent, failed requests, and the
+# seconds from the bake's trip to the traffic being switched back (the agent's journal).
+#
+#   BENCH_AGENT=target/release/blog-agent bash bench/bake.sh            # both kinds
+#   BENCH_AGENT=... bash bench/bake.sh lateexit                        # one
+#
+# Needs root and the local stack (scripts/stack-up.sh). Touches only: containers labelled
+# blog-agent-bench=bake, images of 127.0.0.1:5000/blog-bench-bake, the S3 bucket
+# blog-bench-bake, netfilter chains BENCH-BAKE-* (all removed by name at the end).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+source scripts/stack-env.sh
+agent=${BENCH_AGENT:-$root/target/release/blog-agent}
+[ -x "$agent" ] || { echo "bench: no binary at $agent (cargo build --release, or set BENCH_AGENT)" >&2; exit 1; }
+kinds=("$@")
+[ ${#kinds[@]} -gt 0 ] || kinds=(lateexit late500)
+registry=$BLOG_AGENT_TEST_REGISTRY
+repo=blog-bench-bake
+bucket=blog-bench-bake
+work=$(mktemp -d "${TMPDIR:-/tmp}/bench-bake.XXXXXX")
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+py=$BLOG_AGENT_STACK_DIR/venv/bin/python
+s3() { # put BUCKET KEY TEXT | mb BUCKET: through boto3 (moto's own dependency)
+  "$py" - "$@" <<'PY'
+import os, sys, boto3
+s3 = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                  aws_access_key_id="testing", aws_secret_access_key="testing")
+if sys.argv[1] == "mb":
+    try: s3.create_bucket(Bucket=sys.argv[2])
+    except s3.exceptions.BucketAlreadyOwnedByYou: pass
+else:
+    s3.put_object(Bucket=sys.argv[2], Key=sys.argv[3], Body=sys.argv[4].encode())
+PY
+}
+remove_chains() { # the agent's chains BENCH-BAKE-*: the jumps into them, then the chains
+  local t chain
+  for t in nat filter; do
+    iptables -w 5 -t $t -S | grep -- "-j BENCH-BAKE-" | grep '^-A' | sed 's/^-A/-D/' | while read -r rule; do
+      eval "iptables -w 5 -t $t $rule" || true
+    done
+    for chain in $(iptables -w 5 -t $t -S | awk '$1 == "-N" && $2 ~ /^BENCH-BAKE-/ {print $2}'); do
+      iptables -w 5 -t $t -F "$chain" && iptables -w 5 -t $t -X "$chain" || true
+    done
+  done
+}
+cleanup() {
+  [ -z "${agent_pid:-}" ] || kill "$agent_pid" 2>/dev/null || true
+  [ -z "${lock_pid:-}" ] || kill "$lock_pid" 2>/dev/null || true
+  docker ps -aq --filter label=blog-agent-bench=bake | xargs -r docker rm -f >/dev/null
+  remove_chains
+  rm -rf "$work"
+}
+trap cleanup EXIT
+# Netfilter tests on this machine run one at a time behind this lock (tests/common
+# netfilter_lock): hold it for the whole run, so no test sees the bench's chains.
+python3 -c '
+import socket, sys, time
+s = socket.socket(socket.AF_UNIX)
+while True:
+    try: s.bind("\0blog-agent-tests-netfilter"); break
+    except OSError: time.sleep(0.2)
+print("locked", flush=True)
+while True: time.sleep(3600)
+' >"$work/lock" &
+lock_pid=$!
+until grep -q locked "$work/lock" 2>/dev/null; do sleep 0.2; done
+s3 mb "$bucket"
+cat >"$work/config.toml" <<EOF
+[environment]
+allowed = ["staging"]
+[release]
+bucket = "$bucket"
+[image]
+repository = "$registry/$repo"
+[container]
+name = "bench-bake"
+ports = ["127.0.0.1:$port:80"]
+labels = { "blog-agent-bench" = "bake" }
+stop_timeout = "1s"
+[health]
+url = "http://127.0.0.1:$port/"
+timeout = "10s"
+bake = "30s"
+[agent]
+state_dir = "$work/state"
+[reconcile]
+interval = "2s"
+jitter = "0s"
+[traffic]
+mode = "switch"
+chains = "BENCH-BAKE"
+EOF
+release() { # KIND: publishes an image and names it in S3; prints its SHA
+  local sha
+  sha=$(head -c 20 /dev/urandom | od -An -tx1 | tr -d ' \n')
+  bash scripts/publish-image.sh "$sha" "$1" "$registry" "$repo" >/dev/null
+  s3 put "$bucket" staging/stagebuild.txt "$sha"
+  echo "$sha"
+}
+serves() { curl -s -m 1 "http://127.0.0.1:$port/" | grep -q "version $1"; }
+wait_until() { local n=0; until "$@"; do n=$((n + 1)); [ $n -lt 1200 ] || { echo "bench: timed out: $*" >&2; exit 1; }; sleep 0.05; done; }
+for kind in "${kinds[@]}"; do
+  rm -rf "$work/state"
+  docker ps -aq --filter label=blog-agent-bench=bake | xargs -r docker rm -f >/dev/null
+  AWS_REGION=us-east-1 AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing \
+    AWS_EC2_METADATA_SERVICE_ENDPOINT=http://127.0.0.1:9 "$agent" --config "$work/config.toml" --env staging run 2>"$work/agent-$kind.log" &
+  agent_pid=$!
+  v1=$(release good)
+  wait_until serves "$v1"
+  wait_until grep -q "recovered\|deployed" "$work/agent-$kind.log"
+  v2=$(release "$kind")
+  wait_until serves "$v2"
+  # The client: a request every 10 ms from the cut-over until v1 serves again, plus 2 s.
+  python3 - "$port" "$v1" >"$work/client-$kind.txt" <<'PY' &
+import sys, time, urllib.request
+port, v1 = int(sys.argv[1]), sys.argv[2]
+sent = failed = 0
+back_at = None
+while back_at is None or time.time() - back_at < 2:
+    sent += 1
+    try:
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1).read().decode()
+        if back_at is None and f"version {v1}" in body:
+            back_at = time.time()
+    except Exception:
+        failed += 1
+    time.sleep(0.01)
+    if sent > 12000:
+        break
+print(sent, failed)
+PY
+  client=$!
+  wait "$client"
+  read -r sent failed <"$work/client-$kind.txt"
+  tripped=$(grep -m1 "tripped: " "$work/agent-$kind.log" | cut -c1-27)
+  switched=$(grep -m1 "traffic switched back" "$work/agent-$kind.log" | cut -c1-27)
+  secs=$(python3 -c "import sys,datetime as d; f=lambda s: d.datetime.fromisoformat(s.rstrip('Z')); print(round((f(sys.argv[2])-f(sys.argv[1])).total_seconds(),3))" "$tripped" "$switched")
+  echo "$kind: $sent requests, $failed failed from the cut-over to 2 s after the revert; trip -> traffic back in $secs s"
+  kill "$agent_pid"; wait "$agent_pid" 2>/dev/null || true; agent_pid=
+done
