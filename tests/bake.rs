@@ -116,6 +116,10 @@ fn a_release_failing_after_its_cut_over_is_reverted_to_the_warm_previous_contain
         Some(host.staging_votes(&v2)).filter(|v| !v.is_empty())
     });
     assert!(votes[0].to_string().contains("unhealthy-in-bake"), "{votes:?}");
+    // The revert is evidence for `promote`: a record beside the votes, under this host's identity.
+    let records =
+        wait_for("the revert's bake record", DEPLOY, || Some(host.staging_bake_records(&v2)).filter(|r| !r.is_empty()));
+    assert!(records.iter().all(|k| k.contains(&format!("bake/{v2}/reverted/"))), "{records:?}");
     assert!(!host.state_dir().join("bake.json").exists(), "the bake is over");
     // Held back here: the next passes stay on the previous version.
     agent.wait_log("held back here", DEPLOY);
@@ -161,6 +165,9 @@ fn a_clean_bake_retires_the_previous_container() {
     agent.wait_log("baked", DEPLOY);
     assert!(!host.state_dir().join("bake.json").exists(), "the bake is over");
     assert!(host.staging_votes(&v2).is_empty());
+    let records =
+        wait_for("the bake record", DEPLOY, || Some(host.staging_bake_records(&v2)).filter(|r| !r.is_empty()));
+    assert!(records.iter().all(|k| k.contains(&format!("bake/{v2}/baked/"))), "{records:?}");
 }
 
 /// Publish mode: the kept container is started again on a late failure.

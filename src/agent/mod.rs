@@ -440,7 +440,7 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
                 bake::Outcome::Interrupted
             }
         };
-        self.bake_ended(&environment, served_before.as_ref(), &outcome);
+        self.bake_ended(&environment, served_before.as_ref(), &outcome).await;
         Ok(None)
     }
 
@@ -460,9 +460,7 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
         let (triggers, shutdown, watched) = (self.triggers.clone(), shutdown.clone(), record.clone());
         let task = tokio::spawn(async move {
             let traffic = crate::pass::traffic::Traffic::of(&settings, routes.as_ref());
-            // The seam for more watchers: extra checks and the access log's 5xx share trip the
-            // bake through `tripped`.
-            let watchers = bake::Watchers { probe: bake::host_path_probe(&settings), tripped: std::future::pending() };
+            let watchers = bake::watchers(&settings, &engine, &watched.container_id);
             let outcome = bake::run(&engine, traffic, &settings, &watched, watchers, &shutdown).await;
             drop(lock);
             // A full channel already holds a wake-up: the pass it runs takes the outcome in.
@@ -500,8 +498,19 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
     /// Takes in how a bake ended: a revert holds the release back here at once (the release
     /// object still names it) and is judged; the release's fault becomes a vote at the end of
     /// this pass.
-    fn bake_ended(&mut self, environment: &str, served_before: Option<&Sha>, outcome: &bake::Outcome) {
-        bake::report_bake_outcome(&self.settings, environment, outcome);
+    async fn bake_ended(&mut self, environment: &str, served_before: Option<&Sha>, outcome: &bake::Outcome) {
+        let blame = match outcome {
+            bake::Outcome::Reverted { sha, trip, .. } | bake::Outcome::Unreverted { sha, trip, .. } => {
+                Some(verdict::judge(&trip.failure(), &self.history(sha, served_before)).blame())
+            }
+            _ => None,
+        };
+        let halts = self.services.halts.in_bucket(&self.settings.release.bucket);
+        let prefix = self.settings.halt_prefix(environment);
+        let instance_id = self.fleet.identity().await.value.clone();
+        self.fleet.metrics.add_s3_request();
+        bake::report_bake_outcome(&halts, &*self.services.caller, &prefix, environment, &instance_id, outcome, blame)
+            .await;
         match outcome {
             bake::Outcome::Baked { sha } => {
                 self.fleet.metrics.record_bake(true);

@@ -342,6 +342,7 @@ mod tests {
             contains: contains.map(str::to_owned),
             checks,
             max_5xx: FiveXxLimits { max_share: 0.05, min_requests: 20 },
+            bake: Duration::ZERO,
         }
     }
 

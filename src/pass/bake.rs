@@ -28,9 +28,13 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use super::traffic::Traffic;
 use crate::config::Settings;
-use crate::fleet::verdict::Failure;
+use crate::fleet::bake::{self as fleet_bake, BakeOutcome};
+use crate::fleet::verdict::{Blame, Failure};
+use crate::outside::access_log;
 use crate::outside::docker::{ContainerInfo, Engine};
+use crate::outside::halts::BakeRecorder;
 use crate::outside::health::{self, Exit};
+use crate::outside::sts::CallerSource;
 use crate::runtime::shutdown::Shutdown;
 use crate::sha::Sha;
 use crate::spec::LABEL_SHA;
@@ -119,21 +123,49 @@ pub struct Watchers<P, T> {
     pub tripped: T,
 }
 
-/// The health check of `settings` through the host path, once: the default [`Watchers::probe`].
-pub fn host_path_probe(
-    settings: &Settings,
-) -> impl FnMut() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> {
-    let url = settings.health.url.clone();
+/// One run of the checks: `Err` with what the failing check saw.
+pub type ProbeRun = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+
+/// Every health check of `settings` (`url` with `contains`, then each `[[health.check]]`)
+/// through the host path, once: the default [`Watchers::probe`]. Each request is bounded so a
+/// hung server counts as a failure at the next tick instead of stalling the watch.
+pub fn host_path_probe(settings: &Settings) -> impl FnMut() -> ProbeRun {
+    let health = settings.health.clone();
     move || {
-        let url = url.clone();
+        let health = health.clone();
         Box::pin(async move {
-            match health::get_status(&url.host, url.port, &url.path).await {
-                Ok(code) if (200..300).contains(&code) => Ok(()),
-                Ok(code) => Err(format!("{url} answered HTTP {code}")),
-                Err(e) => Err(format!("{url}: {e}")),
-            }
+            let (host, port) = (health.url.host.clone(), health.url.port);
+            health::check_all(&health, &host, port, CHECK_TIMEOUT).await.map_err(|failure| failure.to_string())
         })
     }
+}
+
+/// One check request's bound during the bake: well under [`PROBE_EVERY`] x the failures
+/// that trip it, so three slow answers trip in seconds, not minutes.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The watchers of a bake: every check through the host path ([`host_path_probe`]) and, for a
+/// container that writes an access log to stdout, its share of 5xx answers
+/// ([`access_log::watch_5xx`], `[health] max_5xx_share`). A container without an access log
+/// (busybox httpd) never trips the second; its exit is Docker's event, judged as such.
+pub fn watchers(
+    settings: &Settings,
+    engine: &Engine,
+    container: &str,
+) -> Watchers<impl FnMut() -> ProbeRun, impl Future<Output = String> + Send + 'static> {
+    let (engine, container, limits) = (engine.clone(), container.to_owned(), settings.health.max_5xx);
+    let tripped = async move {
+        match access_log::watch_5xx(&engine, &container, limits).await {
+            Ok(tripped) => format!("its access log: {tripped}"),
+            // The container ended (Docker's event judges that) or its log cannot be read: this
+            // watcher has nothing more to say.
+            Err(e) => {
+                tracing::debug!("the access-log watch of {container} ended: {e}");
+                std::future::pending().await
+            }
+        }
+    };
+    Watchers { probe: host_path_probe(settings), tripped }
 }
 
 /// Why a bake tripped.
@@ -379,21 +411,54 @@ fn forget_good(dir: &Path, sha: &Sha) {
     }
 }
 
-/// Where the outcome of a bake leaves this host: the one call site for the fleet's bake record
-/// (per environment, SHA and host, beside the votes), which `promote` reads as evidence. Logs
-/// it for now.
-pub fn report_bake_outcome(settings: &Settings, environment: &str, outcome: &Outcome) {
-    let _ = settings;
-    match outcome {
-        Outcome::Baked { sha } => {
-            tracing::info!(env = environment, sha = %sha, outcome = "baked", "bake record: baked")
-        }
+/// Where the outcome of a bake leaves this host: its record beside the votes (per environment,
+/// SHA and host, [`crate::fleet::bake`]), which `promote` reads as evidence. Written under this
+/// host's AWS caller identity, as its votes are; a record that cannot be written is logged and
+/// the bake's outcome on this host stands.
+#[allow(clippy::too_many_arguments)]
+pub async fn report_bake_outcome(
+    halts: &impl BakeRecorder,
+    caller: &impl CallerSource,
+    prefix: &str,
+    environment: &str,
+    instance_id: &str,
+    outcome: &Outcome,
+    blame: Option<Blame>,
+) {
+    let (sha, fleet_outcome) = match outcome {
+        Outcome::Baked { sha } => (sha, BakeOutcome::Baked),
         Outcome::Reverted { sha, trip, .. } | Outcome::Unreverted { sha, trip, .. } => {
-            tracing::info!(env = environment, sha = %sha, outcome = "reverted", reason = %trip, "bake record: reverted")
+            let reason: String = trip.to_string().chars().take(MAX_REASON_CHARS).collect();
+            (sha, BakeOutcome::Reverted { reason, blame: blame.unwrap_or(Blame::Release) })
         }
-        Outcome::Interrupted => {}
+        Outcome::Interrupted => return,
+    };
+    let voter = match caller.caller_identity().await {
+        Ok(identity) => identity.user_id,
+        Err(e) => {
+            tracing::warn!(sha = %sha, "no bake record for {}: this host's AWS identity, which names it, is unknown ({e})", sha.short());
+            return;
+        }
+    };
+    let record = fleet_bake::BakeRecord {
+        sha: sha.to_string(),
+        environment: environment.to_owned(),
+        voter,
+        instance_id: instance_id.to_owned(),
+        outcome: fleet_outcome,
+        at: crate::state::now_unix(),
+    };
+    match halts.record_bake(prefix, &record).await {
+        Ok(true) => {
+            tracing::info!(sha = %sha, env = environment, outcome = record.outcome.kind().name(), "bake record written: {} {} here", sha.short(), record.outcome.kind().name())
+        }
+        Ok(false) => tracing::info!(sha = %sha, "this host's bake record of {} was there already", sha.short()),
+        Err(e) => tracing::warn!(sha = %sha, "could not write the bake record of {}: {e}", sha.short()),
     }
 }
+
+/// A revert's reason in its record: the trip's first words are what a person needs.
+const MAX_REASON_CHARS: usize = 300;
 
 #[cfg(test)]
 mod tests {

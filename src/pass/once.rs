@@ -294,9 +294,21 @@ async fn bake_by_hand<T, R, C>(
         kept.name
     );
     let traffic = super::traffic::Traffic::of(settings, services.routes.as_ref());
-    let watchers = bake::Watchers { probe: bake::host_path_probe(settings), tripped: std::future::pending() };
+    let watchers = bake::watchers(settings, &services.engine, &record.container_id);
     let outcome = bake::run(&services.engine, traffic, settings, &record, watchers, shutdown).await;
-    bake::report_bake_outcome(settings, environment, &outcome);
+    // A bake by hand is evidence like the service's: the same record, under the same identity.
+    // Its blame is the judgement's with nothing known of the release's history here.
+    let blame = match &outcome {
+        Outcome::Reverted { trip, .. } | Outcome::Unreverted { trip, .. } => {
+            Some(crate::fleet::verdict::judge(&trip.failure(), &Default::default()).blame())
+        }
+        _ => None,
+    };
+    let instance_id = crate::outside::imds::Imds::new().instance_id().await.ok();
+    let instance_id = crate::fleet::rollout::resolve_identity(instance_id).value;
+    let halts = services.halts.in_bucket(&settings.release.bucket);
+    let prefix = settings.halt_prefix(environment);
+    bake::report_bake_outcome(&halts, &*services.caller, &prefix, environment, &instance_id, &outcome, blame).await;
     match outcome {
         Outcome::Baked { .. } => Ok(()),
         Outcome::Reverted { sha, trip, restored, .. } | Outcome::Unreverted { sha, trip, why: restored } => {

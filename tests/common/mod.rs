@@ -570,6 +570,15 @@ impl Host {
         })
     }
 
+    /// The keys of this host's bake records of `sha` in staging (`staging/halted/bake/<sha>/`).
+    pub fn staging_bake_records(&self, sha: &str) -> Vec<String> {
+        let prefix = format!("staging/halted/bake/{sha}/");
+        self.s3(|c, b| async move {
+            let listed = c.list_objects_v2().bucket(&b).prefix(prefix).send().await.unwrap();
+            listed.contents().iter().filter_map(|o| o.key().map(str::to_owned)).collect()
+        })
+    }
+
     pub fn staging_halt_markers(&self) -> i32 {
         self.s3(|c, b| async move {
             c.list_objects_v2().bucket(b).prefix("staging/halted/").send().await.unwrap().key_count().unwrap_or(0)
