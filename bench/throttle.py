@@ -20,7 +20,6 @@ blog-throttle-ecr and blog-throttle-s3 (in moto) and WORK_DIR.
 """
 
 import hashlib
-import http.server
 import json
 import os
 import secrets
@@ -28,7 +27,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 
 import boto3
@@ -37,42 +35,8 @@ N = int(os.environ.get("THROTTLE_N", "20"))
 INTERVAL = os.environ.get("THROTTLE_INTERVAL", "2s")
 WINDOW = float(os.environ.get("THROTTLE_WINDOW", "180"))
 KEY = "staging/stagebuild.txt"
-IMDS_TOKEN = "throttle-bench-imds-token"
-
-
-class Imds(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args):
-        pass
-
-    def answer(self, status, body="", extra=None):
-        data = body.encode()
-        self.send_response(status)
-        self.send_header("Content-Length", str(len(data)))
-        for k, v in (extra or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(data)
-
-    def do_PUT(self):
-        self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        ttl = self.headers.get("X-aws-ec2-metadata-token-ttl-seconds") or "21600"
-        self.answer(200, IMDS_TOKEN, {"X-aws-ec2-metadata-token-ttl-seconds": ttl})
-
-    def do_GET(self):
-        if self.path == "/latest/meta-data/instance-id":
-            self.answer(200, self.server.instance_id)
-        else:
-            self.answer(404)
-
-
-def start_imds(instance_id):
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Imds)
-    server.daemon_threads = True
-    server.instance_id = instance_id
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
+# The IMDSv2 stand-in each agent asks for its instance id: fleet.py's (its own jitter seed).
+from fleet import start_imds  # noqa: E402  (bench/fleet.py, beside this file)
 
 
 def free_port():

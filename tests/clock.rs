@@ -29,13 +29,7 @@ fn agent_skewed(host: &Host, skew: &str, args: &[&str]) -> Run {
         .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
         .output()
         .expect("run blog-agent");
-    let run = Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    };
-    assert_no_secret(&run.output());
-    run
+    Run::of(out)
 }
 
 fn clock_line(check: &Run) -> String {

@@ -36,13 +36,7 @@ fn as_nobody(cmd: &Command, groups: &[u32]) -> Run {
     // Root's home is not readable by nobody; nothing there is needed.
     wrapped.env("HOME", "/nonexistent").env_remove("SUDO_USER").env("USER", "nobody");
     let out = wrapped.output().expect("run setpriv");
-    let run = Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    };
-    assert_no_secret(&run.output());
-    run
+    Run::of(out)
 }
 
 /// The group that may use the Docker socket, so a non-root `status` still sees the container.
@@ -52,13 +46,7 @@ fn docker_group() -> u32 {
 
 fn output_of(cmd: &mut Command) -> Run {
     let out = cmd.output().expect("run blog-agent");
-    let run = Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    };
-    assert_no_secret(&run.output());
-    run
+    Run::of(out)
 }
 
 /// The line of `check` output for `name`.

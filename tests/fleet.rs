@@ -8,31 +8,16 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use serde_json::json;
 
 use blog_agent::fleet::halt::{prefix_for, Marker, Vote};
 use blog_agent::fleet::metrics::Metrics;
-use blog_agent::outside::aws::Aws;
 use blog_agent::outside::halts::{HaltError, HaltMarkers, HaltSource};
 use blog_agent::sha::Sha;
 use common::imds::FakeImds;
 use common::{unique_sha, wait_for, AgentProcess, Host};
-
-/// The agent's AWS setup pointed at the host's S3 (moto), as the binary builds it from the
-/// environment there.
-fn aws(host: &Host) -> Arc<Aws> {
-    let creds = aws_credential_types::Credentials::new("testing", "testing", None, None, "test");
-    let sdk = aws_config::SdkConfig::builder()
-        .behavior_version(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new("us-east-1"))
-        .endpoint_url(host.s3_endpoint.clone())
-        .credentials_provider(aws_credential_types::provider::SharedCredentialsProvider::new(creds))
-        .build();
-    Aws::from_sdk(&sdk)
-}
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
@@ -65,7 +50,7 @@ fn marker(sha: &str, reason: &str) -> Marker {
 #[test]
 fn halt_marker_is_written_read_and_cleared_beside_the_release_key() {
     let host = Host::new("halt-markers");
-    let markers = HaltMarkers::with_aws(&aws(&host), host.bucket.clone());
+    let markers = HaltMarkers::with_aws(&host.aws(), host.bucket.clone());
     let sha = unique_sha("halted");
     let parsed = Sha::parse(&sha).unwrap();
     let prefix = prefix_for("staging/stagebuild.txt", None, "staging");
@@ -121,7 +106,7 @@ fn vote(sha: &str, env: &str, host: &str) -> Vote {
 #[test]
 fn halt_votes_are_one_object_per_host_and_halt_once_enough_hosts_agree() {
     let host = Host::new("halt-votes");
-    let markers = HaltMarkers::with_aws(&aws(&host), host.bucket.clone());
+    let markers = HaltMarkers::with_aws(&host.aws(), host.bucket.clone());
     let sha = unique_sha("voted");
     let parsed = Sha::parse(&sha).unwrap();
     let prefix = prefix_for("staging/stagebuild.txt", None, "staging");
@@ -152,7 +137,7 @@ fn halt_votes_are_one_object_per_host_and_halt_once_enough_hosts_agree() {
 #[test]
 fn halt_marker_for_a_release_key_with_no_folder_goes_under_halted() {
     let host = Host::new("halt-root-key");
-    let markers = HaltMarkers::with_aws(&aws(&host), host.bucket.clone());
+    let markers = HaltMarkers::with_aws(&host.aws(), host.bucket.clone());
     let sha = unique_sha("root");
     let prefix = prefix_for("build.txt", None, "staging");
     assert_eq!(prefix, "halted/");
@@ -168,7 +153,7 @@ fn any_object_at_a_marker_key_halts_and_a_missing_bucket_is_named() {
     let host = Host::new("halt-foreign");
     let sha = unique_sha("foreign");
     host.put_object(&format!("staging/halted/{sha}"), b"halt!\n".to_vec());
-    let markers = HaltMarkers::with_aws(&aws(&host), host.bucket.clone());
+    let markers = HaltMarkers::with_aws(&host.aws(), host.bucket.clone());
     let got = runtime()
         .block_on(markers.get("staging/halted/", &Sha::parse(&sha).unwrap()))
         .unwrap()
@@ -177,7 +162,7 @@ fn any_object_at_a_marker_key_halts_and_a_missing_bucket_is_named() {
     assert_eq!((got.sha.as_str(), got.rolled_back_to_sha()), (sha.as_str(), None));
 
     let missing = format!("{}-gone", host.bucket);
-    let markers = HaltMarkers::with_aws(&aws(&host), missing.clone());
+    let markers = HaltMarkers::with_aws(&host.aws(), missing.clone());
     match runtime().block_on(markers.get("staging/halted/", &Sha::parse(&sha).unwrap())) {
         Err(e @ HaltError::NoBucket { .. }) => assert!(e.to_string().contains(&missing), "{e}"),
         other => panic!("expected NoBucket, got {other:?}"),
@@ -416,6 +401,7 @@ fn metrics_textfile_is_valid_per_the_reference_parser() {
     let families = reference_parse(&text).unwrap_or_else(|e| panic!("the parser refused the file: {e}\n{text}"));
     let families = families.as_array().unwrap();
     let expected_types = [
+        ("blog_agent_build_info", "gauge"),
         ("blog_agent_release_info", "gauge"),
         ("blog_agent_release_digest_info", "gauge"),
         ("blog_agent_converged", "gauge"),
@@ -449,6 +435,7 @@ fn metrics_textfile_is_valid_per_the_reference_parser() {
         .map(|s| (s["name"].as_str().unwrap().to_owned(), s["labels"].clone(), s["value"].as_f64().unwrap()))
         .collect();
     let want = vec![
+        ("blog_agent_build_info", json!({"version": blog_agent::VERSION, "commit": blog_agent::COMMIT}), 1.0),
         ("blog_agent_release_info", json!({"environment": environment, "sha": "3f2a9c1", "state": "serving"}), 1.0),
         (
             "blog_agent_release_digest_info",
@@ -644,7 +631,7 @@ fn each_host_votes_under_its_own_caller_identity_and_a_forged_key_is_no_second_v
     assert_eq!(keys_under(&leader, &vote_start).len(), 3);
 
     // The read the hosts make counts two voters: the forged key is ignored.
-    let markers = HaltMarkers::with_aws(&aws(&leader), leader.bucket.clone());
+    let markers = HaltMarkers::with_aws(&leader.aws(), leader.bucket.clone());
     let reading = runtime().block_on(markers.read(prefix, &parsed)).unwrap();
     assert_eq!(reading.halt(&parsed, "staging", HALT_AFTER), None, "a forged key made a third voter: {reading:?}");
     let halt = reading.halt(&parsed, "staging", 2).expect("the hosts' own two votes count");

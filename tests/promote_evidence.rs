@@ -6,12 +6,9 @@
 
 mod common;
 
-use std::sync::Arc;
-
 use blog_agent::fleet::bake::{BakeOutcome, BakeRecord};
 use blog_agent::fleet::halt::Vote;
 use blog_agent::fleet::verdict::Blame;
-use blog_agent::outside::aws::Aws;
 use blog_agent::outside::halts::{HaltError, HaltMarkers};
 use common::release::*;
 use common::*;
@@ -20,18 +17,6 @@ const A: &str = "AROAEXAMPLE:i-0aaa";
 const B: &str = "AROAEXAMPLE:i-0bbb";
 const C: &str = "AROAEXAMPLE:i-0ccc";
 const PREFIX: &str = "staging/halted/";
-
-/// The agent's AWS setup pointed at the host's S3 (moto).
-fn aws(host: &Host) -> Arc<Aws> {
-    let creds = aws_credential_types::Credentials::new("testing", "testing", None, None, "test");
-    let sdk = aws_config::SdkConfig::builder()
-        .behavior_version(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new("us-east-1"))
-        .endpoint_url(host.s3_endpoint.clone())
-        .credentials_provider(aws_credential_types::provider::SharedCredentialsProvider::new(creds))
-        .build();
-    Aws::from_sdk(&sdk)
-}
 
 fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
@@ -66,7 +51,7 @@ fn production(host: &Host) -> Option<String> {
 fn promote_refuses_a_release_hosts_reverted_or_voted_against_and_honours_baked_by() {
     let host = Host::new("promote-evidence");
     versioning_on(&host);
-    let markers = HaltMarkers::with_aws(&aws(&host), host.bucket.clone());
+    let markers = HaltMarkers::with_aws(&host.aws(), host.bucket.clone());
 
     // --baked-by 2: refused with one host's bake, accepted with two.
     let (v1, _) = build_and_push(&host, "good");

@@ -157,6 +157,17 @@ pub struct Run {
 }
 
 impl Run {
+    /// A finished blog-agent process, checked for secrets (no ECR password in any output).
+    pub fn of(out: Output) -> Run {
+        let run = Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        };
+        assert_no_secret(&run.output());
+        run
+    }
+
     pub fn output(&self) -> String {
         format!("{}{}", self.stdout, self.stderr)
     }
@@ -348,14 +359,7 @@ impl Host {
     }
 
     pub fn agent(&self, args: &[&str]) -> Run {
-        let out = self.command(args).output().expect("run blog-agent");
-        let run = Run {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        };
-        assert_no_secret(&run.output());
-        run
+        Run::of(self.command(args).output().expect("run blog-agent"))
     }
 
     /// `sync --env staging`, the common case.
@@ -577,6 +581,19 @@ impl Host {
             let listed = c.list_objects_v2().bucket(&b).prefix(prefix).send().await.unwrap();
             listed.contents().iter().filter_map(|o| o.key().map(str::to_owned)).collect()
         })
+    }
+
+    /// The agent's AWS setup pointed at this host's S3 (moto), as the binary builds it from the
+    /// environment there.
+    pub fn aws(&self) -> std::sync::Arc<blog_agent::outside::aws::Aws> {
+        let creds = aws_credential_types::Credentials::new("testing", "testing", None, None, "test");
+        let sdk = aws_config::SdkConfig::builder()
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new("us-east-1"))
+            .endpoint_url(self.s3_endpoint.clone())
+            .credentials_provider(aws_credential_types::provider::SharedCredentialsProvider::new(creds))
+            .build();
+        blog_agent::outside::aws::Aws::from_sdk(&sdk)
     }
 
     pub fn staging_halt_markers(&self) -> i32 {
