@@ -407,11 +407,14 @@ else
     "$(iptables -w 5 -t nat -S "$chains-DNAT" 2>&1; docker inspect -f '{{json .HostConfig.PortBindings}}' "$blog" 2>&1)"
 fi
 
-halt_objects() { # the keys under the release key's halted/ prefix in this run's bucket
+halt_objects() { # the keys under the release key's halted/ prefix in this run's bucket that judge a
+  # release bad: markers, votes and reverted bake records (a host's "baked" record is good news)
   "$py" - "$bucket" "$HALT_PREFIX" <<'PY'
 import sys, boto3
-page = boto3.client("s3").list_objects_v2(Bucket=sys.argv[1], Prefix=sys.argv[2])
-print(" ".join(o["Key"] for o in page.get("Contents", [])))
+prefix = sys.argv[2]
+page = boto3.client("s3").list_objects_v2(Bucket=sys.argv[1], Prefix=prefix)
+keys = [o["Key"] for o in page.get("Contents", [])]
+print(" ".join(k for k in keys if not (k.startswith(prefix + "bake/") and "/baked/" in k)))
 PY
 }
 if halts=$(halt_objects 2>&1) && [ -z "$halts" ]; then
