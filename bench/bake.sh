@@ -8,6 +8,12 @@
 #
 #   BENCH_AGENT=target/release/blog-agent bash bench/bake.sh            # both kinds
 #   BENCH_AGENT=... bash bench/bake.sh lateexit                        # one
+#   BENCH_BAKE=0s BENCH_AGENT=... bash bench/bake.sh                    # no bake: the crash-loop
+#                                                                      # rules alone, to compare
+#
+# Each line also gives the seconds from the first failed request to the previous version
+# serving again (the client's view), the kept container's memory and the agent's RSS during
+# the bake, and the agent's RSS once the bake is over.
 #
 # Needs root and the local stack (scripts/stack-up.sh). Touches only: containers labelled
 # blog-agent-bench=bake, images of 127.0.0.1:5000/blog-bench-bake, the S3 bucket
@@ -86,7 +92,7 @@ stop_timeout = "1s"
 [health]
 url = "http://127.0.0.1:$port/"
 timeout = "10s"
-bake = "30s"
+bake = "${BENCH_BAKE:-30s}"
 [agent]
 state_dir = "$work/state"
 [reconcile]
@@ -116,12 +122,16 @@ for kind in "${kinds[@]}"; do
   wait_until grep -q "recovered\|deployed" "$work/agent-$kind.log"
   v2=$(release "$kind")
   wait_until serves "$v2"
-  # The client: a request every 10 ms from the cut-over until v1 serves again, plus 2 s.
+  # During the bake: what the kept container and the agent hold.
+  kept_mem=$(docker stats --no-stream --format '{{.MemUsage}}' bench-bake-previous 2>/dev/null | cut -d/ -f1 | tr -d ' ')
+  rss_bake=$(awk '/VmRSS/ {print $2 " kB"}' "/proc/$agent_pid/status")
+  # The client: a request every 10 ms from the cut-over until v1 serves again, plus 2 s (at
+  # most 120 s: without a bake a late 500 is never reverted).
   python3 - "$port" "$v1" >"$work/client-$kind.txt" <<'PY' &
 import sys, time, urllib.request
 port, v1 = int(sys.argv[1]), sys.argv[2]
 sent = failed = 0
-back_at = None
+back_at = first_fail = None
 while back_at is None or time.time() - back_at < 2:
     sent += 1
     try:
@@ -130,17 +140,25 @@ while back_at is None or time.time() - back_at < 2:
             back_at = time.time()
     except Exception:
         failed += 1
+        first_fail = first_fail or time.time()
     time.sleep(0.01)
     if sent > 12000:
         break
-print(sent, failed)
+back = "never" if back_at is None else (f"{back_at - first_fail:.2f}" if first_fail else "0")
+print(sent, failed, back)
 PY
   client=$!
   wait "$client"
-  read -r sent failed <"$work/client-$kind.txt"
-  tripped=$(grep -m1 "tripped: " "$work/agent-$kind.log" | cut -c1-27)
-  switched=$(grep -m1 "traffic switched back" "$work/agent-$kind.log" | cut -c1-27)
-  secs=$(python3 -c "import sys,datetime as d; f=lambda s: d.datetime.fromisoformat(s.rstrip('Z')); print(round((f(sys.argv[2])-f(sys.argv[1])).total_seconds(),3))" "$tripped" "$switched")
-  echo "$kind: $sent requests, $failed failed from the cut-over to 2 s after the revert; trip -> traffic back in $secs s"
+  read -r sent failed back <"$work/client-$kind.txt"
+  tripped=$(grep -m1 "tripped: " "$work/agent-$kind.log" | cut -c1-27 || true)
+  switched=$(grep -m1 "traffic switched back" "$work/agent-$kind.log" | cut -c1-27 || true)
+  secs=n/a
+  if [ -n "$tripped" ] && [ -n "$switched" ]; then
+    secs=$(python3 -c "import sys,datetime as d; f=lambda s: d.datetime.fromisoformat(s.rstrip('Z')); print(round((f(sys.argv[2])-f(sys.argv[1])).total_seconds(),3))" "$tripped" "$switched")
+  fi
+  sleep 2
+  rss_after=$(awk '/VmRSS/ {print $2 " kB"}' "/proc/$agent_pid/status")
+  kept_after=$(docker ps -aq --filter name=bench-bake-previous | wc -l)
+  echo "$kind (bake ${BENCH_BAKE:-30s}): $sent requests, $failed failed from the cut-over to 2 s after v1 served again; first failure -> v1 back: $back s; trip -> traffic back: $secs s; during the bake: kept container ${kept_mem:-none}, agent RSS $rss_bake; after: agent RSS $rss_after, $kept_after kept container(s)"
   kill "$agent_pid"; wait "$agent_pid" 2>/dev/null || true; agent_pid=
 done
