@@ -109,6 +109,23 @@ release() { # KIND: publishes an image and names it in S3; prints its SHA
   s3 put "$bucket" staging/stagebuild.txt "$sha"
   echo "$sha"
 }
+apache_release() { # apachegood|apache5xx: the project's Apache test image as a release; prints its SHA
+  local sha ctx base
+  sha=$(head -c 20 /dev/urandom | od -An -tx1 | tr -d ' \n')
+  base=$(bash scripts/build-apache-image.sh)
+  ctx=$(mktemp -d "$work/apache.XXXXXX")
+  printf 'FROM %s\nENV BLOG_VERSION=%s\n' "$base" "$sha" >"$ctx/Dockerfile"
+  if [ "$1" = apache5xx ]; then
+    printf '#!/bin/sh\nprintf "Status: 500 Internal Server Error\\r\\nContent-Type: text/plain\\r\\n\\r\\nbroken\\n"\n' >"$ctx/fail"
+    chmod 755 "$ctx/fail"
+    printf 'COPY fail /usr/lib/cgi-bin/fail\n' >>"$ctx/Dockerfile"
+  fi
+  echo "$ECR_TOKEN_PASSWORD" | docker login -u "$ECR_TOKEN_USER" --password-stdin "$registry" >/dev/null 2>&1 || true
+  docker build -q -t "$registry/$repo:$sha" "$ctx" >/dev/null 2>"$ctx/build.err" || { cat "$ctx/build.err" >&2; exit 1; }
+  docker push -q "$registry/$repo:$sha" >/dev/null
+  s3 put "$bucket" staging/stagebuild.txt "$sha"
+  echo "$sha"
+}
 serves() { curl -s -m 1 "http://127.0.0.1:$port/" | grep -q "version $1"; }
 wait_until() { local n=0; until "$@"; do n=$((n + 1)); [ $n -lt 1200 ] || { echo "bench: timed out: $*" >&2; exit 1; }; sleep 0.05; done; }
 for kind in "${kinds[@]}"; do
@@ -117,27 +134,40 @@ for kind in "${kinds[@]}"; do
   AWS_REGION=us-east-1 AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing \
     AWS_EC2_METADATA_SERVICE_ENDPOINT=http://127.0.0.1:9 "$agent" --config "$work/config.toml" --env staging run 2>"$work/agent-$kind.log" &
   agent_pid=$!
-  v1=$(release good)
+  case $kind in
+    apache*) v1=$(apache_release apachegood) ;;
+    *) v1=$(release good) ;;
+  esac
   wait_until serves "$v1"
   wait_until grep -q "recovered\|deployed" "$work/agent-$kind.log"
-  v2=$(release "$kind")
+  case $kind in
+    apache*) v2=$(apache_release "$kind") ;;
+    *) v2=$(release "$kind") ;;
+  esac
   wait_until serves "$v2"
   # During the bake: what the kept container and the agent hold.
   kept_mem=$(docker stats --no-stream --format '{{.MemUsage}}' bench-bake-previous 2>/dev/null | cut -d/ -f1 | tr -d ' ')
   rss_bake=$(awk '/VmRSS/ {print $2 " kB"}' "/proc/$agent_pid/status")
   # The client: a request every 10 ms from the cut-over until v1 serves again, plus 2 s (at
   # most 120 s: without a bake a late 500 is never reverted).
-  python3 - "$port" "$v1" >"$work/client-$kind.txt" <<'PY' &
-import sys, time, urllib.request
-port, v1 = int(sys.argv[1]), sys.argv[2]
+  python3 - "$port" "$v1" "$kind" >"$work/client-$kind.txt" <<'PY' &
+import sys, time, urllib.error, urllib.request
+port, v1, kind = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+# apache5xx: every other request asks for the page only the access log watches.
+paths = ["/", "/cgi-bin/fail"] if kind == "apache5xx" else ["/"]
 sent = failed = 0
 back_at = first_fail = None
 while back_at is None or time.time() - back_at < 2:
+    path = paths[sent % len(paths)]
     sent += 1
     try:
-        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1).read().decode()
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=1).read().decode()
         if back_at is None and f"version {v1}" in body:
             back_at = time.time()
+    except urllib.error.HTTPError as e:
+        if e.code >= 500:
+            failed += 1
+            first_fail = first_fail or time.time()
     except Exception:
         failed += 1
         first_fail = first_fail or time.time()
