@@ -61,9 +61,9 @@ pub enum BakeOutcome {
     Reverted {
         /// What failed, short (the check, the exit, the share of 5xx).
         reason: String,
-        /// The one judgement's blame ([`crate::fleet::verdict`]): a revert blamed on the host
-        /// refuses a promotion all the same (the release did not finish a bake there), and the
-        /// refusal says whose fault it was.
+        /// The one judgement's blame ([`crate::fleet::verdict`]): only a revert blamed on the
+        /// release refuses a promotion; one blamed on the host is that host's own trouble (it
+        /// counts as no bake either).
         blame: Blame,
     },
 }
@@ -301,13 +301,12 @@ impl Evidence {
                 against.push(Against { voter: voter.to_owned(), host: host.to_owned(), what });
             }
         };
+        // A revert the one judgement blamed on the host (an OOM kill, a kill from outside, a
+        // spec changed here) is that host's own trouble: like its failure, which casts no vote,
+        // it never stops the release elsewhere. It is no bake either.
         for record in self.records.iter().filter(|r| r.sha == sha.as_str() && r.environment == environment) {
-            if let BakeOutcome::Reverted { reason, blame } = &record.outcome {
-                let blame = match blame {
-                    Blame::Release => "release",
-                    Blame::Host => "host",
-                };
-                add(&record.voter, record.host(), format!("reverted ({blame}): {}", safe_text(reason)));
+            if let BakeOutcome::Reverted { reason, blame: Blame::Release } = &record.outcome {
+                add(&record.voter, record.host(), format!("reverted (release): {}", safe_text(reason)));
             }
         }
         for vote in self.votes.iter().filter(|v| v.environment == environment && v.sha == sha.as_str()) {
@@ -550,13 +549,14 @@ mod tests {
                 Err("against: [i-0bbb]"),
             ),
             (
-                "a revert blamed on the host refuses too",
+                "a revert blamed on the host is that host's own trouble",
                 vec![back(B, "i-0bbb", Blame::Host)],
                 vec![],
                 false,
                 0,
-                Err("against: [i-0bbb]"),
+                Ok(()),
             ),
+            ("... and no bake", vec![back(B, "i-0bbb", Blame::Host)], vec![], false, 1, Err("0 of 1 baked: []")),
             (
                 "--force overrides a revert",
                 vec![baked(A, "i-0aaa"), back(B, "i-0bbb", Blame::Release)],
@@ -613,9 +613,9 @@ mod tests {
             });
             assert_eq!(got, want.map_err(str::to_owned), "{what}");
         }
-        let against = Evidence { records: vec![back(A, "i-0aaa", Blame::Host)], votes: vec![cast(Some(B), B, "")] }
+        let against = Evidence { records: vec![back(A, "i-0aaa", Blame::Release)], votes: vec![cast(Some(B), B, "")] }
             .against(&s, "staging");
-        assert_eq!(against[0].what, "reverted (host): exit 1");
+        assert_eq!(against[0].what, "reverted (release): exit 1");
         assert_eq!((against[1].host.as_str(), against[1].what.as_str()), (B, "voted (never-answered): HTTP 500"));
     }
 }
