@@ -10,6 +10,8 @@
 #   BENCH_AGENT=... bash bench/bake.sh lateexit                        # one
 #   BENCH_BAKE=0s BENCH_AGENT=... bash bench/bake.sh                    # no bake: the crash-loop
 #                                                                      # rules alone, to compare
+#   BENCH_PATH=veth BENCH_AGENT=... bash bench/bake.sh                  # the client in a network
+#                                                                      # namespace of its own
 #
 # Each line also gives the seconds from the first failed request to the previous version
 # serving again (the client's view), the kept container's memory and the agent's RSS during
@@ -17,7 +19,9 @@
 #
 # Needs root and the local stack (scripts/stack-up.sh). Touches only: containers labelled
 # blog-agent-bench=bake, images of 127.0.0.1:5000/blog-bench-bake, the S3 bucket
-# blog-bench-bake, netfilter chains BENCH-BAKE-* (all removed by name at the end).
+# blog-bench-bake, netfilter chains BENCH-BAKE-*, and with BENCH_PATH=veth the namespace
+# bench-bake-ns and the veth bbk0h with a /30 in 10.214.0.0/16 no interface or route here uses
+# (all removed by name at the end; the client sends only to the host end of that veth).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -55,7 +59,11 @@ remove_chains() { # the agent's chains BENCH-BAKE-*: the jumps into them, then t
     done
   done
 }
+path=${BENCH_PATH:-loopback}
+ns=bench-bake-ns veth=bbk0h
+remove_ns() { ip link del "$veth" 2>/dev/null || true; ip netns del "$ns" 2>/dev/null || true; }
 cleanup() {
+  [ "$path" != veth ] || remove_ns
   [ -z "${agent_pid:-}" ] || kill "$agent_pid" 2>/dev/null || true
   [ -z "${lock_pid:-}" ] || kill "$lock_pid" 2>/dev/null || true
   docker ps -aq --filter label=blog-agent-bench=bake | xargs -r docker rm -f >/dev/null
@@ -77,6 +85,21 @@ while True: time.sleep(3600)
 lock_pid=$!
 until grep -q locked "$work/lock" 2>/dev/null; do sleep 0.2; done
 s3 mb "$bucket"
+ports="\"127.0.0.1:$port:80\""
+target=127.0.0.1
+client_prefix=()
+if [ "$path" = veth ]; then
+  remove_ns
+  used=$(ip -4 addr; ip -4 route)
+  k=10; while grep -q "10\.214\.$k\." <<<"$used"; do k=$((k + 1)); done
+  target=10.214.$k.1
+  ip netns add "$ns"
+  ip link add "$veth" type veth peer name eth0 netns "$ns"
+  ip addr add "$target/30" dev "$veth"; ip link set "$veth" up
+  ip -n "$ns" addr add "10.214.$k.2/30" dev eth0; ip -n "$ns" link set eth0 up; ip -n "$ns" link set lo up
+  ports="$ports, \"$target:$port:80\""
+  client_prefix=(ip netns exec "$ns")
+fi
 cat >"$work/config.toml" <<EOF
 [environment]
 allowed = ["staging"]
@@ -86,7 +109,7 @@ bucket = "$bucket"
 repository = "$registry/$repo"
 [container]
 name = "bench-bake"
-ports = ["127.0.0.1:$port:80"]
+ports = [$ports]
 labels = { "blog-agent-bench" = "bake" }
 stop_timeout = "1s"
 [health]
@@ -150,9 +173,9 @@ for kind in "${kinds[@]}"; do
   rss_bake=$(awk '/VmRSS/ {print $2 " kB"}' "/proc/$agent_pid/status")
   # The client: a request every 10 ms from the cut-over until v1 serves again, plus 2 s (at
   # most 120 s: without a bake a late 500 is never reverted).
-  python3 - "$port" "$v1" "$kind" >"$work/client-$kind.txt" <<'PY' &
+  "${client_prefix[@]}" python3 - "$port" "$v1" "$kind" "$target" >"$work/client-$kind.txt" <<'PY' &
 import sys, time, urllib.error, urllib.request
-port, v1, kind = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+port, v1, kind, target = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
 # apache5xx: every other request asks for the page only the access log watches.
 paths = ["/", "/cgi-bin/fail"] if kind == "apache5xx" else ["/"]
 sent = failed = 0
@@ -161,7 +184,7 @@ while back_at is None or time.time() - back_at < 2:
     path = paths[sent % len(paths)]
     sent += 1
     try:
-        body = urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=1).read().decode()
+        body = urllib.request.urlopen(f"http://{target}:{port}{path}", timeout=1).read().decode()
         if back_at is None and f"version {v1}" in body:
             back_at = time.time()
     except urllib.error.HTTPError as e:
@@ -189,6 +212,6 @@ PY
   sleep 2
   rss_after=$(awk '/VmRSS/ {print $2 " kB"}' "/proc/$agent_pid/status")
   kept_after=$(docker ps -aq --filter name=bench-bake-previous | wc -l)
-  echo "$kind (bake ${BENCH_BAKE:-30s}): $sent requests, $failed failed from the cut-over to 2 s after v1 served again; first failure -> v1 back: $back s; trip -> traffic back: $secs s; during the bake: kept container ${kept_mem:-none}, agent RSS $rss_bake; after: agent RSS $rss_after, $kept_after kept container(s)"
+  echo "$kind (bake ${BENCH_BAKE:-30s}, $path client): $sent requests, $failed failed from the cut-over to 2 s after v1 served again; first failure -> v1 back: $back s; trip -> traffic back: $secs s; during the bake: kept container ${kept_mem:-none}, agent RSS $rss_bake; after: agent RSS $rss_after, $kept_after kept container(s)"
   kill "$agent_pid"; wait "$agent_pid" 2>/dev/null || true; agent_pid=
 done
