@@ -499,26 +499,31 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
     /// object still names it) and is judged; the release's fault becomes a vote at the end of
     /// this pass.
     async fn bake_ended(&mut self, environment: &str, served_before: Option<&Sha>, outcome: &bake::Outcome) {
-        let blame = match outcome {
+        // A revert is judged once: the blame goes into the bake record, the verdict to the vote.
+        let verdict = match outcome {
+            bake::Outcome::Interrupted => return,
+            bake::Outcome::Baked { .. } => None,
             bake::Outcome::Reverted { sha, trip, .. } | bake::Outcome::Unreverted { sha, trip, .. } => {
-                Some(verdict::judge(&trip.failure(), &self.history(sha, served_before)).blame())
+                Some(verdict::judge(&trip.failure(), &self.history(sha, served_before)))
             }
-            _ => None,
         };
         let halts = self.services.halts.in_bucket(&self.settings.release.bucket);
         let prefix = self.settings.halt_prefix(environment);
         let instance_id = self.fleet.identity().await.value.clone();
         self.fleet.metrics.add_s3_request();
+        let blame = verdict.as_ref().map(|v| v.blame());
         bake::report_bake_outcome(&halts, &*self.services.caller, &prefix, environment, &instance_id, outcome, blame)
             .await;
-        match outcome {
-            bake::Outcome::Baked { sha } => {
+        match (outcome, verdict) {
+            (bake::Outcome::Baked { sha }, _) => {
                 self.fleet.metrics.record_bake(true);
                 self.memory.quarantine.record_success(sha);
             }
-            bake::Outcome::Reverted { sha, trip, .. } | bake::Outcome::Unreverted { sha, trip, .. } => {
+            (
+                bake::Outcome::Reverted { sha, trip, .. } | bake::Outcome::Unreverted { sha, trip, .. },
+                Some(verdict),
+            ) => {
                 self.fleet.metrics.record_bake(false);
-                let verdict = verdict::judge(&trip.failure(), &self.history(sha, served_before));
                 self.memory.quarantine.record_revert(sha, Instant::now());
                 let wait = self.memory.quarantine.remaining(sha, Instant::now()).unwrap_or_default();
                 tracing::warn!(
@@ -528,7 +533,7 @@ impl<T: TagSource, R: ReleaseSource, C: CredentialSource> Agent<T, R, C> {
                 );
                 self.judged(sha, verdict);
             }
-            bake::Outcome::Interrupted => {}
+            _ => {}
         }
     }
 

@@ -12,7 +12,7 @@ use clap::Args;
 use super::{exit, Cli, Failure};
 use crate::environment::EnvironmentError;
 use crate::fleet::halt::Marker;
-use crate::fleet::rollout::resolve_identity;
+use crate::fleet::rollout::this_host;
 use crate::outside::aws::Aws;
 use crate::outside::halts::{HaltError, HaltMarkers};
 use crate::outside::imds::Imds;
@@ -151,7 +151,7 @@ pub async fn halt(cli: &Cli, args: &HaltArgs) -> Result<(), Failure> {
             }
         }
     };
-    let identity = resolve_identity(Imds::new().instance_id().await.ok());
+    let identity = this_host().await;
     let marker = Marker {
         sha: sha.to_string(),
         environment: target.environment.clone(),

@@ -90,6 +90,12 @@ pub fn resolve_identity(imds_instance_id: Option<String>) -> Identity {
     )
 }
 
+/// This host's identity with the instance id asked of instance metadata (IMDSv2): what a
+/// command records as the host it ran on.
+pub async fn this_host() -> Identity {
+    resolve_identity(crate::outside::imds::Imds::new().instance_id().await.ok())
+}
+
 /// [`resolve_identity`] with its readers passed in. Values are trimmed; an empty one is
 /// skipped, and so is systemd's `uninitialized` machine id (written during a first boot, the
 /// same on every host).

@@ -304,8 +304,7 @@ async fn bake_by_hand<T, R, C>(
         }
         _ => None,
     };
-    let instance_id = crate::outside::imds::Imds::new().instance_id().await.ok();
-    let instance_id = crate::fleet::rollout::resolve_identity(instance_id).value;
+    let instance_id = rollout::this_host().await.value;
     let halts = services.halts.in_bucket(&settings.release.bucket);
     let prefix = settings.halt_prefix(environment);
     bake::report_bake_outcome(&halts, &*services.caller, &prefix, environment, &instance_id, &outcome, blame).await;
